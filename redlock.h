@@ -1,0 +1,125 @@
+/* redlock.h - a Redis distributed lock for C.
+ *
+ * The only header a user includes. Zero dependencies: the library speaks
+ * RESP2 itself. Link libredlock, or compile redlock.c resp.c net.c into
+ * your program.
+ *
+ * Threads: a client and the locks made from it are used by one thread at a
+ * time; use one client per thread.
+ */
+#ifndef REDLOCK_H
+#define REDLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define REDLOCK_VERSION_MAJOR 0
+#define REDLOCK_VERSION_MINOR 1
+#define REDLOCK_VERSION_PATCH 0
+#define REDLOCK_VERSION "0.1.0"
+
+typedef struct redlock_client redlock_client; /* one or more Redis nodes */
+typedef struct redlock redlock;               /* one named lock          */
+
+/* Status codes. Append-only: values never change meaning. */
+enum {
+    REDLOCK_OK = 0,
+    REDLOCK_NOT_ACQUIRED, /* someone else holds it                              */
+    REDLOCK_NOT_HELD,     /* unlock/refresh: the lock expired or has another owner */
+    REDLOCK_ERR_TIMEOUT,  /* a connect or I/O deadline passed                    */
+    REDLOCK_ERR_IO,       /* refused, reset, closed by peer                      */
+    REDLOCK_ERR_PROTOCOL, /* malformed or unexpected reply, or over a parser limit */
+    REDLOCK_ERR_SERVER,   /* Redis answered with an error reply                  */
+    REDLOCK_ERR_AUTH,     /* AUTH/SELECT refused, or NOAUTH                      */
+    REDLOCK_ERR_ARG,      /* invalid argument or URL                             */
+    REDLOCK_ERR_NOMEM     /* out of memory                                       */
+};
+
+/* A static, human string for a status code ("unknown status" otherwise). */
+const char *redlock_strerror(int status);
+
+typedef struct redlock_options {
+    int connect_timeout_ms; /* per node, connect + AUTH/SELECT     (default 1000) */
+    int io_timeout_ms;      /* per request, per node                (default 500)  */
+    double drift_factor;    /* clock drift allowance, ttl * factor  (default 0.01) */
+    int fencing;            /* 1: every acquire returns a fencing token (default 1) */
+    int retry_min_ms;       /* redlock_lock: first backoff bound    (default 50)   */
+    int retry_max_ms;       /* redlock_lock: backoff cap            (default 1000) */
+    uint32_t max_bulk;      /* parser: longest bulk string accepted (default 65536) */
+    uint32_t max_array;     /* parser: most elements in one array   (default 1024) */
+    uint32_t max_depth;     /* parser: deepest array nesting        (default 8)    */
+    uint32_t max_line;      /* parser: longest status/error line    (default 4096) */
+} redlock_options;
+
+/* Fill *o with the defaults above. */
+void redlock_options_init(redlock_options *o);
+
+/* Make a client for n Redis URLs (n > 1: quorum locks over independent
+ * masters). URLs: redis://[user[:password]@]host[:port][/db],
+ * redis://[::1]:6379, unix:///path/redis.sock[?db=N&user=U&password=P].
+ * No I/O happens here: connections open on first use.
+ * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option; the
+ * message goes to *out's errstr when *out could be made, else is lost) or
+ * REDLOCK_ERR_NOMEM. On error *out is NULL unless noted. opts NULL: defaults. */
+int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
+                       const redlock_options *opts);
+/* Close every connection and free the client. Free its locks first. NULL ok. */
+void redlock_client_free(redlock_client *c);
+/* Detail of the last error on c or on one of its locks ("" if none). Valid
+ * until the next call on c. Never contains a password. */
+const char *redlock_client_errstr(const redlock_client *c);
+/* Detail of the last failed redlock_client_new in this thread, for when it
+ * could not return a client. */
+const char *redlock_last_errstr(void);
+
+/* Make a lock handle for name (binary-safe, NUL-terminated, non-empty) with
+ * the given TTL in ms (> 0). value is the owner's identity (copied); NULL
+ * makes a random 128-bit token from the OS (fails with REDLOCK_ERR_IO
+ * rather than use a weak source). No I/O. */
+int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
+                uint32_t ttl_ms);
+/* Same, with a name of namelen bytes that may contain NUL. */
+int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
+                    const char *value, uint32_t ttl_ms);
+
+/* One attempt, one round trip (quorum: one parallel round trip).
+ * REDLOCK_OK: held, with a fencing token and validity; also when we already
+ * held it (the TTL is reset, the token kept). REDLOCK_NOT_ACQUIRED: someone
+ * else holds it. Errors: REDLOCK_ERR_*. */
+int redlock_trylock(redlock *l);
+/* Try, then wait for a release (pub/sub, no fixed-interval polling), the
+ * holder's TTL running out, or a jittered backoff, until acquired or
+ * wait_ms passes: REDLOCK_NOT_ACQUIRED then. I/O errors are retried until
+ * the wait runs out; argument, auth and server errors return at once. */
+int redlock_lock(redlock *l, uint32_t wait_ms);
+/* Release if still ours (compare-and-delete; wakes waiters). REDLOCK_OK,
+ * or REDLOCK_NOT_HELD (errstr: expired, or another owner) and nothing is
+ * changed. Never retried in a loop. */
+int redlock_unlock(redlock *l);
+/* Reset the TTL if still ours. REDLOCK_NOT_HELD if lost; never re-creates
+ * an expired lock. */
+int redlock_refresh(redlock *l);
+/* Fencing token of the last successful acquire (0 if none or fencing off). */
+uint64_t redlock_fence(const redlock *l);
+/* ms of ownership left from the last acquire or refresh, minus the drift
+ * allowance; 0 when not held. */
+int64_t redlock_validity_ms(const redlock *l);
+/* The owner value (NUL-terminated; owned by the lock). */
+const char *redlock_value(const redlock *l);
+/* Free the handle. No I/O: a held lock is reclaimed by its TTL. NULL ok. */
+void redlock_free(redlock *l);
+
+/* Replace the allocator used for everything the library allocates (NULLs
+ * restore malloc/realloc/free). Call before making any client. */
+void redlock_set_allocator(void *(*alloc_fn)(size_t), void *(*realloc_fn)(void *, size_t),
+                           void (*free_fn)(void *));
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
