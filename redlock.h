@@ -50,7 +50,7 @@ typedef struct redlock_options {
     int retry_min_ms;       /* redlock_lock: first backoff bound    (default 50)   */
     int retry_max_ms;       /* redlock_lock: backoff cap            (default 1000) */
     uint32_t max_bulk;      /* parser: longest bulk string accepted (default 65536) */
-    uint32_t max_array;     /* parser: most elements in one array   (default 1024) */
+    uint32_t max_array;     /* parser: most elements in one array   (default 128)  */
     uint32_t max_depth;     /* parser: deepest array nesting        (default 8)    */
     uint32_t max_line;      /* parser: longest status/error line    (default 4096) */
 } redlock_options;

@@ -69,14 +69,14 @@ typedef struct resp_reply {
  * crash, a hang or a huge allocation. Zero fields take the defaults. */
 typedef struct resp_limits {
     uint32_t max_bulk;   /* bytes in one bulk string     (default 64 KiB) */
-    uint32_t max_array;  /* elements in one array        (default 1024)   */
+    uint32_t max_array;  /* elements in one array        (default 128)    */
     uint32_t max_depth;  /* array nesting                (default 8, at most RESP_MAX_DEPTH) */
     uint32_t max_line;   /* bytes in a +, -, : or length line, CRLF excluded (default 4096) */
 } resp_limits;
 
 #define RESP_MAX_DEPTH 32
 #define RESP_DEFAULT_MAX_BULK (64u * 1024u)
-#define RESP_DEFAULT_MAX_ARRAY 1024u
+#define RESP_DEFAULT_MAX_ARRAY 128u
 #define RESP_DEFAULT_MAX_DEPTH 8u
 #define RESP_DEFAULT_MAX_LINE 4096u
 
