@@ -62,9 +62,9 @@ void redlock_options_init(redlock_options *o);
  * masters). URLs: redis://[user[:password]@]host[:port][/db],
  * redis://[::1]:6379, unix:///path/redis.sock[?db=N&user=U&password=P].
  * No I/O happens here: connections open on first use.
- * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option; the
- * message goes to *out's errstr when *out could be made, else is lost) or
- * REDLOCK_ERR_NOMEM. On error *out is NULL unless noted. opts NULL: defaults. */
+ * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option) or
+ * REDLOCK_ERR_NOMEM, with *out NULL and the reason in redlock_last_errstr().
+ * opts NULL: defaults. */
 int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
                        const redlock_options *opts);
 /* Close every connection and free the client. Free its locks first. NULL ok. */
@@ -110,6 +110,15 @@ uint64_t redlock_fence(const redlock *l);
 int64_t redlock_validity_ms(const redlock *l);
 /* The owner value (NUL-terminated; owned by the lock). */
 const char *redlock_value(const redlock *l);
+typedef struct redlock_info {
+    int held;       /* 1: one owner holds the lock on a quorum of nodes       */
+    int ours;       /* 1: that owner is this handle (its value)               */
+    int64_t ttl_ms; /* that owner's remaining TTL (least over the quorum), -1 */
+    uint64_t fence; /* the highest fence counter seen (the last token issued) */
+} redlock_info;
+/* Look at the lock without taking it (one round trip, no waiting). Errors
+ * as for redlock_trylock when too few nodes answer. */
+int redlock_inspect(redlock *l, redlock_info *info);
 /* Free the handle. No I/O: a held lock is reclaimed by its TTL. NULL ok. */
 void redlock_free(redlock *l);
 
