@@ -884,7 +884,7 @@ static int not_held(redlock *l, const char *op, verdict v)
     c->transient = 0;
     if (c->n == 1)
         return cerr(c, REDLOCK_NOT_HELD,
-                    v.other ? "%s '%s': another owner holds the lock (ours was lost); nothing changed"
+                    v.other ? "%s '%s': the lock is held by another owner; nothing changed"
                             : "%s '%s': the lock is not held (it expired or was never taken); "
                               "nothing changed",
                     op, shown(l, nm, sizeof nm));
