@@ -1089,28 +1089,24 @@ static void wait_release(redlock_client *c, int64_t until)
         return;
     }
     resp_exchange(c->subs, k, until, 1);
-    int64_t now = now_ns();
-    int woke = 0;
     for (size_t i = 0; i < c->n; i++) {
         node *nd = &c->nodes[i];
-        if (!nd->subscribed || !nd->sub)
+        if (!nd->sub)
             continue;
-        int st = resp_conn_status(nd->sub);
-        if (st == RESP_OK && resp_conn_reply(nd->sub, NULL)) {
-            resp_conn_consume(nd->sub);
-            woke = 1;
-        } else if (st != RESP_IDLE && st != RESP_OK)
-            nd->subscribed = 0;
+        if (!sub_live(nd)) {
+            nd->subscribed = 0; /* it failed: subscribe() reconnects it */
+            continue;
+        }
+        if (resp_conn_status(nd->sub) == RESP_OK && resp_conn_reply(nd->sub, NULL))
+            resp_conn_consume(nd->sub); /* a release (or a stale message: harmless) */
     }
     drain(c);
-    /* every listener failed at once: do not spin, wait out the time */
-    if (!woke && now < until && k > 0) {
-        int any_live = 0;
-        for (size_t i = 0; i < c->n; i++)
-            any_live |= sub_live(&c->nodes[i]);
-        if (!any_live)
-            sleep_until(until);
-    }
+    /* every listener failed at once: wait out the time instead of spinning */
+    int any_live = 0;
+    for (size_t i = 0; i < c->n; i++)
+        any_live |= sub_live(&c->nodes[i]);
+    if (!any_live)
+        sleep_until(until);
 }
 
 int redlock_lock(redlock *l, uint32_t wait_ms)
