@@ -1,0 +1,791 @@
+/* test_lock.c - the lock on one Redis node, against a real redis-server. */
+#define _GNU_SOURCE
+#include "fixture.h"
+#include "redlock.h"
+
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static fx_server srv; /* started once per test case, in the parent */
+
+static void setup(void)
+{
+    ck_assert_int_eq(fx_server_start(&srv, NULL), 0);
+}
+
+static void teardown(void)
+{
+    fx_server_stop(&srv);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static redlock_client *client_for(const char *url)
+{
+    redlock_client *c = NULL;
+    const char *urls[1] = {url};
+    int rc = redlock_client_new(&c, urls, 1, NULL);
+    ck_assert_msg(rc == REDLOCK_OK, "client_new(%s): %s", url, redlock_last_errstr());
+    return c;
+}
+
+static redlock *lock_for(redlock_client *c, const char *name, const char *value, uint32_t ttl)
+{
+    redlock *l = NULL;
+    ck_assert_int_eq(redlock_new(&l, c, name, value, ttl), REDLOCK_OK);
+    return l;
+}
+
+/* A raw command through the fixture (not the library), reply as text. */
+static const char *raw(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static const char *raw(const char *fmt, ...)
+{
+    static char out[4096];
+    char cmd[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, cmd), 0);
+    return out;
+}
+
+/* ---- argument checks --------------------------------------------------------- */
+
+START_TEST(test_bad_arguments)
+{
+    redlock_client *c = NULL;
+    redlock *l = NULL;
+    const char *bad[1] = {"http://127.0.0.1"};
+    const char *tls[1] = {"rediss://127.0.0.1"};
+    const char *null_url[1] = {NULL};
+
+    ck_assert_int_eq(redlock_client_new(NULL, bad, 1, NULL), REDLOCK_ERR_ARG);
+    ck_assert_int_eq(redlock_client_new(&c, NULL, 1, NULL), REDLOCK_ERR_ARG);
+    ck_assert_ptr_null(c);
+    ck_assert_int_eq(redlock_client_new(&c, bad, 0, NULL), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_last_errstr(), "no Redis URLs"));
+    ck_assert_int_eq(redlock_client_new(&c, bad, 1, NULL), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_last_errstr(), "redis://"));
+    ck_assert_int_eq(redlock_client_new(&c, tls, 1, NULL), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_last_errstr(), "TLS"));
+    ck_assert_int_eq(redlock_client_new(&c, null_url, 1, NULL), REDLOCK_ERR_ARG);
+    ck_assert_ptr_null(c);
+
+    redlock_options o;
+    redlock_options_init(&o);
+    o.io_timeout_ms = 0;
+    ck_assert_int_eq(redlock_client_new(&c, (const char *[]){srv.url}, 1, &o), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_last_errstr(), "timeout"));
+
+    c = client_for(srv.url);
+    ck_assert_int_eq(redlock_new(&l, c, NULL, NULL, 1000), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "name"));
+    ck_assert_int_eq(redlock_new(&l, c, "", NULL, 1000), REDLOCK_ERR_ARG);
+    ck_assert_int_eq(redlock_new(&l, c, "x", NULL, 0), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "ttl"));
+    ck_assert_int_eq(redlock_new(&l, c, "x", "", 1000), REDLOCK_ERR_ARG);
+    ck_assert_int_eq(redlock_new(&l, NULL, "x", NULL, 1000), REDLOCK_ERR_ARG);
+    ck_assert_int_eq(redlock_new(NULL, c, "x", NULL, 1000), REDLOCK_ERR_ARG);
+    ck_assert_ptr_null(l);
+
+    ck_assert_int_eq(redlock_trylock(NULL), REDLOCK_ERR_ARG);
+    ck_assert_int_eq(redlock_lock(NULL, 10), REDLOCK_ERR_ARG);
+    ck_assert_int_eq(redlock_unlock(NULL), REDLOCK_ERR_ARG);
+    ck_assert_int_eq(redlock_refresh(NULL), REDLOCK_ERR_ARG);
+    ck_assert_int_eq(redlock_inspect(NULL, NULL), REDLOCK_ERR_ARG);
+    ck_assert_uint_eq(redlock_fence(NULL), 0);
+    ck_assert_int_eq(redlock_validity_ms(NULL), 0);
+    ck_assert_ptr_null(redlock_value(NULL));
+    redlock_free(NULL);
+    redlock_client_free(NULL);
+
+    for (int s = REDLOCK_OK; s <= REDLOCK_ERR_NOMEM; s++)
+        ck_assert_str_ne(redlock_strerror(s), "unknown status");
+    ck_assert_str_eq(redlock_strerror(12345), "unknown status");
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_random_value)
+{
+    redlock_client *c = client_for(srv.url);
+    redlock *a = lock_for(c, "rv", NULL, 1000), *b = lock_for(c, "rv", NULL, 1000);
+    ck_assert_uint_eq(strlen(redlock_value(a)), 32);
+    ck_assert_str_ne(redlock_value(a), redlock_value(b));
+    for (size_t i = 0; i < 32; i++)
+        ck_assert(strchr("0123456789abcdef", redlock_value(a)[i]) != NULL);
+    redlock *u = lock_for(c, "rv", "client-1", 1000);
+    ck_assert_str_eq(redlock_value(u), "client-1");
+    redlock_free(a);
+    redlock_free(b);
+    redlock_free(u);
+    redlock_client_free(c);
+}
+END_TEST
+
+/* ---- the lock ------------------------------------------------------------------ */
+
+START_TEST(test_exclusion)
+{
+    redlock_client *c1 = client_for(srv.url), *c2 = client_for(srv.url);
+    redlock *a = lock_for(c1, "excl", "owner-a", 5000);
+    redlock *b = lock_for(c2, "excl", "owner-b", 5000);
+
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_NOT_ACQUIRED);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c2), "held by another owner"));
+    ck_assert_str_eq(raw("GET excl"), "owner-a");
+    ck_assert_int_gt(redlock_validity_ms(a), 4000);
+    ck_assert_int_le(redlock_validity_ms(a), 5000 - 50); /* drift: 5000 * 0.01 + 2 */
+    ck_assert_int_eq(redlock_validity_ms(b), 0);
+
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_validity_ms(a), 0);
+    ck_assert_str_eq(raw("EXISTS excl"), "0");
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
+    ck_assert_str_eq(raw("GET excl"), "owner-b");
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_NOT_ACQUIRED);
+    ck_assert_int_eq(redlock_unlock(b), REDLOCK_OK);
+
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c1);
+    redlock_client_free(c2);
+}
+END_TEST
+
+START_TEST(test_non_owner_changes_nothing)
+{
+    redlock_client *c1 = client_for(srv.url), *c2 = client_for(srv.url);
+    redlock *a = lock_for(c1, "nonowner", "owner-a", 10000);
+    redlock *b = lock_for(c2, "nonowner", "owner-b", 60000);
+
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(b), REDLOCK_NOT_HELD);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c2), "another owner"));
+    ck_assert_int_eq(redlock_refresh(b), REDLOCK_NOT_HELD);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c2), "another owner"));
+    ck_assert_str_eq(raw("GET nonowner"), "owner-a");
+    long pttl = atol(raw("PTTL nonowner"));
+    ck_assert_int_le(pttl, 10000); /* b's refresh did not set its 60 s TTL */
+    ck_assert_int_gt(pttl, 5000);
+
+    /* a key that is gone: NOT_HELD, and errstr says it expired */
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_NOT_HELD);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c1), "expired"));
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_NOT_HELD);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c1), "expired"));
+    ck_assert_str_eq(raw("EXISTS nonowner"), "0"); /* refresh did not re-create it */
+
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c1);
+    redlock_client_free(c2);
+}
+END_TEST
+
+START_TEST(test_expiry_then_stale_owner)
+{
+    redlock_client *c1 = client_for(srv.url), *c2 = client_for(srv.url);
+    redlock *a = lock_for(c1, "stale", "owner-a", 150);
+    redlock *b = lock_for(c2, "stale", "owner-b", 10000);
+
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_NOT_ACQUIRED);
+    usleep(400 * 1000);
+    ck_assert_int_eq(redlock_validity_ms(a), 0);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
+
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_NOT_HELD);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_NOT_HELD);
+    ck_assert_str_eq(raw("GET stale"), "owner-b");
+    ck_assert_int_gt(atol(raw("PTTL stale")), 5000);
+
+    /* refresh after expiry never re-creates the key */
+    ck_assert_int_eq(redlock_unlock(b), REDLOCK_OK);
+    redlock *e = lock_for(c1, "stale2", "owner-e", 100);
+    ck_assert_int_eq(redlock_trylock(e), REDLOCK_OK);
+    usleep(300 * 1000);
+    ck_assert_int_eq(redlock_refresh(e), REDLOCK_NOT_HELD);
+    ck_assert_str_eq(raw("EXISTS stale2"), "0");
+
+    redlock_free(a);
+    redlock_free(b);
+    redlock_free(e);
+    redlock_client_free(c1);
+    redlock_client_free(c2);
+}
+END_TEST
+
+START_TEST(test_refresh_extends)
+{
+    redlock_client *c = client_for(srv.url);
+    redlock *a = lock_for(c, "refr", "owner-a", 400);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    for (int i = 0; i < 5; i++) {
+        usleep(150 * 1000);
+        ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+        ck_assert_int_gt(redlock_validity_ms(a), 200);
+    }
+    /* 750 ms after the acquire of a 400 ms lock: still ours */
+    ck_assert_str_eq(raw("GET refr"), "owner-a");
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(a);
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_idempotent_reacquire)
+{
+    redlock_client *c = client_for(srv.url);
+    redlock *a = lock_for(c, "idem", "owner-a", 1000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    uint64_t t1 = redlock_fence(a);
+    ck_assert_uint_gt(t1, 0);
+    usleep(200 * 1000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK); /* already ours: TTL reset */
+    ck_assert_uint_eq(redlock_fence(a), t1);
+    ck_assert_int_gt(atol(raw("PTTL idem")), 900);
+    /* a second handle with the same value is the same owner */
+    redlock *same = lock_for(c, "idem", "owner-a", 1000);
+    ck_assert_int_eq(redlock_trylock(same), REDLOCK_OK);
+    ck_assert_uint_eq(redlock_fence(same), t1);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(a);
+    redlock_free(same);
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_fence_increases)
+{
+    redlock_client *c1 = client_for(srv.url), *c2 = client_for(srv.url);
+    redlock *a = lock_for(c1, "fence", NULL, 1000), *b = lock_for(c2, "fence", NULL, 1000);
+    uint64_t last = 0;
+    for (int i = 0; i < 50; i++) {
+        redlock *l = i % 2 ? a : b;
+        ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+        ck_assert_uint_gt(redlock_fence(l), last);
+        last = redlock_fence(l);
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    }
+    ck_assert_uint_eq(strtoull(raw("GET {fence}:fence"), NULL, 10), last);
+    redlock_info info;
+    ck_assert_int_eq(redlock_inspect(a, &info), REDLOCK_OK);
+    ck_assert_int_eq(info.held, 0);
+    ck_assert_uint_eq(info.fence, last);
+
+    /* fencing off: token 0, no counter touched */
+    redlock_options o;
+    redlock_options_init(&o);
+    o.fencing = 0;
+    redlock_client *c3 = NULL;
+    ck_assert_int_eq(redlock_client_new(&c3, (const char *[]){srv.url}, 1, &o), REDLOCK_OK);
+    redlock *n = lock_for(c3, "nofence", NULL, 1000);
+    ck_assert_int_eq(redlock_trylock(n), REDLOCK_OK);
+    ck_assert_uint_eq(redlock_fence(n), 0);
+    ck_assert_str_eq(raw("EXISTS {nofence}:fence"), "0");
+    redlock_free(n);
+    redlock_client_free(c3);
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c1);
+    redlock_client_free(c2);
+}
+END_TEST
+
+START_TEST(test_hash_tag_fence_key)
+{
+    redlock_client *c = client_for(srv.url);
+    redlock *a = lock_for(c, "job:{user42}:sync", NULL, 1000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_str_eq(raw("EXISTS job:{user42}:sync:fence"), "1");
+    redlock_free(a);
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_inspect)
+{
+    redlock_client *c1 = client_for(srv.url), *c2 = client_for(srv.url);
+    redlock *a = lock_for(c1, "insp", "owner-a", 5000), *b = lock_for(c2, "insp", "owner-b", 5000);
+    redlock_info info;
+    ck_assert_int_eq(redlock_inspect(a, &info), REDLOCK_OK);
+    ck_assert_int_eq(info.held, 0);
+    ck_assert_int_eq(info.ttl_ms, -1);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_inspect(b, &info), REDLOCK_OK);
+    ck_assert_int_eq(info.held, 1);
+    ck_assert_int_eq(info.ours, 0);
+    ck_assert_int_gt(info.ttl_ms, 4000);
+    ck_assert_uint_eq(info.fence, redlock_fence(a));
+    ck_assert_int_eq(redlock_inspect(a, &info), REDLOCK_OK);
+    ck_assert_int_eq(info.ours, 1);
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c1);
+    redlock_client_free(c2);
+}
+END_TEST
+
+/* ---- waiting -------------------------------------------------------------------- */
+
+/* A child process holds the lock and releases it after hold_ms. Returns
+ * its pid once it holds the lock. */
+static pid_t holder(const char *name, int hold_ms, uint32_t ttl)
+{
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        close(p[0]);
+        redlock_client *c = NULL;
+        redlock *l = NULL;
+        const char *urls[1] = {srv.url};
+        char ok = 'n';
+        if (redlock_client_new(&c, urls, 1, NULL) == REDLOCK_OK &&
+            redlock_new(&l, c, name, "holder", ttl) == REDLOCK_OK && redlock_trylock(l) == REDLOCK_OK)
+            ok = 'y';
+        if (write(p[1], &ok, 1) != 1)
+            _exit(2);
+        if (hold_ms >= 0) {
+            usleep((useconds_t)hold_ms * 1000);
+            redlock_unlock(l);
+        }
+        _exit(0);
+    }
+    close(p[1]);
+    char ok = 0;
+    ck_assert_int_eq(read(p[0], &ok, 1), 1);
+    close(p[0]);
+    ck_assert_int_eq(ok, 'y');
+    return pid;
+}
+
+static void reap(pid_t pid)
+{
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+}
+
+START_TEST(test_wait_wakes_on_release)
+{
+    redlock_client *c = client_for(srv.url);
+    redlock *w = lock_for(c, "waitrel", NULL, 5000);
+    pid_t pid = holder("waitrel", 300, 30000); /* TTL 30 s: only the release can free it */
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_lock(w, 5000), REDLOCK_OK);
+    double took = now_ms() - t0;
+    reap(pid);
+    /* released at ~300 ms: woken by the publish, not by the 30 s TTL */
+    ck_assert_msg(took >= 250 && took < 1500, "acquired after %.1f ms", took);
+    ck_assert_str_eq(raw("GET waitrel"), redlock_value(w));
+    ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
+    redlock_free(w);
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_wait_times_out)
+{
+    redlock_client *c = client_for(srv.url);
+    redlock *w = lock_for(c, "waitto", NULL, 5000);
+    pid_t pid = holder("waitto", -1, 30000); /* exits holding it */
+    reap(pid);
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_lock(w, 400), REDLOCK_NOT_ACQUIRED);
+    double took = now_ms() - t0;
+    ck_assert_msg(took >= 390 && took < 1200, "gave up after %.1f ms", took);
+    ck_assert_int_eq(redlock_validity_ms(w), 0);
+    /* wait 0 is one try */
+    t0 = now_ms();
+    ck_assert_int_eq(redlock_lock(w, 0), REDLOCK_NOT_ACQUIRED);
+    ck_assert_double_lt(now_ms() - t0, 300);
+    redlock_free(w);
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_wait_holder_vanished)
+{
+    redlock_client *c = client_for(srv.url);
+    redlock *w = lock_for(c, "vanish", NULL, 5000);
+    pid_t pid = holder("vanish", -1, 600); /* exits without releasing: TTL 600 ms */
+    reap(pid);
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_lock(w, 5000), REDLOCK_OK);
+    double took = now_ms() - t0;
+    /* freed by the TTL at <= 600 ms; the waiter is bounded by the holder's PTTL */
+    ck_assert_msg(took < 1500, "acquired after %.1f ms", took);
+    redlock_free(w);
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_wait_many_handoffs)
+{
+    /* two processes hand one lock back and forth; every wait is satisfied */
+    const int rounds = 30;
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        redlock_client *c = NULL;
+        redlock *l = NULL;
+        const char *urls[1] = {srv.url};
+        int fails = 0;
+        if (redlock_client_new(&c, urls, 1, NULL) != REDLOCK_OK ||
+            redlock_new(&l, c, "handoff", NULL, 5000) != REDLOCK_OK)
+            _exit(3);
+        for (int i = 0; i < rounds; i++) {
+            if (redlock_lock(l, 5000) != REDLOCK_OK) {
+                fails++;
+                continue;
+            }
+            usleep(2000);
+            redlock_unlock(l);
+        }
+        _exit(fails ? 1 : 0);
+    }
+    redlock_client *c = client_for(srv.url);
+    redlock *l = lock_for(c, "handoff", NULL, 5000);
+    for (int i = 0; i < rounds; i++) {
+        ck_assert_int_eq(redlock_lock(l, 5000), REDLOCK_OK);
+        usleep(2000);
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    }
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    redlock_free(l);
+    redlock_client_free(c);
+}
+END_TEST
+
+/* ---- names and injection ----------------------------------------------------------- */
+
+START_TEST(test_binary_names)
+{
+    static const char name_crlf[] = "evil\r\nSET injected 1\r\n";
+    static const char name_utf8[] = "z\xc3\xa9ro \xe2\x9c\x93 lock";
+    static const char name_nul[] = {'a', '\0', 'b'};
+    redlock_client *c1 = client_for(srv.url), *c2 = client_for(srv.url);
+
+    redlock *a = lock_for(c1, name_crlf, NULL, 5000), *b = lock_for(c2, name_crlf, NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_NOT_ACQUIRED);
+    ck_assert_str_eq(raw("EXISTS injected"), "0");
+    ck_assert_str_eq(raw("DBSIZE"), "2"); /* the lock and its fence counter */
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(a);
+    redlock_free(b);
+
+    a = lock_for(c1, name_utf8, "val with spaces\r\n", 5000);
+    b = lock_for(c2, name_utf8, NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_NOT_ACQUIRED);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(a);
+    redlock_free(b);
+
+    ck_assert_int_eq(redlock_new_len(&a, c1, name_nul, sizeof name_nul, NULL, 5000), REDLOCK_OK);
+    ck_assert_int_eq(redlock_new_len(&b, c2, name_nul, 1, NULL, 5000), REDLOCK_OK); /* "a" */
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK); /* a different key */
+    ck_assert_str_eq(raw("EXISTS a"), "1");
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(b), REDLOCK_OK);
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c1);
+    redlock_client_free(c2);
+}
+END_TEST
+
+/* ---- the server misbehaves between calls --------------------------------------------- */
+
+START_TEST(test_script_flush_mid_use)
+{
+    redlock_client *c = client_for(srv.url);
+    redlock *a = lock_for(c, "flush", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    raw("SCRIPT FLUSH");
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK); /* NOSCRIPT -> EVAL */
+    raw("SCRIPT FLUSH");
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    raw("SCRIPT FLUSH");
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_str_eq(raw("GET flush"), redlock_value(a));
+    redlock_free(a);
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_client_kill_mid_use)
+{
+    redlock_client *c = client_for(srv.url);
+    redlock *a = lock_for(c, "kill", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_ge(atol(raw("CLIENT KILL TYPE normal SKIPME yes")), 1);
+    usleep(20 * 1000);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK); /* reconnected on the next call */
+    raw("CLIENT KILL TYPE normal SKIPME yes");
+    usleep(20 * 1000);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    ck_assert_str_eq(raw("EXISTS kill"), "0");
+    redlock_free(a);
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_wrong_type)
+{
+    redlock_client *c = client_for(srv.url);
+    raw("LPUSH wrongtype x");
+    redlock *a = lock_for(c, "wrongtype", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_ERR_SERVER);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "WRONGTYPE"));
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_ERR_SERVER);
+    /* the connection stays usable */
+    redlock *b = lock_for(c, "righttype", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(b), REDLOCK_OK);
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_dead_server)
+{
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", fx_free_port());
+    redlock_client *c = client_for(url);
+    redlock *a = lock_for(c, "dead", NULL, 5000);
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "refused"));
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_ERR_IO);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_ERR_IO);
+    /* I/O errors are retried until the wait runs out */
+    ck_assert_int_eq(redlock_lock(a, 300), REDLOCK_ERR_IO);
+    ck_assert_double_lt(now_ms() - t0, 2000);
+    redlock_free(a);
+    redlock_client_free(c);
+}
+END_TEST
+
+/* ---- URLs ------------------------------------------------------------------------------ */
+
+static void lock_cycle_on(const char *url)
+{
+    redlock_client *c = client_for(url);
+    redlock *a = lock_for(c, "urlcheck", NULL, 5000);
+    ck_assert_msg(redlock_trylock(a) == REDLOCK_OK, "%s: %s", url, redlock_client_errstr(c));
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(a);
+    redlock_client_free(c);
+}
+
+START_TEST(test_urls)
+{
+    fx_server s2;
+    fx_opts o;
+    memset(&o, 0, sizeof o);
+    o.password = "s3cret";
+    o.acl_user = "locker";
+    o.acl_password = "pw:with@odd/chars";
+    o.unix_socket = 1;
+    o.ipv6 = 1;
+    ck_assert_int_eq(fx_server_start(&s2, &o), 0);
+    char url[512];
+
+    snprintf(url, sizeof url, "redis://:s3cret@127.0.0.1:%d/3", s2.port);
+    lock_cycle_on(url);
+    /* db 3: the fence counter landed there, not in db 0 */
+    char out[256];
+    ck_assert_int_eq(fx_cmd(&s2, out, sizeof out, "SELECT 3"), 0);
+    snprintf(url, sizeof url, "redis://locker:pw%%3Awith%%40odd%%2Fchars@127.0.0.1:%d", s2.port);
+    lock_cycle_on(url);
+    snprintf(url, sizeof url, "unix://%s?db=2&password=s3cret", s2.sock);
+    lock_cycle_on(url);
+    if (s2.has_ipv6) {
+        snprintf(url, sizeof url, "redis://:s3cret@[::1]:%d", s2.port);
+        lock_cycle_on(url);
+    }
+
+    /* wrong and missing password */
+    snprintf(url, sizeof url, "redis://:nope@127.0.0.1:%d", s2.port);
+    redlock_client *c = client_for(url);
+    redlock *a = lock_for(c, "authfail", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_ERR_AUTH);
+    ck_assert_ptr_null(strstr(redlock_client_errstr(c), "nope"));
+    redlock_free(a);
+    redlock_client_free(c);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", s2.port);
+    c = client_for(url);
+    a = lock_for(c, "authfail", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_ERR_AUTH); /* NOAUTH */
+    redlock_free(a);
+    redlock_client_free(c);
+    fx_server_stop(&s2);
+}
+END_TEST
+
+/* ---- allocation --------------------------------------------------------------------------- */
+
+static long n_alloc;
+static void *count_alloc(size_t n)
+{
+    n_alloc++;
+    return malloc(n);
+}
+static void *count_realloc(void *p, size_t n)
+{
+    n_alloc++;
+    return realloc(p, n);
+}
+
+START_TEST(test_no_alloc_per_cycle)
+{
+    redlock_set_allocator(count_alloc, count_realloc, free);
+    redlock_client *c = client_for(srv.url);
+    redlock *a = lock_for(c, "noalloc", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK); /* connect, grow buffers */
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    long before = n_alloc;
+    for (int i = 0; i < 500; i++) {
+        ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+        ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+        ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    }
+    ck_assert_int_eq(n_alloc - before, 0);
+    redlock_free(a);
+    redlock_client_free(c);
+    redlock_set_allocator(NULL, NULL, NULL);
+}
+END_TEST
+
+static long fail_at, n_calls;
+static void *failing_alloc(size_t n)
+{
+    return ++n_calls == fail_at ? NULL : malloc(n);
+}
+static void *failing_realloc(void *p, size_t n)
+{
+    return ++n_calls == fail_at ? NULL : realloc(p, n);
+}
+
+START_TEST(test_alloc_failure)
+{
+    /* fail the 1st, 2nd, ... allocation in turn: every path gives NOMEM
+     * cleanly (no crash, no leak: ASan and valgrind runs check that) */
+    int saw_nomem = 0, saw_ok = 0;
+    for (fail_at = 1; fail_at < 40; fail_at++) {
+        n_calls = 0;
+        redlock_set_allocator(failing_alloc, failing_realloc, free);
+        redlock_client *c = NULL;
+        redlock *a = NULL;
+        const char *urls[1] = {srv.url};
+        int rc = redlock_client_new(&c, urls, 1, NULL);
+        if (rc == REDLOCK_OK)
+            rc = redlock_new(&a, c, "nomem", NULL, 5000);
+        if (rc == REDLOCK_OK)
+            rc = redlock_trylock(a);
+        if (rc == REDLOCK_OK)
+            rc = redlock_unlock(a);
+        ck_assert_msg(rc == REDLOCK_OK || rc == REDLOCK_ERR_NOMEM, "fail_at %ld: %d", fail_at, rc);
+        saw_nomem |= rc == REDLOCK_ERR_NOMEM;
+        saw_ok |= rc == REDLOCK_OK;
+        redlock_free(a);
+        redlock_client_free(c);
+        redlock_set_allocator(NULL, NULL, NULL);
+        raw("DEL nomem");
+    }
+    ck_assert(saw_nomem && saw_ok);
+}
+END_TEST
+
+/* ---- examples -------------------------------------------------------------------------------- */
+
+static int run_example(const char *prog, const char *arg2)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s/%s %s %s >/dev/null", FX_EXAMPLES_DIR, prog, srv.url,
+             arg2 ? arg2 : "");
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+START_TEST(test_examples)
+{
+    ck_assert_int_eq(run_example("trylock", NULL), 0);
+    ck_assert_int_eq(run_example("wait", NULL), 0);
+    ck_assert_int_eq(run_example("refresh", "4"), 0);
+    /* while someone holds my-resource-lock, trylock reports it and exits 2 */
+    redlock_client *c = client_for(srv.url);
+    redlock *a = lock_for(c, "my-resource-lock", "someone-else", 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(run_example("trylock", NULL), 2);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(a);
+    redlock_client_free(c);
+}
+END_TEST
+
+static Suite *lock_suite(void)
+{
+    Suite *s = suite_create("lock");
+    TCase *t = tcase_create("single-node");
+    tcase_add_unchecked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 30);
+    tcase_add_test(t, test_bad_arguments);
+    tcase_add_test(t, test_random_value);
+    tcase_add_test(t, test_exclusion);
+    tcase_add_test(t, test_non_owner_changes_nothing);
+    tcase_add_test(t, test_expiry_then_stale_owner);
+    tcase_add_test(t, test_refresh_extends);
+    tcase_add_test(t, test_idempotent_reacquire);
+    tcase_add_test(t, test_fence_increases);
+    tcase_add_test(t, test_hash_tag_fence_key);
+    tcase_add_test(t, test_inspect);
+    tcase_add_test(t, test_wait_wakes_on_release);
+    tcase_add_test(t, test_wait_times_out);
+    tcase_add_test(t, test_wait_holder_vanished);
+    tcase_add_test(t, test_wait_many_handoffs);
+    tcase_add_test(t, test_binary_names);
+    tcase_add_test(t, test_script_flush_mid_use);
+    tcase_add_test(t, test_client_kill_mid_use);
+    tcase_add_test(t, test_wrong_type);
+    tcase_add_test(t, test_dead_server);
+    tcase_add_test(t, test_urls);
+    tcase_add_test(t, test_no_alloc_per_cycle);
+    tcase_add_test(t, test_alloc_failure);
+    tcase_add_test(t, test_examples);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(lock_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,446 @@
+/* test_quorum.c - Redlock over independent redis-server processes. */
+#define _GNU_SOURCE
+#include "fixture.h"
+#include "redlock.h"
+
+#include <check.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define N 5
+
+static fx_server srv[N];
+
+static void start_all(fx_server *s, int n)
+{
+    for (int i = 0; i < n; i++)
+        ck_assert_int_eq(fx_server_start(&s[i], NULL), 0);
+}
+
+static void stop_all(fx_server *s, int n)
+{
+    for (int i = 0; i < n; i++)
+        fx_server_stop(&s[i]);
+}
+
+static void setup(void)
+{
+    start_all(srv, N);
+}
+
+static void teardown(void)
+{
+    stop_all(srv, N);
+}
+
+static void flush_all(void)
+{
+    char out[64];
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(fx_cmd(&srv[i], out, sizeof out, "FLUSHALL"), 0);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static redlock_client *client_over(fx_server *s, int n, int io_timeout_ms)
+{
+    const char *urls[N];
+    redlock_options o;
+    redlock_options_init(&o);
+    if (io_timeout_ms > 0) {
+        o.io_timeout_ms = io_timeout_ms;
+        o.connect_timeout_ms = io_timeout_ms;
+    }
+    for (int i = 0; i < n; i++)
+        urls[i] = s[i].url;
+    redlock_client *c = NULL;
+    ck_assert_msg(redlock_client_new(&c, urls, (size_t)n, &o) == REDLOCK_OK, "%s",
+                  redlock_last_errstr());
+    return c;
+}
+
+static redlock *lock_for(redlock_client *c, const char *name, const char *value, uint32_t ttl)
+{
+    redlock *l = NULL;
+    ck_assert_int_eq(redlock_new(&l, c, name, value, ttl), REDLOCK_OK);
+    return l;
+}
+
+/* The value of key on server s ("" when missing). */
+static const char *get(fx_server *s, const char *key)
+{
+    static char out[512];
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "GET %s", key);
+    ck_assert_int_eq(fx_cmd(s, out, sizeof out, cmd), 0);
+    return out;
+}
+
+static int count_holding(fx_server *s, int n, const char *key, const char *value)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (s[i].pid > 0 && strcmp(get(&s[i], key), value) == 0)
+            k++;
+    return k;
+}
+
+START_TEST(test_all_up)
+{
+    flush_all();
+    redlock_client *c = client_over(srv, N, 0);
+    redlock *a = lock_for(c, "q", "owner-a", 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(count_holding(srv, N, "q", "owner-a"), N);
+    ck_assert_uint_eq(redlock_fence(a), 1);
+    ck_assert_int_gt(redlock_validity_ms(a), 4500);
+    ck_assert_int_le(redlock_validity_ms(a), 5000 - 52);
+
+    redlock_client *c2 = client_over(srv, N, 0);
+    redlock *b = lock_for(c2, "q", "owner-b", 5000);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_NOT_ACQUIRED);
+    ck_assert_int_eq(count_holding(srv, N, "q", "owner-b"), 0);
+    ck_assert_int_eq(redlock_unlock(b), REDLOCK_NOT_HELD);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    ck_assert_int_eq(count_holding(srv, N, "q", "owner-a"), 0);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
+    ck_assert_uint_eq(redlock_fence(b), 2);
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c);
+    redlock_client_free(c2);
+}
+END_TEST
+
+START_TEST(test_two_killed)
+{
+    fx_server s[N];
+    start_all(s, N);
+    fx_server_stop(&s[1]);
+    fx_server_stop(&s[3]);
+    redlock_client *c = client_over(s, N, 300);
+    redlock *a = lock_for(c, "q2", "owner-a", 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(count_holding(s, N, "q2", "owner-a"), 3);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK); /* down nodes are no error */
+    ck_assert_int_eq(count_holding(s, N, "q2", "owner-a"), 0);
+    redlock_free(a);
+    redlock_client_free(c);
+    stop_all(s, N);
+}
+END_TEST
+
+START_TEST(test_three_killed)
+{
+    fx_server s[N];
+    start_all(s, N);
+    fx_server_stop(&s[0]);
+    fx_server_stop(&s[2]);
+    fx_server_stop(&s[4]);
+    redlock_client *c = client_over(s, N, 300);
+    redlock *a = lock_for(c, "q3", "owner-a", 5000);
+    double t0 = now_ms();
+    int rc = redlock_trylock(a);
+    double took = now_ms() - t0;
+    ck_assert_int_eq(rc, REDLOCK_ERR_IO);
+    ck_assert_msg(took < 900, "took %.1f ms", took);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "2 of 5 nodes answered"));
+    ck_assert_int_eq(count_holding(s, N, "q3", "owner-a"), 0); /* released on the survivors */
+    ck_assert_int_eq(redlock_validity_ms(a), 0);
+    redlock_free(a);
+    redlock_client_free(c);
+    stop_all(s, N);
+}
+END_TEST
+
+START_TEST(test_two_stalled)
+{
+    fx_server s[N];
+    start_all(s, N);
+    redlock_client *c = client_over(s, N, 300);
+    redlock *a = lock_for(c, "qs", "owner-a", 10000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK); /* connect everything first */
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    fx_server_pause(&s[0]);
+    fx_server_pause(&s[3]);
+    double t0 = now_ms();
+    int rc = redlock_trylock(a);
+    double took = now_ms() - t0;
+    ck_assert_int_eq(rc, REDLOCK_OK);
+    /* the stalled nodes cost one 300 ms deadline, in parallel */
+    ck_assert_msg(took >= 250 && took < 900, "took %.1f ms", took);
+    ck_assert_int_le(redlock_validity_ms(a), 10000 - 102 - 250);
+    t0 = now_ms();
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    ck_assert_double_lt(now_ms() - t0, 900);
+    fx_server_resume(&s[0]);
+    fx_server_resume(&s[3]);
+    /* resumed nodes are used again on a later call */
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(count_holding(s, N, "qs", "owner-a"), N);
+    redlock_free(a);
+    redlock_client_free(c);
+    stop_all(s, N);
+}
+END_TEST
+
+START_TEST(test_competing_holder)
+{
+    char out[64];
+    flush_all();
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(fx_cmd(&srv[i], out, sizeof out, "SET qc other PX 10000"), 0);
+    redlock_client *c = client_over(srv, N, 0);
+    redlock *a = lock_for(c, "qc", "owner-a", 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_NOT_ACQUIRED);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "another owner on 3"));
+    ck_assert_int_eq(count_holding(srv, N, "qc", "owner-a"), 0); /* released on nodes 4, 5 */
+    ck_assert_int_eq(count_holding(srv, N, "qc", "other"), 3);
+    /* a waiter gives up on time */
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_lock(a, 300), REDLOCK_NOT_ACQUIRED);
+    ck_assert_double_lt(now_ms() - t0, 900);
+    redlock_free(a);
+    redlock_client_free(c);
+}
+END_TEST
+
+/* Block node i for the next acquire by putting another owner's key there. */
+static void block(int i, const char *name)
+{
+    char out[64], cmd[128];
+    snprintf(cmd, sizeof cmd, "SET %s blocker PX 60000", name);
+    ck_assert_int_eq(fx_cmd(&srv[i], out, sizeof out, cmd), 0);
+}
+
+static void unblock(int i, const char *name)
+{
+    char out[64], cmd[128];
+    snprintf(cmd, sizeof cmd, "DEL %s", name);
+    ck_assert_int_eq(fx_cmd(&srv[i], out, sizeof out, cmd), 0);
+}
+
+START_TEST(test_fence_rotation)
+{
+    /* 3 nodes. A wins on {1,2}, B on {2,3}, C on {1,3}. Counters alone
+     * would give C the same token as B; the raise makes them increase. */
+    flush_all();
+    redlock_client *c = client_over(srv, 3, 0);
+    static const int blocked[3] = {2, 0, 1};
+    uint64_t last = 0;
+    for (int round = 0; round < 6; round++) {
+        int b = blocked[round % 3];
+        block(b, "rot");
+        redlock *l = lock_for(c, "rot", NULL, 5000);
+        ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+        ck_assert_msg(redlock_fence(l) > last, "round %d: token %llu after %llu", round,
+                      (unsigned long long)redlock_fence(l), (unsigned long long)last);
+        last = redlock_fence(l);
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+        redlock_free(l);
+        unblock(b, "rot");
+    }
+    redlock_client_free(c);
+}
+END_TEST
+
+START_TEST(test_restart_empty)
+{
+    fx_server s[N];
+    start_all(s, N);
+    redlock_client *c = client_over(s, N, 300);
+    redlock *a = lock_for(c, "qr", "owner-a", 10000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    /* rolling restarts, each node comes back empty */
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(fx_server_restart(&s[i]), 0);
+        ck_assert_str_eq(get(&s[i], "qr"), "");
+        ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+        ck_assert_str_eq(get(&s[i], "qr"), "owner-a"); /* set again: we hold a quorum */
+    }
+    ck_assert_int_eq(count_holding(s, N, "qr", "owner-a"), N);
+    /* never set where another value is */
+    char out[64];
+    ck_assert_int_eq(fx_cmd(&s[0], out, sizeof out, "SET qr intruder"), 0);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+    ck_assert_str_eq(get(&s[0], "qr"), "intruder");
+    /* without a quorum, refresh recreates nothing */
+    for (int i = 1; i < 4; i++)
+        ck_assert_int_eq(fx_cmd(&s[i], out, sizeof out, "DEL qr"), 0);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_NOT_HELD);
+    ck_assert_int_eq(count_holding(s, N, "qr", "owner-a"), 0); /* node 5's key released too */
+    redlock_free(a);
+    redlock_client_free(c);
+    stop_all(s, N);
+}
+END_TEST
+
+START_TEST(test_waiter_wakes_on_release)
+{
+    flush_all();
+    redlock_client *c1 = client_over(srv, N, 0), *c2 = client_over(srv, N, 0);
+    redlock *a = lock_for(c1, "qw", NULL, 30000), *b = lock_for(c2, "qw", NULL, 30000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        usleep(300 * 1000);
+        _exit(redlock_unlock(a) == REDLOCK_OK ? 0 : 1);
+    }
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_lock(b, 5000), REDLOCK_OK);
+    double took = now_ms() - t0;
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ck_assert_msg(took >= 250 && took < 1500, "took %.1f ms", took);
+    ck_assert_uint_gt(redlock_fence(b), redlock_fence(a));
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c1);
+    redlock_client_free(c2);
+}
+END_TEST
+
+/* ---- mutual exclusion under load, with nodes dying and coming back ---------------- */
+
+struct shared {
+    atomic_int inside;
+    atomic_int overlaps;
+    atomic_long acquired;
+    long counter; /* read-modify-write by the holder only */
+    atomic_ullong last_fence;
+    atomic_int fence_regressions;
+};
+
+static void worker(struct shared *sh, fx_server *s, int per_worker, uint32_t ttl)
+{
+    const char *urls[N];
+    for (int i = 0; i < N; i++)
+        urls[i] = s[i].url;
+    redlock_options o;
+    redlock_options_init(&o);
+    o.io_timeout_ms = 200;
+    o.connect_timeout_ms = 200;
+    redlock_client *c = NULL;
+    redlock *l = NULL;
+    if (redlock_client_new(&c, urls, N, &o) != REDLOCK_OK ||
+        redlock_new(&l, c, "stress", NULL, ttl) != REDLOCK_OK)
+        _exit(3);
+    int64_t deadline = (int64_t)now_ms() + 60000;
+    for (int done = 0; done < per_worker && now_ms() < deadline;) {
+        if (redlock_lock(l, 5000) != REDLOCK_OK)
+            continue;
+        if (atomic_fetch_add(&sh->inside, 1) != 0)
+            atomic_fetch_add(&sh->overlaps, 1);
+        uint64_t f = redlock_fence(l), prev = atomic_load(&sh->last_fence);
+        if (f <= prev)
+            atomic_fetch_add(&sh->fence_regressions, 1);
+        atomic_store(&sh->last_fence, f);
+        long v = sh->counter;
+        usleep(100);
+        sh->counter = v + 1;
+        atomic_fetch_add(&sh->acquired, 1);
+        int valid = redlock_validity_ms(l) > 0;
+        atomic_fetch_sub(&sh->inside, 1);
+        if (!valid)
+            atomic_fetch_add(&sh->overlaps, 1000000); /* we were inside without a lease */
+        redlock_unlock(l);
+        done++;
+    }
+    redlock_free(l);
+    redlock_client_free(c);
+    _exit(0);
+}
+
+START_TEST(test_exclusion_under_faults)
+{
+    const int workers = 8, per_worker = 300;
+    const uint32_t ttl = 400;
+    fx_server s[N];
+    start_all(s, N);
+    struct shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                             -1, 0);
+    ck_assert_ptr_ne(sh, MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    pid_t pids[8];
+    for (int w = 0; w < workers; w++) {
+        pids[w] = fork();
+        ck_assert_int_ge(pids[w], 0);
+        if (pids[w] == 0)
+            worker(sh, s, per_worker, ttl);
+    }
+    /* kill a minority (2 of 5) and bring it back empty after more than the
+     * TTL, twice, while the workers contend */
+    for (int cycle = 0; cycle < 2; cycle++) {
+        usleep(400 * 1000);
+        int a = cycle * 2, b = cycle * 2 + 1;
+        fx_server_kill(&s[a]);
+        fx_server_kill(&s[b]);
+        usleep((ttl + 300) * 1000);
+        ck_assert_int_eq(fx_server_restart(&s[a]), 0);
+        ck_assert_int_eq(fx_server_restart(&s[b]), 0);
+    }
+    int ok = 0;
+    for (int w = 0; w < workers; w++) {
+        int st;
+        ck_assert_int_eq(waitpid(pids[w], &st, 0), pids[w]);
+        ok += WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    printf("quorum stress: %d workers, %ld acquisitions, counter %ld, overlaps %d, "
+           "fence regressions %d\n",
+           workers, (long)sh->acquired, sh->counter, (int)sh->overlaps, (int)sh->fence_regressions);
+    ck_assert_int_eq(ok, workers);
+    ck_assert_int_eq(sh->overlaps, 0);
+    ck_assert_int_eq(sh->fence_regressions, 0);
+    ck_assert_int_eq(sh->acquired, (long)workers * per_worker);
+    ck_assert_int_eq(sh->counter, (long)workers * per_worker);
+    munmap(sh, sizeof *sh);
+    stop_all(s, N);
+}
+END_TEST
+
+static Suite *quorum_suite(void)
+{
+    Suite *s = suite_create("quorum");
+    TCase *t = tcase_create("redlock");
+    tcase_add_unchecked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 60);
+    tcase_add_test(t, test_all_up);
+    tcase_add_test(t, test_two_killed);
+    tcase_add_test(t, test_three_killed);
+    tcase_add_test(t, test_two_stalled);
+    tcase_add_test(t, test_competing_holder);
+    tcase_add_test(t, test_fence_rotation);
+    tcase_add_test(t, test_restart_empty);
+    tcase_add_test(t, test_waiter_wakes_on_release);
+    suite_add_tcase(s, t);
+    TCase *st = tcase_create("stress");
+    tcase_set_timeout(st, 120);
+    tcase_add_test(st, test_exclusion_under_faults);
+    suite_add_tcase(s, st);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(quorum_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
