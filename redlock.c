@@ -836,7 +836,8 @@ int redlock_trylock(redlock *l)
     /* Busy when enough nodes answered, or when the holder has so many nodes
      * that no quorum is possible whatever the failed ones would say. */
     if (acq + held < c->quorum && held <= c->n - c->quorum)
-        c->transient = 0;
+        return fail_nodes(l, "acquire", t);
+    c->transient = 0;
     if (c->n == 1)
         return cerr(c, REDLOCK_NOT_ACQUIRED, "lock '%s' is held by another owner (expires in %lld ms)",
                     shown(l, nm, sizeof nm), (long long)pttl);

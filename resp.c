@@ -247,7 +247,7 @@ static resp_reply *new_elem(resp_parser *p)
  * header) was taken, 0 when more input is needed, or RESP_PARSE_ERROR. */
 static long parse_one(resp_parser *p, const char *buf, size_t len)
 {
-    size_t at = p->pos, end;
+    size_t at = p->pos, end = 0;
     long long n;
     long r;
 

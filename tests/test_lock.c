@@ -5,6 +5,7 @@
 
 #include <check.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,13 @@ static void setup(void)
 static void teardown(void)
 {
     fx_server_stop(&srv);
+}
+
+/* Each test (in its own process) starts from an empty database. */
+static void flush(void)
+{
+    char out[64];
+    ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "FLUSHALL"), 0);
 }
 
 static double now_ms(void)
@@ -616,9 +624,19 @@ START_TEST(test_urls)
 
     snprintf(url, sizeof url, "redis://:s3cret@127.0.0.1:%d/3", s2.port);
     lock_cycle_on(url);
-    /* db 3: the fence counter landed there, not in db 0 */
-    char out[256];
-    ck_assert_int_eq(fx_cmd(&s2, out, sizeof out, "SELECT 3"), 0);
+    {
+        /* SELECT 3 happened: a lock held through /3 is not in db 0 */
+        redlock_client *c3 = client_for(url);
+        redlock *held = lock_for(c3, "in-db-3", NULL, 5000);
+        char out[64];
+        ck_assert_int_eq(redlock_trylock(held), REDLOCK_OK);
+        ck_assert_int_eq(fx_cmd(&s2, out, sizeof out, "EXISTS in-db-3"), 0);
+        ck_assert_str_eq(out, "0");
+        ck_assert_int_eq(fx_cmd(&s2, out, sizeof out, "INFO keyspace"), 0);
+        ck_assert_ptr_nonnull(strstr(out, "db3:keys=2"));
+        redlock_free(held);
+        redlock_client_free(c3);
+    }
     snprintf(url, sizeof url, "redis://locker:pw%%3Awith%%40odd%%2Fchars@127.0.0.1:%d", s2.port);
     lock_cycle_on(url);
     snprintf(url, sizeof url, "unix://%s?db=2&password=s3cret", s2.sock);
@@ -753,6 +771,7 @@ static Suite *lock_suite(void)
     Suite *s = suite_create("lock");
     TCase *t = tcase_create("single-node");
     tcase_add_unchecked_fixture(t, setup, teardown);
+    tcase_add_checked_fixture(t, flush, NULL);
     tcase_set_timeout(t, 30);
     tcase_add_test(t, test_bad_arguments);
     tcase_add_test(t, test_random_value);

@@ -1,0 +1,157 @@
+# redlock-c. `make` builds the libraries and the command; `make test` runs
+# every suite against real redis-server processes it starts itself.
+
+CC      ?= cc
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+
+WARN    := -std=c11 -Wall -Wextra -Wpedantic
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS := $(WARN) $(CFLAGS)
+
+VERSION_MAJOR := $(shell sed -n 's/^\#define REDLOCK_VERSION_MAJOR \([0-9]*\).*/\1/p' redlock.h)
+VERSION       := $(shell sed -n 's/^\#define REDLOCK_VERSION "\(.*\)"/\1/p' redlock.h)
+
+LIB_SRC  := redlock.c resp.c net.c
+LIB_HDR  := redlock.h resp.h
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+STATIC   := $(BUILD)/libredlock.a
+SONAME   := libredlock.so.$(VERSION_MAJOR)
+SHARED   := $(BUILD)/libredlock.so.$(VERSION)
+
+CLI_SRC  := $(wildcard cli/*.c)
+CLI      := $(if $(CLI_SRC),$(BUILD)/redlock,)
+
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt -lpthread)
+
+TEST_SRC := $(wildcard tests/test_*.c)
+TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+
+.PHONY: all test test-sanitize test-valgrind examples demo bench fuzz fuzz-replay \
+        install uninstall clean deps lint format
+
+all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI)
+
+$(BUILD)/%.o: %.c $(LIB_HDR) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -fPIC -c $< -o $@
+
+$(BUILD):
+	@mkdir -p $(BUILD)/tests $(BUILD)/examples
+
+$(STATIC): $(LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJ)
+	$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,$(SONAME) $^ -o $@
+
+$(BUILD)/libredlock.so: $(SHARED)
+	ln -sf libredlock.so.$(VERSION) $(BUILD)/$(SONAME)
+	ln -sf $(SONAME) $@
+
+$(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h
+	$(CC) $(ALL_CFLAGS) -I. $(CLI_SRC) $(STATIC) -o $@
+
+# ---- examples and tests ---------------------------------------------------------
+
+examples: $(EXAMPLES)
+
+$(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) -o $@
+
+$(BUILD)/tests/%: tests/%.c tests/fixture.c tests/fixture.h $(STATIC) $(LIB_HDR) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
+	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
+	    $< tests/fixture.c $(STATIC) $(CHECK_LIBS) -o $@
+
+deps:
+	@sh tests/deps.sh
+
+# Every suite runs even if one fails; the target fails if any did.
+test: deps all examples $(TESTS) fuzz-replay
+	@failed=0; for t in $(TESTS); do \
+	    echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t || failed=1; \
+	done; \
+	if [ $$failed -ne 0 ]; then echo "make test: some suites FAILED"; exit 1; fi; \
+	echo "make test: all suites passed"
+
+# The seed corpus and kept crash inputs, replayed with the normal compiler.
+fuzz-replay: $(BUILD)/fuzz_parser_replay $(BUILD)/fuzz_url_replay
+	@$(BUILD)/fuzz_parser_replay fuzz/corpus/parser/* $(wildcard fuzz/regressions/parser/*)
+	@$(BUILD)/fuzz_url_replay fuzz/corpus/url/* $(wildcard fuzz/regressions/url/*)
+
+$(BUILD)/fuzz_%_replay: fuzz/fuzz_%.c fuzz/replay.c $(STATIC) resp.h | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -I. $< fuzz/replay.c $(STATIC) -o $@
+
+# ASan + UBSan: the library, the tests and the examples rebuilt in their own tree.
+SAN_CC ?= $(shell command -v clang >/dev/null 2>&1 && echo clang || echo $(CC))
+test-sanitize:
+	$(MAKE) BUILD=$(BUILD)/san CC=$(SAN_CC) \
+	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	    test
+
+# Core suites under valgrind memcheck, no fork, zero leaks and errors.
+VALGRIND_SUITES ?= test_resp test_lock
+test-valgrind: deps all examples $(TESTS)
+	@failed=0; for t in $(VALGRIND_SUITES); do \
+	    echo "== valgrind $$t"; \
+	    CK_FORK=no CK_DEFAULT_TIMEOUT=600 valgrind -q --leak-check=full --error-exitcode=1 \
+	        --errors-for-leak-kinds=definite,indirect $(BUILD)/tests/$$t || failed=1; \
+	done; exit $$failed
+
+# ---- fuzzing (clang + libFuzzer) ----------------------------------------------------
+
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+fuzz:
+	@mkdir -p $(BUILD)/fuzz
+	@for t in parser url; do \
+	    $(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -I. fuzz/fuzz_$$t.c resp.c net.c \
+	        -o $(BUILD)/fuzz/fuzz_$$t || exit 1; \
+	    mkdir -p $(BUILD)/fuzz/corpus_$$t fuzz/regressions/$$t; \
+	    echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	    $(BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=fuzz/regressions/$$t/ \
+	        $(BUILD)/fuzz/corpus_$$t fuzz/corpus/$$t fuzz/regressions/$$t 2>&1 \
+	        | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|crash|Done' ; \
+	    test $${PIPESTATUS[0]:-0} -eq 0 || exit 1; \
+	done
+
+# ---- install ---------------------------------------------------------------------------
+
+$(BUILD)/redlock.pc: redlock.h | $(BUILD)
+	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: redlock\nDescription: Redis distributed lock for C (zero dependencies)\nVersion: %s\nLibs: -L$${libdir} -lredlock\nCflags: -I$${includedir}\n' \
+	    '$(PREFIX)' '$(VERSION)' > $@
+
+install: all $(BUILD)/redlock.pc
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 redlock.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libredlock.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libredlock.so
+	install -m 644 $(BUILD)/redlock.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	if [ -n "$(CLI)" ]; then install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/; fi
+	if [ -f cli/redlock.1 ]; then install -d $(DESTDIR)$(PREFIX)/share/man/man1 && \
+	    install -m 644 cli/redlock.1 $(DESTDIR)$(PREFIX)/share/man/man1/; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/include/redlock.h $(DESTDIR)$(PREFIX)/lib/libredlock.* \
+	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/redlock.pc $(DESTDIR)$(PREFIX)/bin/redlock \
+	    $(DESTDIR)$(PREFIX)/share/man/man1/redlock.1
+
+# ---- upkeep -------------------------------------------------------------------------------
+
+lint:
+	cppcheck --quiet --enable=warning,style,performance,portability --error-exitcode=1 \
+	    --inline-suppr --suppress=missingIncludeSystem $(LIB_SRC)
+	clang-tidy --quiet $(LIB_SRC) -- -std=c11
+
+format:
+	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.c tests/*.h examples/*.c fuzz/*.c $(CLI_SRC)
+
+clean:
+	rm -rf $(BUILD)

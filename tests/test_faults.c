@@ -1,0 +1,258 @@
+/* test_faults.c - a real redis-server that dies, stalls, restarts, pauses,
+ * sleeps or is full, and holders that stall past their TTL. */
+#define _GNU_SOURCE
+#include "fixture.h"
+#include "redlock.h"
+
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define IO_MS 300
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static redlock_client *client_for(const char *url, int io_ms)
+{
+    redlock_options o;
+    redlock_options_init(&o);
+    o.io_timeout_ms = io_ms;
+    o.connect_timeout_ms = io_ms;
+    redlock_client *c = NULL;
+    ck_assert_msg(redlock_client_new(&c, (const char *[]){url}, 1, &o) == REDLOCK_OK, "%s",
+                  redlock_last_errstr());
+    return c;
+}
+
+static redlock *lock_for(redlock_client *c, const char *name, const char *value, uint32_t ttl)
+{
+    redlock *l = NULL;
+    ck_assert_int_eq(redlock_new(&l, c, name, value, ttl), REDLOCK_OK);
+    return l;
+}
+
+static const char *get(fx_server *s, const char *key)
+{
+    static char out[256];
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "GET %s", key);
+    ck_assert_int_eq(fx_cmd(s, out, sizeof out, cmd), 0);
+    return out;
+}
+
+START_TEST(test_kill9_while_holding)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    redlock_client *ca = client_for(s.url, IO_MS), *cb = client_for(s.url, IO_MS);
+    redlock *a = lock_for(ca, "k9", "owner-a", 5000), *b = lock_for(cb, "k9", "owner-b", 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    fx_server_kill(&s);
+    double t0 = now_ms();
+    int rc = redlock_refresh(a);
+    ck_assert_msg(rc == REDLOCK_ERR_IO || rc == REDLOCK_ERR_TIMEOUT, "refresh: %d", rc);
+    ck_assert_double_lt(now_ms() - t0, 3 * IO_MS);
+    ck_assert_int_gt(redlock_validity_ms(a), 0); /* still within the lease it had */
+    ck_assert_int_eq(fx_server_restart(&s), 0);
+    /* the node came back empty: b takes the lock; a's refresh and unlock
+     * must not touch b's lock */
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_NOT_HELD);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_NOT_HELD);
+    ck_assert_str_eq(get(&s, "k9"), "owner-b");
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(ca);
+    redlock_client_free(cb);
+    fx_server_stop(&s);
+}
+END_TEST
+
+START_TEST(test_holder_stalled_past_ttl)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    int p[2];
+    ck_assert_int_eq(pipe(p), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        /* the old holder: acquire, get stopped, then try refresh and unlock */
+        redlock_client *c = client_for(s.url, IO_MS);
+        redlock *l = lock_for(c, "stall", "old-holder", 300);
+        char r[3] = {(char)redlock_trylock(l), 0, 0};
+        if (write(p[1], r, 1) != 1)
+            _exit(2);
+        raise(SIGSTOP);
+        r[1] = (char)redlock_refresh(l);
+        r[2] = (char)redlock_unlock(l);
+        if (write(p[1], r + 1, 2) != 2)
+            _exit(2);
+        _exit(0);
+    }
+    close(p[1]);
+    char r[3];
+    ck_assert_int_eq(read(p[0], r, 1), 1);
+    ck_assert_int_eq(r[0], REDLOCK_OK);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
+    ck_assert(WIFSTOPPED(st));
+    usleep(600 * 1000); /* past the 300 ms TTL */
+    redlock_client *c = client_for(s.url, IO_MS);
+    redlock *nw = lock_for(c, "stall", "new-holder", 10000);
+    ck_assert_int_eq(redlock_trylock(nw), REDLOCK_OK);
+    kill(pid, SIGCONT);
+    ck_assert_int_eq(read(p[0], r + 1, 2), 2);
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_int_eq(r[1], REDLOCK_NOT_HELD);
+    ck_assert_int_eq(r[2], REDLOCK_NOT_HELD);
+    ck_assert_str_eq(get(&s, "stall"), "new-holder");
+    close(p[0]);
+    redlock_free(nw);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+START_TEST(test_restart_between_calls)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    redlock_client *c = client_for(s.url, IO_MS);
+    redlock *a = lock_for(c, "rs", NULL, 5000);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+        ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+        ck_assert_int_eq(fx_server_restart(&s), 0);
+    }
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK); /* reconnects, loads scripts */
+    ck_assert_uint_eq(redlock_fence(a), 1);            /* an empty node: counter restarted */
+    redlock_free(a);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+/* Send a command from a child, so a blocking one (DEBUG SLEEP) does not
+ * block the test. */
+static pid_t cmd_async(fx_server *s, const char *cmd)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        char out[128];
+        _exit(fx_cmd(s, out, sizeof out, cmd) == 0 ? 0 : 1);
+    }
+    return pid;
+}
+
+START_TEST(test_client_pause)
+{
+    fx_server s;
+    char out[64];
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    redlock_client *c = client_for(s.url, IO_MS);
+    redlock *a = lock_for(c, "pause", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CLIENT PAUSE 1000"), 0);
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_ERR_TIMEOUT);
+    double took = now_ms() - t0;
+    ck_assert_msg(took >= IO_MS - 20 && took < 3 * IO_MS, "took %.1f ms", took);
+    usleep(1000 * 1000);
+    /* a waiter rides the pause out: I/O errors are retried while it waits */
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CLIENT PAUSE 500"), 0);
+    ck_assert_int_eq(redlock_lock(a, 3000), REDLOCK_OK);
+    redlock_free(a);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+START_TEST(test_debug_sleep)
+{
+    fx_server s;
+    fx_opts o;
+    memset(&o, 0, sizeof o);
+    o.debug = 1;
+    ck_assert_int_eq(fx_server_start(&s, &o), 0);
+    redlock_client *c = client_for(s.url, IO_MS);
+    redlock *a = lock_for(c, "sleep", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    pid_t pid = cmd_async(&s, "DEBUG SLEEP 1");
+    usleep(100 * 1000);
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_ERR_TIMEOUT);
+    double took = now_ms() - t0;
+    ck_assert_msg(took >= IO_MS - 20 && took < 3 * IO_MS, "took %.1f ms", took);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    /* the timed-out connection was closed; its late reply is never read as
+     * the answer to this request */
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(a);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+START_TEST(test_maxclients)
+{
+    fx_server s;
+    char out[128];
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    redlock_client *c1 = client_for(s.url, IO_MS), *c2 = client_for(s.url, IO_MS);
+    redlock *a = lock_for(c1, "full", NULL, 5000), *b = lock_for(c2, "full2", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG SET maxclients 1"), 0);
+    double t0 = now_ms();
+    int rc = redlock_trylock(b);
+    ck_assert_msg(rc == REDLOCK_ERR_SERVER || rc == REDLOCK_ERR_IO, "rc %d", rc);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c2), "max"));
+    ck_assert_double_lt(now_ms() - t0, 3 * IO_MS);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK); /* the connected client goes on */
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG SET maxclients 100"), 0);
+    ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c1);
+    redlock_client_free(c2);
+    fx_server_stop(&s);
+}
+END_TEST
+
+static Suite *faults_suite(void)
+{
+    Suite *s = suite_create("faults");
+    TCase *t = tcase_create("real server faults");
+    tcase_set_timeout(t, 30);
+    tcase_add_test(t, test_kill9_while_holding);
+    tcase_add_test(t, test_holder_stalled_past_ttl);
+    tcase_add_test(t, test_restart_between_calls);
+    tcase_add_test(t, test_client_pause);
+    tcase_add_test(t, test_debug_sleep);
+    tcase_add_test(t, test_maxclients);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(faults_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
