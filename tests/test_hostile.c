@@ -12,7 +12,6 @@
 
 #include <check.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -131,50 +130,41 @@ static void answer(int fd, const scenario *sc)
     }
 }
 
-/* Serve one scenario until killed: answer every request on every connection. */
+/* One connection: answer every request until the peer goes away. */
+static void handle(int fd, const scenario *sc)
+{
+    for (int i = 0; i < 1000; i++) {
+        char buf[8192];
+        ssize_t r = recv(fd, buf, sizeof buf, 0);
+        if (r <= 0)
+            break;
+        answer(fd, sc);
+        if (sc->mode == SEND_CLOSE || sc->mode == SEND_RST)
+            break;
+    }
+    close(fd);
+}
+
+/* Serve one scenario until killed: a process per connection, so a slow
+ * answer on one never delays accepting the next. */
 static void serve(int lfd, const scenario *sc)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     alarm(60);
-    int fds[32], nfd = 0;
-    for (;;) {
-        struct pollfd p[33];
-        p[0].fd = lfd;
-        p[0].events = POLLIN;
-        for (int i = 0; i < nfd; i++) {
-            p[i + 1].fd = fds[i];
-            p[i + 1].events = POLLIN;
-        }
-        if (poll(p, (nfds_t)nfd + 1, 1000) <= 0)
+    signal(SIGCHLD, SIG_IGN);
+    for (int n = 0; n < 64; n++) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0)
             continue;
-        if ((p[0].revents & POLLIN) && nfd < 32) {
-            int fd = accept(lfd, NULL, NULL);
-            if (fd >= 0) {
-                fds[nfd++] = fd;
-                atomic_fetch_add(accepts, 1);
-            }
+        atomic_fetch_add(accepts, 1);
+        pid_t pid = fork();
+        if (pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            close(lfd);
+            handle(fd, sc);
+            _exit(0);
         }
-        for (int i = 0; i < nfd; i++) {
-            if (!(p[i + 1].revents & (POLLIN | POLLHUP | POLLERR)))
-                continue;
-            char buf[8192];
-            ssize_t r = recv(fds[i], buf, sizeof buf, 0);
-            if (r <= 0) {
-                close(fds[i]);
-                fds[i] = -1;
-                continue;
-            }
-            answer(fds[i], sc);
-            if (sc->mode == SEND_CLOSE || sc->mode == SEND_RST) {
-                close(fds[i]);
-                fds[i] = -1;
-            }
-        }
-        int k = 0;
-        for (int i = 0; i < nfd; i++)
-            if (fds[i] >= 0)
-                fds[k++] = fds[i];
-        nfd = k;
+        close(fd);
     }
 }
 
