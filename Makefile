@@ -94,7 +94,7 @@ test-sanitize:
 	    test
 
 # Core suites under valgrind memcheck, no fork, zero leaks and errors.
-VALGRIND_SUITES ?= test_resp test_lock
+VALGRIND_SUITES ?= $(filter test_resp test_net test_lock,$(TEST_SRC:tests/%.c=%))
 test-valgrind: deps all examples $(TESTS)
 	@failed=0; for t in $(VALGRIND_SUITES); do \
 	    echo "== valgrind $$t"; \
@@ -115,9 +115,10 @@ fuzz:
 	    echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
 	    $(BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	        -artifact_prefix=fuzz/regressions/$$t/ \
-	        $(BUILD)/fuzz/corpus_$$t fuzz/corpus/$$t fuzz/regressions/$$t 2>&1 \
-	        | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|crash|Done' ; \
-	    test $${PIPESTATUS[0]:-0} -eq 0 || exit 1; \
+	        $(BUILD)/fuzz/corpus_$$t fuzz/corpus/$$t fuzz/regressions/$$t \
+	        > $(BUILD)/fuzz/$$t.log 2>&1; rc=$$?; \
+	    grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Test unit written' $(BUILD)/fuzz/$$t.log; \
+	    if [ $$rc -ne 0 ]; then tail -40 $(BUILD)/fuzz/$$t.log; exit 1; fi; \
 	done
 
 # ---- install ---------------------------------------------------------------------------
