@@ -602,10 +602,10 @@ static int encode_handshake(resp_conn *c, char *dst, int dry)
     char dbbuf[16];
     const char *argv[3];
     size_t lens[3];
-    int argc = 0;
 
     c->hs_pending = 0;
     if (c->url.password[0]) {
+        int argc = 0;
         argv[argc] = "AUTH";
         lens[argc++] = 4;
         if (c->url.user[0]) {

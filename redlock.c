@@ -594,8 +594,8 @@ int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
     c->n = n;
     c->quorum = n / 2 + 1;
     c->nodes = resp_alloc_array(n, sizeof *c->nodes);
-    c->cmds = resp_alloc_array(n, sizeof *c->cmds);
-    c->subs = resp_alloc_array(n, sizeof *c->subs);
+    c->cmds = resp_alloc_array(n, sizeof(resp_conn *));
+    c->subs = resp_alloc_array(n, sizeof(resp_conn *));
     if (!c->nodes || !c->cmds || !c->subs) {
         redlock_client_free(c);
         return global_err(REDLOCK_ERR_NOMEM, "out of memory");
@@ -701,7 +701,7 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
             return cerr(c, REDLOCK_ERR_IO, "no random source (getentropy, /dev/urandom): %s",
                         strerror(errno));
         for (int i = 0; i < 16; i++)
-            snprintf(token + 2 * i, 3, "%02x", rnd[i]);
+            snprintf(token + (size_t)i * 2, 3, "%02x", rnd[i]);
         value = token;
     }
     /* one block: name, fence key, channel, value, each NUL-terminated */
@@ -921,7 +921,6 @@ int redlock_refresh(redlock *l)
     if (!l)
         return global_err(REDLOCK_ERR_ARG, "lock is NULL");
     redlock_client *c = l->c;
-    char nm[64];
     int64_t ttl_ns = (int64_t)l->ttl * 1000000;
     int64_t t0 = now_ns();
     const char *kv[4] = {l->name, l->value, l->ttl_str, "0"};
@@ -934,6 +933,7 @@ int redlock_refresh(redlock *l)
     if (v.ours >= c->quorum) {
         int64_t until = t0 + ttl_ns - drift_ns(l);
         if (until <= now_ns()) {
+            char nm[64];
             release_taken(l);
             l->held = 0;
             return cerr(c, REDLOCK_NOT_HELD, "refresh '%s': the TTL ran out before the reply",

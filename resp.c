@@ -271,7 +271,7 @@ static long parse_one(resp_parser *p, const char *buf, size_t len)
     case '+':
     case '-':
         e->type = t == '+' ? RESP_STATUS : RESP_ERROR;
-        e->integer = (long long)(at + 1); /* offset; a pointer once complete */
+        e->integer = (long long)at + 1; /* offset; a pointer once complete */
         e->len = sn;
         break;
     case ':':
