@@ -4,6 +4,8 @@
 #include "redlock.h"
 
 #include <check.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -766,6 +768,76 @@ START_TEST(test_examples)
 }
 END_TEST
 
+/* ---- mutual exclusion under contention ---------------------------------------------------------- */
+
+struct shared {
+    atomic_int inside, overlaps, fence_regressions;
+    atomic_long acquired;
+    atomic_ullong last_fence;
+    long counter; /* read-modify-write by the holder only */
+};
+
+START_TEST(test_exclusion_stress)
+{
+    /* 8 processes contend for one lock for at most 20 s; each checks it is
+     * alone inside and bumps a counter by read-sleep-write */
+    const int workers = 8, per_worker = 150;
+    struct shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                             -1, 0);
+    ck_assert_ptr_ne(sh, MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    pid_t pids[8];
+    for (int w = 0; w < workers; w++) {
+        pids[w] = fork();
+        ck_assert_int_ge(pids[w], 0);
+        if (pids[w] != 0)
+            continue;
+        redlock_client *c = NULL;
+        redlock *l = NULL;
+        const char *urls[1] = {srv.url};
+        if (redlock_client_new(&c, urls, 1, NULL) != REDLOCK_OK ||
+            redlock_new(&l, c, "stress", NULL, 2000) != REDLOCK_OK)
+            _exit(3);
+        double end = now_ms() + 20000;
+        for (int done = 0; done < per_worker && now_ms() < end;) {
+            if (redlock_lock(l, 5000) != REDLOCK_OK)
+                continue;
+            if (atomic_fetch_add(&sh->inside, 1) != 0)
+                atomic_fetch_add(&sh->overlaps, 1);
+            uint64_t f = redlock_fence(l);
+            if (f <= atomic_load(&sh->last_fence))
+                atomic_fetch_add(&sh->fence_regressions, 1);
+            atomic_store(&sh->last_fence, f);
+            long v = sh->counter;
+            usleep(200);
+            sh->counter = v + 1;
+            atomic_fetch_add(&sh->acquired, 1);
+            atomic_fetch_sub(&sh->inside, 1);
+            if (redlock_unlock(l) != REDLOCK_OK)
+                atomic_fetch_add(&sh->overlaps, 1000); /* lost it while inside */
+            done++;
+        }
+        _exit(0);
+    }
+    int ok = 0;
+    for (int w = 0; w < workers; w++) {
+        int st;
+        ck_assert_int_eq(waitpid(pids[w], &st, 0), pids[w]);
+        ok += WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+    printf("single-node stress: %d workers, %ld acquisitions, counter %ld, overlaps %d, "
+           "fence regressions %d\n",
+           workers, (long)sh->acquired, sh->counter, (int)sh->overlaps,
+           (int)sh->fence_regressions);
+    ck_assert_int_eq(ok, workers);
+    ck_assert_int_eq(sh->overlaps, 0);
+    ck_assert_int_eq(sh->fence_regressions, 0);
+    ck_assert_int_eq(sh->acquired, (long)workers * per_worker);
+    ck_assert_int_eq(sh->counter, (long)workers * per_worker);
+    munmap(sh, sizeof *sh);
+}
+END_TEST
+
 static Suite *lock_suite(void)
 {
     Suite *s = suite_create("lock");
@@ -796,6 +868,7 @@ static Suite *lock_suite(void)
     tcase_add_test(t, test_no_alloc_per_cycle);
     tcase_add_test(t, test_alloc_failure);
     tcase_add_test(t, test_examples);
+    tcase_add_test(t, test_exclusion_stress);
     suite_add_tcase(s, t);
     return s;
 }
