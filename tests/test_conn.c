@@ -399,8 +399,22 @@ START_TEST(test_parallel_exchange)
     resp_conn_consume(c[0]);
     resp_conn_consume(c[2]);
 
-    /* any-mode returns with the first answer, leaving the slow one due */
+    /* any-mode returns with the first answer, leaving the stopped one due */
     fx_server_resume(&s[1]);
+    expect_pong(c[1]); /* reconnect while it runs */
+    fx_server_pause(&s[1]);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(resp_conn_appendv(c[i], 1, ping), RESP_OK);
+    t0 = now_ms();
+    resp_exchange(c, 3, 0, 1);
+    ck_assert_double_lt(now_ms() - t0, 250);
+    ck_assert(resp_conn_reply(c[0], NULL) || resp_conn_reply(c[2], NULL));
+    ck_assert_ptr_null(resp_conn_reply(c[1], NULL));
+    ck_assert_uint_eq(resp_conn_pending(c[1]), 1);
+    fx_server_resume(&s[1]);
+    resp_exchange(&c[1], 1, 0, 0); /* its PONG arrives once resumed */
+    ck_assert_int_eq(resp_conn_status(c[1]), RESP_OK);
+    ck_assert_int_eq(reply(c[1])->type, RESP_STATUS);
     for (int i = 0; i < 3; i++) {
         fx_server_stop(&s[i]);
         resp_conn_free(c[i]);
