@@ -70,6 +70,9 @@ $(BUILD)/tests/%: tests/%.c tests/fixture.c tests/fixture.h $(STATIC) $(LIB_HDR)
 deps:
 	@sh tests/deps.sh
 
+demo: all
+	@bash cli/demo.sh
+
 # Every suite runs even if one fails; the target fails if any did.
 test: deps all examples $(TESTS) fuzz-replay
 	@failed=0; for t in $(TESTS); do \
