@@ -97,7 +97,7 @@ test-sanitize:
 	    test
 
 # Core suites under valgrind memcheck, no fork, zero leaks and errors.
-VALGRIND_SUITES ?= $(filter test_resp test_net test_lock,$(TEST_SRC:tests/%.c=%))
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock,$(TEST_SRC:tests/%.c=%))
 test-valgrind: deps all examples $(TESTS)
 	@failed=0; for t in $(VALGRIND_SUITES); do \
 	    echo "== valgrind $$t"; \

@@ -233,6 +233,13 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
 {
     redlock_options opts;
     redlock_options_init(&opts);
+    /* One refresh attempt must not outlast much of the lease: a stalled
+     * node costs at most a fifth of the TTL per try. */
+    int cap = (int)(o->ttl_ms / 5 > 20 ? o->ttl_ms / 5 : 20);
+    if (opts.io_timeout_ms > cap)
+        opts.io_timeout_ms = cap;
+    if (opts.connect_timeout_ms > cap)
+        opts.connect_timeout_ms = cap;
     int rc = redlock_client_new(c, o->urls, o->nurls, &opts);
     if (rc == REDLOCK_ERR_ARG)
         return usage_error("%s", redlock_last_errstr());
@@ -435,6 +442,21 @@ static int run_command(cli *o)
     while (!rs.done) {
         int64_t now = now_ms();
         int64_t due = rs.lost ? rs.kill_at : rs.next_refresh;
+        if (!rs.lost) {
+            /* The lease is gone by our own clock: stop COMMAND now rather
+             * than after one more refresh attempt. */
+            int64_t valid = redlock_validity_ms(l);
+            if (valid <= 0) {
+                char why[300];
+                snprintf(why, sizeof why,
+                         "its TTL ran out before a refresh succeeded (last error: %s)",
+                         redlock_client_errstr(c));
+                lose(o, &rs, why);
+                continue;
+            }
+            if (now + valid < due)
+                due = now + valid;
+        }
         if (!rs.lost && now >= rs.next_refresh) {
             refresh_tick(o, &rs, l, c);
             continue;
@@ -452,6 +474,9 @@ static int run_command(cli *o)
     }
     if (rs.lost) {
         say("lost the lock %s: %s; COMMAND was stopped", o->name, rs.why);
+        /* Compare-and-delete, so harmless if someone else holds it now; frees
+         * the lock at once if it was still ours on a slow node. */
+        redlock_unlock(l);
         rc = EXIT_LOST;
         goto out;
     }
