@@ -34,7 +34,7 @@ _Static_assert(SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) && SAME_CODE(ERR_PROT
 #define SHOWN_NAME 48 /* bytes of a lock name quoted in messages */
 
 /* ---- scripts ---------------------------------------------------------------
- * SHA1s are checked against SCRIPT LOAD by tests/test_lock.c. Edit a script,
+ * SHA1s are checked against SCRIPT LOAD by tests/test_scripts.c. Edit a script,
  * and that test prints the new SHA1.
  *
  * ACQUIRE: KEYS lock, fence; ARGV value, ttl ms, fencing ('1'/'0').
