@@ -105,6 +105,23 @@ test-valgrind: deps all examples $(TESTS)
 	        --errors-for-leak-kinds=definite,indirect $(BUILD)/tests/$$t || failed=1; \
 	done; exit $$failed
 
+# ---- benchmarks ----------------------------------------------------------------------
+
+# hiredis is a baseline for the benchmark only; the library never links it.
+HIREDIS_CFLAGS := $(shell pkg-config --exists hiredis 2>/dev/null && echo -DHAVE_HIREDIS $$(pkg-config --cflags hiredis))
+HIREDIS_LIBS   := $(shell pkg-config --exists hiredis 2>/dev/null && pkg-config --libs hiredis)
+BENCH_ARGS ?=
+
+$(BUILD)/bench: bench/bench.c tests/fixture.c tests/fixture.h $(STATIC) $(LIB_HDR) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -I. -Itests $(HIREDIS_CFLAGS) -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
+	    bench/bench.c tests/fixture.c $(STATIC) $(HIREDIS_LIBS) -o $@
+
+# Prints a table and writes $(BUILD)/bench.json. BENCH_ARGS=--callgrind adds
+# instructions per reply for the parsers; --quick for a short smoke run.
+bench: deps all $(BUILD)/bench
+	@pkg-config --exists hiredis 2>/dev/null || echo "bench: libhiredis-dev not installed; hiredis rows skipped (apt-get install libhiredis-dev)"
+	@$(BUILD)/bench $(BENCH_ARGS)
+
 # ---- fuzzing (clang + libFuzzer) ----------------------------------------------------
 
 FUZZ_SECONDS ?= 60

@@ -19,6 +19,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* resp.h shares the status numbers; keep them in step. */
@@ -44,6 +45,16 @@ _Static_assert(SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) && SAME_CODE(ERR_PROT
  *   0 no key, -1 another owner.
  * REFRESH: KEYS lock; ARGV value, ttl ms, repair ('1': set it where it is
  *   missing). 1 extended, 2 set again, 0 no key, -1 another owner.
+ * FAIR: KEYS lock, fence, queue, alive; ARGV value, ttl ms, fencing,
+ *   enqueue ('1'/'0'), queue score, lease ms. ACQUIRE that serves waiters
+ *   in queue order: the lock is taken only when free and the queue is empty
+ *   or starts with us. queue is a ZSET of waiting values by score (the
+ *   wall-clock ms when each began to wait, the same on every node); alive
+ *   holds each waiter's lease expiry (node time) and a waiter that stops
+ *   renewing it is dropped. Replies as ACQUIRE, and {3, ms} when the lock
+ *   is free but another waiter is first (ms: that waiter's lease left).
+ * DEQUEUE: KEYS queue, alive, lock; ARGV value, channel. Leave the queue;
+ *   if we were first and the lock is free, wake the others.
  * RAISE: KEYS fence; ARGV token. Raise the counter to at least token.
  * STATUS: KEYS lock, fence. {value or nil, pttl, counter or nil}.
  */
@@ -60,6 +71,62 @@ static const char ACQUIRE_LUA[] =
     "local t = 0\n"
     "if ARGV[3] == '1' then t = redis.call('INCR', KEYS[2]) end\n"
     "return {1, t}\n";
+static const char FAIR_LUA[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v == ARGV[1] then\n"
+    "  redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+    "  redis.call('ZREM', KEYS[3], ARGV[1])\n"
+    "  redis.call('ZREM', KEYS[4], ARGV[1])\n"
+    "  local t = 0\n"
+    "  if ARGV[3] == '1' then t = tonumber(redis.call('GET', KEYS[2]) or 0) end\n"
+    "  return {2, t}\n"
+    "end\n"
+    "local tm = redis.call('TIME')\n"
+    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    "local dead = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 64)\n"
+    "for _, w in ipairs(dead) do\n"
+    "  redis.call('ZREM', KEYS[3], w)\n"
+    "  redis.call('ZREM', KEYS[4], w)\n"
+    "end\n"
+    "local code, left = 0, 0\n"
+    "if v then\n"
+    "  left = redis.call('PTTL', KEYS[1])\n"
+    "else\n"
+    "  local head, exp\n"
+    "  for _ = 1, 64 do\n"
+    "    head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]\n"
+    "    if not head then break end\n"
+    "    exp = redis.call('ZSCORE', KEYS[4], head)\n"
+    "    if exp then break end\n"
+    "    redis.call('ZREM', KEYS[3], head)\n"
+    "  end\n"
+    "  if not head or head == ARGV[1] then\n"
+    "    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "    redis.call('ZREM', KEYS[3], ARGV[1])\n"
+    "    redis.call('ZREM', KEYS[4], ARGV[1])\n"
+    "    local t = 0\n"
+    "    if ARGV[3] == '1' then t = redis.call('INCR', KEYS[2]) end\n"
+    "    return {1, t}\n"
+    "  end\n"
+    "  code = 3\n"
+    "  left = tonumber(exp) - now\n"
+    "end\n"
+    "if ARGV[4] == '1' then\n"
+    "  local lease = tonumber(ARGV[6])\n"
+    "  redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[1])\n"
+    "  redis.call('ZADD', KEYS[4], now + lease, ARGV[1])\n"
+    "  redis.call('PEXPIRE', KEYS[3], lease * 2)\n"
+    "  redis.call('PEXPIRE', KEYS[4], lease * 2)\n"
+    "end\n"
+    "return {code, left}\n";
+static const char DEQUEUE_LUA[] =
+    "local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]\n"
+    "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "if head == ARGV[1] and redis.call('EXISTS', KEYS[3]) == 0 then\n"
+    "  redis.call('PUBLISH', ARGV[2], 'released')\n"
+    "end\n"
+    "return 1\n";
 static const char RELEASE_LUA[] =
     "local v = redis.call('GET', KEYS[1])\n"
     "if v == ARGV[1] then\n"
@@ -102,6 +169,8 @@ typedef struct script {
 } script;
 
 static const script S_ACQUIRE = {"acquire", ACQUIRE_LUA, "2757630a71364073e06e658f7f2bc1467f7a27b7", 2};
+static const script S_FAIR = {"fair acquire", FAIR_LUA, "93f83e0191555506c94872285f903355ba05275f", 2};
+static const script S_DEQUEUE = {"dequeue", DEQUEUE_LUA, "c16facfafca27572ce86757d2c9890d694d12b0f", 1};
 static const script S_RELEASE = {"release", RELEASE_LUA, "8ef851e623d1c09822e5b6e0b686a919402df97b", 1};
 static const script S_REFRESH = {"refresh", REFRESH_LUA, "cc0151ff93d6a86e195e9878cfa2f8e7764d9f77", 1};
 static const script S_RAISE = {"raise", RAISE_LUA, "cd0ddc878f8da4bd2d4de0fdcb379ce546a440bd", 1};
@@ -147,6 +216,7 @@ struct redlock_client {
 struct redlock {
     redlock_client *c;
     const char *name, *fence_key, *channel, *value; /* one block, see redlock_new */
+    const char *queue_key, *alive_key;               /* fair mode; as long as fence_key */
     size_t namelen, fencelen, chlen, vlen;
     uint32_t ttl;
     char ttl_str[16];
@@ -154,6 +224,9 @@ struct redlock {
     int held;
     int64_t valid_until; /* ns, CLOCK_MONOTONIC */
     int64_t holder_pttl; /* ms left on the holder's lock at the last failed try */
+    int waiting;         /* inside redlock_lock: fair mode joins the queue */
+    char score_str[24];  /* fair mode: wall-clock ms when this wait began */
+    char lease_str[16];  /* fair mode: how long our place in line lasts */
 };
 
 static _Thread_local char last_err[256];
@@ -290,10 +363,15 @@ static void node_error(node *nd, int status, int transient, const char *fmt, ...
 static int queue_script(node *nd, const script *s, int eval, int nkeys, int nargs,
                         const char *const *kv, const size_t *kvlen)
 {
-    const char *argv[12];
-    size_t lens[12];
+    const char *argv[16];
+    size_t lens[16];
     char nk[4];
     int argc = 0;
+
+    if (nkeys + nargs > 13) { /* a programming error, not an input */
+        node_error(nd, REDLOCK_ERR_ARG, 0, "%s: too many script arguments", s->name);
+        return REDLOCK_ERR_ARG;
+    }
 
     nk[0] = (char)('0' + nkeys);
     nk[1] = '\0';
@@ -537,6 +615,7 @@ void redlock_options_init(redlock_options *o)
     o->max_array = RESP_DEFAULT_MAX_ARRAY;
     o->max_depth = RESP_DEFAULT_MAX_DEPTH;
     o->max_line = RESP_DEFAULT_MAX_LINE;
+    o->fair = 0;
 }
 
 static int check_options(const redlock_options *o)
@@ -547,6 +626,8 @@ static int check_options(const redlock_options *o)
         return global_err(REDLOCK_ERR_ARG, "drift_factor must be in [0, 0.5)");
     if (o->fencing != 0 && o->fencing != 1)
         return global_err(REDLOCK_ERR_ARG, "fencing must be 0 or 1");
+    if (o->fair != 0 && o->fair != 1)
+        return global_err(REDLOCK_ERR_ARG, "fair must be 0 or 1");
     if (o->retry_min_ms <= 0 || o->retry_max_ms < o->retry_min_ms)
         return global_err(REDLOCK_ERR_ARG, "need 0 < retry_min_ms <= retry_max_ms");
     if (o->max_depth > RESP_MAX_DEPTH)
@@ -709,7 +790,7 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
     size_t vlen = strlen(value);
     size_t fencelen = namelen + (tag ? 6 : 8); /* name:fence or {name}:fence */
     size_t chlen = 8 + namelen;                /* redlock:name */
-    size_t total = sizeof(redlock) + namelen + 1 + fencelen + 1 + chlen + 1 + vlen + 1;
+    size_t total = sizeof(redlock) + namelen + 1 + 3 * (fencelen + 1) + chlen + 1 + vlen + 1;
     redlock *l = resp_alloc(total);
     if (!l)
         return cerr(c, REDLOCK_ERR_NOMEM, "out of memory");
@@ -731,6 +812,15 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
         memcpy(p + 1, name, namelen);
         memcpy(p + 1 + namelen, "}:fence", 8);
     }
+    p += fencelen + 1;
+    /* {name}:queue and {name}:alive: the fence key with another 5-letter suffix */
+    l->queue_key = p;
+    memcpy(p, l->fence_key, fencelen + 1);
+    memcpy(p + fencelen - 5, "queue", 5);
+    p += fencelen + 1;
+    l->alive_key = p;
+    memcpy(p, l->fence_key, fencelen + 1);
+    memcpy(p + fencelen - 5, "alive", 5);
     p += fencelen + 1;
     l->channel = p;
     l->chlen = chlen;
@@ -781,14 +871,24 @@ int redlock_trylock(redlock *l)
     char nm[64];
     int64_t ttl_ns = (int64_t)l->ttl * 1000000;
     int64_t t0 = now_ns();
-    const char *kv[5] = {l->name, l->fence_key, l->value, l->ttl_str, c->opts.fencing ? "1" : "0"};
-    size_t kvlen[5] = {l->namelen, l->fencelen, l->vlen, strlen(l->ttl_str), 1};
-
+    const char *f = c->opts.fencing ? "1" : "0";
     c->errstr[0] = '\0';
     select_all(c);
-    run_script(c, l, &S_ACQUIRE, 2, 3, kv, kvlen, t0 + ttl_ns);
+    if (c->opts.fair) {
+        const char *kv[10] = {l->name,    l->fence_key, l->queue_key,   l->alive_key,
+                              l->value,   l->ttl_str,   f,              l->waiting ? "1" : "0",
+                              l->score_str, l->lease_str};
+        size_t kvlen[10] = {l->namelen, l->fencelen,         l->fencelen,           l->fencelen,
+                            l->vlen,    strlen(l->ttl_str),  1,                     1,
+                            strlen(l->score_str), strlen(l->lease_str)};
+        run_script(c, l, &S_FAIR, 4, 6, kv, kvlen, t0 + ttl_ns);
+    } else {
+        const char *kv[5] = {l->name, l->fence_key, l->value, l->ttl_str, f};
+        size_t kvlen[5] = {l->namelen, l->fencelen, l->vlen, strlen(l->ttl_str), 1};
+        run_script(c, l, &S_ACQUIRE, 2, 3, kv, kvlen, t0 + ttl_ns);
+    }
 
-    size_t acq = 0, held = 0;
+    size_t acq = 0, held = 0, queued = 0;
     uint64_t token = 0;
     int64_t pttl = -1;
     for (size_t i = 0; i < c->n; i++) {
@@ -801,8 +901,9 @@ int redlock_trylock(redlock *l)
             acq++;
             if ((uint64_t)nd->val > token)
                 token = (uint64_t)nd->val;
-        } else if (nd->code == 0) {
+        } else if (nd->code == 0 || nd->code == 3) {
             held++;
+            queued += nd->code == 3;
             if (nd->val > 0 && (pttl < 0 || nd->val < pttl))
                 pttl = nd->val;
         } else
@@ -838,13 +939,20 @@ int redlock_trylock(redlock *l)
     if (acq + held < c->quorum && held <= c->n - c->quorum)
         return fail_nodes(l, "acquire", t);
     c->transient = 0;
+    if (c->n == 1 && queued)
+        return cerr(c, REDLOCK_NOT_ACQUIRED,
+                    "lock '%s' is free, but another waiter is first in line (fair mode)",
+                    shown(l, nm, sizeof nm));
     if (c->n == 1)
         return cerr(c, REDLOCK_NOT_ACQUIRED, "lock '%s' is held by another owner (expires in %lld ms)",
                     shown(l, nm, sizeof nm), (long long)pttl);
+    char q[80] = "";
+    if (queued)
+        snprintf(q, sizeof q, " (on %zu of them free, but another waiter is first in line)", queued);
     return cerr(c, REDLOCK_NOT_ACQUIRED,
-                "lock '%s': taken on %zu of %zu nodes, held by another owner on %zu, %zu failed "
+                "lock '%s': taken on %zu of %zu nodes, held by another owner on %zu%s, %zu failed "
                 "(quorum %zu)",
-                shown(l, nm, sizeof nm), acq, c->n, held, t.err, c->quorum);
+                shown(l, nm, sizeof nm), acq, c->n, held, q, t.err, c->quorum);
 }
 
 /* How a compare-and-act script went on a quorum: code 1 (or 2) ours,
@@ -1110,10 +1218,8 @@ static void wait_release(redlock_client *c, int64_t until)
         sleep_until(until);
 }
 
-int redlock_lock(redlock *l, uint32_t wait_ms)
+static int lock_loop(redlock *l, uint32_t wait_ms)
 {
-    if (!l)
-        return global_err(REDLOCK_ERR_ARG, "lock is NULL");
     redlock_client *c = l->c;
     int64_t deadline = now_ns() + (int64_t)wait_ms * 1000000;
     int64_t backoff = (int64_t)c->opts.retry_min_ms * 1000000;
@@ -1152,6 +1258,44 @@ int redlock_lock(redlock *l, uint32_t wait_ms)
         else
             sleep_until(until);
     }
+}
+
+/* Fair mode: leave the queue on every node (best effort, one deadline). */
+static void dequeue(redlock *l)
+{
+    redlock_client *c = l->c;
+    const char *kv[5] = {l->queue_key, l->alive_key, l->name, l->value, l->channel};
+    size_t kvlen[5] = {l->fencelen, l->fencelen, l->namelen, l->vlen, l->chlen};
+    select_all(c);
+    run_script(c, l, &S_DEQUEUE, 3, 2, kv, kvlen, 0);
+}
+
+int redlock_lock(redlock *l, uint32_t wait_ms)
+{
+    if (!l)
+        return global_err(REDLOCK_ERR_ARG, "lock is NULL");
+    redlock_client *c = l->c;
+    if (!c->opts.fair)
+        return lock_loop(l, wait_ms);
+    /* Our place in line: the wall-clock ms when we began to wait, the same
+     * score on every node so that all nodes agree on the order. A waiter
+     * renews its place on every try, at least every retry_max_ms. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(l->score_str, sizeof l->score_str, "%lld",
+             (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    snprintf(l->lease_str, sizeof l->lease_str, "%d",
+             2 * c->opts.retry_max_ms + c->opts.io_timeout_ms);
+    l->waiting = 1;
+    int rc = lock_loop(l, wait_ms);
+    l->waiting = 0;
+    if (rc != REDLOCK_OK) {
+        char keep[sizeof c->errstr];
+        memcpy(keep, c->errstr, sizeof keep);
+        dequeue(l);
+        memcpy(c->errstr, keep, sizeof keep);
+    }
+    return rc;
 }
 
 /* ---- inspection --------------------------------------------------------------- */

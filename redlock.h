@@ -53,6 +53,9 @@ typedef struct redlock_options {
     uint32_t max_array;     /* parser: most elements in one array   (default 128)  */
     uint32_t max_depth;     /* parser: deepest array nesting        (default 8)    */
     uint32_t max_line;      /* parser: longest status/error line    (default 4096) */
+    int fair;               /* 1: waiters get the lock in the order they began to
+                               wait (a queue in Redis); every client of a lock
+                               name must agree on this             (default 0)    */
 } redlock_options;
 
 /* Fill *o with the defaults above. */
@@ -89,12 +92,15 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
 /* One attempt, one round trip (quorum: one parallel round trip).
  * REDLOCK_OK: held, with a fencing token and validity; also when we already
  * held it (the TTL is reset, the token kept). REDLOCK_NOT_ACQUIRED: someone
- * else holds it. Errors: REDLOCK_ERR_*. */
+ * else holds it (fair mode: or it is free and a waiter is first in line).
+ * Errors: REDLOCK_ERR_*. */
 int redlock_trylock(redlock *l);
 /* Try, then wait for a release (pub/sub, no fixed-interval polling), the
  * holder's TTL running out, or a jittered backoff, until acquired or
  * wait_ms passes: REDLOCK_NOT_ACQUIRED then. I/O errors are retried until
- * the wait runs out; argument, auth and server errors return at once. */
+ * the wait runs out; argument, auth and server errors return at once.
+ * Fair mode: the caller joins the lock's queue and is served in turn; it
+ * leaves the queue when this returns. */
 int redlock_lock(redlock *l, uint32_t wait_ms);
 /* Release if still ours (compare-and-delete; wakes waiters). REDLOCK_OK,
  * or REDLOCK_NOT_HELD (errstr: expired, or another owner) and nothing is

@@ -10,8 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static const script *const all_scripts[] = {&S_ACQUIRE, &S_RELEASE, &S_REFRESH, &S_RAISE,
-                                            &S_STATUS};
+static const script *const all_scripts[] = {&S_ACQUIRE, &S_FAIR,  &S_DEQUEUE, &S_RELEASE,
+                                            &S_REFRESH, &S_RAISE, &S_STATUS};
 #define NSCRIPTS (sizeof all_scripts / sizeof all_scripts[0])
 
 START_TEST(test_sha1_matches_script_load)

@@ -1,0 +1,1041 @@
+/* bench.c - `make bench`: redlock-c against the round-trip limit, against
+ * hiredis, and under contention. Every figure that matters is a ratio of
+ * two things measured in the same run, on the same machine, interleaved
+ * round by round, so a noisy shared machine moves both sides alike.
+ *
+ *   bench [--json FILE] [--quick] [--callgrind]
+ *
+ * Servers: five redis-server processes on free loopback ports, started and
+ * stopped here; or $REDLOCK_URL (comma-separated: the first URL serves the
+ * single-node sections, the first five the quorum section when there are
+ * five).
+ */
+#define _GNU_SOURCE
+#include "fixture.h"
+#include "redlock.h"
+#include "resp.h"
+
+#ifdef HAVE_HIREDIS
+#include <hiredis/hiredis.h>
+#endif
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef BENCH_BUILD_DIR
+#define BENCH_BUILD_DIR "build"
+#endif
+
+#define MAX_URLS 8
+#define QUORUM 5
+
+static int quick;
+static int rounds = 7;
+
+/* ---- results: printed as a table, kept for JSON --------------------------------- */
+
+typedef struct result {
+    char section[32];
+    char key[48];
+    double value;
+    char unit[16];
+} result;
+
+static result results[128];
+static size_t nresults;
+
+static void put(const char *section, const char *key, double value, const char *unit,
+                const char *fmt, ...)
+{
+    if (nresults < sizeof results / sizeof results[0]) {
+        result *r = &results[nresults++];
+        snprintf(r->section, sizeof r->section, "%s", section);
+        snprintf(r->key, sizeof r->key, "%s", key);
+        r->value = value;
+        snprintf(r->unit, sizeof r->unit, "%s", unit);
+    }
+    char label[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(label, sizeof label, fmt, ap);
+    va_end(ap);
+    char val[48];
+    if (value == (double)(long long)value && value < 1e15)
+        snprintf(val, sizeof val, "%lld", (long long)value);
+    else if (value >= 100)
+        snprintf(val, sizeof val, "%.0f", value);
+    else
+        snprintf(val, sizeof val, "%.3g", value);
+    printf("  %-52s %12s %s\n", label, val, unit);
+    fflush(stdout);
+}
+
+static void heading(const char *s)
+{
+    printf("\n%s\n", s);
+    fflush(stdout);
+}
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "bench: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+/* ---- time and statistics --------------------------------------------------------- */
+
+static int64_t now_ns(void)
+{
+    return resp_now_ns();
+}
+
+static void sleep_ns(int64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000), (long)(ns % 1000000000)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* q-quantile of v[0..n) (sorts v). */
+static double quantile(double *v, size_t n, double q)
+{
+    if (n == 0)
+        return 0;
+    qsort(v, n, sizeof *v, cmp_double);
+    size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+    return v[i < n ? i : n - 1];
+}
+
+static double median(double *v, size_t n)
+{
+    return quantile(v, n, 0.5);
+}
+
+/* ---- servers ---------------------------------------------------------------------- */
+
+static fx_server servers[QUORUM];
+static int nservers;
+static const char *urls[MAX_URLS];
+static size_t nurls;
+static char *url_env;
+
+static void stop_servers(void)
+{
+    for (int i = 0; i < nservers; i++)
+        fx_server_stop(&servers[i]);
+    nservers = 0;
+}
+
+static void on_fatal_signal(int sig)
+{
+    stop_servers();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void start_servers(void)
+{
+    const char *env = getenv("REDLOCK_URL");
+    if (env && *env) {
+        url_env = strdup(env);
+        char *save = NULL;
+        for (char *u = strtok_r(url_env, ",", &save); u && nurls < MAX_URLS;
+             u = strtok_r(NULL, ",", &save))
+            if (*u)
+                urls[nurls++] = u;
+        if (nurls == 0)
+            die("$REDLOCK_URL has no URL");
+        printf("servers: $REDLOCK_URL (%zu)\n", nurls);
+        if (nurls >= QUORUM)
+            return;
+    }
+    atexit(stop_servers);
+    signal(SIGINT, on_fatal_signal);
+    signal(SIGTERM, on_fatal_signal);
+    for (int i = 0; i < QUORUM; i++) {
+        if (fx_server_start(&servers[i], NULL) != 0)
+            die("cannot start redis-server (run `make deps`)");
+        nservers++;
+    }
+    if (nurls == 0) {
+        for (int i = 0; i < QUORUM; i++)
+            urls[nurls++] = servers[i].url;
+        printf("servers: %d redis-server processes on loopback, ports %d..%d\n", QUORUM,
+               servers[0].port, servers[QUORUM - 1].port);
+    }
+}
+
+/* the quorum's URLs: $REDLOCK_URL's first five, or our own servers */
+static const char *quorum_url(int i)
+{
+    return nurls >= QUORUM ? urls[i] : servers[i].url;
+}
+
+/* ---- our client, and a bare connection for PING and INFO --------------------------------- */
+
+static int fair_mode;
+
+static redlock_client *client_for(const char *const *u, size_t n, int fencing)
+{
+    redlock_options o;
+    redlock_options_init(&o);
+    o.fencing = fencing;
+    o.fair = fair_mode;
+    redlock_client *c = NULL;
+    if (redlock_client_new(&c, u, n, &o) != REDLOCK_OK)
+        die("client: %s", redlock_last_errstr());
+    return c;
+}
+
+static redlock *lock_for(redlock_client *c, const char *name, uint32_t ttl)
+{
+    redlock *l = NULL;
+    if (redlock_new(&l, c, name, NULL, ttl) != REDLOCK_OK)
+        die("lock: %s", redlock_client_errstr(c));
+    return l;
+}
+
+static void cycle(redlock *l, redlock_client *c)
+{
+    int rc = redlock_trylock(l);
+    if (rc != REDLOCK_OK)
+        die("trylock: %s (%s)", redlock_strerror(rc), redlock_client_errstr(c));
+    rc = redlock_unlock(l);
+    if (rc != REDLOCK_OK)
+        die("unlock: %s (%s)", redlock_strerror(rc), redlock_client_errstr(c));
+}
+
+static resp_conn *conn_for(const char *url)
+{
+    resp_url u;
+    char err[256];
+    if (resp_url_parse(&u, url, err, sizeof err) != RESP_OK)
+        die("%s", err);
+    resp_conn_opts o = {1000, 2000, {0, 0, 0, 0}, 0};
+    o.limits.max_bulk = 1u << 20;
+    o.max_reply = (1u << 20) + 4096;
+    resp_conn *c = NULL;
+    if (resp_conn_new(&c, &u, &o) != RESP_OK)
+        die("resp_conn_new");
+    return c;
+}
+
+/* Send one command on c and wait for its reply (consumed before return; the
+ * reply is copied into out when out is given). */
+static void roundtrip(resp_conn *c, int argc, const char *const *argv, char *out, size_t outlen)
+{
+    if (resp_conn_appendv(c, argc, argv) != RESP_OK)
+        die("append");
+    resp_exchange(&c, 1, 0, 0);
+    if (resp_conn_status(c) != RESP_OK)
+        die("%s: %s", argv[0], resp_conn_errstr(c));
+    if (out) {
+        size_t n;
+        const resp_reply *r = resp_conn_reply(c, &n);
+        size_t len = r->type == RESP_BULK || r->type == RESP_STATUS ? r->len : 0;
+        if (len >= outlen)
+            len = outlen - 1;
+        memcpy(out, r->str, len);
+        out[len] = '\0';
+    }
+    resp_conn_consume(c);
+}
+
+static void ping(resp_conn *c)
+{
+    static const char *const argv[] = {"PING"};
+    roundtrip(c, 1, argv, NULL, 0);
+}
+
+/* A numeric field of INFO section on url. */
+static double info_field(const char *url, const char *section, const char *field)
+{
+    static char buf[1 << 16];
+    resp_conn *c = conn_for(url);
+    const char *argv[] = {"INFO", section};
+    roundtrip(c, 2, argv, buf, sizeof buf);
+    resp_conn_free(c);
+    char key[96];
+    snprintf(key, sizeof key, "\n%s:", field);
+    const char *p = strstr(buf, key);
+    return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+/* Requests clients sent (top-level commands the lock uses), from INFO commandstats. */
+static double requests_sent(const char *url)
+{
+    static char buf[1 << 16];
+    resp_conn *c = conn_for(url);
+    const char *argv[] = {"INFO", "commandstats"};
+    roundtrip(c, 2, argv, buf, sizeof buf);
+    resp_conn_free(c);
+    static const char *const cmds[] = {"evalsha", "eval", "subscribe", "unsubscribe"};
+    double total = 0;
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "cmdstat_%s:calls=", cmds[i]);
+        const char *p = strstr(buf, key);
+        if (p)
+            total += strtod(p + strlen(key), NULL);
+    }
+    return total;
+}
+
+#ifdef HAVE_HIREDIS
+static redisContext *hiredis_for(const char *url)
+{
+    resp_url u;
+    char err[256];
+    if (resp_url_parse(&u, url, err, sizeof err) != RESP_OK)
+        die("%s", err);
+    struct timeval tv = {1, 0};
+    redisContext *h = u.kind == RESP_URL_UNIX ? redisConnectUnixWithTimeout(u.path, tv)
+                                               : redisConnectWithTimeout(u.host, atoi(u.port), tv);
+    if (!h || h->err)
+        die("hiredis connect: %s", h ? h->errstr : "out of memory");
+    if (u.password[0]) {
+        redisReply *r = u.user[0] ? redisCommand(h, "AUTH %s %s", u.user, u.password)
+                                  : redisCommand(h, "AUTH %s", u.password);
+        freeReplyObject(r);
+    }
+    return h;
+}
+
+/* The classic single-node lock with hiredis: SET NX PX, then a
+ * compare-and-delete script by EVALSHA. */
+static const char hiredis_release[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+    "return 0";
+static char hiredis_release_sha[64];
+
+static void hiredis_prepare(redisContext *h)
+{
+    redisReply *r = redisCommand(h, "SCRIPT LOAD %s", hiredis_release);
+    if (!r || r->type != REDIS_REPLY_STRING)
+        die("hiredis SCRIPT LOAD");
+    snprintf(hiredis_release_sha, sizeof hiredis_release_sha, "%s", r->str);
+    freeReplyObject(r);
+}
+
+static void hiredis_cycle(redisContext *h, const char *key, const char *value)
+{
+    redisReply *r = redisCommand(h, "SET %s %s NX PX 10000", key, value);
+    if (!r || r->type != REDIS_REPLY_STATUS)
+        die("hiredis SET NX: %s", r ? "not acquired" : h->errstr);
+    freeReplyObject(r);
+    r = redisCommand(h, "EVALSHA %s 1 %s %s", hiredis_release_sha, key, value);
+    if (!r || r->type != REDIS_REPLY_INTEGER || r->integer != 1)
+        die("hiredis release");
+    freeReplyObject(r);
+}
+
+static void hiredis_ping(redisContext *h)
+{
+    redisReply *r = redisCommand(h, "PING");
+    if (!r)
+        die("hiredis PING: %s", h->errstr);
+    freeReplyObject(r);
+}
+#endif
+
+/* ---- 1, 2: cycle vs round trip, vs hiredis --------------------------------------------- */
+
+enum { S_PING, S_CYCLE, S_CYCLE_NOFENCE, S_HPING, S_HCYCLE, S_KINDS };
+static const char *const kind_name[S_KINDS] = {
+    "PING (redlock-c connection)", "trylock+unlock, fencing on", "trylock+unlock, fencing off",
+    "PING (hiredis)", "SET NX PX + EVALSHA del (hiredis)"};
+
+static void bench_cycle(void)
+{
+    heading("1. lock cycle vs round trip, 2. vs hiredis  (one node, loopback TCP)");
+    const int per = quick ? 300 : 2000;
+    resp_conn *pc = conn_for(urls[0]);
+    redlock_client *c = client_for(urls, 1, 1), *cn = client_for(urls, 1, 0);
+    redlock *l = lock_for(c, "bench:cycle", 10000), *ln = lock_for(cn, "bench:cycle:nf", 10000);
+    int kinds = 3;
+#ifdef HAVE_HIREDIS
+    redisContext *h = hiredis_for(urls[0]);
+    hiredis_prepare(h);
+    kinds = S_KINDS;
+#endif
+    double *all[S_KINDS];
+    double med[S_KINDS][16];
+    double ratio_rt[16], ratio_h[16], ratio_hn[16];
+    for (int k = 0; k < S_KINDS; k++)
+        all[k] = calloc((size_t)(rounds * per), sizeof(double));
+    double *tmp = calloc((size_t)per, sizeof(double));
+    /* warm up: connect, load scripts, fill caches */
+    for (int i = 0; i < 200; i++) {
+        ping(pc);
+        cycle(l, c);
+        cycle(ln, cn);
+#ifdef HAVE_HIREDIS
+        hiredis_ping(h);
+        hiredis_cycle(h, "bench:h", "hiredis-owner");
+#endif
+    }
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < kinds; k++) {
+            for (int i = 0; i < per; i++) {
+                int64_t t0 = now_ns();
+                switch (k) {
+                case S_PING: ping(pc); break;
+                case S_CYCLE: cycle(l, c); break;
+                case S_CYCLE_NOFENCE: cycle(ln, cn); break;
+#ifdef HAVE_HIREDIS
+                case S_HPING: hiredis_ping(h); break;
+                case S_HCYCLE: hiredis_cycle(h, "bench:h", "hiredis-owner"); break;
+#endif
+                default: break;
+                }
+                tmp[i] = (double)(now_ns() - t0) / 1e3;
+                all[k][r * per + i] = tmp[i];
+            }
+            med[k][r] = median(tmp, (size_t)per);
+        }
+        ratio_rt[r] = med[S_CYCLE][r] / (2 * med[S_PING][r]);
+        ratio_h[r] = med[S_CYCLE][r] / med[S_HCYCLE][r];
+        ratio_hn[r] = med[S_CYCLE_NOFENCE][r] / med[S_HCYCLE][r];
+    }
+    static const char *const keys[S_KINDS] = {"ping", "cycle", "cycle_nofence", "hiredis_ping",
+                                              "hiredis_cycle"};
+    for (int k = 0; k < kinds; k++) {
+        char key[64];
+        double m[16];
+        memcpy(m, med[k], sizeof m);
+        snprintf(key, sizeof key, "%s_median_us", keys[k]);
+        put("cycle", key, median(m, (size_t)rounds), "us", "%s, median", kind_name[k]);
+        snprintf(key, sizeof key, "%s_p99_us", keys[k]);
+        put("cycle", key, quantile(all[k], (size_t)(rounds * per), 0.99), "us", "%s, p99",
+            kind_name[k]);
+    }
+    put("cycle", "cycle_over_2ping", median(ratio_rt, (size_t)rounds), "x",
+        "ratio: cycle / (2 x PING)   (limit 1.0)");
+#ifdef HAVE_HIREDIS
+    put("cycle", "ours_over_hiredis", median(ratio_h, (size_t)rounds), "x",
+        "ratio: ours (fencing on) / hiredis");
+    put("cycle", "ours_nofence_over_hiredis", median(ratio_hn, (size_t)rounds), "x",
+        "ratio: ours (fencing off) / hiredis");
+    redisFree(h);
+#else
+    (void)ratio_h;
+    (void)ratio_hn;
+    printf("  (hiredis rows skipped: libhiredis-dev is not installed)\n");
+#endif
+    for (int k = 0; k < S_KINDS; k++)
+        free(all[k]);
+    free(tmp);
+    redlock_free(l);
+    redlock_free(ln);
+    redlock_client_free(c);
+    redlock_client_free(cn);
+    resp_conn_free(pc);
+}
+
+/* ---- 3: quorum cost ------------------------------------------------------------------------- */
+
+static void bench_quorum(void)
+{
+    heading("3. quorum: 5 nodes vs 1 node (parallel fan-out)");
+    const int per = quick ? 200 : 1000;
+    const char *q[QUORUM];
+    for (int i = 0; i < QUORUM; i++)
+        q[i] = quorum_url(i);
+    redlock_client *c1 = client_for(q, 1, 1), *c5 = client_for(q, QUORUM, 1);
+    redlock *l1 = lock_for(c1, "bench:q1", 10000), *l5 = lock_for(c5, "bench:q5", 10000);
+    for (int i = 0; i < 100; i++) {
+        cycle(l1, c1);
+        cycle(l5, c5);
+    }
+    double m1[16], m5[16], ratio[16];
+    double *tmp = calloc((size_t)per, sizeof(double));
+    for (int r = 0; r < rounds; r++) {
+        for (int i = 0; i < per; i++) {
+            int64_t t0 = now_ns();
+            cycle(l1, c1);
+            tmp[i] = (double)(now_ns() - t0) / 1e3;
+        }
+        m1[r] = median(tmp, (size_t)per);
+        for (int i = 0; i < per; i++) {
+            int64_t t0 = now_ns();
+            cycle(l5, c5);
+            tmp[i] = (double)(now_ns() - t0) / 1e3;
+        }
+        m5[r] = median(tmp, (size_t)per);
+        ratio[r] = m5[r] / m1[r];
+    }
+    put("quorum", "single_median_us", median(m1, (size_t)rounds), "us", "cycle, 1 node, median");
+    put("quorum", "quorum5_median_us", median(m5, (size_t)rounds), "us", "cycle, 5 nodes, median");
+    put("quorum", "quorum5_over_single", median(ratio, (size_t)rounds), "x",
+        "ratio: 5 nodes / 1 node   (serial would be 5)");
+    free(tmp);
+    redlock_free(l1);
+    redlock_free(l5);
+    redlock_client_free(c1);
+    redlock_client_free(c5);
+}
+
+/* ---- 4: handoff under contention ---------------------------------------------------------------- */
+
+#define HANDOFF_PROCS 4
+#define MAX_EVENTS 20000
+
+typedef struct event {
+    int proc;
+    int64_t asked, acquired, released; /* lock() called, it returned OK, unlock() called */
+} event;
+
+typedef struct handoff_shared {
+    int64_t start, end;
+    int nevents;
+    int failures;
+    event ev[MAX_EVENTS];
+} handoff_shared;
+
+static void handoff_worker(handoff_shared *sh, int me)
+{
+    redlock_client *c = client_for(urls, 1, 1);
+    redlock *l = lock_for(c, "bench:handoff", 5000);
+    redlock_info info;
+    redlock_inspect(l, &info); /* connect before the start */
+    while (now_ns() < sh->start)
+        sleep_ns(100000);
+    for (int n = 0; n < MAX_EVENTS && now_ns() < sh->end; n++) {
+        int64_t t0 = now_ns();
+        int rc = redlock_lock(l, 2000);
+        int64_t t1 = now_ns();
+        if (rc != REDLOCK_OK) {
+            __atomic_add_fetch(&sh->failures, 1, __ATOMIC_RELAXED);
+            continue;
+        }
+        sleep_ns(1000000); /* hold 1 ms */
+        int64_t t2 = now_ns();
+        if (redlock_unlock(l) != REDLOCK_OK)
+            __atomic_add_fetch(&sh->failures, 1, __ATOMIC_RELAXED);
+        int i = __atomic_fetch_add(&sh->nevents, 1, __ATOMIC_RELAXED);
+        if (i < MAX_EVENTS)
+            sh->ev[i] = (event){me, t0, t1, t2};
+        sleep_ns(2000000); /* work 2 ms outside the lock */
+    }
+    redlock_free(l);
+    redlock_client_free(c);
+}
+
+static int cmp_event(const void *a, const void *b)
+{
+    const event *x = a, *y = b;
+    return (x->acquired > y->acquired) - (x->acquired < y->acquired);
+}
+
+static void bench_handoff(int fair)
+{
+    heading(fair ? "4b. the same with fair = 1 (waiters served in the order they began to wait)"
+                 : "4. handoff: 4 processes, each: wait for the lock, hold 1 ms, release, work 2 ms");
+    const char *sec = fair ? "handoff_fair" : "handoff";
+    fair_mode = fair;
+    const double seconds = quick ? 1.0 : 4.0;
+    handoff_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                              -1, 0);
+    if (sh == MAP_FAILED)
+        die("mmap");
+    memset(sh, 0, sizeof *sh);
+    sh->start = now_ns() + 300000000LL;
+    sh->end = sh->start + (int64_t)(seconds * 1e9);
+    double cmds0 = info_field(urls[0], "stats", "total_commands_processed");
+    double req0 = requests_sent(urls[0]);
+    pid_t pids[HANDOFF_PROCS];
+    for (int i = 0; i < HANDOFF_PROCS; i++) {
+        pids[i] = fork();
+        if (pids[i] < 0)
+            die("fork");
+        if (pids[i] == 0) {
+            handoff_worker(sh, i);
+            _exit(0);
+        }
+    }
+    for (int i = 0; i < HANDOFF_PROCS; i++)
+        waitpid(pids[i], NULL, 0);
+    double req1 = requests_sent(urls[0]);
+    double cmds1 = info_field(urls[0], "stats", "total_commands_processed");
+    int n = sh->nevents < MAX_EVENTS ? sh->nevents : MAX_EVENTS;
+    if (n < 2)
+        die("handoff: only %d acquisitions", n);
+    qsort(sh->ev, (size_t)n, sizeof sh->ev[0], cmp_event);
+    double held = 0, *waits = calloc((size_t)n, sizeof(double)), *gaps = calloc((size_t)n, sizeof(double));
+    int per[HANDOFF_PROCS] = {0}, ngaps = 0, overlaps = 0;
+    for (int i = 0; i < n; i++) {
+        const event *e = &sh->ev[i];
+        held += (double)(e->released - e->acquired);
+        waits[i] = (double)(e->acquired - e->asked) / 1e6;
+        per[e->proc]++;
+        if (i > 0) {
+            const event *p = &sh->ev[i - 1];
+            if (e->acquired < p->released)
+                overlaps++;
+            if (p->proc != e->proc)
+                gaps[ngaps++] = (double)(e->acquired - p->released) / 1e3;
+        }
+    }
+    double span = (double)(sh->ev[n - 1].released - sh->ev[0].acquired);
+    double secs = span / 1e9;
+    put(sec, "acquisitions_per_s", n / secs, "/s", "acquisitions per second");
+    put(sec, "utilization", held / span, "", "utilization (time held / time)   (limit 1.0)");
+    put(sec, "wait_median_ms", median(waits, (size_t)n), "ms", "wait per acquisition, median");
+    put(sec, "wait_p99_ms", quantile(waits, (size_t)n, 0.99), "ms", "wait per acquisition, p99");
+    put(sec, "gap_median_us", median(gaps, (size_t)ngaps), "us",
+        "release -> next owner's acquire, median");
+    put(sec, "gap_p99_us", quantile(gaps, (size_t)ngaps, 0.99), "us",
+        "release -> next owner's acquire, p99");
+    {
+        double mx[HANDOFF_PROCS] = {0};
+        for (int i = 0; i < n; i++) {
+            double w = (double)(sh->ev[i].acquired - sh->ev[i].asked) / 1e6;
+            if (w > mx[sh->ev[i].proc])
+                mx[sh->ev[i].proc] = w;
+        }
+        printf("  per process: acquisitions (longest wait):");
+        for (int i = 0; i < HANDOFF_PROCS; i++)
+            printf(" %d (%.1f ms)", per[i], mx[i]);
+        printf("\n");
+        double worst = 0;
+        for (int i = 0; i < HANDOFF_PROCS; i++)
+            worst = mx[i] > worst ? mx[i] : worst;
+        put(sec, "wait_max_ms", worst, "ms", "longest single wait");
+    }
+    int lo = per[0], hi = per[0];
+    for (int i = 1; i < HANDOFF_PROCS; i++) {
+        lo = per[i] < lo ? per[i] : lo;
+        hi = per[i] > hi ? per[i] : hi;
+    }
+    put(sec, "share_min", (double)lo / n, "", "fairness: smallest process share   (fair 0.25)");
+    put(sec, "share_max", (double)hi / n, "", "fairness: largest process share");
+    put(sec, "requests_per_acquisition", (req1 - req0) / n, "",
+        "requests sent per acquisition (all processes)");
+    put(sec, "commands_per_acquisition", (cmds1 - cmds0 - 3) / n, "",
+        "Redis commands run per acquisition (with scripts')");
+    put(sec, "overlaps", overlaps, "", "overlapping holds seen");
+    put(sec, "failures", sh->failures, "", "lock() or unlock() failures");
+    free(waits);
+    free(gaps);
+    munmap(sh, sizeof *sh);
+    fair_mode = 0;
+}
+
+/* ---- 5: parser ------------------------------------------------------------------------------------ */
+
+static char *stream;
+static size_t stream_len, stream_replies;
+
+/* The replies the lock sees, a pub/sub message, and larger arrays. */
+static void build_stream(void)
+{
+    static const char *const kinds[] = {
+        ":1\r\n",
+        "*2\r\n:1\r\n:42\r\n",
+        "*2\r\n:0\r\n:29876\r\n",
+        "+OK\r\n",
+        "$-1\r\n",
+        "-NOSCRIPT No matching script. Please use EVAL.\r\n",
+        "*3\r\n$7\r\nmessage\r\n$16\r\nredlock:job-name\r\n$1\r\n1\r\n",
+        "$32\r\n0123456789abcdef0123456789abcdef\r\n",
+        "*3\r\n:1\r\n:12000\r\n:17\r\n",
+    };
+    const size_t nk = sizeof kinds / sizeof kinds[0];
+    char big[4096];
+    size_t bl = (size_t)snprintf(big, sizeof big, "*100\r\n");
+    for (int i = 0; i < 100; i++)
+        bl += (size_t)snprintf(big + bl, sizeof big - bl, "$12\r\nmember-%05d\r\n", i);
+    size_t cap = 8u << 20;
+    stream = malloc(cap);
+    stream_len = stream_replies = 0;
+    for (size_t i = 0; stream_len + sizeof big < cap; i++) {
+        const char *s = i % 10 == 9 ? big : kinds[i % nk];
+        size_t l = i % 10 == 9 ? bl : strlen(s);
+        memcpy(stream + stream_len, s, l);
+        stream_len += l;
+        stream_replies++;
+    }
+}
+
+/* Parse the whole stream in 16 KiB reads, as from a socket. Returns replies. */
+__attribute__((noinline)) static size_t parse_stream_ours(void)
+{
+    static resp_reply elems[128];
+    resp_parser p;
+    resp_limits lim = {0, 128, 0, 0};
+    resp_parser_init(&p, &lim, elems, 128);
+    size_t off = 0, n = 0, have = 0;
+    while (off < stream_len) {
+        if (have < stream_len)
+            have = have + 16384 < stream_len ? have + 16384 : stream_len;
+        long r = resp_parse(&p, stream + off, have - off);
+        if (r == RESP_PARSE_INCOMPLETE && have < stream_len)
+            continue;
+        if (r < 0)
+            die("parse: %s", p.errstr);
+        off += (size_t)r;
+        n++;
+    }
+    return n;
+}
+
+#ifdef HAVE_HIREDIS
+__attribute__((noinline)) static size_t parse_stream_hiredis(void)
+{
+    redisReader *rd = redisReaderCreate();
+    size_t n = 0;
+    for (size_t off = 0; off < stream_len; off += 16384) {
+        size_t l = stream_len - off < 16384 ? stream_len - off : 16384;
+        redisReaderFeed(rd, stream + off, l);
+        void *reply;
+        while (redisReaderGetReply(rd, &reply) == REDIS_OK && reply) {
+            freeReplyObject(reply);
+            n++;
+        }
+    }
+    redisReaderFree(rd);
+    return n;
+}
+#endif
+
+/* Instructions (Ir) in fn, from callgrind on this binary in --parse-only mode. */
+static double callgrind_ir(const char *which)
+{
+    char out[256], fn[64], cmd[1024];
+    snprintf(out, sizeof out, "%s/callgrind.%s.out", BENCH_BUILD_DIR, which);
+    snprintf(fn, sizeof fn, "parse_stream_%s", which);
+    snprintf(cmd, sizeof cmd,
+             "valgrind --tool=callgrind --callgrind-out-file=%s --collect-atstart=no "
+             "--toggle-collect=%s /proc/%d/exe --parse-only %s >/dev/null 2>&1",
+             out, fn, (int)getpid(), which);
+    if (system(cmd) != 0)
+        return -1;
+    FILE *f = fopen(out, "r");
+    if (!f)
+        return -1;
+    char line[512];
+    double ir = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "totals:", 7) == 0 || strncmp(line, "summary:", 8) == 0)
+            ir = strtod(strchr(line, ':') + 1, NULL);
+    fclose(f);
+    return ir;
+}
+
+static void bench_parser(int with_callgrind)
+{
+    heading("5. parser: a mixed stream of lock replies, pub/sub messages and 100-element arrays");
+    build_stream();
+    double ours[16], theirs[16], ratio[16];
+    parse_stream_ours();
+    for (int r = 0; r < rounds; r++) {
+        int64_t t0 = now_ns();
+        size_t n = parse_stream_ours();
+        ours[r] = (double)(now_ns() - t0) / (double)n;
+        if (n != stream_replies)
+            die("parser: %zu replies of %zu", n, stream_replies);
+#ifdef HAVE_HIREDIS
+        t0 = now_ns();
+        n = parse_stream_hiredis();
+        theirs[r] = (double)(now_ns() - t0) / (double)n;
+        if (n != stream_replies)
+            die("hiredis: %zu replies of %zu", n, stream_replies);
+        ratio[r] = ours[r] / theirs[r];
+#endif
+    }
+    printf("  (%zu replies, %.1f MB per round)\n", stream_replies, (double)stream_len / 1e6);
+    put("parser", "ours_ns_per_reply", median(ours, (size_t)rounds), "ns", "redlock-c resp_parse, per reply");
+#ifdef HAVE_HIREDIS
+    put("parser", "hiredis_ns_per_reply", median(theirs, (size_t)rounds), "ns",
+        "hiredis redisReader, per reply");
+    put("parser", "ours_over_hiredis", median(ratio, (size_t)rounds), "x", "ratio: ours / hiredis");
+#else
+    (void)theirs;
+    (void)ratio;
+#endif
+    if (with_callgrind) {
+        double ir = callgrind_ir("ours");
+        if (ir > 0)
+            put("parser", "ours_ir_per_reply", ir / (double)stream_replies, "instr",
+                "redlock-c, instructions per reply (callgrind)");
+#ifdef HAVE_HIREDIS
+        double hir = callgrind_ir("hiredis");
+        if (hir > 0)
+            put("parser", "hiredis_ir_per_reply", hir / (double)stream_replies, "instr",
+                "hiredis, instructions per reply (callgrind)");
+#endif
+    }
+    free(stream);
+    stream = NULL;
+}
+
+/* ---- 6: footprint ------------------------------------------------------------------------------------ */
+
+static long n_alloc;
+static size_t alloc_bytes;
+static void *count_alloc(size_t n)
+{
+    n_alloc++;
+    alloc_bytes += n;
+    return malloc(n);
+}
+static void *count_realloc(void *p, size_t n)
+{
+    n_alloc++;
+    alloc_bytes += n;
+    return realloc(p, n);
+}
+
+static double text_bytes(void)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "size -t %s/libredlock.a 2>/dev/null | tail -1", BENCH_BUILD_DIR);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    double text = -1;
+    if (fscanf(f, "%lf", &text) != 1)
+        text = -1;
+    pclose(f);
+    return text;
+}
+
+static void bench_footprint(void)
+{
+    heading("6. footprint");
+    redlock_set_allocator(count_alloc, count_realloc, free);
+    long a0 = n_alloc;
+    size_t b0 = alloc_bytes;
+    redlock_client *c = client_for(urls, 1, 1);
+    redlock *l = lock_for(c, "bench:footprint", 10000);
+    cycle(l, c);
+    long setup_allocs = n_alloc - a0;
+    size_t setup_bytes = alloc_bytes - b0;
+    const int cycles = quick ? 1000 : 10000;
+    a0 = n_alloc;
+    for (int i = 0; i < cycles; i++) {
+        if (redlock_trylock(l) != REDLOCK_OK || redlock_refresh(l) != REDLOCK_OK ||
+            redlock_unlock(l) != REDLOCK_OK)
+            die("footprint cycle: %s", redlock_client_errstr(c));
+    }
+    put("footprint", "allocs_per_cycle", (double)(n_alloc - a0) / cycles, "",
+        "allocations per trylock+refresh+unlock   (target 0)");
+    put("footprint", "setup_allocs", (double)setup_allocs, "", "allocations: client + lock + connect");
+    put("footprint", "setup_bytes", (double)setup_bytes, "B", "bytes allocated: client + lock + connect");
+    redlock_free(l);
+    redlock_client_free(c);
+    redlock_set_allocator(NULL, NULL, NULL);
+    put("footprint", "text_bytes", text_bytes(), "B", ".text of libredlock.a (size -t)");
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    put("footprint", "peak_rss_kb", (double)ru.ru_maxrss, "KiB", "peak RSS of this benchmark process");
+}
+
+/* ---- 7: throughput ------------------------------------------------------------------------------------------- */
+
+typedef struct tp_shared {
+    int64_t start, end;
+    long cycles[64];
+    int failures;
+} tp_shared;
+
+static double throughput(int clients, double seconds)
+{
+    tp_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED)
+        die("mmap");
+    memset(sh, 0, sizeof *sh);
+    sh->start = now_ns() + 300000000LL;
+    sh->end = sh->start + (int64_t)(seconds * 1e9);
+    pid_t pids[64];
+    for (int i = 0; i < clients; i++) {
+        pids[i] = fork();
+        if (pids[i] < 0)
+            die("fork");
+        if (pids[i] == 0) {
+            char name[32];
+            snprintf(name, sizeof name, "bench:tp:%d", i);
+            redlock_client *c = client_for(urls, 1, 1);
+            redlock *l = lock_for(c, name, 10000);
+            cycle(l, c);
+            while (now_ns() < sh->start)
+                sleep_ns(100000);
+            long n = 0;
+            while (n < 10000000 && now_ns() < sh->end) {
+                if (redlock_trylock(l) != REDLOCK_OK || redlock_unlock(l) != REDLOCK_OK)
+                    sh->failures++;
+                n++;
+            }
+            sh->cycles[i] = n;
+            redlock_free(l);
+            redlock_client_free(c);
+            _exit(0);
+        }
+    }
+    for (int i = 0; i < clients; i++)
+        waitpid(pids[i], NULL, 0);
+    long total = 0;
+    for (int i = 0; i < clients; i++)
+        total += sh->cycles[i];
+    if (sh->failures)
+        die("throughput: %d failed cycles", sh->failures);
+    munmap(sh, sizeof *sh);
+    return (double)total / seconds;
+}
+
+/* redis-benchmark's SET requests per second at this concurrency (-1: not available). */
+static double redis_benchmark_set(int clients)
+{
+    resp_url u;
+    char err[256];
+    if (resp_url_parse(&u, urls[0], err, sizeof err) != RESP_OK)
+        return -1;
+    char cmd[1024];
+    int n = quick ? 20000 : 100000;
+    if (u.kind == RESP_URL_UNIX)
+        snprintf(cmd, sizeof cmd, "redis-benchmark -s '%s' -t set -n %d -c %d --csv 2>/dev/null",
+                 u.path, n, clients);
+    else
+        snprintf(cmd, sizeof cmd, "redis-benchmark -h '%s' -p %s -t set -n %d -c %d --csv 2>/dev/null",
+                 u.host, u.port, n, clients);
+    if (u.password[0])
+        return -1; /* not on a command line */
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    char line[512];
+    double rps = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "\"SET\",\"", 7) == 0)
+            rps = strtod(line + 7, NULL);
+    pclose(f);
+    return rps;
+}
+
+static void bench_throughput(void)
+{
+    heading("7. throughput: lock cycles per second, distinct keys, one process per client");
+    static const int conc[] = {1, 8, 32};
+    const double seconds = quick ? 0.5 : 2.0;
+    for (size_t i = 0; i < sizeof conc / sizeof conc[0]; i++) {
+        char key[48], label[96];
+        double ours = throughput(conc[i], seconds);
+        snprintf(key, sizeof key, "cycles_per_s_c%d", conc[i]);
+        snprintf(label, sizeof label, "redlock-c trylock+unlock, %d client%s", conc[i], conc[i] > 1 ? "s" : "");
+        put("throughput", key, ours, "/s", "%s", label);
+        double set = redis_benchmark_set(conc[i]);
+        if (set > 0) {
+            snprintf(key, sizeof key, "redis_benchmark_set_c%d", conc[i]);
+            put("throughput", key, set, "/s", "redis-benchmark SET, %d client%s", conc[i],
+                conc[i] > 1 ? "s" : "");
+            snprintf(key, sizeof key, "cycles_over_set_c%d", conc[i]);
+            put("throughput", key, ours / set, "x", "ratio: cycles / SETs (a cycle is 2 requests)");
+        }
+    }
+}
+
+/* ---- main -------------------------------------------------------------------------------------------------- */
+
+static void write_json(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        die("%s: %s", path, strerror(errno));
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    fprintf(f, "{\n  \"version\": \"%s\",\n  \"cpus\": %ld,\n  \"rounds\": %d,\n  \"hiredis\": %s,\n",
+            REDLOCK_VERSION, sysconf(_SC_NPROCESSORS_ONLN), rounds,
+#ifdef HAVE_HIREDIS
+            "true"
+#else
+            "false"
+#endif
+    );
+    fprintf(f, "  \"results\": {\n");
+    for (size_t i = 0; i < nresults; i++) {
+        int first = i == 0 || strcmp(results[i].section, results[i - 1].section) != 0;
+        int last = i + 1 == nresults || strcmp(results[i].section, results[i + 1].section) != 0;
+        if (first)
+            fprintf(f, "    \"%s\": {\n", results[i].section);
+        fprintf(f, "      \"%s\": %.6g%s\n", results[i].key, results[i].value, last ? "" : ",");
+        if (last)
+            fprintf(f, "    }%s\n", i + 1 == nresults ? "" : ",");
+    }
+    fprintf(f, "  }\n}\n");
+    fclose(f);
+    printf("\nJSON: %s\n", path);
+}
+
+int main(int argc, char **argv)
+{
+    const char *json = BENCH_BUILD_DIR "/bench.json";
+    int with_callgrind = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--parse-only") == 0 && i + 1 < argc) {
+            /* for callgrind: build the stream, parse it once with one parser */
+            build_stream();
+            if (strcmp(argv[i + 1], "ours") == 0)
+                return parse_stream_ours() == stream_replies ? 0 : 1;
+#ifdef HAVE_HIREDIS
+            if (strcmp(argv[i + 1], "hiredis") == 0)
+                return parse_stream_hiredis() == stream_replies ? 0 : 1;
+#endif
+            return 2;
+        } else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
+            json = argv[++i];
+        else if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+        else if (strcmp(argv[i], "--callgrind") == 0)
+            with_callgrind = 1;
+        else
+            die("usage: bench [--json FILE] [--quick] [--callgrind]");
+    }
+    if (quick)
+        rounds = 3;
+    signal(SIGPIPE, SIG_IGN);
+    char cpu[256] = "";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof line, f))
+            if (strncmp(line, "model name", 10) == 0) {
+                snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2);
+                cpu[strcspn(cpu, "\n")] = '\0';
+                break;
+            }
+        fclose(f);
+    }
+    printf("redlock-c %s bench: %ld CPUs (%s), %d rounds, medians of round medians\n",
+           REDLOCK_VERSION, sysconf(_SC_NPROCESSORS_ONLN), cpu, rounds);
+    start_servers();
+    bench_cycle();
+    bench_quorum();
+    bench_handoff(0);
+    bench_handoff(1);
+    bench_parser(with_callgrind);
+    bench_footprint();
+    bench_throughput();
+    write_json(json);
+    return 0;
+}

@@ -1,0 +1,382 @@
+/* test_fair.c - fair mode: waiters are served in the order they began to
+ * wait, on one node and on a quorum; a dead waiter holds up the line only
+ * for its lease; a waiter that gives up leaves the line. */
+#define _GNU_SOURCE
+#include "fixture.h"
+#include "redlock.h"
+
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static redlock_client *fair_client(const char *const *urls, size_t n, int retry_max_ms)
+{
+    redlock_options o;
+    redlock_options_init(&o);
+    o.fair = 1;
+    o.io_timeout_ms = 200;
+    o.retry_min_ms = 20;
+    o.retry_max_ms = retry_max_ms;
+    redlock_client *c = NULL;
+    ck_assert_msg(redlock_client_new(&c, urls, n, &o) == REDLOCK_OK, "%s", redlock_last_errstr());
+    return c;
+}
+
+static redlock *lock_for(redlock_client *c, const char *name, const char *value, uint32_t ttl)
+{
+    redlock *l = NULL;
+    ck_assert_int_eq(redlock_new(&l, c, name, value, ttl), REDLOCK_OK);
+    return l;
+}
+
+static long zcard(fx_server *s, const char *key)
+{
+    char out[64], cmd[128];
+    snprintf(cmd, sizeof cmd, "ZCARD %s", key);
+    ck_assert_int_eq(fx_cmd(s, out, sizeof out, cmd), 0);
+    return atol(out);
+}
+
+/* Shared between the test and its waiter processes. */
+typedef struct order {
+    int n;
+    char who[16];
+    int fails;
+} order;
+
+static order *shared_order(void)
+{
+    order *o = mmap(NULL, sizeof *o, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ck_assert_ptr_ne(o, MAP_FAILED);
+    memset(o, 0, sizeof *o);
+    return o;
+}
+
+/* A waiter process: lock (fair), note its letter, hold a little, unlock. */
+static pid_t waiter(const char *const *urls, size_t n, const char *name, char letter, order *o)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        redlock_client *c = fair_client(urls, n, 200);
+        char value[16];
+        snprintf(value, sizeof value, "waiter-%c", letter);
+        redlock *l = lock_for(c, name, value, 5000);
+        if (redlock_lock(l, 10000) != REDLOCK_OK) {
+            __atomic_add_fetch(&o->fails, 1, __ATOMIC_SEQ_CST);
+            _exit(1);
+        }
+        int i = __atomic_fetch_add(&o->n, 1, __ATOMIC_SEQ_CST);
+        if (i < (int)sizeof o->who)
+            o->who[i] = letter;
+        sleep_ms(30);
+        redlock_unlock(l);
+        redlock_free(l);
+        redlock_client_free(c);
+        _exit(0);
+    }
+    return pid;
+}
+
+static void reap(pid_t pid)
+{
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "waiter status %d", st);
+}
+
+/* Waiters queued B, C, D (in that order) get the lock in that order. */
+static void check_order(fx_server *s, size_t n)
+{
+    const char *urls[5];
+    for (size_t i = 0; i < n; i++)
+        urls[i] = s[i].url;
+    redlock_client *c = fair_client(urls, n, 200);
+    redlock *a = lock_for(c, "fq", "holder", 10000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    order *o = shared_order();
+    pid_t p[3];
+    for (int i = 0; i < 3; i++) {
+        p[i] = waiter(urls, n, "fq", (char)('B' + i), o);
+        sleep_ms(150); /* each has queued before the next starts */
+    }
+    for (size_t i = 0; i < n; i++)
+        ck_assert_int_eq(zcard(&s[i], "{fq}:queue"), 3);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    for (int i = 0; i < 3; i++)
+        reap(p[i]);
+    ck_assert_int_eq(o->fails, 0);
+    ck_assert_str_eq(o->who, "BCD");
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_int_eq(zcard(&s[i], "{fq}:queue"), 0);
+        ck_assert_int_eq(zcard(&s[i], "{fq}:alive"), 0);
+    }
+    munmap(o, sizeof *o);
+    redlock_free(a);
+    redlock_client_free(c);
+}
+
+START_TEST(test_fifo_single)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    check_order(&s, 1);
+    fx_server_stop(&s);
+}
+END_TEST
+
+START_TEST(test_fifo_quorum)
+{
+    fx_server s[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(fx_server_start(&s[i], NULL), 0);
+    check_order(s, 3);
+    for (int i = 0; i < 3; i++)
+        fx_server_stop(&s[i]);
+}
+END_TEST
+
+/* The lock is free but a live waiter is first in line: a fair trylock is
+ * refused and says why; once that waiter's lease runs out it is dropped
+ * and the lock can be taken. */
+START_TEST(test_free_but_promised)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    char t[64], cmd[256], out[64];
+    ck_assert_int_eq(fx_cmd(&s, t, sizeof t, "TIME"), 0);
+    long long now = atoll(t) * 1000 + atoll(strchr(t, '\n') + 1) / 1000;
+    snprintf(cmd, sizeof cmd, "ZADD {fp}:queue 1 ghost");
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, cmd), 0);
+    snprintf(cmd, sizeof cmd, "ZADD {fp}:alive %lld ghost", now + 800);
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, cmd), 0);
+
+    redlock_client *c = fair_client((const char *[]){s.url}, 1, 200);
+    redlock *l = lock_for(c, "fp", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_NOT_ACQUIRED);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "first in line"));
+    ck_assert_int_eq(zcard(&s, "{fp}:queue"), 1); /* trylock does not join the line */
+    /* lock() joins the line, and gets the lock once the ghost's lease is over */
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_lock(l, 5000), REDLOCK_OK);
+    double took = now_ms() - t0;
+    ck_assert_double_ge(took, 500);
+    ck_assert_double_lt(took, 800 + 2000);
+    ck_assert_int_eq(zcard(&s, "{fp}:queue"), 0);
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    /* a plain (unfair) client ignores the line: every client of a name must agree */
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "ZADD {fp}:queue 1 ghost"), 0);
+    snprintf(cmd, sizeof cmd, "ZADD {fp}:alive %lld ghost", now + 60000);
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, cmd), 0);
+    redlock_client *plain = NULL;
+    ck_assert_int_eq(redlock_client_new(&plain, (const char *[]){s.url}, 1, NULL), REDLOCK_OK);
+    redlock *pl = lock_for(plain, "fp", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(pl), REDLOCK_OK);
+    redlock_free(pl);
+    redlock_client_free(plain);
+    redlock_free(l);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+/* A waiter whose wait runs out leaves the line and keeps the reason. */
+START_TEST(test_give_up_leaves_line)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    const char *urls[1] = {s.url};
+    redlock_client *c = fair_client(urls, 1, 200);
+    redlock *a = lock_for(c, "fg", "holder", 10000), *b = lock_for(c, "fg", "quitter", 10000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_lock(b, 300), REDLOCK_NOT_ACQUIRED);
+    ck_assert_double_lt(now_ms() - t0, 1500);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "held by another owner"));
+    ck_assert_int_eq(zcard(&s, "{fg}:queue"), 0);
+    ck_assert_int_eq(zcard(&s, "{fg}:alive"), 0);
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+/* A waiter killed while first in line delays the next one by about its
+ * lease (2 x retry_max_ms + io_timeout_ms), not forever. */
+START_TEST(test_dead_waiter)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    const char *urls[1] = {s.url};
+    redlock_client *c = fair_client(urls, 1, 200);
+    redlock *a = lock_for(c, "fd", "holder", 10000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    order *o = shared_order();
+    pid_t doomed = waiter(urls, 1, "fd", 'X', o);
+    sleep_ms(200);
+    pid_t next = waiter(urls, 1, "fd", 'Y', o);
+    sleep_ms(200);
+    ck_assert_int_eq(zcard(&s, "{fd}:queue"), 2);
+    kill(doomed, SIGKILL);
+    waitpid(doomed, NULL, 0);
+    double t0 = now_ms();
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    reap(next);
+    double took = now_ms() - t0;
+    ck_assert_str_eq(o->who, "Y");
+    ck_assert_double_lt(took, 3 * (2 * 200 + 200) + 1000); /* lease 600 ms, generously */
+    ck_assert_int_eq(zcard(&s, "{fd}:queue"), 0);
+    munmap(o, sizeof *o);
+    redlock_free(a);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+/* 4 processes contend for 1.5 s (hold 1 ms, work 2 ms): nobody starves. */
+START_TEST(test_no_starvation)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    const char *urls[1] = {s.url};
+    enum { P = 4 };
+    struct sh {
+        int count[P];
+        int inside, overlaps, fails;
+    } *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ck_assert_ptr_ne(sh, MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    double end = now_ms() + 1500;
+    pid_t p[P];
+    for (int i = 0; i < P; i++) {
+        p[i] = fork();
+        ck_assert_int_ge(p[i], 0);
+        if (p[i] == 0) {
+            redlock_client *c = fair_client(urls, 1, 1000);
+            redlock *l = lock_for(c, "fs", NULL, 5000);
+            for (int k = 0; k < 5000 && now_ms() < end; k++) {
+                if (redlock_lock(l, 3000) != REDLOCK_OK) {
+                    __atomic_add_fetch(&sh->fails, 1, __ATOMIC_SEQ_CST);
+                    continue;
+                }
+                if (__atomic_add_fetch(&sh->inside, 1, __ATOMIC_SEQ_CST) != 1)
+                    __atomic_add_fetch(&sh->overlaps, 1, __ATOMIC_SEQ_CST);
+                sh->count[i]++;
+                sleep_ms(1);
+                __atomic_sub_fetch(&sh->inside, 1, __ATOMIC_SEQ_CST);
+                redlock_unlock(l);
+                sleep_ms(2);
+            }
+            _exit(0);
+        }
+    }
+    for (int i = 0; i < P; i++)
+        waitpid(p[i], NULL, 0);
+    int total = 0, lo = sh->count[0];
+    for (int i = 0; i < P; i++) {
+        total += sh->count[i];
+        lo = sh->count[i] < lo ? sh->count[i] : lo;
+    }
+    printf("fair: %d acquisitions, shares %d %d %d %d, overlaps %d\n", total, sh->count[0],
+           sh->count[1], sh->count[2], sh->count[3], sh->overlaps);
+    ck_assert_int_eq(sh->overlaps, 0);
+    ck_assert_int_eq(sh->fails, 0);
+    ck_assert_int_gt(total, 40);
+    ck_assert_msg(lo * 100 >= total * 15, "a process got %d of %d", lo, total);
+    munmap(sh, sizeof *sh);
+    fx_server_stop(&s);
+}
+END_TEST
+
+static long n_alloc;
+static void *count_alloc(size_t n)
+{
+    n_alloc++;
+    return malloc(n);
+}
+static void *count_realloc(void *p, size_t n)
+{
+    n_alloc++;
+    return realloc(p, n);
+}
+
+/* Fair mode keeps the promise of no allocation per cycle, waiting included. */
+START_TEST(test_fair_no_alloc)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    redlock_set_allocator(count_alloc, count_realloc, free);
+    redlock_client *c = fair_client((const char *[]){s.url}, 1, 200);
+    redlock *a = lock_for(c, "fa", "holder", 10000), *b = lock_for(c, "fa", "waiter", 10000);
+    ck_assert_int_eq(redlock_lock(a, 1000), REDLOCK_OK);
+    ck_assert_int_eq(redlock_lock(b, 30), REDLOCK_NOT_ACQUIRED); /* subscribes once */
+    long before = n_alloc;
+    for (int i = 0; i < 200; i++) {
+        ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+        ck_assert_int_eq(redlock_lock(b, 5), REDLOCK_NOT_ACQUIRED);
+        ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+        ck_assert_int_eq(redlock_lock(a, 1000), REDLOCK_OK);
+    }
+    ck_assert_int_eq(n_alloc - before, 0);
+    redlock_free(a);
+    redlock_free(b);
+    redlock_client_free(c);
+    redlock_set_allocator(NULL, NULL, NULL);
+    fx_server_stop(&s);
+}
+END_TEST
+
+START_TEST(test_fair_option_checked)
+{
+    redlock_options o;
+    redlock_options_init(&o);
+    ck_assert_int_eq(o.fair, 0);
+    o.fair = 2;
+    redlock_client *c = NULL;
+    ck_assert_int_eq(redlock_client_new(&c, (const char *[]){"redis://127.0.0.1:1"}, 1, &o),
+                     REDLOCK_ERR_ARG);
+    ck_assert_ptr_null(c);
+    ck_assert_ptr_nonnull(strstr(redlock_last_errstr(), "fair"));
+}
+END_TEST
+
+int main(void)
+{
+    Suite *su = suite_create("fair");
+    TCase *t = tcase_create("fair mode");
+    tcase_set_timeout(t, 60);
+    tcase_add_test(t, test_fair_option_checked);
+    tcase_add_test(t, test_fair_no_alloc);
+    tcase_add_test(t, test_fifo_single);
+    tcase_add_test(t, test_fifo_quorum);
+    tcase_add_test(t, test_free_but_promised);
+    tcase_add_test(t, test_give_up_leaves_line);
+    tcase_add_test(t, test_dead_waiter);
+    tcase_add_test(t, test_no_starvation);
+    suite_add_tcase(su, t);
+    SRunner *r = srunner_create(su);
+    srunner_run_all(r, CK_NORMAL);
+    int failed = srunner_ntests_failed(r);
+    srunner_free(r);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
