@@ -39,7 +39,7 @@ typedef struct cli {
     char *url_env; /* owns the strings split from $REDLOCK_URL */
     uint32_t ttl_ms, wait_ms, grace_ms;
     int conflict_code;
-    int quiet, verbose;
+    int quiet, verbose, fair;
     const char *name;
     char **command;
 } cli;
@@ -60,6 +60,8 @@ static const char usage_text[] =
     "  -g, --grace DURATION        after a lost lock, SIGTERM then SIGKILL after this\n"
     "                              long (default 5s)\n"
     "  -E, --conflict-exit-code N  exit status when the lock is busy (default 75)\n"
+    "  -F, --fair                  wait in line: waiters get the lock in the order they\n"
+    "                              began to wait (all users of NAME should pass it)\n"
     "  -q, --quiet                 no message when the lock is busy\n"
     "  -v, --verbose               report acquire, refresh and release on stderr\n"
     "  -h, --help                  this text\n"
@@ -168,6 +170,7 @@ static const struct option long_opts[] = {
     {"wait", required_argument, NULL, 'w'},
     {"grace", required_argument, NULL, 'g'},
     {"conflict-exit-code", required_argument, NULL, 'E'},
+    {"fair", no_argument, NULL, 'F'},
     {"quiet", no_argument, NULL, 'q'},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
@@ -182,7 +185,7 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
     int ch;
     opterr = 0;
     optind = 1;
-    const char *spec = stop_at_name ? "+:u:t:w:g:E:qvhV" : ":u:t:w:g:E:qvhV";
+    const char *spec = stop_at_name ? "+:u:t:w:g:E:FqvhV" : ":u:t:w:g:E:FqvhV";
     while ((ch = getopt_long(argc, argv, spec, long_opts, NULL)) != -1) {
         switch (ch) {
         case 'u':
@@ -205,6 +208,9 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
         case 'E':
             if (parse_int(optarg, 0, 255, &o->conflict_code) != 0)
                 return usage_error("bad exit code '%s': want 0 to 255", optarg);
+            break;
+        case 'F':
+            o->fair = 1;
             break;
         case 'q':
             o->quiet = 1;
@@ -233,6 +239,7 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
 {
     redlock_options opts;
     redlock_options_init(&opts);
+    opts.fair = o->fair;
     /* One refresh attempt must not outlast much of the lease: a stalled
      * node costs at most a fifth of the TTL per try. */
     int cap = (int)(o->ttl_ms / 5 > 20 ? o->ttl_ms / 5 : 20);

@@ -397,6 +397,20 @@ START_TEST(test_wait)
     ck_assert_double_lt(now_ms() - t1, 3000);
     ck_assert_uint_eq(strtoul(slurp("w2.out"), NULL, 10), redlock_fence(h.l) + 1);
     unhold(&h);
+    /* --fair: the waiter stands in the lock's queue while it waits */
+    hold(&h, srv.url, "w", 20000);
+    p = start_cli("w3", srv.url, (const char *[]){"run", "--fair", "-w", "20s", "w", "--", "true", NULL});
+    char out[64] = "";
+    for (int i = 0; i < 400 && strcmp(out, "1") != 0; i++) {
+        sleep_ms(5);
+        ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "ZCARD {w}:queue"), 0);
+    }
+    ck_assert_str_eq(out, "1");
+    ck_assert_int_eq(redlock_unlock(h.l), REDLOCK_OK);
+    ck_assert_int_eq(wait_cli(p, 10000), 0);
+    ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "ZCARD {w}:queue"), 0);
+    ck_assert_str_eq(out, "0");
+    unhold(&h);
 }
 END_TEST
 
