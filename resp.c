@@ -105,11 +105,14 @@ static int parse_ll(const char *s, size_t n, long long *out)
     size_t i = 0;
     int neg = 0;
     unsigned long long v = 0;
-    unsigned long long lim = (unsigned long long)LLONG_MAX;
+    /* v * 10 + d must stay <= LLONG_MAX (or |LLONG_MIN| when negative):
+     * compare against lim / 10 and lim % 10, no division per digit. */
+    const unsigned long long lim10 = (unsigned long long)LLONG_MAX / 10;
+    unsigned last = (unsigned)((unsigned long long)LLONG_MAX % 10);
 
     if (n > 0 && s[0] == '-') {
         neg = 1;
-        lim += 1; /* |LLONG_MIN| */
+        last += 1; /* |LLONG_MIN| = LLONG_MAX + 1, and LLONG_MAX % 10 != 9 */
         i = 1;
     }
     if (i == n)
@@ -118,7 +121,7 @@ static int parse_ll(const char *s, size_t n, long long *out)
         unsigned d = (unsigned char)s[i] - (unsigned)'0';
         if (d > 9)
             return -1;
-        if (v > (lim - d) / 10)
+        if (v > lim10 || (v == lim10 && d > last))
             return -1;
         v = v * 10 + d;
     }

@@ -455,41 +455,71 @@ static void bench_cycle(void)
 
 /* ---- 3: quorum cost ------------------------------------------------------------------------- */
 
+/* PING on each of n connections at once, one poll() loop: the round-trip
+ * limit of a parallel fan-out on this machine. */
+static void ping_all(resp_conn **pc, size_t n)
+{
+    static const char *const argv[] = {"PING"};
+    for (size_t i = 0; i < n; i++)
+        if (resp_conn_appendv(pc[i], 1, argv) != RESP_OK)
+            die("append");
+    resp_exchange(pc, n, 0, 0);
+    for (size_t i = 0; i < n; i++) {
+        if (resp_conn_status(pc[i]) != RESP_OK)
+            die("PING: %s", resp_conn_errstr(pc[i]));
+        resp_conn_consume(pc[i]);
+    }
+}
+
 static void bench_quorum(void)
 {
     heading("3. quorum: 5 nodes vs 1 node (parallel fan-out)");
     const int per = quick ? 200 : 1000;
     const char *q[QUORUM];
-    for (int i = 0; i < QUORUM; i++)
+    resp_conn *pc[QUORUM];
+    for (int i = 0; i < QUORUM; i++) {
         q[i] = quorum_url(i);
+        pc[i] = conn_for(q[i]);
+    }
     redlock_client *c1 = client_for(q, 1, 1), *c5 = client_for(q, QUORUM, 1);
     redlock *l1 = lock_for(c1, "bench:q1", 10000), *l5 = lock_for(c5, "bench:q5", 10000);
     for (int i = 0; i < 100; i++) {
         cycle(l1, c1);
         cycle(l5, c5);
+        ping_all(pc, QUORUM);
     }
-    double m1[16], m5[16], ratio[16];
+    enum { K1, K5, P1, P5, NK };
+    double m[NK][16], ratio[16], ratio_lim[16];
     double *tmp = calloc((size_t)per, sizeof(double));
     for (int r = 0; r < rounds; r++) {
-        for (int i = 0; i < per; i++) {
-            int64_t t0 = now_ns();
-            cycle(l1, c1);
-            tmp[i] = (double)(now_ns() - t0) / 1e3;
+        for (int k = 0; k < NK; k++) {
+            for (int i = 0; i < per; i++) {
+                int64_t t0 = now_ns();
+                if (k == K1)
+                    cycle(l1, c1);
+                else if (k == K5)
+                    cycle(l5, c5);
+                else
+                    ping_all(pc, k == P1 ? 1 : QUORUM);
+                tmp[i] = (double)(now_ns() - t0) / 1e3;
+            }
+            m[k][r] = median(tmp, (size_t)per);
         }
-        m1[r] = median(tmp, (size_t)per);
-        for (int i = 0; i < per; i++) {
-            int64_t t0 = now_ns();
-            cycle(l5, c5);
-            tmp[i] = (double)(now_ns() - t0) / 1e3;
-        }
-        m5[r] = median(tmp, (size_t)per);
-        ratio[r] = m5[r] / m1[r];
+        ratio[r] = m[K5][r] / m[K1][r];
+        ratio_lim[r] = m[K5][r] / (2 * m[P5][r]);
     }
-    put("quorum", "single_median_us", median(m1, (size_t)rounds), "us", "cycle, 1 node, median");
-    put("quorum", "quorum5_median_us", median(m5, (size_t)rounds), "us", "cycle, 5 nodes, median");
+    put("quorum", "single_median_us", median(m[K1], (size_t)rounds), "us", "cycle, 1 node, median");
+    put("quorum", "quorum5_median_us", median(m[K5], (size_t)rounds), "us", "cycle, 5 nodes, median");
+    put("quorum", "ping1_median_us", median(m[P1], (size_t)rounds), "us", "PING, 1 node, median");
+    put("quorum", "ping5_median_us", median(m[P5], (size_t)rounds), "us",
+        "PING to 5 nodes at once (one poll loop), median");
     put("quorum", "quorum5_over_single", median(ratio, (size_t)rounds), "x",
-        "ratio: 5 nodes / 1 node   (serial would be 5)");
+        "ratio: 5-node cycle / 1-node cycle   (serial: 5)");
+    put("quorum", "quorum5_over_2ping5", median(ratio_lim, (size_t)rounds), "x",
+        "ratio: 5-node cycle / (2 x 5-node PING)   (limit 1.0)");
     free(tmp);
+    for (int i = 0; i < QUORUM; i++)
+        resp_conn_free(pc[i]);
     redlock_free(l1);
     redlock_free(l5);
     redlock_client_free(c1);
