@@ -19,8 +19,12 @@
 #include <hiredis/hiredis.h>
 #endif
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,6 +32,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -524,6 +529,235 @@ static void bench_quorum(void)
     redlock_free(l5);
     redlock_client_free(c1);
     redlock_client_free(c5);
+}
+
+/* ---- 3b: the same over a network-like round trip ------------------------------------------ */
+
+/* A delaying TCP proxy, one per node, all served by one forked process:
+ * every chunk read from either side is forwarded after a fixed one-way
+ * delay. It stands in for a LAN where the round trip, not CPU, dominates
+ * (netem needs a kernel module this machine may not have). */
+#define PX_MAX 128
+
+typedef struct px_chunk {
+    struct px_chunk *next;
+    int64_t due;
+    size_t len, off;
+    char data[];
+} px_chunk;
+
+typedef struct px_side {
+    int fd;
+    px_chunk *head, *tail; /* to be written to fd */
+} px_side;
+
+static int px_listen(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 64) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &al) != 0)
+        die("proxy listen: %s", strerror(errno));
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static int px_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+/* The proxy process: lfd[i] accepts, forwards to upstream port up[i]. */
+static void px_run(const int *lfd, const int *up, int n, int64_t delay_ns)
+{
+    px_side side[PX_MAX]; /* pairs: 2k client side, 2k+1 upstream side */
+    int npairs = 0;
+    memset(side, 0, sizeof side);
+    for (int64_t stop = now_ns() + 600 * 1000000000LL; now_ns() < stop;) {
+        struct pollfd pfd[PX_MAX + 8];
+        int map[PX_MAX + 8], k = 0;
+        for (int i = 0; i < n; i++) {
+            pfd[k] = (struct pollfd){lfd[i], POLLIN, 0};
+            map[k++] = -1 - i;
+        }
+        int64_t next = INT64_MAX;
+        for (int i = 0; i < 2 * npairs; i++) {
+            if (side[i].fd < 0)
+                continue;
+            pfd[k] = (struct pollfd){side[i].fd, POLLIN, 0};
+            map[k++] = i;
+            if (side[i].head && side[i].head->due < next)
+                next = side[i].head->due;
+        }
+        int64_t now = now_ns();
+        struct timespec ts, *tp = NULL;
+        if (next != INT64_MAX) {
+            int64_t w = next > now ? next - now : 0;
+            ts.tv_sec = (time_t)(w / 1000000000);
+            ts.tv_nsec = (long)(w % 1000000000);
+            tp = &ts;
+        }
+        if (ppoll(pfd, (nfds_t)k, tp, NULL) < 0 && errno != EINTR)
+            _exit(1);
+        now = now_ns();
+        for (int j = 0; j < k; j++) {
+            if (!pfd[j].revents)
+                continue;
+            if (map[j] < 0) {
+                int i = -1 - map[j];
+                int cfd = accept(lfd[i], NULL, NULL);
+                if (cfd < 0)
+                    continue;
+                int ufd = px_connect(up[i]);
+                if (ufd < 0 || npairs * 2 + 2 > PX_MAX) {
+                    close(cfd);
+                    if (ufd >= 0)
+                        close(ufd);
+                    continue;
+                }
+                int one = 1;
+                setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                side[2 * npairs].fd = cfd;
+                side[2 * npairs + 1].fd = ufd;
+                npairs++;
+                continue;
+            }
+            int i = map[j], peer = i ^ 1;
+            char buf[65536];
+            ssize_t r = recv(side[i].fd, buf, sizeof buf, 0);
+            if (r <= 0) { /* one side closed: close both */
+                for (int q = i & ~1; q <= (i | 1); q++) {
+                    close(side[q].fd);
+                    side[q].fd = -1;
+                    while (side[q].head) {
+                        px_chunk *c = side[q].head;
+                        side[q].head = c->next;
+                        free(c);
+                    }
+                    side[q].tail = NULL;
+                }
+                continue;
+            }
+            px_chunk *c = malloc(sizeof *c + (size_t)r);
+            if (!c)
+                _exit(1);
+            c->next = NULL;
+            c->due = now + delay_ns;
+            c->len = (size_t)r;
+            c->off = 0;
+            memcpy(c->data, buf, (size_t)r);
+            if (side[peer].tail)
+                side[peer].tail->next = c;
+            else
+                side[peer].head = c;
+            side[peer].tail = c;
+        }
+        now = now_ns();
+        for (int i = 0; i < 2 * npairs; i++) {
+            while (side[i].fd >= 0 && side[i].head && side[i].head->due <= now) {
+                px_chunk *c = side[i].head;
+                ssize_t w = send(side[i].fd, c->data + c->off, c->len - c->off, MSG_NOSIGNAL);
+                if (w <= 0)
+                    break;
+                c->off += (size_t)w;
+                if (c->off < c->len)
+                    break;
+                side[i].head = c->next;
+                if (!side[i].head)
+                    side[i].tail = NULL;
+                free(c);
+            }
+        }
+    }
+    _exit(0);
+}
+
+static void bench_quorum_rtt(void)
+{
+    const int64_t one_way_us = 250;
+    char title[160];
+    snprintf(title, sizeof title,
+             "3b. quorum over a simulated LAN: a proxy delays each direction by %lld us", (long long)one_way_us);
+    heading(title);
+    const int per = quick ? 50 : 200;
+    int lfd[QUORUM], up[QUORUM], port[QUORUM];
+    for (int i = 0; i < QUORUM; i++) {
+        resp_url u;
+        char err[256];
+        if (resp_url_parse(&u, quorum_url(i), err, sizeof err) != RESP_OK || u.kind != RESP_URL_TCP ||
+            u.password[0]) {
+            printf("  (skipped: needs plain redis:// URLs)\n");
+            return;
+        }
+        up[i] = atoi(u.port);
+        lfd[i] = px_listen(&port[i]);
+    }
+    pid_t px = fork();
+    if (px < 0)
+        die("fork");
+    if (px == 0)
+        px_run(lfd, up, QUORUM, one_way_us * 1000);
+    for (int i = 0; i < QUORUM; i++)
+        close(lfd[i]);
+    char purl[QUORUM][64];
+    const char *q[QUORUM];
+    for (int i = 0; i < QUORUM; i++) {
+        snprintf(purl[i], sizeof purl[i], "redis://127.0.0.1:%d", port[i]);
+        q[i] = purl[i];
+    }
+    resp_conn *pc = conn_for(q[0]);
+    redlock_client *c1 = client_for(q, 1, 1), *c5 = client_for(q, QUORUM, 1);
+    redlock *l1 = lock_for(c1, "bench:r1", 10000), *l5 = lock_for(c5, "bench:r5", 10000);
+    for (int i = 0; i < 20; i++) {
+        cycle(l1, c1);
+        cycle(l5, c5);
+        ping(pc);
+    }
+    double m1[16], m5[16], mp[16], ratio[16];
+    double *tmp = calloc((size_t)per, sizeof(double));
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < 3; k++) {
+            for (int i = 0; i < per; i++) {
+                int64_t t0 = now_ns();
+                if (k == 0)
+                    ping(pc);
+                else if (k == 1)
+                    cycle(l1, c1);
+                else
+                    cycle(l5, c5);
+                tmp[i] = (double)(now_ns() - t0) / 1e3;
+            }
+            (k == 0 ? mp : k == 1 ? m1 : m5)[r] = median(tmp, (size_t)per);
+        }
+        ratio[r] = m5[r] / m1[r];
+    }
+    put("quorum_rtt", "ping_median_us", median(mp, (size_t)rounds), "us", "PING through the proxy, median");
+    put("quorum_rtt", "single_median_us", median(m1, (size_t)rounds), "us", "cycle, 1 node, median");
+    put("quorum_rtt", "quorum5_median_us", median(m5, (size_t)rounds), "us", "cycle, 5 nodes, median");
+    put("quorum_rtt", "quorum5_over_single", median(ratio, (size_t)rounds), "x",
+        "ratio: 5 nodes / 1 node   (serial: 5)");
+    free(tmp);
+    redlock_free(l1);
+    redlock_free(l5);
+    redlock_client_free(c1);
+    redlock_client_free(c5);
+    resp_conn_free(pc);
+    kill(px, SIGKILL);
+    waitpid(px, NULL, 0);
 }
 
 /* ---- 4: handoff under contention ---------------------------------------------------------------- */
@@ -1061,6 +1295,7 @@ int main(int argc, char **argv)
     start_servers();
     bench_cycle();
     bench_quorum();
+    bench_quorum_rtt();
     bench_handoff(0);
     bench_handoff(1);
     bench_parser(with_callgrind);
