@@ -48,8 +48,9 @@ _Static_assert(SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) && SAME_CODE(ERR_PROT
  * FAIR: KEYS lock, fence, queue, alive; ARGV value, ttl ms, fencing,
  *   enqueue ('1'/'0'), queue score, lease ms. ACQUIRE that serves waiters
  *   in queue order: the lock is taken only when free and the queue is empty
- *   or starts with us. queue is a ZSET of waiting values by score (the
- *   wall-clock ms when each began to wait, the same on every node); alive
+ *   or starts with us. queue is a ZSET of waiting values by score: the
+ *   node's time when each joined (score ''), or for a quorum the client's
+ *   wall-clock ms when it began to wait, the same on every node; alive
  *   holds each waiter's lease expiry (node time) and a waiter that stops
  *   renewing it is dropped. Replies as ACQUIRE, and {3, ms} when the lock
  *   is free but another waiter is first (ms: that waiter's lease left).
@@ -113,7 +114,9 @@ static const char FAIR_LUA[] =
     "end\n"
     "if ARGV[4] == '1' then\n"
     "  local lease = tonumber(ARGV[6])\n"
-    "  redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[1])\n"
+    "  local score = ARGV[5]\n"
+    "  if score == '' then score = now end\n"
+    "  redis.call('ZADD', KEYS[3], 'NX', score, ARGV[1])\n"
     "  redis.call('ZADD', KEYS[4], now + lease, ARGV[1])\n"
     "  redis.call('PEXPIRE', KEYS[3], lease * 2)\n"
     "  redis.call('PEXPIRE', KEYS[4], lease * 2)\n"
@@ -169,7 +172,7 @@ typedef struct script {
 } script;
 
 static const script S_ACQUIRE = {"acquire", ACQUIRE_LUA, "2757630a71364073e06e658f7f2bc1467f7a27b7", 2};
-static const script S_FAIR = {"fair acquire", FAIR_LUA, "93f83e0191555506c94872285f903355ba05275f", 2};
+static const script S_FAIR = {"fair acquire", FAIR_LUA, "4e9f3ec63cad32b0cd7c830715fd81004ae696b5", 2};
 static const script S_DEQUEUE = {"dequeue", DEQUEUE_LUA, "c16facfafca27572ce86757d2c9890d694d12b0f", 1};
 static const script S_RELEASE = {"release", RELEASE_LUA, "8ef851e623d1c09822e5b6e0b686a919402df97b", 1};
 static const script S_REFRESH = {"refresh", REFRESH_LUA, "cc0151ff93d6a86e195e9878cfa2f8e7764d9f77", 1};
@@ -1277,13 +1280,18 @@ int redlock_lock(redlock *l, uint32_t wait_ms)
     redlock_client *c = l->c;
     if (!c->opts.fair)
         return lock_loop(l, wait_ms);
-    /* Our place in line: the wall-clock ms when we began to wait, the same
-     * score on every node so that all nodes agree on the order. A waiter
-     * renews its place on every try, at least every retry_max_ms. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    snprintf(l->score_str, sizeof l->score_str, "%lld",
-             (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    /* Our place in line. One node orders waiters by its own clock, when
+     * each joined. A quorum needs the same order on every node (else each
+     * could favour another waiter and no one would win a majority): the
+     * wall-clock ms when we began to wait. A waiter renews its lease on
+     * every try, at least every retry_max_ms. */
+    l->score_str[0] = '\0'; /* one node: its own clock orders the line */
+    if (c->n > 1) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        snprintf(l->score_str, sizeof l->score_str, "%lld",
+                 (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    }
     snprintf(l->lease_str, sizeof l->lease_str, "%d",
              2 * c->opts.retry_max_ms + c->opts.io_timeout_ms);
     l->waiting = 1;
