@@ -741,7 +741,8 @@ static void bench_quorum_rtt(void)
                     cycle(l5, c5);
                 tmp[i] = (double)(now_ns() - t0) / 1e3;
             }
-            (k == 0 ? mp : k == 1 ? m1 : m5)[r] = median(tmp, (size_t)per);
+            double *dst[3] = {mp, m1, m5};
+            dst[k][r] = median(tmp, (size_t)per);
         }
         ratio[r] = m5[r] / m1[r];
     }
