@@ -1263,13 +1263,13 @@ static int lock_loop(redlock *l, uint32_t wait_ms)
     }
 }
 
-/* Fair mode: leave the queue on every node (best effort, one deadline). */
+/* Fair mode: leave the queue on the selected nodes (best effort, one
+ * deadline). */
 static void dequeue(redlock *l)
 {
     redlock_client *c = l->c;
     const char *kv[5] = {l->queue_key, l->alive_key, l->name, l->value, l->channel};
     size_t kvlen[5] = {l->fencelen, l->fencelen, l->namelen, l->vlen, l->chlen};
-    select_all(c);
     run_script(c, l, &S_DEQUEUE, 3, 2, kv, kvlen, 0);
 }
 
@@ -1297,7 +1297,16 @@ int redlock_lock(redlock *l, uint32_t wait_ms)
     l->waiting = 1;
     int rc = lock_loop(l, wait_ms);
     l->waiting = 0;
-    if (rc != REDLOCK_OK) {
+    /* Leave the line where we are still in it: everywhere after a failure;
+     * after a quorum acquire, on the nodes that did not give us the lock
+     * (the acquire left the line on the others), or we would stand first
+     * there until our lease ran out. */
+    size_t left_in = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        c->nodes[i].sel = rc != REDLOCK_OK || !c->nodes[i].acq;
+        left_in += (size_t)c->nodes[i].sel;
+    }
+    if (left_in > 0) {
         char keep[sizeof c->errstr];
         memcpy(keep, c->errstr, sizeof keep);
         dequeue(l);

@@ -167,6 +167,31 @@ START_TEST(test_fifo_quorum)
 }
 END_TEST
 
+/* A quorum acquire that a minority refused leaves no place in line behind
+ * there: else we would stand first on that node until our lease ran out. */
+START_TEST(test_quorum_win_leaves_no_trace)
+{
+    fx_server s[3];
+    const char *urls[3];
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(fx_server_start(&s[i], NULL), 0);
+        urls[i] = s[i].url;
+    }
+    char out[64];
+    ck_assert_int_eq(fx_cmd(&s[2], out, sizeof out, "SET fw stale-owner PX 60000"), 0);
+    redlock_client *c = fair_client(urls, 3, 200);
+    redlock *l = lock_for(c, "fw", "winner", 5000);
+    ck_assert_int_eq(redlock_lock(l, 2000), REDLOCK_OK);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(zcard(&s[i], "{fw}:queue"), 0);
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    redlock_free(l);
+    redlock_client_free(c);
+    for (int i = 0; i < 3; i++)
+        fx_server_stop(&s[i]);
+}
+END_TEST
+
 /* The lock is free but a live waiter is first in line: a fair trylock is
  * refused and says why; once that waiter's lease runs out it is dropped
  * and the lock can be taken. */
@@ -381,6 +406,7 @@ int main(void)
     tcase_add_test(t, test_fair_no_alloc);
     tcase_add_test(t, test_fifo_single);
     tcase_add_test(t, test_fifo_quorum);
+    tcase_add_test(t, test_quorum_win_leaves_no_trace);
     tcase_add_test(t, test_free_but_promised);
     tcase_add_test(t, test_give_up_leaves_line);
     tcase_add_test(t, test_dead_waiter);
