@@ -455,9 +455,9 @@ static int run_command(cli *o)
             int64_t valid = redlock_validity_ms(l);
             if (valid <= 0) {
                 char why[300];
-                snprintf(why, sizeof why,
-                         "its TTL ran out before a refresh succeeded (last error: %s)",
-                         redlock_client_errstr(c));
+                const char *e = redlock_client_errstr(c);
+                snprintf(why, sizeof why, "its TTL ran out before a refresh succeeded%s%s%s",
+                         *e ? " (last error: " : "", e, *e ? ")" : "");
                 lose(o, &rs, why);
                 continue;
             }
