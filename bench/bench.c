@@ -273,36 +273,43 @@ static void ping(resp_conn *c)
     roundtrip(c, 1, argv, NULL, 0);
 }
 
-/* A numeric field of INFO section on url. */
-static double info_field(const char *url, const char *section, const char *field)
+/* INFO section on url, as text (valid until the next call). */
+static const char *info(const char *url, const char *section)
 {
     static char buf[1 << 16];
     resp_conn *c = conn_for(url);
     const char *argv[] = {"INFO", section};
     roundtrip(c, 2, argv, buf, sizeof buf);
     resp_conn_free(c);
+    return buf;
+}
+
+/* The number right after key in text (-1 when absent). */
+static double number_after(const char *text, const char *key)
+{
+    const char *p = strstr(text, key);
+    return p ? strtod(p + strlen(key), NULL) : -1;
+}
+
+/* A numeric field of INFO section on url. */
+static double info_field(const char *url, const char *section, const char *field)
+{
     char key[96];
     snprintf(key, sizeof key, "\n%s:", field);
-    const char *p = strstr(buf, key);
-    return p ? strtod(p + strlen(key), NULL) : -1;
+    return number_after(info(url, section), key);
 }
 
 /* Requests clients sent (top-level commands the lock uses), from INFO commandstats. */
 static double requests_sent(const char *url)
 {
-    static char buf[1 << 16];
-    resp_conn *c = conn_for(url);
-    const char *argv[] = {"INFO", "commandstats"};
-    roundtrip(c, 2, argv, buf, sizeof buf);
-    resp_conn_free(c);
+    const char *text = info(url, "commandstats");
     static const char *const cmds[] = {"evalsha", "eval", "subscribe", "unsubscribe"};
     double total = 0;
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char key[64];
         snprintf(key, sizeof key, "cmdstat_%s:calls=", cmds[i]);
-        const char *p = strstr(buf, key);
-        if (p)
-            total += strtod(p + strlen(key), NULL);
+        double n = number_after(text, key);
+        total += n > 0 ? n : 0;
     }
     return total;
 }

@@ -23,11 +23,18 @@
 #define START_WAIT_MS 5000
 #define IO_WAIT_MS 5000
 
-static long long ms_now(void)
+double fx_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+void fx_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
 }
 
 int fx_free_port(void)
@@ -108,7 +115,7 @@ static int rd_fill(rd *r)
     }
     if (r->len == sizeof r->buf)
         return -1;
-    long long left = r->deadline - ms_now();
+    long long left = r->deadline - (long long)fx_now_ms();
     struct pollfd p = {r->fd, POLLIN, 0};
     if (left <= 0 || poll(&p, 1, (int)left) <= 0)
         return -1;
@@ -226,7 +233,7 @@ int fx_cmdv(fx_server *s, char *out, size_t outlen, int argc, const char *const 
     if (r.fd < 0)
         return -1;
     r.len = r.pos = 0;
-    r.deadline = ms_now() + IO_WAIT_MS;
+    r.deadline = (long long)fx_now_ms() + IO_WAIT_MS;
     int na = auth_args(s, aargv, alens);
     if (na > 0)
         n = encode(req, sizeof req, na, aargv, alens);
@@ -333,8 +340,8 @@ static void spawn(fx_server *s)
 /* Up when a PING answers PONG (or NOAUTH: it is up, just locked). */
 static int wait_up(fx_server *s)
 {
-    long long until = ms_now() + START_WAIT_MS;
-    while (ms_now() < until) {
+    long long until = (long long)fx_now_ms() + START_WAIT_MS;
+    while ((long long)fx_now_ms() < until) {
         int st;
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             s->pid = 0;

@@ -51,6 +51,10 @@ int fx_cmd(fx_server *s, char *out, size_t outlen, const char *cmd);
 int fx_cmdv(fx_server *s, char *out, size_t outlen, int argc, const char *const *argv,
             const size_t *lens);
 
+/* CLOCK_MONOTONIC in ms, and a sleep that resumes after signals. */
+double fx_now_ms(void);
+void fx_sleep_ms(int ms);
+
 /* A loopback TCP port that was free a moment ago. */
 int fx_free_port(void);
 

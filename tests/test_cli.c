@@ -24,20 +24,6 @@
 
 static char tmpdir[256];
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 static void setup(void)
 {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/redlock-cli-XXXXXX");
@@ -122,18 +108,18 @@ static pid_t start_cli(const char *tag, const char *url_env, const char *const *
  * the exit status (128+N for a signal, as a shell reports it). */
 static int wait_cli(pid_t pid, int limit_ms)
 {
-    double end = now_ms() + limit_ms;
+    double end = fx_now_ms() + limit_ms;
     int st;
     for (;;) {
         pid_t r = waitpid(pid, &st, WNOHANG);
         if (r == pid)
             break;
-        if (now_ms() > end) {
+        if (fx_now_ms() > end) {
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
             ck_abort_msg("redlock did not end within %d ms", limit_ms);
         }
-        sleep_ms(5);
+        fx_sleep_ms(5);
     }
     if (WIFEXITED(st))
         return WEXITSTATUS(st);
@@ -148,11 +134,11 @@ static int run_cli(const char *tag, const char *url_env, const char *const *args
 /* Wait until FILE exists and is not empty, at most limit_ms. */
 static void await_file(const char *file, int limit_ms)
 {
-    double end = now_ms() + limit_ms;
-    while (now_ms() < end) {
+    double end = fx_now_ms() + limit_ms;
+    while (fx_now_ms() < end) {
         if (*slurp(file))
             return;
-        sleep_ms(5);
+        fx_sleep_ms(5);
     }
     ck_abort_msg("%s did not appear within %d ms", file, limit_ms);
 }
@@ -263,10 +249,10 @@ START_TEST(test_unreachable)
     int port = fx_free_port();
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     int rc = run_cli("down", NULL, (const char *[]){"run", "-u", url, "n", "--", "true", NULL});
     ck_assert_int_eq(rc, 69);
-    ck_assert_double_lt(now_ms() - t0, 5000);
+    ck_assert_double_lt(fx_now_ms() - t0, 5000);
     const char *err = slurp("down.err");
     ck_assert_int_eq(count_lines(err), 1);
     ck_assert_ptr_nonnull(strstr(err, "127.0.0.1"));
@@ -381,20 +367,20 @@ START_TEST(test_wait)
     holder h;
     hold(&h, srv.url, "w", 20000);
     /* wait runs out: the conflict status, after about the wait */
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(run_cli("w", srv.url, (const char *[]){"run", "-w", "600ms", "w", "--", "true", NULL}), 75);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_double_ge(took, 550);
     ck_assert_double_lt(took, 3000);
     ck_assert_ptr_nonnull(strstr(slurp("w.err"), "wait ran out"));
     /* the holder releases mid-wait: the waiter runs soon after */
     pid_t p = start_cli("w2", srv.url, (const char *[]){"run", "-w", "20s", "w", "--", "sh", "-c", "echo $REDLOCK_FENCE", NULL});
-    sleep_ms(400);
+    fx_sleep_ms(400);
     ck_assert_str_eq(slurp("w2.out"), ""); /* still waiting */
-    double t1 = now_ms();
+    double t1 = fx_now_ms();
     ck_assert_int_eq(redlock_unlock(h.l), REDLOCK_OK);
     ck_assert_int_eq(wait_cli(p, 10000), 0);
-    ck_assert_double_lt(now_ms() - t1, 3000);
+    ck_assert_double_lt(fx_now_ms() - t1, 3000);
     ck_assert_uint_eq(strtoul(slurp("w2.out"), NULL, 10), redlock_fence(h.l) + 1);
     unhold(&h);
     /* --fair: the waiter stands in the lock's queue while it waits */
@@ -402,7 +388,7 @@ START_TEST(test_wait)
     p = start_cli("w3", srv.url, (const char *[]){"run", "--fair", "-w", "20s", "w", "--", "true", NULL});
     char out[64] = "";
     for (int i = 0; i < 400 && strcmp(out, "1") != 0; i++) {
-        sleep_ms(5);
+        fx_sleep_ms(5);
         ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "ZCARD {w}:queue"), 0);
     }
     ck_assert_str_eq(out, "1");
@@ -503,9 +489,9 @@ START_TEST(test_lost_when_key_deleted)
     char out[64];
     ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "DEL gone"), 0);
     ck_assert_str_eq(out, "1");
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(wait_cli(p, 10000), 76);
-    ck_assert_double_lt(now_ms() - t0, 3 * 500 + 2000); /* next refresh (TTL/3) + slack */
+    ck_assert_double_lt(fx_now_ms() - t0, 3 * 500 + 2000); /* next refresh (TTL/3) + slack */
     ck_assert(gone(child));
     const char *err = slurp("lost.err");
     ck_assert_ptr_nonnull(strstr(err, "lost the lock gone"));
@@ -528,9 +514,9 @@ START_TEST(test_lost_grace_then_kill)
     pid_t child = pid_in("stubborn.pid");
     char out[64];
     ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "SET stub someone-else"), 0);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(wait_cli(p, 10000), 76);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_double_ge(took, 650); /* the grace period was given */
     ck_assert_double_lt(took, 900 + 700 + 3000);
     ck_assert(gone(child));
@@ -547,9 +533,9 @@ START_TEST(test_lost_when_server_stalls)
     await_file("stall.pid", 5000);
     pid_t child = pid_in("stall.pid");
     fx_server_pause(&srv);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     int rc = wait_cli(p, 10000);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     fx_server_resume(&srv);
     ck_assert_int_eq(rc, 76);
     /* stopped within the lease (1 s) plus one capped attempt, generously */

@@ -15,19 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static redlock_client *fair_client(const char *const *urls, size_t n, int retry_max_ms)
 {
     redlock_options o;
@@ -88,7 +75,7 @@ static pid_t waiter(const char *const *urls, size_t n, const char *name, char le
         int i = __atomic_fetch_add(&o->n, 1, __ATOMIC_SEQ_CST);
         if (i < (int)sizeof o->who)
             o->who[i] = letter;
-        sleep_ms(30);
+        fx_sleep_ms(30);
         redlock_unlock(l);
         redlock_free(l);
         redlock_client_free(c);
@@ -117,7 +104,7 @@ static void check_order(fx_server *s, size_t n)
     pid_t p[3];
     for (int i = 0; i < 3; i++) {
         p[i] = waiter(urls, n, "fq", (char)('B' + i), o);
-        sleep_ms(150); /* each has queued before the next starts */
+        fx_sleep_ms(150); /* each has queued before the next starts */
     }
     for (size_t i = 0; i < n; i++)
         ck_assert_int_eq(zcard(&s[i], "{fq}:queue"), 3);
@@ -213,9 +200,9 @@ START_TEST(test_free_but_promised)
     ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "first in line"));
     ck_assert_int_eq(zcard(&s, "{fp}:queue"), 1); /* trylock does not join the line */
     /* lock() joins the line, and gets the lock once the ghost's lease is over */
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(l, 5000), REDLOCK_OK);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_double_ge(took, 500);
     ck_assert_double_lt(took, 800 + 2000);
     ck_assert_int_eq(zcard(&s, "{fp}:queue"), 0);
@@ -245,9 +232,9 @@ START_TEST(test_give_up_leaves_line)
     redlock_client *c = fair_client(urls, 1, 200);
     redlock *a = lock_for(c, "fg", "holder", 10000), *b = lock_for(c, "fg", "quitter", 10000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(b, 300), REDLOCK_NOT_ACQUIRED);
-    ck_assert_double_lt(now_ms() - t0, 1500);
+    ck_assert_double_lt(fx_now_ms() - t0, 1500);
     ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "held by another owner"));
     ck_assert_int_eq(zcard(&s, "{fg}:queue"), 0);
     ck_assert_int_eq(zcard(&s, "{fg}:alive"), 0);
@@ -270,16 +257,16 @@ START_TEST(test_dead_waiter)
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     order *o = shared_order();
     pid_t doomed = waiter(urls, 1, "fd", 'X', o);
-    sleep_ms(200);
+    fx_sleep_ms(200);
     pid_t next = waiter(urls, 1, "fd", 'Y', o);
-    sleep_ms(200);
+    fx_sleep_ms(200);
     ck_assert_int_eq(zcard(&s, "{fd}:queue"), 2);
     kill(doomed, SIGKILL);
     waitpid(doomed, NULL, 0);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     reap(next);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_str_eq(o->who, "Y");
     ck_assert_double_lt(took, 3 * (2 * 200 + 200) + 1000); /* lease 600 ms, generously */
     ck_assert_int_eq(zcard(&s, "{fd}:queue"), 0);
@@ -303,7 +290,7 @@ START_TEST(test_no_starvation)
     } *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     ck_assert_ptr_ne(sh, MAP_FAILED);
     memset(sh, 0, sizeof *sh);
-    double end = now_ms() + 1500;
+    double end = fx_now_ms() + 1500;
     pid_t p[P];
     for (int i = 0; i < P; i++) {
         p[i] = fork();
@@ -311,7 +298,7 @@ START_TEST(test_no_starvation)
         if (p[i] == 0) {
             redlock_client *c = fair_client(urls, 1, 1000);
             redlock *l = lock_for(c, "fs", NULL, 5000);
-            for (int k = 0; k < 5000 && now_ms() < end; k++) {
+            for (int k = 0; k < 5000 && fx_now_ms() < end; k++) {
                 if (redlock_lock(l, 3000) != REDLOCK_OK) {
                     __atomic_add_fetch(&sh->fails, 1, __ATOMIC_SEQ_CST);
                     continue;
@@ -319,10 +306,10 @@ START_TEST(test_no_starvation)
                 if (__atomic_add_fetch(&sh->inside, 1, __ATOMIC_SEQ_CST) != 1)
                     __atomic_add_fetch(&sh->overlaps, 1, __ATOMIC_SEQ_CST);
                 sh->count[i]++;
-                sleep_ms(1);
+                fx_sleep_ms(1);
                 __atomic_sub_fetch(&sh->inside, 1, __ATOMIC_SEQ_CST);
                 redlock_unlock(l);
-                sleep_ms(2);
+                fx_sleep_ms(2);
             }
             _exit(0);
         }

@@ -15,13 +15,6 @@
 
 #define IO_MS 300
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static redlock_client *client_for(const char *url, int io_ms)
 {
     redlock_options o;
@@ -58,10 +51,10 @@ START_TEST(test_kill9_while_holding)
     redlock *a = lock_for(ca, "k9", "owner-a", 5000), *b = lock_for(cb, "k9", "owner-b", 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     fx_server_kill(&s);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     int rc = redlock_refresh(a);
     ck_assert_msg(rc == REDLOCK_ERR_IO || rc == REDLOCK_ERR_TIMEOUT, "refresh: %d", rc);
-    ck_assert_double_lt(now_ms() - t0, 3 * IO_MS);
+    ck_assert_double_lt(fx_now_ms() - t0, 3 * IO_MS);
     ck_assert_int_gt(redlock_validity_ms(a), 0); /* still within the lease it had */
     ck_assert_int_eq(fx_server_restart(&s), 0);
     /* the node came back empty: b takes the lock; a's refresh and unlock
@@ -166,9 +159,9 @@ START_TEST(test_client_pause)
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CLIENT PAUSE 1000"), 0);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_ERR_TIMEOUT);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_msg(took >= IO_MS - 20 && took < 3 * IO_MS, "took %.1f ms", took);
     usleep(1000 * 1000);
     /* a waiter rides the pause out: I/O errors are retried while it waits */
@@ -192,9 +185,9 @@ START_TEST(test_debug_sleep)
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     pid_t pid = cmd_async(&s, "DEBUG SLEEP 1");
     usleep(100 * 1000);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_refresh(a), REDLOCK_ERR_TIMEOUT);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_msg(took >= IO_MS - 20 && took < 3 * IO_MS, "took %.1f ms", took);
     int st;
     ck_assert_int_eq(waitpid(pid, &st, 0), pid);
@@ -217,11 +210,11 @@ START_TEST(test_maxclients)
     redlock *a = lock_for(c1, "full", NULL, 5000), *b = lock_for(c2, "full2", NULL, 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG SET maxclients 1"), 0);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     int rc = redlock_trylock(b);
     ck_assert_msg(rc == REDLOCK_ERR_SERVER || rc == REDLOCK_ERR_IO, "rc %d", rc);
     ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c2), "max"));
-    ck_assert_double_lt(now_ms() - t0, 3 * IO_MS);
+    ck_assert_double_lt(fx_now_ms() - t0, 3 * IO_MS);
     ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK); /* the connected client goes on */
     redlock_free(a);
     redlock_client_free(c1); /* frees the one slot, for the fixture's connection */

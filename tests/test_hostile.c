@@ -198,13 +198,6 @@ static void stop_hostile(pid_t pid)
     waitpid(pid, NULL, 0);
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* ---- allocation bound ---------------------------------------------------------------- */
 
 static size_t biggest;
@@ -251,9 +244,9 @@ START_TEST(test_hostile_single)
     ck_assert_int_eq(redlock_new(&l, c, "hostile", NULL, 10000), REDLOCK_OK);
 
     for (int round = 0; round < 2; round++) {
-        double t0 = now_ms();
+        double t0 = fx_now_ms();
         int rc = redlock_trylock(l);
-        double took = now_ms() - t0;
+        double took = fx_now_ms() - t0;
         ck_assert_msg(rc == sc->want, "%s: trylock gave %d (%s), want %d", sc->name, rc,
                       redlock_client_errstr(c), sc->want);
         ck_assert_msg(took < 3 * IO_MS, "%s: took %.1f ms", sc->name, took);
@@ -271,13 +264,13 @@ START_TEST(test_hostile_single)
 
     /* unlock and refresh fail cleanly too, by the deadline (":1" is a
      * well-formed answer to both, so that one case says OK) */
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     int ru = redlock_unlock(l), rf = redlock_refresh(l);
     if (strcmp(sc->reply ? sc->reply : "", ":1\r\n") != 0) {
         ck_assert_int_ne(ru, REDLOCK_OK);
         ck_assert_int_ne(rf, REDLOCK_OK);
     }
-    ck_assert_double_lt(now_ms() - t0, 6 * IO_MS);
+    ck_assert_double_lt(fx_now_ms() - t0, 6 * IO_MS);
 
     redlock_free(l);
     redlock_client_free(c);
@@ -307,15 +300,15 @@ START_TEST(test_hostile_in_quorum)
     ck_assert_int_eq(redlock_new(&l, c, "hostile-q", NULL, 10000), REDLOCK_OK);
     uint64_t last = 0;
     for (int round = 0; round < 3; round++) {
-        double t0 = now_ms();
+        double t0 = fx_now_ms();
         ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s: %s", sc->name,
                       redlock_client_errstr(c));
         ck_assert_uint_gt(redlock_fence(l), last);
         last = redlock_fence(l);
         ck_assert_int_eq(redlock_refresh(l), REDLOCK_OK);
         ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
-        ck_assert_msg(now_ms() - t0 < 9 * IO_MS, "%s: cycle took %.1f ms", sc->name,
-                      now_ms() - t0);
+        ck_assert_msg(fx_now_ms() - t0 < 9 * IO_MS, "%s: cycle took %.1f ms", sc->name,
+                      fx_now_ms() - t0);
     }
     redlock_free(l);
     redlock_client_free(c);
@@ -336,9 +329,9 @@ START_TEST(test_transient_errors_are_waited_out)
     redlock *l = NULL;
     ck_assert_int_eq(redlock_client_new(&c, (const char *[]){url}, 1, NULL), REDLOCK_OK);
     ck_assert_int_eq(redlock_new(&l, c, "loading", NULL, 10000), REDLOCK_OK);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(l, 400), REDLOCK_ERR_SERVER);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_msg(took >= 390 && took < 1200, "took %.1f ms", took);
     /* a permanent error returns at once */
     stop_hostile(pid);
@@ -348,9 +341,9 @@ START_TEST(test_transient_errors_are_waited_out)
     pid = start_hostile(&err, url, sizeof url);
     ck_assert_int_eq(redlock_client_new(&c, (const char *[]){url}, 1, NULL), REDLOCK_OK);
     ck_assert_int_eq(redlock_new(&l, c, "err", NULL, 10000), REDLOCK_OK);
-    t0 = now_ms();
+    t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(l, 2000), REDLOCK_ERR_SERVER);
-    ck_assert_double_lt(now_ms() - t0, 500);
+    ck_assert_double_lt(fx_now_ms() - t0, 500);
     redlock_free(l);
     redlock_client_free(c);
     stop_hostile(pid);

@@ -34,13 +34,6 @@ static void flush(void)
     ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "FLUSHALL"), 0);
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static redlock_client *client_for(const char *url)
 {
     redlock_client *c = NULL;
@@ -397,9 +390,9 @@ START_TEST(test_wait_wakes_on_release)
     redlock_client *c = client_for(srv.url);
     redlock *w = lock_for(c, "waitrel", NULL, 5000);
     pid_t pid = holder("waitrel", 300, 30000); /* TTL 30 s: only the release can free it */
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(w, 5000), REDLOCK_OK);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     reap(pid);
     /* released at ~300 ms: woken by the publish, not by the 30 s TTL */
     ck_assert_msg(took >= 250 && took < 1500, "acquired after %.1f ms", took);
@@ -416,15 +409,15 @@ START_TEST(test_wait_times_out)
     redlock *w = lock_for(c, "waitto", NULL, 5000);
     pid_t pid = holder("waitto", -1, 30000); /* exits holding it */
     reap(pid);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(w, 400), REDLOCK_NOT_ACQUIRED);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_msg(took >= 390 && took < 1200, "gave up after %.1f ms", took);
     ck_assert_int_eq(redlock_validity_ms(w), 0);
     /* wait 0 is one try */
-    t0 = now_ms();
+    t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(w, 0), REDLOCK_NOT_ACQUIRED);
-    ck_assert_double_lt(now_ms() - t0, 300);
+    ck_assert_double_lt(fx_now_ms() - t0, 300);
     redlock_free(w);
     redlock_client_free(c);
 }
@@ -436,9 +429,9 @@ START_TEST(test_wait_holder_vanished)
     redlock *w = lock_for(c, "vanish", NULL, 5000);
     pid_t pid = holder("vanish", -1, 600); /* exits without releasing: TTL 600 ms */
     reap(pid);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(w, 5000), REDLOCK_OK);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     /* freed by the TTL at <= 600 ms; the waiter is bounded by the holder's PTTL */
     ck_assert_msg(took < 1500, "acquired after %.1f ms", took);
     redlock_free(w);
@@ -586,14 +579,14 @@ START_TEST(test_dead_server)
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", fx_free_port());
     redlock_client *c = client_for(url);
     redlock *a = lock_for(c, "dead", NULL, 5000);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_ERR_IO);
     ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "refused"));
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_ERR_IO);
     ck_assert_int_eq(redlock_refresh(a), REDLOCK_ERR_IO);
     /* I/O errors are retried until the wait runs out */
     ck_assert_int_eq(redlock_lock(a, 300), REDLOCK_ERR_IO);
-    ck_assert_double_lt(now_ms() - t0, 2000);
+    ck_assert_double_lt(fx_now_ms() - t0, 2000);
     redlock_free(a);
     redlock_client_free(c);
 }
@@ -798,8 +791,8 @@ START_TEST(test_exclusion_stress)
         if (redlock_client_new(&c, urls, 1, NULL) != REDLOCK_OK ||
             redlock_new(&l, c, "stress", NULL, 2000) != REDLOCK_OK)
             _exit(3);
-        double end = now_ms() + 20000;
-        for (int done = 0; done < per_worker && now_ms() < end;) {
+        double end = fx_now_ms() + 20000;
+        for (int done = 0; done < per_worker && fx_now_ms() < end;) {
             if (redlock_lock(l, 5000) != REDLOCK_OK)
                 continue;
             if (atomic_fetch_add(&sh->inside, 1) != 0)

@@ -47,13 +47,6 @@ static void flush_all(void)
         ck_assert_int_eq(fx_cmd(&srv[i], out, sizeof out, "FLUSHALL"), 0);
 }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static redlock_client *client_over(fx_server *s, int n, int io_timeout_ms)
 {
     const char *urls[N];
@@ -153,9 +146,9 @@ START_TEST(test_three_killed)
     fx_server_stop(&s[4]);
     redlock_client *c = client_over(s, N, 300);
     redlock *a = lock_for(c, "q3", "owner-a", 5000);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     int rc = redlock_trylock(a);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_int_eq(rc, REDLOCK_ERR_IO);
     ck_assert_msg(took < 900, "took %.1f ms", took);
     ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "2 of 5 nodes answered"));
@@ -177,16 +170,16 @@ START_TEST(test_two_stalled)
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     fx_server_pause(&s[0]);
     fx_server_pause(&s[3]);
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     int rc = redlock_trylock(a);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     ck_assert_int_eq(rc, REDLOCK_OK);
     /* the stalled nodes cost one 300 ms deadline, in parallel */
     ck_assert_msg(took >= 250 && took < 900, "took %.1f ms", took);
     ck_assert_int_le(redlock_validity_ms(a), 10000 - 102 - 250);
-    t0 = now_ms();
+    t0 = fx_now_ms();
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
-    ck_assert_double_lt(now_ms() - t0, 900);
+    ck_assert_double_lt(fx_now_ms() - t0, 900);
     fx_server_resume(&s[0]);
     fx_server_resume(&s[3]);
     /* resumed nodes are used again on a later call */
@@ -211,9 +204,9 @@ START_TEST(test_competing_holder)
     ck_assert_int_eq(count_holding(srv, N, "qc", "owner-a"), 0); /* released on nodes 4, 5 */
     ck_assert_int_eq(count_holding(srv, N, "qc", "other"), 3);
     /* a waiter gives up on time */
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(a, 300), REDLOCK_NOT_ACQUIRED);
-    ck_assert_double_lt(now_ms() - t0, 900);
+    ck_assert_double_lt(fx_now_ms() - t0, 900);
     redlock_free(a);
     redlock_client_free(c);
 }
@@ -301,9 +294,9 @@ START_TEST(test_waiter_wakes_on_release)
         usleep(300 * 1000);
         _exit(redlock_unlock(a) == REDLOCK_OK ? 0 : 1);
     }
-    double t0 = now_ms();
+    double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(b, 5000), REDLOCK_OK);
-    double took = now_ms() - t0;
+    double took = fx_now_ms() - t0;
     int st;
     ck_assert_int_eq(waitpid(pid, &st, 0), pid);
     ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
@@ -341,8 +334,8 @@ static void worker(struct shared *sh, fx_server *s, int per_worker, uint32_t ttl
     if (redlock_client_new(&c, urls, N, &o) != REDLOCK_OK ||
         redlock_new(&l, c, "stress", NULL, ttl) != REDLOCK_OK)
         _exit(3);
-    int64_t deadline = (int64_t)now_ms() + 60000;
-    for (int done = 0; done < per_worker && now_ms() < deadline;) {
+    int64_t deadline = (int64_t)fx_now_ms() + 60000;
+    for (int done = 0; done < per_worker && fx_now_ms() < deadline;) {
         if (redlock_lock(l, 5000) != REDLOCK_OK)
             continue;
         if (atomic_fetch_add(&sh->inside, 1) != 0)
