@@ -35,8 +35,11 @@ EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c)
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI)
 
+# The shared library exports the redlock_* API (REDLOCK_API) and nothing else.
+LIB_CFLAGS := -fPIC -fvisibility=hidden -DREDLOCK_BUILDING
+
 $(BUILD)/%.o: %.c $(LIB_HDR) | $(BUILD)
-	$(CC) $(ALL_CFLAGS) -fPIC -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(LIB_CFLAGS) -c $< -o $@
 
 $(BUILD):
 	@mkdir -p $(BUILD)/tests $(BUILD)/examples

@@ -17,6 +17,14 @@
 extern "C" {
 #endif
 
+/* Marks what the shared library exports; everything else is hidden
+ * (-fvisibility=hidden). A static or vendored build needs nothing. */
+#if defined(REDLOCK_BUILDING) && defined(__GNUC__)
+#define REDLOCK_API __attribute__((visibility("default")))
+#else
+#define REDLOCK_API
+#endif
+
 #define REDLOCK_VERSION_MAJOR 0
 #define REDLOCK_VERSION_MINOR 1
 #define REDLOCK_VERSION_PATCH 0
@@ -40,7 +48,7 @@ enum {
 };
 
 /* A static, human string for a status code ("unknown status" otherwise). */
-const char *redlock_strerror(int status);
+REDLOCK_API const char *redlock_strerror(int status);
 
 typedef struct redlock_options {
     int connect_timeout_ms; /* per node, connect + AUTH/SELECT     (default 1000) */
@@ -59,7 +67,7 @@ typedef struct redlock_options {
 } redlock_options;
 
 /* Fill *o with the defaults above. */
-void redlock_options_init(redlock_options *o);
+REDLOCK_API void redlock_options_init(redlock_options *o);
 
 /* Make a client for n Redis URLs (n > 1: quorum locks over independent
  * masters). URLs: redis://[user[:password]@]host[:port][/db],
@@ -68,25 +76,25 @@ void redlock_options_init(redlock_options *o);
  * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option) or
  * REDLOCK_ERR_NOMEM, with *out NULL and the reason in redlock_last_errstr().
  * opts NULL: defaults. */
-int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
+REDLOCK_API int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
                        const redlock_options *opts);
 /* Close every connection and free the client. Free its locks first. NULL ok. */
-void redlock_client_free(redlock_client *c);
+REDLOCK_API void redlock_client_free(redlock_client *c);
 /* Detail of the last error on c or on one of its locks ("" if none). Valid
  * until the next call on c. Never contains a password. */
-const char *redlock_client_errstr(const redlock_client *c);
+REDLOCK_API const char *redlock_client_errstr(const redlock_client *c);
 /* Detail of the last failed redlock_client_new in this thread, for when it
  * could not return a client. */
-const char *redlock_last_errstr(void);
+REDLOCK_API const char *redlock_last_errstr(void);
 
 /* Make a lock handle for name (binary-safe, NUL-terminated, non-empty) with
  * the given TTL in ms (> 0). value is the owner's identity (copied); NULL
  * makes a random 128-bit token from the OS (fails with REDLOCK_ERR_IO
  * rather than use a weak source). No I/O. */
-int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
+REDLOCK_API int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
                 uint32_t ttl_ms);
 /* Same, with a name of namelen bytes that may contain NUL. */
-int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
+REDLOCK_API int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
                     const char *value, uint32_t ttl_ms);
 
 /* One attempt, one round trip (quorum: one parallel round trip).
@@ -94,28 +102,28 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
  * held it (the TTL is reset, the token kept). REDLOCK_NOT_ACQUIRED: someone
  * else holds it (fair mode: or it is free and a waiter is first in line).
  * Errors: REDLOCK_ERR_*. */
-int redlock_trylock(redlock *l);
+REDLOCK_API int redlock_trylock(redlock *l);
 /* Try, then wait for a release (pub/sub, no fixed-interval polling), the
  * holder's TTL running out, or a jittered backoff, until acquired or
  * wait_ms passes: REDLOCK_NOT_ACQUIRED then. I/O errors are retried until
  * the wait runs out; argument, auth and server errors return at once.
  * Fair mode: the caller joins the lock's queue and is served in turn; it
  * leaves the queue when this returns. */
-int redlock_lock(redlock *l, uint32_t wait_ms);
+REDLOCK_API int redlock_lock(redlock *l, uint32_t wait_ms);
 /* Release if still ours (compare-and-delete; wakes waiters). REDLOCK_OK,
  * or REDLOCK_NOT_HELD (errstr: expired, or another owner) and nothing is
  * changed. Never retried in a loop. */
-int redlock_unlock(redlock *l);
+REDLOCK_API int redlock_unlock(redlock *l);
 /* Reset the TTL if still ours. REDLOCK_NOT_HELD if lost; never re-creates
  * an expired lock. */
-int redlock_refresh(redlock *l);
+REDLOCK_API int redlock_refresh(redlock *l);
 /* Fencing token of the last successful acquire (0 if none or fencing off). */
-uint64_t redlock_fence(const redlock *l);
+REDLOCK_API uint64_t redlock_fence(const redlock *l);
 /* ms of ownership left from the last acquire or refresh, minus the drift
  * allowance; 0 when not held. */
-int64_t redlock_validity_ms(const redlock *l);
+REDLOCK_API int64_t redlock_validity_ms(const redlock *l);
 /* The owner value (NUL-terminated; owned by the lock). */
-const char *redlock_value(const redlock *l);
+REDLOCK_API const char *redlock_value(const redlock *l);
 typedef struct redlock_info {
     int held;       /* 1: one owner holds the lock on a quorum of nodes       */
     int ours;       /* 1: that owner is this handle (its value)               */
@@ -124,13 +132,13 @@ typedef struct redlock_info {
 } redlock_info;
 /* Look at the lock without taking it (one round trip, no waiting). Errors
  * as for redlock_trylock when too few nodes answer. */
-int redlock_inspect(redlock *l, redlock_info *info);
+REDLOCK_API int redlock_inspect(redlock *l, redlock_info *info);
 /* Free the handle. No I/O: a held lock is reclaimed by its TTL. NULL ok. */
-void redlock_free(redlock *l);
+REDLOCK_API void redlock_free(redlock *l);
 
 /* Replace the allocator used for everything the library allocates (NULLs
  * restore malloc/realloc/free). Call before making any client. */
-void redlock_set_allocator(void *(*alloc_fn)(size_t), void *(*realloc_fn)(void *, size_t),
+REDLOCK_API void redlock_set_allocator(void *(*alloc_fn)(size_t), void *(*realloc_fn)(void *, size_t),
                            void (*free_fn)(void *));
 
 #ifdef __cplusplus
