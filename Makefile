@@ -14,7 +14,7 @@ VERSION_MAJOR := $(shell sed -n 's/^\#define REDLOCK_VERSION_MAJOR \([0-9]*\).*/
 VERSION       := $(shell sed -n 's/^\#define REDLOCK_VERSION "\(.*\)"/\1/p' redlock.h)
 
 LIB_SRC  := redlock.c resp.c net.c
-LIB_HDR  := redlock.h resp.h
+LIB_HDR  := redlock.h resp.h net.h
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 STATIC   := $(BUILD)/libredlock.a
 SONAME   := libredlock.so.$(VERSION_MAJOR)
@@ -65,10 +65,14 @@ examples: $(EXAMPLES)
 $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) -o $@
 
-$(BUILD)/tests/%: tests/%.c tests/fixture.c tests/fixture.h $(STATIC) $(LIB_HDR) | $(BUILD)
+# What every suite and the benchmark link: servers, and a blocking driver for net.c.
+FIXTURE_SRC := tests/fixture.c tests/netx.c
+FIXTURE_HDR := tests/fixture.h tests/netx.h
+
+$(BUILD)/tests/%: tests/%.c $(FIXTURE_SRC) $(FIXTURE_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    $< tests/fixture.c $(STATIC) $(CHECK_LIBS) -o $@
+	    $< $(FIXTURE_SRC) $(STATIC) $(CHECK_LIBS) -o $@
 
 deps:
 	@sh tests/deps.sh
@@ -89,7 +93,7 @@ fuzz-replay: $(BUILD)/fuzz_parser_replay $(BUILD)/fuzz_url_replay
 	@$(BUILD)/fuzz_parser_replay fuzz/corpus/parser/* $(wildcard fuzz/regressions/parser/*)
 	@$(BUILD)/fuzz_url_replay fuzz/corpus/url/* $(wildcard fuzz/regressions/url/*)
 
-$(BUILD)/fuzz_%_replay: fuzz/fuzz_%.c fuzz/replay.c $(STATIC) resp.h | $(BUILD)
+$(BUILD)/fuzz_%_replay: fuzz/fuzz_%.c fuzz/replay.c $(STATIC) resp.h net.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $< fuzz/replay.c $(STATIC) -o $@
 
 # ASan + UBSan: the library, the tests and the examples rebuilt in their own tree.
@@ -115,9 +119,9 @@ HIREDIS_CFLAGS := $(shell pkg-config --exists hiredis 2>/dev/null && echo -DHAVE
 HIREDIS_LIBS   := $(shell pkg-config --exists hiredis 2>/dev/null && pkg-config --libs hiredis)
 BENCH_ARGS ?=
 
-$(BUILD)/bench: bench/bench.c tests/fixture.c tests/fixture.h $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/bench: bench/bench.c $(FIXTURE_SRC) $(FIXTURE_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(HIREDIS_CFLAGS) -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    bench/bench.c tests/fixture.c $(STATIC) $(HIREDIS_LIBS) -o $@
+	    bench/bench.c $(FIXTURE_SRC) $(STATIC) $(HIREDIS_LIBS) -o $@
 
 # Prints a table and writes $(BUILD)/bench.json. BENCH_ARGS=--callgrind adds
 # instructions per reply for the parsers; --quick for a short smoke run.

@@ -1,16 +1,17 @@
 /* net.c - connections: URLs, TCP (IPv4/IPv6) and unix sockets, non-blocking
- * connect, AUTH/SELECT handshake, one poll() loop over many connections,
- * CLOCK_MONOTONIC deadlines.
+ * connect over every address, AUTH/SELECT handshake, pipelined requests
+ * each with its own CLOCK_MONOTONIC deadline. Driven from outside (see
+ * net.h): nothing here blocks or sleeps.
  *
- * A connection is a small state machine driven by resp_exchange():
- * CLOSED -> CONNECTING -> HANDSHAKE -> READY. Commands are queued in a write
- * buffer and replies parsed in place in a read buffer; both grow only when a
- * command or reply is larger than any before, so a steady lock cycle does no
- * allocation. Any failure closes the connection and drops its queue: a reply
- * left in flight would otherwise be read as the answer to the next request.
+ * The output is one stream of bytes: every request owns a range of it
+ * (start, end). wbuf holds the part not yet written, from stream offset
+ * wbase; a request is written once the socket took its first byte. The
+ * request queue keeps the order replies come back in. Buffers grow only
+ * when a command or reply is larger than any before, so a steady lock
+ * cycle allocates nothing.
  */
 #define _GNU_SOURCE /* SOCK_CLOEXEC, SOCK_NONBLOCK, MSG_NOSIGNAL */
-#include "resp.h"
+#include "net.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -33,21 +34,42 @@
 #endif
 
 #define MAX_ADDRS 8
-#define MAX_POLL 64
-#define WBUF_INITIAL 512
-#define RBUF_INITIAL 1024
-#define MAX_HANDSHAKE 2
+#define WBUF_INITIAL 1024
+#define RBUF_INITIAL 16384
+#define RQ_INITIAL 8
+#define MAX_ARGS 24
 
 enum { ST_CLOSED, ST_CONNECTING, ST_HANDSHAKE, ST_READY };
 enum { HS_AUTH = 1, HS_SELECT };
 
-struct resp_conn {
-    resp_url url;
-    resp_conn_opts opts;
-    char desc[300]; /* host:port for messages */
+/* request flags */
+enum {
+    F_WRITTEN = 1, /* the current socket took at least its first byte        */
+    F_DUE = 2,     /* failed or timed out: to be reported with status        */
+    F_DEAD = 4     /* its socket is gone: report, then remove (never a reply) */
+};
+
+typedef struct net_req {
+    net_tag tag;
+    int64_t cap;      /* the caller's limit, 0: none                          */
+    int64_t deadline; /* 0: not armed yet (the connection is not ready)        */
+    uint64_t start, end; /* its bytes in the output stream                   */
+    uint8_t flags;
+    uint8_t status;   /* F_DUE: why                                            */
+} net_req;
+
+struct net_conn {
+    net_url url;
+    net_opts opts;
+    char desc[300];
     int fd;
     int state;
+    int push;     /* pub/sub: replies are pushes                             */
+    int stale;    /* a written request timed out: write nothing more          */
+    int peer_eof; /* the peer closed (or reset); fail once buffered replies are taken */
+    int eof_status;
     uint64_t gen;
+    int64_t conn_deadline;
 
     /* connect: every address the name resolved to, tried in order */
     struct sockaddr_storage addrs[MAX_ADDRS];
@@ -55,10 +77,22 @@ struct resp_conn {
     int naddr, ai;
     int conn_errno;
 
-    /* queued commands; while in HANDSHAKE only the first hs_len bytes go out */
+    /* AUTH/SELECT, written before anything else on a new socket */
+    char hsbuf[800];
+    size_t hs_len, hs_off;
+    int hs_kind[2];
+    unsigned hs_pending, hs_next;
+
+    /* the output stream */
     char *wbuf;
-    size_t wlen, wcap, woff, hs_len;
-    unsigned unsent; /* commands queued since the buffer was last empty */
+    size_t wlen, wcap, woff;
+    uint64_t wbase; /* stream offset of wbuf[0] */
+    uint64_t wend;  /* stream offset after the last queued byte */
+
+    /* requests in order: q[qhead .. qhead + qn) */
+    net_req *q;
+    uint32_t qhead, qn, qcap;
+    uint32_t ndue;
 
     /* received bytes; the reply being parsed starts at rstart */
     char *rbuf;
@@ -66,21 +100,12 @@ struct resp_conn {
     resp_parser parser;
     resp_reply *elems;
 
-    unsigned pending; /* replies due to the user */
-    int hs_kind[MAX_HANDSHAKE];
-    unsigned hs_pending, hs_next;
-    int listening;
-
-    int active; /* resp_exchange: had something due when it began */
-    int due;    /* resp_exchange: still waiting on this one */
-    int64_t deadline;
-    int status;
-    char errstr[256];
+    char errstr[512];
 };
 
 /* ---- clock ---------------------------------------------------------------- */
 
-int64_t resp_now_ns(void)
+int64_t net_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -167,7 +192,7 @@ static int has_prefix_ci(const char *s, const char *prefix)
     return 1;
 }
 
-static int parse_userinfo(resp_url *u, const char *s, size_t n, char *err, size_t errlen)
+static int parse_userinfo(net_url *u, const char *s, size_t n, char *err, size_t errlen)
 {
     const char *colon = memchr(s, ':', n);
     if (!colon)
@@ -182,7 +207,7 @@ static int parse_userinfo(resp_url *u, const char *s, size_t n, char *err, size_
     return RESP_OK;
 }
 
-static int parse_hostport(resp_url *u, const char *s, size_t n, char *err, size_t errlen)
+static int parse_hostport(net_url *u, const char *s, size_t n, char *err, size_t errlen)
 {
     const char *port = NULL;
     size_t hlen;
@@ -224,7 +249,7 @@ static int parse_hostport(resp_url *u, const char *s, size_t n, char *err, size_
     return RESP_OK;
 }
 
-static int parse_db(resp_url *u, const char *s, size_t n, char *err, size_t errlen)
+static int parse_db(net_url *u, const char *s, size_t n, char *err, size_t errlen)
 {
     long db;
     if (n == 0)
@@ -235,7 +260,7 @@ static int parse_db(resp_url *u, const char *s, size_t n, char *err, size_t errl
     return RESP_OK;
 }
 
-static int parse_tcp(resp_url *u, const char *s, char *err, size_t errlen)
+static int parse_tcp(net_url *u, const char *s, char *err, size_t errlen)
 {
     size_t n = strlen(s);
     const char *at = NULL;
@@ -261,7 +286,7 @@ static int parse_tcp(resp_url *u, const char *s, char *err, size_t errlen)
     return slash ? parse_db(u, slash + 1, strlen(slash + 1), err, errlen) : RESP_OK;
 }
 
-static int parse_query(resp_url *u, const char *q, char *err, size_t errlen)
+static int parse_query(net_url *u, const char *q, char *err, size_t errlen)
 {
     const char *end = q + strlen(q);
     while (q < end) {
@@ -293,7 +318,7 @@ static int parse_query(resp_url *u, const char *q, char *err, size_t errlen)
     return RESP_OK;
 }
 
-static int parse_unix(resp_url *u, const char *s, char *err, size_t errlen)
+static int parse_unix(net_url *u, const char *s, char *err, size_t errlen)
 {
     const char *q = strchr(s, '?');
     size_t plen = q ? (size_t)(q - s) : strlen(s);
@@ -307,7 +332,7 @@ static int parse_unix(resp_url *u, const char *s, char *err, size_t errlen)
     return q ? parse_query(u, q + 1, err, errlen) : RESP_OK;
 }
 
-int resp_url_parse(resp_url *u, const char *url, char *err, size_t errlen)
+int net_url_parse(net_url *u, const char *url, char *err, size_t errlen)
 {
     if (err && errlen)
         err[0] = '\0';
@@ -319,10 +344,10 @@ int resp_url_parse(resp_url *u, const char *url, char *err, size_t errlen)
         return url_error(err, errlen, "URL is empty");
     int rc;
     if (has_prefix_ci(url, "redis://")) {
-        u->kind = RESP_URL_TCP;
+        u->kind = NET_URL_TCP;
         rc = parse_tcp(u, url + 8, err, errlen);
     } else if (has_prefix_ci(url, "unix://")) {
-        u->kind = RESP_URL_UNIX;
+        u->kind = NET_URL_UNIX;
         rc = parse_unix(u, url + 7, err, errlen);
     } else if (has_prefix_ci(url, "rediss://"))
         rc = url_error(err, errlen, "rediss:// needs TLS, which is not built in; use a TLS proxy "
@@ -336,9 +361,9 @@ int resp_url_parse(resp_url *u, const char *url, char *err, size_t errlen)
     return rc;
 }
 
-void resp_url_describe(const resp_url *u, char *dst, size_t dstlen)
+void net_url_describe(const net_url *u, char *dst, size_t dstlen)
 {
-    if (u->kind == RESP_URL_UNIX)
+    if (u->kind == NET_URL_UNIX)
         snprintf(dst, dstlen, "unix:%s", u->path);
     else if (strchr(u->host, ':'))
         snprintf(dst, dstlen, "[%s]:%s", u->host, u->port);
@@ -346,9 +371,131 @@ void resp_url_describe(const resp_url *u, char *dst, size_t dstlen)
         snprintf(dst, dstlen, "%s:%s", u->host, u->port);
 }
 
-/* ---- connection helpers ----------------------------------------------------- */
+/* ---- the request queue ------------------------------------------------------- */
 
-static void drop_socket(resp_conn *c)
+static net_req *rq_at(const net_conn *c, uint32_t i)
+{
+    return &c->q[c->qhead + i];
+}
+
+static int rq_push(net_conn *c, const net_req *r)
+{
+    if (c->qhead + c->qn == c->qcap) {
+        if (c->qhead > 0) {
+            memmove(c->q, c->q + c->qhead, c->qn * sizeof *c->q);
+            c->qhead = 0;
+        } else {
+            uint32_t cap = c->qcap ? c->qcap * 2 : RQ_INITIAL;
+            net_req *nq = resp_alloc_array(cap, sizeof *nq);
+            if (!nq)
+                return RESP_ERR_NOMEM;
+            if (c->qn)
+                memcpy(nq, c->q, c->qn * sizeof *c->q);
+            resp_free(c->q);
+            c->q = nq;
+            c->qcap = cap;
+        }
+    }
+    c->q[c->qhead + c->qn++] = *r;
+    return RESP_OK;
+}
+
+/* A request that will never be written gives its bytes back; it stays in
+ * the queue (dead) until it is reported. */
+static void rq_cut(net_conn *c, uint32_t i)
+{
+    net_req *r = rq_at(c, i);
+    if (!(r->flags & (F_WRITTEN | F_DEAD))) {
+        uint64_t len = r->end - r->start;
+        size_t at = (size_t)(r->start - c->wbase);
+        memmove(c->wbuf + at, c->wbuf + at + len, c->wlen - at - (size_t)len);
+        c->wlen -= (size_t)len;
+        c->wend -= len;
+        for (uint32_t j = i + 1; j < c->qn; j++) {
+            net_req *n = rq_at(c, j);
+            if (!(n->flags & F_DEAD)) {
+                n->start -= len;
+                n->end -= len;
+            }
+        }
+    }
+    r->flags = (uint8_t)((r->flags & ~F_WRITTEN) | F_DEAD);
+}
+
+/* Remove entry i; a request never written takes its bytes with it. */
+static void rq_remove(net_conn *c, uint32_t i)
+{
+    net_req *r = rq_at(c, i);
+    if (!(r->flags & F_WRITTEN))
+        rq_cut(c, i);
+    if (r->flags & F_DUE)
+        c->ndue--;
+    if (i == 0) {
+        c->qhead++;
+        c->qn--;
+    } else {
+        memmove(r, r + 1, (c->qn - i - 1) * sizeof *r);
+        c->qn--;
+    }
+    if (c->qn == 0)
+        c->qhead = 0;
+}
+
+static void rq_due(net_conn *c, net_req *r, int status)
+{
+    if (!(r->flags & F_DUE))
+        c->ndue++;
+    r->flags |= F_DUE;
+    r->status = (uint8_t)status;
+}
+
+/* Does a request written on the socket still wait for its reply? */
+static int written_waiting(const net_conn *c)
+{
+    for (uint32_t i = 0; i < c->qn; i++) {
+        const net_req *r = rq_at(c, i);
+        if ((r->flags & F_WRITTEN) && r->tag.owner && !(r->flags & F_DUE))
+            return 1;
+    }
+    return 0;
+}
+
+/* The oldest request in flight on the socket: the one the next reply answers. */
+static int rq_first_written(const net_conn *c, uint32_t *idx)
+{
+    for (uint32_t i = 0; i < c->qn; i++) {
+        const net_req *r = rq_at(c, i);
+        if (r->flags & F_WRITTEN) {
+            *idx = i;
+            return 1;
+        }
+        if (!(r->flags & F_DEAD))
+            return 0; /* written requests come first, in stream order */
+    }
+    return 0;
+}
+
+static int64_t rq_deadline(const net_req *r)
+{
+    if (r->deadline)
+        return r->deadline;
+    return r->cap ? r->cap : INT64_MAX;
+}
+
+/* The connection became ready: requests waiting for it start their clock. */
+static void rq_arm(net_conn *c, int64_t now)
+{
+    int64_t d = now + ms_to_ns(c->opts.io_timeout_ms);
+    for (uint32_t i = 0; i < c->qn; i++) {
+        net_req *r = rq_at(c, i);
+        if (!r->deadline && !(r->flags & F_DEAD))
+            r->deadline = r->cap && r->cap < d ? r->cap : d;
+    }
+}
+
+/* ---- failing and closing ---------------------------------------------------- */
+
+static void drop_socket(net_conn *c)
 {
     if (c->fd >= 0)
         close(c->fd);
@@ -356,34 +503,128 @@ static void drop_socket(resp_conn *c)
     c->state = ST_CLOSED;
     c->rstart = c->rlen = c->ready_len = 0;
     c->hs_pending = c->hs_next = 0;
-    c->hs_len = 0;
-    c->listening = 0;
+    c->hs_len = c->hs_off = 0;
+    c->stale = 0;
+    c->peer_eof = 0;
     resp_parser_reset(&c->parser);
 }
 
-/* Close and forget everything queued or in flight. */
-static void reset(resp_conn *c)
+/* Throw away output bytes before stream offset upto (written, or the rest
+ * of a request that was cut off with its socket). */
+static void wdiscard(net_conn *c, uint64_t upto)
 {
-    drop_socket(c);
-    c->wlen = c->woff = 0;
-    c->unsent = 0;
-    c->pending = 0;
-    c->due = 0;
+    if (upto <= c->wbase)
+        return;
+    size_t n = (size_t)(upto - c->wbase);
+    if (n > c->wlen)
+        n = c->wlen;
+    memmove(c->wbuf, c->wbuf + n, c->wlen - n);
+    c->wlen -= n;
+    c->wbase += n;
+    c->woff = 0;
 }
 
-/* Fail c: close it, drop its queue, record why. */
-static int conn_fail(resp_conn *c, int status, const char *fmt, ...)
+/* Close the socket. Requests written on it can get no reply now: those
+ * with an owner are reported with status (a timeout already recorded
+ * stays), the rest are dropped. With all set (connecting failed), requests
+ * never written fail too; otherwise they wait for the next socket. */
+static void close_socket(net_conn *c, int status, int all)
+{
+    uint64_t keep_from = c->wbase + c->woff; /* written so far */
+    for (uint32_t i = 0; i < c->qn;) {
+        net_req *r = rq_at(c, i);
+        int written = (r->flags & F_WRITTEN) != 0;
+        if ((r->flags & F_DEAD) || !(written || all)) {
+            i++;
+            continue;
+        }
+        if (written && r->end > keep_from)
+            keep_from = r->end; /* cut off mid-request: its rest goes too */
+        if (!r->tag.owner) {
+            rq_remove(c, i);
+            continue;
+        }
+        if (!(r->flags & F_DUE))
+            rq_due(c, r, status);
+        rq_cut(c, i);
+        i++;
+    }
+    wdiscard(c, all ? c->wend : keep_from);
+    drop_socket(c);
+}
+
+static int conn_fail(net_conn *c, int status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
     va_end(ap);
-    reset(c);
-    c->status = status;
+    /* before the handshake is through nothing can be sent: fail everything */
+    close_socket(c, status, c->state != ST_READY);
     return status;
 }
 
-static int wbuf_reserve(resp_conn *c, size_t extra)
+/* ---- public: lifecycle -------------------------------------------------------- */
+
+int net_conn_new(net_conn **out, const net_url *url, const net_opts *opts)
+{
+    *out = NULL;
+    net_conn *c = resp_alloc_array(1, sizeof *c);
+    if (!c)
+        return RESP_ERR_NOMEM;
+    c->url = *url;
+    if (opts)
+        c->opts = *opts;
+    if (c->opts.connect_timeout_ms <= 0)
+        c->opts.connect_timeout_ms = 1000;
+    if (c->opts.io_timeout_ms <= 0)
+        c->opts.io_timeout_ms = 500;
+    resp_parser_init(&c->parser, &c->opts.limits, NULL, 0);
+    c->opts.limits = c->parser.lim;
+    if (c->opts.max_reply == 0)
+        c->opts.max_reply = (size_t)c->opts.limits.max_bulk + 4096;
+    size_t nelems = (size_t)c->opts.limits.max_array + 8;
+    size_t rcap = RBUF_INITIAL < c->opts.max_reply ? RBUF_INITIAL : c->opts.max_reply;
+    c->elems = resp_alloc_array(nelems, sizeof *c->elems);
+    c->rbuf = resp_alloc(rcap);
+    if (!c->elems || !c->rbuf) {
+        resp_free(c->elems);
+        resp_free(c->rbuf);
+        resp_free(c);
+        return RESP_ERR_NOMEM;
+    }
+    c->rcap = rcap;
+    c->parser.elems = c->elems;
+    c->parser.cap = nelems;
+    c->fd = -1;
+    net_url_describe(url, c->desc, sizeof c->desc);
+    *out = c;
+    return RESP_OK;
+}
+
+void net_conn_close(net_conn *c)
+{
+    drop_socket(c);
+    c->qhead = c->qn = c->ndue = 0;
+    c->wlen = c->woff = 0;
+    c->wbase = c->wend;
+}
+
+void net_conn_free(net_conn *c)
+{
+    if (!c)
+        return;
+    net_conn_close(c);
+    memset(c->url.password, 0, sizeof c->url.password);
+    memset(c->hsbuf, 0, sizeof c->hsbuf);
+    resp_free(c->wbuf);
+    resp_free(c->rbuf);
+    resp_free(c->elems);
+    resp_free(c->q);
+    resp_free(c);
+}
+
+static int wbuf_reserve(net_conn *c, size_t extra)
 {
     if (extra > SIZE_MAX / 2 - c->wlen)
         return RESP_ERR_ARG;
@@ -401,61 +642,8 @@ static int wbuf_reserve(resp_conn *c, size_t extra)
     return RESP_OK;
 }
 
-/* ---- public: lifecycle -------------------------------------------------------- */
-
-int resp_conn_new(resp_conn **out, const resp_url *url, const resp_conn_opts *opts)
-{
-    *out = NULL;
-    resp_conn *c = resp_alloc_array(1, sizeof *c);
-    if (!c)
-        return RESP_ERR_NOMEM;
-    c->url = *url;
-    if (opts)
-        c->opts = *opts;
-    if (c->opts.connect_timeout_ms <= 0)
-        c->opts.connect_timeout_ms = 1000;
-    if (c->opts.io_timeout_ms <= 0)
-        c->opts.io_timeout_ms = 500;
-    resp_parser_init(&c->parser, &c->opts.limits, NULL, 0);
-    c->opts.limits = c->parser.lim;
-    if (c->opts.max_reply == 0)
-        c->opts.max_reply = (size_t)c->opts.limits.max_bulk + 4096;
-    size_t nelems = (size_t)c->opts.limits.max_array + 8;
-    c->elems = resp_alloc_array(nelems, sizeof *c->elems);
-    c->rbuf = resp_alloc(RBUF_INITIAL);
-    if (!c->elems || !c->rbuf) {
-        resp_free(c->elems);
-        resp_free(c->rbuf);
-        resp_free(c);
-        return RESP_ERR_NOMEM;
-    }
-    c->rcap = RBUF_INITIAL;
-    c->parser.elems = c->elems;
-    c->parser.cap = nelems;
-    c->fd = -1;
-    resp_url_describe(url, c->desc, sizeof c->desc);
-    *out = c;
-    return RESP_OK;
-}
-
-void resp_conn_free(resp_conn *c)
-{
-    if (!c)
-        return;
-    reset(c);
-    memset(c->url.password, 0, sizeof c->url.password);
-    resp_free(c->wbuf);
-    resp_free(c->rbuf);
-    resp_free(c->elems);
-    resp_free(c);
-}
-
-void resp_conn_close(resp_conn *c)
-{
-    reset(c);
-}
-
-int resp_conn_append(resp_conn *c, int argc, const char *const *argv, const size_t *lens)
+int net_conn_request(net_conn *c, int argc, const char *const *argv, const size_t *lens,
+                     net_tag tag, int64_t cap, int64_t now)
 {
     size_t n = resp_command_len(argc, lens);
     if (n == 0)
@@ -463,89 +651,101 @@ int resp_conn_append(resp_conn *c, int argc, const char *const *argv, const size
     int rc = wbuf_reserve(c, n);
     if (rc != RESP_OK)
         return rc;
+    net_req r;
+    memset(&r, 0, sizeof r);
+    r.tag = tag;
+    r.cap = cap;
+    if (c->state == ST_READY && !c->stale) {
+        int64_t d = now + ms_to_ns(c->opts.io_timeout_ms);
+        r.deadline = cap && cap < d ? cap : d;
+    }
+    r.start = c->wend;
+    r.end = c->wend + n;
+    if (rq_push(c, &r) != RESP_OK)
+        return RESP_ERR_NOMEM;
     c->wlen += resp_command_encode(c->wbuf + c->wlen, argc, argv, lens);
-    c->pending++;
-    c->unsent++;
+    c->wend += n;
     return RESP_OK;
 }
 
-int resp_conn_appendv(resp_conn *c, int argc, const char *const *argv)
+void net_conn_set_push(net_conn *c)
 {
-    size_t lens[16];
-    if (argc < 1 || argc > 16)
-        return RESP_ERR_ARG;
-    for (int i = 0; i < argc; i++)
-        lens[i] = strlen(argv[i]);
-    return resp_conn_append(c, argc, argv, lens);
+    c->push = 1;
 }
 
-void resp_conn_listen(resp_conn *c)
+void net_conn_ack(net_conn *c)
 {
-    c->listening = 1;
+    uint32_t i;
+    if (rq_first_written(c, &i))
+        rq_remove(c, i);
 }
 
-int resp_conn_listening(const resp_conn *c)
+void net_conn_fail(net_conn *c, int status, const char *why)
 {
-    return c->listening;
+    if (c->state != ST_CLOSED)
+        conn_fail(c, status, "%s", why);
 }
 
-int resp_conn_status(const resp_conn *c)
+unsigned net_conn_forget(net_conn *c, const void *owner)
 {
-    return c->status;
+    unsigned written = 0;
+    for (uint32_t i = 0; i < c->qn;) {
+        net_req *r = rq_at(c, i);
+        if (r->tag.owner != owner) {
+            i++;
+            continue;
+        }
+        if (r->flags & F_WRITTEN) {
+            written++;
+            r->tag.owner = NULL;
+            if (r->flags & F_DUE) {
+                r->flags &= (uint8_t)~F_DUE;
+                c->ndue--;
+            }
+            i++;
+            continue;
+        }
+        rq_remove(c, i);
+    }
+    return written;
 }
 
-const char *resp_conn_errstr(const resp_conn *c)
+const char *net_conn_errstr(const net_conn *c)
 {
     return c->errstr;
 }
 
-const resp_reply *resp_conn_reply(const resp_conn *c, size_t *nelem)
-{
-    if (c->ready_len == 0)
-        return NULL;
-    if (nelem)
-        *nelem = c->parser.nelem;
-    return c->elems;
-}
-
-void resp_conn_consume(resp_conn *c)
-{
-    if (c->ready_len == 0)
-        return;
-    c->rstart += c->ready_len;
-    c->ready_len = 0;
-    if (c->pending > 0)
-        c->pending--;
-    if (c->rstart == c->rlen)
-        c->rstart = c->rlen = 0;
-}
-
-unsigned resp_conn_pending(const resp_conn *c)
-{
-    return c->pending;
-}
-
-uint64_t resp_conn_generation(const resp_conn *c)
+uint64_t net_conn_generation(const net_conn *c)
 {
     return c->gen;
 }
 
-int resp_conn_connected(const resp_conn *c)
+int net_conn_ready(const net_conn *c)
 {
-    return c->state != ST_CLOSED;
+    return c->state == ST_READY && !c->peer_eof;
 }
 
-const resp_url *resp_conn_url(const resp_conn *c)
+unsigned net_conn_requests(const net_conn *c)
+{
+    return c->qn;
+}
+
+const net_url *net_conn_url(const net_conn *c)
 {
     return &c->url;
 }
 
+const char *net_conn_desc(const net_conn *c)
+{
+    return c->desc;
+}
+
 /* ---- connecting ------------------------------------------------------------- */
 
-static int resolve(resp_conn *c)
+static int resolve(net_conn *c)
 {
     c->naddr = c->ai = 0;
-    if (c->url.kind == RESP_URL_UNIX) {
+    if (c->url.kind == NET_URL_UNIX) {
         struct sockaddr_un sa;
         memset(&sa, 0, sizeof sa);
         sa.sun_family = AF_UNIX;
@@ -591,33 +791,32 @@ static int new_socket(int family)
 #endif
 }
 
-static int64_t cap_deadline(int64_t d, int64_t limit)
+static void hs_add(net_conn *c, int kind, int argc, const char *const *argv, const size_t *lens)
 {
-    return limit > 0 && limit < d ? limit : d;
+    c->hs_len += resp_command_encode(c->hsbuf + c->hs_len, argc, argv, lens);
+    c->hs_kind[c->hs_pending++] = kind;
 }
 
-static int encode_handshake(resp_conn *c, char *dst, int dry)
+/* AUTH and SELECT, as the URL asks, into hsbuf (sized for the URL limits). */
+static void encode_handshake(net_conn *c)
 {
-    size_t n = 0;
-    char dbbuf[16];
     const char *argv[3];
     size_t lens[3];
+    char dbbuf[16];
+    int argc = 0;
 
-    c->hs_pending = 0;
+    c->hs_len = c->hs_off = 0;
+    c->hs_pending = c->hs_next = 0;
     if (c->url.password[0]) {
-        int argc = 0;
         argv[argc] = "AUTH";
         lens[argc++] = 4;
         if (c->url.user[0]) {
             argv[argc] = c->url.user;
-            lens[argc] = strlen(c->url.user);
-            argc++;
+            lens[argc++] = strlen(c->url.user);
         }
         argv[argc] = c->url.password;
-        lens[argc] = strlen(c->url.password);
-        argc++;
-        n += dry ? resp_command_len(argc, lens) : resp_command_encode(dst + n, argc, argv, lens);
-        c->hs_kind[c->hs_pending++] = HS_AUTH;
+        lens[argc++] = strlen(c->url.password);
+        hs_add(c, HS_AUTH, argc, argv, lens);
     }
     if (c->url.db) {
         snprintf(dbbuf, sizeof dbbuf, "%d", c->url.db);
@@ -625,43 +824,39 @@ static int encode_handshake(resp_conn *c, char *dst, int dry)
         lens[0] = 6;
         argv[1] = dbbuf;
         lens[1] = strlen(dbbuf);
-        n += dry ? resp_command_len(2, lens) : resp_command_encode(dst + n, 2, argv, lens);
-        c->hs_kind[c->hs_pending++] = HS_SELECT;
+        hs_add(c, HS_SELECT, 2, argv, lens);
     }
-    return (int)n;
 }
 
-/* The socket is connected: set options and queue AUTH/SELECT in front of
- * whatever the user queued. User commands go out only after the handshake
- * succeeded, so they can never run unauthenticated or in the wrong db. */
-static int on_connected(resp_conn *c, int64_t now, int64_t limit)
+static void become_ready(net_conn *c, int64_t now)
+{
+    c->state = ST_READY;
+    memset(c->hsbuf, 0, c->hs_len); /* the password leaves memory */
+    c->hs_len = c->hs_off = 0;
+    rq_arm(c, now);
+}
+
+/* The socket is connected: set options; AUTH/SELECT go out before any
+ * request, so a request never runs unauthenticated or in the wrong db. */
+static int on_connected(net_conn *c, int64_t now)
 {
     int one = 1;
-    if (c->url.kind == RESP_URL_TCP)
+    if (c->url.kind == NET_URL_TCP)
         (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 #ifdef SO_NOSIGPIPE
     (void)setsockopt(c->fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
 #endif
     c->gen++;
-    c->hs_next = 0;
-    size_t hs = (size_t)encode_handshake(c, NULL, 1);
-    if (hs == 0) {
-        c->state = ST_READY;
-        c->deadline = cap_deadline(now + ms_to_ns(c->opts.io_timeout_ms), limit);
-        return RESP_OK;
-    }
-    if (wbuf_reserve(c, hs) != RESP_OK)
-        return conn_fail(c, RESP_ERR_NOMEM, "out of memory queueing AUTH/SELECT");
-    memmove(c->wbuf + hs, c->wbuf, c->wlen);
-    encode_handshake(c, c->wbuf, 0);
-    c->wlen += hs;
-    c->hs_len = hs;
-    c->state = ST_HANDSHAKE;
+    encode_handshake(c);
+    if (c->hs_len == 0)
+        become_ready(c, now);
+    else
+        c->state = ST_HANDSHAKE;
     return RESP_OK;
 }
 
 /* Try addresses from c->ai on until one connects or is in progress. */
-static int try_connect(resp_conn *c, int64_t now, int64_t limit)
+static int try_connect(net_conn *c, int64_t now)
 {
     while (c->ai < c->naddr) {
         const struct sockaddr *sa = (const struct sockaddr *)&c->addrs[c->ai];
@@ -672,61 +867,75 @@ static int try_connect(resp_conn *c, int64_t now, int64_t limit)
             continue;
         }
         c->fd = fd;
-        if (connect(fd, sa, c->addrlen[c->ai]) == 0) {
-            c->state = ST_CONNECTING;
-            return on_connected(c, now, limit);
-        }
-        if (errno == EINPROGRESS) {
-            c->state = ST_CONNECTING;
+        c->state = ST_CONNECTING;
+        if (connect(fd, sa, c->addrlen[c->ai]) == 0)
+            return on_connected(c, now);
+        if (errno == EINPROGRESS)
             return RESP_OK;
-        }
         c->conn_errno = errno;
         close(fd);
         c->fd = -1;
         c->ai++;
     }
-    return conn_fail(c, RESP_ERR_IO, "cannot connect to %s: %s", c->desc, strerror(c->conn_errno));
+    c->state = ST_CONNECTING; /* a connect failure fails every request */
+    return conn_fail(c, RESP_ERR_IO, "cannot connect to %s: %s", c->desc,
+                     strerror(c->conn_errno));
 }
 
-static int start_connect(resp_conn *c, int64_t now, int64_t limit)
+static int start_connect(net_conn *c, int64_t now)
 {
-    c->deadline = cap_deadline(now + ms_to_ns(c->opts.connect_timeout_ms), limit);
+    c->conn_deadline = now + ms_to_ns(c->opts.connect_timeout_ms);
     c->conn_errno = ECONNREFUSED;
+    c->state = ST_CONNECTING;
     if (resolve(c) != RESP_OK)
-        return c->status;
-    return try_connect(c, now, limit);
+        return RESP_ERR_IO;
+    return try_connect(c, now);
 }
 
-/* A non-blocking connect finished (POLLOUT): see whether it worked. */
-static int finish_connect(resp_conn *c, int64_t now, int64_t limit)
+/* POLLOUT (or an error) on a connecting socket: did it work? A spurious
+ * event on a socket still connecting changes nothing. */
+static int finish_connect(net_conn *c, int64_t now)
 {
     int err = 0;
     socklen_t len = sizeof err;
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
-    if (err == 0)
-        return on_connected(c, now, limit);
+    if (err == 0) {
+        struct sockaddr_storage peer;
+        socklen_t plen = sizeof peer;
+        if (getpeername(c->fd, (struct sockaddr *)&peer, &plen) < 0 && errno == ENOTCONN)
+            return RESP_OK; /* still in progress */
+        return on_connected(c, now);
+    }
     c->conn_errno = err;
     close(c->fd);
     c->fd = -1;
     c->ai++;
-    return try_connect(c, now, limit);
+    return try_connect(c, now);
 }
 
 /* ---- I/O ---------------------------------------------------------------------- */
 
-static size_t write_limit(const resp_conn *c)
+/* Mark the requests whose first byte the socket took. */
+static void mark_written(net_conn *c)
 {
-    return c->state == ST_HANDSHAKE ? c->hs_len : c->wlen;
+    uint64_t sent = c->wbase + c->woff;
+    for (uint32_t i = 0; i < c->qn; i++) {
+        net_req *r = rq_at(c, i);
+        if (r->flags & (F_WRITTEN | F_DEAD))
+            continue;
+        if (r->start >= sent)
+            break;
+        r->flags |= F_WRITTEN;
+    }
 }
 
-static int do_write(resp_conn *c)
+static int send_some(net_conn *c, const char *buf, size_t len, size_t *off)
 {
-    size_t lim = write_limit(c);
-    while (c->woff < lim) {
-        ssize_t n = send(c->fd, c->wbuf + c->woff, lim - c->woff, MSG_NOSIGNAL);
+    while (*off < len) {
+        ssize_t n = send(c->fd, buf + *off, len - *off, MSG_NOSIGNAL);
         if (n > 0) {
-            c->woff += (size_t)n;
+            *off += (size_t)n;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -736,15 +945,47 @@ static int do_write(resp_conn *c)
         return conn_fail(c, RESP_ERR_IO, "write to %s: %s", c->desc,
                          n < 0 ? strerror(errno) : "nothing written");
     }
+    return RESP_OK;
+}
+
+/* Nothing is in flight and the socket sat idle since its last reply: if
+ * the server closed it meanwhile (restart, CLIENT KILL, timeout), reconnect
+ * now instead of failing the request about to be written. */
+static int idle_and_dead(const net_conn *c)
+{
+    char b;
+    uint32_t i;
+    if (c->push || c->woff != 0 || c->rlen != c->rstart || rq_first_written(c, &i))
+        return 0;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static int do_write(net_conn *c, int64_t now)
+{
+    if (c->state == ST_HANDSHAKE)
+        return send_some(c, c->hsbuf, c->hs_len, &c->hs_off);
+    if (c->state != ST_READY || c->stale || c->peer_eof || c->woff == c->wlen)
+        return RESP_OK;
+    if (idle_and_dead(c)) {
+        close_socket(c, RESP_ERR_IO, 0); /* nothing was written on it */
+        return start_connect(c, now);
+    }
+    int rc = send_some(c, c->wbuf, c->wlen, &c->woff);
+    if (rc != RESP_OK)
+        return rc;
+    mark_written(c);
     if (c->woff == c->wlen) {
-        c->woff = c->wlen = 0;
-        c->unsent = 0;
+        c->wbase += c->wlen;
+        c->wlen = c->woff = 0;
     }
     return RESP_OK;
 }
 
-/* Make room at the end of the read buffer: compact, then grow up to the cap. */
-static int rbuf_room(resp_conn *c)
+/* Make room at the end of the read buffer: compact, then grow up to the
+ * cap. Replies already complete were taken before, so a full buffer holds
+ * one reply that needs more room. */
+static int rbuf_room(net_conn *c)
 {
     if (c->rlen < c->rcap)
         return RESP_OK;
@@ -766,30 +1007,34 @@ static int rbuf_room(resp_conn *c)
     return RESP_OK;
 }
 
-/* Read once from the socket; called only while the current reply is
- * incomplete, so a full buffer means that reply needs more room. Returns
- * RESP_OK (maybe nothing read) or an error (the connection is then closed). */
-static int do_read(resp_conn *c)
+/* Read once. End of stream or a reset is noted, not acted on: replies
+ * that came before it are still handed out (net_conn_take). */
+static int do_read(net_conn *c)
 {
+    if (c->ready_len > 0 || c->peer_eof)
+        return RESP_OK; /* take what is buffered first */
     if (rbuf_room(c) != RESP_OK)
-        return c->status;
+        return RESP_ERR_IO;
     for (;;) {
         ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
         if (n > 0) {
             c->rlen += (size_t)n;
             return RESP_OK;
         }
-        if (n == 0)
-            return conn_fail(c, RESP_ERR_IO, "connection closed by %s", c->desc);
-        if (errno == EINTR)
+        if (n < 0 && errno == EINTR)
             continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return RESP_OK;
-        return conn_fail(c, RESP_ERR_IO, "read from %s: %s", c->desc, strerror(errno));
+        c->peer_eof = 1;
+        if (n == 0)
+            snprintf(c->errstr, sizeof c->errstr, "connection closed by %s", c->desc);
+        else
+            snprintf(c->errstr, sizeof c->errstr, "read from %s: %s", c->desc, strerror(errno));
+        return RESP_OK;
     }
 }
 
-static int check_handshake_reply(resp_conn *c, const resp_reply *r)
+static int check_handshake_reply(net_conn *c, const resp_reply *r)
 {
     int kind = c->hs_kind[c->hs_next++];
     const char *what = kind == HS_AUTH ? "AUTH" : "SELECT";
@@ -801,223 +1046,235 @@ static int check_handshake_reply(resp_conn *c, const resp_reply *r)
     return conn_fail(c, RESP_ERR_PROTOCOL, "unexpected reply to %s from %s", what, c->desc);
 }
 
-/* Parse buffered bytes: check handshake replies, then stop at the first user
- * reply. Returns RESP_OK (a reply may or may not be ready) or an error. */
-static int process(resp_conn *c, int64_t now, int64_t limit)
+/* Parse the replies to AUTH/SELECT; the connection is ready after the last. */
+static void handshake_replies(net_conn *c, int64_t now)
 {
-    while (c->ready_len == 0 && c->state != ST_CLOSED) {
-        if (c->rstart == c->rlen)
-            return RESP_OK;
+    while (c->state == ST_HANDSHAKE && c->rstart < c->rlen) {
         long r = resp_parse(&c->parser, c->rbuf + c->rstart, c->rlen - c->rstart);
         if (r == RESP_PARSE_INCOMPLETE)
-            return RESP_OK;
-        if (r < 0)
-            return conn_fail(c, RESP_ERR_PROTOCOL, "bad reply from %s: %s", c->desc,
-                             c->parser.errstr);
-        if (c->state == ST_HANDSHAKE) {
-            if (check_handshake_reply(c, c->elems) != RESP_OK)
-                return c->status;
-            c->rstart += (size_t)r;
-            if (--c->hs_pending == 0) {
-                c->state = ST_READY;
-                c->hs_len = 0;
-                c->deadline = cap_deadline(now + ms_to_ns(c->opts.io_timeout_ms), limit);
-            }
-            continue;
+            break;
+        if (r < 0) {
+            conn_fail(c, RESP_ERR_PROTOCOL, "bad reply from %s: %s", c->desc, c->parser.errstr);
+            return;
         }
-        if (c->pending == 0 && !c->listening)
-            return conn_fail(c, RESP_ERR_PROTOCOL, "unsolicited reply from %s", c->desc);
-        c->ready_len = (size_t)r;
+        if (check_handshake_reply(c, c->elems) != RESP_OK)
+            return;
+        c->rstart += (size_t)r;
+        if (c->hs_next == c->hs_pending)
+            become_ready(c, now);
     }
+    if (c->state == ST_HANDSHAKE && c->peer_eof)
+        conn_fail(c, RESP_ERR_IO, "%s", c->errstr);
     if (c->rstart == c->rlen)
         c->rstart = c->rlen = 0;
-    return RESP_OK;
 }
 
-/* Nothing queued was sent, nothing is in flight: the connection sat idle
- * since its last reply. If the server closed it meanwhile (restart, CLIENT
- * KILL, timeout), reconnect now instead of failing the request. */
-static int idle_and_dead(resp_conn *c)
+/* ---- driving --------------------------------------------------------------------- */
+
+int net_conn_fd(const net_conn *c)
 {
-    char b;
-    if (c->state != ST_READY || c->woff != 0 || c->pending != c->unsent || c->listening ||
-        c->rlen != c->rstart)
-        return 0;
-    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) ||
-           n > 0;
+    return c->fd;
 }
 
-int resp_conn_poll_ready(resp_conn *c)
+short net_conn_events(const net_conn *c)
 {
-    if (c->ready_len > 0)
-        return c->status = RESP_OK;
-    if (c->state != ST_READY)
-        return c->status = RESP_IDLE;
-    if (do_read(c) != RESP_OK || process(c, resp_now_ns(), 0) != RESP_OK)
-        return c->status;
-    return c->status = c->ready_len > 0 ? RESP_OK : RESP_IDLE;
-}
-
-/* ---- the poll loop ------------------------------------------------------------ */
-
-static int listening_idle(const resp_conn *c)
-{
-    return c->listening && c->state == ST_READY && c->woff == c->wlen && c->rlen == c->rstart;
-}
-
-/* Start work on c for this exchange: decide whether anything is due, and
- * connect or send right away. */
-static void begin(resp_conn *c, int64_t now, int64_t limit)
-{
-    c->due = 0;
-    c->active = 0;
-    if (c->ready_len > 0) {
-        c->active = 1;
-        c->status = RESP_OK;
-        return;
-    }
-    if (c->pending == 0 && !c->listening)
-        return;
-    c->active = 1;
-    c->due = 1;
-    c->status = RESP_OK;
-    if (c->state == ST_READY) {
-        if (idle_and_dead(c))
-            drop_socket(c);
-        else if (process(c, now, limit) != RESP_OK || c->ready_len > 0) {
-            c->due = 0;
-            return;
-        }
-    }
-    if (c->state == ST_CLOSED) {
-        if (start_connect(c, now, limit) != RESP_OK) {
-            c->due = 0;
-            return;
-        }
-    } else if (c->state == ST_READY) {
-        c->deadline = listening_idle(c) && c->woff == 0 && c->wlen == 0
-                          ? (limit > 0 ? limit : INT64_MAX)
-                          : cap_deadline(now + ms_to_ns(c->opts.io_timeout_ms), limit);
-    }
-    if ((c->state == ST_READY || c->state == ST_HANDSHAKE) && do_write(c) != RESP_OK)
-        c->due = 0;
-}
-
-/* Handle poll() events for c. Leaves c->due set while more is needed. */
-static void step(resp_conn *c, short revents, int64_t now, int64_t limit)
-{
-    if (c->state == ST_CONNECTING) {
-        if (revents & (POLLOUT | POLLERR | POLLHUP)) {
-            if (finish_connect(c, now, limit) != RESP_OK) {
-                c->due = 0;
-                return;
-            }
-            if (c->state != ST_CONNECTING && do_write(c) != RESP_OK)
-                c->due = 0;
-        }
-        return;
-    }
-    if ((revents & POLLOUT) && do_write(c) != RESP_OK) {
-        c->due = 0;
-        return;
-    }
-    if (revents & (POLLIN | POLLERR | POLLHUP | POLLNVAL)) {
-        int hs = c->state == ST_HANDSHAKE;
-        if (do_read(c) != RESP_OK || process(c, now, limit) != RESP_OK) {
-            c->due = 0;
-            return;
-        }
-        if (hs && c->state == ST_READY && do_write(c) != RESP_OK) {
-            c->due = 0;
-            return;
-        }
-    }
-    if (c->ready_len > 0)
-        c->due = 0;
-}
-
-static void time_out(resp_conn *c, int64_t limit)
-{
-    c->due = 0;
-    if (listening_idle(c) && c->deadline == limit) {
-        c->status = RESP_IDLE;
-        return;
-    }
-    const char *what = c->state == ST_CONNECTING  ? "connecting to"
-                       : c->state == ST_HANDSHAKE ? "AUTH/SELECT with"
-                                                  : "waiting for a reply from";
-    int ms = c->state == ST_READY ? c->opts.io_timeout_ms : c->opts.connect_timeout_ms;
-    conn_fail(c, RESP_ERR_TIMEOUT, "timed out %s %s (deadline %d ms%s)", what, c->desc, ms,
-              c->deadline == limit ? ", capped by the caller" : "");
-}
-
-static short wanted_events(const resp_conn *c)
-{
-    if (c->state == ST_CONNECTING)
+    switch (c->state) {
+    case ST_CONNECTING:
         return POLLOUT;
-    short ev = POLLIN;
-    if (c->woff < write_limit(c))
-        ev |= POLLOUT;
-    return ev;
+    case ST_HANDSHAKE:
+        return (short)(POLLIN | (c->hs_off < c->hs_len ? POLLOUT : 0));
+    case ST_READY:
+        if (c->peer_eof)
+            return 0;
+        return (short)(POLLIN | (!c->stale && c->woff < c->wlen ? POLLOUT : 0));
+    }
+    return 0;
 }
 
-void resp_exchange(resp_conn *const *cs, size_t n, int64_t limit_ns, int any)
+/* Work that needs no event: a closed connection with requests to send, a
+ * result to hand out, a timed-out connection ready to close. */
+static int work_now(const net_conn *c)
 {
-    struct pollfd pfd[MAX_POLL];
-    size_t map[MAX_POLL];
-    int64_t now = resp_now_ns();
+    if (c->ndue > 0 || c->peer_eof)
+        return 1;
+    if (c->state == ST_CLOSED)
+        return c->wlen > c->woff;
+    return c->stale && !written_waiting(c);
+}
 
-    for (size_t i = 0; i < n; i++) {
-        if (i >= MAX_POLL) {
-            if (cs[i]->pending || cs[i]->listening)
-                conn_fail(cs[i], RESP_ERR_ARG, "more than %d connections in one exchange",
-                          MAX_POLL);
+int64_t net_conn_deadline(const net_conn *c)
+{
+    if (work_now(c))
+        return 0;
+    int64_t d = INT64_MAX;
+    if (c->state == ST_CONNECTING || c->state == ST_HANDSHAKE)
+        d = c->conn_deadline;
+    for (uint32_t i = 0; i < c->qn; i++) {
+        const net_req *r = rq_at(c, i);
+        if (r->flags & (F_DUE | F_DEAD))
+            continue;
+        if (!r->tag.owner && !(r->flags & F_WRITTEN))
+            continue;
+        int64_t rd = rq_deadline(r);
+        if (rd < d)
+            d = rd;
+    }
+    return d;
+}
+
+void net_conn_io(net_conn *c, short revents, int64_t now)
+{
+    if (c->fd < 0 || (revents & POLLNVAL))
+        return;
+    if (c->state == ST_CONNECTING) {
+        if ((revents & (POLLOUT | POLLERR | POLLHUP)) && finish_connect(c, now) == RESP_OK)
+            do_write(c, now);
+        return;
+    }
+    if ((revents & POLLOUT) && do_write(c, now) != RESP_OK)
+        return;
+    if (revents & (POLLIN | POLLERR | POLLHUP)) {
+        if (do_read(c) != RESP_OK)
+            return;
+        if (c->state == ST_HANDSHAKE) {
+            handshake_replies(c, now);
+            if (c->state == ST_READY)
+                do_write(c, now);
+        }
+    }
+}
+
+/* Time out requests past their deadline. One that was written makes the
+ * connection stale: its reply may still come, so nothing more is written
+ * and the socket closes once no written request waits for an answer. */
+static void check_deadlines(net_conn *c, int64_t now)
+{
+    if ((c->state == ST_CONNECTING || c->state == ST_HANDSHAKE) && now >= c->conn_deadline) {
+        conn_fail(c, RESP_ERR_TIMEOUT, "timed out %s %s (deadline %d ms)",
+                  c->state == ST_CONNECTING ? "connecting to" : "in AUTH/SELECT with", c->desc,
+                  c->opts.connect_timeout_ms);
+        return;
+    }
+    for (uint32_t i = 0; i < c->qn;) {
+        net_req *r = rq_at(c, i);
+        if ((r->flags & (F_DUE | F_DEAD)) || now < rq_deadline(r)) {
+            i++;
             continue;
         }
-        begin(cs[i], now, limit_ns);
+        if (r->flags & F_WRITTEN) {
+            if (c->push) {
+                conn_fail(c, RESP_ERR_TIMEOUT, "timed out waiting for %s (deadline %d ms)",
+                          c->desc, c->opts.io_timeout_ms);
+                return;
+            }
+            c->stale = 1;
+            snprintf(c->errstr, sizeof c->errstr, "timed out waiting for a reply from %s%s",
+                     c->desc, r->deadline && r->deadline == r->cap ? " (capped by the caller)" : "");
+        } else {
+            snprintf(c->errstr, sizeof c->errstr, "timed out before %s could take the request%s",
+                     c->desc, r->deadline && r->deadline == r->cap ? " (capped by the caller)" : "");
+        }
+        if (!r->tag.owner && !(r->flags & F_WRITTEN)) {
+            rq_remove(c, i);
+            continue;
+        }
+        if (r->tag.owner)
+            rq_due(c, r, RESP_ERR_TIMEOUT);
+        if (!(r->flags & F_WRITTEN))
+            rq_cut(c, i); /* never sent: it must not go out late */
+        r->deadline = INT64_MAX; /* its time is up once; a late reply is dropped */
+        i++;
     }
+}
+
+void net_conn_pump(net_conn *c, int64_t now)
+{
+    check_deadlines(c, now);
+    if (c->stale && c->ndue == 0 && !written_waiting(c))
+        close_socket(c, RESP_ERR_TIMEOUT, 0); /* only replies nobody wants are left */
+    if (c->state == ST_CLOSED && c->wlen > c->woff)
+        start_connect(c, now);
+    if (c->state == ST_READY || c->state == ST_HANDSHAKE)
+        do_write(c, now);
+}
+
+/* Report the oldest due request. */
+static int take_due(net_conn *c, net_tag *tag)
+{
+    for (uint32_t i = 0; i < c->qn; i++) {
+        net_req *r = rq_at(c, i);
+        if (!(r->flags & F_DUE))
+            continue;
+        int st = r->status;
+        *tag = r->tag;
+        if (r->flags & F_WRITTEN) {
+            /* timed out, socket still open: its late reply is read and dropped */
+            r->flags &= (uint8_t)~F_DUE;
+            c->ndue--;
+            r->tag.owner = NULL;
+        } else {
+            rq_remove(c, i);
+        }
+        return st;
+    }
+    return RESP_IDLE;
+}
+
+int net_conn_take(net_conn *c, net_tag *tag, const resp_reply **r, size_t *nelem)
+{
     for (;;) {
-        size_t k = 0, done = 0;
-        int64_t next = INT64_MAX;
-        now = resp_now_ns();
-        for (size_t i = 0; i < n && i < MAX_POLL; i++) {
-            resp_conn *c = cs[i];
-            if (!c->due) {
-                done += (size_t)c->active;
+        if (c->ndue > 0)
+            return take_due(c, tag);
+        if (c->ready_len > 0)
+            return RESP_IDLE; /* the caller has not consumed the last one */
+        if (c->state != ST_READY)
+            return RESP_IDLE;
+        long n = RESP_PARSE_INCOMPLETE;
+        if (c->rstart < c->rlen)
+            n = resp_parse(&c->parser, c->rbuf + c->rstart, c->rlen - c->rstart);
+        if (n == RESP_PARSE_INCOMPLETE) {
+            if (c->rstart == c->rlen)
+                c->rstart = c->rlen = 0;
+            if (!c->peer_eof)
+                return RESP_IDLE;
+            conn_fail(c, RESP_ERR_IO, "%s", c->errstr);
+            continue;
+        }
+        if (n < 0) {
+            conn_fail(c, RESP_ERR_PROTOCOL, "bad reply from %s: %s", c->desc, c->parser.errstr);
+            continue;
+        }
+        uint32_t i = 0;
+        memset(tag, 0, sizeof *tag);
+        if (!c->push) {
+            if (!rq_first_written(c, &i)) {
+                conn_fail(c, RESP_ERR_PROTOCOL, "unsolicited reply from %s", c->desc);
                 continue;
             }
-            if (now >= c->deadline) {
-                time_out(c, limit_ns);
-                done++;
+            if (!rq_at(c, i)->tag.owner) { /* nobody waits for it */
+                c->rstart += (size_t)n;
+                rq_remove(c, i);
                 continue;
             }
-            if (c->deadline < next)
-                next = c->deadline;
-            pfd[k].fd = c->fd;
-            pfd[k].events = wanted_events(c);
-            pfd[k].revents = 0;
-            map[k++] = i;
+            *tag = rq_at(c, i)->tag;
         }
-        if (k == 0 || (any && done > 0))
-            return;
-        int64_t wait_ns = next - now;
-        int timeout = wait_ns > (int64_t)INT32_MAX * 1000000 ? INT32_MAX
-                                                            : (int)((wait_ns + 999999) / 1000000);
-        int r = poll(pfd, (nfds_t)k, timeout);
-        if (r < 0 && errno != EINTR) {
-            int e = errno;
-            for (size_t j = 0; j < k; j++) {
-                cs[map[j]]->due = 0;
-                conn_fail(cs[map[j]], RESP_ERR_IO, "poll: %s", strerror(e));
-            }
-            return;
-        }
-        if (r <= 0)
-            continue; /* EINTR or timeout: deadlines are checked above */
-        now = resp_now_ns();
-        for (size_t j = 0; j < k; j++)
-            if (pfd[j].revents)
-                step(cs[map[j]], pfd[j].revents, now, limit_ns);
+        c->ready_len = (size_t)n;
+        *r = c->elems;
+        if (nelem)
+            *nelem = c->parser.nelem;
+        return RESP_OK;
     }
+}
+
+void net_conn_consume(net_conn *c)
+{
+    uint32_t i;
+    if (c->ready_len == 0)
+        return;
+    c->rstart += c->ready_len;
+    c->ready_len = 0;
+    if (!c->push && rq_first_written(c, &i))
+        rq_remove(c, i);
+    if (c->rstart == c->rlen)
+        c->rstart = c->rlen = 0;
 }

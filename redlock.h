@@ -4,12 +4,27 @@
  * RESP2 itself. Link libredlock, or compile redlock.c resp.c net.c into
  * your program.
  *
+ * Two ways to drive it, over one engine:
+ *   - blocking calls (redlock_trylock, redlock_lock, ...) that return when
+ *     the operation's result is known;
+ *   - a non-blocking API for event loops (redlock_start_*, then
+ *     redlock_client_pollfds / _timeout_ms / _process / _done).
+ * A blocking call is the non-blocking operation plus a poll() loop; both
+ * may be mixed on one client.
+ *
  * Threads: a client and the locks made from it are used by one thread at a
- * time; use one client per thread.
+ * time; use one client per thread. Nothing in the library calls back into
+ * the application.
+ *
+ * Errors: every function that returns a status code also leaves a detail
+ * in redlock_client_errstr() (and, for an operation, in redlock_errstr()
+ * of its lock). Functions given a NULL handle return REDLOCK_ERR_ARG with
+ * the detail in redlock_last_errstr().
  */
 #ifndef REDLOCK_H
 #define REDLOCK_H
 
+#include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,9 +41,9 @@ extern "C" {
 #endif
 
 #define REDLOCK_VERSION_MAJOR 0
-#define REDLOCK_VERSION_MINOR 1
+#define REDLOCK_VERSION_MINOR 2
 #define REDLOCK_VERSION_PATCH 0
-#define REDLOCK_VERSION "0.1.0"
+#define REDLOCK_VERSION "0.2.0"
 
 typedef struct redlock_client redlock_client; /* one or more Redis nodes */
 typedef struct redlock redlock;               /* one named lock          */
@@ -36,110 +51,250 @@ typedef struct redlock redlock;               /* one named lock          */
 /* Status codes. Append-only: values never change meaning. */
 enum {
     REDLOCK_OK = 0,
-    REDLOCK_NOT_ACQUIRED, /* someone else holds it                              */
-    REDLOCK_NOT_HELD,     /* unlock/refresh: the lock expired or has another owner */
-    REDLOCK_ERR_TIMEOUT,  /* a connect or I/O deadline passed                    */
-    REDLOCK_ERR_IO,       /* refused, reset, closed by peer                      */
-    REDLOCK_ERR_PROTOCOL, /* malformed or unexpected reply, or over a parser limit */
-    REDLOCK_ERR_SERVER,   /* Redis answered with an error reply                  */
-    REDLOCK_ERR_AUTH,     /* AUTH/SELECT refused, or NOAUTH                      */
-    REDLOCK_ERR_ARG,      /* invalid argument or URL                             */
-    REDLOCK_ERR_NOMEM     /* out of memory                                       */
+    REDLOCK_NOT_ACQUIRED,     /* someone else holds it                                */
+    REDLOCK_NOT_HELD,         /* unlock/refresh: expired, or another owner holds it   */
+    REDLOCK_ERR_TIMEOUT,      /* a connect or I/O deadline passed                     */
+    REDLOCK_ERR_IO,           /* refused, reset, closed by peer                       */
+    REDLOCK_ERR_PROTOCOL,     /* malformed or unexpected reply, or over a parser limit */
+    REDLOCK_ERR_SERVER,       /* Redis answered with an error reply                   */
+    REDLOCK_ERR_AUTH,         /* AUTH/SELECT refused, or NOAUTH                       */
+    REDLOCK_ERR_ARG,          /* invalid argument or URL, or a call out of turn       */
+    REDLOCK_ERR_NOMEM,        /* out of memory                                        */
+    REDLOCK_IN_PROGRESS = 10, /* an operation started with redlock_start_* still runs */
+    REDLOCK_ERR_TLS = 11,     /* TLS handshake or certificate verification failed     */
+    REDLOCK_CANCELLED = 12    /* the operation was stopped by redlock_cancel          */
 };
 
 /* A static, human string for a status code ("unknown status" otherwise). */
 REDLOCK_API const char *redlock_strerror(int status);
 
 typedef struct redlock_options {
-    int connect_timeout_ms; /* per node, connect + AUTH/SELECT     (default 1000) */
-    int io_timeout_ms;      /* per request, per node                (default 500)  */
-    double drift_factor;    /* clock drift allowance, ttl * factor  (default 0.01) */
-    int fencing;            /* 1: every acquire returns a fencing token (default 1) */
-    int retry_min_ms;       /* redlock_lock: first backoff bound    (default 50)   */
-    int retry_max_ms;       /* redlock_lock: backoff cap            (default 1000) */
-    uint32_t max_bulk;      /* parser: longest bulk string accepted (default 65536) */
-    uint32_t max_array;     /* parser: most elements in one array   (default 128)  */
-    uint32_t max_depth;     /* parser: deepest array nesting        (default 8)    */
-    uint32_t max_line;      /* parser: longest status/error line    (default 4096) */
+    int connect_timeout_ms; /* per node: connect + AUTH/SELECT         (default 1000) */
+    int io_timeout_ms;      /* per request, per node, from when it can
+                               be written                              (default 500)  */
+    double drift_factor;    /* clock drift allowance, ttl * factor      (default 0.01) */
+    int fencing;            /* 1: every acquire returns a fencing token (default 1)    */
+    int retry_min_ms;       /* redlock_lock: first backoff bound        (default 50)   */
+    int retry_max_ms;       /* redlock_lock: backoff cap                (default 1000) */
+    uint32_t max_bulk;      /* parser: longest bulk string accepted     (default 65536) */
+    uint32_t max_array;     /* parser: most elements in one array       (default 128)  */
+    uint32_t max_depth;     /* parser: deepest array nesting, <= 32     (default 8)    */
+    uint32_t max_line;      /* parser: longest status/error line        (default 4096) */
     int fair;               /* 1: waiters get the lock in the order they began to
                                wait (a queue in Redis); every client of a lock
-                               name must agree on this             (default 0)    */
+                               name must agree on this                 (default 0)    */
 } redlock_options;
 
-/* Fill *o with the defaults above. */
+/* Fill *o with the defaults above. NULL is ignored. */
 REDLOCK_API void redlock_options_init(redlock_options *o);
 
-/* Make a client for n Redis URLs (n > 1: quorum locks over independent
- * masters). URLs: redis://[user[:password]@]host[:port][/db],
- * redis://[::1]:6379, unix:///path/redis.sock[?db=N&user=U&password=P].
- * No I/O happens here: connections open on first use.
+/* ---- clients ------------------------------------------------------------------ */
+
+/* Make a client for n Redis URLs (1 <= n <= 32; n > 1: quorum locks over
+ * independent masters, quorum n/2+1). URLs:
+ *   redis://[user[:password]@]host[:port][/db]    redis://[::1]:6379
+ *   unix:///path/redis.sock[?db=N&user=U&password=P]
+ * User and password may be %-encoded. opts NULL: defaults. No I/O happens
+ * here: connections open on first use and reopen after a failure. Host
+ * names are resolved with getaddrinfo() when a connection opens, which
+ * blocks: give IP addresses to keep an event loop from ever blocking.
  * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option) or
- * REDLOCK_ERR_NOMEM, with *out NULL and the reason in redlock_last_errstr().
- * opts NULL: defaults. */
+ * REDLOCK_ERR_NOMEM, with *out NULL and the reason in
+ * redlock_last_errstr(). */
 REDLOCK_API int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
-                       const redlock_options *opts);
-/* Close every connection and free the client. Free its locks first. NULL ok. */
+                                   const redlock_options *opts);
+/* Close every connection and free the client. NULL ok. Locks made from it
+ * may be freed before or after: after this call a lock accepts only
+ * redlock_free (every other call returns REDLOCK_ERR_ARG), and an
+ * operation still in flight ends without I/O (a held lease, or an acquire
+ * that may have landed, is reclaimed by its TTL). Nothing leaks. */
 REDLOCK_API void redlock_client_free(redlock_client *c);
-/* Detail of the last error on c or on one of its locks ("" if none). Valid
- * until the next call on c. Never contains a password. */
+/* Detail of the last error on c or on one of its locks ("" after a
+ * blocking call that succeeded). Valid until the next call on c. Never
+ * contains a password. c NULL: redlock_last_errstr(). */
 REDLOCK_API const char *redlock_client_errstr(const redlock_client *c);
-/* Detail of the last failed redlock_client_new in this thread, for when it
- * could not return a client. */
+/* Detail of the last error in this thread that had no client to hold it:
+ * a failed redlock_client_new, or a call given a NULL handle. */
 REDLOCK_API const char *redlock_last_errstr(void);
 
-/* Make a lock handle for name (binary-safe, NUL-terminated, non-empty) with
- * the given TTL in ms (> 0). value is the owner's identity (copied); NULL
- * makes a random 128-bit token from the OS (fails with REDLOCK_ERR_IO
- * rather than use a weak source). No I/O. */
-REDLOCK_API int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
-                uint32_t ttl_ms);
-/* Same, with a name of namelen bytes that may contain NUL. */
-REDLOCK_API int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
-                    const char *value, uint32_t ttl_ms);
+/* ---- locks ---------------------------------------------------------------------- */
 
-/* One attempt, one round trip (quorum: one parallel round trip).
- * REDLOCK_OK: held, with a fencing token and validity; also when we already
- * held it (the TTL is reset, the token kept). REDLOCK_NOT_ACQUIRED: someone
- * else holds it (fair mode: or it is free and a waiter is first in line).
- * Errors: REDLOCK_ERR_*. */
+/* Make a lock handle for name (binary-safe, NUL-terminated, 1 byte to
+ * 1 MiB) with a TTL of ttl_ms (> 0). value is the owner's identity (copied,
+ * 1 to 4096 bytes); NULL makes a random 128-bit token from the OS. No I/O.
+ * Returns REDLOCK_OK and *out; REDLOCK_ERR_ARG (NULL client or out, empty
+ * or long name or value, zero TTL); REDLOCK_ERR_IO (no random source: the
+ * library never falls back to a weak one); REDLOCK_ERR_NOMEM. *out is NULL
+ * on error. The key is the name itself; see the README for the other keys. */
+REDLOCK_API int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
+                            uint32_t ttl_ms);
+/* Same, with a name of namelen bytes that may contain NUL. */
+REDLOCK_API int redlock_new_len(redlock **out, redlock_client *c, const char *name,
+                                size_t namelen, const char *value, uint32_t ttl_ms);
+/* Free the handle. NULL ok. No I/O, and no blocking: a held lock is
+ * reclaimed by its TTL. An operation in flight is cancelled first (see
+ * redlock_cancel); the releases that queues go out with the client's next
+ * redlock_client_process or blocking call, if there is one. */
+REDLOCK_API void redlock_free(redlock *l);
+
+/* ---- blocking operations ----------------------------------------------------------
+ * Each runs the client's engine until its own result is known; operations
+ * of other locks of the client (started with redlock_start_*) move on
+ * meanwhile and are reported through redlock_client_done as usual. On a
+ * lock with an operation in flight they return REDLOCK_ERR_ARG. A lock with
+ * keepalive on may be used: the call takes the place of a keepalive refresh
+ * in flight.
+ */
+
+/* One attempt, one round trip (quorum: one parallel round trip; with
+ * fencing on over several nodes, a second one when counters differ).
+ * REDLOCK_OK: held, with a fencing token and validity; also when we
+ * already held it (the TTL is reset, the token kept). REDLOCK_NOT_ACQUIRED:
+ * someone else holds it (fair mode: or it is free and a waiter is first in
+ * line). Errors: REDLOCK_ERR_TIMEOUT/IO (nodes unreachable: too few for a
+ * quorum), REDLOCK_ERR_SERVER/AUTH/PROTOCOL, REDLOCK_ERR_NOMEM. Whatever
+ * this attempt took on some nodes without winning is released there before
+ * it returns. Takes at most io_timeout_ms (plus connect_timeout_ms to open
+ * a connection) per round. */
 REDLOCK_API int redlock_trylock(redlock *l);
 /* Try, then wait for a release (pub/sub, no fixed-interval polling), the
- * holder's TTL running out, or a jittered backoff, until acquired or
- * wait_ms passes: REDLOCK_NOT_ACQUIRED then. I/O errors are retried until
- * the wait runs out; argument, auth and server errors return at once.
- * Fair mode: the caller joins the lock's queue and is served in turn; it
- * leaves the queue when this returns. */
+ * holder's TTL running out, or a jittered backoff (retry_min_ms doubling
+ * to retry_max_ms), until acquired or wait_ms passes: REDLOCK_NOT_ACQUIRED
+ * then. The last try starts before wait_ms passes, so a call can take up
+ * to one request deadline (io_timeout_ms) longer than wait_ms. I/O errors,
+ * timeouts and transient server errors (LOADING, BUSY, TRYAGAIN, ...) are
+ * retried until the wait runs out; argument, auth, protocol and other
+ * server errors return at once. Waiters of one client on one name take
+ * turns locally: only the first tries, the others wait behind it. Fair
+ * mode: the caller joins the lock's queue and is served in turn; it leaves
+ * the queue before this returns. */
 REDLOCK_API int redlock_lock(redlock *l, uint32_t wait_ms);
-/* Release if still ours (compare-and-delete; wakes waiters). REDLOCK_OK,
- * or REDLOCK_NOT_HELD (errstr: expired, or another owner) and nothing is
- * changed. Never retried in a loop. */
+/* Release if still ours (compare-and-delete on every node; publishes on
+ * the release channel so waiters wake at once). REDLOCK_OK; REDLOCK_NOT_HELD
+ * (errstr: it expired, or another owner holds it) and nothing is changed;
+ * or an I/O, timeout or server error when too few nodes answered: the lock
+ * may still be held where the release did not arrive and expires with its
+ * TTL. Afterwards the handle counts as not held whatever the result, and
+ * may acquire again. Never retried in a loop. */
 REDLOCK_API int redlock_unlock(redlock *l);
-/* Reset the TTL if still ours. REDLOCK_NOT_HELD if lost; never re-creates
- * an expired lock. */
+/* Reset the TTL to ttl_ms if still ours. REDLOCK_OK: validity renewed; in
+ * quorum mode the key is also set again on a node where it is missing (a
+ * node that restarted empty), never where another value is.
+ * REDLOCK_NOT_HELD: lost (expired, or another owner); a minority of nodes
+ * still holding our value is released, and the handle counts as not held.
+ * An expired key is never re-created. Errors (too few nodes answered):
+ * the handle keeps its last validity, which runs out on its own. */
 REDLOCK_API int redlock_refresh(redlock *l);
-/* Fencing token of the last successful acquire (0 if none or fencing off). */
-REDLOCK_API uint64_t redlock_fence(const redlock *l);
-/* ms of ownership left from the last acquire or refresh, minus the drift
- * allowance; 0 when not held. */
-REDLOCK_API int64_t redlock_validity_ms(const redlock *l);
-/* The owner value (NUL-terminated; owned by the lock). */
-REDLOCK_API const char *redlock_value(const redlock *l);
+
 typedef struct redlock_info {
     int held;       /* 1: one owner holds the lock on a quorum of nodes       */
     int ours;       /* 1: that owner is this handle (its value)               */
     int64_t ttl_ms; /* that owner's remaining TTL (least over the quorum), -1 */
     uint64_t fence; /* the highest fence counter seen (the last token issued) */
 } redlock_info;
-/* Look at the lock without taking it (one round trip, no waiting). Errors
- * as for redlock_trylock when too few nodes answer. */
+/* Look at the lock without taking it (one round trip, no waiting).
+ * REDLOCK_OK and *info; errors as for redlock_trylock when too few nodes
+ * answer. */
 REDLOCK_API int redlock_inspect(redlock *l, redlock_info *info);
-/* Free the handle. No I/O: a held lock is reclaimed by its TTL. NULL ok. */
-REDLOCK_API void redlock_free(redlock *l);
+
+/* ---- the lease ------------------------------------------------------------------------ */
+
+/* Fencing token of the last successful acquire (0 if none or fencing off).
+ * Tokens strictly increase across acquisitions of one name, also in quorum
+ * mode. */
+REDLOCK_API uint64_t redlock_fence(const redlock *l);
+/* ms of ownership left from the last acquire or refresh, minus the drift
+ * allowance; 0 when not held (also from the moment a keepalive reports a
+ * loss). */
+REDLOCK_API int64_t redlock_validity_ms(const redlock *l);
+/* The owner value (NUL-terminated; owned by the lock). */
+REDLOCK_API const char *redlock_value(const redlock *l);
+/* Detail of l's last result ("" after a success). Valid until l's next
+ * operation ends. */
+REDLOCK_API const char *redlock_errstr(const redlock *l);
+
+/* ---- the non-blocking API ----------------------------------------------------------------
+ * Start an operation, then drive the client from your event loop:
+ *
+ *   for (;;) {
+ *       int n = redlock_client_pollfds(c, fds, cap);   // ask before every poll
+ *       poll(fds, n, redlock_client_timeout_ms(c));    // (plus your own fds)
+ *       redlock_client_process(c, fds, n);
+ *       for (redlock *l; (l = redlock_client_done(c)) != NULL;)
+ *           handle(l, redlock_result(l));
+ *   }
+ *
+ * Every operation keeps its own absolute deadlines (connect, each request,
+ * the wait); the loop only has to sleep no longer than timeout_ms. Many
+ * locks of one client may have operations in flight at once: their
+ * requests to a node are pipelined on one connection, and waiters share
+ * one listening connection per node.
+ */
+
+/* Start an operation on l and return at once, with no I/O: REDLOCK_OK
+ * (started; the result comes later) or REDLOCK_ERR_ARG (l NULL, its
+ * client freed, or an operation already in flight on l). The result, once
+ * known, is what the blocking call would have returned; l then appears
+ * once in redlock_client_done. A result not yet fetched from
+ * redlock_client_done is replaced by a new operation. */
+REDLOCK_API int redlock_start_trylock(redlock *l);
+REDLOCK_API int redlock_start_lock(redlock *l, uint32_t wait_ms);
+REDLOCK_API int redlock_start_unlock(redlock *l);
+REDLOCK_API int redlock_start_refresh(redlock *l);
+/* REDLOCK_IN_PROGRESS while l's operation runs; then its status (or
+ * REDLOCK_CANCELLED, or REDLOCK_NOT_HELD after a keepalive lost the lease).
+ * Before any operation: REDLOCK_ERR_ARG. */
+REDLOCK_API int redlock_result(const redlock *l);
+/* Stop l's operation now, with no I/O: REDLOCK_OK, or REDLOCK_ERR_ARG when
+ * none is in flight (a finished one keeps its result). The operation is
+ * not reported by redlock_client_done; redlock_result says
+ * REDLOCK_CANCELLED. An acquire that landed anyway (or may have: its
+ * request was written) is released on those nodes, and a fair waiter
+ * leaves the line, by requests that go out with the next process call;
+ * a lock held before the operation stays held. A cancelled unlock leaves
+ * the handle not held; a cancelled refresh keeps the last validity. */
+REDLOCK_API int redlock_cancel(redlock *l);
+
+/* Fill fds[0..nfds) with the sockets the client needs polled and their
+ * events; returns how many entries it needs (more than nfds: only nfds
+ * were filled; call again with more room). Ask before every poll: the set
+ * changes as connections open and close. NULL fds: just the count. */
+REDLOCK_API int redlock_client_pollfds(redlock_client *c, struct pollfd *fds, int nfds);
+/* ms until the next deadline or timer; 0: call redlock_client_process now;
+ * -1: nothing pending (no deadline: wait for the sockets only). */
+REDLOCK_API int redlock_client_timeout_ms(const redlock_client *c);
+/* Never blocks: does the I/O poll() reported in fds (entries that are not
+ * the client's are ignored; fds may be NULL), opens connections and
+ * writes, runs deadlines and timers. Returns how many operations
+ * completed (and can now be fetched with redlock_client_done). */
+REDLOCK_API int redlock_client_process(redlock_client *c, const struct pollfd *fds, int nfds);
+/* One lock whose operation (started with redlock_start_*) completed, or
+ * whose keepalive lost the lease, since it was last reported; NULL when
+ * none. Blocking calls and successful keepalive refreshes never appear. */
+REDLOCK_API redlock *redlock_client_done(redlock_client *c);
+
+/* A pointer for the application, carried by the lock (NULL at first). */
+REDLOCK_API void redlock_set_userdata(redlock *l, void *p);
+REDLOCK_API void *redlock_userdata(const redlock *l);
+
+/* While on (1), the engine refreshes l every ttl/3 while it is held, as
+ * the loop (or any blocking call of the client) runs; off (0) stops it. A
+ * lost lease (a refresh answers that the lock is lost, or the local clock
+ * runs past the validity because nodes do not answer) is reported once
+ * through redlock_client_done with redlock_result REDLOCK_NOT_HELD, and
+ * redlock_validity_ms is 0 from that moment. Without a loop that calls
+ * redlock_client_process, nothing is refreshed. REDLOCK_OK or
+ * REDLOCK_ERR_ARG. */
+REDLOCK_API int redlock_keepalive(redlock *l, int on);
+
+/* ---- process-wide ------------------------------------------------------------------------ */
 
 /* Replace the allocator used for everything the library allocates (NULLs
- * restore malloc/realloc/free). Call before making any client. */
-REDLOCK_API void redlock_set_allocator(void *(*alloc_fn)(size_t), void *(*realloc_fn)(void *, size_t),
-                           void (*free_fn)(void *));
+ * restore malloc/realloc/free). Process-wide and not thread-safe: call it
+ * before making any client, and free every client before changing it. */
+REDLOCK_API void redlock_set_allocator(void *(*alloc_fn)(size_t),
+                                       void *(*realloc_fn)(void *, size_t),
+                                       void (*free_fn)(void *));
 
 #ifdef __cplusplus
 }

@@ -13,7 +13,7 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "redlock.h"
-#include "resp.h"
+#include "netx.h"
 
 #ifdef HAVE_HIREDIS
 #include <hiredis/hiredis.h>
@@ -106,7 +106,7 @@ static void die(const char *fmt, ...)
 
 static int64_t now_ns(void)
 {
-    return resp_now_ns();
+    return net_now_ns();
 }
 
 static void sleep_ns(int64_t ns)
@@ -231,43 +231,21 @@ static void cycle(redlock *l, redlock_client *c)
         die("unlock: %s (%s)", redlock_strerror(rc), redlock_client_errstr(c));
 }
 
-static resp_conn *conn_for(const char *url)
+static net_conn *conn_for(const char *url)
 {
-    resp_url u;
-    char err[256];
-    if (resp_url_parse(&u, url, err, sizeof err) != RESP_OK)
-        die("%s", err);
-    resp_conn_opts o = {1000, 2000, {0, 0, 0, 0}, 0};
-    o.limits.max_bulk = 1u << 20;
-    o.max_reply = (1u << 20) + 4096;
-    resp_conn *c = NULL;
-    if (resp_conn_new(&c, &u, &o) != RESP_OK)
-        die("resp_conn_new");
-    return c;
+    return nx_conn(url, 2000);
 }
 
-/* Send one command on c and wait for its reply (consumed before return; the
- * reply is copied into out when out is given). */
-static void roundtrip(resp_conn *c, int argc, const char *const *argv, char *out, size_t outlen)
+/* Send one command on c and wait for its reply (copied into out when out
+ * is given). */
+static void roundtrip(net_conn *c, int argc, const char *const *argv, char *out, size_t outlen)
 {
-    if (resp_conn_appendv(c, argc, argv) != RESP_OK)
-        die("append");
-    resp_exchange(&c, 1, 0, 0);
-    if (resp_conn_status(c) != RESP_OK)
-        die("%s: %s", argv[0], resp_conn_errstr(c));
-    if (out) {
-        size_t n;
-        const resp_reply *r = resp_conn_reply(c, &n);
-        size_t len = r->type == RESP_BULK || r->type == RESP_STATUS ? r->len : 0;
-        if (len >= outlen)
-            len = outlen - 1;
-        memcpy(out, r->str, len);
-        out[len] = '\0';
-    }
-    resp_conn_consume(c);
+    nx_result r = nx_call_buf(c, argc, argv, out, out ? outlen : 0);
+    if (r.status != RESP_OK)
+        die("%s: %s", argv[0], r.text);
 }
 
-static void ping(resp_conn *c)
+static void ping(net_conn *c)
 {
     static const char *const argv[] = {"PING"};
     roundtrip(c, 1, argv, NULL, 0);
@@ -277,10 +255,10 @@ static void ping(resp_conn *c)
 static const char *info(const char *url, const char *section)
 {
     static char buf[1 << 16];
-    resp_conn *c = conn_for(url);
+    net_conn *c = conn_for(url);
     const char *argv[] = {"INFO", section};
     roundtrip(c, 2, argv, buf, sizeof buf);
-    resp_conn_free(c);
+    net_conn_free(c);
     return buf;
 }
 
@@ -317,12 +295,12 @@ static double requests_sent(const char *url)
 #ifdef HAVE_HIREDIS
 static redisContext *hiredis_for(const char *url)
 {
-    resp_url u;
+    net_url u;
     char err[256];
-    if (resp_url_parse(&u, url, err, sizeof err) != RESP_OK)
+    if (net_url_parse(&u, url, err, sizeof err) != RESP_OK)
         die("%s", err);
     struct timeval tv = {1, 0};
-    redisContext *h = u.kind == RESP_URL_UNIX ? redisConnectUnixWithTimeout(u.path, tv)
+    redisContext *h = u.kind == NET_URL_UNIX ? redisConnectUnixWithTimeout(u.path, tv)
                                                : redisConnectWithTimeout(u.host, atoi(u.port), tv);
     if (!h || h->err)
         die("hiredis connect: %s", h ? h->errstr : "out of memory");
@@ -382,7 +360,7 @@ static void bench_cycle(void)
 {
     heading("1. lock cycle vs round trip, 2. vs hiredis  (one node, loopback TCP)");
     const int per = quick ? 300 : 2000;
-    resp_conn *pc = conn_for(urls[0]);
+    net_conn *pc = conn_for(urls[0]);
     redlock_client *c = client_for(urls, 1, 1), *cn = client_for(urls, 1, 0);
     redlock *l = lock_for(c, "bench:cycle", 10000), *ln = lock_for(cn, "bench:cycle:nf", 10000);
     int kinds = 3;
@@ -462,25 +440,25 @@ static void bench_cycle(void)
     redlock_free(ln);
     redlock_client_free(c);
     redlock_client_free(cn);
-    resp_conn_free(pc);
+    net_conn_free(pc);
 }
 
 /* ---- 3: quorum cost ------------------------------------------------------------------------- */
 
 /* PING on each of n connections at once, one poll() loop: the round-trip
  * limit of a parallel fan-out on this machine. */
-static void ping_all(resp_conn **pc, size_t n)
+static void ping_all(net_conn **pc, size_t n)
 {
     static const char *const argv[] = {"PING"};
+    static nx_result r[QUORUM];
     for (size_t i = 0; i < n; i++)
-        if (resp_conn_appendv(pc[i], 1, argv) != RESP_OK)
-            die("append");
-    resp_exchange(pc, n, 0, 0);
-    for (size_t i = 0; i < n; i++) {
-        if (resp_conn_status(pc[i]) != RESP_OK)
-            die("PING: %s", resp_conn_errstr(pc[i]));
-        resp_conn_consume(pc[i]);
-    }
+        if (nx_send(pc[i], 1, argv, 0, 0) != RESP_OK)
+            die("send");
+    if (nx_run(pc, n, r, n, 0) != n)
+        die("PING: no answer");
+    for (size_t i = 0; i < n; i++)
+        if (r[i].status != RESP_OK)
+            die("PING: %s", r[i].text);
 }
 
 static void bench_quorum(void)
@@ -488,7 +466,7 @@ static void bench_quorum(void)
     heading("3. quorum: 5 nodes vs 1 node (parallel fan-out)");
     const int per = quick ? 200 : 1000;
     const char *q[QUORUM];
-    resp_conn *pc[QUORUM];
+    net_conn *pc[QUORUM];
     for (int i = 0; i < QUORUM; i++) {
         q[i] = quorum_url(i);
         pc[i] = conn_for(q[i]);
@@ -531,7 +509,7 @@ static void bench_quorum(void)
         "ratio: 5-node cycle / (2 x 5-node PING)   (limit 1.0)");
     free(tmp);
     for (int i = 0; i < QUORUM; i++)
-        resp_conn_free(pc[i]);
+        net_conn_free(pc[i]);
     redlock_free(l1);
     redlock_free(l5);
     redlock_client_free(c1);
@@ -703,9 +681,9 @@ static void bench_quorum_rtt(void)
     const int per = quick ? 50 : 200;
     int lfd[QUORUM], up[QUORUM], port[QUORUM];
     for (int i = 0; i < QUORUM; i++) {
-        resp_url u;
+        net_url u;
         char err[256];
-        if (resp_url_parse(&u, quorum_url(i), err, sizeof err) != RESP_OK || u.kind != RESP_URL_TCP ||
+        if (net_url_parse(&u, quorum_url(i), err, sizeof err) != RESP_OK || u.kind != NET_URL_TCP ||
             u.password[0]) {
             printf("  (skipped: needs plain redis:// URLs)\n");
             return;
@@ -726,7 +704,7 @@ static void bench_quorum_rtt(void)
         snprintf(purl[i], sizeof purl[i], "redis://127.0.0.1:%d", port[i]);
         q[i] = purl[i];
     }
-    resp_conn *pc = conn_for(q[0]);
+    net_conn *pc = conn_for(q[0]);
     redlock_client *c1 = client_for(q, 1, 1), *c5 = client_for(q, QUORUM, 1);
     redlock *l1 = lock_for(c1, "bench:r1", 10000), *l5 = lock_for(c5, "bench:r5", 10000);
     for (int i = 0; i < 20; i++) {
@@ -763,7 +741,7 @@ static void bench_quorum_rtt(void)
     redlock_free(l5);
     redlock_client_free(c1);
     redlock_client_free(c5);
-    resp_conn_free(pc);
+    net_conn_free(pc);
     kill(px, SIGKILL);
     waitpid(px, NULL, 0);
 }
@@ -1179,13 +1157,13 @@ static double throughput(int clients, double seconds)
 /* redis-benchmark's SET requests per second at this concurrency (-1: not available). */
 static double redis_benchmark_set(int clients)
 {
-    resp_url u;
+    net_url u;
     char err[256];
-    if (resp_url_parse(&u, urls[0], err, sizeof err) != RESP_OK)
+    if (net_url_parse(&u, urls[0], err, sizeof err) != RESP_OK)
         return -1;
     char cmd[1024];
     int n = quick ? 20000 : 100000;
-    if (u.kind == RESP_URL_UNIX)
+    if (u.kind == NET_URL_UNIX)
         snprintf(cmd, sizeof cmd, "redis-benchmark -s '%s' -t set -n %d -c %d --csv 2>/dev/null",
                  u.path, n, clients);
     else

@@ -1,7 +1,7 @@
 /* fuzz_url.c - libFuzzer target for URL parsing: no crash, no overflow,
  * and a parsed URL is well formed; an error message never echoes the
  * password (checked by planting one). */
-#include "resp.h"
+#include "net.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -15,22 +15,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(s, data, size);
     s[size] = '\0';
-    resp_url u;
+    net_url u;
     char err[256];
-    int rc = resp_url_parse(&u, s, err, sizeof err);
+    int rc = net_url_parse(&u, s, err, sizeof err);
     if (rc == RESP_OK) {
-        if (u.kind != RESP_URL_TCP && u.kind != RESP_URL_UNIX)
+        if (u.kind != NET_URL_TCP && u.kind != NET_URL_UNIX)
             abort();
-        if (u.kind == RESP_URL_UNIX && u.path[0] != '/')
+        if (u.kind == NET_URL_UNIX && u.path[0] != '/')
             abort();
-        if (u.kind == RESP_URL_TCP && (u.host[0] == '\0' || atoi(u.port) < 1 || atoi(u.port) > 65535))
+        if (u.kind == NET_URL_TCP && (u.host[0] == '\0' || atoi(u.port) < 1 || atoi(u.port) > 65535))
             abort();
         if (u.db < 0 || (u.user[0] && !u.password[0]))
             abort();
         /* the description is built from host, port and path only */
         char desc[512], want[512];
-        resp_url_describe(&u, desc, sizeof desc);
-        if (u.kind == RESP_URL_UNIX)
+        net_url_describe(&u, desc, sizeof desc);
+        if (u.kind == NET_URL_UNIX)
             snprintf(want, sizeof want, "unix:%s", u.path);
         else
             snprintf(want, sizeof want, strchr(u.host, ':') ? "[%s]:%s" : "%s:%s", u.host, u.port);

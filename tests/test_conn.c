@@ -1,7 +1,7 @@
 /* test_conn.c - URLs and connections (net.c), against real redis-server. */
 #define _GNU_SOURCE
 #include "fixture.h"
-#include "resp.h"
+#include "netx.h"
 
 #include <check.h>
 #include <stdio.h>
@@ -21,30 +21,30 @@ typedef struct url_case {
 } url_case;
 
 static const url_case good_urls[] = {
-    {"redis://localhost", RESP_URL_TCP, "localhost", "6379", "", "", "", 0},
-    {"redis://127.0.0.1:6380", RESP_URL_TCP, "127.0.0.1", "6380", "", "", "", 0},
-    {"REDIS://h:1/15", RESP_URL_TCP, "h", "1", "", "", "", 15},
-    {"redis://h/", RESP_URL_TCP, "h", "6379", "", "", "", 0},
-    {"redis://:secret@h", RESP_URL_TCP, "h", "6379", "", "", "secret", 0},
-    {"redis://alice:secret@h:7000/2", RESP_URL_TCP, "h", "7000", "", "alice", "secret", 2},
-    {"redis://u:p%40ss%2Fw%3Ard@h", RESP_URL_TCP, "h", "6379", "", "u", "p@ss/w:rd", 0},
-    {"redis://u:p@ss@h", RESP_URL_TCP, "h", "6379", "", "u", "p@ss", 0},
-    {"redis://[::1]:6380", RESP_URL_TCP, "::1", "6380", "", "", "", 0},
-    {"redis://[::1]", RESP_URL_TCP, "::1", "6379", "", "", "", 0},
-    {"redis://:pw@[fe80::1]:65535/9", RESP_URL_TCP, "fe80::1", "65535", "", "", "pw", 9},
-    {"unix:///tmp/redis.sock", RESP_URL_UNIX, "", "6379", "/tmp/redis.sock", "", "", 0},
-    {"unix:///tmp/r.sock?db=3", RESP_URL_UNIX, "", "6379", "/tmp/r.sock", "", "", 3},
-    {"unix:///r.sock?db=1&user=bob&password=p%26q", RESP_URL_UNIX, "", "6379", "/r.sock", "bob",
+    {"redis://localhost", NET_URL_TCP, "localhost", "6379", "", "", "", 0},
+    {"redis://127.0.0.1:6380", NET_URL_TCP, "127.0.0.1", "6380", "", "", "", 0},
+    {"REDIS://h:1/15", NET_URL_TCP, "h", "1", "", "", "", 15},
+    {"redis://h/", NET_URL_TCP, "h", "6379", "", "", "", 0},
+    {"redis://:secret@h", NET_URL_TCP, "h", "6379", "", "", "secret", 0},
+    {"redis://alice:secret@h:7000/2", NET_URL_TCP, "h", "7000", "", "alice", "secret", 2},
+    {"redis://u:p%40ss%2Fw%3Ard@h", NET_URL_TCP, "h", "6379", "", "u", "p@ss/w:rd", 0},
+    {"redis://u:p@ss@h", NET_URL_TCP, "h", "6379", "", "u", "p@ss", 0},
+    {"redis://[::1]:6380", NET_URL_TCP, "::1", "6380", "", "", "", 0},
+    {"redis://[::1]", NET_URL_TCP, "::1", "6379", "", "", "", 0},
+    {"redis://:pw@[fe80::1]:65535/9", NET_URL_TCP, "fe80::1", "65535", "", "", "pw", 9},
+    {"unix:///tmp/redis.sock", NET_URL_UNIX, "", "6379", "/tmp/redis.sock", "", "", 0},
+    {"unix:///tmp/r.sock?db=3", NET_URL_UNIX, "", "6379", "/tmp/r.sock", "", "", 3},
+    {"unix:///r.sock?db=1&user=bob&password=p%26q", NET_URL_UNIX, "", "6379", "/r.sock", "bob",
      "p&q", 1},
-    {"unix:///r.sock?password=zq", RESP_URL_UNIX, "", "6379", "/r.sock", "", "zq", 0},
+    {"unix:///r.sock?password=zq", NET_URL_UNIX, "", "6379", "/r.sock", "", "zq", 0},
 };
 
 START_TEST(test_url_good)
 {
     const url_case *u = &good_urls[_i];
-    resp_url r;
+    net_url r;
     char err[256];
-    ck_assert_msg(resp_url_parse(&r, u->url, err, sizeof err) == RESP_OK, "%s: %s", u->url, err);
+    ck_assert_msg(net_url_parse(&r, u->url, err, sizeof err) == RESP_OK, "%s: %s", u->url, err);
     ck_assert_int_eq(r.kind, u->kind);
     ck_assert_str_eq(r.host, u->host);
     ck_assert_str_eq(r.port, u->port);
@@ -53,7 +53,7 @@ START_TEST(test_url_good)
     ck_assert_str_eq(r.password, u->password);
     ck_assert_int_eq(r.db, u->db);
     char desc[400];
-    resp_url_describe(&r, desc, sizeof desc);
+    net_url_describe(&r, desc, sizeof desc);
     if (u->password[0])
         ck_assert_ptr_null(strstr(desc, u->password));
 }
@@ -98,9 +98,9 @@ static const bad_url bad_urls[] = {
 START_TEST(test_url_bad)
 {
     const bad_url *b = &bad_urls[_i];
-    resp_url r;
+    net_url r;
     char err[256];
-    ck_assert_int_eq(resp_url_parse(&r, b->url, err, sizeof err), RESP_ERR_ARG);
+    ck_assert_int_eq(net_url_parse(&r, b->url, err, sizeof err), RESP_ERR_ARG);
     ck_assert_msg(strstr(err, b->msg) != NULL, "%s: got '%s', want '%s'", b->url, err, b->msg);
 }
 END_TEST
@@ -111,56 +111,26 @@ START_TEST(test_url_never_echoes_password)
                                        "redis://u:hunter2@h/zz", "unix:///x?password=hunter2&zz=1",
                                        "rediss://u:hunter2@h"};
     for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
-        resp_url r;
+        net_url r;
         char err[256];
-        ck_assert_int_eq(resp_url_parse(&r, urls[i], err, sizeof err), RESP_ERR_ARG);
+        ck_assert_int_eq(net_url_parse(&r, urls[i], err, sizeof err), RESP_ERR_ARG);
         ck_assert_msg(strstr(err, "hunter2") == NULL, "%s -> %s", urls[i], err);
         ck_assert_str_eq(r.password, "");
     }
-    ck_assert_int_eq(resp_url_parse(NULL, "redis://h", NULL, 0), RESP_ERR_ARG);
+    ck_assert_int_eq(net_url_parse(NULL, "redis://h", NULL, 0), RESP_ERR_ARG);
 }
 END_TEST
 
 /* ---- connections ------------------------------------------------------------------------ */
 
-static resp_conn *conn_to(const char *url, int io_ms)
-{
-    resp_url u;
-    char err[256];
-    ck_assert_msg(resp_url_parse(&u, url, err, sizeof err) == RESP_OK, "%s", err);
-    resp_conn_opts o;
-    memset(&o, 0, sizeof o);
-    o.io_timeout_ms = io_ms;
-    o.connect_timeout_ms = io_ms;
-    resp_conn *c = NULL;
-    ck_assert_int_eq(resp_conn_new(&c, &u, &o), RESP_OK);
-    return c;
-}
+static const char *const ping[] = {"PING"};
 
-/* Send one command and wait for its reply; returns the status. */
-static int call(resp_conn *c, int argc, const char *const *argv)
+static void expect_pong(net_conn *c)
 {
-    ck_assert_int_eq(resp_conn_appendv(c, argc, argv), RESP_OK);
-    resp_exchange(&c, 1, 0, 0);
-    return resp_conn_status(c);
-}
-
-static const resp_reply *reply(resp_conn *c)
-{
-    size_t n;
-    const resp_reply *r = resp_conn_reply(c, &n);
-    ck_assert_ptr_nonnull(r);
-    return r;
-}
-
-static void expect_pong(resp_conn *c)
-{
-    static const char *const ping[] = {"PING"};
-    ck_assert_msg(call(c, 1, ping) == RESP_OK, "%s", resp_conn_errstr(c));
-    const resp_reply *r = reply(c);
-    ck_assert_int_eq(r->type, RESP_STATUS);
-    ck_assert(r->len == 4 && memcmp(r->str, "PONG", 4) == 0);
-    resp_conn_consume(c);
+    nx_result r = nx_call(c, 1, ping);
+    ck_assert_msg(r.status == RESP_OK, "%s", r.text);
+    ck_assert_int_eq(r.type, RESP_STATUS);
+    ck_assert_str_eq(r.text, "PONG");
 }
 
 START_TEST(test_ping_tcp_unix_v6)
@@ -171,26 +141,28 @@ START_TEST(test_ping_tcp_unix_v6)
     o.unix_socket = 1;
     o.ipv6 = 1;
     ck_assert_int_eq(fx_server_start(&s, &o), 0);
-    resp_conn *c = conn_to(s.url, 1000);
+    net_conn *c = nx_conn(s.url, 1000);
+    ck_assert_uint_eq(net_conn_generation(c), 0); /* no I/O before the first request */
+    ck_assert_int_eq(net_conn_fd(c), -1);
     expect_pong(c);
-    ck_assert_uint_eq(resp_conn_generation(c), 1);
+    ck_assert_uint_eq(net_conn_generation(c), 1);
     expect_pong(c); /* same connection */
-    ck_assert_uint_eq(resp_conn_generation(c), 1);
-    resp_conn_free(c);
-    c = conn_to(s.unix_url, 1000);
+    ck_assert_uint_eq(net_conn_generation(c), 1);
+    net_conn_free(c);
+    c = nx_conn(s.unix_url, 1000);
     expect_pong(c);
-    resp_conn_free(c);
+    net_conn_free(c);
     if (s.has_ipv6) {
         char url[64];
         snprintf(url, sizeof url, "redis://[::1]:%d", s.port);
-        c = conn_to(url, 1000);
+        c = nx_conn(url, 1000);
         expect_pong(c);
-        resp_conn_free(c);
+        net_conn_free(c);
         /* "localhost" may resolve to ::1 first or 127.0.0.1: either works */
         snprintf(url, sizeof url, "redis://localhost:%d", s.port);
-        c = conn_to(url, 1000);
+        c = nx_conn(url, 1000);
         expect_pong(c);
-        resp_conn_free(c);
+        net_conn_free(c);
     } else {
         printf("test_conn: ::1 unavailable here, IPv6 skipped\n");
     }
@@ -208,54 +180,56 @@ START_TEST(test_auth_select)
     o.acl_password = "wonder land";
     ck_assert_int_eq(fx_server_start(&s, &o), 0);
     char url[256];
-    static const char *const ping[] = {"PING"};
 
     snprintf(url, sizeof url, "redis://:s3cret@127.0.0.1:%d", s.port);
-    resp_conn *c = conn_to(url, 1000);
+    net_conn *c = nx_conn(url, 1000);
     expect_pong(c);
-    resp_conn_free(c);
+    net_conn_free(c);
 
     snprintf(url, sizeof url, "redis://alice:wonder%%20land@127.0.0.1:%d", s.port);
-    c = conn_to(url, 1000);
+    c = nx_conn(url, 1000);
     expect_pong(c);
-    resp_conn_free(c);
+    net_conn_free(c);
 
-    /* wrong password: AUTH error, the password is not in the message */
+    /* wrong password: AUTH error, the password is not in the message, and
+     * the queued request fails without ever being sent */
     snprintf(url, sizeof url, "redis://:wrongpass@127.0.0.1:%d", s.port);
-    c = conn_to(url, 1000);
-    ck_assert_int_eq(call(c, 1, ping), RESP_ERR_AUTH);
-    ck_assert_ptr_nonnull(strstr(resp_conn_errstr(c), "AUTH refused"));
-    ck_assert_ptr_null(strstr(resp_conn_errstr(c), "wrongpass"));
-    ck_assert(!resp_conn_connected(c));
-    resp_conn_free(c);
+    c = nx_conn(url, 1000);
+    nx_result r = nx_call(c, 1, ping);
+    ck_assert_int_eq(r.status, RESP_ERR_AUTH);
+    ck_assert_ptr_nonnull(strstr(r.text, "AUTH refused"));
+    ck_assert_ptr_null(strstr(r.text, "wrongpass"));
+    ck_assert(!net_conn_ready(c));
+    ck_assert_uint_eq(net_conn_requests(c), 0);
+    net_conn_free(c);
 
     /* missing password: the command gets NOAUTH */
-    c = conn_to(s.url, 1000);
-    ck_assert_int_eq(call(c, 1, ping), RESP_OK);
-    ck_assert_int_eq(reply(c)->type, RESP_ERROR);
-    ck_assert(strncmp(reply(c)->str, "NOAUTH", 6) == 0);
-    resp_conn_consume(c);
-    resp_conn_free(c);
+    c = nx_conn(s.url, 1000);
+    r = nx_call(c, 1, ping);
+    ck_assert_int_eq(r.status, RESP_OK);
+    ck_assert_int_eq(r.type, RESP_ERROR);
+    ck_assert(strncmp(r.text, "NOAUTH", 6) == 0);
+    net_conn_free(c);
 
     /* SELECT: a key set through /5 lives in db 5 */
     snprintf(url, sizeof url, "redis://:s3cret@127.0.0.1:%d/5", s.port);
-    c = conn_to(url, 1000);
+    c = nx_conn(url, 1000);
     static const char *const set[] = {"SET", "where", "db5"};
-    ck_assert_int_eq(call(c, 3, set), RESP_OK);
-    resp_conn_consume(c);
+    ck_assert_int_eq(nx_call(c, 3, set).status, RESP_OK);
     char out[256];
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "EXISTS where"), 0);
     ck_assert_str_eq(out, "0");
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "INFO keyspace"), 0);
     ck_assert_ptr_nonnull(strstr(out, "db5:keys=1"));
-    resp_conn_free(c);
+    net_conn_free(c);
 
     /* SELECT out of range: refused, reported as AUTH/SELECT error */
     snprintf(url, sizeof url, "redis://:s3cret@127.0.0.1:%d/99", s.port);
-    c = conn_to(url, 1000);
-    ck_assert_int_eq(call(c, 1, ping), RESP_ERR_AUTH);
-    ck_assert_ptr_nonnull(strstr(resp_conn_errstr(c), "SELECT refused"));
-    resp_conn_free(c);
+    c = nx_conn(url, 1000);
+    r = nx_call(c, 1, ping);
+    ck_assert_int_eq(r.status, RESP_ERR_AUTH);
+    ck_assert_ptr_nonnull(strstr(r.text, "SELECT refused"));
+    net_conn_free(c);
     fx_server_stop(&s);
 }
 END_TEST
@@ -264,21 +238,28 @@ START_TEST(test_refused)
 {
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", fx_free_port());
-    resp_conn *c = conn_to(url, 1000);
-    static const char *const ping[] = {"PING"};
+    net_conn *c = nx_conn(url, 1000);
     double t0 = fx_now_ms();
-    ck_assert_int_eq(call(c, 1, ping), RESP_ERR_IO);
+    ck_assert_int_eq(nx_send(c, 1, ping, 1, 0), RESP_OK);
+    ck_assert_int_eq(nx_send(c, 1, ping, 2, 0), RESP_OK);
+    nx_result r[2];
+    ck_assert_uint_eq(nx_run(&c, 1, r, 2, 0), 2); /* both queued requests fail */
     ck_assert_double_lt(fx_now_ms() - t0, 500);
-    ck_assert_ptr_nonnull(strstr(resp_conn_errstr(c), "refused"));
-    ck_assert_uint_eq(resp_conn_pending(c), 0); /* queue dropped */
-    resp_conn_free(c);
-    c = conn_to("unix:///nonexistent/redis.sock", 1000);
-    ck_assert_int_eq(call(c, 1, ping), RESP_ERR_IO);
-    resp_conn_free(c);
-    c = conn_to("redis://no-such-host.invalid:6379", 1000);
-    ck_assert_int_eq(call(c, 1, ping), RESP_ERR_IO);
-    ck_assert_ptr_nonnull(strstr(resp_conn_errstr(c), "resolve"));
-    resp_conn_free(c);
+    ck_assert_int_eq(r[0].status, RESP_ERR_IO);
+    ck_assert_int_eq(r[1].status, RESP_ERR_IO);
+    ck_assert_uint_eq(r[0].tag.seq, 1);
+    ck_assert_uint_eq(r[1].tag.seq, 2);
+    ck_assert_ptr_nonnull(strstr(r[0].text, "refused"));
+    ck_assert_uint_eq(net_conn_requests(c), 0); /* queue dropped */
+    net_conn_free(c);
+    c = nx_conn("unix:///nonexistent/redis.sock", 1000);
+    ck_assert_int_eq(nx_call(c, 1, ping).status, RESP_ERR_IO);
+    net_conn_free(c);
+    c = nx_conn("redis://no-such-host.invalid:6379", 1000);
+    nx_result rr = nx_call(c, 1, ping);
+    ck_assert_int_eq(rr.status, RESP_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(rr.text, "resolve"));
+    net_conn_free(c);
 }
 END_TEST
 
@@ -286,23 +267,25 @@ START_TEST(test_stopped_server_times_out)
 {
     fx_server s;
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    resp_conn *c = conn_to(s.url, 300);
+    net_conn *c = nx_conn(s.url, 300);
     expect_pong(c);
     fx_server_pause(&s);
-    static const char *const ping[] = {"PING"};
     double t0 = fx_now_ms();
-    ck_assert_int_eq(call(c, 1, ping), RESP_ERR_TIMEOUT);
+    nx_result r = nx_call(c, 1, ping);
     double took = fx_now_ms() - t0;
+    ck_assert_int_eq(r.status, RESP_ERR_TIMEOUT);
     ck_assert_msg(took >= 290 && took < 900, "took %.1f ms", took);
-    ck_assert(!resp_conn_connected(c)); /* closed, never reused */
-    /* connecting to a stopped server times out by the connect deadline too
-     * (the kernel accepts, AUTH/PING never answers) */
+    /* a timed-out request is never answered late: the next one runs on a
+     * new connection (the kernel accepts it; no reply comes before the
+     * deadline either) */
     t0 = fx_now_ms();
-    ck_assert_int_eq(call(c, 1, ping), RESP_ERR_TIMEOUT);
+    ck_assert_int_eq(nx_call(c, 1, ping).status, RESP_ERR_TIMEOUT);
     ck_assert_double_lt(fx_now_ms() - t0, 900);
+    ck_assert_uint_eq(net_conn_generation(c), 2);
     fx_server_resume(&s);
     expect_pong(c);
-    resp_conn_free(c);
+    ck_assert_uint_eq(net_conn_generation(c), 3);
+    net_conn_free(c);
     fx_server_stop(&s);
 }
 END_TEST
@@ -311,17 +294,17 @@ START_TEST(test_restart_reconnects)
 {
     fx_server s;
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    resp_conn *c = conn_to(s.url, 1000);
+    net_conn *c = nx_conn(s.url, 1000);
     expect_pong(c);
     ck_assert_int_eq(fx_server_restart(&s), 0);
     expect_pong(c); /* the dead idle connection is noticed and replaced */
-    ck_assert_uint_eq(resp_conn_generation(c), 2);
+    ck_assert_uint_eq(net_conn_generation(c), 2);
     char out[64];
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CLIENT KILL TYPE normal SKIPME yes"), 0);
     usleep(20 * 1000);
     expect_pong(c);
-    ck_assert_uint_eq(resp_conn_generation(c), 3);
-    resp_conn_free(c);
+    ck_assert_uint_eq(net_conn_generation(c), 3);
+    net_conn_free(c);
     fx_server_stop(&s);
 }
 END_TEST
@@ -330,88 +313,121 @@ START_TEST(test_pipeline_in_order)
 {
     fx_server s;
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    resp_conn *c = conn_to(s.url, 1000);
+    net_conn *c = nx_conn(s.url, 1000);
     static const char *const a[] = {"ECHO", "one"}, *const b[] = {"ECHO", "two"},
                              *const d[] = {"ECHO", "three"};
-    ck_assert_int_eq(resp_conn_appendv(c, 2, a), RESP_OK);
-    ck_assert_int_eq(resp_conn_appendv(c, 2, b), RESP_OK);
-    ck_assert_int_eq(resp_conn_appendv(c, 2, d), RESP_OK);
-    ck_assert_uint_eq(resp_conn_pending(c), 3);
+    ck_assert_int_eq(nx_send(c, 2, a, 1, 0), RESP_OK);
+    ck_assert_int_eq(nx_send(c, 2, b, 2, 0), RESP_OK);
+    ck_assert_int_eq(nx_send(c, 2, d, 3, 0), RESP_OK);
+    ck_assert_uint_eq(net_conn_requests(c), 3);
+    nx_result r[3];
+    ck_assert_uint_eq(nx_run(&c, 1, r, 3, 0), 3);
     static const char *const want[] = {"one", "two", "three"};
     for (int i = 0; i < 3; i++) {
-        resp_exchange(&c, 1, 0, 0);
-        ck_assert_int_eq(resp_conn_status(c), RESP_OK);
-        const resp_reply *r = reply(c);
-        ck_assert_uint_eq(r->len, strlen(want[i]));
-        ck_assert(memcmp(r->str, want[i], r->len) == 0);
-        resp_conn_consume(c);
+        ck_assert_int_eq(r[i].status, RESP_OK);
+        ck_assert_uint_eq(r[i].tag.seq, (unsigned)i + 1);
+        ck_assert_str_eq(r[i].text, want[i]);
     }
-    ck_assert_uint_eq(resp_conn_pending(c), 0);
+    ck_assert_uint_eq(net_conn_requests(c), 0);
 
     /* binary-safe arguments round-trip */
     const char val[] = {'x', '\r', '\n', '\0', '*', '1', '\r', '\n'};
     const char *set[3] = {"SET", "bin", val};
     size_t setl[3] = {3, 3, sizeof val};
-    ck_assert_int_eq(resp_conn_append(c, 3, set, setl), RESP_OK);
+    ck_assert_int_eq(nx_sendl(c, 3, set, setl, 4, 0), RESP_OK);
     const char *get[2] = {"GET", "bin"};
     size_t getl[2] = {3, 3};
-    ck_assert_int_eq(resp_conn_append(c, 2, get, getl), RESP_OK);
-    resp_exchange(&c, 1, 0, 0);
-    resp_conn_consume(c);
-    resp_exchange(&c, 1, 0, 0);
-    const resp_reply *r = reply(c);
-    ck_assert_uint_eq(r->len, sizeof val);
-    ck_assert(memcmp(r->str, val, sizeof val) == 0);
-    resp_conn_consume(c);
-    resp_conn_free(c);
+    ck_assert_int_eq(nx_sendl(c, 2, get, getl, 5, 0), RESP_OK);
+    ck_assert_uint_eq(nx_run(&c, 1, r, 2, 0), 2);
+    ck_assert_uint_eq(r[1].len, sizeof val);
+    ck_assert(memcmp(r[1].text, val, sizeof val) == 0);
+
+    /* a thousand requests in flight at once, answered in order */
+    static nx_result many[1000];
+    char num[1000][8];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(num[i], sizeof num[i], "%d", i);
+        const char *echo[2] = {"ECHO", num[i]};
+        ck_assert_int_eq(nx_send(c, 2, echo, (uint32_t)i, 0), RESP_OK);
+    }
+    ck_assert_uint_eq(nx_run(&c, 1, many, 1000, 0), 1000);
+    for (int i = 0; i < 1000; i++) {
+        ck_assert_uint_eq(many[i].tag.seq, (unsigned)i);
+        ck_assert_str_eq(many[i].text, num[i]);
+    }
+    ck_assert_uint_eq(net_conn_generation(c), 1);
+    net_conn_free(c);
     fx_server_stop(&s);
 }
 END_TEST
 
-START_TEST(test_parallel_exchange)
+START_TEST(test_parallel_connections)
 {
-    /* three servers, one stopped: one exchange costs one deadline, not three */
+    /* three servers, one stopped: one round costs one deadline, not three */
     fx_server s[3];
-    resp_conn *c[3];
+    net_conn *c[3];
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(fx_server_start(&s[i], NULL), 0);
-        c[i] = conn_to(s[i].url, 300);
+        c[i] = nx_conn(s[i].url, 300);
         expect_pong(c[i]);
     }
     fx_server_pause(&s[1]);
-    static const char *const ping[] = {"PING"};
     for (int i = 0; i < 3; i++)
-        ck_assert_int_eq(resp_conn_appendv(c[i], 1, ping), RESP_OK);
+        ck_assert_int_eq(nx_send(c[i], 1, ping, (uint32_t)i, 0), RESP_OK);
+    nx_result r[3];
     double t0 = fx_now_ms();
-    resp_exchange(c, 3, 0, 0);
+    ck_assert_uint_eq(nx_run(c, 3, r, 3, 0), 3);
     double took = fx_now_ms() - t0;
-    ck_assert_int_eq(resp_conn_status(c[0]), RESP_OK);
-    ck_assert_int_eq(resp_conn_status(c[1]), RESP_ERR_TIMEOUT);
-    ck_assert_int_eq(resp_conn_status(c[2]), RESP_OK);
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(r[k].status, r[k].conn == 1 ? RESP_ERR_TIMEOUT : RESP_OK);
+    ck_assert_uint_eq(r[2].conn, 1); /* the healthy ones answered first */
     ck_assert_msg(took >= 290 && took < 900, "took %.1f ms", took);
-    resp_conn_consume(c[0]);
-    resp_conn_consume(c[2]);
-
-    /* any-mode returns with the first answer, leaving the stopped one due */
     fx_server_resume(&s[1]);
-    expect_pong(c[1]); /* reconnect while it runs */
-    fx_server_pause(&s[1]);
-    for (int i = 0; i < 3; i++)
-        ck_assert_int_eq(resp_conn_appendv(c[i], 1, ping), RESP_OK);
-    t0 = fx_now_ms();
-    resp_exchange(c, 3, 0, 1);
-    ck_assert_double_lt(fx_now_ms() - t0, 250);
-    ck_assert(resp_conn_reply(c[0], NULL) || resp_conn_reply(c[2], NULL));
-    ck_assert_ptr_null(resp_conn_reply(c[1], NULL));
-    ck_assert_uint_eq(resp_conn_pending(c[1]), 1);
-    fx_server_resume(&s[1]);
-    resp_exchange(&c[1], 1, 0, 0); /* its PONG arrives once resumed */
-    ck_assert_int_eq(resp_conn_status(c[1]), RESP_OK);
-    ck_assert_int_eq(reply(c[1])->type, RESP_STATUS);
     for (int i = 0; i < 3; i++) {
+        expect_pong(c[i]);
         fx_server_stop(&s[i]);
-        resp_conn_free(c[i]);
+        net_conn_free(c[i]);
     }
+}
+END_TEST
+
+/* Requests pipelined on a stalled server each time out by their own
+ * deadline, not by the first one's; nothing more is written meanwhile, and
+ * once no written request waits the connection is replaced, so late
+ * replies are never read. */
+START_TEST(test_each_request_its_own_deadline)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    net_conn *c = nx_conn(s.url, 400);
+    expect_pong(c);
+    fx_server_pause(&s);
+    double t0 = fx_now_ms();
+    ck_assert_int_eq(nx_send(c, 1, ping, 1, 0), RESP_OK);
+    nx_result r[3];
+    ck_assert_uint_eq(nx_run(&c, 1, r, 1, net_now_ns() + 200 * 1000000LL), 0); /* 200 ms in */
+    ck_assert_int_eq(nx_send(c, 1, ping, 2, 0), RESP_OK);
+    ck_assert_uint_eq(nx_run(&c, 1, r, 1, 0), 1);
+    double first = fx_now_ms() - t0;
+    ck_assert_int_eq(r[0].status, RESP_ERR_TIMEOUT);
+    ck_assert_uint_eq(r[0].tag.seq, 1);
+    ck_assert_msg(first >= 390 && first < 1200, "first after %.1f ms", first);
+    /* after the first timed out, a third request is held back: it goes out
+     * on the next connection, once the second has had its full deadline */
+    ck_assert_int_eq(nx_send(c, 1, ping, 3, 0), RESP_OK);
+    ck_assert_uint_eq(nx_run(&c, 1, r, 1, 0), 1);
+    double second = fx_now_ms() - t0;
+    ck_assert_int_eq(r[0].status, RESP_ERR_TIMEOUT);
+    ck_assert_uint_eq(r[0].tag.seq, 2);
+    ck_assert_msg(second >= 590 && second < 1800, "second after %.1f ms", second);
+    fx_server_resume(&s);
+    ck_assert_uint_eq(nx_run(&c, 1, r, 1, 0), 1);
+    ck_assert_int_eq(r[0].status, RESP_OK);
+    ck_assert_uint_eq(r[0].tag.seq, 3);
+    ck_assert_str_eq(r[0].text, "PONG");
+    ck_assert_uint_eq(net_conn_generation(c), 2);
+    net_conn_free(c);
+    fx_server_stop(&s);
 }
 END_TEST
 
@@ -422,53 +438,111 @@ START_TEST(test_deadline_caps_and_late_reply)
     memset(&o, 0, sizeof o);
     o.debug = 1;
     ck_assert_int_eq(fx_server_start(&s, &o), 0);
-    resp_conn *c = conn_to(s.url, 2000);
+    net_conn *c = nx_conn(s.url, 2000);
     expect_pong(c);
     static const char *const sleep1[] = {"DEBUG", "SLEEP", "0.5"};
     static const char *const echo[] = {"ECHO", "after"};
-    ck_assert_int_eq(resp_conn_appendv(c, 3, sleep1), RESP_OK);
-    /* the caller's limit caps the 2 s I/O deadline */
+    /* the caller's cap shortens the 2 s I/O deadline */
     double t0 = fx_now_ms();
-    resp_exchange(&c, 1, resp_now_ns() + 200 * 1000000LL, 0);
-    ck_assert_int_eq(resp_conn_status(c), RESP_ERR_TIMEOUT);
+    ck_assert_int_eq(nx_send(c, 3, sleep1, 1, net_now_ns() + 200 * 1000000LL), RESP_OK);
+    nx_result r;
+    ck_assert_uint_eq(nx_run(&c, 1, &r, 1, 0), 1);
+    ck_assert_int_eq(r.status, RESP_ERR_TIMEOUT);
+    ck_assert_ptr_nonnull(strstr(r.text, "capped by the caller"));
     ck_assert_double_lt(fx_now_ms() - t0, 600);
     /* the late +OK of DEBUG SLEEP is never read as the ECHO's reply */
-    ck_assert_int_eq(call(c, 2, echo), RESP_OK);
-    ck_assert(reply(c)->len == 5 && memcmp(reply(c)->str, "after", 5) == 0);
-    resp_conn_consume(c);
-    resp_conn_free(c);
+    r = nx_call(c, 2, echo);
+    ck_assert_int_eq(r.status, RESP_OK);
+    ck_assert_str_eq(r.text, "after");
+    net_conn_free(c);
     fx_server_stop(&s);
 }
 END_TEST
 
-START_TEST(test_listen_idle)
+/* A connection killed with requests in flight fails exactly those, and
+ * the next request opens a new one. */
+START_TEST(test_killed_mid_pipeline)
 {
     fx_server s;
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    resp_conn *c = conn_to(s.url, 300);
+    net_conn *c = nx_conn(s.url, 2000);
+    expect_pong(c);
+    /* BLPOP blocks this client (not the server), the ECHO waits behind it */
+    static const char *const blpop[] = {"BLPOP", "nothing", "1"};
+    static const char *const echo[] = {"ECHO", "x"};
+    ck_assert_int_eq(nx_send(c, 3, blpop, 1, 0), RESP_OK);
+    ck_assert_int_eq(nx_send(c, 2, echo, 2, 0), RESP_OK);
+    nx_result r[3];
+    ck_assert_uint_eq(nx_run(&c, 1, r, 1, net_now_ns() + 50 * 1000000LL), 0); /* written */
+    char out[64];
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CLIENT KILL TYPE normal SKIPME yes"), 0);
+    ck_assert_uint_eq(nx_run(&c, 1, r, 2, 0), 2);
+    ck_assert_int_eq(r[0].status, RESP_ERR_IO);
+    ck_assert_int_eq(r[1].status, RESP_ERR_IO);
+    ck_assert_uint_eq(r[1].tag.seq, 2);
+    expect_pong(c); /* and it recovers */
+    ck_assert_uint_eq(net_conn_generation(c), 2);
+    net_conn_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+START_TEST(test_forget)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    net_conn *c = nx_conn(s.url, 1000);
+    static const char *const incr[] = {"INCR", "n"};
+    int mine, other;
+    net_tag a = {&mine, 1, 0}, b = {&other, 2, 0};
+    size_t lens[2] = {4, 1};
+    /* forgotten before it was written: it never goes out */
+    ck_assert_int_eq(net_conn_request(c, 2, incr, lens, a, 0, net_now_ns()), RESP_OK);
+    ck_assert_int_eq(net_conn_request(c, 2, incr, lens, b, 0, net_now_ns()), RESP_OK);
+    ck_assert_uint_eq(net_conn_forget(c, &mine), 0);
+    nx_result r;
+    ck_assert_uint_eq(nx_run(&c, 1, &r, 1, 0), 1);
+    ck_assert_ptr_eq(r.tag.owner, &other);
+    ck_assert_int_eq(r.integer, 1);
+    /* forgotten after it was written: it runs, its reply is dropped */
+    ck_assert_int_eq(net_conn_request(c, 2, incr, lens, a, 0, net_now_ns()), RESP_OK);
+    ck_assert_int_eq(net_conn_request(c, 2, incr, lens, b, 0, net_now_ns()), RESP_OK);
+    net_conn_pump(c, net_now_ns()); /* writes both */
+    ck_assert_uint_eq(net_conn_forget(c, &mine), 1);
+    ck_assert_uint_eq(nx_run(&c, 1, &r, 1, 0), 1);
+    ck_assert_ptr_eq(r.tag.owner, &other);
+    ck_assert_int_eq(r.integer, 3);
+    net_conn_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+START_TEST(test_push_mode)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    net_conn *c = nx_conn(s.url, 300);
+    net_conn_set_push(c);
     static const char *const sub[] = {"SUBSCRIBE", "chan"};
-    ck_assert_int_eq(resp_conn_appendv(c, 2, sub), RESP_OK);
-    resp_conn_listen(c);
-    resp_exchange(&c, 1, resp_now_ns() + 1000 * 1000000LL, 0);
-    ck_assert_int_eq(resp_conn_status(c), RESP_OK); /* the confirmation */
-    resp_conn_consume(c);
+    ck_assert_int_eq(nx_send(c, 2, sub, 1, 0), RESP_OK);
+    nx_result r;
+    ck_assert_uint_eq(nx_run(&c, 1, &r, 1, 0), 1);
+    ck_assert_int_eq(r.status, RESP_OK); /* the confirmation, as a push */
+    ck_assert_ptr_null(r.tag.owner);
+    ck_assert_str_eq(r.text, "subscribe\nchan\n1");
+    net_conn_ack(c);
+    ck_assert_uint_eq(net_conn_requests(c), 0);
     /* idle past the I/O deadline: no message is not an error */
     double t0 = fx_now_ms();
-    resp_exchange(&c, 1, resp_now_ns() + 500 * 1000000LL, 0);
-    ck_assert_int_eq(resp_conn_status(c), RESP_IDLE);
+    ck_assert_uint_eq(nx_run(&c, 1, &r, 1, net_now_ns() + 500 * 1000000LL), 0);
     ck_assert_double_ge(fx_now_ms() - t0, 480);
-    ck_assert(resp_conn_connected(c));
-    ck_assert_int_eq(resp_conn_poll_ready(c), RESP_IDLE);
+    ck_assert(net_conn_ready(c));
     char out[64];
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "PUBLISH chan hello"), 0);
     ck_assert_str_eq(out, "1");
-    resp_exchange(&c, 1, resp_now_ns() + 1000 * 1000000LL, 0);
-    ck_assert_int_eq(resp_conn_status(c), RESP_OK);
-    const resp_reply *r = reply(c);
-    ck_assert_int_eq(r->type, RESP_ARRAY);
-    ck_assert(r[3].len == 5 && memcmp(r[3].str, "hello", 5) == 0);
-    resp_conn_consume(c);
-    resp_conn_free(c);
+    ck_assert_uint_eq(nx_run(&c, 1, &r, 1, net_now_ns() + 1000 * 1000000LL), 1);
+    ck_assert_str_eq(r.text, "message\nchan\nhello");
+    net_conn_free(c);
     fx_server_stop(&s);
 }
 END_TEST
@@ -489,9 +563,12 @@ static Suite *conn_suite(void)
     tcase_add_test(t, test_stopped_server_times_out);
     tcase_add_test(t, test_restart_reconnects);
     tcase_add_test(t, test_pipeline_in_order);
-    tcase_add_test(t, test_parallel_exchange);
+    tcase_add_test(t, test_parallel_connections);
+    tcase_add_test(t, test_each_request_its_own_deadline);
     tcase_add_test(t, test_deadline_caps_and_late_reply);
-    tcase_add_test(t, test_listen_idle);
+    tcase_add_test(t, test_killed_mid_pipeline);
+    tcase_add_test(t, test_forget);
+    tcase_add_test(t, test_push_mode);
     suite_add_tcase(s, t);
     return s;
 }

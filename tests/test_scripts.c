@@ -10,16 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static const script *const all_scripts[] = {&S_ACQUIRE, &S_FAIR,  &S_DEQUEUE, &S_RELEASE,
-                                            &S_REFRESH, &S_RAISE, &S_STATUS};
-#define NSCRIPTS (sizeof all_scripts / sizeof all_scripts[0])
+#define NSCRIPTS ((size_t)S_COUNT)
 
 START_TEST(test_sha1_matches_script_load)
 {
     fx_server s;
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
     for (size_t i = 0; i < NSCRIPTS; i++) {
-        const script *sc = all_scripts[i];
+        const script *sc = &scripts[i];
         const char *argv[] = {"SCRIPT", "LOAD", sc->lua};
         const size_t lens[] = {6, 4, strlen(sc->lua)};
         char out[128];
@@ -45,8 +43,8 @@ START_TEST(test_cycle_caches_scripts)
     ck_assert_int_eq(redlock_refresh(l), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
     char cmd[256], out[64];
-    snprintf(cmd, sizeof cmd, "SCRIPT EXISTS %s %s %s", S_ACQUIRE.sha, S_REFRESH.sha,
-             S_RELEASE.sha);
+    snprintf(cmd, sizeof cmd, "SCRIPT EXISTS %s %s %s", scripts[S_ACQUIRE].sha,
+             scripts[S_REFRESH].sha, scripts[S_RELEASE].sha);
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, cmd), 0);
     ck_assert_str_eq(out, "1\n1\n1");
     /* the second cycle: no EVAL at all */
