@@ -30,7 +30,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
-.PHONY: all test tests test-sanitize test-valgrind examples demo bench fuzz fuzz-replay \
+.PHONY: all test tests check-exports test-packaging static test-sanitize test-valgrind examples demo bench fuzz fuzz-replay \
         install uninstall clean deps lint format
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI)
@@ -80,12 +80,16 @@ demo: all
 	@bash cli/demo.sh
 
 # Every suite runs even if one fails; the target fails if any did.
-test: deps all examples $(TESTS) fuzz-replay
+test: deps all examples $(TESTS) fuzz-replay check-exports
 	@failed=0; for t in $(TESTS); do \
 	    echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t || failed=1; \
 	done; \
 	if [ $$failed -ne 0 ]; then echo "make test: some suites FAILED"; exit 1; fi; \
 	echo "make test: all suites passed"
+
+# The ABI: the shared library exports redlock_* and nothing else.
+check-exports: $(SHARED)
+	@sh tests/check-exports.sh $(SHARED)
 
 # The seed corpus and kept crash inputs, replayed with the normal compiler.
 fuzz-replay: $(BUILD)/fuzz_parser_replay $(BUILD)/fuzz_url_replay
