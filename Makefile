@@ -13,6 +13,8 @@ ALL_CFLAGS := $(WARN) $(CFLAGS)
 VERSION_MAJOR := $(shell sed -n 's/^\#define REDLOCK_VERSION_MAJOR \([0-9]*\).*/\1/p' redlock.h)
 VERSION       := $(shell sed -n 's/^\#define REDLOCK_VERSION "\(.*\)"/\1/p' redlock.h)
 
+# The library's sources and headers. CMakeLists.txt reads these two lines:
+# adding a file to the library is one word here, for both builds.
 LIB_SRC  := redlock.c resp.c net.c
 LIB_HDR  := redlock.h resp.h
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -31,7 +33,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
 .PHONY: all test tests check-exports test-packaging static test-sanitize test-valgrind examples demo bench fuzz fuzz-replay \
-        install uninstall clean deps lint format
+        install uninstall clean deps lint format FORCE
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI)
 
@@ -153,9 +155,13 @@ fuzz:
 
 # ---- install ---------------------------------------------------------------------------
 
-$(BUILD)/redlock.pc: redlock.h | $(BUILD)
-	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: redlock\nDescription: Redis distributed lock for C (zero dependencies)\nVersion: %s\nLibs: -L$${libdir} -lredlock\nCflags: -I$${includedir}\n' \
-	    '$(PREFIX)' '$(VERSION)' > $@
+# Written on every install: PREFIX may differ from the last one. The same
+# template serves CMake's install.
+$(BUILD)/redlock.pc: redlock.pc.in FORCE | $(BUILD)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$${prefix}/lib|' \
+	    -e 's|@INCLUDEDIR@|$${prefix}/include|' -e 's|@VERSION@|$(VERSION)|' redlock.pc.in > $@
+
+FORCE:
 
 install: all $(BUILD)/redlock.pc
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
