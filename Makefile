@@ -60,6 +60,19 @@ $(BUILD)/libredlock.so: $(SHARED)
 $(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h
 	$(CC) $(ALL_CFLAGS) -I. $(CLI_SRC) $(STATIC) -o $@
 
+# A fully static `redlock` command linked against musl (Debian: musl-tools),
+# for machines that have no compiler or a different libc. Stripped.
+MUSL_CC    ?= musl-gcc
+STATIC_CLI := $(BUILD)/static/redlock
+
+static: $(STATIC_CLI)
+
+$(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
+	@command -v $(MUSL_CC) >/dev/null 2>&1 || \
+	    { echo "make static needs $(MUSL_CC): apt-get install musl-tools" >&2; exit 1; }
+	@mkdir -p $(dir $@)
+	$(MUSL_CC) $(WARN) $(CFLAGS) -static -s -I. $(CLI_SRC) $(LIB_SRC) -o $@
+
 # ---- examples and tests ---------------------------------------------------------
 
 examples: $(EXAMPLES)
@@ -77,6 +90,11 @@ $(BUILD)/tests/%: tests/%.c tests/fixture.c tests/fixture.h $(STATIC) $(LIB_HDR)
 
 deps:
 	@sh tests/deps.sh
+
+# CMake (add_subdirectory, find_package), pkg-config and the static command,
+# each built from a fresh install in a temp dir and run against a redis-server.
+test-packaging:
+	@bash tests/packaging.sh
 
 demo: all
 	@bash cli/demo.sh
