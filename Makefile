@@ -83,10 +83,14 @@ tests: $(TESTS)
 $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) -o $@
 
-$(BUILD)/tests/%: tests/%.c tests/fixture.c tests/fixture.h $(STATIC) $(LIB_HDR) | $(BUILD)
+# Linked into every suite: the redis-server fixture and the shared helpers.
+TEST_SUPPORT := tests/fixture.c tests/testutil.c
+TEST_SUPPORT_HDR := tests/fixture.h tests/testutil.h
+
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    $< tests/fixture.c $(STATIC) $(CHECK_LIBS) -o $@
+	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) -o $@
 
 deps:
 	@sh tests/deps.sh
