@@ -154,8 +154,11 @@ START_TEST(test_debug_sleep)
     o.debug = 1;
     ck_assert_int_eq(fx_server_start(&s, &o), 0);
     redlock_client *c = tu_client(s.url, IO_MS);
-    redlock *a = tu_lock(c, "sleep", NULL, 5000);
+    redlock *a = tu_lock(c, "sleep", NULL, 60000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    /* loads the refresh script, so the refresh that times out below runs
+     * by EVALSHA when the server wakes (not a NOSCRIPT error) */
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
     pid_t pid = cmd_async(&s, "DEBUG SLEEP 1");
     usleep(100 * 1000);
     double t0 = fx_now_ms();
@@ -164,9 +167,27 @@ START_TEST(test_debug_sleep)
     ck_assert_msg(took >= IO_MS - 20 && took < 3 * IO_MS, "took %.1f ms", took);
     int st;
     ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    /* the timed-out connection was closed; its late reply is never read as
-     * the answer to this request */
-    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+    /* The refresh that timed out still runs when the server wakes, and its
+     * reply, :1 ("extended"), comes late. Wait until it ran (the TTL is back
+     * near 60 s; without it the TTL would be under 58.9 s by now), then give
+     * the lock to another owner: the answer to the next refresh is "held by
+     * another owner", and a client that read the late :1 instead would
+     * report OK. */
+    char out[64];
+    long pttl = 0;
+    for (double until = fx_now_ms() + 2000; fx_now_ms() < until; fx_sleep_ms(5)) {
+        ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "PTTL sleep"), 0);
+        if ((pttl = atol(out)) > 59000)
+            break;
+    }
+    ck_assert_msg(pttl > 59000, "the timed-out refresh never ran (PTTL %ld)", pttl);
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "SET sleep intruder"), 0);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_NOT_HELD);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "another owner"));
+    ck_assert_str_eq(tu_get(&s, "sleep"), "intruder");
+    /* the client goes on: once the lock is free it takes and releases it */
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "DEL sleep"), 0);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     redlock_free(a);
     redlock_client_free(c);
