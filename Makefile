@@ -32,8 +32,8 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
-.PHONY: all test tests check-exports test-packaging static test-sanitize test-valgrind examples demo bench fuzz fuzz-replay \
-        install uninstall clean deps lint format FORCE
+.PHONY: all static test tests check-exports test-packaging test-sanitize test-valgrind examples \
+        demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI)
 
