@@ -57,6 +57,7 @@ jobs=2
 
 # The process_id that the Redis on 127.0.0.1:$1 reports, if one answers.
 redis_pid_on() {
+    # shellcheck disable=SC2016 # the inner script expands its own $1
     timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
         printf "INFO server\r\n" >&3
         while IFS= read -r line <&3; do
@@ -200,7 +201,9 @@ echo "   size: $(stat -c %s "$bin") bytes"
 st=0
 out=$("$bin" status -u "$url" packaging-static) || st=$?
 echo "   status after run: $out (exit $st)"
-[ "$st" = 1 ] && [ "$out" = "packaging-static: free, fence 1" ] || fail "redlock status after run"
+if [ "$st" != 1 ] || [ "$out" != "packaging-static: free, fence 1" ]; then
+    fail "redlock status after run"
+fi
 # While `run` holds the lock, `status` (from $REDLOCK_URL) sees it held and
 # a second `run` gets the conflict status, 75.
 st=0
