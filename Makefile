@@ -13,6 +13,8 @@ ALL_CFLAGS := $(WARN) $(CFLAGS)
 VERSION_MAJOR := $(shell sed -n 's/^\#define REDLOCK_VERSION_MAJOR \([0-9]*\).*/\1/p' redlock.h)
 VERSION       := $(shell sed -n 's/^\#define REDLOCK_VERSION "\(.*\)"/\1/p' redlock.h)
 
+# The library's sources and headers. CMakeLists.txt reads these two lines:
+# adding a file to the library is one word here, for both builds.
 LIB_SRC  := redlock.c resp.c net.c
 LIB_HDR  := redlock.h resp.h net.h
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -30,8 +32,8 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
-.PHONY: all test test-sanitize test-valgrind examples demo bench fuzz fuzz-replay \
-        install uninstall clean deps lint format
+.PHONY: all static test tests check-exports test-packaging test-sanitize test-valgrind examples \
+        demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI)
 
@@ -58,35 +60,61 @@ $(BUILD)/libredlock.so: $(SHARED)
 $(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h
 	$(CC) $(ALL_CFLAGS) -I. $(CLI_SRC) $(STATIC) -o $@
 
+# A fully static `redlock` command linked against musl (Debian: musl-tools),
+# for machines that have no compiler or a different libc. Stripped.
+MUSL_CC    ?= musl-gcc
+STATIC_CLI := $(BUILD)/static/redlock
+
+static: $(STATIC_CLI)
+
+$(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
+	@command -v $(MUSL_CC) >/dev/null 2>&1 || \
+	    { echo "make static needs $(MUSL_CC): apt-get install musl-tools" >&2; exit 1; }
+	@mkdir -p $(dir $@)
+	$(MUSL_CC) $(WARN) $(CFLAGS) -static -s -I. $(CLI_SRC) $(LIB_SRC) -o $@
+
 # ---- examples and tests ---------------------------------------------------------
 
 examples: $(EXAMPLES)
 
+# Build every suite without running it (CI's warning check compiles them too).
+tests: $(TESTS)
+
 $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) -o $@
 
-# What every suite and the benchmark link: servers, and a blocking driver for net.c.
-FIXTURE_SRC := tests/fixture.c tests/netx.c
-FIXTURE_HDR := tests/fixture.h tests/netx.h
+# Linked into every suite: the redis-server fixture, the shared helpers, and
+# a blocking driver for net.c's connections (the benchmark uses it too).
+TEST_SUPPORT := tests/fixture.c tests/testutil.c tests/netx.c
+TEST_SUPPORT_HDR := tests/fixture.h tests/testutil.h tests/netx.h
 
-$(BUILD)/tests/%: tests/%.c $(FIXTURE_SRC) $(FIXTURE_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    $< $(FIXTURE_SRC) $(STATIC) $(CHECK_LIBS) -o $@
+	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) -o $@
 
 deps:
 	@sh tests/deps.sh
+
+# CMake (add_subdirectory, find_package), pkg-config and the static command,
+# each built from a fresh install in a temp dir and run against a redis-server.
+test-packaging:
+	@bash tests/packaging.sh
 
 demo: all
 	@bash cli/demo.sh
 
 # Every suite runs even if one fails; the target fails if any did.
-test: deps all examples $(TESTS) fuzz-replay
+test: deps all examples $(TESTS) fuzz-replay check-exports
 	@failed=0; for t in $(TESTS); do \
 	    echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t || failed=1; \
 	done; \
 	if [ $$failed -ne 0 ]; then echo "make test: some suites FAILED"; exit 1; fi; \
 	echo "make test: all suites passed"
+
+# The ABI: the shared library exports redlock_* and nothing else.
+check-exports: $(SHARED)
+	@sh tests/check-exports.sh $(SHARED)
 
 # The seed corpus and kept crash inputs, replayed with the normal compiler.
 fuzz-replay: $(BUILD)/fuzz_parser_replay $(BUILD)/fuzz_url_replay
@@ -119,9 +147,9 @@ HIREDIS_CFLAGS := $(shell pkg-config --exists hiredis 2>/dev/null && echo -DHAVE
 HIREDIS_LIBS   := $(shell pkg-config --exists hiredis 2>/dev/null && pkg-config --libs hiredis)
 BENCH_ARGS ?=
 
-$(BUILD)/bench: bench/bench.c $(FIXTURE_SRC) $(FIXTURE_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/bench: bench/bench.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(HIREDIS_CFLAGS) -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    bench/bench.c $(FIXTURE_SRC) $(STATIC) $(HIREDIS_LIBS) -o $@
+	    bench/bench.c $(TEST_SUPPORT) $(STATIC) $(HIREDIS_LIBS) -o $@
 
 # Prints a table and writes $(BUILD)/bench.json. BENCH_ARGS=--callgrind adds
 # instructions per reply for the parsers; --quick for a short smoke run.
@@ -150,9 +178,13 @@ fuzz:
 
 # ---- install ---------------------------------------------------------------------------
 
-$(BUILD)/redlock.pc: redlock.h | $(BUILD)
-	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: redlock\nDescription: Redis distributed lock for C (zero dependencies)\nVersion: %s\nLibs: -L$${libdir} -lredlock\nCflags: -I$${includedir}\n' \
-	    '$(PREFIX)' '$(VERSION)' > $@
+# Written on every install: PREFIX may differ from the last one. The same
+# template serves CMake's install.
+$(BUILD)/redlock.pc: redlock.pc.in FORCE | $(BUILD)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$${prefix}/lib|' \
+	    -e 's|@INCLUDEDIR@|$${prefix}/include|' -e 's|@VERSION@|$(VERSION)|' redlock.pc.in > $@
+
+FORCE:
 
 install: all $(BUILD)/redlock.pc
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin

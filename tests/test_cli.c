@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "redlock.h"
+#include "testutil.h"
 
 #include <check.h>
 #include <errno.h>
@@ -154,15 +155,6 @@ static int gone(pid_t pid)
     return kill(pid, 0) != 0 && errno == ESRCH;
 }
 
-static const char *get(fx_server *s, const char *key)
-{
-    static char out[256];
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "GET %s", key);
-    ck_assert_int_eq(fx_cmd(s, out, sizeof out, cmd), 0);
-    return out;
-}
-
 /* A library lock held by "other-owner" on url. */
 typedef struct holder {
     redlock_client *c;
@@ -171,9 +163,8 @@ typedef struct holder {
 
 static void hold(holder *h, const char *url, const char *name, uint32_t ttl)
 {
-    memset(h, 0, sizeof *h);
-    ck_assert_int_eq(redlock_client_new(&h->c, (const char *[]){url}, 1, NULL), REDLOCK_OK);
-    ck_assert_int_eq(redlock_new(&h->l, h->c, name, "other-owner", ttl), REDLOCK_OK);
+    h->c = tu_client(url, 0);
+    h->l = tu_lock(h->c, name, "other-owner", ttl);
     ck_assert_int_eq(redlock_trylock(h->l), REDLOCK_OK);
 }
 
@@ -295,7 +286,7 @@ START_TEST(test_env_fence_and_status)
         snprintf(value0, sizeof value0, "%s", value);
         ck_assert_uint_gt(fence, last);
         last = fence;
-        ck_assert_str_eq(get(&srv, "job"), ""); /* released on exit */
+        ck_assert_str_eq(tu_get(&srv, "job"), ""); /* released on exit */
     }
     /* status on the free lock: exit 1, the counter as it stands */
     ck_assert_int_eq(run_cli("st", srv.url, (const char *[]){"status", "job", NULL}), 1);
@@ -318,13 +309,13 @@ END_TEST
 START_TEST(test_exit_status_passes_through)
 {
     ck_assert_int_eq(run_cli("x", srv.url, (const char *[]){"run", "j", "--", "sh", "-c", "exit 7", NULL}), 7);
-    ck_assert_str_eq(get(&srv, "j"), "");
+    ck_assert_str_eq(tu_get(&srv, "j"), "");
     ck_assert_int_eq(run_cli("x", srv.url, (const char *[]){"run", "j", "--", "sh", "-c", "kill -USR1 $$", NULL}),
                      128 + SIGUSR1);
-    ck_assert_str_eq(get(&srv, "j"), "");
+    ck_assert_str_eq(tu_get(&srv, "j"), "");
     ck_assert_int_eq(run_cli("x", srv.url, (const char *[]){"run", "j", "--", "/nonexistent/cmd", NULL}), 127);
     ck_assert_ptr_nonnull(strstr(slurp("x.err"), "/nonexistent/cmd"));
-    ck_assert_str_eq(get(&srv, "j"), "");
+    ck_assert_str_eq(tu_get(&srv, "j"), "");
     /* stdin reaches COMMAND */
     char in[512];
     path_in(in, sizeof in, "stdin.txt");
@@ -357,7 +348,7 @@ START_TEST(test_conflict)
     snprintf(script, sizeof script, "touch '%s'", marker);
     ck_assert_int_eq(run_cli("c", srv.url, (const char *[]){"run", "busy", "--", "sh", "-c", script, NULL}), 75);
     ck_assert_int_ne(access(marker, F_OK), 0);
-    ck_assert_str_eq(get(&srv, "busy"), "other-owner");
+    ck_assert_str_eq(tu_get(&srv, "busy"), "other-owner");
     unhold(&h);
 }
 END_TEST
@@ -520,7 +511,7 @@ START_TEST(test_lost_grace_then_kill)
     ck_assert_double_ge(took, 650); /* the grace period was given */
     ck_assert_double_lt(took, 900 + 700 + 3000);
     ck_assert(gone(child));
-    ck_assert_str_eq(get(&srv, "stub"), "someone-else"); /* not deleted by the loser */
+    ck_assert_str_eq(tu_get(&srv, "stub"), "someone-else"); /* not deleted by the loser */
 }
 END_TEST
 
@@ -553,11 +544,11 @@ static void signal_case(int sig)
                                          sleeper(cmd, sizeof cmd, "sig.pid"), NULL});
     await_file("sig.pid", 5000);
     pid_t child = pid_in("sig.pid");
-    ck_assert_str_ne(get(&srv, "sg"), "");
+    ck_assert_str_ne(tu_get(&srv, "sg"), "");
     kill(p, sig);
     ck_assert_int_eq(wait_cli(p, 5000), 128 + sig);
     ck_assert(gone(child));
-    ck_assert_str_eq(get(&srv, "sg"), ""); /* released, not left to expire */
+    ck_assert_str_eq(tu_get(&srv, "sg"), ""); /* released, not left to expire */
     char pf[512];
     path_in(pf, sizeof pf, "sig.pid");
     unlink(pf);
@@ -578,7 +569,7 @@ START_TEST(test_signals_forwarded)
     await_file("trap.pid", 5000);
     kill(p, SIGTERM);
     ck_assert_int_eq(wait_cli(p, 5000), 3);
-    ck_assert_str_eq(get(&srv, "tr"), "");
+    ck_assert_str_eq(tu_get(&srv, "tr"), "");
 }
 END_TEST
 

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "redlock.h"
+#include "testutil.h"
 
 #include <check.h>
 #include <signal.h>
@@ -23,16 +24,7 @@ static redlock_client *fair_client(const char *const *urls, size_t n, int retry_
     o.io_timeout_ms = 200;
     o.retry_min_ms = 20;
     o.retry_max_ms = retry_max_ms;
-    redlock_client *c = NULL;
-    ck_assert_msg(redlock_client_new(&c, urls, n, &o) == REDLOCK_OK, "%s", redlock_last_errstr());
-    return c;
-}
-
-static redlock *lock_for(redlock_client *c, const char *name, const char *value, uint32_t ttl)
-{
-    redlock *l = NULL;
-    ck_assert_int_eq(redlock_new(&l, c, name, value, ttl), REDLOCK_OK);
-    return l;
+    return tu_client_opts(urls, n, &o);
 }
 
 static long zcard(fx_server *s, const char *key)
@@ -67,7 +59,7 @@ static pid_t waiter(const char *const *urls, size_t n, const char *name, char le
         redlock_client *c = fair_client(urls, n, 200);
         char value[16];
         snprintf(value, sizeof value, "waiter-%c", letter);
-        redlock *l = lock_for(c, name, value, 5000);
+        redlock *l = tu_lock(c, name, value, 5000);
         if (redlock_lock(l, 10000) != REDLOCK_OK) {
             __atomic_add_fetch(&o->fails, 1, __ATOMIC_SEQ_CST);
             _exit(1);
@@ -98,7 +90,7 @@ static void check_order(fx_server *s, size_t n)
     for (size_t i = 0; i < n; i++)
         urls[i] = s[i].url;
     redlock_client *c = fair_client(urls, n, 200);
-    redlock *a = lock_for(c, "fq", "holder", 10000);
+    redlock *a = tu_lock(c, "fq", "holder", 10000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     order *o = shared_order();
     pid_t p[3];
@@ -167,7 +159,7 @@ START_TEST(test_quorum_win_leaves_no_trace)
     char out[64];
     ck_assert_int_eq(fx_cmd(&s[2], out, sizeof out, "SET fw stale-owner PX 60000"), 0);
     redlock_client *c = fair_client(urls, 3, 200);
-    redlock *l = lock_for(c, "fw", "winner", 5000);
+    redlock *l = tu_lock(c, "fw", "winner", 5000);
     ck_assert_int_eq(redlock_lock(l, 2000), REDLOCK_OK);
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(zcard(&s[i], "{fw}:queue"), 0);
@@ -195,7 +187,7 @@ START_TEST(test_free_but_promised)
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, cmd), 0);
 
     redlock_client *c = fair_client((const char *[]){s.url}, 1, 200);
-    redlock *l = lock_for(c, "fp", NULL, 5000);
+    redlock *l = tu_lock(c, "fp", NULL, 5000);
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_NOT_ACQUIRED);
     ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "first in line"));
     ck_assert_int_eq(zcard(&s, "{fp}:queue"), 1); /* trylock does not join the line */
@@ -211,9 +203,8 @@ START_TEST(test_free_but_promised)
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "ZADD {fp}:queue 1 ghost"), 0);
     snprintf(cmd, sizeof cmd, "ZADD {fp}:alive %lld ghost", now + 60000);
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, cmd), 0);
-    redlock_client *plain = NULL;
-    ck_assert_int_eq(redlock_client_new(&plain, (const char *[]){s.url}, 1, NULL), REDLOCK_OK);
-    redlock *pl = lock_for(plain, "fp", NULL, 5000);
+    redlock_client *plain = tu_client(s.url, 0);
+    redlock *pl = tu_lock(plain, "fp", NULL, 5000);
     ck_assert_int_eq(redlock_trylock(pl), REDLOCK_OK);
     redlock_free(pl);
     redlock_client_free(plain);
@@ -230,7 +221,7 @@ START_TEST(test_give_up_leaves_line)
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
     const char *urls[1] = {s.url};
     redlock_client *c = fair_client(urls, 1, 200);
-    redlock *a = lock_for(c, "fg", "holder", 10000), *b = lock_for(c, "fg", "quitter", 10000);
+    redlock *a = tu_lock(c, "fg", "holder", 10000), *b = tu_lock(c, "fg", "quitter", 10000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(b, 300), REDLOCK_NOT_ACQUIRED);
@@ -253,7 +244,7 @@ START_TEST(test_dead_waiter)
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
     const char *urls[1] = {s.url};
     redlock_client *c = fair_client(urls, 1, 200);
-    redlock *a = lock_for(c, "fd", "holder", 10000);
+    redlock *a = tu_lock(c, "fd", "holder", 10000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     order *o = shared_order();
     pid_t doomed = waiter(urls, 1, "fd", 'X', o);
@@ -297,7 +288,7 @@ START_TEST(test_no_starvation)
         ck_assert_int_ge(p[i], 0);
         if (p[i] == 0) {
             redlock_client *c = fair_client(urls, 1, 1000);
-            redlock *l = lock_for(c, "fs", NULL, 5000);
+            redlock *l = tu_lock(c, "fs", NULL, 5000);
             for (int k = 0; k < 5000 && fx_now_ms() < end; k++) {
                 if (redlock_lock(l, 3000) != REDLOCK_OK) {
                     __atomic_add_fetch(&sh->fails, 1, __ATOMIC_SEQ_CST);
@@ -332,40 +323,28 @@ START_TEST(test_no_starvation)
 }
 END_TEST
 
-static long n_alloc;
-static void *count_alloc(size_t n)
-{
-    n_alloc++;
-    return malloc(n);
-}
-static void *count_realloc(void *p, size_t n)
-{
-    n_alloc++;
-    return realloc(p, n);
-}
-
 /* Fair mode keeps the promise of no allocation per cycle, waiting included. */
 START_TEST(test_fair_no_alloc)
 {
     fx_server s;
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    redlock_set_allocator(count_alloc, count_realloc, free);
+    tu_alloc_start(0);
     redlock_client *c = fair_client((const char *[]){s.url}, 1, 200);
-    redlock *a = lock_for(c, "fa", "holder", 10000), *b = lock_for(c, "fa", "waiter", 10000);
+    redlock *a = tu_lock(c, "fa", "holder", 10000), *b = tu_lock(c, "fa", "waiter", 10000);
     ck_assert_int_eq(redlock_lock(a, 1000), REDLOCK_OK);
     ck_assert_int_eq(redlock_lock(b, 30), REDLOCK_NOT_ACQUIRED); /* subscribes once */
-    long before = n_alloc;
+    long before = tu_alloc.calls;
     for (int i = 0; i < 200; i++) {
         ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
         ck_assert_int_eq(redlock_lock(b, 5), REDLOCK_NOT_ACQUIRED);
         ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
         ck_assert_int_eq(redlock_lock(a, 1000), REDLOCK_OK);
     }
-    ck_assert_int_eq(n_alloc - before, 0);
+    ck_assert_int_eq(tu_alloc.calls - before, 0);
     redlock_free(a);
     redlock_free(b);
     redlock_client_free(c);
-    redlock_set_allocator(NULL, NULL, NULL);
+    tu_alloc_stop();
     fx_server_stop(&s);
 }
 END_TEST

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "redlock.h"
+#include "testutil.h"
 
 #include <check.h>
 #include <signal.h>
@@ -15,40 +16,12 @@
 
 #define IO_MS 300
 
-static redlock_client *client_for(const char *url, int io_ms)
-{
-    redlock_options o;
-    redlock_options_init(&o);
-    o.io_timeout_ms = io_ms;
-    o.connect_timeout_ms = io_ms;
-    redlock_client *c = NULL;
-    ck_assert_msg(redlock_client_new(&c, (const char *[]){url}, 1, &o) == REDLOCK_OK, "%s",
-                  redlock_last_errstr());
-    return c;
-}
-
-static redlock *lock_for(redlock_client *c, const char *name, const char *value, uint32_t ttl)
-{
-    redlock *l = NULL;
-    ck_assert_int_eq(redlock_new(&l, c, name, value, ttl), REDLOCK_OK);
-    return l;
-}
-
-static const char *get(fx_server *s, const char *key)
-{
-    static char out[256];
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "GET %s", key);
-    ck_assert_int_eq(fx_cmd(s, out, sizeof out, cmd), 0);
-    return out;
-}
-
 START_TEST(test_kill9_while_holding)
 {
     fx_server s;
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    redlock_client *ca = client_for(s.url, IO_MS), *cb = client_for(s.url, IO_MS);
-    redlock *a = lock_for(ca, "k9", "owner-a", 5000), *b = lock_for(cb, "k9", "owner-b", 5000);
+    redlock_client *ca = tu_client(s.url, IO_MS), *cb = tu_client(s.url, IO_MS);
+    redlock *a = tu_lock(ca, "k9", "owner-a", 5000), *b = tu_lock(cb, "k9", "owner-b", 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     fx_server_kill(&s);
     double t0 = fx_now_ms();
@@ -62,7 +35,7 @@ START_TEST(test_kill9_while_holding)
     ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
     ck_assert_int_eq(redlock_refresh(a), REDLOCK_NOT_HELD);
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_NOT_HELD);
-    ck_assert_str_eq(get(&s, "k9"), "owner-b");
+    ck_assert_str_eq(tu_get(&s, "k9"), "owner-b");
     redlock_free(a);
     redlock_free(b);
     redlock_client_free(ca);
@@ -81,8 +54,8 @@ START_TEST(test_holder_stalled_past_ttl)
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         /* the old holder: acquire, get stopped, then try refresh and unlock */
-        redlock_client *c = client_for(s.url, IO_MS);
-        redlock *l = lock_for(c, "stall", "old-holder", 300);
+        redlock_client *c = tu_client(s.url, IO_MS);
+        redlock *l = tu_lock(c, "stall", "old-holder", 300);
         char r[3] = {(char)redlock_trylock(l), 0, 0};
         if (write(p[1], r, 1) != 1)
             _exit(2);
@@ -101,15 +74,15 @@ START_TEST(test_holder_stalled_past_ttl)
     ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
     ck_assert(WIFSTOPPED(st));
     usleep(600 * 1000); /* past the 300 ms TTL */
-    redlock_client *c = client_for(s.url, IO_MS);
-    redlock *nw = lock_for(c, "stall", "new-holder", 10000);
+    redlock_client *c = tu_client(s.url, IO_MS);
+    redlock *nw = tu_lock(c, "stall", "new-holder", 10000);
     ck_assert_int_eq(redlock_trylock(nw), REDLOCK_OK);
     kill(pid, SIGCONT);
     ck_assert_int_eq(read(p[0], r + 1, 2), 2);
     ck_assert_int_eq(waitpid(pid, &st, 0), pid);
     ck_assert_int_eq(r[1], REDLOCK_NOT_HELD);
     ck_assert_int_eq(r[2], REDLOCK_NOT_HELD);
-    ck_assert_str_eq(get(&s, "stall"), "new-holder");
+    ck_assert_str_eq(tu_get(&s, "stall"), "new-holder");
     close(p[0]);
     redlock_free(nw);
     redlock_client_free(c);
@@ -121,8 +94,8 @@ START_TEST(test_restart_between_calls)
 {
     fx_server s;
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    redlock_client *c = client_for(s.url, IO_MS);
-    redlock *a = lock_for(c, "rs", NULL, 5000);
+    redlock_client *c = tu_client(s.url, IO_MS);
+    redlock *a = tu_lock(c, "rs", NULL, 5000);
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
         ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
@@ -154,8 +127,8 @@ START_TEST(test_client_pause)
     fx_server s;
     char out[64];
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    redlock_client *c = client_for(s.url, IO_MS);
-    redlock *a = lock_for(c, "pause", NULL, 5000);
+    redlock_client *c = tu_client(s.url, IO_MS);
+    redlock *a = tu_lock(c, "pause", NULL, 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CLIENT PAUSE 1000"), 0);
@@ -180,9 +153,12 @@ START_TEST(test_debug_sleep)
     memset(&o, 0, sizeof o);
     o.debug = 1;
     ck_assert_int_eq(fx_server_start(&s, &o), 0);
-    redlock_client *c = client_for(s.url, IO_MS);
-    redlock *a = lock_for(c, "sleep", NULL, 5000);
+    redlock_client *c = tu_client(s.url, IO_MS);
+    redlock *a = tu_lock(c, "sleep", NULL, 60000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    /* loads the refresh script, so the refresh that times out below runs
+     * by EVALSHA when the server wakes (not a NOSCRIPT error) */
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
     pid_t pid = cmd_async(&s, "DEBUG SLEEP 1");
     usleep(100 * 1000);
     double t0 = fx_now_ms();
@@ -191,9 +167,27 @@ START_TEST(test_debug_sleep)
     ck_assert_msg(took >= IO_MS - 20 && took < 3 * IO_MS, "took %.1f ms", took);
     int st;
     ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    /* the timed-out connection was closed; its late reply is never read as
-     * the answer to this request */
-    ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
+    /* The refresh that timed out still runs when the server wakes, and its
+     * reply, :1 ("extended"), comes late. Wait until it ran (the TTL is back
+     * near 60 s; without it the TTL would be under 58.9 s by now), then give
+     * the lock to another owner: the answer to the next refresh is "held by
+     * another owner", and a client that read the late :1 instead would
+     * report OK. */
+    char out[64];
+    long pttl = 0;
+    for (double until = fx_now_ms() + 2000; fx_now_ms() < until; fx_sleep_ms(5)) {
+        ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "PTTL sleep"), 0);
+        if ((pttl = atol(out)) > 59000)
+            break;
+    }
+    ck_assert_msg(pttl > 59000, "the timed-out refresh never ran (PTTL %ld)", pttl);
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "SET sleep intruder"), 0);
+    ck_assert_int_eq(redlock_refresh(a), REDLOCK_NOT_HELD);
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "another owner"));
+    ck_assert_str_eq(tu_get(&s, "sleep"), "intruder");
+    /* the client goes on: once the lock is free it takes and releases it */
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "DEL sleep"), 0);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     redlock_free(a);
     redlock_client_free(c);
@@ -206,8 +200,8 @@ START_TEST(test_maxclients)
     fx_server s;
     char out[128];
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    redlock_client *c1 = client_for(s.url, IO_MS), *c2 = client_for(s.url, IO_MS);
-    redlock *a = lock_for(c1, "full", NULL, 5000), *b = lock_for(c2, "full2", NULL, 5000);
+    redlock_client *c1 = tu_client(s.url, IO_MS), *c2 = tu_client(s.url, IO_MS);
+    redlock *a = tu_lock(c1, "full", NULL, 5000), *b = tu_lock(c2, "full2", NULL, 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG SET maxclients 1"), 0);
     double t0 = fx_now_ms();

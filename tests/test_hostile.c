@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "redlock.h"
+#include "testutil.h"
 
 #include <check.h>
 #include <netinet/in.h>
@@ -198,22 +199,6 @@ static void stop_hostile(pid_t pid)
     waitpid(pid, NULL, 0);
 }
 
-/* ---- allocation bound ---------------------------------------------------------------- */
-
-static size_t biggest;
-static void *track_alloc(size_t n)
-{
-    if (n > biggest)
-        biggest = n;
-    return malloc(n);
-}
-static void *track_realloc(void *p, size_t n)
-{
-    if (n > biggest)
-        biggest = n;
-    return realloc(p, n);
-}
-
 static void setup(void)
 {
     accepts = mmap(NULL, sizeof *accepts, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -232,16 +217,9 @@ START_TEST(test_hostile_single)
     const scenario *sc = &cases[_i];
     char url[64];
     pid_t pid = start_hostile(sc, url, sizeof url);
-    redlock_options o;
-    redlock_options_init(&o);
-    o.io_timeout_ms = IO_MS;
-    o.connect_timeout_ms = IO_MS;
-    redlock_client *c = NULL;
-    redlock *l = NULL;
-    biggest = 0;
-    redlock_set_allocator(track_alloc, track_realloc, free);
-    ck_assert_int_eq(redlock_client_new(&c, (const char *[]){url}, 1, &o), REDLOCK_OK);
-    ck_assert_int_eq(redlock_new(&l, c, "hostile", NULL, 10000), REDLOCK_OK);
+    tu_alloc_start(0); /* for the largest single allocation */
+    redlock_client *c = tu_client(url, IO_MS);
+    redlock *l = tu_lock(c, "hostile", NULL, 10000);
 
     for (int round = 0; round < 2; round++) {
         double t0 = fx_now_ms();
@@ -260,7 +238,8 @@ START_TEST(test_hostile_single)
         ck_assert_msg(n == 2, "%s: %d connections, want 2", sc->name, n);
     else
         ck_assert_msg(n == 1, "%s: %d connections, want 1 (reused)", sc->name, n);
-    ck_assert_msg(biggest < 256 * 1024, "%s: allocated %zu bytes at once", sc->name, biggest);
+    ck_assert_msg(tu_alloc.biggest < 256 * 1024, "%s: allocated %zu bytes at once", sc->name,
+                  tu_alloc.biggest);
 
     /* unlock and refresh fail cleanly too, by the deadline (":1" is a
      * well-formed answer to both, so that one case says OK) */
@@ -274,7 +253,7 @@ START_TEST(test_hostile_single)
 
     redlock_free(l);
     redlock_client_free(c);
-    redlock_set_allocator(NULL, NULL, NULL);
+    tu_alloc_stop();
     stop_hostile(pid);
 }
 END_TEST
@@ -290,14 +269,8 @@ START_TEST(test_hostile_in_quorum)
     ck_assert_int_eq(fx_server_start(&real[1], NULL), 0);
     pid_t pid = start_hostile(sc, url, sizeof url);
     const char *urls[3] = {real[0].url, url, real[1].url};
-    redlock_options o;
-    redlock_options_init(&o);
-    o.io_timeout_ms = IO_MS;
-    o.connect_timeout_ms = IO_MS;
-    redlock_client *c = NULL;
-    redlock *l = NULL;
-    ck_assert_int_eq(redlock_client_new(&c, urls, 3, &o), REDLOCK_OK);
-    ck_assert_int_eq(redlock_new(&l, c, "hostile-q", NULL, 10000), REDLOCK_OK);
+    redlock_client *c = tu_client_urls(urls, 3, IO_MS);
+    redlock *l = tu_lock(c, "hostile-q", NULL, 10000);
     uint64_t last = 0;
     for (int round = 0; round < 3; round++) {
         double t0 = fx_now_ms();
@@ -325,10 +298,8 @@ START_TEST(test_transient_errors_are_waited_out)
                                      REDLOCK_ERR_SERVER, 0};
     char url[64];
     pid_t pid = start_hostile(&loading, url, sizeof url);
-    redlock_client *c = NULL;
-    redlock *l = NULL;
-    ck_assert_int_eq(redlock_client_new(&c, (const char *[]){url}, 1, NULL), REDLOCK_OK);
-    ck_assert_int_eq(redlock_new(&l, c, "loading", NULL, 10000), REDLOCK_OK);
+    redlock_client *c = tu_client(url, 0);
+    redlock *l = tu_lock(c, "loading", NULL, 10000);
     double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(l, 400), REDLOCK_ERR_SERVER);
     double took = fx_now_ms() - t0;
@@ -339,8 +310,8 @@ START_TEST(test_transient_errors_are_waited_out)
     redlock_free(l);
     redlock_client_free(c);
     pid = start_hostile(&err, url, sizeof url);
-    ck_assert_int_eq(redlock_client_new(&c, (const char *[]){url}, 1, NULL), REDLOCK_OK);
-    ck_assert_int_eq(redlock_new(&l, c, "err", NULL, 10000), REDLOCK_OK);
+    c = tu_client(url, 0);
+    l = tu_lock(c, "err", NULL, 10000);
     t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(l, 2000), REDLOCK_ERR_SERVER);
     ck_assert_double_lt(fx_now_ms() - t0, 500);

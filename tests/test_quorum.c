@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "redlock.h"
+#include "testutil.h"
 
 #include <check.h>
 #include <signal.h>
@@ -47,45 +48,20 @@ static void flush_all(void)
         ck_assert_int_eq(fx_cmd(&srv[i], out, sizeof out, "FLUSHALL"), 0);
 }
 
+/* A client over the first n servers of s (a quorum when n > 1). */
 static redlock_client *client_over(fx_server *s, int n, int io_timeout_ms)
 {
     const char *urls[N];
-    redlock_options o;
-    redlock_options_init(&o);
-    if (io_timeout_ms > 0) {
-        o.io_timeout_ms = io_timeout_ms;
-        o.connect_timeout_ms = io_timeout_ms;
-    }
     for (int i = 0; i < n; i++)
         urls[i] = s[i].url;
-    redlock_client *c = NULL;
-    ck_assert_msg(redlock_client_new(&c, urls, (size_t)n, &o) == REDLOCK_OK, "%s",
-                  redlock_last_errstr());
-    return c;
-}
-
-static redlock *lock_for(redlock_client *c, const char *name, const char *value, uint32_t ttl)
-{
-    redlock *l = NULL;
-    ck_assert_int_eq(redlock_new(&l, c, name, value, ttl), REDLOCK_OK);
-    return l;
-}
-
-/* The value of key on server s ("" when missing). */
-static const char *get(fx_server *s, const char *key)
-{
-    static char out[512];
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "GET %s", key);
-    ck_assert_int_eq(fx_cmd(s, out, sizeof out, cmd), 0);
-    return out;
+    return tu_client_urls(urls, (size_t)n, io_timeout_ms);
 }
 
 static int count_holding(fx_server *s, int n, const char *key, const char *value)
 {
     int k = 0;
     for (int i = 0; i < n; i++)
-        if (s[i].pid > 0 && strcmp(get(&s[i], key), value) == 0)
+        if (s[i].pid > 0 && strcmp(tu_get(&s[i], key), value) == 0)
             k++;
     return k;
 }
@@ -94,7 +70,7 @@ START_TEST(test_all_up)
 {
     flush_all();
     redlock_client *c = client_over(srv, N, 0);
-    redlock *a = lock_for(c, "q", "owner-a", 5000);
+    redlock *a = tu_lock(c, "q", "owner-a", 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(count_holding(srv, N, "q", "owner-a"), N);
     ck_assert_uint_eq(redlock_fence(a), 1);
@@ -102,7 +78,7 @@ START_TEST(test_all_up)
     ck_assert_int_le(redlock_validity_ms(a), 5000 - 52);
 
     redlock_client *c2 = client_over(srv, N, 0);
-    redlock *b = lock_for(c2, "q", "owner-b", 5000);
+    redlock *b = tu_lock(c2, "q", "owner-b", 5000);
     ck_assert_int_eq(redlock_trylock(b), REDLOCK_NOT_ACQUIRED);
     ck_assert_int_eq(count_holding(srv, N, "q", "owner-b"), 0);
     ck_assert_int_eq(redlock_unlock(b), REDLOCK_NOT_HELD);
@@ -125,7 +101,7 @@ START_TEST(test_two_killed)
     fx_server_stop(&s[1]);
     fx_server_stop(&s[3]);
     redlock_client *c = client_over(s, N, 300);
-    redlock *a = lock_for(c, "q2", "owner-a", 5000);
+    redlock *a = tu_lock(c, "q2", "owner-a", 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(count_holding(s, N, "q2", "owner-a"), 3);
     ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
@@ -145,7 +121,7 @@ START_TEST(test_three_killed)
     fx_server_stop(&s[2]);
     fx_server_stop(&s[4]);
     redlock_client *c = client_over(s, N, 300);
-    redlock *a = lock_for(c, "q3", "owner-a", 5000);
+    redlock *a = tu_lock(c, "q3", "owner-a", 5000);
     double t0 = fx_now_ms();
     int rc = redlock_trylock(a);
     double took = fx_now_ms() - t0;
@@ -165,7 +141,7 @@ START_TEST(test_two_stalled)
     fx_server s[N];
     start_all(s, N);
     redlock_client *c = client_over(s, N, 300);
-    redlock *a = lock_for(c, "qs", "owner-a", 10000);
+    redlock *a = tu_lock(c, "qs", "owner-a", 10000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK); /* connect everything first */
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     fx_server_pause(&s[0]);
@@ -198,7 +174,7 @@ START_TEST(test_competing_holder)
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(fx_cmd(&srv[i], out, sizeof out, "SET qc other PX 10000"), 0);
     redlock_client *c = client_over(srv, N, 0);
-    redlock *a = lock_for(c, "qc", "owner-a", 5000);
+    redlock *a = tu_lock(c, "qc", "owner-a", 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_NOT_ACQUIRED);
     ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "another owner on 3"));
     ck_assert_int_eq(count_holding(srv, N, "qc", "owner-a"), 0); /* released on nodes 4, 5 */
@@ -238,7 +214,7 @@ START_TEST(test_fence_rotation)
     for (int round = 0; round < 6; round++) {
         int b = blocked[round % 3];
         block(b, "rot");
-        redlock *l = lock_for(c, "rot", NULL, 5000);
+        redlock *l = tu_lock(c, "rot", NULL, 5000);
         ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
         ck_assert_msg(redlock_fence(l) > last, "round %d: token %llu after %llu", round,
                       (unsigned long long)redlock_fence(l), (unsigned long long)last);
@@ -256,21 +232,21 @@ START_TEST(test_restart_empty)
     fx_server s[N];
     start_all(s, N);
     redlock_client *c = client_over(s, N, 300);
-    redlock *a = lock_for(c, "qr", "owner-a", 10000);
+    redlock *a = tu_lock(c, "qr", "owner-a", 10000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     /* rolling restarts, each node comes back empty */
     for (int i = 0; i < N; i++) {
         ck_assert_int_eq(fx_server_restart(&s[i]), 0);
-        ck_assert_str_eq(get(&s[i], "qr"), "");
+        ck_assert_str_eq(tu_get(&s[i], "qr"), "");
         ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
-        ck_assert_str_eq(get(&s[i], "qr"), "owner-a"); /* set again: we hold a quorum */
+        ck_assert_str_eq(tu_get(&s[i], "qr"), "owner-a"); /* set again: we hold a quorum */
     }
     ck_assert_int_eq(count_holding(s, N, "qr", "owner-a"), N);
     /* never set where another value is */
     char out[64];
     ck_assert_int_eq(fx_cmd(&s[0], out, sizeof out, "SET qr intruder"), 0);
     ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
-    ck_assert_str_eq(get(&s[0], "qr"), "intruder");
+    ck_assert_str_eq(tu_get(&s[0], "qr"), "intruder");
     /* without a quorum, refresh recreates nothing */
     for (int i = 1; i < 4; i++)
         ck_assert_int_eq(fx_cmd(&s[i], out, sizeof out, "DEL qr"), 0);
@@ -286,7 +262,7 @@ START_TEST(test_waiter_wakes_on_release)
 {
     flush_all();
     redlock_client *c1 = client_over(srv, N, 0), *c2 = client_over(srv, N, 0);
-    redlock *a = lock_for(c1, "qw", NULL, 30000), *b = lock_for(c2, "qw", NULL, 30000);
+    redlock *a = tu_lock(c1, "qw", NULL, 30000), *b = tu_lock(c2, "qw", NULL, 30000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);

@@ -5,6 +5,7 @@
 #include "../redlock.c"
 
 #include "fixture.h"
+#include "testutil.h"
 
 #include <check.h>
 #include <stdio.h>
@@ -35,10 +36,8 @@ START_TEST(test_cycle_caches_scripts)
 {
     fx_server s;
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    redlock_client *c = NULL;
-    redlock *l = NULL;
-    ck_assert_int_eq(redlock_client_new(&c, (const char *[]){s.url}, 1, NULL), REDLOCK_OK);
-    ck_assert_int_eq(redlock_new(&l, c, "sha", NULL, 5000), REDLOCK_OK);
+    redlock_client *c = tu_client(s.url, 0);
+    redlock *l = tu_lock(c, "sha", NULL, 5000);
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
     ck_assert_int_eq(redlock_refresh(l), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);

@@ -1,0 +1,79 @@
+/* testutil.c - the helpers in testutil.h. */
+#include "testutil.h"
+
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+redlock_client *tu_client_opts(const char *const *urls, size_t n, const redlock_options *o)
+{
+    redlock_client *c = NULL;
+    int rc = redlock_client_new(&c, urls, n, o);
+    ck_assert_msg(rc == REDLOCK_OK, "client_new(%s%s): %s", n > 0 ? urls[0] : "",
+                  n > 1 ? ", ..." : "", redlock_last_errstr());
+    return c;
+}
+
+redlock_client *tu_client_urls(const char *const *urls, size_t n, int io_ms)
+{
+    redlock_options o;
+    redlock_options_init(&o);
+    if (io_ms > 0) {
+        o.io_timeout_ms = io_ms;
+        o.connect_timeout_ms = io_ms;
+    }
+    return tu_client_opts(urls, n, &o);
+}
+
+redlock_client *tu_client(const char *url, int io_ms)
+{
+    return tu_client_urls((const char *[]){url}, 1, io_ms);
+}
+
+redlock *tu_lock(redlock_client *c, const char *name, const char *value, uint32_t ttl_ms)
+{
+    redlock *l = NULL;
+    ck_assert_int_eq(redlock_new(&l, c, name, value, ttl_ms), REDLOCK_OK);
+    return l;
+}
+
+const char *tu_get(fx_server *s, const char *key)
+{
+    static char out[512];
+    const char *argv[2] = {"GET", key};
+    const size_t lens[2] = {3, strlen(key)};
+    ck_assert_int_eq(fx_cmdv(s, out, sizeof out, 2, argv, lens), 0);
+    return out;
+}
+
+tu_allocs tu_alloc;
+
+static int count(size_t n)
+{
+    tu_alloc.calls++;
+    if (n > tu_alloc.biggest)
+        tu_alloc.biggest = n;
+    return tu_alloc.calls != tu_alloc.fail_at;
+}
+
+static void *count_malloc(size_t n)
+{
+    return count(n) ? malloc(n) : NULL;
+}
+
+static void *count_realloc(void *p, size_t n)
+{
+    return count(n) ? realloc(p, n) : NULL;
+}
+
+void tu_alloc_start(long fail_at)
+{
+    memset(&tu_alloc, 0, sizeof tu_alloc);
+    tu_alloc.fail_at = fail_at;
+    redlock_set_allocator(count_malloc, count_realloc, free);
+}
+
+void tu_alloc_stop(void)
+{
+    redlock_set_allocator(NULL, NULL, NULL);
+}
