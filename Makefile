@@ -27,6 +27,9 @@ CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt -lpthread)
 
 TEST_SRC := $(wildcard tests/test_*.c)
+# Fixtures linked into every test binary and the benchmark.
+FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c
+FX_HDR   := $(FX_SRC:.c=.h)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
@@ -65,10 +68,10 @@ examples: $(EXAMPLES)
 $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) -o $@
 
-$(BUILD)/tests/%: tests/%.c tests/fixture.c tests/fixture.h $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/tests/%: tests/%.c $(FX_SRC) $(FX_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    $< tests/fixture.c $(STATIC) $(CHECK_LIBS) -o $@
+	    $< $(FX_SRC) $(STATIC) $(CHECK_LIBS) -o $@
 
 deps:
 	@sh tests/deps.sh
@@ -115,9 +118,9 @@ HIREDIS_CFLAGS := $(shell pkg-config --exists hiredis 2>/dev/null && echo -DHAVE
 HIREDIS_LIBS   := $(shell pkg-config --exists hiredis 2>/dev/null && pkg-config --libs hiredis)
 BENCH_ARGS ?=
 
-$(BUILD)/bench: bench/bench.c tests/fixture.c tests/fixture.h $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/bench: bench/bench.c $(FX_SRC) $(FX_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(HIREDIS_CFLAGS) -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    bench/bench.c tests/fixture.c $(STATIC) $(HIREDIS_LIBS) -o $@
+	    bench/bench.c $(FX_SRC) $(STATIC) $(HIREDIS_LIBS) -o $@
 
 # Prints a table and writes $(BUILD)/bench.json. BENCH_ARGS=--callgrind adds
 # instructions per reply for the parsers; --quick for a short smoke run.
