@@ -13,6 +13,7 @@
 #define MIGRATE_BATCH 100
 #define MIGRATE_TIMEOUT "2000"
 #define MAX_RANGES 1024
+#define MANUAL_FAILOVER_MS 6000 /* Redis drops a manual failover after 5 s */
 
 #define STR2(x) #x
 #define STR(x) STR2(x)
@@ -675,13 +676,19 @@ int fx_cluster_migrate_slot(fx_cluster *cl, int slot, int target)
 
 typedef struct swap {
     int replica, primary;
+    double again_at; /* ask again then: a manual failover gives up after 5 s */
 } swap;
 
 static int swapped(fx_cluster *cl, void *arg, char *why, size_t cap)
 {
-    const swap *s = arg;
-    if (fx_cluster_is_primary(cl, s->replica) != 1)
+    swap *s = arg;
+    if (fx_cluster_is_primary(cl, s->replica) != 1) {
+        if (fx_now_ms() >= s->again_at) {
+            s->again_at = fx_now_ms() + MANUAL_FAILOVER_MS;
+            expect_ok(cl, s->replica, "CLUSTER FAILOVER");
+        }
         return because(why, cap, "node %d is not a primary yet", s->replica);
+    }
     if (fx_cluster_primary_of(cl, s->primary) != s->replica)
         return because(why, cap, "node %d does not replicate node %d yet", s->primary, s->replica);
     return settled(cl, NULL, why, cap);
@@ -689,7 +696,7 @@ static int swapped(fx_cluster *cl, void *arg, char *why, size_t cap)
 
 int fx_cluster_failover(fx_cluster *cl, int replica)
 {
-    swap s = {replica, fx_cluster_primary_of(cl, replica)};
+    swap s = {replica, fx_cluster_primary_of(cl, replica), fx_now_ms() + MANUAL_FAILOVER_MS};
     if (s.primary < 0) {
         fprintf(stderr, "fx_cluster: node %d is not a replica of a known node\n", replica);
         return -1;

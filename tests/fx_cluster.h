@@ -13,6 +13,8 @@
  * agree on the roles, replica links and slot owners (CLUSTER NODES, without
  * migration markers); every running replica's link to its primary is up.
  * They return 0 (or the index they promise), or -1 with a message on stderr.
+ * A paused node counts as running: resume it before waiting (each question
+ * to it would take fx_cmd's 5 s I/O bound to fail).
  *
  * Limits: at most FX_CLUSTER_MAX_NODES nodes; key names with a newline
  * cannot be migrated (CLUSTER GETKEYSINSLOT is read as text); a cluster of
@@ -92,8 +94,9 @@ int fx_cluster_migrate_keys(fx_cluster *cl, int slot, int target, int max_keys);
 int fx_cluster_migrate_finish(fx_cluster *cl, int slot, int target);
 int fx_cluster_migrate_slot(fx_cluster *cl, int slot, int target);
 
-/* CLUSTER FAILOVER on replica i; waits until i is a primary, its old
- * primary a replica, and the cluster has settled. */
+/* CLUSTER FAILOVER on replica i (asked again if Redis dropped it after its
+ * 5 s limit); waits until i is a primary, its old primary a replica, and
+ * the cluster has settled. */
 int fx_cluster_failover(fx_cluster *cl, int replica);
 /* SIGKILL node i (a crash); its temp dir stays for fx_cluster_restart.
  * Remembers a slot it served, for fx_cluster_wait_promoted. 0 or -1. */

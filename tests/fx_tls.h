@@ -73,7 +73,11 @@ int fx_tls_cli(const fx_server *s, const fx_tls_client *c, char *out, size_t out
 /* One TLS handshake with `openssl s_client`, verifying the chain against
  * c->ca and, when name is not NULL, that the certificate is for name (an
  * IP address or a DNS name). c->cert/key are sent when set. Output into
- * out. 0 verified and connected, 1 refused or not verified, -1 did not run. */
+ * out. 0 verified and connected, 1 refused or not verified, -1 did not run.
+ * It checks the server's certificate; whether the server accepts the
+ * client's is for fx_tls_cli to tell: in TLS 1.3 the client's side of the
+ * handshake completes and the refusal ("certificate required" alert)
+ * arrives on the first read, which s_client may or may not reach. */
 int fx_tls_handshake(const fx_server *s, const fx_tls_client *c, const char *name, char *out,
                      size_t outlen);
 /* "rediss://HOST:TLS_PORT?ca=FILE&cert=FILE&key=FILE&sni=NAME&insecure=1"
