@@ -249,7 +249,8 @@ static int a_slot_of(fx_cluster *cl, int i)
 static void canonical_line(char *line, char *sig, size_t cap, size_t *o)
 {
     int f = 0;
-    for (char *save = NULL, *w = strtok_r(line, " ", &save); w; w = strtok_r(NULL, " ", &save), f++) {
+    char *save = NULL;
+    for (char *w = strtok_r(line, " ", &save); w; w = strtok_r(NULL, " ", &save), f++) {
         if (f == 1 || (f >= 4 && f <= 7) || (f >= 8 && w[0] == '['))
             continue;
         if (f == 2 && strncmp(w, "myself,", 7) == 0)
@@ -300,8 +301,8 @@ static int node_settled(fx_cluster *cl, int i, char *why, size_t cap)
     long known = info_num(out, "cluster_known_nodes");
     if (strcmp(state, "ok") != 0 || assigned != FX_CLUSTER_SLOTS || ok != FX_CLUSTER_SLOTS ||
         known != cl->n)
-        return because(why, cap, "node %d: state %s, %ld slots assigned, %ld ok, knows %ld of %d", i,
-                        state, assigned, ok, known, cl->n);
+        return because(why, cap, "node %d: state %s, %ld slots assigned, %ld ok, knows %ld of %d",
+                       i, state, assigned, ok, known, cl->n);
     if (role(cl, i, NULL, &linked) < 0)
         return because(why, cap, "node %d: no ROLE", i);
     if (!linked)
@@ -562,7 +563,8 @@ int fx_cluster_keyslot(fx_cluster *cl, const char *key, size_t keylen)
 static int source_for(fx_cluster *cl, int slot, int target)
 {
     int src = slot >= 0 && slot < FX_CLUSTER_SLOTS ? fx_cluster_slot_owner(cl, slot) : -1;
-    if (src < 0 || !running(cl, target) || src == target || fx_cluster_is_primary(cl, target) != 1) {
+    if (src < 0 || src == target || !running(cl, target) ||
+        fx_cluster_is_primary(cl, target) != 1) {
         fprintf(stderr, "fx_cluster: cannot move slot %d (owner %d) to node %d\n", slot, src,
                 target);
         return -1;
@@ -607,7 +609,8 @@ int fx_cluster_migrate_keys(fx_cluster *cl, int slot, int target, int max_keys)
 {
     static char keys[65536];
     int src = source_for(cl, slot, target), moved = 0;
-    for (int round = 0; src >= 0 && round < 100000 && (max_keys <= 0 || moved < max_keys); round++) {
+    for (int round = 0; src >= 0 && round < 100000 && (max_keys <= 0 || moved < max_keys);
+         round++) {
         int want = max_keys > 0 && max_keys - moved < MIGRATE_BATCH ? max_keys - moved
                                                                     : MIGRATE_BATCH;
         if (cmdf(cl, src, keys, sizeof keys, "CLUSTER GETKEYSINSLOT %d %d", slot, want) != 0 ||
