@@ -337,7 +337,7 @@ static int tls_cluster_args(const fx_server *s, const char **argv, int a, char *
         argv[a++] = "--cluster-port";
         argv[a++] = bport;
     }
-    for (int i = 0; s->opts.extra_args && s->opts.extra_args[i] && i < 32; i++)
+    for (int i = 0; s->opts.extra_args && i < 32 && s->opts.extra_args[i]; i++)
         argv[a++] = s->opts.extra_args[i];
     return a;
 }
