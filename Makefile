@@ -29,6 +29,9 @@ CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt -lpthread)
 
 TEST_SRC := $(wildcard tests/test_*.c)
+# Fixtures linked into every test binary and the benchmark.
+FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c
+FX_HDR   := $(FX_SRC:.c=.h)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
@@ -85,8 +88,8 @@ $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
 
 # Linked into every suite: the redis-server fixture, the shared helpers, and
 # a blocking driver for net.c's connections (the benchmark uses it too).
-TEST_SUPPORT := tests/fixture.c tests/testutil.c tests/netx.c
-TEST_SUPPORT_HDR := tests/fixture.h tests/testutil.h tests/netx.h
+TEST_SUPPORT := $(FX_SRC) tests/testutil.c tests/netx.c
+TEST_SUPPORT_HDR := $(FX_HDR) tests/testutil.h tests/netx.h
 
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \

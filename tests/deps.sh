@@ -1,22 +1,24 @@
 #!/bin/sh
-# What `make test` needs: redis-server and Check. Installs them with apt-get
-# when run as root, otherwise prints the command to run and fails.
+# What `make test` needs: redis-server, redis-cli and openssl (the Cluster and
+# TLS fixtures), Check and pkg-config. Installs the missing Debian packages
+# with apt-get when run as root, otherwise prints the command to run and fails.
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 if ! pkg-config --exists check 2>/dev/null && [ ! -f /usr/include/check.h ]; then
     missing="$missing check"
 fi
 command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
 [ -z "$missing" ] && exit 0
 
-pkgs=$(echo "$missing" | sed 's/redis-server/redis-server/')
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/deps.sh: installing$missing"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null \
         && exit 0
     echo "tests/deps.sh: apt-get failed" >&2
     exit 1
 fi
 echo "make test needs:$missing. Install them with:" >&2
-echo "    sudo apt-get install -y redis-server check pkg-config" >&2
+echo "    sudo apt-get install -y redis-server redis-tools openssl check pkg-config" >&2
 exit 1

@@ -3,6 +3,7 @@
 #include "fixture.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -219,13 +220,15 @@ static size_t encode(char *dst, size_t cap, int argc, const char *const *argv, c
     return o < cap ? o : 0;
 }
 
-int fx_cmdv(fx_server *s, char *out, size_t outlen, int argc, const char *const *argv,
-            const size_t *lens)
+/* Send req (nreq encoded commands) on a new connection, after AUTH when the
+ * server has a password; out gets the last reply, or the first error reply
+ * of an earlier command. */
+static int exchange(fx_server *s, const char *req, size_t len, int nreq, char *out, size_t outlen)
 {
     static rd r;
-    char req[16384];
+    char auth[512], scratch[4096];
     const char *aargv[2];
-    size_t alens[2], n = 0, o = 0;
+    size_t alens[2], n = 0;
     int rc = -1;
 
     out[0] = '\0';
@@ -236,20 +239,45 @@ int fx_cmdv(fx_server *s, char *out, size_t outlen, int argc, const char *const 
     r.deadline = (long long)fx_now_ms() + IO_WAIT_MS;
     int na = auth_args(s, aargv, alens);
     if (na > 0)
-        n = encode(req, sizeof req, na, aargv, alens);
-    size_t m = encode(req + n, sizeof req - n, argc, argv, lens);
-    if (m == 0 || write_all(r.fd, req, n + m) != 0)
+        n = encode(auth, sizeof auth, na, aargv, alens);
+    if ((n > 0 && write_all(r.fd, auth, n) != 0) || write_all(r.fd, req, len) != 0)
         goto done;
-    if (na > 0) {
-        char ignore[256];
-        size_t io = 0;
-        if (rd_reply(&r, ignore, sizeof ignore, &io, 0) != 0)
+    for (int i = na > 0 ? -1 : 0; i < nreq; i++) {
+        size_t o = 0;
+        int last = i == nreq - 1;
+        if (rd_reply(&r, last ? out : scratch, last ? outlen : sizeof scratch, &o, 0) != 0)
             goto done;
+        if (i >= 0 && !last && scratch[0] == '-') { /* report the first error */
+            snprintf(out, outlen, "%s", scratch);
+            rc = 0;
+            goto done;
+        }
     }
-    rc = rd_reply(&r, out, outlen, &o, 0);
+    rc = 0;
 done:
     close(r.fd);
     return rc;
+}
+
+int fx_cmdv(fx_server *s, char *out, size_t outlen, int argc, const char *const *argv,
+            const size_t *lens)
+{
+    char req[16384];
+    size_t m = encode(req, sizeof req, argc, argv, lens);
+    out[0] = '\0';
+    return m > 0 ? exchange(s, req, m, 1, out, outlen) : -1;
+}
+
+/* cmd split on spaces into argv/lens (at most cap words); copy holds them. */
+static int split_words(char *copy, const char **argv, size_t *lens, int cap)
+{
+    int argc = 0;
+    for (char *save = NULL, *w = strtok_r(copy, " ", &save); w && argc < cap;
+         w = strtok_r(NULL, " ", &save)) {
+        argv[argc] = w;
+        lens[argc++] = strlen(w);
+    }
+    return argc;
 }
 
 int fx_cmd(fx_server *s, char *out, size_t outlen, const char *cmd)
@@ -257,25 +285,73 @@ int fx_cmd(fx_server *s, char *out, size_t outlen, const char *cmd)
     char copy[1024];
     const char *argv[32];
     size_t lens[32];
-    int argc = 0;
     snprintf(copy, sizeof copy, "%s", cmd);
-    for (char *save = NULL, *w = strtok_r(copy, " ", &save); w && argc < 32;
-         w = strtok_r(NULL, " ", &save)) {
-        argv[argc] = w;
-        lens[argc++] = strlen(w);
-    }
+    int argc = split_words(copy, argv, lens, 32);
+    if (argc == 0)
+        out[0] = '\0';
     return argc ? fx_cmdv(s, out, outlen, argc, argv, lens) : -1;
+}
+
+int fx_cmds(fx_server *s, char *out, size_t outlen, int ncmd, const char *const *cmds)
+{
+    char req[16384], copy[1024];
+    const char *argv[32];
+    size_t lens[32], len = 0;
+    out[0] = '\0';
+    for (int i = 0; i < ncmd; i++) {
+        snprintf(copy, sizeof copy, "%s", cmds[i]);
+        int argc = split_words(copy, argv, lens, 32);
+        size_t m = argc ? encode(req + len, sizeof req - len, argc, argv, lens) : 0;
+        if (m == 0)
+            return -1;
+        len += m;
+    }
+    return ncmd > 0 ? exchange(s, req, len, ncmd, out, outlen) : -1;
 }
 
 /* ---- processes ------------------------------------------------------------------------ */
 
+/* TLS and cluster arguments, into argv at a; returns the new a. */
+static int tls_cluster_args(const fx_server *s, const char **argv, int a, char *tport, char *bport,
+                            char *nodes)
+{
+    if (s->opts.tls_cert) {
+        argv[a++] = "--tls-port";
+        argv[a++] = tport;
+        argv[a++] = "--tls-cert-file";
+        argv[a++] = s->opts.tls_cert;
+        argv[a++] = "--tls-key-file";
+        argv[a++] = s->opts.tls_key;
+        argv[a++] = "--tls-auth-clients";
+        argv[a++] = s->opts.tls_auth_clients ? s->opts.tls_auth_clients : "no";
+        if (s->opts.tls_ca) {
+            argv[a++] = "--tls-ca-cert-file";
+            argv[a++] = s->opts.tls_ca;
+        }
+    }
+    if (s->opts.cluster) {
+        argv[a++] = "--cluster-enabled";
+        argv[a++] = "yes";
+        argv[a++] = "--cluster-config-file";
+        argv[a++] = nodes;
+        argv[a++] = "--cluster-port";
+        argv[a++] = bport;
+    }
+    for (int i = 0; s->opts.extra_args && i < 32 && s->opts.extra_args[i]; i++)
+        argv[a++] = s->opts.extra_args[i];
+    return a;
+}
+
 static void spawn(fx_server *s)
 {
-    char port[16], logf[300];
-    const char *argv[40];
+    char port[16], logf[300], tport[16], bport[16], nodes[300];
+    const char *argv[100];
     char aclrule[300];
     int a = 0;
     snprintf(port, sizeof port, "%d", s->port);
+    snprintf(tport, sizeof tport, "%d", s->tls_port);
+    snprintf(bport, sizeof bport, "%d", s->bus_port);
+    snprintf(nodes, sizeof nodes, "%s/nodes.conf", s->dir);
     snprintf(logf, sizeof logf, "%s/redis.log", s->dir);
     argv[a++] = "redis-server";
     argv[a++] = "--port";
@@ -320,6 +396,7 @@ static void spawn(fx_server *s)
         argv[a++] = "--enable-debug-command";
         argv[a++] = "yes";
     }
+    a = tls_cluster_args(s, argv, a, tport, bport, nodes);
     argv[a] = NULL;
 
     pid_t pid = fork();
@@ -337,6 +414,17 @@ static void spawn(fx_server *s)
     s->pid = pid > 0 ? pid : 0;
 }
 
+/* A TLS-only server is up when its TLS port accepts: a client that connects
+ * now waits in the backlog until the event loop runs. */
+static int tls_port_accepts(const fx_server *s)
+{
+    int fd = connect_tcp(s->tls_port);
+    if (fd < 0)
+        return 0;
+    close(fd);
+    return 1;
+}
+
 /* Up when a PING answers PONG (or NOAUTH: it is up, just locked). */
 static int wait_up(fx_server *s)
 {
@@ -348,7 +436,9 @@ static int wait_up(fx_server *s)
             return -1;
         }
         char out[128];
-        if (fx_cmd(s, out, sizeof out, "PING") == 0 && strcmp(out, "PONG") == 0)
+        if (s->port == 0 && tls_port_accepts(s))
+            return 0;
+        if (s->port != 0 && fx_cmd(s, out, sizeof out, "PING") == 0 && strcmp(out, "PONG") == 0)
             return 0;
         usleep(10 * 1000);
     }
@@ -373,6 +463,21 @@ static void reap(fx_server *s, int sig)
     s->pid = 0;
 }
 
+/* Free ports for what the options ask: plain, TLS, cluster bus; distinct. */
+static int pick_ports(fx_server *s)
+{
+    int tls = s->opts.tls_cert != NULL;
+    s->port = !tls || s->opts.tls_plain ? fx_free_port() : 0;
+    s->tls_port = tls ? fx_free_port() : 0;
+    s->bus_port = s->opts.cluster ? fx_free_port() : 0;
+    if (s->port < 0 || s->tls_port < 0 || s->bus_port < 0)
+        return -1;
+    if ((s->port && (s->port == s->tls_port || s->port == s->bus_port)) ||
+        (s->tls_port && s->tls_port == s->bus_port))
+        return -1;
+    return s->port || s->tls_port ? 0 : -1;
+}
+
 int fx_server_start(fx_server *s, const fx_opts *o)
 {
     memset(s, 0, sizeof *s);
@@ -386,12 +491,14 @@ int fx_server_start(fx_server *s, const fx_opts *o)
     snprintf(s->sock, sizeof s->sock, "%s/redis.sock", s->dir);
     s->has_ipv6 = s->opts.ipv6 && host_has_ipv6();
     for (int attempt = 0; attempt < 5; attempt++) {
-        s->port = fx_free_port();
-        if (s->port <= 0)
+        if (pick_ports(s) != 0)
             continue;
         spawn(s);
         if (s->pid > 0 && wait_up(s) == 0) {
-            snprintf(s->url, sizeof s->url, "redis://127.0.0.1:%d", s->port);
+            if (s->port)
+                snprintf(s->url, sizeof s->url, "redis://127.0.0.1:%d", s->port);
+            if (s->tls_port)
+                snprintf(s->tls_url, sizeof s->tls_url, "rediss://127.0.0.1:%d", s->tls_port);
             if (s->opts.unix_socket)
                 snprintf(s->unix_url, sizeof s->unix_url, "unix://%s", s->sock);
             return 0;
@@ -403,14 +510,20 @@ int fx_server_start(fx_server *s, const fx_opts *o)
     return -1; /* the dir stays, with the log */
 }
 
+/* Every file in the server's own mkdtemp dir (log, socket, RDB, nodes.conf,
+ * a replica's temp RDB), then the dir. */
 static void remove_dir(fx_server *s)
 {
-    char path[400];
-    static const char *const files[] = {"redis.log", "redis.sock", "dump.rdb"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", s->dir, files[i]);
+    char path[600];
+    DIR *d = opendir(s->dir);
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", s->dir, e->d_name);
         unlink(path);
     }
+    if (d)
+        closedir(d);
     rmdir(s->dir);
 }
 
@@ -452,4 +565,70 @@ void fx_server_resume(fx_server *s)
 {
     if (s->pid > 0)
         kill(s->pid, SIGCONT);
+}
+
+/* ---- helper programs ------------------------------------------------------------- */
+
+static void run_child(int wfd, const char *const *argv)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0)
+        dup2(null, 0);
+    dup2(wfd, 1);
+    dup2(wfd, 2);
+    execvp(argv[0], (char *const *)argv);
+    _exit(127);
+}
+
+/* Read the child's output until EOF or the deadline; keeps what fits. */
+static void collect(int rfd, char *out, size_t outlen, long long until)
+{
+    size_t o = 0;
+    char sink[4096];
+    for (int i = 0; i < 100000; i++) {
+        long long left = until - (long long)fx_now_ms();
+        struct pollfd p = {rfd, POLLIN, 0};
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+            break;
+        char *dst = o + 1 < outlen ? out + o : sink;
+        size_t cap = o + 1 < outlen ? outlen - o - 1 : sizeof sink;
+        ssize_t n = read(rfd, dst, cap);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        if (dst != sink)
+            o += (size_t)n;
+    }
+    out[o] = '\0';
+}
+
+int fx_run(char *out, size_t outlen, int timeout_ms, const char *const *argv)
+{
+    int fds[2];
+    if (outlen == 0 || pipe2(fds, O_CLOEXEC) != 0)
+        return -1;
+    out[0] = '\0';
+    pid_t pid = fork();
+    if (pid == 0)
+        run_child(fds[1], argv);
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return -1;
+    }
+    long long until = (long long)fx_now_ms() + timeout_ms;
+    collect(fds[0], out, outlen, until);
+    close(fds[0]);
+    int st = 0;
+    pid_t w = 0;
+    while ((w = waitpid(pid, &st, WNOHANG)) == 0 && (long long)fx_now_ms() < until)
+        usleep(2 * 1000);
+    if (w != pid) { /* timed out: ours to kill */
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

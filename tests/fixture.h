@@ -18,6 +18,16 @@ typedef struct fx_opts {
     int unix_socket;          /* also listen on DIR/redis.sock         */
     int ipv6;                 /* also bind ::1 when the host has it    */
     int debug;                /* enable-debug-command yes (DEBUG SLEEP) */
+    /* For fx_cluster and fx_tls; zero leaves each off. Strings and the
+     * argument list are the caller's and must outlive the server (a restart
+     * reads them again). */
+    const char *const *extra_args; /* more redis-server arguments, NULL-ended (at most 32) */
+    int cluster;                   /* cluster-enabled, DIR/nodes.conf, bus on a free bus_port */
+    const char *tls_cert;          /* set: TLS on a free tls_port with this certificate */
+    const char *tls_key;           /* its key                                           */
+    const char *tls_ca;            /* tls-ca-cert-file: verifies client certificates    */
+    const char *tls_auth_clients;  /* "yes", "no" or "optional"; NULL: "no"             */
+    int tls_plain;                 /* with TLS, also plain TCP on port (else port is 0) */
 } fx_opts;
 
 typedef struct fx_server {
@@ -29,6 +39,10 @@ typedef struct fx_server {
     char sock[320];
     char url[384];      /* redis://127.0.0.1:PORT, without credentials */
     char unix_url[400]; /* unix://DIR/redis.sock, when unix_socket     */
+    int tls_port;       /* with tls_cert: the TLS port (port is 0 unless tls_plain; url
+                           is then "") */
+    int bus_port;       /* with cluster: the cluster bus port */
+    char tls_url[384];  /* rediss://127.0.0.1:TLS_PORT, without parameters (fx_tls_url) */
 } fx_server;
 
 /* Start a server (o may be NULL). 0, or -1 with a message on stderr. */
@@ -50,6 +64,11 @@ int fx_cmd(fx_server *s, char *out, size_t outlen, const char *cmd);
 /* Same with explicit arguments (binary-safe). */
 int fx_cmdv(fx_server *s, char *out, size_t outlen, int argc, const char *const *argv,
             const size_t *lens);
+/* Several commands (each split on spaces) in order on one connection, for
+ * what needs connection state: SET then WAIT, ASKING then GET, READONLY
+ * then GET. out gets the last reply, or the first error reply of an earlier
+ * command. 0, or -1 on an I/O or protocol failure. */
+int fx_cmds(fx_server *s, char *out, size_t outlen, int ncmd, const char *const *cmds);
 
 /* CLOCK_MONOTONIC in ms, and a sleep that resumes after signals. */
 double fx_now_ms(void);
@@ -57,5 +76,12 @@ void fx_sleep_ms(int ms);
 
 /* A loopback TCP port that was free a moment ago. */
 int fx_free_port(void);
+
+/* Run a program (argv[0] from PATH, argv NULL-ended) with stdin on /dev/null
+ * and PR_SET_PDEATHSIG; its stdout and stderr together go into out (cut to
+ * outlen - 1 bytes, always terminated). After timeout_ms it is SIGKILLed.
+ * Returns its exit status, or -1 if it did not start, timed out or died of
+ * a signal. */
+int fx_run(char *out, size_t outlen, int timeout_ms, const char *const *argv);
 
 #endif
