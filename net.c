@@ -37,7 +37,11 @@
 #define WBUF_INITIAL 1024
 #define RBUF_INITIAL 16384
 #define RQ_INITIAL 8
-#define MAX_ARGS 24
+/* A socket idle for longer than this is checked (one MSG_PEEK) before a
+ * request goes out on it: the server may have closed it meanwhile. A
+ * socket that answered within this time is trusted: back-to-back
+ * requests then cost send, poll and recv only. */
+#define IDLE_CHECK_NS 1000000
 
 enum { ST_CLOSED, ST_CONNECTING, ST_HANDSHAKE, ST_READY };
 enum { HS_AUTH = 1, HS_SELECT };
@@ -70,6 +74,7 @@ struct net_conn {
     int eof_status;
     uint64_t gen;
     int64_t conn_deadline;
+    int64_t last_rx; /* when bytes last came in (or the socket connected) */
 
     /* connect: every address the name resolved to, tried in order */
     struct sockaddr_storage addrs[MAX_ADDRS];
@@ -847,6 +852,7 @@ static int on_connected(net_conn *c, int64_t now)
     (void)setsockopt(c->fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
 #endif
     c->gen++;
+    c->last_rx = now;
     encode_handshake(c);
     if (c->hs_len == 0)
         become_ready(c, now);
@@ -951,11 +957,12 @@ static int send_some(net_conn *c, const char *buf, size_t len, size_t *off)
 /* Nothing is in flight and the socket sat idle since its last reply: if
  * the server closed it meanwhile (restart, CLIENT KILL, timeout), reconnect
  * now instead of failing the request about to be written. */
-static int idle_and_dead(const net_conn *c)
+static int idle_and_dead(const net_conn *c, int64_t now)
 {
     char b;
     uint32_t i;
-    if (c->push || c->woff != 0 || c->rlen != c->rstart || rq_first_written(c, &i))
+    if (c->push || c->woff != 0 || c->rlen != c->rstart || now - c->last_rx < IDLE_CHECK_NS ||
+        rq_first_written(c, &i))
         return 0;
     ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
     return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
@@ -967,7 +974,7 @@ static int do_write(net_conn *c, int64_t now)
         return send_some(c, c->hsbuf, c->hs_len, &c->hs_off);
     if (c->state != ST_READY || c->stale || c->peer_eof || c->woff == c->wlen)
         return RESP_OK;
-    if (idle_and_dead(c)) {
+    if (idle_and_dead(c, now)) {
         close_socket(c, RESP_ERR_IO, 0); /* nothing was written on it */
         return start_connect(c, now);
     }
@@ -1009,7 +1016,7 @@ static int rbuf_room(net_conn *c)
 
 /* Read once. End of stream or a reset is noted, not acted on: replies
  * that came before it are still handed out (net_conn_take). */
-static int do_read(net_conn *c)
+static int do_read(net_conn *c, int64_t now)
 {
     if (c->ready_len > 0 || c->peer_eof)
         return RESP_OK; /* take what is buffered first */
@@ -1019,6 +1026,7 @@ static int do_read(net_conn *c)
         ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
         if (n > 0) {
             c->rlen += (size_t)n;
+            c->last_rx = now;
             return RESP_OK;
         }
         if (n < 0 && errno == EINTR)
@@ -1134,7 +1142,7 @@ void net_conn_io(net_conn *c, short revents, int64_t now)
     if ((revents & POLLOUT) && do_write(c, now) != RESP_OK)
         return;
     if (revents & (POLLIN | POLLERR | POLLHUP)) {
-        if (do_read(c) != RESP_OK)
+        if (do_read(c, now) != RESP_OK)
             return;
         if (c->state == ST_HANDSHAKE) {
             handshake_replies(c, now);
