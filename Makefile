@@ -38,7 +38,7 @@ EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c)
 .PHONY: all static test tests check-exports test-packaging test-sanitize test-valgrind examples \
         demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
-all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI)
+all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
 
 # The shared library exports the redlock_* API (REDLOCK_API) and nothing else.
 LIB_CFLAGS := -fPIC -fvisibility=hidden -DREDLOCK_BUILDING
@@ -76,12 +76,23 @@ $(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(MUSL_CC) $(WARN) $(CFLAGS) -static -s -I. $(CLI_SRC) $(LIB_SRC) -o $@
 
+# The SHA1s built into redlock.c match its script texts (no Redis needed).
+$(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
+	$(BUILD)/sha1check
+	@touch $@
+
 # ---- examples and tests ---------------------------------------------------------
 
 examples: $(EXAMPLES)
 
 # Build every suite without running it (CI's warning check compiles them too).
 tests: $(TESTS)
+
+# The libuv adapter example needs libuv (libuv1-dev, which tests/deps.sh
+# installs); the library never links it.
+$(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -I. $$(pkg-config --cflags libuv) $< $(STATIC) $$(pkg-config --libs libuv) -o $@
 
 $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) -o $@
@@ -135,7 +146,7 @@ test-sanitize:
 	    test
 
 # Core suites under valgrind memcheck, no fork, zero leaks and errors.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock,$(TEST_SRC:tests/%.c=%))
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_async,$(TEST_SRC:tests/%.c=%))
 test-valgrind: deps all examples $(TESTS)
 	@failed=0; for t in $(VALGRIND_SUITES); do \
 	    echo "== valgrind $$t"; \

@@ -73,6 +73,7 @@ struct net_conn {
     int peer_eof; /* the peer closed (or reset); fail once buffered replies are taken */
     int eof_status;
     uint64_t gen;
+    uint64_t sockets; /* opened + closed, for event loops that register fds */
     int64_t conn_deadline;
     int64_t last_rx; /* when bytes last came in (or the socket connected) */
 
@@ -502,8 +503,10 @@ static void rq_arm(net_conn *c, int64_t now)
 
 static void drop_socket(net_conn *c)
 {
-    if (c->fd >= 0)
+    if (c->fd >= 0) {
         close(c->fd);
+        c->sockets++;
+    }
     c->fd = -1;
     c->state = ST_CLOSED;
     c->rstart = c->rlen = c->ready_len = 0;
@@ -725,6 +728,11 @@ uint64_t net_conn_generation(const net_conn *c)
     return c->gen;
 }
 
+uint64_t net_conn_sockets(const net_conn *c)
+{
+    return c->sockets;
+}
+
 int net_conn_ready(const net_conn *c)
 {
     return c->state == ST_READY && !c->peer_eof;
@@ -873,6 +881,7 @@ static int try_connect(net_conn *c, int64_t now)
             continue;
         }
         c->fd = fd;
+        c->sockets++;
         c->state = ST_CONNECTING;
         if (connect(fd, sa, c->addrlen[c->ai]) == 0)
             return on_connected(c, now);
@@ -880,6 +889,7 @@ static int try_connect(net_conn *c, int64_t now)
             return RESP_OK;
         c->conn_errno = errno;
         close(fd);
+        c->sockets++;
         c->fd = -1;
         c->ai++;
     }
@@ -915,6 +925,7 @@ static int finish_connect(net_conn *c, int64_t now)
     }
     c->conn_errno = err;
     close(c->fd);
+    c->sockets++;
     c->fd = -1;
     c->ai++;
     return try_connect(c, now);

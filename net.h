@@ -124,6 +124,8 @@ void net_conn_consume(net_conn *c);
 const char *net_conn_errstr(const net_conn *c);
 /* Incremented on every successful connect (0: never connected). */
 uint64_t net_conn_generation(const net_conn *c);
+/* Incremented whenever a socket of c is opened or closed. */
+uint64_t net_conn_sockets(const net_conn *c);
 int net_conn_ready(const net_conn *c);       /* connected and past AUTH/SELECT */
 unsigned net_conn_requests(const net_conn *c); /* requests not yet answered     */
 const net_url *net_conn_url(const net_conn *c);

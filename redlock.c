@@ -1606,7 +1606,10 @@ static void keepalive_lost(redlock *l, const char *why)
 static void keepalive_done(redlock *l, int rc)
 {
     redlock_client *c = l->c;
-    char why[sizeof l->errstr];
+    char why[sizeof l->errstr + 64];
+    l->op = OP_NONE;
+    l->phase = PH_NONE;
+    l->seq++;
     if (rc == REDLOCK_OK || (rc != REDLOCK_NOT_HELD && c->now < l->valid_until)) {
         /* held; or an error with time left: try again soon, not later than
          * a third of what is left */
@@ -1615,16 +1618,14 @@ static void keepalive_done(redlock *l, int rc)
             int64_t soon = c->now + (l->valid_until - c->now) / 3;
             at = soon > c->now + ms_ns(10) ? soon : c->now + ms_ns(10);
         }
-        l->op = OP_NONE;
-        l->phase = PH_NONE;
-        l->seq++;
         timer_set(l, at < l->valid_until ? at : l->valid_until);
         return;
     }
-    memcpy(why, l->errstr, sizeof why);
-    l->op = OP_NONE;
-    l->phase = PH_NONE;
-    l->seq++;
+    if (rc == REDLOCK_NOT_HELD)
+        snprintf(why, sizeof why, "%s", l->errstr);
+    else
+        snprintf(why, sizeof why, "its TTL ran out before a refresh succeeded (last error: %s)",
+                 l->errstr);
     timer_clear(l);
     keepalive_lost(l, why);
 }
@@ -1638,7 +1639,7 @@ static void keepalive_fire(redlock *l)
         return;
     if (c->now >= l->valid_until) {
         timer_clear(l);
-        keepalive_lost(l, "its validity ran out before a refresh succeeded");
+        keepalive_lost(l, "its TTL ran out before a refresh succeeded");
         return;
     }
     l->op = OP_KEEPALIVE;
@@ -1770,7 +1771,7 @@ static void fire(redlock *l)
         keepalive_fire(l);
     } else if (l->op == OP_KEEPALIVE && c->now >= l->valid_until) {
         abandon(l);
-        keepalive_lost(l, "no node answered the refresh before the validity ran out");
+        keepalive_lost(l, "its TTL ran out: no node answered the refresh in time");
     }
 }
 
@@ -2090,6 +2091,16 @@ int redlock_client_pollfds(redlock_client *c, struct pollfd *fds, int nfds)
         }
     }
     return k;
+}
+
+uint64_t redlock_client_sockets(const redlock_client *c)
+{
+    uint64_t n = 0;
+    if (!c)
+        return 0;
+    for (size_t i = 0; i < c->n; i++)
+        n += net_conn_sockets(c->nodes[i].cmd) + (c->nodes[i].sub ? net_conn_sockets(c->nodes[i].sub) : 0);
+    return n;
 }
 
 int redlock_client_timeout_ms(const redlock_client *c)

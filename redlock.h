@@ -260,6 +260,11 @@ REDLOCK_API int redlock_cancel(redlock *l);
  * were filled; call again with more room). Ask before every poll: the set
  * changes as connections open and close. NULL fds: just the count. */
 REDLOCK_API int redlock_client_pollfds(redlock_client *c, struct pollfd *fds, int nfds);
+/* A number that changes whenever the client opens or closes a socket. An
+ * event loop that registers descriptors (epoll, libuv, libevent) rather
+ * than passing a pollfd array each time re-registers them all when it
+ * changes: a closed descriptor's number may come back as a new socket. */
+REDLOCK_API uint64_t redlock_client_sockets(const redlock_client *c);
 /* ms until the next deadline or timer; 0: call redlock_client_process now;
  * -1: nothing pending (no deadline: wait for the sockets only). */
 REDLOCK_API int redlock_client_timeout_ms(const redlock_client *c);

@@ -32,6 +32,7 @@
 #define EXIT_CONFLICT 75    /* EX_TEMPFAIL: the lock is busy (-E changes it) */
 #define EXIT_LOST 76        /* the lock was lost while COMMAND ran */
 #define MAX_URLS 32
+#define MAX_POLL (2 * MAX_URLS + 1) /* the signal pipe and two sockets per node */
 
 typedef struct cli {
     const char *urls[MAX_URLS];
@@ -349,7 +350,6 @@ typedef struct runstate {
     int done;         /* child reaped */
     int lost;         /* the lock was lost */
     int64_t kill_at;  /* lost: SIGKILL at this time (0: not yet due) */
-    int64_t next_refresh;
     char why[512];
 } runstate;
 
@@ -378,34 +378,6 @@ static void lose(cli *o, runstate *rs, const char *why)
     rs->kill_at = now_ms() + o->grace_ms;
     if (!rs->done)
         kill(rs->child, SIGTERM);
-}
-
-static void refresh_tick(cli *o, runstate *rs, redlock *l, redlock_client *c)
-{
-    int rc = redlock_refresh(l);
-    int64_t now = now_ms();
-    if (rc == REDLOCK_OK) {
-        rs->next_refresh = now + o->ttl_ms / 3;
-        if (o->verbose)
-            say("refreshed %s (%" PRId64 " ms valid)", o->name, redlock_validity_ms(l));
-        return;
-    }
-    if (rc == REDLOCK_NOT_HELD) {
-        lose(o, rs, redlock_client_errstr(c));
-        return;
-    }
-    if (redlock_validity_ms(l) <= 0) {
-        char why[300];
-        snprintf(why, sizeof why, "its TTL ran out while Redis was unreachable (%s)",
-                 redlock_client_errstr(c));
-        lose(o, rs, why);
-        return;
-    }
-    /* a passing error: try again soon, while the lease lasts */
-    if (o->verbose)
-        say("refresh failed, retrying: %s", redlock_client_errstr(c));
-    int64_t retry = o->ttl_ms / 10 > 1000 ? 1000 : o->ttl_ms / 10;
-    rs->next_refresh = now + (retry > 10 ? retry : 10);
 }
 
 static int run_command(cli *o)
@@ -445,40 +417,36 @@ static int run_command(cli *o)
         rc = EXIT_UNAVAILABLE;
         goto out;
     }
-    rs.next_refresh = now_ms() + o->ttl_ms / 3;
+    /* The library refreshes the lease every TTL/3 as this loop runs, and
+     * reports a loss (a refresh said lost, or the TTL ran out by our own
+     * clock while Redis did not answer) through redlock_client_done. */
+    redlock_keepalive(l, 1);
     while (!rs.done) {
+        struct pollfd fds[MAX_POLL];
+        fds[0].fd = sigpipe_fds[0];
+        fds[0].events = POLLIN;
+        fds[0].revents = 0;
+        int n = redlock_client_pollfds(c, fds + 1, MAX_POLL - 1);
+        if (n > MAX_POLL - 1)
+            n = MAX_POLL - 1;
         int64_t now = now_ms();
-        int64_t due = rs.lost ? rs.kill_at : rs.next_refresh;
-        if (!rs.lost) {
-            /* The lease is gone by our own clock: stop COMMAND now rather
-             * than after one more refresh attempt. */
-            int64_t valid = redlock_validity_ms(l);
-            if (valid <= 0) {
-                char why[300];
-                const char *e = redlock_client_errstr(c);
-                snprintf(why, sizeof why, "its TTL ran out before a refresh succeeded%s%s%s",
-                         *e ? " (last error: " : "", e, *e ? ")" : "");
-                lose(o, &rs, why);
-                continue;
-            }
-            if (now + valid < due)
-                due = now + valid;
+        int wait = redlock_client_timeout_ms(c);
+        if (rs.lost) {
+            int64_t k = rs.kill_at ? rs.kill_at - now : 1000;
+            wait = k > 0 ? (int)k : 0;
         }
-        if (!rs.lost && now >= rs.next_refresh) {
-            refresh_tick(o, &rs, l, c);
-            continue;
-        }
-        if (rs.lost && rs.kill_at && now >= rs.kill_at) {
+        if (poll(fds, (nfds_t)n + 1, wait) < 0 && errno != EINTR)
+            break;
+        redlock_client_process(c, fds + 1, n);
+        if (redlock_client_done(c) == l && !rs.lost)
+            lose(o, &rs, redlock_errstr(l));
+        if (rs.lost && rs.kill_at && now_ms() >= rs.kill_at) {
             kill(rs.child, SIGKILL);
             rs.kill_at = 0;
-            due = now + 1000;
         }
-        struct pollfd p = {sigpipe_fds[0], POLLIN, 0};
-        int wait = due > now ? (int)(due - now) : 0;
-        if (poll(&p, 1, rs.lost && !rs.kill_at ? 1000 : wait) < 0 && errno != EINTR)
-            break;
         drain_signals(o, &rs);
     }
+    redlock_keepalive(l, 0);
     if (rs.lost) {
         say("lost the lock %s: %s; COMMAND was stopped", o->name, rs.why);
         /* Compare-and-delete, so harmless if someone else holds it now; frees
