@@ -161,9 +161,9 @@ HIREDIS_CFLAGS := $(shell pkg-config --exists hiredis 2>/dev/null && echo -DHAVE
 HIREDIS_LIBS   := $(shell pkg-config --exists hiredis 2>/dev/null && pkg-config --libs hiredis)
 BENCH_ARGS ?=
 
-$(BUILD)/bench: bench/bench.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/bench: bench/bench.c $(FX_SRC) $(FX_HDR) tests/netx.c tests/netx.h $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(HIREDIS_CFLAGS) -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    bench/bench.c $(TEST_SUPPORT) $(STATIC) $(HIREDIS_LIBS) -o $@
+	    bench/bench.c $(FX_SRC) tests/netx.c $(STATIC) $(HIREDIS_LIBS) -o $@
 
 # Prints a table and writes $(BUILD)/bench.json. BENCH_ARGS=--callgrind adds
 # instructions per reply for the parsers; --quick for a short smoke run.

@@ -46,6 +46,12 @@
 
 static int quick;
 static int rounds = 7;
+static const char *only; /* --only SECTION: run just that one */
+
+static int want(const char *section)
+{
+    return !only || strcmp(only, section) == 0;
+}
 
 /* ---- results: printed as a table, kept for JSON --------------------------------- */
 
@@ -1154,6 +1160,68 @@ static double throughput(int clients, double seconds)
     return (double)total / seconds;
 }
 
+/* One thread, one client, inflight locks each cycling trylock+unlock with
+ * the non-blocking API in a poll() loop: cycles per second. */
+static double throughput_async(int inflight, double seconds)
+{
+    redlock_client *c = client_for(urls, 1, 1);
+    redlock **l = calloc((size_t)inflight, sizeof *l);
+    int *taking = calloc((size_t)inflight, sizeof *taking);
+    if (!l || !taking)
+        die("calloc");
+    for (int i = 0; i < inflight; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "bench:async:%d", i);
+        l[i] = lock_for(c, name, 10000);
+        redlock_set_userdata(l[i], &taking[i]);
+    }
+    struct pollfd fds[8];
+    long cycles = 0;
+    int64_t start = 0, end = 0;
+    for (int phase = 0; phase < 2; phase++) { /* a warm-up, then the measured run */
+        int64_t t0 = now_ns(), stop = t0 + (int64_t)((phase ? seconds : 0.2) * 1e9);
+        int active = 0;
+        for (int i = 0; i < inflight; i++) {
+            taking[i] = 1;
+            if (redlock_start_trylock(l[i]) != REDLOCK_OK)
+                die("start: %s", redlock_client_errstr(c));
+            active++;
+        }
+        long n = 0;
+        while (active > 0) {
+            int k = redlock_client_pollfds(c, fds, 8);
+            int t = redlock_client_timeout_ms(c);
+            poll(fds, (nfds_t)(k < 8 ? k : 8), t < 0 || t > 100 ? 100 : t);
+            redlock_client_process(c, fds, k < 8 ? k : 8);
+            for (redlock *d; (d = redlock_client_done(c)) != NULL;) {
+                int *tk = redlock_userdata(d);
+                if (redlock_result(d) != REDLOCK_OK)
+                    die("async cycle: %s", redlock_errstr(d));
+                if (*tk) {
+                    *tk = 0;
+                    redlock_start_unlock(d);
+                } else if (now_ns() < stop) {
+                    n++;
+                    *tk = 1;
+                    redlock_start_trylock(d);
+                } else {
+                    n++;
+                    active--;
+                }
+            }
+        }
+        start = t0;
+        end = now_ns();
+        cycles = n;
+    }
+    for (int i = 0; i < inflight; i++)
+        redlock_free(l[i]);
+    free(l);
+    free(taking);
+    redlock_client_free(c);
+    return (double)cycles / ((double)(end - start) / 1e9);
+}
+
 /* redis-benchmark's SET requests per second at this concurrency (-1: not available). */
 static double redis_benchmark_set(int clients)
 {
@@ -1188,9 +1256,12 @@ static void bench_throughput(void)
     heading("7. throughput: lock cycles per second, distinct keys, one process per client");
     static const int conc[] = {1, 8, 32};
     const double seconds = quick ? 0.5 : 2.0;
+    double c8 = 0;
     for (size_t i = 0; i < sizeof conc / sizeof conc[0]; i++) {
         char key[48], label[96];
         double ours = throughput(conc[i], seconds);
+        if (conc[i] == 8)
+            c8 = ours;
         snprintf(key, sizeof key, "cycles_per_s_c%d", conc[i]);
         snprintf(label, sizeof label, "redlock-c trylock+unlock, %d client%s", conc[i], conc[i] > 1 ? "s" : "");
         put("throughput", key, ours, "/s", "%s", label);
@@ -1203,6 +1274,11 @@ static void bench_throughput(void)
             put("throughput", key, ours / set, "x", "ratio: cycles / SETs (a cycle is 2 requests)");
         }
     }
+    double one = throughput_async(256, seconds);
+    put("throughput", "async_cycles_per_s_256", one, "/s",
+        "ONE thread, 256 locks in flight (non-blocking API)");
+    put("throughput", "async_over_c8", one / c8, "x",
+        "ratio: one thread / 8 processes   (target >= 0.8)");
 }
 
 /* ---- main -------------------------------------------------------------------------------------------------- */
@@ -1258,8 +1334,11 @@ int main(int argc, char **argv)
             quick = 1;
         else if (strcmp(argv[i], "--callgrind") == 0)
             with_callgrind = 1;
+        else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
+            only = argv[++i];
         else
-            die("usage: bench [--json FILE] [--quick] [--callgrind]");
+            die("usage: bench [--json FILE] [--quick] [--callgrind] [--only SECTION]\n"
+                "sections: cycle quorum rtt handoff parser footprint throughput");
     }
     if (quick)
         rounds = 3;
@@ -1279,14 +1358,22 @@ int main(int argc, char **argv)
     printf("redlock-c %s bench: %ld CPUs (%s), %d rounds, medians of round medians\n",
            REDLOCK_VERSION, sysconf(_SC_NPROCESSORS_ONLN), cpu, rounds);
     start_servers();
-    bench_cycle();
-    bench_quorum();
-    bench_quorum_rtt();
-    bench_handoff(0);
-    bench_handoff(1);
-    bench_parser(with_callgrind);
-    bench_footprint();
-    bench_throughput();
+    if (want("cycle"))
+        bench_cycle();
+    if (want("quorum"))
+        bench_quorum();
+    if (want("rtt"))
+        bench_quorum_rtt();
+    if (want("handoff")) {
+        bench_handoff(0);
+        bench_handoff(1);
+    }
+    if (want("parser"))
+        bench_parser(with_callgrind);
+    if (want("footprint"))
+        bench_footprint();
+    if (want("throughput"))
+        bench_throughput();
     write_json(json);
     return 0;
 }
