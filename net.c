@@ -816,11 +816,11 @@ static void encode_handshake(net_conn *c)
     const char *argv[3];
     size_t lens[3];
     char dbbuf[16];
-    int argc = 0;
 
     c->hs_len = c->hs_off = 0;
     c->hs_pending = c->hs_next = 0;
     if (c->url.password[0]) {
+        int argc = 0;
         argv[argc] = "AUTH";
         lens[argc++] = 4;
         if (c->url.user[0]) {

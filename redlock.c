@@ -644,6 +644,8 @@ static int queue_script(redlock *l, size_t i, int id, int eval, void *owner, int
     size_t lens[3 + MAX_SCRIPT_ARGS];
     char nk[2] = {(char)('0' + s->nkeys), '\0'};
     int k = script_args(l, id, argv + 3, lens + 3);
+    if (k != s->nkeys + s->nargs)
+        return RESP_ERR_ARG; /* the table and script_args disagree: a bug */
 
     eval |= owner == NULL;
     argv[0] = eval ? "EVAL" : "EVALSHA";
@@ -872,7 +874,7 @@ static chan *chan_find(const redlock_client *c, const char *name, size_t len, ui
 static int chan_grow_table(redlock_client *c)
 {
     size_t nb = c->nbuckets ? c->nbuckets * 2 : 16;
-    chan **b = resp_alloc_array(nb, sizeof *b);
+    chan **b = resp_alloc_array(nb, sizeof(chan *));
     if (!b)
         return -1;
     for (size_t i = 0; i < c->nbuckets; i++)
@@ -1500,11 +1502,11 @@ static void refresh_start(redlock *l)
 static void refresh_judge(redlock *l)
 {
     redlock_client *c = l->c;
-    char nm[64];
     verdict v = judge(l);
     if (v.ours >= c->quorum) {
         int64_t until = l->t0 + ms_ns(l->ttl) - drift_ns(l);
         if (until <= c->now) {
+            char nm[64];
             l->pending = lerr(l, REDLOCK_NOT_HELD, "refresh '%s': the TTL ran out before the reply",
                               shown(l, nm, sizeof nm));
             l->held = 0;
