@@ -45,6 +45,7 @@ _Static_assert(SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) && SAME_CODE(ERR_PROT
 #define MAX_VALUE 4096
 #define SHOWN_NAME 48 /* bytes of a lock name quoted in messages */
 #define MAX_PASSES 8  /* engine_pass: rounds of "take results, fire timers" */
+#define MAX_IDLE_CHANS 32 /* channels kept subscribed with no local waiter */
 
 /* ---- scripts ---------------------------------------------------------------
  * Each script names its KEYS and ARGV on its first lines. The SHA1s are
@@ -236,6 +237,8 @@ typedef struct nres {
 typedef struct chan chan;
 struct chan {
     chan *next; /* hash chain, or the free list */
+    chan *iprev, *inext; /* c->idle: subscribed, no waiter (oldest first) */
+    int idle;
     char *name;
     size_t len, cap;
     uint64_t hash;
@@ -280,6 +283,8 @@ struct redlock_client {
     redlock *done_head, *done_tail;
     chan **buckets; /* channels with waiters or subscriptions         */
     size_t nbuckets, nchans;
+    chan *idle_head, *idle_tail; /* subscribed channels nobody waits on */
+    size_t nidle;
     chan *free_chans;
     struct pollfd *pfd; /* the blocking loop's poll set */
     size_t pfd_cap;
@@ -924,6 +929,23 @@ static chan *chan_get(redlock_client *c, const redlock *l)
     return ch;
 }
 
+static void idle_remove(redlock_client *c, chan *ch)
+{
+    if (!ch->idle)
+        return;
+    if (ch->iprev)
+        ch->iprev->inext = ch->inext;
+    else
+        c->idle_head = ch->inext;
+    if (ch->inext)
+        ch->inext->iprev = ch->iprev;
+    else
+        c->idle_tail = ch->iprev;
+    ch->iprev = ch->inext = NULL;
+    ch->idle = 0;
+    c->nidle--;
+}
+
 /* A channel with no waiter and no subscription left goes to the free list. */
 static void chan_release_if_unused(redlock_client *c, chan *ch)
 {
@@ -932,6 +954,7 @@ static void chan_release_if_unused(redlock_client *c, chan *ch)
     for (size_t i = 0; i < c->n; i++)
         if (ch->st[i].inflight || ch->st[i].on || ch->st[i].sent_on)
             return;
+    idle_remove(c, ch);
     for (chan **p = &c->buckets[ch->hash & (c->nbuckets - 1)]; *p; p = &(*p)->next)
         if (*p == ch) {
             *p = ch->next;
@@ -1013,6 +1036,7 @@ static int chan_join(redlock *l)
     chan *ch = chan_get(c, l);
     if (!ch)
         return REDLOCK_ERR_NOMEM;
+    idle_remove(c, ch);
     l->ch = ch;
     l->wnext = NULL;
     l->wprev = ch->tail;
@@ -1057,8 +1081,25 @@ static void chan_leave(redlock *l)
             wake(ch->head);
         return;
     }
-    for (size_t i = 0; i < c->n; i++)
-        chan_want(c, ch, i, 0);
+    /* Stay subscribed for a while: the next wait on this name then costs no
+     * SUBSCRIBE (nor the try again that follows one). The oldest of too
+     * many idle channels is left. */
+    ch->idle = 1;
+    ch->inext = NULL;
+    ch->iprev = c->idle_tail;
+    if (c->idle_tail)
+        c->idle_tail->inext = ch;
+    else
+        c->idle_head = ch;
+    c->idle_tail = ch;
+    c->nidle++;
+    if (c->nidle > MAX_IDLE_CHANS) {
+        chan *old = c->idle_head;
+        idle_remove(c, old);
+        for (size_t i = 0; i < c->n; i++)
+            chan_want(c, old, i, 0);
+        chan_release_if_unused(c, old);
+    }
     chan_release_if_unused(c, ch);
 }
 

@@ -250,7 +250,7 @@ START_TEST(test_thousand_waiters)
     printf("async: 1000 waiters on 10 names served in %.0f ms\n", took);
     drain(c, 2000);
     ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "PUBSUB NUMSUB redlock:turn:3"), 0);
-    ck_assert_str_eq(out, "redlock:turn:3\n0"); /* the listener left the channel */
+    ck_assert_str_eq(out, "redlock:turn:3\n1"); /* one listener for all 100 waiters */
     for (int i = 0; i < MANY; i++)
         redlock_free(l[i]);
     redlock_client_free(c);
@@ -379,13 +379,49 @@ START_TEST(test_cancel_wait)
     drain(c, 1000);
     ck_assert_ptr_null(redlock_client_done(c)); /* a cancelled operation is not reported */
     ck_assert_str_eq(tu_get(&srv, "cw"), ""); /* the waiter never took it */
-    ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "PUBSUB NUMSUB redlock:cw"), 0);
-    ck_assert_str_eq(out, "redlock:cw\n0");
     /* the handle is usable again */
     ck_assert_int_eq(redlock_trylock(w), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
     redlock_free(h);
     redlock_free(w);
+    redlock_client_free(c);
+    redlock_client_free(other);
+}
+END_TEST
+
+/* A channel stays subscribed after its last waiter leaves (the next wait
+ * on the name needs no SUBSCRIBE), up to 32 of them: beyond that the
+ * oldest idle channel is left. */
+START_TEST(test_idle_channels_bounded)
+{
+    flush();
+    redlock_client *c = tu_client(srv.url, 1000);
+    redlock_client *other = tu_client(srv.url, 1000);
+    redlock *h[40], *w[40];
+    char name[32], out[128];
+    for (int i = 0; i < 40; i++) {
+        snprintf(name, sizeof name, "idle%d", i);
+        h[i] = tu_lock(other, name, NULL, 10000);
+        ck_assert_int_eq(redlock_trylock(h[i]), REDLOCK_OK);
+        w[i] = tu_lock(c, name, NULL, 10000);
+        ck_assert_int_eq(redlock_start_lock(w[i], 10000), REDLOCK_OK);
+    }
+    double end = fx_now_ms() + 500;
+    while (fx_now_ms() < end)
+        turn1(c, 20);
+    ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "PUBSUB NUMSUB redlock:idle0 redlock:idle39"), 0);
+    ck_assert_str_eq(out, "redlock:idle0\n1\nredlock:idle39\n1"); /* all 40 subscribed */
+    for (int i = 0; i < 40; i++)
+        ck_assert_int_eq(redlock_cancel(w[i]), REDLOCK_OK); /* in order: idle0 is oldest */
+    drain(c, 1000);
+    ck_assert_int_eq(fx_cmd(&srv, out, sizeof out,
+                            "PUBSUB NUMSUB redlock:idle0 redlock:idle7 redlock:idle8 redlock:idle39"),
+                     0);
+    ck_assert_str_eq(out, "redlock:idle0\n0\nredlock:idle7\n0\nredlock:idle8\n1\nredlock:idle39\n1");
+    for (int i = 0; i < 40; i++) {
+        redlock_free(h[i]);
+        redlock_free(w[i]);
+    }
     redlock_client_free(c);
     redlock_client_free(other);
 }
@@ -639,6 +675,7 @@ int main(void)
     tcase_add_test(t, test_stalled_node_own_deadlines);
     tcase_add_test(t, test_killed_mid_batch);
     tcase_add_test(t, test_cancel_wait);
+    tcase_add_test(t, test_idle_channels_bounded);
     tcase_add_test(t, test_cancel_quorum_acquire);
     tcase_add_test(t, test_free_in_flight);
     tcase_add_test(t, test_keepalive_holds_and_reports_loss);
