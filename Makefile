@@ -36,6 +36,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
 .PHONY: all static test tests check-exports test-packaging test-sanitize test-valgrind examples \
+        functions-file \
         demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
@@ -76,11 +77,20 @@ $(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(MUSL_CC) $(WARN) $(CFLAGS) -static -s -I. $(CLI_SRC) $(LIB_SRC) -o $@
 
-# The SHA1s built into redlock.c match its script texts (no Redis needed).
-$(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
+# The SHA1s built into redlock.c match its script texts, and the shipped
+# function library is the one redlock.c builds from them (no Redis needed).
+$(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(wildcard functions/*.lua) $(BUILD)/resp.o \
+                     $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
 	$(BUILD)/sha1check
 	@touch $@
+
+# After a script changed (and the library's version with it): write the
+# shipped library file from redlock.c.
+functions-file: $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
+	mkdir -p functions
+	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
+	$(BUILD)/sha1check --write
 
 # ---- examples and tests ---------------------------------------------------------
 
