@@ -115,6 +115,7 @@ TEST_SUPPORT_HDR := $(FX_HDR) tests/testutil.h tests/netx.h
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
+	    -DFX_SRC_DIR='"$(abspath .)"' \
 	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) -o $@
 
 deps:
