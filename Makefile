@@ -157,7 +157,7 @@ test-sanitize:
 	    test
 
 # Core suites under valgrind memcheck, no fork, zero leaks and errors.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_async,$(TEST_SRC:tests/%.c=%))
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_async test_functions,$(TEST_SRC:tests/%.c=%))
 test-valgrind: deps all examples $(TESTS)
 	@failed=0; for t in $(VALGRIND_SUITES); do \
 	    echo "== valgrind $$t"; \
