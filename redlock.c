@@ -2876,6 +2876,14 @@ static char *layout_keys(redlock *l, char *p, const char *name, size_t namelen)
     return p + l->chlen + 1;
 }
 
+static int has_cluster(const redlock_client *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (c->nodes[i].cluster)
+            return 1;
+    return 0;
+}
+
 int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
                 uint32_t ttl_ms)
 {
@@ -2899,6 +2907,10 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
         return cerr(c, REDLOCK_ERR_ARG, "ttl_ms must be > 0");
     if (value && (value[0] == '\0' || strlen(value) > MAX_VALUE))
         return cerr(c, REDLOCK_ERR_ARG, "lock value must be 1 to %d bytes", MAX_VALUE);
+    if (has_cluster(c) && !has_hash_tag(name, namelen) && memchr(name, '}', namelen))
+        return cerr(c, REDLOCK_ERR_ARG,
+                    "on Redis Cluster a lock name with '}' needs a {hash tag}: no other key "
+                    "could share its slot");
     if (!value) {
         unsigned char rnd[16];
         if (fill_random(rnd, sizeof rnd) != 0)
