@@ -266,33 +266,66 @@ static int parse_db(net_url *u, const char *s, size_t n, char *err, size_t errle
     return RESP_OK;
 }
 
-static int parse_tcp(net_url *u, const char *s, char *err, size_t errlen)
+/* ---- URL query keys: which schemes take them, and how ---- */
+
+enum { Q_TCP = 1, Q_UNIX = 2 };
+
+static int q_db(net_url *u, const char *v, size_t n, char *err, size_t errlen)
 {
-    size_t n = strlen(s);
-    const char *at = NULL;
-    for (size_t i = n; i-- > 0;)
-        if (s[i] == '@') {
-            at = s + i;
-            break;
-        }
-    const char *hp = s;
-    if (at) {
-        int rc = parse_userinfo(u, s, (size_t)(at - s), err, errlen);
-        if (rc != RESP_OK)
-            return rc;
-        hp = at + 1;
-    }
-    const char *slash = strchr(hp, '/');
-    size_t hplen = slash ? (size_t)(slash - hp) : strlen(hp);
-    if (memchr(hp, '?', hplen) || (slash && strchr(slash, '?')))
-        return url_error(err, errlen, "redis:// URLs take no query; use /db and user:password@");
-    int rc = parse_hostport(u, hp, hplen, err, errlen);
-    if (rc != RESP_OK)
-        return rc;
-    return slash ? parse_db(u, slash + 1, strlen(slash + 1), err, errlen) : RESP_OK;
+    return n ? parse_db(u, v, n, err, errlen)
+             : url_error(err, errlen, "URL database must be a non-negative number");
 }
 
-static int parse_query(net_url *u, const char *q, char *err, size_t errlen)
+static int q_user(net_url *u, const char *v, size_t n, char *err, size_t errlen)
+{
+    if (pct_decode(u->user, sizeof u->user, v, n) != 0)
+        return url_error(err, errlen, "URL user is too long or has a bad %%-escape");
+    return RESP_OK;
+}
+
+static int q_password(net_url *u, const char *v, size_t n, char *err, size_t errlen)
+{
+    if (pct_decode(u->password, sizeof u->password, v, n) != 0)
+        return url_error(err, errlen, "URL password is too long or has a bad %%-escape");
+    return RESP_OK;
+}
+
+static int q_cluster(net_url *u, const char *v, size_t n, char *err, size_t errlen)
+{
+    if (n != 1 || (v[0] != '0' && v[0] != '1'))
+        return url_error(err, errlen, "URL cluster= takes 0 or 1");
+    u->cluster = v[0] == '1';
+    return RESP_OK;
+}
+
+/* addr=host:port, [v6]:port: one more seed node of a cluster */
+static int q_addr(net_url *u, const char *v, size_t n, char *err, size_t errlen)
+{
+    net_url tmp;
+    if (u->nseeds == NET_MAX_SEEDS - 1)
+        return url_error(err, errlen, "URL has more than %d cluster seeds", NET_MAX_SEEDS);
+    memset(&tmp, 0, sizeof tmp);
+    strcpy(tmp.port, "6379");
+    if (parse_hostport(&tmp, v, n, err, errlen) != RESP_OK)
+        return RESP_ERR_ARG;
+    memcpy(u->seed_host[u->nseeds], tmp.host, sizeof tmp.host);
+    memcpy(u->seed_port[u->nseeds], tmp.port, sizeof tmp.port);
+    u->nseeds++;
+    return RESP_OK;
+}
+
+typedef struct qkey {
+    const char *name;
+    int schemes;
+    int (*set)(net_url *u, const char *v, size_t n, char *err, size_t errlen);
+} qkey;
+
+static const qkey qkeys[] = {
+    {"db", Q_UNIX, q_db},           {"user", Q_UNIX, q_user}, {"password", Q_UNIX, q_password},
+    {"cluster", Q_TCP, q_cluster}, {"addr", Q_TCP, q_addr},
+};
+
+static int parse_query(net_url *u, const char *q, int scheme, char *err, size_t errlen)
 {
     const char *end = q + strlen(q);
     while (q < end) {
@@ -302,25 +335,54 @@ static int parse_query(net_url *u, const char *q, char *err, size_t errlen)
         if (!eq)
             return url_error(err, errlen, "URL query needs key=value pairs");
         size_t klen = (size_t)(eq - q), vlen = (size_t)(stop - eq - 1);
-        int rc = RESP_OK;
-        if (klen == 2 && memcmp(q, "db", 2) == 0)
-            rc = vlen ? parse_db(u, eq + 1, vlen, err, errlen)
-                      : url_error(err, errlen, "URL database must be a non-negative number");
-        else if (klen == 4 && memcmp(q, "user", 4) == 0) {
-            if (pct_decode(u->user, sizeof u->user, eq + 1, vlen) != 0)
-                rc = url_error(err, errlen, "URL user is too long or has a bad %%-escape");
-        } else if (klen == 8 && memcmp(q, "password", 8) == 0) {
-            if (pct_decode(u->password, sizeof u->password, eq + 1, vlen) != 0)
-                rc = url_error(err, errlen, "URL password is too long or has a bad %%-escape");
-        } else
-            rc = url_error(err, errlen, "URL query has an unknown key '%.*s' (db, user, password)",
-                           (int)(klen > 32 ? 32 : klen), q);
-        if (rc != RESP_OK)
-            return rc;
+        const qkey *k = NULL;
+        for (size_t i = 0; i < sizeof qkeys / sizeof qkeys[0]; i++)
+            if (strlen(qkeys[i].name) == klen && memcmp(qkeys[i].name, q, klen) == 0)
+                k = &qkeys[i];
+        if (!k || !(k->schemes & scheme))
+            return url_error(err, errlen, "URL query has an unknown key '%.*s' (%s)",
+                             (int)(klen > 32 ? 32 : klen), q,
+                             scheme == Q_UNIX ? "db, user, password" : "cluster, addr");
+        if (k->set(u, eq + 1, vlen, err, errlen) != RESP_OK)
+            return RESP_ERR_ARG;
         q = amp ? amp + 1 : end;
     }
     if (u->user[0] && !u->password[0])
         return url_error(err, errlen, "URL has a user but no password");
+    return RESP_OK;
+}
+
+static int parse_tcp(net_url *u, const char *s, char *err, size_t errlen)
+{
+    /* userinfo ends at the last '@' before the first '/' (a '/' in a
+     * password must be %-encoded) */
+    size_t auth = strcspn(s, "/");
+    const char *hp = s;
+    for (size_t i = auth; i-- > 0;)
+        if (s[i] == '@') {
+            int rc = parse_userinfo(u, s, i, err, errlen);
+            if (rc != RESP_OK)
+                return rc;
+            hp = s + i + 1;
+            break;
+        }
+    size_t hplen = strcspn(hp, "/?");
+    int rc = parse_hostport(u, hp, hplen, err, errlen);
+    if (rc != RESP_OK)
+        return rc;
+    const char *rest = hp + hplen;
+    if (*rest == '/') {
+        size_t dlen = strcspn(rest + 1, "?");
+        if (parse_db(u, rest + 1, dlen, err, errlen) != RESP_OK)
+            return RESP_ERR_ARG;
+        rest += 1 + dlen;
+    }
+    if (*rest == '?' && parse_query(u, rest + 1, Q_TCP, err, errlen) != RESP_OK)
+        return RESP_ERR_ARG;
+    if (u->nseeds && !u->cluster)
+        return url_error(err, errlen, "URL addr= names more cluster seeds; it needs cluster=1");
+    if (u->cluster && u->db)
+        return url_error(err, errlen, "Redis Cluster has only database 0; drop the /db");
     return RESP_OK;
 }
 
@@ -335,7 +397,7 @@ static int parse_unix(net_url *u, const char *s, char *err, size_t errlen)
                          sizeof u->path - 1);
     memcpy(u->path, s, plen);
     u->path[plen] = '\0';
-    return q ? parse_query(u, q + 1, err, errlen) : RESP_OK;
+    return q ? parse_query(u, q + 1, Q_UNIX, err, errlen) : RESP_OK;
 }
 
 int net_url_parse(net_url *u, const char *url, char *err, size_t errlen)
@@ -365,6 +427,21 @@ int net_url_parse(net_url *u, const char *url, char *err, size_t errlen)
         u->kind = 0;
     }
     return rc;
+}
+
+int net_url_at(net_url *dst, const net_url *u, const char *host, size_t hostlen, const char *port,
+               size_t portlen)
+{
+    if (hostlen == 0 || hostlen >= sizeof dst->host || portlen == 0 || portlen >= sizeof dst->port)
+        return RESP_ERR_ARG;
+    *dst = *u;
+    memcpy(dst->host, host, hostlen);
+    dst->host[hostlen] = '\0';
+    memcpy(dst->port, port, portlen);
+    dst->port[portlen] = '\0';
+    dst->kind = NET_URL_TCP;
+    dst->nseeds = 0;
+    return RESP_OK;
 }
 
 void net_url_describe(const net_url *u, char *dst, size_t dstlen)
@@ -592,6 +669,12 @@ int net_conn_new(net_conn **out, const net_url *url, const net_opts *opts)
     if (c->opts.max_reply == 0)
         c->opts.max_reply = (size_t)c->opts.limits.max_bulk + 4096;
     size_t nelems = (size_t)c->opts.limits.max_array + 8;
+    if (nelems > 1024)
+        nelems = 1024; /* grows to max_elems when a reply needs more */
+    if (c->opts.max_elems < nelems)
+        c->opts.max_elems = (size_t)c->opts.limits.max_array + 8 > nelems
+                                ? (size_t)c->opts.limits.max_array + 8
+                                : nelems;
     size_t rcap = RBUF_INITIAL < c->opts.max_reply ? RBUF_INITIAL : c->opts.max_reply;
     c->elems = resp_alloc_array(nelems, sizeof *c->elems);
     c->rbuf = resp_alloc(rcap);
@@ -679,6 +762,13 @@ int net_conn_request(net_conn *c, int argc, const char *const *argv, const size_
 void net_conn_set_push(net_conn *c)
 {
     c->push = 1;
+}
+
+net_tag net_conn_oldest(const net_conn *c)
+{
+    uint32_t i;
+    net_tag none = {NULL, 0, 0};
+    return rq_first_written(c, &i) ? rq_at(c, i)->tag : none;
 }
 
 void net_conn_ack(net_conn *c)
@@ -1217,6 +1307,23 @@ void net_conn_pump(net_conn *c, int64_t now)
         do_write(c, now);
 }
 
+/* A reply with more elements than the array holds: grow it, up to
+ * max_elems, and start the reply over (its bytes are still there). */
+static int grow_elems(net_conn *c)
+{
+    if (c->parser.nelem < c->parser.cap || c->parser.cap >= c->opts.max_elems)
+        return RESP_ERR_PROTOCOL;
+    size_t cap = c->parser.cap * 2 < c->opts.max_elems ? c->parser.cap * 2 : c->opts.max_elems;
+    resp_reply *e = resp_realloc(c->elems, cap * sizeof *e);
+    if (!e)
+        return RESP_ERR_NOMEM;
+    c->elems = e;
+    resp_parser_reset(&c->parser);
+    c->parser.elems = e;
+    c->parser.cap = cap;
+    return RESP_OK;
+}
+
 /* Report the oldest due request. */
 static int take_due(net_conn *c, net_tag *tag)
 {
@@ -1259,6 +1366,8 @@ int net_conn_take(net_conn *c, net_tag *tag, const resp_reply **r, size_t *nelem
             conn_fail(c, RESP_ERR_IO, "%s", c->errstr);
             continue;
         }
+        if (n < 0 && grow_elems(c) == RESP_OK)
+            continue; /* parse it again with room for more elements */
         if (n < 0) {
             conn_fail(c, RESP_ERR_PROTOCOL, "bad reply from %s: %s", c->desc, c->parser.errstr);
             continue;

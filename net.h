@@ -28,6 +28,8 @@
 
 enum { NET_URL_TCP = 1, NET_URL_UNIX };
 
+#define NET_MAX_SEEDS 8 /* a cluster URL: the host and up to 7 addr= more */
+
 typedef struct net_url {
     int kind;           /* NET_URL_TCP or NET_URL_UNIX                   */
     char host[256];     /* TCP: name or address, no brackets             */
@@ -36,15 +38,23 @@ typedef struct net_url {
     char user[128];     /* empty: none (AUTH with password only)         */
     char password[256]; /* empty: no AUTH                                */
     int db;             /* SELECT on connect when non-zero               */
+    int cluster;        /* ?cluster=1: a Redis Cluster, host the first seed */
+    int nseeds;         /* cluster: seeds besides host:port (&addr=h:p)  */
+    char seed_host[NET_MAX_SEEDS - 1][256];
+    char seed_port[NET_MAX_SEEDS - 1][6];
 } net_url;
 
-/* Parse redis://[user[:password]@]host[:port][/db], redis://[::1]:6379,
- * unix:///path[?db=N&user=U&password=P]. User and password may be
- * %-encoded. Returns RESP_OK or RESP_ERR_ARG with a message in err (which
- * never contains the password; u->password is then cleared). */
+/* Parse redis://[user[:password]@]host[:port][/db][?cluster=1&addr=h:p...],
+ * redis://[::1]:6379, unix:///path[?db=N&user=U&password=P]. User and
+ * password may be %-encoded. Returns RESP_OK or RESP_ERR_ARG with a message
+ * in err (which never contains the password; u->password is then cleared). */
 int net_url_parse(net_url *u, const char *url, char *err, size_t errlen);
 /* "host:port", "[v6]:port" or "unix:/path", for messages; never the password. */
 void net_url_describe(const net_url *u, char *dst, size_t dstlen);
+/* A copy of u pointed at host:port (a cluster node): same credentials and
+ * transport, no seeds. RESP_OK, or RESP_ERR_ARG if host or port is too long. */
+int net_url_at(net_url *dst, const net_url *u, const char *host, size_t hostlen, const char *port,
+               size_t portlen);
 
 /* ---- connections ------------------------------------------------------------ */
 
@@ -55,6 +65,9 @@ typedef struct net_opts {
     int io_timeout_ms;      /* one request, from when it may be written (default 500) */
     resp_limits limits;     /* parser limits (zero fields: defaults)                 */
     size_t max_reply;       /* read buffer cap in bytes (default max_bulk + 4 KiB)    */
+    size_t max_elems;       /* elements in one reply; the array starts at
+                               max_array + 8 and grows to this when a reply needs
+                               it (default: max_array + 8, never grows)            */
 } net_opts;
 
 /* Who a request belongs to; returned with its result. owner NULL: nobody
@@ -85,6 +98,9 @@ int net_conn_request(net_conn *c, int argc, const char *const *argv, const size_
  * request with net_conn_ack. Set once, before the first request. */
 void net_conn_set_push(net_conn *c);
 void net_conn_ack(net_conn *c);
+/* Push mode: the tag of the oldest request written and not yet acked (the
+ * one an error reply answers); owner NULL if none. */
+net_tag net_conn_oldest(const net_conn *c);
 
 /* The caller found a reply out of step (a well-formed reply of the wrong
  * shape): close the connection as if the server had sent garbage. The

@@ -46,6 +46,9 @@ _Static_assert(SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) && SAME_CODE(ERR_PROT
 #define SHOWN_NAME 48 /* bytes of a lock name quoted in messages */
 #define MAX_PASSES 8  /* engine_pass: rounds of "take results, fire timers" */
 #define MAX_IDLE_CHANS 32 /* channels kept subscribed with no local waiter */
+#define NSLOTS 16384      /* Redis Cluster hash slots */
+#define MAX_SHARDS 64     /* primaries of one cluster we keep connections to */
+#define MAX_TRIES 8       /* cluster: redirects and retries of one request */
 
 /* ---- scripts ---------------------------------------------------------------
  * Each script names its KEYS and ARGV on its first lines. The SHA1s are
@@ -193,8 +196,46 @@ static const char STATUS_LUA[] =
     "-- KEYS: lock, fence counter   {holder value or nil, pttl, counter or nil}\n"
     "local lock, fence = KEYS[1], KEYS[2]\n"
     "return {redis.call('GET', lock), redis.call('PTTL', lock), redis.call('GET', fence)}\n";
+static const char RELEASE_SHARDED_LUA[] =
+    "-- release on a cluster: as release, but the wake-up goes to a shard channel\n"
+    "-- in the lock's slot (SPUBLISH), so it never crosses the cluster bus\n"
+    "-- KEYS: lock, release channel   ARGV: owner value\n"
+    "-- 1 released   0 no such key   -1 another owner\n"
+    "local lock, channel = KEYS[1], KEYS[2]\n"
+    "local value = ARGV[1]\n"
+    "local holder = redis.call('GET', lock)\n"
+    "if holder == value then\n"
+    "  redis.call('DEL', lock)\n"
+    "  redis.call('SPUBLISH', channel, 'released')\n"
+    "  return 1\n"
+    "end\n"
+    "if holder then return -1 end\n"
+    "return 0\n";
+static const char DEQUEUE_SHARDED_LUA[] =
+    "-- dequeue on a cluster: as dequeue, waking the others on a shard channel\n"
+    "-- KEYS: queue, alive, lock, release channel   ARGV: owner value\n"
+    "local queue, alive, lock, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
+    "local value = ARGV[1]\n"
+    "local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
+    "redis.call('ZREM', queue, value)\n"
+    "redis.call('ZREM', alive, value)\n"
+    "if head == value and redis.call('EXISTS', lock) == 0 then\n"
+    "  redis.call('SPUBLISH', channel, 'released')\n"
+    "end\n"
+    "return 1\n";
 
-enum { S_ACQUIRE, S_FAIR, S_DEQUEUE, S_RELEASE, S_REFRESH, S_RAISE, S_STATUS, S_COUNT };
+enum {
+    S_ACQUIRE,
+    S_FAIR,
+    S_DEQUEUE,
+    S_RELEASE,
+    S_REFRESH,
+    S_RAISE,
+    S_STATUS,
+    S_RELEASE_SHARDED,
+    S_DEQUEUE_SHARDED,
+    S_COUNT
+};
 enum { R_INT, R_PAIR, R_STATUS }; /* reply shapes */
 
 typedef struct script {
@@ -213,6 +254,10 @@ static const script scripts[S_COUNT] = {
     [S_REFRESH] = {"refresh", REFRESH_LUA, "ceb551be5baed2f994937f4a9af5693f3b3fd139", 1, 3, R_INT},
     [S_RAISE] = {"raise", RAISE_LUA, "fc64841434df38173ccd912b066213984bd8871d", 1, 1, R_INT},
     [S_STATUS] = {"status", STATUS_LUA, "1de151487cb9ba8f223d5ea0a8f65e12e2f6ca77", 2, 0, R_STATUS},
+    [S_RELEASE_SHARDED] = {"release", RELEASE_SHARDED_LUA,
+                           "8a86adea4a418f2fbab79733ffd8e50b620644cc", 2, 1, R_INT},
+    [S_DEQUEUE_SHARDED] = {"dequeue", DEQUEUE_SHARDED_LUA,
+                           "17232c9645545226e9503a5362b165df7bc09c9e", 4, 1, R_INT},
 };
 #define MAX_SCRIPT_ARGS 10
 
@@ -251,6 +296,8 @@ static const function_def functions[S_COUNT] = {
     [S_REFRESH] = {FN("refresh"), "'allow-oom'"},
     [S_RAISE] = {FN("raise"), NULL},
     [S_STATUS] = {FN("status"), "'no-writes'"},
+    [S_RELEASE_SHARDED] = {FN("release_sharded"), "'allow-oom'"},
+    [S_DEQUEUE_SHARDED] = {FN("dequeue_sharded"), "'allow-oom'"},
 };
 #undef FN
 
@@ -312,7 +359,17 @@ typedef struct nres {
     uint8_t noperm;    /* auto mode: EVALSHA/EVAL said NOPERM: FCALL instead */
     uint8_t loaded;    /* FCALL said the function is missing: FUNCTION LOAD
                           went out, then FCALL again                       */
+    uint8_t final;     /* the node's part of the round is over             */
+    uint8_t pending;   /* requests in flight (the script, and WAIT)        */
+    uint8_t tries;     /* cluster: redirects and retries so far            */
+    uint8_t id;        /* the script sent                                  */
+    uint8_t attempt;   /* the script's sends in this round (tags WAIT)     */
+    uint16_t shard;    /* where the request went                           */
+    int64_t retry_at;  /* cluster: send again at this time (0: no)         */
+    int64_t until;     /* cluster: no retry after this                     */
+    /* the round's outcome, cleared by round_start up to here */
     uint8_t acq;       /* the operation's acquire or refresh holds it here */
+    uint8_t landed;    /* a write landed here but failed WAIT: release it  */
     uint8_t ours;      /* S_STATUS: the holder's value is ours             */
     long long code;    /* N_OK: the script's first (or only) integer       */
     long long val;     /* N_OK: its second integer                         */
@@ -322,17 +379,21 @@ typedef struct nres {
 /* A release channel with local waiters, and its subscription per node. */
 typedef struct chan chan;
 struct chan {
-    chan *next; /* hash chain, or the free list */
+    chan *next;  /* hash chain by name, or the free list */
+    chan *snext; /* hash chain by shard channel name      */
     chan *iprev, *inext; /* c->idle: subscribed, no waiter (oldest first) */
     int idle;
-    char *name;
-    size_t len, cap;
-    uint64_t hash;
+    char *name;  /* redlock:NAME, then the shard channel ({NAME}:wake) */
+    size_t len, slen, cap;
+    uint64_t hash, shash;
+    uint16_t slot;
     redlock *head, *tail; /* waiters, in the order they began to wait */
     struct {
-        uint8_t on;       /* the server confirmed our last (un)subscribe: on */
-        uint8_t sent_on;  /* what our last command asked for               */
-        uint16_t inflight; /* (un)subscribes not yet confirmed             */
+        uint8_t on;        /* the server confirmed our last (un)subscribe: on */
+        uint8_t sent_on;   /* what our last command asked for               */
+        uint8_t inflight;  /* (un)subscribes not yet confirmed             */
+        uint8_t unsubs;    /* of which unsubscribes                        */
+        uint16_t shard;    /* the shard of the node that has them          */
     } st[MAX_NODES];
 };
 
@@ -344,11 +405,31 @@ typedef struct node_fn {
     char load_err[96]; /* the last FUNCTION LOAD's error there ("": none) */
 } node_fn;
 
+/* One server: the lock commands (pipelined) and the listener (on demand). */
+typedef struct shard {
+    net_conn *cmd;
+    net_conn *sub;
+    uint64_t sub_gen; /* sub's connection the chan states belong to */
+    char desc[64];    /* host:port                                  */
+} shard;
+
+/* One member of the quorum: a Redis node, or a Redis Cluster (one shard
+ * per primary met so far; each lock goes to the one serving its slot). */
 typedef struct node {
-    net_conn *cmd;    /* lock commands, pipelined                       */
-    net_conn *sub;    /* the listener: channels with waiters; on demand  */
-    uint64_t sub_gen; /* sub's connection the chan states belong to      */
-    char desc[64];    /* host:port                                       */
+    shard *sh;
+    size_t nsh;
+    int cluster;
+    int sharded;       /* cluster: wake-ups on shard channels (SPUBLISH)     */
+    int16_t *slots;    /* cluster: the shard serving each slot, -1 unknown  */
+    int16_t *scratch;  /* cluster: a slot map being read                    */
+    net_url url;       /* cluster: credentials for the nodes it learns of   */
+    net_opts opts;
+    uint32_t moves;    /* cluster: MOVED answers so far                     */
+    uint32_t map_moves; /* moves when the slot map was asked for            */
+    int64_t map_due;   /* cluster: ask for the slot map at this time (0: no) */
+    int map_busy;      /* a CLUSTER SLOTS reply is due                       */
+    size_t map_next;   /* the shard to ask next                             */
+    char desc[80];     /* the first host:port                               */
 } node;
 
 enum { OP_NONE, OP_TRYLOCK, OP_LOCK, OP_UNLOCK, OP_REFRESH, OP_INSPECT, OP_KEEPALIVE };
@@ -379,9 +460,10 @@ struct redlock_client {
     redlock *ready; /* locks whose round ended without a reply to wait for */
     redlock *done_head, *done_tail;
     chan **buckets; /* channels with waiters or subscriptions         */
-    size_t nbuckets, nchans;
+    size_t nbuckets, nchans, nshards;
     chan *idle_head, *idle_tail; /* subscribed channels nobody waits on */
     size_t nidle;
+    chan **sbuckets; /* the same channels, by shard channel name */
     chan *free_chans;
     struct pollfd *pfd; /* the blocking loop's poll set */
     size_t pfd_cap;
@@ -405,7 +487,9 @@ struct redlock {
 
     const char *name, *fence_key, *channel, *value; /* one block, see redlock_new */
     const char *queue_key, *alive_key;               /* fair mode; as long as fence_key */
+    const char *wake_key; /* the shard channel on a cluster; as long as fence_key */
     size_t namelen, fencelen, chlen, vlen;
+    uint16_t slot;        /* the hash slot of every key of the lock */
     uint32_t ttl;
     char ttl_str[16];
 
@@ -431,6 +515,7 @@ struct redlock {
     int result;          /* the last operation's status                    */
     int pending;         /* the status to give after a clean-up round      */
     int64_t t0;          /* when the current acquire or refresh began      */
+    int64_t cap;         /* the round's requests wait no longer than this  */
     int64_t deadline;    /* redlock_lock: when the wait ends               */
     int64_t backoff;
     int64_t holder_pttl; /* ms left on the holder's lock at the last failed try */
@@ -597,11 +682,6 @@ static int transient_error(const char *s, size_t n)
     return 0;
 }
 
-static int is_bulk(const resp_reply *r, const char *s, size_t n)
-{
-    return r->type == RESP_BULK && r->len == n && memcmp(r->str, s, n) == 0;
-}
-
 static uint32_t bit(size_t i)
 {
     return (uint32_t)1 << i;
@@ -694,6 +774,106 @@ static void done_remove(redlock *l)
     l->in_done = 0;
 }
 
+/* ---- Redis Cluster: slots and shards ---------------------------------------------------- */
+
+/* CRC16-CCITT (XMODEM), as Redis Cluster computes key slots. */
+static uint16_t crc16(const char *p, size_t n)
+{
+    uint16_t crc = 0;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= (uint16_t)((unsigned char)p[i] << 8);
+        for (int b = 0; b < 8; b++)
+            crc = (uint16_t)(crc & 0x8000 ? (crc << 1) ^ 0x1021 : crc << 1);
+    }
+    return crc;
+}
+
+/* The hash slot of a key: the first {...} with something inside, if any. */
+static uint16_t key_slot(const char *k, size_t n)
+{
+    const char *open = memchr(k, '{', n);
+    if (open) {
+        const char *close = memchr(open + 1, '}', n - (size_t)(open + 1 - k));
+        if (close && close > open + 1)
+            return (uint16_t)(crc16(open + 1, (size_t)(close - open - 1)) & (NSLOTS - 1));
+    }
+    return (uint16_t)(crc16(k, n) & (NSLOTS - 1));
+}
+
+/* The shard of node i that serves slot (the first seed while unknown). */
+static size_t route(const redlock_client *c, size_t i, uint16_t slot)
+{
+    const node *m = &c->nodes[i];
+    if (!m->cluster || m->slots[slot] < 0)
+        return 0;
+    return (size_t)m->slots[slot];
+}
+
+static int add_shard(redlock_client *c, size_t i, const net_url *u)
+{
+    node *m = &c->nodes[i];
+    shard *sh = &m->sh[m->nsh];
+    memset(sh, 0, sizeof *sh);
+    if (net_conn_new(&sh->cmd, u, &m->opts) != RESP_OK)
+        return -1;
+    net_url_describe(u, sh->desc, sizeof sh->desc);
+    c->nshards++;
+    return (int)m->nsh++;
+}
+
+/* The shard of cluster node i at host:port, made if new; -1 when the
+ * address is bad or there are too many. An empty host is the host of
+ * shard `asked`, the one that answered. */
+static int shard_at(redlock_client *c, size_t i, size_t asked, const char *host, size_t hl,
+                    const char *port, size_t pl)
+{
+    node *m = &c->nodes[i];
+    if (hl == 0) {
+        host = net_conn_url(m->sh[asked].cmd)->host;
+        hl = strlen(host);
+    }
+    for (size_t j = 0; j < m->nsh; j++) {
+        const net_url *u = net_conn_url(m->sh[j].cmd);
+        if (strlen(u->host) == hl && memcmp(u->host, host, hl) == 0 && strlen(u->port) == pl &&
+            memcmp(u->port, port, pl) == 0)
+            return (int)j;
+    }
+    net_url u;
+    if (m->nsh == MAX_SHARDS || net_url_at(&u, &m->url, host, hl, port, pl) != RESP_OK)
+        return -1;
+    int j = add_shard(c, i, &u);
+    memset(u.password, 0, sizeof u.password);
+    return j;
+}
+
+/* "MOVED 3999 10.0.0.5:6380" (or ASK): the slot and the new address. The
+ * host may be an IPv6 address (the port follows the last ':') or empty. */
+static int parse_redirect(const resp_reply *r, size_t wl, unsigned *slot, const char **host,
+                          size_t *hl, const char **port, size_t *pl)
+{
+    const char *p = r->str + wl, *end = r->str + r->len;
+    unsigned v = 0;
+    int digits = 0;
+    while (p < end && *p == ' ')
+        p++;
+    for (; p < end && *p >= '0' && *p <= '9' && digits < 6; p++, digits++)
+        v = v * 10 + (unsigned)(*p - '0');
+    if (!digits || v >= NSLOTS || p >= end || *p != ' ')
+        return -1;
+    const char *addr = p + 1, *colon = NULL;
+    for (const char *q = addr; q < end; q++)
+        if (*q == ':')
+            colon = q;
+    if (!colon || colon + 1 >= end || end - (colon + 1) > 5)
+        return -1;
+    *slot = v;
+    *host = addr;
+    *hl = (size_t)(colon - addr);
+    *port = colon + 1;
+    *pl = (size_t)(end - colon - 1);
+    return 0;
+}
+
 /* ---- scripts on nodes --------------------------------------------------------------- */
 
 /* The KEYS and ARGV of script id for l, from its fields and the operation's
@@ -719,8 +899,15 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
         ARG(l->queue_key, l->fencelen), ARG(l->alive_key, l->fencelen), ARG(l->name, l->namelen);
         ARG(l->value, l->vlen), ARG(l->channel, l->chlen);
         break;
+    case S_DEQUEUE_SHARDED:
+        ARG(l->queue_key, l->fencelen), ARG(l->alive_key, l->fencelen), ARG(l->name, l->namelen);
+        ARG(l->wake_key, l->fencelen), ARG(l->value, l->vlen);
+        break;
     case S_RELEASE:
         ARG(l->name, l->namelen), ARG(l->value, l->vlen), ARG(l->channel, l->chlen);
+        break;
+    case S_RELEASE_SHARDED:
+        ARG(l->name, l->namelen), ARG(l->wake_key, l->fencelen), ARG(l->value, l->vlen);
         break;
     case S_REFRESH:
         ARG(l->name, l->namelen), ARG(l->value, l->vlen), ARG(l->ttl_str, strlen(l->ttl_str));
@@ -737,11 +924,20 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
     return k;
 }
 
-/* Queue EVALSHA (or EVAL) of script id for l on node i, or FCALL of its
- * function where the node takes FCALL (or this request's EVALSHA met
- * NOPERM in auto mode). owner NULL: a request nobody waits for (EVAL, or
- * FCALL: it cannot fall back). */
-static int queue_script(redlock *l, size_t i, int id, int eval, void *owner, int64_t cap)
+/* Node i's version of script id: on a cluster, wake-ups use shard channels. */
+static int script_for(const redlock_client *c, size_t i, int id)
+{
+    if (!c->nodes[i].cluster || !c->nodes[i].sharded)
+        return id;
+    return id == S_RELEASE ? S_RELEASE_SHARDED : id == S_DEQUEUE ? S_DEQUEUE_SHARDED : id;
+}
+
+/* Queue EVALSHA (or EVAL) of script id for l on shard j of node i, or
+ * FCALL of its function where the node takes FCALL (or this request's
+ * EVALSHA met NOPERM in auto mode). owner NULL: a request nobody waits for
+ * (EVAL, or FCALL: it cannot fall back). */
+static int queue_script(redlock *l, size_t i, size_t j, int id, int eval, void *owner,
+                        uint32_t kind, int64_t cap)
 {
     const script *s = &scripts[id];
     const char *argv[3 + MAX_SCRIPT_ARGS];
@@ -766,39 +962,16 @@ static int queue_script(redlock *l, size_t i, int id, int eval, void *owner, int
     lens[1] = strlen(argv[1]);
     argv[2] = nk;
     lens[2] = 1;
-    net_tag tag = {owner, l->seq, (uint32_t)id};
-    return net_conn_request(l->c->nodes[i].cmd, 3 + k, argv, lens, tag, cap, l->c->now);
+    net_tag tag = {owner, l->seq, kind};
+    return net_conn_request(l->c->nodes[i].sh[j].cmd, 3 + k, argv, lens, tag, cap, l->c->now);
 }
 
-enum { K_LOAD = 101 }; /* tag kind of FUNCTION LOAD requests (script ids are below) */
-
-/* The function library's text, made once per client when first needed. */
-static int library_code(redlock_client *c)
+/* A request nobody waits for: l's script id on node i, routed by slot
+ * (the release of a cancelled acquire, leaving a fair queue). */
+static void queue_orphan(redlock *l, size_t i, int id)
 {
-    if (c->fn_code)
-        return RESP_OK;
-    size_t n = library_text(NULL, 0);
-    c->fn_code = resp_alloc(n + 1);
-    if (!c->fn_code)
-        return RESP_ERR_NOMEM;
-    library_text(c->fn_code, n + 1);
-    c->fn_code_len = n;
-    return RESP_OK;
-}
-
-/* Queue FUNCTION LOAD of the library on node i for l, as EVAL loads a
- * script on NOSCRIPT. Never REPLACE: a library of that name already there
- * (another version's code, or someone else's) stays as it is. */
-static int queue_load(redlock *l, size_t i)
-{
-    redlock_client *c = l->c;
-    int rc = library_code(c);
-    if (rc != RESP_OK)
-        return rc;
-    const char *argv[3] = {"FUNCTION", "LOAD", c->fn_code};
-    size_t lens[3] = {8, 4, c->fn_code_len};
-    net_tag tag = {l, l->seq, K_LOAD};
-    return net_conn_request(c->nodes[i].cmd, 3, argv, lens, tag, 0, c->now);
+    id = script_for(l->c, i, id);
+    queue_script(l, i, route(l->c, i, l->slot), id, 1, NULL, (uint32_t)id, 0);
 }
 
 static void node_error(redlock *l, size_t i, int status, int transient, const char *fmt, ...)
@@ -818,29 +991,125 @@ static void node_error(redlock *l, size_t i, int status, int transient, const ch
     }
 }
 
+/* Tag kinds: a script id, or one of these; the attempt rides above. */
+enum { K_WAIT = 0xf0, K_LISTEN = 0xf1, K_SLOTS = 0xf2, K_LOAD = 0xf3 };
+#define KIND(id, attempt) ((uint32_t)(id) | (uint32_t)(attempt) << 8)
+
+/* The function library's text, made once per client when first needed. */
+static int library_code(redlock_client *c)
+{
+    if (c->fn_code)
+        return RESP_OK;
+    size_t n = library_text(NULL, 0);
+    c->fn_code = resp_alloc(n + 1);
+    if (!c->fn_code)
+        return RESP_ERR_NOMEM;
+    library_text(c->fn_code, n + 1);
+    c->fn_code_len = n;
+    return RESP_OK;
+}
+
+/* Queue FUNCTION LOAD of the library for l on node i's shard that serves
+ * l's slot, as EVAL loads a script on NOSCRIPT. Never REPLACE: a library
+ * of that name already there (another version's code, or someone else's)
+ * stays as it is. */
+static int queue_load(redlock *l, size_t i)
+{
+    redlock_client *c = l->c;
+    int rc = library_code(c);
+    if (rc != RESP_OK)
+        return rc;
+    const char *argv[3] = {"FUNCTION", "LOAD", c->fn_code};
+    size_t lens[3] = {8, 4, c->fn_code_len};
+    net_tag tag = {l, l->seq, K_LOAD};
+    return net_conn_request(c->nodes[i].sh[route(c, i, l->slot)].cmd, 3, argv, lens, tag,
+                            l->cap, c->now);
+}
+
+static int writes(int id)
+{
+    return id == S_ACQUIRE || id == S_FAIR || id == S_REFRESH || id == S_RAISE;
+}
+
+/* Send node i's request of the round: to the shard serving the lock's
+ * slot, or after ASKING to shard `ask`; with wait_replicas, a WAIT right
+ * behind a write on the same connection. */
+static int send_request(redlock *l, size_t i, int ask)
+{
+    redlock_client *c = l->c;
+    nres *nd = &l->res[i];
+    size_t j = ask >= 0 ? (size_t)ask : route(c, i, l->slot);
+    net_conn *conn = c->nodes[i].sh[j].cmd;
+    if (ask >= 0) {
+        static const char *const asking[1] = {"ASKING"};
+        static const size_t asking_len[1] = {6};
+        net_tag none = {NULL, 0, 0};
+        if (net_conn_request(conn, 1, asking, asking_len, none, l->cap, c->now) != RESP_OK)
+            return REDLOCK_ERR_NOMEM;
+    }
+    nd->attempt++;
+    int rc = queue_script(l, i, j, nd->id, nd->eval, l, KIND(nd->id, nd->attempt), l->cap);
+    if (rc != RESP_OK)
+        return rc;
+    nd->pending++;
+    nd->shard = (uint16_t)j;
+    if (c->opts.wait_replicas > 0 && writes(nd->id)) {
+        char num[16], ms[16];
+        int wait_ms = c->opts.io_timeout_ms * 4 / 5;
+        const char *argv[3] = {"WAIT", num, ms};
+        size_t lens[3] = {4, (size_t)snprintf(num, sizeof num, "%d", c->opts.wait_replicas),
+                          (size_t)snprintf(ms, sizeof ms, "%d", wait_ms > 0 ? wait_ms : 1)};
+        net_tag tag = {l, l->seq, KIND(K_WAIT, nd->attempt)};
+        if (net_conn_request(conn, 3, argv, lens, tag, l->cap, c->now) != RESP_OK)
+            return REDLOCK_ERR_NOMEM;
+        nd->pending++;
+    }
+    return REDLOCK_OK;
+}
+
+/* Node i's part of the round may be over: count it once. */
+static void advance(redlock *l);
+static void settle(redlock *l, size_t i)
+{
+    nres *nd = &l->res[i];
+    if (nd->final || nd->pending || nd->retry_at || nd->state == N_PENDING)
+        return;
+    nd->final = 1;
+    if (--l->outstanding == 0)
+        advance(l);
+}
+
 /* Send script id to the nodes in mask, all at once. Requests never wait
  * past cap (0: no cap beyond io_timeout_ms). */
 static void round_start(redlock *l, int phase, int id, uint32_t mask, int64_t cap)
 {
     redlock_client *c = l->c;
+    int64_t patience = c->now + ms_ns(c->opts.io_timeout_ms + c->opts.connect_timeout_ms);
     l->phase = (uint8_t)phase;
     l->seq++;
     l->outstanding = 0;
+    l->cap = cap;
     l->nerr_idx = c->n;
     l->nerr[0] = '\0';
     for (size_t i = 0; i < c->n; i++) {
         nres *nd = &l->res[i];
         memset(nd, 0, offsetof(nres, acq)); /* the acq marks outlive a round */
         nd->state = N_SKIP;
+        nd->final = 1;
         if (!(mask & bit(i)))
             continue;
         nd->state = N_PENDING;
-        int rc = queue_script(l, i, id, 0, l, cap);
-        if (rc != RESP_OK)
+        nd->final = 0;
+        nd->id = (uint8_t)script_for(c, i, id);
+        nd->until = cap && cap < patience ? cap : patience;
+        l->outstanding++;
+        int rc = send_request(l, i, -1);
+        if (rc != RESP_OK) {
             node_error(l, i, rc, 0, "%s: cannot queue the %s script: %s", c->nodes[i].desc,
                        scripts[id].name, redlock_strerror(rc));
-        else
-            l->outstanding++;
+            nd->final = 1;
+            l->outstanding--;
+        }
     }
     if (l->outstanding == 0)
         mark_ready(l);
@@ -895,7 +1164,85 @@ static int decode(nres *nd, int shape, const resp_reply *r, const redlock *l)
     return decode_status(nd, r, l);
 }
 
-static void advance(redlock *l);
+static void timer_rearm_round(redlock *l);
+
+static void map_soon(redlock_client *c, size_t i)
+{
+    node *m = &c->nodes[i];
+    if (m->cluster && (!m->map_due || m->map_due > c->now))
+        m->map_due = c->now;
+}
+
+/* A cluster that cannot serve node i's request now (a primary gone, a
+ * failover, a slot in migration): ask for the slot map and send again
+ * after a short wait, while the request's patience lasts. 1 when a retry
+ * is scheduled. */
+static int cluster_retry(redlock *l, size_t i)
+{
+    redlock_client *c = l->c;
+    nres *nd = &l->res[i];
+    int64_t wait = ms_ns(10) << (nd->tries < 4 ? nd->tries : 4);
+    if (!c->nodes[i].cluster || ++nd->tries > MAX_TRIES || c->now + wait >= nd->until)
+        return 0;
+    map_soon(c, i);
+    nd->retry_at = c->now + wait;
+    timer_rearm_round(l);
+    return 1;
+}
+
+/* -MOVED (the slot has a new owner: remember it, send there) and -ASK
+ * (one request goes to the importing node, after ASKING). 1 when the
+ * request went out again. */
+static int cluster_redirect(redlock *l, size_t i, const resp_reply *r)
+{
+    redlock_client *c = l->c;
+    node *m = &c->nodes[i];
+    nres *nd = &l->res[i];
+    int moved = r->len > 6 && memcmp(r->str, "MOVED ", 6) == 0;
+    int ask = r->len > 4 && memcmp(r->str, "ASK ", 4) == 0;
+    unsigned slot;
+    const char *host, *port;
+    size_t hl, pl;
+    if (!m->cluster || !(moved || ask) || parse_redirect(r, moved ? 6 : 4, &slot, &host, &hl, &port, &pl))
+        return 0;
+    int j = shard_at(c, i, nd->shard, host, hl, port, pl);
+    if (j < 0 || ++nd->tries > MAX_TRIES) {
+        node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: %s, after %d redirects: %.*s", m->desc,
+                   j < 0 ? "a redirect to a bad address or too many nodes" : "too many redirects",
+                   nd->tries - 1, (int)(r->len > 100 ? 100 : r->len), r->str);
+        return 0;
+    }
+    if (moved) {
+        m->slots[slot] = (int16_t)j;
+        m->moves++;
+        map_soon(c, i); /* one slot moved: others may have too */
+    }
+    if (send_request(l, i, ask ? j : -1) != REDLOCK_OK)
+        return 0;
+    return 1;
+}
+
+/* The reply to a WAIT behind node i's write: too few replicas fail the
+ * node (its write stays: a failed acquire releases it there). */
+static void on_wait(redlock *l, size_t i, unsigned attempt, int status, const resp_reply *r)
+{
+    redlock_client *c = l->c;
+    nres *nd = &l->res[i];
+    nd->pending--;
+    if (attempt != nd->attempt || nd->state != N_OK || (nd->code != 1 && nd->code != 2 && nd->id != S_RAISE))
+        return;
+    if (status == RESP_OK && r->type == RESP_INTEGER && r->integer >= c->opts.wait_replicas)
+        return;
+    nd->landed = 1;
+    if (status != RESP_OK)
+        node_error(l, i, status, 1, "%s: WAIT: %s", c->nodes[i].desc,
+                   net_conn_errstr(c->nodes[i].sh[nd->shard].cmd));
+    else
+        node_error(l, i, REDLOCK_ERR_TIMEOUT, 1,
+                   "%s: only %lld of %d replicas acknowledged the write in time (wait_replicas)",
+                   c->nodes[i].desc, r->type == RESP_INTEGER ? r->integer : -1LL,
+                   c->opts.wait_replicas);
+}
 
 static int error_starts(const resp_reply *r, const char *prefix)
 {
@@ -947,25 +1294,36 @@ static void function_missing(redlock *l, size_t i, int id)
 /* A node's answer to l's current round: a reply, or a failure status.
  * Returns -1 when the reply had the wrong shape: the connection is out of
  * step and must not be used further. */
-static int on_result(redlock *l, size_t i, int id, int status, const resp_reply *r)
+static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp_reply *r)
 {
     redlock_client *c = l->c;
     nres *nd = &l->res[i];
     const char *desc = c->nodes[i].desc;
-    int bad = 0;
-    if (nd->state != N_PENDING)
+    int id = (int)(kind & 0xff), bad = 0;
+    if (nd->final)
         return 0;
     if (id == K_LOAD) {
         load_answered(c, i, status, r);
         return 0; /* the FCALL queued behind it answers for the node */
     }
+    if (id == K_WAIT) {
+        on_wait(l, i, kind >> 8, status, r);
+        settle(l, i);
+        return 0;
+    }
+    nd->pending--;
+    if (nd->state != N_PENDING) {
+        settle(l, i);
+        return 0;
+    }
     if (status != RESP_OK) {
-        node_error(l, i, status, status == REDLOCK_ERR_IO || status == REDLOCK_ERR_TIMEOUT, "%s",
-                   net_conn_errstr(c->nodes[i].cmd));
+        if (!cluster_retry(l, i))
+            node_error(l, i, status, status == REDLOCK_ERR_IO || status == REDLOCK_ERR_TIMEOUT,
+                       "%s", net_conn_errstr(c->nodes[i].sh[nd->shard].cmd));
     } else if (r->type == RESP_ERROR && !nd->eval && r->len >= 8 &&
                memcmp(r->str, "NOSCRIPT", 8) == 0) {
         nd->eval = 1; /* not cached there (restart, SCRIPT FLUSH): EVAL loads it */
-        int rc = queue_script(l, i, id, 1, l, 0);
+        int rc = send_request(l, i, -1);
         if (rc == RESP_OK)
             return 0;
         node_error(l, i, rc, 0, "%s: cannot queue the %s script: %s", desc, scripts[id].name,
@@ -973,7 +1331,7 @@ static int on_result(redlock *l, size_t i, int id, int status, const resp_reply 
     } else if (!nd->fcall && !nd->noperm && c->opts.scripts == REDLOCK_SCRIPTS_AUTO &&
                error_starts(r, "NOPERM")) {
         nd->noperm = 1; /* EVAL is not permitted there: FCALL, if the library is loaded */
-        int rc = queue_script(l, i, id, 0, l, 0);
+        int rc = send_request(l, i, -1);
         if (rc == RESP_OK)
             return 0;
         node_error(l, i, rc, 0, "%s: cannot queue the %s function: %s", desc, scripts[id].name,
@@ -985,18 +1343,26 @@ static int on_result(redlock *l, size_t i, int id, int status, const resp_reply 
             nd->loaded = 1; /* not there (never loaded, a restart, FUNCTION FLUSH): load it */
             int rc = queue_load(l, i);
             if (rc == RESP_OK)
-                rc = queue_script(l, i, id, 0, l, 0);
+                rc = send_request(l, i, -1);
             if (rc == RESP_OK)
                 return 0;
             node_error(l, i, rc, 0, "%s: cannot queue the function library: %s", desc,
                        redlock_strerror(rc));
         }
     } else if (r->type == RESP_ERROR) {
-        int auth = r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0;
-        node_error(l, i, auth ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
-                   transient_error(r->str, r->len), "%s: %s%.*s", desc,
-                   nd->noperm ? "EVALSHA: NOPERM; FCALL: " : "",
-                   (int)(r->len > 120 ? 120 : r->len), r->str);
+        if (cluster_redirect(l, i, r))
+            return 0;
+        int busy = r->len >= 8 && (memcmp(r->str, "TRYAGAIN", 8) == 0 ||
+                                   (r->len >= 11 && memcmp(r->str, "CLUSTERDOWN", 11) == 0));
+        if (nd->state == N_PENDING && busy && cluster_retry(l, i))
+            return 0;
+        if (nd->state == N_PENDING) {
+            int auth = r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0;
+            node_error(l, i, auth ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
+                       busy || transient_error(r->str, r->len), "%s: %s%.*s", desc,
+                       nd->noperm ? "EVALSHA: NOPERM; FCALL: " : "",
+                       (int)(r->len > 120 ? 120 : r->len), r->str);
+        }
     } else if (decode(nd, scripts[id].shape, r, l) != 0) {
         node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: unexpected reply to the %s script", desc,
                    scripts[id].name);
@@ -1006,8 +1372,7 @@ static int on_result(redlock *l, size_t i, int id, int status, const resp_reply 
         if (nd->fcall)
             c->fn[i].fcall = 1; /* auto mode: FCALL works where EVALSHA may not run */
     }
-    if (--l->outstanding == 0)
-        advance(l);
+    settle(l, i);
     return bad;
 }
 
@@ -1058,26 +1423,29 @@ static uint32_t all_nodes(const redlock_client *c)
     return c->n >= 32 ? 0xffffffffu : bit(c->n) - 1;
 }
 
+/* Nodes where this operation's write holds the lock: to release on failure. */
 static uint32_t taken_nodes(const redlock *l)
 {
     uint32_t m = 0;
     for (size_t i = 0; i < l->c->n; i++)
-        if (l->res[i].acq)
+        if (l->res[i].acq || l->res[i].landed)
             m |= bit(i);
     return m;
 }
 
 /* ---- release channels and the listeners ------------------------------------------
  * A waiter joins its lock's channel; the channel is subscribed on every
- * node's listener while it has local waiters, and unsubscribed when the
- * last one leaves. A release message wakes the first local waiter (every
+ * node's listener while it has local waiters (and a while after, see
+ * chan_leave). A release message wakes the first local waiter (every
  * waiter in fair mode, where the server picks who is next): the others
  * would only lose the race to it. Confirmations come back in the order of
  * our (un)subscribe commands, one per command, so counting them per node
- * tells when a channel's state there is settled.
+ * tells when a channel's state there is settled. On a cluster the channel
+ * is a shard channel in the lock's slot ({NAME}:wake), subscribed with
+ * SSUBSCRIBE on the primary serving it; when the slot moves the server
+ * drops the subscription and the first waiter tries again, which finds
+ * the new owner and subscribes there.
  */
-
-enum { K_LISTEN = 100 }; /* tag kind of listener requests */
 
 static chan *chan_find(const redlock_client *c, const char *name, size_t len, uint64_t h)
 {
@@ -1089,21 +1457,47 @@ static chan *chan_find(const redlock_client *c, const char *name, size_t len, ui
     return NULL;
 }
 
+static chan *chan_find_shard(const redlock_client *c, const char *name, size_t len)
+{
+    uint64_t h = hash_bytes(name, len);
+    if (c->nbuckets == 0)
+        return NULL;
+    for (chan *ch = c->sbuckets[h & (c->nbuckets - 1)]; ch; ch = ch->snext)
+        if (ch->shash == h && ch->slen == len && memcmp(ch->name + ch->len, name, len) == 0)
+            return ch;
+    return NULL;
+}
+
+static void chan_link(redlock_client *c, chan *ch)
+{
+    size_t b = ch->hash & (c->nbuckets - 1), sb = ch->shash & (c->nbuckets - 1);
+    ch->next = c->buckets[b];
+    c->buckets[b] = ch;
+    ch->snext = c->sbuckets[sb];
+    c->sbuckets[sb] = ch;
+}
+
 static int chan_grow_table(redlock_client *c)
 {
     size_t nb = c->nbuckets ? c->nbuckets * 2 : 16;
-    chan **b = resp_alloc_array(nb, sizeof(chan *));
-    if (!b)
+    chan **b = resp_alloc_array(nb, sizeof(chan *)), **sb = resp_alloc_array(nb, sizeof(chan *));
+    if (!b || !sb) {
+        resp_free(b);
+        resp_free(sb);
         return -1;
-    for (size_t i = 0; i < c->nbuckets; i++)
-        for (chan *ch = c->buckets[i], *next; ch; ch = next) {
-            next = ch->next;
-            ch->next = b[ch->hash & (nb - 1)];
-            b[ch->hash & (nb - 1)] = ch;
-        }
-    resp_free(c->buckets);
+    }
+    chan **old = c->buckets;
+    size_t oldn = c->nbuckets;
+    resp_free(c->sbuckets);
     c->buckets = b;
+    c->sbuckets = sb;
     c->nbuckets = nb;
+    for (size_t i = 0; i < oldn; i++)
+        for (chan *ch = old[i], *next; ch; ch = next) {
+            next = ch->next;
+            chan_link(c, ch);
+        }
+    resp_free(old);
     return 0;
 }
 
@@ -1121,23 +1515,27 @@ static chan *chan_get(redlock_client *c, const redlock *l)
         c->free_chans = ch->next;
     else if (!(ch = resp_alloc_array(1, sizeof *ch)))
         return NULL;
-    if (ch->cap < l->chlen) {
-        char *p = resp_realloc(ch->name, l->chlen);
+    size_t need = l->chlen + l->fencelen;
+    if (ch->cap < need) {
+        char *p = resp_realloc(ch->name, need);
         if (!p) {
             ch->next = c->free_chans;
             c->free_chans = ch;
             return NULL;
         }
         ch->name = p;
-        ch->cap = l->chlen;
+        ch->cap = need;
     }
     memcpy(ch->name, l->channel, l->chlen);
+    memcpy(ch->name + l->chlen, l->wake_key, l->fencelen);
     ch->len = l->chlen;
+    ch->slen = l->fencelen;
     ch->hash = h;
+    ch->shash = hash_bytes(l->wake_key, l->fencelen);
+    ch->slot = l->slot;
     ch->head = ch->tail = NULL;
     memset(ch->st, 0, sizeof ch->st);
-    ch->next = c->buckets[h & (c->nbuckets - 1)];
-    c->buckets[h & (c->nbuckets - 1)] = ch;
+    chan_link(c, ch);
     c->nchans++;
     return ch;
 }
@@ -1173,42 +1571,48 @@ static void chan_release_if_unused(redlock_client *c, chan *ch)
             *p = ch->next;
             break;
         }
+    for (chan **p = &c->sbuckets[ch->shash & (c->nbuckets - 1)]; *p; p = &(*p)->snext)
+        if (*p == ch) {
+            *p = ch->snext;
+            break;
+        }
     c->nchans--;
     ch->next = c->free_chans;
     c->free_chans = ch;
 }
 
-static int listener(redlock_client *c, size_t i)
+static int listener(redlock_client *c, size_t i, size_t j)
 {
-    node *nd = &c->nodes[i];
-    if (nd->sub)
+    shard *sh = &c->nodes[i].sh[j];
+    if (sh->sub)
         return REDLOCK_OK;
-    net_opts o;
-    memset(&o, 0, sizeof o);
-    o.connect_timeout_ms = c->opts.connect_timeout_ms;
-    o.io_timeout_ms = c->opts.io_timeout_ms;
-    o.limits.max_bulk = c->opts.max_bulk;
-    o.limits.max_array = c->opts.max_array;
-    o.limits.max_depth = c->opts.max_depth;
-    o.limits.max_line = c->opts.max_line;
-    if (net_conn_new(&nd->sub, net_conn_url(nd->cmd), &o) != RESP_OK)
+    if (net_conn_new(&sh->sub, net_conn_url(sh->cmd), &c->nodes[i].opts) != RESP_OK)
         return REDLOCK_ERR_NOMEM;
-    net_conn_set_push(nd->sub);
+    net_conn_set_push(sh->sub);
     return REDLOCK_OK;
 }
 
 /* Ask node i's listener for ch on or off, unless the last command asked so. */
 static void chan_want(redlock_client *c, chan *ch, size_t i, int on)
 {
-    if (ch->st[i].sent_on == on || listener(c, i) != REDLOCK_OK)
+    node *m = &c->nodes[i];
+    if (ch->st[i].sent_on == on)
         return;
-    const char *argv[2] = {on ? "SUBSCRIBE" : "UNSUBSCRIBE", ch->name};
-    size_t lens[2] = {on ? 9u : 11u, ch->len};
-    net_tag tag = {&c->nodes[i], 0, K_LISTEN};
-    if (net_conn_request(c->nodes[i].sub, 2, argv, lens, tag, 0, c->now) != RESP_OK)
+    size_t j = on ? route(c, i, ch->slot) : ch->st[i].shard;
+    if (listener(c, i, j) != REDLOCK_OK)
+        return;
+    int sharded = m->cluster && m->sharded;
+    const char *cmd = on ? (sharded ? "SSUBSCRIBE" : "SUBSCRIBE")
+                         : (sharded ? "SUNSUBSCRIBE" : "UNSUBSCRIBE");
+    const char *argv[2] = {cmd, sharded ? ch->name + ch->len : ch->name};
+    size_t lens[2] = {strlen(cmd), sharded ? ch->slen : ch->len};
+    net_tag tag = {ch, 0, K_LISTEN};
+    if (net_conn_request(m->sh[j].sub, 2, argv, lens, tag, 0, c->now) != RESP_OK)
         return;
     ch->st[i].sent_on = (uint8_t)on;
     ch->st[i].inflight++;
+    ch->st[i].unsubs += !on;
+    ch->st[i].shard = (uint16_t)j;
 }
 
 /* Every node's subscription state settled (confirmed, or the listener
@@ -1240,26 +1644,27 @@ static int chan_any_on(const redlock_client *c, const chan *ch)
 static void try_now(redlock *l);
 static void subscribed(redlock *l);
 
-/* l waits on its channel from now on, last in the local line. */
+/* l waits on its channel from now on, last in the local line; every node
+ * is asked to subscribe where it is not (again, after a listener was lost). */
 static int chan_join(redlock *l)
 {
     redlock_client *c = l->c;
-    if (l->ch)
-        return REDLOCK_OK;
-    chan *ch = chan_get(c, l);
-    if (!ch)
-        return REDLOCK_ERR_NOMEM;
-    idle_remove(c, ch);
-    l->ch = ch;
-    l->wnext = NULL;
-    l->wprev = ch->tail;
-    if (ch->tail)
-        ch->tail->wnext = l;
-    else
-        ch->head = l;
-    ch->tail = l;
+    if (!l->ch) {
+        chan *ch = chan_get(c, l);
+        if (!ch)
+            return REDLOCK_ERR_NOMEM;
+        idle_remove(c, ch);
+        l->ch = ch;
+        l->wnext = NULL;
+        l->wprev = ch->tail;
+        if (ch->tail)
+            ch->tail->wnext = l;
+        else
+            ch->head = l;
+        ch->tail = l;
+    }
     for (size_t i = 0; i < c->n; i++)
-        chan_want(c, ch, i, 1);
+        chan_want(c, l->ch, i, 1);
     return REDLOCK_OK;
 }
 
@@ -1342,20 +1747,20 @@ static void chan_settle_waiters(redlock_client *c, chan *ch)
     }
 }
 
-/* Node i's listener lost its connection (or never had one): nothing is
- * subscribed there now. Channels with waiters subscribe again. */
-static void listener_reset(redlock_client *c, size_t i)
+/* Shard j of node i lost its listener connection (or never had one):
+ * nothing is subscribed there now. Waiters subscribe again when they next
+ * try; meanwhile their timers bound the wait. */
+static void listener_reset(redlock_client *c, size_t i, size_t j)
 {
-    node *nd = &c->nodes[i];
-    nd->sub_gen = nd->sub ? net_conn_generation(nd->sub) : 0;
+    shard *sh = &c->nodes[i].sh[j];
+    sh->sub_gen = sh->sub ? net_conn_generation(sh->sub) : 0;
     for (size_t b = 0; b < c->nbuckets; b++)
         for (chan *ch = c->buckets[b], *next; ch; ch = next) {
             next = ch->next;
+            if (ch->st[i].shard != j)
+                continue;
             memset(&ch->st[i], 0, sizeof ch->st[i]);
-            if (ch->head)
-                chan_want(c, ch, i, 1);
-            else
-                chan_release_if_unused(c, ch);
+            chan_release_if_unused(c, ch);
         }
     for (size_t b = 0; b < c->nbuckets; b++)
         for (chan *ch = c->buckets[b], *next; ch; ch = next) {
@@ -1364,25 +1769,87 @@ static void listener_reset(redlock_client *c, size_t i)
         }
 }
 
-/* A push on node i's listener: a release message, or the confirmation of
- * one of our (un)subscribe commands. */
-static void on_push(redlock_client *c, size_t i, const resp_reply *r)
+/* Our subscription of ch on node i is gone without our asking (its slot
+ * moved, or the subscribe was refused): learn the slot's owner, and let the
+ * first waiter try again: its try finds the owner and subscribes there. */
+static void chan_lost(redlock_client *c, chan *ch, size_t i)
 {
-    if (r->type != RESP_ARRAY || r->n < 3 || r[1].type != RESP_BULK || r[2].type != RESP_BULK)
-        return;
-    int sub = is_bulk(&r[1], "subscribe", 9), unsub = is_bulk(&r[1], "unsubscribe", 11);
-    chan *ch = chan_find(c, r[2].str, r[2].len, hash_bytes(r[2].str, r[2].len));
-    if (sub || unsub)
-        net_conn_ack(c->nodes[i].sub);
-    if (!ch)
-        return;
-    if (is_bulk(&r[1], "message", 7)) {
-        chan_wake(c, ch);
-        return;
+    ch->st[i].on = 0;
+    ch->st[i].sent_on = 0;
+    map_soon(c, i);
+    chan_settle_waiters(c, ch);
+    if (ch->head)
+        wake(ch->head);
+    chan_release_if_unused(c, ch);
+}
+
+/* An error in answer to our oldest (un)subscribe on shard j of node i: a
+ * -MOVED for SSUBSCRIBE to a node that lost the slot, or a server without
+ * sharded pub/sub (Redis < 7: fall back to SUBSCRIBE and PUBLISH). */
+static void on_push_error(redlock_client *c, size_t i, size_t j, const resp_reply *r)
+{
+    node *m = &c->nodes[i];
+    chan *ch = net_conn_oldest(m->sh[j].sub).owner;
+    unsigned slot;
+    const char *host, *port;
+    size_t hl, pl;
+    net_conn_ack(m->sh[j].sub);
+    if (r->len > 6 && memcmp(r->str, "MOVED ", 6) == 0 &&
+        parse_redirect(r, 6, &slot, &host, &hl, &port, &pl) == 0) {
+        int k = shard_at(c, i, j, host, hl, port, pl);
+        if (k >= 0) {
+            m->slots[slot] = (int16_t)k;
+            m->moves++;
+        }
+    } else if (r->len >= 19 && memcmp(r->str, "ERR unknown command", 19) == 0) {
+        m->sharded = 0;
     }
-    if (!(sub || unsub) || ch->st[i].inflight == 0)
+    if (!ch || ch->st[i].inflight == 0)
         return;
     ch->st[i].inflight--;
+    if (ch->st[i].unsubs > ch->st[i].inflight)
+        ch->st[i].unsubs = ch->st[i].inflight;
+    chan_lost(c, ch, i);
+}
+
+/* A push on shard j of node i's listener: a release message, or the
+ * confirmation of one of our (un)subscribe commands, or a subscription
+ * the server dropped. */
+static void on_push(redlock_client *c, size_t i, size_t j, const resp_reply *r)
+{
+    if (r->type == RESP_ERROR) {
+        on_push_error(c, i, j, r);
+        return;
+    }
+    if (r->type != RESP_ARRAY || r->n < 3 || r[1].type != RESP_BULK || r[2].type != RESP_BULK)
+        return;
+    /* smessage, ssubscribe, sunsubscribe: the shard channel forms */
+    int shard = (r[1].len == 8 && memcmp(r[1].str, "smessage", 8) == 0) ||
+                (r[1].len == 10 && memcmp(r[1].str, "ssubscribe", 10) == 0) ||
+                (r[1].len == 12 && memcmp(r[1].str, "sunsubscribe", 12) == 0);
+    const char *kind = r[1].str + shard;
+    size_t klen = r[1].len - (size_t)shard;
+    chan *ch = shard ? chan_find_shard(c, r[2].str, r[2].len)
+                     : chan_find(c, r[2].str, r[2].len, hash_bytes(r[2].str, r[2].len));
+    int sub = klen == 9 && memcmp(kind, "subscribe", 9) == 0;
+    int unsub = klen == 11 && memcmp(kind, "unsubscribe", 11) == 0;
+    if (klen == 7 && memcmp(kind, "message", 7) == 0) {
+        if (ch)
+            chan_wake(c, ch);
+        return;
+    }
+    if (!sub && !unsub)
+        return;
+    if (unsub && (!ch || ch->st[i].unsubs == 0)) {
+        if (ch)
+            chan_lost(c, ch, i); /* not ours: the server dropped it (slot moved) */
+        return;
+    }
+    net_conn_ack(c->nodes[i].sh[j].sub);
+    if (!ch || ch->st[i].inflight == 0)
+        return;
+    ch->st[i].inflight--;
+    ch->st[i].unsubs -= (uint8_t)unsub;
     ch->st[i].on = (uint8_t)sub;
     chan_settle_waiters(c, ch);
     chan_release_if_unused(c, ch);
@@ -1423,7 +1890,7 @@ static void acquire_start(redlock *l)
     l->t0 = c->now;
     l->woken = 0;
     for (size_t i = 0; i < c->n; i++)
-        l->res[i].acq = 0;
+        l->res[i].acq = l->res[i].landed = 0;
     round_start(l, PH_ACQUIRE, c->opts.fair ? S_FAIR : S_ACQUIRE, all_nodes(c),
                 l->t0 + ms_ns(l->ttl));
 }
@@ -1952,8 +2419,9 @@ static uint32_t forget_requests(redlock *l)
     redlock_client *c = l->c;
     uint32_t written = 0;
     for (size_t i = 0; i < c->n; i++)
-        if (net_conn_forget(c->nodes[i].cmd, l) > 0)
-            written |= bit(i);
+        for (size_t j = 0; j < c->nodes[i].nsh; j++)
+            if (net_conn_forget(c->nodes[i].sh[j].cmd, l) > 0)
+                written |= bit(i);
     l->seq++;
     return written;
 }
@@ -1991,13 +2459,13 @@ static void op_cancel(redlock *l)
     if (acquiring && !l->held_before) {
         for (size_t i = 0; i < c->n; i++)
             if (landed & bit(i))
-                queue_script(l, i, S_RELEASE, 1, NULL, 0);
+                queue_orphan(l, i, S_RELEASE);
         l->held = 0;
         l->valid_until = 0;
     }
     if (l->op == OP_LOCK && c->opts.fair)
         for (size_t i = 0; i < c->n; i++)
-            queue_script(l, i, S_DEQUEUE, 1, NULL, 0);
+            queue_orphan(l, i, S_DEQUEUE);
     if (l->op == OP_UNLOCK) {
         l->held = 0;
         l->valid_until = 0;
@@ -2008,6 +2476,42 @@ static void op_cancel(redlock *l)
 }
 
 /* ---- the engine -------------------------------------------------------------------------------- */
+
+/* During a round the lock's timer is the earliest retry due (and, for a
+ * keepalive refresh, the end of the validity). */
+static void timer_rearm_round(redlock *l)
+{
+    int64_t at = l->op == OP_KEEPALIVE ? l->valid_until : 0;
+    for (size_t i = 0; i < l->c->n; i++) {
+        int64_t r = l->res[i].retry_at;
+        if (r && (!at || r < at))
+            at = r;
+    }
+    if (at)
+        timer_set(l, at);
+    else
+        timer_clear(l);
+}
+
+/* Send the requests whose retry is due. */
+static void retry_due(redlock *l)
+{
+    redlock_client *c = l->c;
+    for (size_t i = 0; i < c->n; i++) {
+        nres *nd = &l->res[i];
+        if (!nd->retry_at || nd->retry_at > c->now || nd->final)
+            continue;
+        nd->retry_at = 0;
+        int rc = send_request(l, i, -1);
+        if (rc != REDLOCK_OK) {
+            node_error(l, i, rc, 0, "%s: cannot queue a request: %s", c->nodes[i].desc,
+                       redlock_strerror(rc));
+            settle(l, i);
+        }
+    }
+    if (l->op != OP_NONE && l->outstanding > 0)
+        timer_rearm_round(l);
+}
 
 /* l's timer is due. */
 static void fire(redlock *l)
@@ -2028,6 +2532,8 @@ static void fire(redlock *l)
     } else if (l->op == OP_KEEPALIVE && c->now >= l->valid_until) {
         abandon(l);
         keepalive_lost(l, "its TTL ran out: no node answered the refresh in time");
+    } else if (l->outstanding > 0) {
+        retry_due(l);
     }
 }
 
@@ -2062,65 +2568,141 @@ static int run_ready(redlock_client *c)
     return k;
 }
 
-/* Hand node i's replies to the operations that sent them. */
-static int take_replies(redlock_client *c, size_t i)
+/* ---- the slot map of a cluster ------------------------------------------------------------------ */
+
+/* Ask one of cluster node i's shards (in turn) for CLUSTER SLOTS. */
+static void map_ask(redlock_client *c, size_t i)
 {
-    net_conn *conn = c->nodes[i].cmd;
+    node *m = &c->nodes[i];
+    static const char *const argv[2] = {"CLUSTER", "SLOTS"};
+    static const size_t lens[2] = {7, 5};
+    size_t j = m->map_next++ % m->nsh;
+    net_tag tag = {m, 0, K_SLOTS};
+    m->map_due = 0;
+    if (net_conn_request(m->sh[j].cmd, 2, argv, lens, tag, 0, c->now) != RESP_OK) {
+        m->map_due = c->now + ms_ns(100);
+        return;
+    }
+    m->map_busy = 1;
+    m->map_moves = m->moves;
+}
+
+/* One CLUSTER SLOTS entry: {start, end, {host, port, ...} (the primary),
+ * replicas...}. 0, or -1 if malformed. */
+static int map_entry(redlock_client *c, size_t i, size_t asked, const resp_reply *e)
+{
+    node *m = &c->nodes[i];
+    const resp_reply *p = e + 3;
+    if (e->type != RESP_ARRAY || e->n < 3 || e[1].type != RESP_INTEGER ||
+        e[2].type != RESP_INTEGER || p->type != RESP_ARRAY || p->n < 2 ||
+        (p[1].type != RESP_BULK && p[1].type != RESP_NIL) || p[2].type != RESP_INTEGER)
+        return -1;
+    long long lo = e[1].integer, hi = e[2].integer, port = p[2].integer;
+    if (lo < 0 || hi >= NSLOTS || lo > hi || port <= 0 || port > 65535)
+        return -1;
+    char ps[8];
+    int pl = snprintf(ps, sizeof ps, "%lld", port);
+    int j = shard_at(c, i, asked, p[1].type == RESP_BULK ? p[1].str : "",
+                     p[1].type == RESP_BULK ? p[1].len : 0, ps, (size_t)pl);
+    if (j < 0)
+        return -1;
+    for (long long s = lo; s <= hi; s++)
+        m->scratch[s] = (int16_t)j;
+    return 0;
+}
+
+/* The CLUSTER SLOTS reply from shard j of node i. A map that a MOVED
+ * overtook meanwhile is dropped (and asked for again): it may be older
+ * than what the MOVED said. */
+static void map_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r)
+{
+    node *m = &c->nodes[i];
+    m->map_busy = 0;
+    if (status != RESP_OK || r->type != RESP_ARRAY || m->moves != m->map_moves) {
+        m->map_due = c->now + ms_ns(status != RESP_OK || r->type != RESP_ARRAY ? 100 : 0);
+        return;
+    }
+    for (size_t s = 0; s < NSLOTS; s++)
+        m->scratch[s] = -1;
+    const resp_reply *e = r + 1;
+    for (uint32_t k = 0; k < r->n; k++, e += e->span)
+        if (map_entry(c, i, j, e) != 0) {
+            m->map_due = c->now + ms_ns(100); /* try another node */
+            return;
+        }
+    memcpy(m->slots, m->scratch, NSLOTS * sizeof *m->slots);
+}
+
+/* ---- taking results ------------------------------------------------------------------------------ */
+
+/* Hand shard j of node i's replies to the operations that sent them. */
+static int take_replies(redlock_client *c, size_t i, size_t j)
+{
+    net_conn *conn = c->nodes[i].sh[j].cmd;
     net_tag tag;
     const resp_reply *r;
     size_t ne;
     int st, k = 0;
     while ((st = net_conn_take(conn, &tag, &r, &ne)) != RESP_IDLE) {
+        k++;
+        if ((tag.kind & 0xff) == K_SLOTS) {
+            map_reply(c, i, j, st, r);
+            if (st == RESP_OK)
+                net_conn_consume(conn);
+            continue;
+        }
         redlock *l = tag.owner;
         int live = l && l->seq == tag.seq && l->op != OP_NONE;
-        k++;
         if (st == RESP_OK) {
-            if (live && on_result(l, i, (int)tag.kind, RESP_OK, r) < 0)
+            if (live && on_result(l, i, tag.kind, RESP_OK, r) < 0)
                 net_conn_fail(conn, RESP_ERR_PROTOCOL, "a reply out of step: connection closed");
             else
                 net_conn_consume(conn);
         } else if (live) {
-            on_result(l, i, (int)tag.kind, st, NULL);
+            on_result(l, i, tag.kind, st, NULL);
         }
     }
     return k;
 }
 
-/* Node i's listener: pushes, and whether it lost its subscriptions. */
-static int take_pushes(redlock_client *c, size_t i)
+/* Shard j of node i's listener: pushes, and whether it lost its
+ * subscriptions. */
+static int take_pushes(redlock_client *c, size_t i, size_t j)
 {
-    node *nd = &c->nodes[i];
+    shard *sh = &c->nodes[i].sh[j];
     net_tag tag;
     const resp_reply *r;
     size_t ne;
     int st, k = 0, failed = 0;
-    while ((st = net_conn_take(nd->sub, &tag, &r, &ne)) != RESP_IDLE) {
+    while ((st = net_conn_take(sh->sub, &tag, &r, &ne)) != RESP_IDLE) {
         k++;
         if (st != RESP_OK) {
             failed = 1;
             continue;
         }
-        on_push(c, i, r);
-        net_conn_consume(nd->sub);
+        on_push(c, i, j, r);
+        net_conn_consume(sh->sub);
     }
-    int up = net_conn_ready(nd->sub);
-    uint64_t gen = net_conn_generation(nd->sub);
-    if (failed || (nd->sub_gen && (!up || gen != nd->sub_gen))) {
-        listener_reset(c, i);
+    int up = net_conn_ready(sh->sub);
+    uint64_t gen = net_conn_generation(sh->sub);
+    if (failed || (sh->sub_gen && (!up || gen != sh->sub_gen))) {
+        listener_reset(c, i, j);
         k++;
     }
-    nd->sub_gen = up ? gen : 0;
+    sh->sub_gen = up ? gen : 0;
     return k;
 }
 
 static net_conn *conn_of_fd(const redlock_client *c, int fd)
 {
-    for (size_t i = 0; i < c->n; i++) {
-        if (net_conn_fd(c->nodes[i].cmd) == fd)
-            return c->nodes[i].cmd;
-        if (c->nodes[i].sub && net_conn_fd(c->nodes[i].sub) == fd)
-            return c->nodes[i].sub;
-    }
+    for (size_t i = 0; i < c->n; i++)
+        for (size_t j = 0; j < c->nodes[i].nsh; j++) {
+            const shard *sh = &c->nodes[i].sh[j];
+            if (net_conn_fd(sh->cmd) == fd)
+                return sh->cmd;
+            if (sh->sub && net_conn_fd(sh->sub) == fd)
+                return sh->sub;
+        }
     return NULL;
 }
 
@@ -2141,12 +2723,17 @@ static int engine_pass(redlock_client *c, const struct pollfd *fds, int nfds)
     for (int pass = 0; pass < MAX_PASSES; pass++) {
         int moved = 0;
         for (size_t i = 0; i < c->n; i++) {
-            node *nd = &c->nodes[i];
-            net_conn_pump(nd->cmd, c->now);
-            moved += take_replies(c, i);
-            if (nd->sub) {
-                net_conn_pump(nd->sub, c->now);
-                moved += take_pushes(c, i);
+            node *m = &c->nodes[i];
+            if (m->cluster && m->map_due && m->map_due <= c->now && !m->map_busy)
+                map_ask(c, i);
+            for (size_t j = 0; j < m->nsh; j++) {
+                shard *sh = &m->sh[j];
+                net_conn_pump(sh->cmd, c->now);
+                moved += take_replies(c, i, j);
+                if (sh->sub) {
+                    net_conn_pump(sh->sub, c->now);
+                    moved += take_pushes(c, i, j);
+                }
             }
         }
         moved += run_ready(c);
@@ -2195,6 +2782,8 @@ static int check_options(const redlock_options *o)
         return global_err(REDLOCK_ERR_ARG, "scripts must be REDLOCK_SCRIPTS_AUTO, _EVAL or _FUNCTIONS");
     if (o->max_depth > RESP_MAX_DEPTH)
         return global_err(REDLOCK_ERR_ARG, "max_depth must be at most %d", RESP_MAX_DEPTH);
+    if (o->wait_replicas < 0 || o->wait_replicas > 100)
+        return global_err(REDLOCK_ERR_ARG, "wait_replicas must be 0 to 100");
     return REDLOCK_OK;
 }
 
@@ -2211,8 +2800,11 @@ static net_opts conn_opts(const redlock_options *o)
     return co;
 }
 
+/* Node i from its URL: one shard; a cluster (?cluster=1) one shard per
+ * seed to begin with, and a slot map to fill from the first answer. */
 static int add_node(redlock_client *c, size_t i, const char *url, const net_opts *co)
 {
+    node *m = &c->nodes[i];
     net_url u;
     char err[200];
     if (!url)
@@ -2220,12 +2812,45 @@ static int add_node(redlock_client *c, size_t i, const char *url, const net_opts
     if (net_url_parse(&u, url, err, sizeof err) != RESP_OK)
         return c->n == 1 ? global_err(REDLOCK_ERR_ARG, "%s", err)
                          : global_err(REDLOCK_ERR_ARG, "URL %zu: %s", i + 1, err);
-    int rc = net_conn_new(&c->nodes[i].cmd, &u, co);
+    m->opts = *co;
+    m->cluster = u.cluster;
+    m->sharded = 1;
+    m->sh = resp_alloc_array(u.cluster ? MAX_SHARDS : 1, sizeof *m->sh);
+    if (u.cluster) {
+        /* CLUSTER SLOTS: an entry per slot range, nested three deep */
+        m->opts.limits.max_array = NSLOTS;
+        m->opts.max_elems = (size_t)NSLOTS * 16;
+        if (m->opts.max_reply < ((size_t)4 << 20))
+            m->opts.max_reply = (size_t)4 << 20;
+        m->slots = resp_alloc_array(NSLOTS, sizeof *m->slots);
+        m->scratch = resp_alloc_array(NSLOTS, sizeof *m->scratch);
+        m->url = u;
+        m->map_due = 1; /* at the first turn of the engine */
+    }
+    int rc = !m->sh || (u.cluster && (!m->slots || !m->scratch)) ? -1 : add_shard(c, i, &u);
+    for (int k = 0; rc >= 0 && k < u.nseeds; k++)
+        rc = shard_at(c, i, 0, u.seed_host[k], strlen(u.seed_host[k]), u.seed_port[k],
+                      strlen(u.seed_port[k]));
     memset(u.password, 0, sizeof u.password);
-    if (rc != RESP_OK)
+    if (rc < 0)
         return global_err(REDLOCK_ERR_NOMEM, "out of memory");
-    snprintf(c->nodes[i].desc, sizeof c->nodes[i].desc, "%s", net_conn_desc(c->nodes[i].cmd));
+    if (m->slots)
+        for (size_t s = 0; s < NSLOTS; s++)
+            m->slots[s] = -1;
+    snprintf(m->desc, sizeof m->desc, "%s%s", m->sh[0].desc, u.cluster ? " (cluster)" : "");
     return REDLOCK_OK;
+}
+
+static void free_node(node *m)
+{
+    for (size_t j = 0; m->sh && j < m->nsh; j++) {
+        net_conn_free(m->sh[j].cmd);
+        net_conn_free(m->sh[j].sub);
+    }
+    memset(m->url.password, 0, sizeof m->url.password);
+    resp_free(m->sh);
+    resp_free(m->slots);
+    resp_free(m->scratch);
 }
 
 int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
@@ -2297,10 +2922,8 @@ void redlock_client_free(redlock_client *c)
         l->c = NULL;
     }
     if (c->nodes)
-        for (size_t i = 0; i < c->n; i++) {
-            net_conn_free(c->nodes[i].cmd);
-            net_conn_free(c->nodes[i].sub);
-        }
+        for (size_t i = 0; i < c->n; i++)
+            free_node(&c->nodes[i]);
     for (size_t b = 0; b < c->nbuckets; b++)
         for (chan *ch = c->buckets[b], *next; ch; ch = next) {
             next = ch->next;
@@ -2313,6 +2936,7 @@ void redlock_client_free(redlock_client *c)
         resp_free(ch);
     }
     resp_free(c->buckets);
+    resp_free(c->sbuckets);
     resp_free(c->nodes);
     resp_free(c->fn);
     resp_free(c->fn_code);
@@ -2341,20 +2965,21 @@ int redlock_client_pollfds(redlock_client *c, struct pollfd *fds, int nfds)
     int k = 0;
     if (!c)
         return 0;
-    for (size_t i = 0; i < c->n; i++) {
-        net_conn *two[2] = {c->nodes[i].cmd, c->nodes[i].sub};
-        for (int j = 0; j < 2; j++) {
-            short ev = two[j] ? net_conn_events(two[j]) : 0;
-            if (!ev || net_conn_fd(two[j]) < 0)
-                continue;
-            if (fds && k < nfds) {
-                fds[k].fd = net_conn_fd(two[j]);
-                fds[k].events = ev;
-                fds[k].revents = 0;
+    for (size_t i = 0; i < c->n; i++)
+        for (size_t j = 0; j < c->nodes[i].nsh; j++) {
+            net_conn *two[2] = {c->nodes[i].sh[j].cmd, c->nodes[i].sh[j].sub};
+            for (int t = 0; t < 2; t++) {
+                short ev = two[t] ? net_conn_events(two[t]) : 0;
+                if (!ev || net_conn_fd(two[t]) < 0)
+                    continue;
+                if (fds && k < nfds) {
+                    fds[k].fd = net_conn_fd(two[t]);
+                    fds[k].events = ev;
+                    fds[k].revents = 0;
+                }
+                k++;
             }
-            k++;
         }
-    }
     return k;
 }
 
@@ -2364,7 +2989,10 @@ uint64_t redlock_client_sockets(const redlock_client *c)
     if (!c)
         return 0;
     for (size_t i = 0; i < c->n; i++)
-        n += net_conn_sockets(c->nodes[i].cmd) + (c->nodes[i].sub ? net_conn_sockets(c->nodes[i].sub) : 0);
+        for (size_t j = 0; j < c->nodes[i].nsh; j++) {
+            const shard *sh = &c->nodes[i].sh[j];
+            n += net_conn_sockets(sh->cmd) + (sh->sub ? net_conn_sockets(sh->sub) : 0);
+        }
     return n;
 }
 
@@ -2376,12 +3004,17 @@ int redlock_client_timeout_ms(const redlock_client *c)
         return 0;
     int64_t d = INT64_MAX;
     for (size_t i = 0; i < c->n; i++) {
-        int64_t a = net_conn_deadline(c->nodes[i].cmd);
-        int64_t b = c->nodes[i].sub ? net_conn_deadline(c->nodes[i].sub) : INT64_MAX;
-        if (a < d)
-            d = a;
-        if (b < d)
-            d = b;
+        const node *m = &c->nodes[i];
+        if (m->cluster && m->map_due && !m->map_busy && m->map_due < d)
+            d = m->map_due;
+        for (size_t j = 0; j < m->nsh; j++) {
+            int64_t a = net_conn_deadline(m->sh[j].cmd);
+            int64_t b = m->sh[j].sub ? net_conn_deadline(m->sh[j].sub) : INT64_MAX;
+            if (a < d)
+                d = a;
+            if (b < d)
+                d = b;
+        }
     }
     for (const redlock *l = c->armed; l; l = l->tnext)
         if (l->timer_at < d)
@@ -2428,22 +3061,24 @@ static int has_hash_tag(const char *s, size_t n)
 }
 
 /* The lock's keys, all in the lock key's hash slot: NAME, and {NAME}:fence,
- * {NAME}:queue, {NAME}:alive (NAME:fence... when NAME has a hash tag);
- * the release channel redlock:NAME. Written into p; returns the end. */
+ * {NAME}:queue, {NAME}:alive and the cluster release channel {NAME}:freed
+ * (NAME:fence... when NAME has a hash tag); the release channel on plain
+ * nodes redlock:NAME. Written into p; returns the end. */
 static char *layout_keys(redlock *l, char *p, const char *name, size_t namelen)
 {
     int tag = has_hash_tag(name, namelen);
     size_t fencelen = namelen + (tag ? 6 : 8);
-    const char *suffix[3] = {"fence", "queue", "alive"};
-    const char **dst[3] = {&l->fence_key, &l->queue_key, &l->alive_key};
+    const char *suffix[4] = {"fence", "queue", "alive", "freed"};
+    const char **dst[4] = {&l->fence_key, &l->queue_key, &l->alive_key, &l->wake_key};
 
     l->name = p;
     l->namelen = namelen;
+    l->slot = key_slot(name, namelen);
     memcpy(p, name, namelen);
     p[namelen] = '\0';
     p += namelen + 1;
     l->fencelen = fencelen;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         *dst[k] = p;
         if (tag) {
             memcpy(p, name, namelen);
@@ -2463,6 +3098,14 @@ static char *layout_keys(redlock *l, char *p, const char *name, size_t namelen)
     memcpy(p + 8, name, namelen);
     p[l->chlen] = '\0';
     return p + l->chlen + 1;
+}
+
+static int has_cluster(const redlock_client *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (c->nodes[i].cluster)
+            return 1;
+    return 0;
 }
 
 int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
@@ -2488,6 +3131,10 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
         return cerr(c, REDLOCK_ERR_ARG, "ttl_ms must be > 0");
     if (value && (value[0] == '\0' || strlen(value) > MAX_VALUE))
         return cerr(c, REDLOCK_ERR_ARG, "lock value must be 1 to %d bytes", MAX_VALUE);
+    if (has_cluster(c) && !has_hash_tag(name, namelen) && memchr(name, '}', namelen))
+        return cerr(c, REDLOCK_ERR_ARG,
+                    "on Redis Cluster a lock name with '}' needs a {hash tag}: no other key "
+                    "could share its slot");
     if (!value) {
         unsigned char rnd[16];
         if (fill_random(rnd, sizeof rnd) != 0)
@@ -2500,7 +3147,7 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
     /* one block: the lock, its per-node results, then its strings */
     size_t vlen = strlen(value);
     size_t fencelen = namelen + 8;
-    size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + 3 * (fencelen + 1) +
+    size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + 4 * (fencelen + 1) +
                    8 + namelen + 1 + vlen + 1;
     redlock *l = resp_alloc(total);
     if (!l)
@@ -2723,10 +3370,19 @@ static int run_blocking(redlock *l)
     engine_pass(c, NULL, 0);
     while (l->op != OP_NONE) {
         int n = redlock_client_pollfds(c, c->pfd, (int)c->pfd_cap);
+        if ((size_t)n > c->pfd_cap) { /* a cluster met more primaries */
+            struct pollfd *p = resp_realloc(c->pfd, (size_t)n * 2 * sizeof *p);
+            if (!p) {
+                abandon(l);
+                return cerr(c, lerr(l, REDLOCK_ERR_NOMEM, "out of memory"), "out of memory");
+            }
+            c->pfd = p;
+            c->pfd_cap = (size_t)n * 2;
+            continue;
+        }
         int t = redlock_client_timeout_ms(c);
-        if (n < 0 || (size_t)n > c->pfd_cap || (n == 0 && t < 0)) {
-            /* cannot happen: every connection has its slot, and an
-             * operation in flight always has a deadline */
+        if (n == 0 && t < 0) {
+            /* cannot happen: an operation in flight always has a deadline */
             abandon(l);
             return lerr(l, REDLOCK_ERR_IO, "internal error: nothing to wait for");
         }
@@ -2816,14 +3472,22 @@ typedef struct admin_node {
 
 /* The servers that need the library: each node of the client. Fills
  * a[0..cap) and returns how many there are.
- * HOOK(cluster): a cluster member contributes every primary here (a
+ * HOOK(cluster): a cluster member should contribute every primary here (a
  * library lives on each server; FUNCTION LOAD on a primary reaches its
- * replicas). */
+ * replicas), from a fresh slot map. Until then it is one entry that fails
+ * with a message saying what to do instead. */
 static size_t library_targets(const redlock_client *c, admin_node *a, size_t cap)
 {
     for (size_t i = 0; i < c->n && i < cap; i++) {
-        a[i].url = net_conn_url(c->nodes[i].cmd);
+        a[i].url = net_conn_url(c->nodes[i].sh[0].cmd);
         snprintf(a[i].info.node, sizeof a[i].info.node, "%s", c->nodes[i].desc);
+        if (c->nodes[i].cluster) {
+            a[i].url = NULL;
+            a[i].info.status = REDLOCK_ERR_ARG;
+            snprintf(a[i].info.detail, sizeof a[i].info.detail,
+                     "a Redis Cluster: not yet done for every primary; give each primary's "
+                     "redis://HOST:PORT URL (without cluster=1) instead");
+        }
     }
     return c->n;
 }
@@ -3011,7 +3675,7 @@ static int admin_run(redlock_client *c, int load, redlock_functions_node *out, s
     o.limits.max_array = 4096;
     o.max_reply = (1u << 22);
     for (size_t i = 0; i < n; i++)
-        if (net_conn_new(&a[i].conn, a[i].url, &o) != RESP_OK)
+        if (a[i].url && net_conn_new(&a[i].conn, a[i].url, &o) != RESP_OK)
             admin_fail(&a[i], REDLOCK_ERR_NOMEM, "out of memory");
     admin_exchange(c, a, n, load, pfd);
     int rc = REDLOCK_OK;

@@ -83,6 +83,10 @@ typedef struct redlock_options {
     int fair;               /* 1: waiters get the lock in the order they began to
                                wait (a queue in Redis); every client of a lock
                                name must agree on this                 (default 0)    */
+    int wait_replicas;      /* after an acquire or refresh, WAIT for this many
+                               replicas to have the write, within the request
+                               deadline; fewer acknowledgements fail that node
+                               (an acquire is released there)       (default 0)    */
     int scripts;            /* how the scripts run: REDLOCK_SCRIPTS_*  (default AUTO) */
 } redlock_options;
 
@@ -123,6 +127,10 @@ REDLOCK_API void redlock_options_init(redlock_options *o);
  * independent masters, quorum n/2+1). URLs:
  *   redis://[user[:password]@]host[:port][/db]    redis://[::1]:6379
  *   unix:///path/redis.sock[?db=N&user=U&password=P]
+ *   redis://host:port?cluster=1[&addr=host:port...]
+ *       a Redis Cluster, named by up to 8 seed nodes: one member of the
+ *       quorum (alone, a single-node lock), each lock routed to the primary
+ *       serving its hash slot
  * User and password may be %-encoded. opts NULL: defaults. No I/O happens
  * here: connections open on first use and reopen after a failure. Host
  * names are resolved with getaddrinfo() when a connection opens, which
@@ -336,7 +344,7 @@ REDLOCK_API size_t redlock_functions_code(char *buf, size_t cap);
 
 /* One node's answer to redlock_functions_load or redlock_functions_status. */
 typedef struct redlock_functions_node {
-    char node[64];       /* host:port, or unix:/path (never a password)               */
+    char node[96];       /* host:port, or unix:/path (never a password)               */
     int status;          /* REDLOCK_OK, or this node's error (detail below)          */
     int loaded;          /* 1: this build's library is there, with this build's code  */
     int foreign;         /* 1: a library of this build's name with other code is there */

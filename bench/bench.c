@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include "fixture.h"
+#include "fx_cluster.h"
 #include "redlock.h"
 #include "netx.h"
 
@@ -1141,7 +1142,14 @@ typedef struct tp_shared {
     int failures;
 } tp_shared;
 
+static double throughput_at(const char *url, int clients, double seconds);
+
 static double throughput(int clients, double seconds)
+{
+    return throughput_at(urls[0], clients, seconds);
+}
+
+static double throughput_at(const char *url, int clients, double seconds)
 {
     tp_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (sh == MAP_FAILED)
@@ -1157,7 +1165,7 @@ static double throughput(int clients, double seconds)
         if (pids[i] == 0) {
             char name[32];
             snprintf(name, sizeof name, "bench:tp:%d", i);
-            redlock_client *c = client_for(urls, 1, 1);
+            redlock_client *c = client_for(&url, 1, 1);
             redlock *l = lock_for(c, name, 10000);
             cycle(l, c);
             while (now_ns() < sh->start)
@@ -1306,6 +1314,66 @@ static void bench_throughput(void)
         "ratio: one thread / 8 processes   (target >= 0.8)");
 }
 
+/* ---- 8: Redis Cluster ------------------------------------------------------------------------------- */
+
+static void bench_cluster(void)
+{
+    heading("8. Redis Cluster: 3 primaries on loopback, locks routed by hash slot");
+    if (url_env) {
+        printf("  (skipped with $REDLOCK_URL)\n");
+        return;
+    }
+    static fx_cluster cl;
+    if (fx_cluster_start(&cl, 3, 0) != 0) {
+        printf("  (skipped: the cluster did not start)\n");
+        return;
+    }
+    const char *seed = fx_cluster_seed_url(&cl);
+    char seed_url[96];
+    snprintf(seed_url, sizeof seed_url, "%s", seed);
+    const char *cu[1] = {seed_url};
+    const int per = quick ? 200 : 1000;
+    redlock_client *c1 = client_for(urls, 1, 1), *cc = client_for(cu, 1, 1);
+    redlock *l1 = lock_for(c1, "bench:c1", 10000), *lc = lock_for(cc, "bench:cl", 10000);
+    for (int i = 0; i < 200; i++) { /* connect, learn the slot map */
+        cycle(l1, c1);
+        cycle(lc, cc);
+    }
+    double m1[16], mc[16], ratio[16];
+    double *tmp = calloc((size_t)per, sizeof(double));
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < per; i++) {
+                int64_t t0 = now_ns();
+                if (k == 0)
+                    cycle(l1, c1);
+                else
+                    cycle(lc, cc);
+                tmp[i] = (double)(now_ns() - t0) / 1e3;
+            }
+            (k == 0 ? m1 : mc)[r] = median(tmp, (size_t)per);
+        }
+        ratio[r] = mc[r] / m1[r];
+    }
+    free(tmp);
+    put("cluster", "single_median_us", median(m1, (size_t)rounds), "us", "cycle, one node, median");
+    put("cluster", "cluster_median_us", median(mc, (size_t)rounds), "us",
+        "cycle, cluster (map known), median");
+    put("cluster", "cluster_over_single", median(ratio, (size_t)rounds), "x",
+        "ratio: cluster cycle / one-node cycle   (target <= 1.1)");
+    redlock_free(l1);
+    redlock_free(lc);
+    redlock_client_free(c1);
+    redlock_client_free(cc);
+    const double seconds = quick ? 0.5 : 2.0;
+    double one = throughput_at(urls[0], 8, seconds), three = throughput_at(seed_url, 8, seconds);
+    put("cluster", "cycles_per_s_one_node_c8", one, "/s", "8 processes, one node");
+    put("cluster", "cycles_per_s_cluster_c8", three, "/s", "8 processes, 3-primary cluster");
+    put("cluster", "cluster_over_one_node_c8", three / one, "x",
+        "ratio: cluster / one node, 8 processes (2 vCPUs run it all)");
+    fx_cluster_stop(&cl);
+}
+
 /* ---- main -------------------------------------------------------------------------------------------------- */
 
 static void write_json(const char *path)
@@ -1363,7 +1431,7 @@ int main(int argc, char **argv)
             only = argv[++i];
         else
             die("usage: bench [--json FILE] [--quick] [--callgrind] [--only SECTION]\n"
-                "sections: cycle quorum rtt handoff parser footprint throughput");
+                "sections: cycle quorum rtt handoff parser footprint throughput cluster");
     }
     if (quick)
         rounds = 3;
@@ -1399,6 +1467,8 @@ int main(int argc, char **argv)
         bench_footprint();
     if (want("throughput"))
         bench_throughput();
+    if (want("cluster"))
+        bench_cluster();
     write_json(json);
     return 0;
 }

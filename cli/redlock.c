@@ -41,7 +41,7 @@ typedef struct cli {
     char *url_env; /* owns the strings split from $REDLOCK_URL */
     uint32_t ttl_ms, wait_ms, grace_ms;
     int conflict_code;
-    int quiet, verbose, fair;
+    int quiet, verbose, fair, wait_replicas;
     int scripts; /* REDLOCK_SCRIPTS_* */
     const char *name;
     char **command;
@@ -56,8 +56,10 @@ static const char usage_text[] =
     "Run COMMAND while holding the Redis lock NAME (refreshed every TTL/3).\n"
     "\n"
     "options:\n"
-    "  -u, --url URL               a Redis node; repeat for a quorum of independent\n"
-    "                              masters (default: $REDLOCK_URL, comma-separated,\n"
+    "  -u, --url URL               a Redis node, or a Redis Cluster\n"
+    "                              (redis://HOST:PORT?cluster=1[&addr=HOST:PORT]);\n"
+    "                              repeat for a quorum of independent masters\n"
+    "                              (default: $REDLOCK_URL, comma-separated,\n"
     "                              else redis://127.0.0.1:6379)\n"
     "  -t, --ttl DURATION          lock TTL (default 30s)\n"
     "  -w, --wait DURATION         how long to wait for the lock (default 0: fail at once)\n"
@@ -66,6 +68,8 @@ static const char usage_text[] =
     "  -E, --conflict-exit-code N  exit status when the lock is busy (default 75)\n"
     "  -F, --fair                  wait in line: waiters get the lock in the order they\n"
     "                              began to wait (all users of NAME should pass it)\n"
+    "  -R, --wait-replicas N       after each acquire and refresh, wait for N replicas\n"
+    "                              to have the write (WAIT), else count it failed\n"
     "  -S, --scripts MODE          auto (default: EVALSHA, FCALL where EVALSHA is\n"
     "                              not permitted), eval, or functions (FCALL only)\n"
     "  -q, --quiet                 no message when the lock is busy\n"
@@ -185,6 +189,7 @@ static const struct option long_opts[] = {
     {"grace", required_argument, NULL, 'g'},
     {"conflict-exit-code", required_argument, NULL, 'E'},
     {"fair", no_argument, NULL, 'F'},
+    {"wait-replicas", required_argument, NULL, 'R'},
     {"scripts", required_argument, NULL, 'S'},
     {"quiet", no_argument, NULL, 'q'},
     {"verbose", no_argument, NULL, 'v'},
@@ -200,7 +205,7 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
     int ch;
     opterr = 0;
     optind = 1;
-    const char *spec = stop_at_name ? "+:u:t:w:g:E:FS:qvhV" : ":u:t:w:g:E:FS:qvhV";
+    const char *spec = stop_at_name ? "+:u:t:w:g:E:FR:S:qvhV" : ":u:t:w:g:E:FR:S:qvhV";
     while ((ch = getopt_long(argc, argv, spec, long_opts, NULL)) != -1) {
         switch (ch) {
         case 'u':
@@ -226,6 +231,10 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
             break;
         case 'F':
             o->fair = 1;
+            break;
+        case 'R':
+            if (parse_int(optarg, 0, 100, &o->wait_replicas) != 0)
+                return usage_error("bad replica count '%s': want 0 to 100", optarg);
             break;
         case 'S':
             if (strcmp(optarg, "auto") == 0)
@@ -265,6 +274,7 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
     redlock_options opts;
     redlock_options_init(&opts);
     opts.fair = o->fair;
+    opts.wait_replicas = o->wait_replicas;
     opts.scripts = o->scripts;
     /* One refresh attempt must not outlast much of the lease: a stalled
      * node costs at most a fifth of the TTL per try. */

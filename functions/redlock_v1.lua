@@ -166,3 +166,36 @@ local lock, fence = KEYS[1], KEYS[2]
 return {redis.call('GET', lock), redis.call('PTTL', lock), redis.call('GET', fence)}
 end
 redis.register_function{function_name = 'redlock_v1_status', callback = status, flags = {'no-writes'}}
+
+local function release_sharded(KEYS, ARGV)
+-- release on a cluster: as release, but the wake-up goes to a shard channel
+-- in the lock's slot (SPUBLISH), so it never crosses the cluster bus
+-- KEYS: lock, release channel   ARGV: owner value
+-- 1 released   0 no such key   -1 another owner
+local lock, channel = KEYS[1], KEYS[2]
+local value = ARGV[1]
+local holder = redis.call('GET', lock)
+if holder == value then
+  redis.call('DEL', lock)
+  redis.call('SPUBLISH', channel, 'released')
+  return 1
+end
+if holder then return -1 end
+return 0
+end
+redis.register_function{function_name = 'redlock_v1_release_sharded', callback = release_sharded, flags = {'allow-oom'}}
+
+local function dequeue_sharded(KEYS, ARGV)
+-- dequeue on a cluster: as dequeue, waking the others on a shard channel
+-- KEYS: queue, alive, lock, release channel   ARGV: owner value
+local queue, alive, lock, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local value = ARGV[1]
+local head = redis.call('ZRANGE', queue, 0, 0)[1]
+redis.call('ZREM', queue, value)
+redis.call('ZREM', alive, value)
+if head == value and redis.call('EXISTS', lock) == 0 then
+  redis.call('SPUBLISH', channel, 'released')
+end
+return 1
+end
+redis.register_function{function_name = 'redlock_v1_dequeue_sharded', callback = dequeue_sharded, flags = {'allow-oom'}}

@@ -123,6 +123,11 @@ int main(int argc, char **argv)
         return 2;
     }
     for (int i = 0; i < S_COUNT; i++) {
+        if (!functions[i].name || !functions[i].local) {
+            fprintf(stderr, "sha1check: script %s has no function in the library table\n",
+                    scripts[i].name);
+            return 1;
+        }
         sha1_hex(scripts[i].lua, want);
         if (strcmp(want, scripts[i].sha) != 0) {
             fprintf(stderr, "sha1check: script %s: built-in SHA1 %s, its text hashes to %s\n",

@@ -84,7 +84,15 @@ static const bad_url bad_urls[] = {
     {"redis://u:@h", "empty password"},
     {"redis://[::1", "'[' without ']'"},
     {"redis://[::1]x", "junk after ']'"},
-    {"redis://h?db=1", "take no query"},
+    {"redis://h?db=1", "unknown key 'db' (cluster, addr)"},
+    {"redis://h?cluster=2", "cluster= takes 0 or 1"},
+    {"redis://h?addr=h2:7001", "it needs cluster=1"},
+    {"redis://h/3?cluster=1", "only database 0"},
+    {"redis://h?cluster=1&addr=h2:0", "port must be a number from 1 to 65535"},
+    {"redis://h?cluster=1&addr=", "no host"},
+    {"redis://h?cluster=1&addr=a&addr=b&addr=c&addr=d&addr=e&addr=f&addr=g&addr=h",
+     "more than 8 cluster seeds"},
+    {"unix:///tmp/r.sock?cluster=1", "unknown key 'cluster'"},
     {"unix://relative.sock", "absolute socket path"},
     {"unix://", "absolute socket path"},
     {"unix:///tmp/r.sock?foo=1", "unknown key 'foo'"},
@@ -102,6 +110,38 @@ START_TEST(test_url_bad)
     char err[256];
     ck_assert_int_eq(net_url_parse(&r, b->url, err, sizeof err), RESP_ERR_ARG);
     ck_assert_msg(strstr(err, b->msg) != NULL, "%s: got '%s', want '%s'", b->url, err, b->msg);
+}
+END_TEST
+
+START_TEST(test_url_cluster)
+{
+    net_url r;
+    char err[256];
+    ck_assert_int_eq(
+        net_url_parse(&r, "redis://u:pw@10.0.0.1:7000?cluster=1&addr=10.0.0.2:7001&addr=[::1]", err,
+                      sizeof err),
+        RESP_OK);
+    ck_assert_int_eq(r.cluster, 1);
+    ck_assert_str_eq(r.host, "10.0.0.1");
+    ck_assert_str_eq(r.port, "7000");
+    ck_assert_str_eq(r.password, "pw");
+    ck_assert_int_eq(r.nseeds, 2);
+    ck_assert_str_eq(r.seed_host[0], "10.0.0.2");
+    ck_assert_str_eq(r.seed_port[0], "7001");
+    ck_assert_str_eq(r.seed_host[1], "::1");
+    ck_assert_str_eq(r.seed_port[1], "6379");
+    /* a node of the cluster: same credentials, its own address */
+    net_url n;
+    ck_assert_int_eq(net_url_at(&n, &r, "127.0.0.1", 9, "7005", 4), RESP_OK);
+    ck_assert_str_eq(n.host, "127.0.0.1");
+    ck_assert_str_eq(n.port, "7005");
+    ck_assert_str_eq(n.user, "u");
+    ck_assert_str_eq(n.password, "pw");
+    ck_assert_int_eq(n.nseeds, 0);
+    ck_assert_int_eq(net_url_parse(&r, "redis://h:1?cluster=0", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(r.cluster, 0);
+    ck_assert_int_eq(net_url_parse(&r, "redis://h:1/2", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(r.db, 2);
 }
 END_TEST
 
@@ -554,6 +594,7 @@ static Suite *conn_suite(void)
     tcase_add_loop_test(u, test_url_good, 0, (int)(sizeof good_urls / sizeof good_urls[0]));
     tcase_add_loop_test(u, test_url_bad, 0, (int)(sizeof bad_urls / sizeof bad_urls[0]));
     tcase_add_test(u, test_url_never_echoes_password);
+    tcase_add_test(u, test_url_cluster);
     suite_add_tcase(s, u);
     TCase *t = tcase_create("connections");
     tcase_set_timeout(t, 30);

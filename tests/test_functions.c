@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "fixture.h"
+#include "fx_cluster.h"
 #include "redlock.h"
 #include "testutil.h"
 
@@ -32,6 +33,14 @@ static const char ACL_LINE[] =
     "ACL SETUSER locker on >locker-secret ~* &redlock:* -@all +fcall +fcall_ro "
     "+subscribe +unsubscribe +get +set +pexpire +pttl +incr +del +exists +publish +time "
     "+zadd +zrem +zrange +zrangebyscore +zscore";
+/* What a cluster user needs beyond the README's line: the slot map,
+ * ASKING, and the shard channels of wake-ups. */
+static const char CLUSTER_ACL_LINE[] =
+    "ACL SETUSER locker on >locker-secret ~* &redlock:* &*:freed -@all +fcall +fcall_ro "
+    "+subscribe +unsubscribe +get +set +pexpire +pttl +incr +del +exists +publish +time "
+    "+zadd +zrem +zrange +zrangebyscore +zscore +cluster|slots +asking +ssubscribe "
+    "+sunsubscribe +spublish";
+
 /* May load the library, may not run scripts. */
 static const char LOADER_LINE[] = "ACL SETUSER loader on >loader-secret ~* &* +@all -eval "
                                   "-evalsha -eval_ro -evalsha_ro -script";
@@ -74,11 +83,16 @@ static void flush(void)
 }
 
 /* A command through the fixture (the default user), reply as text. */
-static const char *raw(int i, const char *cmd)
+static const char *raw_on(fx_server *s, const char *cmd)
 {
     static char out[16384];
-    ck_assert_int_eq(fx_cmd(&srv[i], out, sizeof out, cmd), 0);
+    ck_assert_int_eq(fx_cmd(s, out, sizeof out, cmd), 0);
     return out;
+}
+
+static const char *raw(int i, const char *cmd)
+{
+    return raw_on(&srv[i], cmd);
 }
 
 /* FUNCTION LOAD text on node i as the default user; the reply as text. */
@@ -675,7 +689,14 @@ static const char *slurp(const char *path)
 
 START_TEST(test_acl_line_in_readme)
 {
-    ck_assert_ptr_nonnull(strstr(slurp(FX_SRC_DIR "/README.md"), ACL_LINE));
+    const char *readme = slurp(FX_SRC_DIR "/README.md");
+    ck_assert_ptr_nonnull(strstr(readme, ACL_LINE));
+    /* and what a cluster user needs beyond it */
+    ck_assert_ptr_nonnull(
+        strstr(readme, "`+cluster|slots +asking +ssubscribe +sunsubscribe +spublish &*:freed`"));
+    ck_assert_ptr_nonnull(strstr(CLUSTER_ACL_LINE, "+cluster|slots +asking +ssubscribe "
+                                                   "+sunsubscribe +spublish"));
+    ck_assert_ptr_nonnull(strstr(CLUSTER_ACL_LINE, " &*:freed "));
     char code[16384];
     size_t n = redlock_functions_code(code, sizeof code);
     ck_assert_uint_lt(n, sizeof code);
@@ -750,6 +771,58 @@ START_TEST(test_cli_functions)
 }
 END_TEST
 
+/* ---- Redis Cluster ------------------------------------------------------------------------------ */
+
+static fx_cluster cl;
+
+static void cluster_setup(void)
+{
+    ck_assert_int_eq(fx_cluster_start(&cl, 1, 0), 0);
+    ck_assert_str_eq(raw_on(fx_cluster_node(&cl, 0), CLUSTER_ACL_LINE), "OK");
+}
+
+static void cluster_teardown(void)
+{
+    fx_cluster_stop(&cl);
+}
+
+/* A cluster member in functions mode: keys go as FCALL keys, so they route
+ * by slot as before, and the sharded release wakes a waiter by SPUBLISH. */
+START_TEST(test_cluster_functions)
+{
+    fx_server *n0 = fx_cluster_node(&cl, 0);
+    static char code[16384];
+    redlock_functions_code(code, sizeof code);
+    const char *argv[3] = {"FUNCTION", "LOAD", code};
+    const size_t lens[3] = {8, 4, strlen(code)};
+    char out[256], url[256];
+    ck_assert_int_eq(fx_cmdv(n0, out, sizeof out, 3, argv, lens), 0);
+    ck_assert_str_eq(out, "redlock_v1");
+    snprintf(url, sizeof url, "redis://locker:locker-secret@127.0.0.1:%d?cluster=1", n0->port);
+    const char *u = url;
+    redlock_client *c = client_mode(&u, 1, REDLOCK_SCRIPTS_FUNCTIONS);
+    wait_and_wake(url, REDLOCK_SCRIPTS_FUNCTIONS);
+    redlock *l = tu_lock(c, "{fn}:cl", NULL, 5000);
+    redlock_info info;
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+    ck_assert_int_eq(redlock_refresh(l), REDLOCK_OK);
+    ck_assert_int_eq(redlock_inspect(l, &info), REDLOCK_OK);
+    ck_assert(info.held && info.ours);
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    ck_assert_ptr_null(strstr(raw_on(n0, "INFO commandstats"), "cmdstat_evalsha"));
+    ck_assert_ptr_nonnull(strstr(raw_on(n0, "INFO commandstats"), "cmdstat_spublish"));
+
+    /* loading on every primary of a cluster is not built yet: said so */
+    redlock_functions_node node;
+    size_t count = 0;
+    ck_assert_int_eq(redlock_functions_status(c, &node, 1, &count), REDLOCK_ERR_ARG);
+    ck_assert_uint_eq(count, 1);
+    ck_assert_ptr_nonnull(strstr(node.detail, "each primary"));
+    redlock_free(l);
+    redlock_client_free(c);
+}
+END_TEST
+
 static Suite *functions_suite(void)
 {
     Suite *s = suite_create("functions");
@@ -771,6 +844,11 @@ static Suite *functions_suite(void)
     tcase_add_test(t, test_acl_line_in_readme);
     tcase_add_test(t, test_cli_functions);
     suite_add_tcase(s, t);
+    TCase *tc = tcase_create("cluster");
+    tcase_add_unchecked_fixture(tc, cluster_setup, cluster_teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_cluster_functions);
+    suite_add_tcase(s, tc);
     return s;
 }
 
