@@ -1273,7 +1273,8 @@ static void function_missing(redlock *l, size_t i, int id)
     if (strncmp(le, "NOPERM", 6) == 0)
         snprintf(why, sizeof why, "this user may not load it: NOPERM");
     else if (strncmp(le, "ERR Library", 11) == 0 && strstr(le, "already exists"))
-        snprintf(why, sizeof why, "a library of that name with other code is there, never replaced");
+        snprintf(why, sizeof why,
+                 "a library of that name with other code is there, never replaced");
     else
         snprintf(why, sizeof why, "FUNCTION LOAD: %s", le[0] ? le : "no error, yet no function");
     if (l->res[i].noperm)
@@ -2779,7 +2780,8 @@ static int check_options(const redlock_options *o)
         return global_err(REDLOCK_ERR_ARG, "need 0 < retry_min_ms <= retry_max_ms");
     if (o->scripts != REDLOCK_SCRIPTS_AUTO && o->scripts != REDLOCK_SCRIPTS_EVAL &&
         o->scripts != REDLOCK_SCRIPTS_FUNCTIONS)
-        return global_err(REDLOCK_ERR_ARG, "scripts must be REDLOCK_SCRIPTS_AUTO, _EVAL or _FUNCTIONS");
+        return global_err(REDLOCK_ERR_ARG,
+                          "scripts must be REDLOCK_SCRIPTS_AUTO, _EVAL or _FUNCTIONS");
     if (o->max_depth > RESP_MAX_DEPTH)
         return global_err(REDLOCK_ERR_ARG, "max_depth must be at most %d", RESP_MAX_DEPTH);
     if (o->wait_replicas < 0 || o->wait_replicas > 100)

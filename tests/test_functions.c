@@ -42,8 +42,9 @@ static const char CLUSTER_ACL_LINE[] =
     "+sunsubscribe +spublish";
 
 /* May load the library, may not run scripts. */
-static const char LOADER_LINE[] = "ACL SETUSER loader on >loader-secret ~* &* +@all -eval "
-                                  "-evalsha -eval_ro -evalsha_ro -script";
+static const char LOADER_LINE[] =
+    "ACL SETUSER loader on >loader-secret ~* &* +@all -eval "
+    "-evalsha -eval_ro -evalsha_ro -script";
 
 static fx_server srv[N];
 static char locker_url[N][128], loader_url[N][128];
@@ -145,7 +146,7 @@ static long calls(int i, const char *name)
     return p ? atol(p + strlen(key)) : -1;
 }
 
-/* ---- the loop, for operations that wait ------------------------------------------------------- */
+/* ---- the loop, for operations that wait ------------------------------------------------------ */
 
 /* Run the engines of clients cs until l's operation ends (l NULL: for ms). */
 static int drive(redlock_client *const *cs, int nc, redlock *l, int ms)
@@ -173,13 +174,14 @@ static int drive(redlock_client *const *cs, int nc, redlock *l, int ms)
     return l ? redlock_result(l) : REDLOCK_OK;
 }
 
-/* ---- every operation, in one mode --------------------------------------------------------------- */
+/* ---- every operation, in one mode ------------------------------------------------------------ */
 
 /* One node: trylock, exclusion, inspect, refresh, unlock. */
 static void single_node_cycle(const char *url, int mode)
 {
     redlock_client *c = client_mode(&url, 1, mode), *c2 = client_mode(&url, 1, mode);
-    redlock *a = tu_lock(c, "fn:one", "owner-a", 10000), *b = tu_lock(c2, "fn:one", "owner-b", 10000);
+    redlock *a = tu_lock(c, "fn:one", "owner-a", 10000),
+            *b = tu_lock(c2, "fn:one", "owner-b", 10000);
     redlock_info info;
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_uint_eq(redlock_fence(a), 1);
@@ -240,7 +242,8 @@ static void fair_order(const char *url, int mode)
                    *c2 = tu_client_opts(&url, 1, &o);
     redlock_client *both[2] = {c1, c2};
     redlock *h = tu_lock(hc, "fn:fair", "holder", 10000);
-    redlock *w1 = tu_lock(c1, "fn:fair", "first", 10000), *w2 = tu_lock(c2, "fn:fair", "second", 10000);
+    redlock *w1 = tu_lock(c1, "fn:fair", "first", 10000),
+            *w2 = tu_lock(c2, "fn:fair", "second", 10000);
     ck_assert_int_eq(redlock_trylock(h), REDLOCK_OK);
     ck_assert_int_eq(redlock_start_lock(w1, 5000), REDLOCK_OK);
     drive(&c1, 1, NULL, 200);
@@ -420,7 +423,7 @@ START_TEST(test_missing_library)
 }
 END_TEST
 
-/* ---- loading ----------------------------------------------------------------------------------- */
+/* ---- loading --------------------------------------------------------------------------------- */
 
 /* A user who may FUNCTION LOAD (but not EVAL) gets the library loaded by
  * the first call that needs it, and again after FUNCTION FLUSH, as EVAL
@@ -462,12 +465,14 @@ START_TEST(test_library_loads_itself)
 }
 END_TEST
 
-static const char FOREIGN_V1[] = "#!lua name=redlock_v1\n"
-                                 "redis.register_function('redlock_v1_other', function() "
-                                 "return 'foreign' end)\n";
-static const char OLD_V0[] = "#!lua name=redlock_v0\n"
-                             "redis.register_function('redlock_v0_acquire', function() "
-                             "return 'old' end)\n";
+static const char FOREIGN_V1[] =
+    "#!lua name=redlock_v1\n"
+    "redis.register_function('redlock_v1_other', function() "
+    "return 'foreign' end)\n";
+static const char OLD_V0[] =
+    "#!lua name=redlock_v0\n"
+    "redis.register_function('redlock_v0_acquire', function() "
+    "return 'old' end)\n";
 
 /* Another library of our name (or an older version) is never replaced:
  * not by a lock call, not by redlock_functions_load. */
@@ -582,7 +587,7 @@ START_TEST(test_load_and_status_api)
 }
 END_TEST
 
-/* ---- costs -------------------------------------------------------------------------------------- */
+/* ---- costs ----------------------------------------------------------------------------------- */
 
 /* A warm cycle sends no EVAL or EVALSHA, and allocates nothing. */
 static void warm_cycles(int mode)
@@ -694,8 +699,9 @@ START_TEST(test_acl_line_in_readme)
     /* and what a cluster user needs beyond it */
     ck_assert_ptr_nonnull(
         strstr(readme, "`+cluster|slots +asking +ssubscribe +sunsubscribe +spublish &*:freed`"));
-    ck_assert_ptr_nonnull(strstr(CLUSTER_ACL_LINE, "+cluster|slots +asking +ssubscribe "
-                                                   "+sunsubscribe +spublish"));
+    ck_assert_ptr_nonnull(strstr(CLUSTER_ACL_LINE,
+                                 "+cluster|slots +asking +ssubscribe "
+                                 "+sunsubscribe +spublish"));
     ck_assert_ptr_nonnull(strstr(CLUSTER_ACL_LINE, " &*:freed "));
     char code[16384];
     size_t n = redlock_functions_code(code, sizeof code);
@@ -708,6 +714,9 @@ START_TEST(test_acl_line_in_readme)
     ck_assert_uint_eq(redlock_functions_code(NULL, 0), n);
 }
 END_TEST
+
+/* Run the redlock command with the given words; its output lands in out. */
+#define CLI(...) cli(out, sizeof out, (const char *[]){__VA_ARGS__, NULL})
 
 static int cli(char *out, size_t len, const char *const *args)
 {
@@ -723,36 +732,36 @@ START_TEST(test_cli_functions)
 {
     char out[8192], want[16384];
     const char *u0 = srv[0].url, *u1 = srv[1].url, *u2 = srv[2].url;
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"functions", "load", "-u", u0, "-u", u1, NULL}), 0);
+    ck_assert_int_eq(CLI("functions", "load", "-u", u0, "-u", u1), 0);
     snprintf(want, sizeof want, "%s: redlock_v1 loaded\n%s: redlock_v1 loaded\n", u0 + 8, u1 + 8);
     ck_assert_str_eq(out, want);
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"functions", "load", "-u", u0, NULL}), 0);
+    ck_assert_int_eq(CLI("functions", "load", "-u", u0), 0);
     snprintf(want, sizeof want, "%s: redlock_v1 already loaded\n", u0 + 8);
     ck_assert_str_eq(out, want);
 
     ck_assert_str_eq(load_text(2, OLD_V0), "redlock_v0");
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"functions", "status", "-u", u0, "-u", u2, NULL}), 1);
+    ck_assert_int_eq(CLI("functions", "status", "-u", u0, "-u", u2), 1);
     snprintf(want, sizeof want,
              "%s: redlock_v1 loaded (libraries: redlock_v1)\n"
              "%s: redlock_v1 not loaded (libraries: redlock_v0)\n",
              u0 + 8, u2 + 8);
     ck_assert_str_eq(out, want);
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"functions", "status", "-u", u1, NULL}), 0);
+    ck_assert_int_eq(CLI("functions", "status", "-u", u1), 0);
 
     /* the locker may not load: 69, and the reason, per node */
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"functions", "load", "-u", locker_url[2], NULL}), 69);
+    ck_assert_int_eq(CLI("functions", "load", "-u", locker_url[2]), 69);
     ck_assert_ptr_nonnull(strstr(out, "FUNCTION LOAD: NOPERM"));
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"functions", "status", "-u", locker_url[2], NULL}), 69);
+    ck_assert_int_eq(CLI("functions", "status", "-u", locker_url[2]), 69);
 
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"functions", "code", NULL}), 0);
+    ck_assert_int_eq(CLI("functions", "code"), 0);
     ck_assert_str_eq(out, slurp(LIBRARY_FILE));
 
     /* the locker runs a command under a lock: auto (the default) and functions */
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"run", "-u", locker_url[0], "fn:cli", "--", "true", NULL}), 0);
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"run", "-S", "functions", "-u", locker_url[0], "fn:cli", "--", "true", NULL}), 0);
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"run", "-S", "eval", "-u", locker_url[0], "fn:cli", "--", "true", NULL}), 69);
+    ck_assert_int_eq(CLI("run", "-u", locker_url[0], "fn:cli", "--", "true"), 0);
+    ck_assert_int_eq(CLI("run", "-S", "functions", "-u", locker_url[0], "fn:cli", "--", "true"), 0);
+    ck_assert_int_eq(CLI("run", "-S", "eval", "-u", locker_url[0], "fn:cli", "--", "true"), 69);
     ck_assert_ptr_nonnull(strstr(out, "NOPERM"));
-    ck_assert_int_eq(cli(out, sizeof out, (const char *[]){"status", "--scripts", "functions", "-u", locker_url[0], "fn:cli", NULL}), 1);
+    ck_assert_int_eq(CLI("status", "--scripts", "functions", "-u", locker_url[0], "fn:cli"), 1);
 
     /* usage errors */
     static const char *const bad[][6] = {
@@ -771,7 +780,7 @@ START_TEST(test_cli_functions)
 }
 END_TEST
 
-/* ---- Redis Cluster ------------------------------------------------------------------------------ */
+/* ---- Redis Cluster --------------------------------------------------------------------------- */
 
 static fx_cluster cl;
 
