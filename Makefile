@@ -222,8 +222,11 @@ install: all $(BUILD)/redlock.pc
 	if [ -n "$(CLI)" ]; then install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/; fi
 	if [ -f cli/redlock.1 ]; then install -d $(DESTDIR)$(PREFIX)/share/man/man1 && \
 	    install -m 644 cli/redlock.1 $(DESTDIR)$(PREFIX)/share/man/man1/; fi
+	install -d $(DESTDIR)$(PREFIX)/share/redlock
+	install -m 644 functions/*.lua $(DESTDIR)$(PREFIX)/share/redlock/
 
 uninstall:
+	rm -rf $(DESTDIR)$(PREFIX)/share/redlock
 	rm -f $(DESTDIR)$(PREFIX)/include/redlock.h $(DESTDIR)$(PREFIX)/lib/libredlock.* \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/redlock.pc $(DESTDIR)$(PREFIX)/bin/redlock \
 	    $(DESTDIR)$(PREFIX)/share/man/man1/redlock.1
