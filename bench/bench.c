@@ -363,6 +363,8 @@ static const char *const kind_name[S_KINDS] = {
     "PING (redlock-c connection)", "trylock+unlock, fencing on", "trylock+unlock, fencing off",
     "PING (hiredis)", "SET NX PX + EVALSHA del (hiredis)"};
 
+static double cycle_med_ours = -1, cycle_med_hiredis = -1; /* for section 2b */
+
 static void bench_cycle(void)
 {
     heading("1. lock cycle vs round trip, 2. vs hiredis  (one node, loopback TCP)");
@@ -429,6 +431,10 @@ static void bench_cycle(void)
     }
     put("cycle", "cycle_over_2ping", median(ratio_rt, (size_t)rounds), "x",
         "ratio: cycle / (2 x PING)   (limit 1.0)");
+    cycle_med_ours = median(med[S_CYCLE], (size_t)rounds);
+#ifdef HAVE_HIREDIS
+    cycle_med_hiredis = median(med[S_HCYCLE], (size_t)rounds);
+#endif
 #ifdef HAVE_HIREDIS
     put("cycle", "ours_over_hiredis", median(ratio_h, (size_t)rounds), "x",
         "ratio: ours (fencing on) / hiredis");
@@ -448,6 +454,117 @@ static void bench_cycle(void)
     redlock_client_free(c);
     redlock_client_free(cn);
     net_conn_free(pc);
+}
+
+/* ---- 2b: system calls, counted by strace around a child that runs N of a kind ---- */
+
+/* Run n of kind against url and exit (the child strace watches). */
+static int syscall_run(const char *kind, int n, const char *url)
+{
+    const char *u[1] = {url};
+    if (strcmp(kind, "cycle") == 0) {
+        redlock_client *c = client_for(u, 1, 1);
+        redlock *l = lock_for(c, "bench:sys", 10000);
+        for (int i = 0; i < n; i++)
+            cycle(l, c);
+        redlock_free(l);
+        redlock_client_free(c);
+        return 0;
+    }
+#ifdef HAVE_HIREDIS
+    if (strcmp(kind, "hcycle") == 0) {
+        redisContext *h = hiredis_for(url);
+        hiredis_prepare(h);
+        for (int i = 0; i < n; i++)
+            hiredis_cycle(h, "bench:hsys", "hiredis-owner");
+        redisFree(h);
+        return 0;
+    }
+#endif
+    return 2;
+}
+
+/* System calls per iteration of kind: two strace runs (n and 11n), the
+ * difference over 10n, so connecting and setup cancel out. -1: no strace. */
+static double syscalls_per(const char *kind)
+{
+    int n = quick ? 50 : 200;
+    long calls[2];
+    for (int k = 0; k < 2; k++) {
+        char cmd[1024], path[256], line[512];
+        snprintf(path, sizeof path, "%s/strace.%s.txt", BENCH_BUILD_DIR, kind);
+        snprintf(cmd, sizeof cmd,
+                 "strace -f -c -o '%s' '%s/bench' --syscall-run %s %d '%s' >/dev/null 2>&1",
+                 path, BENCH_BUILD_DIR, kind, k ? 11 * n : n, urls[0]);
+        if (system(cmd) != 0)
+            return -1;
+        FILE *f = fopen(path, "r");
+        calls[k] = -1;
+        while (f && fgets(line, sizeof line, f)) {
+            double pct, secs;
+            long usecs, total;
+            if (strstr(line, " total") &&
+                sscanf(line, "%lf %lf %ld %ld", &pct, &secs, &usecs, &total) == 4)
+                calls[k] = total;
+        }
+        if (f)
+            fclose(f);
+        if (calls[k] < 0)
+            return -1;
+    }
+    return (double)(calls[1] - calls[0]) / (10.0 * n);
+}
+
+/* Server time per iteration of kind (INFO commandstats, usec of every
+ * command but INFO and CONFIG), over n iterations run here. */
+static double server_us_per(const char *kind, int n)
+{
+    const char *reset[2] = {"CONFIG", "RESETSTAT"};
+    net_conn *pc = conn_for(urls[0]);
+    roundtrip(pc, 2, reset, NULL, 0);
+    net_conn_free(pc);
+    if (syscall_run(kind, n, urls[0]) != 0)
+        return -1;
+    const char *text = info(urls[0], "commandstats");
+    double usec = 0;
+    for (const char *p = strstr(text, "cmdstat_"); p; p = strstr(p + 1, "cmdstat_")) {
+        if (strncmp(p, "cmdstat_info:", 13) == 0 || strncmp(p, "cmdstat_config:", 15) == 0)
+            continue;
+        const char *u = strstr(p, ",usec=");
+        if (u)
+            usec += strtod(u + 6, NULL);
+    }
+    return usec / n;
+}
+
+static void bench_syscalls(void)
+{
+    heading("2b. where a cycle's time goes: system calls (strace -c), server time (commandstats)");
+    int n = quick ? 500 : 3000;
+    double so = server_us_per("cycle", n);
+    put("syscalls", "server_us_per_cycle_ours", so, "us",
+        "server time per cycle, ours (two Lua scripts)");
+#ifdef HAVE_HIREDIS
+    double sh = server_us_per("hcycle", n);
+    put("syscalls", "server_us_per_cycle_hiredis", sh, "us",
+        "server time per cycle, hiredis (SET NX PX, then Lua)");
+    if (cycle_med_ours > 0 && cycle_med_hiredis > 0)
+        put("syscalls", "client_and_net_ours_over_hiredis",
+            (cycle_med_ours - so) / (cycle_med_hiredis - sh), "x",
+            "ratio: cycle minus server time, ours / hiredis");
+#endif
+    if (system("strace -V >/dev/null 2>&1") != 0) {
+        printf("  (system call rows skipped: strace is not installed)\n");
+        return;
+    }
+    double ours = syscalls_per("cycle");
+    put("syscalls", "per_cycle_ours", ours, "", "redlock-c trylock+unlock: system calls per cycle");
+    put("syscalls", "per_request_ours", ours / 2, "", "redlock-c: per request (send, poll, recv)");
+#ifdef HAVE_HIREDIS
+    double h = syscalls_per("hcycle");
+    put("syscalls", "per_cycle_hiredis", h, "", "hiredis SET NX PX + EVALSHA: per cycle");
+    put("syscalls", "per_request_hiredis", h / 2, "", "hiredis: per request (write, read)");
+#endif
 }
 
 /* ---- 3: quorum cost ------------------------------------------------------------------------- */
@@ -1396,6 +1513,9 @@ int main(int argc, char **argv)
                 return parse_stream_hiredis() == stream_replies ? 0 : 1;
 #endif
             return 2;
+        } else if (strcmp(argv[i], "--syscall-run") == 0 && i + 3 < argc) {
+            urls[0] = argv[i + 3];
+            return syscall_run(argv[i + 1], atoi(argv[i + 2]), argv[i + 3]);
         } else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
             json = argv[++i];
         else if (strcmp(argv[i], "--quick") == 0)
@@ -1406,7 +1526,7 @@ int main(int argc, char **argv)
             only = argv[++i];
         else
             die("usage: bench [--json FILE] [--quick] [--callgrind] [--only SECTION]\n"
-                "sections: cycle quorum rtt handoff parser footprint throughput cluster");
+                "sections: cycle syscalls quorum rtt handoff parser footprint throughput cluster");
     }
     if (quick)
         rounds = 3;
@@ -1428,6 +1548,8 @@ int main(int argc, char **argv)
     start_servers();
     if (want("cycle"))
         bench_cycle();
+    if (want("syscalls"))
+        bench_syscalls();
     if (want("quorum"))
         bench_quorum();
     if (want("rtt"))
