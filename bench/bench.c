@@ -1016,6 +1016,117 @@ static void bench_handoff(int fair)
     fair_mode = 0;
 }
 
+/* ---- 4c: herd: many waiters on one name, each taking it once --------------------------- */
+
+/* Sum of calls (or usec) of the script commands in INFO commandstats. */
+static double script_stat(const char *url, const char *what)
+{
+    const char *text = info(url, "commandstats");
+    static const char *const cmds[] = {"evalsha", "eval", "fcall", "fcall_ro"};
+    double total = 0;
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "cmdstat_%s:%s", cmds[i], what);
+        const char *p = strstr(text, key);
+        if (p)
+            total += strtod(p + strlen(key), NULL);
+    }
+    return total;
+}
+
+static double all_usec(const char *url)
+{
+    const char *text = info(url, "commandstats");
+    double usec = 0;
+    for (const char *p = strstr(text, "cmdstat_"); p; p = strstr(p + 1, "cmdstat_")) {
+        if (strncmp(p, "cmdstat_info:", 13) == 0 || strncmp(p, "cmdstat_config:", 15) == 0)
+            continue;
+        const char *u = strstr(p, ",usec=");
+        if (u)
+            usec += strtod(u + 6, NULL);
+    }
+    return usec;
+}
+
+static void herd(int n, int fair)
+{
+    const char *u[1] = {urls[0]};
+    char name[48];
+    snprintf(name, sizeof name, "bench:herd:%d:%d", n, fair);
+    int64_t *go = mmap(NULL, sizeof *go, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    *go = now_ns() + 500000000LL + (int64_t)n * 2000000; /* time to connect them all */
+    pid_t *pid = calloc((size_t)n, sizeof *pid);
+    for (int i = 0; i < n; i++) {
+        pid[i] = fork();
+        if (pid[i] < 0)
+            die("fork");
+        if (pid[i] == 0) {
+            fair_mode = fair;
+            redlock_client *c = client_for(u, 1, 1);
+            redlock *l = lock_for(c, name, 30000);
+            char other[64];
+            redlock *warm = NULL;
+            snprintf(other, sizeof other, "%s:warm:%d", name, i);
+            if (redlock_new(&warm, c, other, NULL, 1000) == REDLOCK_OK)
+                redlock_trylock(warm); /* connected, scripts loaded, before the start */
+            redlock_free(warm);
+            while (now_ns() < *go)
+                sleep_ns(200000);
+            int rc = redlock_lock(l, 120000);
+            if (rc == REDLOCK_OK) {
+                sleep_ns(200000); /* hold 0.2 ms */
+                redlock_unlock(l);
+            }
+            redlock_free(l);
+            redlock_client_free(c);
+            _exit(rc == REDLOCK_OK ? 0 : 1);
+        }
+    }
+    while (now_ns() < *go - 20000000LL) /* they have connected: count from here */
+        sleep_ns(1000000);
+    double calls0 = script_stat(urls[0], "calls="), usec0 = all_usec(urls[0]);
+    int failed = 0;
+    for (int i = 0; i < n; i++) {
+        int st;
+        waitpid(pid[i], &st, 0);
+        failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    }
+    double wall = (double)(now_ns() - *go) / 1e6;
+    double calls = script_stat(urls[0], "calls=") - calls0, usec = all_usec(urls[0]) - usec0;
+    char key[64], label[96];
+    const char *mode = fair ? "fair" : "default";
+    snprintf(key, sizeof key, "%s_%d_script_calls_per_acq", mode, n);
+    snprintf(label, sizeof label, "%s, %d waiters: script calls per acquisition", mode, n);
+    put("herd", key, calls / n, "", "%s", label);
+    snprintf(key, sizeof key, "%s_%d_server_us_per_acq", mode, n);
+    snprintf(label, sizeof label, "%s, %d waiters: server time per acquisition", mode, n);
+    put("herd", key, usec / n, "us", "%s", label);
+    snprintf(key, sizeof key, "%s_%d_wall_ms", mode, n);
+    snprintf(label, sizeof label, "%s, %d waiters: wall time, all served", mode, n);
+    put("herd", key, wall, "ms", "%s", label);
+    if (failed)
+        printf("  (%d of %d waiters failed)\n", failed, n);
+    free(pid);
+    munmap(go, sizeof *go);
+    fair_mode = 0;
+}
+
+static void bench_herd(void)
+{
+    heading("4c. herd: N waiter processes on one name, each takes it once (hold 0.2 ms)");
+    if (url_env) {
+        printf("  (skipped with $REDLOCK_URL)\n");
+        return;
+    }
+    static const int sizes[] = {10, 100, 300};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        if (quick && sizes[i] > 100)
+            continue;
+        herd(sizes[i], 0);
+        herd(sizes[i], 1);
+    }
+}
+
 /* ---- 5: parser ------------------------------------------------------------------------------------ */
 
 static char *stream;
@@ -1526,7 +1637,7 @@ int main(int argc, char **argv)
             only = argv[++i];
         else
             die("usage: bench [--json FILE] [--quick] [--callgrind] [--only SECTION]\n"
-                "sections: cycle syscalls quorum rtt handoff parser footprint throughput cluster");
+                "sections: cycle syscalls quorum rtt handoff herd parser footprint throughput cluster");
     }
     if (quick)
         rounds = 3;
@@ -1558,6 +1669,8 @@ int main(int argc, char **argv)
         bench_handoff(0);
         bench_handoff(1);
     }
+    if (want("herd"))
+        bench_herd();
     if (want("parser"))
         bench_parser(with_callgrind);
     if (want("footprint"))
