@@ -507,6 +507,7 @@ struct redlock {
     uint8_t waiting;     /* fair mode: in the queue while redlock_lock waits */
     uint8_t raced;       /* redlock_lock: tried again after subscribing    */
     uint8_t woken;       /* a release came while a try was in flight       */
+    uint8_t lost;        /* redlock_lock: lost a race after a release       */
     uint8_t sub_needed;  /* PH_SUBSCRIBE: a subscription was missing       */
     uint8_t repair;      /* S_REFRESH argument                             */
     uint8_t transient;   /* the failure is worth waiting out               */
@@ -518,6 +519,7 @@ struct redlock {
     int64_t cap;         /* the round's requests wait no longer than this  */
     int64_t deadline;    /* redlock_lock: when the wait ends               */
     int64_t backoff;
+    int64_t rtt;         /* the last try's round trip                     */
     int64_t holder_pttl; /* ms left on the holder's lock at the last failed try */
     uint64_t token;
     redlock_info *info;  /* OP_INSPECT: filled when it ends               */
@@ -1669,9 +1671,21 @@ static int chan_join(redlock *l)
     return REDLOCK_OK;
 }
 
-/* Let the local waiter first in line try: it was parked behind another. */
+/* A release: the waiter tries again. Redis delivers a release to a
+ * channel's subscribers in the same order every time, so the same waiter
+ * would always send first and win, and the last one starve. A waiter that
+ * has not lost a race yet in this wait therefore gives way for a moment
+ * (half its round trip, at least 50 us); one that lost goes at once: the
+ * one that waited through a release wins the next. Fair mode does not need
+ * it (the server picks). */
 static void wake(redlock *l)
 {
+    if (l->phase == PH_SLEEP && !l->lost && !l->c->opts.fair && l->op == OP_LOCK) {
+        int64_t d = l->rtt / 2 > ms_ns(5) ? ms_ns(5) : l->rtt / 2;
+        l->lost = 1;
+        timer_set(l, l->c->now + (d > 50000 ? d : 50000));
+        return;
+    }
     if (l->phase == PH_SLEEP || l->phase == PH_PARKED)
         try_now(l);
     else
@@ -1972,6 +1986,7 @@ static int acquire_lost(redlock *l, size_t acq, size_t held, size_t queued, int6
 static void acquire_judge(redlock *l)
 {
     redlock_client *c = l->c;
+    l->rtt = c->now - l->t0;
     size_t acq = 0, held = 0, queued = 0;
     uint64_t token = 0;
     int64_t pttl = -1;
@@ -3274,6 +3289,7 @@ static void lock_begin(redlock *l, uint32_t wait_ms)
 {
     redlock_client *c = l->c;
     l->deadline = c->now + ms_ns(wait_ms);
+    l->lost = 0;
     l->backoff = ms_ns(c->opts.retry_min_ms);
     l->raced = 0;
     l->pending = REDLOCK_NOT_ACQUIRED;

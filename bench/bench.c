@@ -368,6 +368,8 @@ static const char *const kind_name[S_KINDS] = {
     "trylock+unlock by FCALL (functions mode)", "PING (hiredis)",
     "SET NX PX + EVALSHA del (hiredis)"};
 
+static double cycle_med_ours = -1, cycle_med_hiredis = -1; /* for section 2b */
+
 static void bench_cycle(void)
 {
     heading("1. lock cycle vs round trip, 2. vs hiredis  (one node, loopback TCP)");
@@ -452,6 +454,10 @@ static void bench_cycle(void)
     if (fcall_ok)
         put("cycle", "fcall_over_evalsha", median(ratio_f, (size_t)rounds), "x",
             "ratio: FCALL cycle / EVALSHA cycle");
+    cycle_med_ours = median(med[S_CYCLE], (size_t)rounds);
+#ifdef HAVE_HIREDIS
+    cycle_med_hiredis = median(med[S_HCYCLE], (size_t)rounds);
+#endif
 #ifdef HAVE_HIREDIS
     put("cycle", "ours_over_hiredis", median(ratio_h, (size_t)rounds), "x",
         "ratio: ours (fencing on) / hiredis");
@@ -473,6 +479,117 @@ static void bench_cycle(void)
     redlock_client_free(cn);
     redlock_client_free(cf);
     net_conn_free(pc);
+}
+
+/* ---- 2b: system calls, counted by strace around a child that runs N of a kind ---- */
+
+/* Run n of kind against url and exit (the child strace watches). */
+static int syscall_run(const char *kind, int n, const char *url)
+{
+    const char *u[1] = {url};
+    if (strcmp(kind, "cycle") == 0) {
+        redlock_client *c = client_for(u, 1, 1);
+        redlock *l = lock_for(c, "bench:sys", 10000);
+        for (int i = 0; i < n; i++)
+            cycle(l, c);
+        redlock_free(l);
+        redlock_client_free(c);
+        return 0;
+    }
+#ifdef HAVE_HIREDIS
+    if (strcmp(kind, "hcycle") == 0) {
+        redisContext *h = hiredis_for(url);
+        hiredis_prepare(h);
+        for (int i = 0; i < n; i++)
+            hiredis_cycle(h, "bench:hsys", "hiredis-owner");
+        redisFree(h);
+        return 0;
+    }
+#endif
+    return 2;
+}
+
+/* System calls per iteration of kind: two strace runs (n and 11n), the
+ * difference over 10n, so connecting and setup cancel out. -1: no strace. */
+static double syscalls_per(const char *kind)
+{
+    int n = quick ? 50 : 200;
+    long calls[2];
+    for (int k = 0; k < 2; k++) {
+        char cmd[1024], path[256], line[512];
+        snprintf(path, sizeof path, "%s/strace.%s.txt", BENCH_BUILD_DIR, kind);
+        snprintf(cmd, sizeof cmd,
+                 "strace -f -c -o '%s' '%s/bench' --syscall-run %s %d '%s' >/dev/null 2>&1",
+                 path, BENCH_BUILD_DIR, kind, k ? 11 * n : n, urls[0]);
+        if (system(cmd) != 0)
+            return -1;
+        FILE *f = fopen(path, "r");
+        calls[k] = -1;
+        while (f && fgets(line, sizeof line, f)) {
+            double pct, secs;
+            long usecs, total;
+            if (strstr(line, " total") &&
+                sscanf(line, "%lf %lf %ld %ld", &pct, &secs, &usecs, &total) == 4)
+                calls[k] = total;
+        }
+        if (f)
+            fclose(f);
+        if (calls[k] < 0)
+            return -1;
+    }
+    return (double)(calls[1] - calls[0]) / (10.0 * n);
+}
+
+/* Server time per iteration of kind (INFO commandstats, usec of every
+ * command but INFO and CONFIG), over n iterations run here. */
+static double server_us_per(const char *kind, int n)
+{
+    const char *reset[2] = {"CONFIG", "RESETSTAT"};
+    net_conn *pc = conn_for(urls[0]);
+    roundtrip(pc, 2, reset, NULL, 0);
+    net_conn_free(pc);
+    if (syscall_run(kind, n, urls[0]) != 0)
+        return -1;
+    const char *text = info(urls[0], "commandstats");
+    double usec = 0;
+    for (const char *p = strstr(text, "cmdstat_"); p; p = strstr(p + 1, "cmdstat_")) {
+        if (strncmp(p, "cmdstat_info:", 13) == 0 || strncmp(p, "cmdstat_config:", 15) == 0)
+            continue;
+        const char *u = strstr(p, ",usec=");
+        if (u)
+            usec += strtod(u + 6, NULL);
+    }
+    return usec / n;
+}
+
+static void bench_syscalls(void)
+{
+    heading("2b. where a cycle's time goes: system calls (strace -c), server time (commandstats)");
+    int n = quick ? 500 : 3000;
+    double so = server_us_per("cycle", n);
+    put("syscalls", "server_us_per_cycle_ours", so, "us",
+        "server time per cycle, ours (two Lua scripts)");
+#ifdef HAVE_HIREDIS
+    double sh = server_us_per("hcycle", n);
+    put("syscalls", "server_us_per_cycle_hiredis", sh, "us",
+        "server time per cycle, hiredis (SET NX PX, then Lua)");
+    if (cycle_med_ours > 0 && cycle_med_hiredis > 0)
+        put("syscalls", "client_and_net_ours_over_hiredis",
+            (cycle_med_ours - so) / (cycle_med_hiredis - sh), "x",
+            "ratio: cycle minus server time, ours / hiredis");
+#endif
+    if (system("strace -V >/dev/null 2>&1") != 0) {
+        printf("  (system call rows skipped: strace is not installed)\n");
+        return;
+    }
+    double ours = syscalls_per("cycle");
+    put("syscalls", "per_cycle_ours", ours, "", "redlock-c trylock+unlock: system calls per cycle");
+    put("syscalls", "per_request_ours", ours / 2, "", "redlock-c: per request (send, poll, recv)");
+#ifdef HAVE_HIREDIS
+    double h = syscalls_per("hcycle");
+    put("syscalls", "per_cycle_hiredis", h, "", "hiredis SET NX PX + EVALSHA: per cycle");
+    put("syscalls", "per_request_hiredis", h / 2, "", "hiredis: per request (write, read)");
+#endif
 }
 
 /* ---- 3: quorum cost ------------------------------------------------------------------------- */
@@ -922,6 +1039,117 @@ static void bench_handoff(int fair)
     free(gaps);
     munmap(sh, sizeof *sh);
     fair_mode = 0;
+}
+
+/* ---- 4c: herd: many waiters on one name, each taking it once --------------------------- */
+
+/* Sum of calls (or usec) of the script commands in INFO commandstats. */
+static double script_stat(const char *url, const char *what)
+{
+    const char *text = info(url, "commandstats");
+    static const char *const cmds[] = {"evalsha", "eval", "fcall", "fcall_ro"};
+    double total = 0;
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "cmdstat_%s:%s", cmds[i], what);
+        const char *p = strstr(text, key);
+        if (p)
+            total += strtod(p + strlen(key), NULL);
+    }
+    return total;
+}
+
+static double all_usec(const char *url)
+{
+    const char *text = info(url, "commandstats");
+    double usec = 0;
+    for (const char *p = strstr(text, "cmdstat_"); p; p = strstr(p + 1, "cmdstat_")) {
+        if (strncmp(p, "cmdstat_info:", 13) == 0 || strncmp(p, "cmdstat_config:", 15) == 0)
+            continue;
+        const char *u = strstr(p, ",usec=");
+        if (u)
+            usec += strtod(u + 6, NULL);
+    }
+    return usec;
+}
+
+static void herd(int n, int fair)
+{
+    const char *u[1] = {urls[0]};
+    char name[48];
+    snprintf(name, sizeof name, "bench:herd:%d:%d", n, fair);
+    int64_t *go = mmap(NULL, sizeof *go, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    *go = now_ns() + 500000000LL + (int64_t)n * 2000000; /* time to connect them all */
+    pid_t *pid = calloc((size_t)n, sizeof *pid);
+    for (int i = 0; i < n; i++) {
+        pid[i] = fork();
+        if (pid[i] < 0)
+            die("fork");
+        if (pid[i] == 0) {
+            fair_mode = fair;
+            redlock_client *c = client_for(u, 1, 1);
+            redlock *l = lock_for(c, name, 30000);
+            char other[64];
+            redlock *warm = NULL;
+            snprintf(other, sizeof other, "%s:warm:%d", name, i);
+            if (redlock_new(&warm, c, other, NULL, 1000) == REDLOCK_OK)
+                redlock_trylock(warm); /* connected, scripts loaded, before the start */
+            redlock_free(warm);
+            while (now_ns() < *go)
+                sleep_ns(200000);
+            int rc = redlock_lock(l, 120000);
+            if (rc == REDLOCK_OK) {
+                sleep_ns(200000); /* hold 0.2 ms */
+                redlock_unlock(l);
+            }
+            redlock_free(l);
+            redlock_client_free(c);
+            _exit(rc == REDLOCK_OK ? 0 : 1);
+        }
+    }
+    while (now_ns() < *go - 20000000LL) /* they have connected: count from here */
+        sleep_ns(1000000);
+    double calls0 = script_stat(urls[0], "calls="), usec0 = all_usec(urls[0]);
+    int failed = 0;
+    for (int i = 0; i < n; i++) {
+        int st;
+        waitpid(pid[i], &st, 0);
+        failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    }
+    double wall = (double)(now_ns() - *go) / 1e6;
+    double calls = script_stat(urls[0], "calls=") - calls0, usec = all_usec(urls[0]) - usec0;
+    char key[64], label[96];
+    const char *mode = fair ? "fair" : "default";
+    snprintf(key, sizeof key, "%s_%d_script_calls_per_acq", mode, n);
+    snprintf(label, sizeof label, "%s, %d waiters: script calls per acquisition", mode, n);
+    put("herd", key, calls / n, "", "%s", label);
+    snprintf(key, sizeof key, "%s_%d_server_us_per_acq", mode, n);
+    snprintf(label, sizeof label, "%s, %d waiters: server time per acquisition", mode, n);
+    put("herd", key, usec / n, "us", "%s", label);
+    snprintf(key, sizeof key, "%s_%d_wall_ms", mode, n);
+    snprintf(label, sizeof label, "%s, %d waiters: wall time, all served", mode, n);
+    put("herd", key, wall, "ms", "%s", label);
+    if (failed)
+        printf("  (%d of %d waiters failed)\n", failed, n);
+    free(pid);
+    munmap(go, sizeof *go);
+    fair_mode = 0;
+}
+
+static void bench_herd(void)
+{
+    heading("4c. herd: N waiter processes on one name, each takes it once (hold 0.2 ms)");
+    if (url_env) {
+        printf("  (skipped with $REDLOCK_URL)\n");
+        return;
+    }
+    static const int sizes[] = {10, 100, 300};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        if (quick && sizes[i] > 100)
+            continue;
+        herd(sizes[i], 0);
+        herd(sizes[i], 1);
+    }
 }
 
 /* ---- 5: parser ------------------------------------------------------------------------------------ */
@@ -1421,6 +1649,9 @@ int main(int argc, char **argv)
                 return parse_stream_hiredis() == stream_replies ? 0 : 1;
 #endif
             return 2;
+        } else if (strcmp(argv[i], "--syscall-run") == 0 && i + 3 < argc) {
+            urls[0] = argv[i + 3];
+            return syscall_run(argv[i + 1], atoi(argv[i + 2]), argv[i + 3]);
         } else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
             json = argv[++i];
         else if (strcmp(argv[i], "--quick") == 0)
@@ -1431,7 +1662,7 @@ int main(int argc, char **argv)
             only = argv[++i];
         else
             die("usage: bench [--json FILE] [--quick] [--callgrind] [--only SECTION]\n"
-                "sections: cycle quorum rtt handoff parser footprint throughput cluster");
+                "sections: cycle syscalls quorum rtt handoff herd parser footprint throughput cluster");
     }
     if (quick)
         rounds = 3;
@@ -1453,6 +1684,8 @@ int main(int argc, char **argv)
     start_servers();
     if (want("cycle"))
         bench_cycle();
+    if (want("syscalls"))
+        bench_syscalls();
     if (want("quorum"))
         bench_quorum();
     if (want("rtt"))
@@ -1461,6 +1694,8 @@ int main(int argc, char **argv)
         bench_handoff(0);
         bench_handoff(1);
     }
+    if (want("herd"))
+        bench_herd();
     if (want("parser"))
         bench_parser(with_callgrind);
     if (want("footprint"))
