@@ -36,6 +36,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 
 .PHONY: all static test tests check-exports test-packaging test-sanitize test-valgrind examples \
+        functions-file \
         demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
@@ -76,11 +77,20 @@ $(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(MUSL_CC) $(WARN) $(CFLAGS) -static -s -I. $(CLI_SRC) $(LIB_SRC) -o $@
 
-# The SHA1s built into redlock.c match its script texts (no Redis needed).
-$(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
+# The SHA1s built into redlock.c match its script texts, and the shipped
+# function library is the one redlock.c builds from them (no Redis needed).
+$(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(wildcard functions/*.lua) $(BUILD)/resp.o \
+                     $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
 	$(BUILD)/sha1check
 	@touch $@
+
+# After a script changed (and the library's version with it): write the
+# shipped library file from redlock.c.
+functions-file: $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
+	mkdir -p functions
+	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
+	$(BUILD)/sha1check --write
 
 # ---- examples and tests ---------------------------------------------------------
 
@@ -105,6 +115,7 @@ TEST_SUPPORT_HDR := $(FX_HDR) tests/testutil.h tests/netx.h
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
+	    -DFX_SRC_DIR='"$(abspath .)"' \
 	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) -o $@
 
 deps:
@@ -146,7 +157,7 @@ test-sanitize:
 	    test
 
 # Core suites under valgrind memcheck, no fork, zero leaks and errors.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_async,$(TEST_SRC:tests/%.c=%))
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_async test_functions,$(TEST_SRC:tests/%.c=%))
 test-valgrind: deps all examples $(TESTS)
 	@failed=0; for t in $(VALGRIND_SUITES); do \
 	    echo "== valgrind $$t"; \
@@ -211,8 +222,11 @@ install: all $(BUILD)/redlock.pc
 	if [ -n "$(CLI)" ]; then install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/; fi
 	if [ -f cli/redlock.1 ]; then install -d $(DESTDIR)$(PREFIX)/share/man/man1 && \
 	    install -m 644 cli/redlock.1 $(DESTDIR)$(PREFIX)/share/man/man1/; fi
+	install -d $(DESTDIR)$(PREFIX)/share/redlock
+	install -m 644 functions/*.lua $(DESTDIR)$(PREFIX)/share/redlock/
 
 uninstall:
+	rm -rf $(DESTDIR)$(PREFIX)/share/redlock
 	rm -f $(DESTDIR)$(PREFIX)/include/redlock.h $(DESTDIR)$(PREFIX)/lib/libredlock.* \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/redlock.pc $(DESTDIR)$(PREFIX)/bin/redlock \
 	    $(DESTDIR)$(PREFIX)/share/man/man1/redlock.1

@@ -261,6 +261,90 @@ static const script scripts[S_COUNT] = {
 };
 #define MAX_SCRIPT_ARGS 10
 
+/* The same scripts as one Redis Functions library, for servers where
+ * EVAL/EVALSHA are not permitted (FCALL of a library an administrator
+ * loaded). Each script's text above is, unchanged, the body of a function
+ * whose parameters are named KEYS and ARGV, so the two can never differ.
+ * Function names are global in Redis, so they carry the version as the
+ * library's name does. A change to any script text needs a new version:
+ * a server keeps whatever code it loaded under a name, and nothing here
+ * ever replaces it (no REPLACE). The build checks that the shipped file
+ * functions/redlock_vN.lua equals library_text() (tests/sha1check.c).
+ *
+ * Flags (Redis refuses a function without allow-oom at once when over
+ * maxmemory, where EVAL refuses only the first command that may grow
+ * memory): release and dequeue only delete and publish, and refresh
+ * mostly extends, so they run over maxmemory as their EVAL forms do;
+ * acquire, fair acquire and raise are refused, as their EVAL forms are
+ * when they would SET or INCR. STATUS writes nothing: FCALL_RO. */
+#define FUNCTIONS_VERSION "1"
+#define FUNCTIONS_LIBRARY "redlock_v" FUNCTIONS_VERSION
+#define FUNCTIONS_FILE "functions/" FUNCTIONS_LIBRARY ".lua"
+#define FN(local) FUNCTIONS_LIBRARY "_" local, local
+
+typedef struct function_def {
+    const char *name;  /* FCALL name: redlock_vN_local */
+    const char *local; /* the Lua local holding it     */
+    const char *flags; /* register_function flags, or NULL */
+} function_def;
+
+static const function_def functions[S_COUNT] = {
+    [S_ACQUIRE] = {FN("acquire"), NULL},
+    [S_FAIR] = {FN("fair_acquire"), NULL},
+    [S_DEQUEUE] = {FN("dequeue"), "'allow-oom'"},
+    [S_RELEASE] = {FN("release"), "'allow-oom'"},
+    [S_REFRESH] = {FN("refresh"), "'allow-oom'"},
+    [S_RAISE] = {FN("raise"), NULL},
+    [S_STATUS] = {FN("status"), "'no-writes'"},
+    [S_RELEASE_SHARDED] = {FN("release_sharded"), "'allow-oom'"},
+    [S_DEQUEUE_SHARDED] = {FN("dequeue_sharded"), "'allow-oom'"},
+};
+#undef FN
+
+static const char LIBRARY_HEAD[] =
+    "#!lua name=" FUNCTIONS_LIBRARY "\n"
+    "-- redlock-c's scripts as a Redis Functions library, for servers where\n"
+    "-- EVAL/EVALSHA are not permitted but FCALL is. Generated from redlock.c\n"
+    "-- (make functions-file); do not edit: a change needs a new version.\n"
+    "-- Load it once per node (every primary of a cluster):\n"
+    "--   redis-cli -x FUNCTION LOAD < " FUNCTIONS_FILE "\n"
+    "--   redlock functions load -u redis://HOST:PORT\n";
+
+/* Appends to a buffer that may be too small; len counts what did not fit. */
+typedef struct textbuf {
+    char *p;
+    size_t cap, len;
+} textbuf;
+
+static void tb_put(textbuf *b, const char *s)
+{
+    size_t n = strlen(s);
+    if (b->len < b->cap)
+        memcpy(b->p + b->len, s, b->len + n <= b->cap ? n : b->cap - b->len);
+    b->len += n;
+}
+
+/* The library's text into dst (at most cap bytes, NUL-terminated when
+ * there is room for it); returns its length, as snprintf does. */
+static size_t library_text(char *dst, size_t cap)
+{
+    textbuf b = {dst, cap, 0};
+    tb_put(&b, LIBRARY_HEAD);
+    for (int i = 0; i < S_COUNT; i++) {
+        const function_def *f = &functions[i];
+        tb_put(&b, "\nlocal function "), tb_put(&b, f->local), tb_put(&b, "(KEYS, ARGV)\n");
+        tb_put(&b, scripts[i].lua);
+        tb_put(&b, "end\nredis.register_function{function_name = '"), tb_put(&b, f->name);
+        tb_put(&b, "', callback = "), tb_put(&b, f->local);
+        if (f->flags)
+            tb_put(&b, ", flags = {"), tb_put(&b, f->flags), tb_put(&b, "}");
+        tb_put(&b, "}\n");
+    }
+    if (cap > 0)
+        dst[b.len < cap ? b.len : cap - 1] = '\0';
+    return b.len;
+}
+
 /* ---- types ----------------------------------------------------------------- */
 
 /* What one node said in the current round of an operation. */
@@ -271,6 +355,10 @@ typedef struct nres {
     uint8_t status;    /* N_ERR: REDLOCK_ERR_*                             */
     uint8_t transient; /* N_ERR: worth waiting out                         */
     uint8_t eval;      /* EVALSHA said NOSCRIPT: EVAL went out             */
+    uint8_t fcall;     /* the request went by FCALL (or FCALL_RO)          */
+    uint8_t noperm;    /* auto mode: EVALSHA/EVAL said NOPERM: FCALL instead */
+    uint8_t loaded;    /* FCALL said the function is missing: FUNCTION LOAD
+                          went out, then FCALL again                       */
     uint8_t final;     /* the node's part of the round is over             */
     uint8_t pending;   /* requests in flight (the script, and WAIT)        */
     uint8_t tries;     /* cluster: redirects and retries so far            */
@@ -308,6 +396,14 @@ struct chan {
         uint16_t shard;    /* the shard of the node that has them          */
     } st[MAX_NODES];
 };
+
+/* How scripts go to a node: by EVALSHA, or by FCALL of the function
+ * library (functions mode; in auto mode, once the node refused EVALSHA
+ * with NOPERM and an FCALL worked). Kept beside the nodes, indexed alike. */
+typedef struct node_fn {
+    uint8_t fcall;
+    char load_err[96]; /* the last FUNCTION LOAD's error there ("": none) */
+} node_fn;
 
 /* One server: the lock commands (pipelined) and the listener (on demand). */
 typedef struct shard {
@@ -356,6 +452,9 @@ struct redlock_client {
     redlock_options opts;
     size_t n, quorum;
     node *nodes;
+    node_fn *fn;    /* one per node                                  */
+    char *fn_code;  /* the function library's text, made when first loaded */
+    size_t fn_code_len;
     redlock *all;   /* every lock of this client                     */
     redlock *armed; /* locks with a timer                            */
     redlock *ready; /* locks whose round ended without a reply to wait for */
@@ -428,8 +527,8 @@ struct redlock {
     char score_str[24];  /* fair mode: wall-clock ms when this wait began  */
     char lease_str[16];  /* fair mode: how long our place in line lasts    */
     size_t nerr_idx;     /* node of the first error in the round (n: none) */
-    char nerr[192];
-    char errstr[384];
+    char nerr[320];
+    char errstr[512];
     nres res[]; /* one per node */
 };
 
@@ -835,8 +934,10 @@ static int script_for(const redlock_client *c, size_t i, int id)
     return id == S_RELEASE ? S_RELEASE_SHARDED : id == S_DEQUEUE ? S_DEQUEUE_SHARDED : id;
 }
 
-/* Queue EVALSHA (or EVAL) of script id for l on shard j of node i. owner
- * NULL: a request nobody waits for (always EVAL: it cannot fall back). */
+/* Queue EVALSHA (or EVAL) of script id for l on shard j of node i, or
+ * FCALL of its function where the node takes FCALL (or this request's
+ * EVALSHA met NOPERM in auto mode). owner NULL: a request nobody waits for
+ * (EVAL, or FCALL: it cannot fall back). */
 static int queue_script(redlock *l, size_t i, size_t j, int id, int eval, void *owner,
                         uint32_t kind, int64_t cap)
 {
@@ -848,10 +949,18 @@ static int queue_script(redlock *l, size_t i, size_t j, int id, int eval, void *
     if (k != s->nkeys + s->nargs)
         return RESP_ERR_ARG; /* the table and script_args disagree: a bug */
 
+    int fcall = l->c->fn[i].fcall || (owner && l->res[i].noperm);
     eval |= owner == NULL;
-    argv[0] = eval ? "EVAL" : "EVALSHA";
-    lens[0] = eval ? 4 : 7;
-    argv[1] = eval ? s->lua : s->sha;
+    if (fcall) {
+        argv[0] = id == S_STATUS ? "FCALL_RO" : "FCALL";
+        argv[1] = functions[id].name;
+    } else {
+        argv[0] = eval ? "EVAL" : "EVALSHA";
+        argv[1] = eval ? s->lua : s->sha;
+    }
+    if (owner)
+        l->res[i].fcall = (uint8_t)fcall;
+    lens[0] = strlen(argv[0]);
     lens[1] = strlen(argv[1]);
     argv[2] = nk;
     lens[2] = 1;
@@ -885,8 +994,39 @@ static void node_error(redlock *l, size_t i, int status, int transient, const ch
 }
 
 /* Tag kinds: a script id, or one of these; the attempt rides above. */
-enum { K_WAIT = 0xf0, K_LISTEN = 0xf1, K_SLOTS = 0xf2 };
+enum { K_WAIT = 0xf0, K_LISTEN = 0xf1, K_SLOTS = 0xf2, K_LOAD = 0xf3 };
 #define KIND(id, attempt) ((uint32_t)(id) | (uint32_t)(attempt) << 8)
+
+/* The function library's text, made once per client when first needed. */
+static int library_code(redlock_client *c)
+{
+    if (c->fn_code)
+        return RESP_OK;
+    size_t n = library_text(NULL, 0);
+    c->fn_code = resp_alloc(n + 1);
+    if (!c->fn_code)
+        return RESP_ERR_NOMEM;
+    library_text(c->fn_code, n + 1);
+    c->fn_code_len = n;
+    return RESP_OK;
+}
+
+/* Queue FUNCTION LOAD of the library for l on node i's shard that serves
+ * l's slot, as EVAL loads a script on NOSCRIPT. Never REPLACE: a library
+ * of that name already there (another version's code, or someone else's)
+ * stays as it is. */
+static int queue_load(redlock *l, size_t i)
+{
+    redlock_client *c = l->c;
+    int rc = library_code(c);
+    if (rc != RESP_OK)
+        return rc;
+    const char *argv[3] = {"FUNCTION", "LOAD", c->fn_code};
+    size_t lens[3] = {8, 4, c->fn_code_len};
+    net_tag tag = {l, l->seq, K_LOAD};
+    return net_conn_request(c->nodes[i].sh[route(c, i, l->slot)].cmd, 3, argv, lens, tag,
+                            l->cap, c->now);
+}
 
 static int writes(int id)
 {
@@ -917,7 +1057,7 @@ static int send_request(redlock *l, size_t i, int ask)
     nd->shard = (uint16_t)j;
     if (c->opts.wait_replicas > 0 && writes(nd->id)) {
         char num[16], ms[16];
-        int wait_ms = c->opts.io_timeout_ms * 4 / 5;
+        int wait_ms = c->opts.io_timeout_ms / 2; /* leaves time for the reply */
         const char *argv[3] = {"WAIT", num, ms};
         size_t lens[3] = {4, (size_t)snprintf(num, sizeof num, "%d", c->opts.wait_replicas),
                           (size_t)snprintf(ms, sizeof ms, "%d", wait_ms > 0 ? wait_ms : 1)};
@@ -1106,6 +1246,54 @@ static void on_wait(redlock *l, size_t i, unsigned attempt, int status, const re
                    c->opts.wait_replicas);
 }
 
+static int error_starts(const resp_reply *r, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return r->type == RESP_ERROR && r->len >= n && memcmp(r->str, prefix, n) == 0;
+}
+
+/* What FUNCTION LOAD answered on node i, kept for the FCALL queued behind it. */
+static void load_answered(redlock_client *c, size_t i, int status, const resp_reply *r)
+{
+    node_fn *f = &c->fn[i];
+    if (status != RESP_OK)
+        snprintf(f->load_err, sizeof f->load_err, "%s", redlock_strerror(status));
+    else if (r->type == RESP_ERROR)
+        snprintf(f->load_err, sizeof f->load_err, "%.*s",
+                 (int)(r->len < sizeof f->load_err ? r->len : sizeof f->load_err - 1), r->str);
+    else
+        f->load_err[0] = '\0';
+}
+
+/* FCALL found no function even after our FUNCTION LOAD: say why, and how
+ * an administrator loads the library. */
+static void function_missing(redlock *l, size_t i, int id)
+{
+    redlock_client *c = l->c;
+    const char *le = c->fn[i].load_err;
+    char why[128];
+    if (strncmp(le, "NOPERM", 6) == 0)
+        snprintf(why, sizeof why, "this user may not load it: NOPERM");
+    else if (strncmp(le, "ERR Library", 11) == 0 && strstr(le, "already exists"))
+        snprintf(why, sizeof why,
+                 "a library of that name with other code is there, never replaced");
+    else
+        snprintf(why, sizeof why, "FUNCTION LOAD: %s", le[0] ? le : "no error, yet no function");
+    if (l->res[i].noperm)
+        node_error(l, i, REDLOCK_ERR_SERVER, 0,
+                   "%s: NOPERM: this user may not run EVALSHA, and the function library "
+                   FUNCTIONS_LIBRARY " for FCALL is not loaded there (%s); load it with "
+                   "`redlock functions load -u URL` or `redis-cli -x FUNCTION LOAD < "
+                   FUNCTIONS_FILE "`",
+                   c->nodes[i].desc, why);
+    else
+        node_error(l, i, REDLOCK_ERR_SERVER, 0,
+                   "%s: function %s not found: the library " FUNCTIONS_LIBRARY
+                   " is not loaded there (%s); load it with `redlock functions load -u URL` or "
+                   "`redis-cli -x FUNCTION LOAD < " FUNCTIONS_FILE "`",
+                   c->nodes[i].desc, functions[id].name, why);
+}
+
 /* A node's answer to l's current round: a reply, or a failure status.
  * Returns -1 when the reply had the wrong shape: the connection is out of
  * step and must not be used further. */
@@ -1117,6 +1305,10 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
     int id = (int)(kind & 0xff), bad = 0;
     if (nd->final)
         return 0;
+    if (id == K_LOAD) {
+        load_answered(c, i, status, r);
+        return 0; /* the FCALL queued behind it answers for the node */
+    }
     if (id == K_WAIT) {
         on_wait(l, i, kind >> 8, status, r);
         settle(l, i);
@@ -1139,6 +1331,27 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
             return 0;
         node_error(l, i, rc, 0, "%s: cannot queue the %s script: %s", desc, scripts[id].name,
                    redlock_strerror(rc));
+    } else if (!nd->fcall && !nd->noperm && c->opts.scripts == REDLOCK_SCRIPTS_AUTO &&
+               error_starts(r, "NOPERM")) {
+        nd->noperm = 1; /* EVAL is not permitted there: FCALL, if the library is loaded */
+        int rc = send_request(l, i, -1);
+        if (rc == RESP_OK)
+            return 0;
+        node_error(l, i, rc, 0, "%s: cannot queue the %s function: %s", desc, scripts[id].name,
+                   redlock_strerror(rc));
+    } else if (nd->fcall && error_starts(r, "ERR Function not found")) {
+        if (nd->loaded) {
+            function_missing(l, i, id);
+        } else {
+            nd->loaded = 1; /* not there (never loaded, a restart, FUNCTION FLUSH): load it */
+            int rc = queue_load(l, i);
+            if (rc == RESP_OK)
+                rc = send_request(l, i, -1);
+            if (rc == RESP_OK)
+                return 0;
+            node_error(l, i, rc, 0, "%s: cannot queue the function library: %s", desc,
+                       redlock_strerror(rc));
+        }
     } else if (r->type == RESP_ERROR) {
         if (cluster_redirect(l, i, r))
             return 0;
@@ -1149,7 +1362,8 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
         if (nd->state == N_PENDING) {
             int auth = r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0;
             node_error(l, i, auth ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
-                       busy || transient_error(r->str, r->len), "%s: %.*s", desc,
+                       busy || transient_error(r->str, r->len), "%s: %s%.*s", desc,
+                       nd->noperm ? "EVALSHA: NOPERM; FCALL: " : "",
                        (int)(r->len > 120 ? 120 : r->len), r->str);
         }
     } else if (decode(nd, scripts[id].shape, r, l) != 0) {
@@ -1158,6 +1372,8 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
         bad = -1;
     } else {
         nd->state = N_OK;
+        if (nd->fcall)
+            c->fn[i].fcall = 1; /* auto mode: FCALL works where EVALSHA may not run */
     }
     settle(l, i);
     return bad;
@@ -1465,9 +1681,13 @@ static int chan_join(redlock *l)
 static void wake(redlock *l)
 {
     if (l->phase == PH_SLEEP && !l->lost && !l->c->opts.fair && l->op == OP_LOCK) {
-        int64_t d = l->rtt / 2 > ms_ns(5) ? ms_ns(5) : l->rtt / 2;
+        int64_t d = l->rtt / 2;
+        if (d < 50000)
+            d = 50000;
+        if (d > ms_ns(5))
+            d = ms_ns(5);
         l->lost = 1;
-        timer_set(l, l->c->now + (d > 50000 ? d : 50000));
+        timer_set(l, l->c->now + d);
         return;
     }
     if (l->phase == PH_SLEEP || l->phase == PH_PARKED)
@@ -2562,6 +2782,7 @@ void redlock_options_init(redlock_options *o)
     o->max_depth = RESP_DEFAULT_MAX_DEPTH;
     o->max_line = RESP_DEFAULT_MAX_LINE;
     o->fair = 0;
+    o->scripts = REDLOCK_SCRIPTS_AUTO;
 }
 
 static int check_options(const redlock_options *o)
@@ -2576,6 +2797,10 @@ static int check_options(const redlock_options *o)
         return global_err(REDLOCK_ERR_ARG, "fair must be 0 or 1");
     if (o->retry_min_ms <= 0 || o->retry_max_ms < o->retry_min_ms)
         return global_err(REDLOCK_ERR_ARG, "need 0 < retry_min_ms <= retry_max_ms");
+    if (o->scripts != REDLOCK_SCRIPTS_AUTO && o->scripts != REDLOCK_SCRIPTS_EVAL &&
+        o->scripts != REDLOCK_SCRIPTS_FUNCTIONS)
+        return global_err(REDLOCK_ERR_ARG,
+                          "scripts must be REDLOCK_SCRIPTS_AUTO, _EVAL or _FUNCTIONS");
     if (o->max_depth > RESP_MAX_DEPTH)
         return global_err(REDLOCK_ERR_ARG, "max_depth must be at most %d", RESP_MAX_DEPTH);
     if (o->wait_replicas < 0 || o->wait_replicas > 100)
@@ -2676,12 +2901,15 @@ int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
     c->n = n;
     c->quorum = n / 2 + 1;
     c->nodes = resp_alloc_array(n, sizeof *c->nodes);
+    c->fn = resp_alloc_array(n, sizeof *c->fn);
     c->pfd_cap = 2 * n;
     c->pfd = resp_alloc_array(c->pfd_cap, sizeof *c->pfd);
-    if (!c->nodes || !c->pfd) {
+    if (!c->nodes || !c->fn || !c->pfd) {
         redlock_client_free(c);
         return global_err(REDLOCK_ERR_NOMEM, "out of memory");
     }
+    for (size_t i = 0; i < n; i++)
+        c->fn[i].fcall = o.scripts == REDLOCK_SCRIPTS_FUNCTIONS;
     net_opts co = conn_opts(&o);
     for (size_t i = 0; i < n; i++) {
         rc = add_node(c, i, urls[i], &co);
@@ -2731,6 +2959,8 @@ void redlock_client_free(redlock_client *c)
     resp_free(c->buckets);
     resp_free(c->sbuckets);
     resp_free(c->nodes);
+    resp_free(c->fn);
+    resp_free(c->fn_code);
     resp_free(c->pfd);
     resp_free(c);
 }
@@ -3238,4 +3468,267 @@ int redlock_inspect(redlock *l, redlock_info *info)
     rc = run_blocking(l);
     l->info = NULL;
     return rc;
+}
+
+/* ---- the function library on the nodes ------------------------------------------------------- */
+
+const char *redlock_functions_library(void)
+{
+    return FUNCTIONS_LIBRARY;
+}
+
+size_t redlock_functions_code(char *buf, size_t cap)
+{
+    return library_text(buf, buf ? cap : 0);
+}
+
+enum { A_LOAD, A_LIST }; /* tag kinds of the requests below */
+
+typedef struct admin_node {
+    const net_url *url;
+    net_conn *conn;
+    unsigned pending;  /* replies still to come */
+    int load_ok;       /* FUNCTION LOAD answered with the library's name */
+    redlock_functions_node info;
+} admin_node;
+
+/* The servers that need the library: each node of the client. Fills
+ * a[0..cap) and returns how many there are.
+ * HOOK(cluster): a cluster member should contribute every primary here (a
+ * library lives on each server; FUNCTION LOAD on a primary reaches its
+ * replicas), from a fresh slot map. Until then it is one entry that fails
+ * with a message saying what to do instead. */
+static size_t library_targets(const redlock_client *c, admin_node *a, size_t cap)
+{
+    for (size_t i = 0; i < c->n && i < cap; i++) {
+        a[i].url = net_conn_url(c->nodes[i].sh[0].cmd);
+        snprintf(a[i].info.node, sizeof a[i].info.node, "%s", c->nodes[i].desc);
+        if (c->nodes[i].cluster) {
+            a[i].url = NULL;
+            a[i].info.status = REDLOCK_ERR_ARG;
+            snprintf(a[i].info.detail, sizeof a[i].info.detail,
+                     "a Redis Cluster: not yet done for every primary; give each primary's "
+                     "redis://HOST:PORT URL (without cluster=1) instead");
+        }
+    }
+    return c->n;
+}
+
+static void admin_fail(admin_node *a, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void admin_fail(admin_node *a, int status, const char *fmt, ...)
+{
+    va_list ap;
+    if (a->info.status != REDLOCK_OK)
+        return; /* the first error explains the node */
+    a->info.status = status;
+    va_start(ap, fmt);
+    vsnprintf(a->info.detail, sizeof a->info.detail, fmt, ap);
+    va_end(ap);
+}
+
+static int is_text(const resp_reply *r, const char *s)
+{
+    size_t n = strlen(s);
+    return (r->type == RESP_BULK || r->type == RESP_STATUS) && r->len == n &&
+           memcmp(r->str, s, n) == 0;
+}
+
+/* FUNCTION LIST ... WITHCODE: each library is a flat list of names and
+ * values (library_name, engine, functions, library_code). Notes which
+ * redlock_v* libraries are there and whether ours has this build's code.
+ * -1 when the reply has another shape. */
+static int admin_list(admin_node *a, const resp_reply *r, const char *code, size_t codelen)
+{
+    redlock_functions_node *f = &a->info;
+    size_t used = 0;
+    if (r->type != RESP_ARRAY)
+        return -1;
+    const resp_reply *lib = r + 1;
+    for (uint32_t k = 0; k < r->n; k++, lib += lib->span) {
+        const resp_reply *name = NULL, *text = NULL, *e = lib + 1;
+        if (lib->type != RESP_ARRAY)
+            return -1;
+        for (uint32_t j = 0; j + 1 < lib->n; j += 2) {
+            const resp_reply *val = e + e->span;
+            if (is_text(e, "library_name") && val->type == RESP_BULK)
+                name = val;
+            else if (is_text(e, "library_code") && val->type == RESP_BULK)
+                text = val;
+            e = val + val->span;
+        }
+        if (!name)
+            return -1;
+        int n = snprintf(f->libraries + used, sizeof f->libraries - used, "%s%.*s",
+                         used ? " " : "", (int)(name->len > 64 ? 64 : name->len), name->str);
+        if (n > 0 && used + (size_t)n < sizeof f->libraries)
+            used += (size_t)n;
+        if (is_text(name, FUNCTIONS_LIBRARY)) {
+            if (text && text->len == codelen && memcmp(text->str, code, codelen) == 0)
+                f->loaded = 1;
+            else
+                f->foreign = 1;
+        }
+    }
+    return 0;
+}
+
+/* One reply (or failure) for node a. */
+static void admin_reply(admin_node *a, net_tag tag, int st, const resp_reply *r,
+                        const redlock_client *c)
+{
+    a->pending--;
+    if (st != RESP_OK) {
+        admin_fail(a, st, "%s", net_conn_errstr(a->conn));
+        return;
+    }
+    if (tag.kind == A_LOAD) {
+        /* "already exists": ours or another's; the list tells which */
+        if (r->type == RESP_ERROR && !(error_starts(r, "ERR Library") &&
+                                       r->len >= 14 &&
+                                       memcmp(r->str + r->len - 14, "already exists", 14) == 0))
+            admin_fail(a, REDLOCK_ERR_SERVER, "FUNCTION LOAD: %.*s",
+                       (int)(r->len > 160 ? 160 : r->len), r->str);
+        a->load_ok = r->type == RESP_BULK;
+        a->info.changed = a->load_ok;
+        return;
+    }
+    if (r->type == RESP_ERROR) {
+        if (!a->load_ok) /* after a load that worked, the list is only a report */
+            admin_fail(a, REDLOCK_ERR_SERVER, "FUNCTION LIST: %.*s",
+                       (int)(r->len > 160 ? 160 : r->len), r->str);
+        a->info.loaded |= a->load_ok;
+        return;
+    }
+    if (admin_list(a, r, c->fn_code, c->fn_code_len) != 0)
+        admin_fail(a, REDLOCK_ERR_PROTOCOL, "FUNCTION LIST: unexpected reply");
+}
+
+/* Send each node its requests, then run one poll() loop until every reply
+ * is in or its deadline passed. */
+static void admin_exchange(redlock_client *c, admin_node *a, size_t n, int load,
+                           struct pollfd *pfd)
+{
+    static const char *const list[] = {"FUNCTION", "LIST", "LIBRARYNAME", "redlock_v*",
+                                       "WITHCODE"};
+    const size_t list_lens[] = {8, 4, 11, 10, 8};
+    const char *argv[3] = {"FUNCTION", "LOAD", c->fn_code};
+    const size_t lens[3] = {8, 4, c->fn_code_len};
+    int64_t now = net_now_ns();
+    for (size_t i = 0; i < n; i++) {
+        net_tag tload = {a, 0, A_LOAD}, tlist = {a, 0, A_LIST};
+        if (!a[i].conn)
+            continue;
+        if ((load && net_conn_request(a[i].conn, 3, argv, lens, tload, 0, now) != RESP_OK) ||
+            net_conn_request(a[i].conn, 5, list, list_lens, tlist, 0, now) != RESP_OK) {
+            admin_fail(&a[i], REDLOCK_ERR_NOMEM, "out of memory");
+            net_conn_close(a[i].conn);
+            continue;
+        }
+        a[i].pending = load ? 2 : 1;
+    }
+    for (;;) {
+        size_t k = 0, waiting = 0;
+        int64_t next = INT64_MAX;
+        now = net_now_ns();
+        for (size_t i = 0; i < n; i++) {
+            net_tag tag;
+            const resp_reply *r;
+            int st;
+            if (!a[i].pending)
+                continue;
+            net_conn_pump(a[i].conn, now);
+            while (a[i].pending && (st = net_conn_take(a[i].conn, &tag, &r, NULL)) != RESP_IDLE) {
+                admin_reply(&a[i], tag, st, r, c);
+                if (st == RESP_OK)
+                    net_conn_consume(a[i].conn);
+            }
+            if (!a[i].pending)
+                continue;
+            waiting++;
+            if (net_conn_deadline(a[i].conn) < next)
+                next = net_conn_deadline(a[i].conn);
+            if (net_conn_fd(a[i].conn) >= 0 && net_conn_events(a[i].conn)) {
+                pfd[k].fd = net_conn_fd(a[i].conn);
+                pfd[k].events = net_conn_events(a[i].conn);
+                pfd[k].revents = 0;
+                k++;
+            }
+        }
+        if (!waiting || (k == 0 && next == INT64_MAX))
+            break; /* done, or (cannot happen) nothing left to wait for */
+        int64_t left = next == INT64_MAX ? -1 : (next - now + 999999) / 1000000;
+        int rc = poll(pfd, (nfds_t)k, left < 0 ? -1 : left > INT32_MAX ? INT32_MAX : (int)left);
+        if (rc < 0 && errno != EINTR)
+            break;
+        now = net_now_ns();
+        for (size_t j = 0; rc > 0 && j < k; j++)
+            for (size_t i = 0; pfd[j].revents && i < n; i++)
+                if (net_conn_fd(a[i].conn) == pfd[j].fd)
+                    net_conn_io(a[i].conn, pfd[j].revents, now);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (a[i].pending)
+            admin_fail(&a[i], REDLOCK_ERR_IO, "no answer");
+}
+
+static int admin_run(redlock_client *c, int load, redlock_functions_node *out, size_t cap,
+                     size_t *count)
+{
+    const char *what = load ? "functions load" : "functions status";
+    if (!c)
+        return global_err(REDLOCK_ERR_ARG, "client is NULL");
+    c->errstr[0] = '\0';
+    size_t n = library_targets(c, NULL, 0);
+    if (count)
+        *count = n;
+    admin_node *a = resp_alloc_array(n, sizeof *a);
+    struct pollfd *pfd = resp_alloc_array(n, sizeof *pfd);
+    if (!a || !pfd || library_code(c) != RESP_OK) {
+        resp_free(a);
+        resp_free(pfd);
+        return cerr(c, REDLOCK_ERR_NOMEM, "%s: out of memory", what);
+    }
+    library_targets(c, a, n);
+    /* FUNCTION LIST WITHCODE carries every redlock_v* library's text: more
+     * room than lock replies need */
+    net_opts o = conn_opts(&c->opts);
+    o.limits.max_bulk = 1u << 20;
+    o.limits.max_array = 4096;
+    o.max_reply = (1u << 22);
+    for (size_t i = 0; i < n; i++)
+        if (a[i].url && net_conn_new(&a[i].conn, a[i].url, &o) != RESP_OK)
+            admin_fail(&a[i], REDLOCK_ERR_NOMEM, "out of memory");
+    admin_exchange(c, a, n, load, pfd);
+    int rc = REDLOCK_OK;
+    for (size_t i = 0; i < n; i++) {
+        redlock_functions_node *f = &a[i].info;
+        if (load && f->status == REDLOCK_OK && f->foreign)
+            admin_fail(&a[i], REDLOCK_ERR_SERVER,
+                       "a library named " FUNCTIONS_LIBRARY " with other code is loaded there; "
+                       "it is never replaced (FUNCTION DELETE " FUNCTIONS_LIBRARY " removes it)");
+        else if (load && f->status == REDLOCK_OK && !f->loaded)
+            admin_fail(&a[i], REDLOCK_ERR_SERVER, "FUNCTION LOAD worked, but " FUNCTIONS_LIBRARY
+                                                  " is not listed");
+        if (f->status != REDLOCK_OK && rc == REDLOCK_OK)
+            rc = cerr(c, f->status, "%s: %s: %s", what, f->node, f->detail);
+        if (i < cap && out)
+            out[i] = *f;
+        net_conn_free(a[i].conn);
+    }
+    resp_free(a);
+    resp_free(pfd);
+    return rc;
+}
+
+int redlock_functions_load(redlock_client *c, redlock_functions_node *out, size_t cap,
+                           size_t *count)
+{
+    return admin_run(c, 1, out, cap, count);
+}
+
+int redlock_functions_status(redlock_client *c, redlock_functions_node *out, size_t cap,
+                             size_t *count)
+{
+    return admin_run(c, 0, out, cap, count);
 }

@@ -87,7 +87,36 @@ typedef struct redlock_options {
                                replicas to have the write, within the request
                                deadline; fewer acknowledgements fail that node
                                (an acquire is released there)       (default 0)    */
+    int scripts;            /* how the scripts run: REDLOCK_SCRIPTS_*  (default AUTO) */
 } redlock_options;
+
+/* redlock_options.scripts. Every operation is one Lua script. Where an ACL
+ * denies EVAL and EVALSHA but allows FCALL, the same scripts run as the
+ * functions of one library, "redlock_vN" (redlock_functions_library()),
+ * that an administrator loads once per node (redlock_functions_load, the
+ * `redlock functions load` command, or redis-cli -x FUNCTION LOAD <
+ * functions/redlock_vN.lua). Each node of a quorum goes its own way.
+ *
+ * AUTO: EVALSHA (EVAL on NOSCRIPT), as EVAL mode. A node that answers
+ *   NOPERM to it gets the same call by FCALL; once an FCALL works there,
+ *   that node takes FCALL for the client's life (one extra round trip,
+ *   once per node). If the function is missing there, the library is
+ *   loaded as in FUNCTIONS mode; failing that, the operation fails on that
+ *   node with REDLOCK_ERR_SERVER and errstr names NOPERM, the library and
+ *   how to load it.
+ * EVAL: EVALSHA and EVAL only.
+ * FUNCTIONS: FCALL (FCALL_RO for redlock_inspect) only; no EVAL or EVALSHA
+ *   is ever sent. A function missing on a node (never loaded, a restart
+ *   without persistence, FUNCTION FLUSH) is loaded with FUNCTION LOAD if
+ *   the user may, never with REPLACE, and called again, as EVAL loads a
+ *   script on NOSCRIPT; otherwise REDLOCK_ERR_SERVER, and errstr says why
+ *   (NOPERM, or another library of that name is there) and how to load it.
+ */
+enum {
+    REDLOCK_SCRIPTS_AUTO = 0,
+    REDLOCK_SCRIPTS_EVAL = 1,
+    REDLOCK_SCRIPTS_FUNCTIONS = 2
+};
 
 /* Fill *o with the defaults above. NULL is ignored. */
 REDLOCK_API void redlock_options_init(redlock_options *o);
@@ -299,6 +328,51 @@ REDLOCK_API void *redlock_userdata(const redlock *l);
  * redlock_client_process, nothing is refreshed. REDLOCK_OK or
  * REDLOCK_ERR_ARG. */
 REDLOCK_API int redlock_keepalive(redlock *l, int on);
+
+/* ---- the function library on the nodes ---------------------------------------------------- */
+
+/* The name of the function library this build calls: "redlock_v1". Its
+ * functions are named after it (redlock_v1_acquire, ...). A change to any
+ * script comes with a new version, so clients of different versions can
+ * share a server, each with its own library. Static string. */
+REDLOCK_API const char *redlock_functions_library(void);
+/* The library's source, as FUNCTION LOAD takes it (the same text as the
+ * shipped file functions/redlock_vN.lua), into buf: at most cap bytes,
+ * NUL-terminated when cap > 0. Returns its full length, as snprintf does
+ * (buf NULL with cap 0: just the length). */
+REDLOCK_API size_t redlock_functions_code(char *buf, size_t cap);
+
+/* One node's answer to redlock_functions_load or redlock_functions_status. */
+typedef struct redlock_functions_node {
+    char node[96];       /* host:port, or unix:/path (never a password)               */
+    int status;          /* REDLOCK_OK, or this node's error (detail below)          */
+    int loaded;          /* 1: this build's library is there, with this build's code  */
+    int foreign;         /* 1: a library of this build's name with other code is there */
+    int changed;         /* redlock_functions_load: 1 if this call loaded it          */
+    char libraries[128]; /* the redlock_v* libraries there, space-separated           */
+    char detail[256];    /* what went wrong, or ""                                     */
+} redlock_functions_node;
+
+/* Load this build's library on every node of c that lacks it: FUNCTION
+ * LOAD, never REPLACE (an older version, or a library of this name with
+ * other code, stays as it is: that node fails), then FUNCTION LIST to
+ * report what is there. The user needs FUNCTION LOAD and FUNCTION LIST
+ * permission. Runs on connections of its own, opened and closed here, to
+ * every node at once, each within connect_timeout_ms + io_timeout_ms per
+ * request; the client's connections and operations in flight are not
+ * touched. Fills out[0..cap) (out may be NULL with cap 0) and *count (if
+ * not NULL) with the number of nodes. Returns REDLOCK_OK when every node
+ * has the library afterwards; else the first failing node's status
+ * (REDLOCK_ERR_SERVER for NOPERM or a foreign library), the detail in
+ * redlock_client_errstr; REDLOCK_ERR_ARG (c NULL), REDLOCK_ERR_NOMEM. */
+REDLOCK_API int redlock_functions_load(redlock_client *c, redlock_functions_node *out, size_t cap,
+                                       size_t *count);
+/* What each node has (FUNCTION LIST LIBRARYNAME redlock_v*), changing
+ * nothing; the same connections, timeouts and out/count as
+ * redlock_functions_load. REDLOCK_OK when every node answered, whether or
+ * not the library is there; else the first failing node's status. */
+REDLOCK_API int redlock_functions_status(redlock_client *c, redlock_functions_node *out,
+                                         size_t cap, size_t *count);
 
 /* ---- process-wide ------------------------------------------------------------------------ */
 

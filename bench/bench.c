@@ -208,12 +208,15 @@ static const char *quorum_url(int i)
 
 static int fair_mode;
 
+static int scripts_mode = REDLOCK_SCRIPTS_AUTO;
+
 static redlock_client *client_for(const char *const *u, size_t n, int fencing)
 {
     redlock_options o;
     redlock_options_init(&o);
     o.fencing = fencing;
     o.fair = fair_mode;
+    o.scripts = scripts_mode;
     redlock_client *c = NULL;
     if (redlock_client_new(&c, u, n, &o) != REDLOCK_OK)
         die("client: %s", redlock_last_errstr());
@@ -288,7 +291,8 @@ static double info_field(const char *url, const char *section, const char *field
 static double requests_sent(const char *url)
 {
     const char *text = info(url, "commandstats");
-    static const char *const cmds[] = {"evalsha", "eval", "subscribe", "unsubscribe"};
+    static const char *const cmds[] = {"evalsha", "eval", "fcall", "fcall_ro", "subscribe",
+                                       "unsubscribe"};
     double total = 0;
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char key[64];
@@ -358,10 +362,11 @@ static void hiredis_ping(redisContext *h)
 
 /* ---- 1, 2: cycle vs round trip, vs hiredis --------------------------------------------- */
 
-enum { S_PING, S_CYCLE, S_CYCLE_NOFENCE, S_HPING, S_HCYCLE, S_KINDS };
+enum { S_PING, S_CYCLE, S_CYCLE_NOFENCE, S_FCYCLE, S_HPING, S_HCYCLE, S_KINDS };
 static const char *const kind_name[S_KINDS] = {
     "PING (redlock-c connection)", "trylock+unlock, fencing on", "trylock+unlock, fencing off",
-    "PING (hiredis)", "SET NX PX + EVALSHA del (hiredis)"};
+    "trylock+unlock by FCALL (functions mode)", "PING (hiredis)",
+    "SET NX PX + EVALSHA del (hiredis)"};
 
 static double cycle_med_ours = -1, cycle_med_hiredis = -1; /* for section 2b */
 
@@ -372,7 +377,16 @@ static void bench_cycle(void)
     net_conn *pc = conn_for(urls[0]);
     redlock_client *c = client_for(urls, 1, 1), *cn = client_for(urls, 1, 0);
     redlock *l = lock_for(c, "bench:cycle", 10000), *ln = lock_for(cn, "bench:cycle:nf", 10000);
-    int kinds = 3;
+    /* the same cycle by FCALL; its first call loads the library (the
+     * default user may), as the first EVALSHA loads a script by EVAL */
+    scripts_mode = REDLOCK_SCRIPTS_FUNCTIONS;
+    redlock_client *cf = client_for(urls, 1, 1);
+    scripts_mode = REDLOCK_SCRIPTS_AUTO;
+    redlock *lf = lock_for(cf, "bench:cycle:fcall", 10000);
+    int fcall_ok = redlock_trylock(lf) == REDLOCK_OK && redlock_unlock(lf) == REDLOCK_OK;
+    if (!fcall_ok) /* $REDLOCK_URL's server without the library, and a user who may not load it */
+        printf("  (FCALL row skipped: %s)\n", redlock_client_errstr(cf));
+    int kinds = 4;
 #ifdef HAVE_HIREDIS
     redisContext *h = hiredis_for(urls[0]);
     hiredis_prepare(h);
@@ -380,7 +394,7 @@ static void bench_cycle(void)
 #endif
     double *all[S_KINDS];
     double med[S_KINDS][16];
-    double ratio_rt[16], ratio_h[16], ratio_hn[16];
+    double ratio_rt[16], ratio_h[16], ratio_hn[16], ratio_f[16];
     for (int k = 0; k < S_KINDS; k++)
         all[k] = calloc((size_t)(rounds * per), sizeof(double));
     double *tmp = calloc((size_t)per, sizeof(double));
@@ -389,6 +403,8 @@ static void bench_cycle(void)
         ping(pc);
         cycle(l, c);
         cycle(ln, cn);
+        if (fcall_ok)
+            cycle(lf, cf);
 #ifdef HAVE_HIREDIS
         hiredis_ping(h);
         hiredis_cycle(h, "bench:h", "hiredis-owner");
@@ -402,6 +418,7 @@ static void bench_cycle(void)
                 case S_PING: ping(pc); break;
                 case S_CYCLE: cycle(l, c); break;
                 case S_CYCLE_NOFENCE: cycle(ln, cn); break;
+                case S_FCYCLE: if (fcall_ok) cycle(lf, cf); break;
 #ifdef HAVE_HIREDIS
                 case S_HPING: hiredis_ping(h); break;
                 case S_HCYCLE: hiredis_cycle(h, "bench:h", "hiredis-owner"); break;
@@ -414,14 +431,17 @@ static void bench_cycle(void)
             med[k][r] = median(tmp, (size_t)per);
         }
         ratio_rt[r] = med[S_CYCLE][r] / (2 * med[S_PING][r]);
+        ratio_f[r] = med[S_FCYCLE][r] / med[S_CYCLE][r];
         ratio_h[r] = med[S_CYCLE][r] / med[S_HCYCLE][r];
         ratio_hn[r] = med[S_CYCLE_NOFENCE][r] / med[S_HCYCLE][r];
     }
-    static const char *const keys[S_KINDS] = {"ping", "cycle", "cycle_nofence", "hiredis_ping",
-                                              "hiredis_cycle"};
+    static const char *const keys[S_KINDS] = {"ping",         "cycle",        "cycle_nofence",
+                                              "fcall_cycle",  "hiredis_ping", "hiredis_cycle"};
     for (int k = 0; k < kinds; k++) {
         char key[64];
         double m[16];
+        if (k == S_FCYCLE && !fcall_ok)
+            continue;
         memcpy(m, med[k], sizeof m);
         snprintf(key, sizeof key, "%s_median_us", keys[k]);
         put("cycle", key, median(m, (size_t)rounds), "us", "%s, median", kind_name[k]);
@@ -431,6 +451,9 @@ static void bench_cycle(void)
     }
     put("cycle", "cycle_over_2ping", median(ratio_rt, (size_t)rounds), "x",
         "ratio: cycle / (2 x PING)   (limit 1.0)");
+    if (fcall_ok)
+        put("cycle", "fcall_over_evalsha", median(ratio_f, (size_t)rounds), "x",
+            "ratio: FCALL cycle / EVALSHA cycle");
     cycle_med_ours = median(med[S_CYCLE], (size_t)rounds);
 #ifdef HAVE_HIREDIS
     cycle_med_hiredis = median(med[S_HCYCLE], (size_t)rounds);
@@ -451,8 +474,10 @@ static void bench_cycle(void)
     free(tmp);
     redlock_free(l);
     redlock_free(ln);
+    redlock_free(lf);
     redlock_client_free(c);
     redlock_client_free(cn);
+    redlock_client_free(cf);
     net_conn_free(pc);
 }
 

@@ -3,6 +3,7 @@
  *
  *   redlock run [OPTIONS] NAME -- COMMAND [ARG...]
  *   redlock status [OPTIONS] NAME
+ *   redlock functions load|status|code [-u URL]...
  *
  * While COMMAND runs, the lock is refreshed every TTL/3. If it is lost,
  * COMMAND gets SIGTERM, then SIGKILL after a grace period. Signals sent to
@@ -41,6 +42,7 @@ typedef struct cli {
     uint32_t ttl_ms, wait_ms, grace_ms;
     int conflict_code;
     int quiet, verbose, fair, wait_replicas;
+    int scripts; /* REDLOCK_SCRIPTS_* */
     const char *name;
     char **command;
 } cli;
@@ -48,6 +50,7 @@ typedef struct cli {
 static const char usage_text[] =
     "usage: redlock run [OPTIONS] NAME -- COMMAND [ARG...]\n"
     "       redlock status [OPTIONS] NAME\n"
+    "       redlock functions load|status|code [-u URL]...\n"
     "       redlock --help | --version\n"
     "\n"
     "Run COMMAND while holding the Redis lock NAME (refreshed every TTL/3).\n"
@@ -67,6 +70,8 @@ static const char usage_text[] =
     "                              began to wait (all users of NAME should pass it)\n"
     "  -R, --wait-replicas N       after each acquire and refresh, wait for N replicas\n"
     "                              to have the write (WAIT), else count it failed\n"
+    "  -S, --scripts MODE          auto (default: EVALSHA, FCALL where EVALSHA is\n"
+    "                              not permitted), eval, or functions (FCALL only)\n"
     "  -q, --quiet                 no message when the lock is busy\n"
     "  -v, --verbose               report acquire, refresh and release on stderr\n"
     "  -h, --help                  this text\n"
@@ -84,7 +89,15 @@ static const char usage_text[] =
     "  64   usage error\n"
     "  69   Redis unreachable or answered with an error\n"
     "  126  COMMAND is not executable; 127 COMMAND not found\n"
-    "status: 0 when NAME is held, 1 when it is free, 69 on errors.\n";
+    "status: 0 when NAME is held, 1 when it is free, 69 on errors.\n"
+    "\n"
+    "functions: the scripts as a Redis Functions library, for servers whose ACL\n"
+    "denies EVAL/EVALSHA but allows FCALL. 'load' loads this version's library\n"
+    "on every node that lacks it (never replacing another library; the user\n"
+    "needs FUNCTION LOAD and FUNCTION LIST), 'status' shows which versions each\n"
+    "node has, 'code' prints the library (redis-cli -x FUNCTION LOAD takes it).\n"
+    "load: 0 when every node has it, 69 otherwise; status: 0 when every node has\n"
+    "this version, 1 when one lacks it, 69 on errors.\n";
 
 /* ---- messages ----------------------------------------------------------------- */
 
@@ -177,6 +190,7 @@ static const struct option long_opts[] = {
     {"conflict-exit-code", required_argument, NULL, 'E'},
     {"fair", no_argument, NULL, 'F'},
     {"wait-replicas", required_argument, NULL, 'R'},
+    {"scripts", required_argument, NULL, 'S'},
     {"quiet", no_argument, NULL, 'q'},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
@@ -191,7 +205,7 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
     int ch;
     opterr = 0;
     optind = 1;
-    const char *spec = stop_at_name ? "+:u:t:w:g:E:FR:qvhV" : ":u:t:w:g:E:FR:qvhV";
+    const char *spec = stop_at_name ? "+:u:t:w:g:E:FR:S:qvhV" : ":u:t:w:g:E:FR:S:qvhV";
     while ((ch = getopt_long(argc, argv, spec, long_opts, NULL)) != -1) {
         switch (ch) {
         case 'u':
@@ -222,6 +236,16 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
             if (parse_int(optarg, 0, 100, &o->wait_replicas) != 0)
                 return usage_error("bad replica count '%s': want 0 to 100", optarg);
             break;
+        case 'S':
+            if (strcmp(optarg, "auto") == 0)
+                o->scripts = REDLOCK_SCRIPTS_AUTO;
+            else if (strcmp(optarg, "eval") == 0)
+                o->scripts = REDLOCK_SCRIPTS_EVAL;
+            else if (strcmp(optarg, "functions") == 0)
+                o->scripts = REDLOCK_SCRIPTS_FUNCTIONS;
+            else
+                return usage_error("bad scripts mode '%s': want auto, eval or functions", optarg);
+            break;
         case 'q':
             o->quiet = 1;
             break;
@@ -251,6 +275,7 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
     redlock_options_init(&opts);
     opts.fair = o->fair;
     opts.wait_replicas = o->wait_replicas;
+    opts.scripts = o->scripts;
     /* One refresh attempt must not outlast much of the lease: a stalled
      * node costs at most a fifth of the TTL per try. */
     int cap = (int)(o->ttl_ms / 5 > 20 ? o->ttl_ms / 5 : 20);
@@ -504,7 +529,109 @@ out:
     return rc;
 }
 
+/* ---- functions ------------------------------------------------------------------------------ */
+
+static int print_code(void)
+{
+    size_t n = redlock_functions_code(NULL, 0);
+    char *text = malloc(n + 1);
+    if (!text) {
+        say("out of memory");
+        return EXIT_UNAVAILABLE;
+    }
+    redlock_functions_code(text, n + 1);
+    int bad = fwrite(text, 1, n, stdout) != n || fflush(stdout) != 0;
+    free(text);
+    return bad ? EXIT_UNAVAILABLE : 0;
+}
+
+/* One line per node: stdout for what is there, stderr for errors.
+ * Returns how many nodes lack this build's library. */
+static int report_nodes(const redlock_functions_node *nodes, size_t n, int load)
+{
+    const char *lib = redlock_functions_library();
+    int missing = 0;
+    for (size_t i = 0; i < n; i++) {
+        const redlock_functions_node *f = &nodes[i];
+        const char *libs = f->libraries[0] ? f->libraries : "none";
+        if (f->status != REDLOCK_OK) {
+            say("%s: %s", f->node, f->detail);
+            missing++;
+        } else if (load) {
+            printf("%s: %s %s\n", f->node, lib, f->changed ? "loaded" : "already loaded");
+        } else if (f->loaded) {
+            printf("%s: %s loaded (libraries: %s)\n", f->node, lib, libs);
+        } else {
+            printf("%s: %s %s (libraries: %s)\n", f->node, lib,
+                   f->foreign ? "is there with other code than this build's" : "not loaded", libs);
+            missing++;
+        }
+    }
+    return missing;
+}
+
+static int functions_command(cli *o, const char *action)
+{
+    if (strcmp(action, "code") == 0)
+        return print_code();
+    int load = strcmp(action, "load") == 0;
+    redlock_client *c = NULL;
+    redlock_options opts;
+    redlock_options_init(&opts);
+    int rc = redlock_client_new(&c, o->urls, o->nurls, &opts);
+    if (rc == REDLOCK_ERR_ARG)
+        return usage_error("%s", redlock_last_errstr());
+    if (rc != REDLOCK_OK) {
+        say("%s", redlock_last_errstr());
+        return EXIT_UNAVAILABLE;
+    }
+    /* One entry per server: a node, or (Redis Cluster) every primary of one. */
+    redlock_functions_node fixed[MAX_URLS], *nodes = fixed;
+    size_t count = 0;
+    rc = load ? redlock_functions_load(c, nodes, MAX_URLS, &count)
+              : redlock_functions_status(c, nodes, MAX_URLS, &count);
+    if (count > MAX_URLS) {
+        nodes = calloc(count, sizeof *nodes);
+        if (!nodes) {
+            say("out of memory");
+            redlock_client_free(c);
+            return EXIT_UNAVAILABLE;
+        }
+        rc = load ? redlock_functions_load(c, nodes, count, &count)
+                  : redlock_functions_status(c, nodes, count, &count);
+    }
+    int missing = report_nodes(nodes, count, load);
+    if (nodes != fixed)
+        free(nodes);
+    if (rc != REDLOCK_OK && count == 0)
+        say("%s", redlock_client_errstr(c));
+    redlock_client_free(c);
+    if (rc != REDLOCK_OK)
+        return EXIT_UNAVAILABLE;
+    return !load && missing ? 1 : 0;
+}
+
 /* ---- main ---------------------------------------------------------------------------------- */
+
+/* redlock functions ACTION [-u URL]... (argv[0] is "functions") */
+static int functions_main(cli *o, int argc, char **argv)
+{
+    if (argc < 2)
+        return usage_error("missing functions action: want load, status or code");
+    const char *action = argv[1];
+    if (strcmp(action, "load") != 0 && strcmp(action, "status") != 0 &&
+        strcmp(action, "code") != 0)
+        return usage_error("unknown functions action '%s': want load, status or code", action);
+    int rc = parse_options(o, argc - 1, argv + 1, 0);
+    if (rc < 0 && optind < argc - 1)
+        rc = usage_error("unexpected '%s' after functions %s", argv[1 + optind], action);
+    if (rc < 0 && o->nurls == 0 && default_urls(o) != 0)
+        rc = EXIT_USAGE;
+    if (rc < 0)
+        rc = functions_command(o, action);
+    free(o->url_env);
+    return rc;
+}
 
 static int find_dashdash(int argc, char **argv)
 {
@@ -533,9 +660,11 @@ int main(int argc, char **argv)
         printf("redlock %s\n", REDLOCK_VERSION);
         return 0;
     }
+    if (strcmp(sub, "functions") == 0)
+        return functions_main(&o, argc - 1, argv + 1);
     int is_run = strcmp(sub, "run") == 0;
     if (!is_run && strcmp(sub, "status") != 0)
-        return usage_error("unknown command '%s': want run or status", sub);
+        return usage_error("unknown command '%s': want run, status or functions", sub);
 
     int sargc = argc - 1;
     char **sargv = argv + 1;

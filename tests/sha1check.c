@@ -1,11 +1,18 @@
 /* sha1check.c - run by `make`: the SHA1 built into redlock.c for each
  * script is the SHA1 of its text, as Redis computes it for EVALSHA. A stale
  * one would not fail any call; it would cost an EVAL (the whole script sent
- * and compiled) on every call. No Redis needed. Includes redlock.c to reach
- * its static script table. */
+ * and compiled) on every call. And the shipped function library
+ * (functions/redlock_vN.lua, what administrators load) is the text the
+ * library builds from the same scripts. No Redis needed. Includes redlock.c
+ * to reach its static script table.
+ *
+ *   sha1check            check both (from the source tree's top)
+ *   sha1check --write    write functions/redlock_vN.lua from redlock.c
+ */
 #include "../redlock.c"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 typedef struct sha1 {
     uint32_t h[5];
@@ -70,16 +77,57 @@ static void sha1_hex(const char *text, char out[41])
         snprintf(out + 8 * i, 9, "%08x", s.h[i]);
 }
 
-int main(void)
+/* The shipped library file equals library_text(); --write makes it so. */
+static int check_library(int write)
+{
+    size_t n = library_text(NULL, 0);
+    char *text = malloc(n + 1), *file = malloc(n + 2);
+    int bad = 1;
+    if (!text || !file)
+        goto out;
+    library_text(text, n + 1);
+    FILE *f = fopen(FUNCTIONS_FILE, write ? "w" : "r");
+    if (!f) {
+        fprintf(stderr, "sha1check: cannot open %s: %s\n", FUNCTIONS_FILE, strerror(errno));
+        goto out;
+    }
+    if (write) {
+        bad = fwrite(text, 1, n, f) != n;
+        bad |= fclose(f) != 0;
+        goto out;
+    }
+    size_t got = fread(file, 1, n + 1, f);
+    fclose(f);
+    bad = got != n || memcmp(file, text, n) != 0;
+    if (bad)
+        fprintf(stderr,
+                "sha1check: %s is not the library built into redlock.c. If a script changed, "
+                "give the library a new version (FUNCTIONS_VERSION: a server keeps the code it "
+                "loaded under a name), then run `make functions-file`.\n",
+                FUNCTIONS_FILE);
+out:
+    free(text);
+    free(file);
+    return bad;
+}
+
+int main(int argc, char **argv)
 {
     char want[41];
     int bad = 0;
+    if (argc == 2 && strcmp(argv[1], "--write") == 0)
+        return check_library(1);
     sha1_hex("abc", want); /* FIPS 180 test vector: the checker checks itself */
     if (strcmp(want, "a9993e364706816aba3e25717850c26c9cd0d89d") != 0) {
         fprintf(stderr, "sha1check: broken SHA-1 (%s)\n", want);
         return 2;
     }
     for (int i = 0; i < S_COUNT; i++) {
+        if (!functions[i].name || !functions[i].local) {
+            fprintf(stderr, "sha1check: script %s has no function in the library table\n",
+                    scripts[i].name);
+            return 1;
+        }
         sha1_hex(scripts[i].lua, want);
         if (strcmp(want, scripts[i].sha) != 0) {
             fprintf(stderr, "sha1check: script %s: built-in SHA1 %s, its text hashes to %s\n",
@@ -87,5 +135,5 @@ int main(void)
             bad = 1;
         }
     }
-    return bad;
+    return bad | check_library(0);
 }
