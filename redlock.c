@@ -3492,26 +3492,79 @@ typedef struct admin_node {
     redlock_functions_node info;
 } admin_node;
 
-/* The servers that need the library: each node of the client. Fills
- * a[0..cap) and returns how many there are.
- * HOOK(cluster): a cluster member should contribute every primary here (a
- * library lives on each server; FUNCTION LOAD on a primary reaches its
- * replicas), from a fresh slot map. Until then it is one entry that fails
- * with a message saying what to do instead. */
+static int map_known(const node *m)
+{
+    for (size_t s = 0; s < NSLOTS; s++)
+        if (m->slots[s] >= 0)
+            return 1;
+    return 0;
+}
+
+/* Cluster members: read the slot map now if the client has none yet (the
+ * engine runs until every cluster answered CLUSTER SLOTS, or one request
+ * deadline). */
+static void admin_maps(redlock_client *c)
+{
+    int64_t end = net_now_ns() + ms_ns(c->opts.io_timeout_ms + c->opts.connect_timeout_ms);
+    int missing = 0;
+    c->now = net_now_ns();
+    for (size_t i = 0; i < c->n; i++)
+        if (c->nodes[i].cluster && !map_known(&c->nodes[i])) {
+            map_soon(c, i);
+            missing = 1;
+        }
+    while (missing && net_now_ns() < end) {
+        engine_pass(c, c->pfd, 0);
+        int n = redlock_client_pollfds(c, c->pfd, (int)c->pfd_cap);
+        if (n > (int)c->pfd_cap)
+            n = (int)c->pfd_cap; /* the rest on the next turn */
+        int t = redlock_client_timeout_ms(c);
+        int64_t left = (end - net_now_ns()) / 1000000 + 1;
+        poll(c->pfd, (nfds_t)n, t < 0 || t > left ? (int)left : t);
+        engine_pass(c, c->pfd, n);
+        missing = 0;
+        for (size_t i = 0; i < c->n; i++)
+            missing |= c->nodes[i].cluster && (!map_known(&c->nodes[i]) || c->nodes[i].map_busy);
+    }
+}
+
+/* The servers that need the library: each plain node of the client, and
+ * every primary of each cluster (in its slot map: a library lives on each
+ * server, and FUNCTION LOAD on a primary reaches its replicas). Fills
+ * a[0..cap) and returns how many there are. */
 static size_t library_targets(const redlock_client *c, admin_node *a, size_t cap)
 {
-    for (size_t i = 0; i < c->n && i < cap; i++) {
-        a[i].url = net_conn_url(c->nodes[i].sh[0].cmd);
-        snprintf(a[i].info.node, sizeof a[i].info.node, "%s", c->nodes[i].desc);
-        if (c->nodes[i].cluster) {
-            a[i].url = NULL;
-            a[i].info.status = REDLOCK_ERR_ARG;
-            snprintf(a[i].info.detail, sizeof a[i].info.detail,
-                     "a Redis Cluster: not yet done for every primary; give each primary's "
-                     "redis://HOST:PORT URL (without cluster=1) instead");
+    size_t k = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        const node *m = &c->nodes[i];
+        if (!m->cluster || !map_known(m)) {
+            if (k < cap) {
+                a[k].url = net_conn_url(m->sh[0].cmd);
+                snprintf(a[k].info.node, sizeof a[k].info.node, "%s", m->desc);
+                if (m->cluster) {
+                    a[k].url = NULL;
+                    a[k].info.status = REDLOCK_ERR_IO;
+                    snprintf(a[k].info.detail, sizeof a[k].info.detail,
+                             "could not read the cluster's slot map (CLUSTER SLOTS)");
+                }
+            }
+            k++;
+            continue;
+        }
+        for (size_t j = 0; j < m->nsh; j++) {
+            int serves = 0;
+            for (size_t s = 0; s < NSLOTS && !serves; s++)
+                serves = m->slots[s] == (int16_t)j;
+            if (!serves)
+                continue;
+            if (k < cap) {
+                a[k].url = net_conn_url(m->sh[j].cmd);
+                snprintf(a[k].info.node, sizeof a[k].info.node, "%s", m->sh[j].desc);
+            }
+            k++;
         }
     }
-    return c->n;
+    return k;
 }
 
 static void admin_fail(admin_node *a, int status, const char *fmt, ...)
@@ -3679,6 +3732,7 @@ static int admin_run(redlock_client *c, int load, redlock_functions_node *out, s
     if (!c)
         return global_err(REDLOCK_ERR_ARG, "client is NULL");
     c->errstr[0] = '\0';
+    admin_maps(c);
     size_t n = library_targets(c, NULL, 0);
     if (count)
         *count = n;

@@ -493,6 +493,50 @@ START_TEST(test_cli_cluster_url)
 }
 END_TEST
 
+/* `redlock functions load` on a cluster loads the library on every primary
+ * (the replicas get it from them), and a client in functions mode then
+ * locks by FCALL on any shard. */
+START_TEST(test_functions_on_every_primary)
+{
+    char cmd[1024], out[256];
+    const char *url = fx_cluster_seed_url(&cl);
+    snprintf(cmd, sizeof cmd, "%s/redlock functions load -u '%s' 2>&1", FX_BUILD_DIR, url);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    int lines = 0;
+    while (fgets(out, sizeof out, f))
+        lines += strstr(out, "redlock_v") != NULL;
+    ck_assert_int_eq(WEXITSTATUS(pclose(f)), 0);
+    ck_assert_int_eq(lines, 3); /* one line per primary */
+    find_primaries();
+    fx_sleep_ms(200); /* replication */
+    for (int i = 0; i < fx_cluster_size(&cl); i++) {
+        static char list[16384];
+        ck_assert_msg(fx_cmd(fx_cluster_node(&cl, i), list, sizeof list,
+                             "FUNCTION LIST LIBRARYNAME redlock_v*") == 0,
+                      "node %d (pid %d): FUNCTION LIST failed", i, (int)fx_cluster_node(&cl, i)->pid);
+        ck_assert_msg(strstr(list, "redlock_v") != NULL, "node %d: %s", i, list);
+    }
+    redlock_options o;
+    redlock_options_init(&o);
+    o.scripts = REDLOCK_SCRIPTS_FUNCTIONS;
+    redlock_client *c = tu_client_opts(&url, 1, &o);
+    char name[64];
+    for (int k = 0; k < 3; k++) {
+        name_on(primaries[k], "fcall-", name, sizeof name);
+        redlock *l = tu_lock(c, name, "fc", 5000);
+        ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s", redlock_errstr(l));
+        ck_assert_str_eq(on_owner(name, "GET %s", name), "fc");
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+        redlock_free(l);
+    }
+    redlock_client_free(c);
+    for (int k = 0; k < 3; k++) /* leave the cluster as it was */
+        ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, primaries[k]), out, sizeof out,
+                                "FUNCTION FLUSH"), 0);
+}
+END_TEST
+
 /* ---- hostile cluster peers ------------------------------------------------------------------- */
 
 /* A fake cluster node: reads commands, answers scripts and CLUSTER SLOTS as
@@ -735,8 +779,11 @@ int main(void)
     tcase_add_test(t, test_failover_keeps_lock);
     tcase_add_test(t, test_wait_replicas_unmet);
     tcase_add_test(t, test_stress_with_migration);
-    tcase_add_test(t, test_primary_killed);
     tcase_add_test(t, test_cli_cluster_url);
+    tcase_add_test(t, test_functions_on_every_primary);
+    /* last: the node it kills and restarts lives only as long as the
+     * test's own process (each test runs in a child) */
+    tcase_add_test(t, test_primary_killed);
     suite_add_tcase(s, t);
     TCase *h = tcase_create("hostile and quorum");
     tcase_set_timeout(h, 120);
