@@ -560,10 +560,12 @@ static void close_socket(net_conn *c, int status, int all)
 
 static int conn_fail(net_conn *c, int status, const char *fmt, ...)
 {
+    char msg[sizeof c->errstr];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap); /* the arguments may be c->errstr itself */
     va_end(ap);
+    memcpy(c->errstr, msg, sizeof msg);
     /* before the handshake is through nothing can be sent: fail everything */
     close_socket(c, status, c->state != ST_READY);
     return status;

@@ -480,6 +480,10 @@ START_TEST(test_killed_mid_pipeline)
     ck_assert_int_eq(r[0].status, RESP_ERR_IO);
     ck_assert_int_eq(r[1].status, RESP_ERR_IO);
     ck_assert_uint_eq(r[1].tag.seq, 2);
+    /* the detail survives to the caller (it once came out empty) */
+    char closed[128];
+    snprintf(closed, sizeof closed, "connection closed by 127.0.0.1:%d", s.port);
+    ck_assert_msg(strstr(r[0].text, closed), "%s", r[0].text);
     expect_pong(c); /* and it recovers */
     ck_assert_uint_eq(net_conn_generation(c), 2);
     net_conn_free(c);
