@@ -8,7 +8,9 @@
  * caller and its own absolute deadline, and every reply is matched to its
  * request by order. No call blocks; nothing here calls back.
  *
- * States: CLOSED -> CONNECTING -> HANDSHAKE (AUTH/SELECT) -> READY. A
+ * States: CLOSED -> CONNECTING -> [TLS] -> HANDSHAKE (AUTH/SELECT) -> READY,
+ * where TLS (rediss:// URLs) runs a transport's handshake, after which
+ * every byte goes through the transport instead of recv/send. A
  * connection that fails (refused, reset, closed, malformed reply) fails
  * the requests that were written on it and carries the ones never written
  * to the next connection. A request that times out is reported at once;
@@ -28,6 +30,8 @@
 
 enum { NET_URL_TCP = 1, NET_URL_UNIX };
 
+#define NET_URL_FILE 256 /* ca=, cert=, key= paths and sni=, with the NUL */
+
 typedef struct net_url {
     int kind;           /* NET_URL_TCP or NET_URL_UNIX                   */
     char host[256];     /* TCP: name or address, no brackets             */
@@ -36,13 +40,23 @@ typedef struct net_url {
     char user[128];     /* empty: none (AUTH with password only)         */
     char password[256]; /* empty: no AUTH                                */
     int db;             /* SELECT on connect when non-zero               */
+    /* rediss:// (kind TCP): TLS, with its parameters; "" unset */
+    int tls;
+    int insecure;
+    char ca[NET_URL_FILE], cert[NET_URL_FILE], key[NET_URL_FILE], sni[NET_URL_FILE];
 } net_url;
 
 /* Parse redis://[user[:password]@]host[:port][/db], redis://[::1]:6379,
- * unix:///path[?db=N&user=U&password=P]. User and password may be
- * %-encoded. Returns RESP_OK or RESP_ERR_ARG with a message in err (which
- * never contains the password; u->password is then cleared). */
+ * rediss://...[?ca=F&cert=F&key=F&sni=NAME&insecure=1],
+ * unix:///path[?db=N&user=U&password=P]. User, password and query values
+ * may be %-encoded. Returns RESP_OK or RESP_ERR_ARG with a message in err
+ * (which never contains the password; u->password is then cleared). */
 int net_url_parse(net_url *u, const char *url, char *err, size_t errlen);
+/* Fill the TLS parameters a rediss:// URL left unset from defaults (NULL:
+ * none); a URL that is not rediss:// is left alone. Checks that key= comes
+ * with cert=. RESP_OK or RESP_ERR_ARG with a message in err. */
+int net_url_tls_defaults(net_url *u, const char *ca, const char *cert, const char *key,
+                         int insecure, char *err, size_t errlen);
 /* "host:port", "[v6]:port" or "unix:/path", for messages; never the password. */
 void net_url_describe(const net_url *u, char *dst, size_t dstlen);
 
@@ -50,11 +64,15 @@ void net_url_describe(const net_url *u, char *dst, size_t dstlen);
 
 typedef struct net_conn net_conn;
 
+struct redlock_transport; /* redlock.h: the TLS transport table */
+
 typedef struct net_opts {
-    int connect_timeout_ms; /* connect, every address, and AUTH/SELECT (default 1000) */
+    int connect_timeout_ms; /* connect, every address, TLS and AUTH/SELECT (default 1000) */
     int io_timeout_ms;      /* one request, from when it may be written (default 500) */
     resp_limits limits;     /* parser limits (zero fields: defaults)                 */
     size_t max_reply;       /* read buffer cap in bytes (default max_bulk + 4 KiB)    */
+    const struct redlock_transport *tls; /* for a rediss:// URL; NULL: such a
+                                            connection fails with RESP_ERR_ARG */
 } net_opts;
 
 /* Who a request belongs to; returned with its result. owner NULL: nobody
@@ -124,7 +142,7 @@ void net_conn_consume(net_conn *c);
 const char *net_conn_errstr(const net_conn *c);
 /* Incremented on every successful connect (0: never connected). */
 uint64_t net_conn_generation(const net_conn *c);
-int net_conn_ready(const net_conn *c);       /* connected and past AUTH/SELECT */
+int net_conn_ready(const net_conn *c);       /* connected and past TLS and AUTH/SELECT */
 unsigned net_conn_requests(const net_conn *c); /* requests not yet answered     */
 const net_url *net_conn_url(const net_conn *c);
 const char *net_conn_desc(const net_conn *c); /* host:port for messages        */

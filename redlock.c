@@ -953,6 +953,7 @@ static int listener(redlock_client *c, size_t i)
     o.limits.max_array = c->opts.max_array;
     o.limits.max_depth = c->opts.max_depth;
     o.limits.max_line = c->opts.max_line;
+    o.tls = c->opts.tls;
     if (net_conn_new(&nd->sub, net_conn_url(nd->cmd), &o) != RESP_OK)
         return REDLOCK_ERR_NOMEM;
     net_conn_set_push(nd->sub);
@@ -1947,7 +1948,23 @@ static net_opts conn_opts(const redlock_options *o)
     co.limits.max_array = o->max_array;
     co.limits.max_depth = o->max_depth;
     co.limits.max_line = o->max_line;
+    co.tls = o->tls;
     return co;
+}
+
+/* A rediss:// URL needs a transport; the options' TLS fields fill in what
+ * its parameters leave unset (copied: the caller's strings may go). */
+static int url_tls(net_url *u, const redlock_options *o, char *err, size_t errlen)
+{
+    if (!u->tls)
+        return RESP_OK;
+    if (!o->tls) {
+        snprintf(err, errlen, "rediss:// needs TLS: set redlock_options.tls to a transport, e.g. "
+                              "redlock_tls_openssl() from a build with make TLS=openssl");
+        return RESP_ERR_ARG;
+    }
+    return net_url_tls_defaults(u, o->tls_ca, o->tls_cert, o->tls_key, o->tls_insecure, err,
+                                errlen);
 }
 
 static int add_node(redlock_client *c, size_t i, const char *url, const net_opts *co)
@@ -1956,10 +1973,15 @@ static int add_node(redlock_client *c, size_t i, const char *url, const net_opts
     char err[200];
     if (!url)
         return global_err(REDLOCK_ERR_ARG, "URL %zu is NULL", i + 1);
-    if (net_url_parse(&u, url, err, sizeof err) != RESP_OK)
+    int rc = net_url_parse(&u, url, err, sizeof err);
+    if (rc == RESP_OK)
+        rc = url_tls(&u, &c->opts, err, sizeof err);
+    if (rc != RESP_OK) {
+        memset(u.password, 0, sizeof u.password);
         return c->n == 1 ? global_err(REDLOCK_ERR_ARG, "%s", err)
                          : global_err(REDLOCK_ERR_ARG, "URL %zu: %s", i + 1, err);
-    int rc = net_conn_new(&c->nodes[i].cmd, &u, co);
+    }
+    rc = net_conn_new(&c->nodes[i].cmd, &u, co);
     memset(u.password, 0, sizeof u.password);
     if (rc != RESP_OK)
         return global_err(REDLOCK_ERR_NOMEM, "out of memory");

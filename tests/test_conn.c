@@ -66,9 +66,23 @@ typedef struct bad_url {
 
 static const bad_url bad_urls[] = {
     {"", "empty"},
-    {"localhost:6379", "must start with redis:// or unix://"},
-    {"http://h", "must start with redis:// or unix://"},
-    {"rediss://h:6380", "TLS, which is not built in"},
+    {"localhost:6379", "must start with redis://, rediss:// or unix://"},
+    {"http://h", "must start with redis://, rediss:// or unix://"},
+    {"rediss://h?ca=", "ca= is empty"},
+    {"rediss://h?ca", "key=value"},
+    {"rediss://h?insecure=yes", "insecure= must be 1"},
+    {"rediss://h?db=2", "rediss:// URLs take no query key 'db': give the database as /db"},
+    {"rediss://h?password=x", "take no query key 'password'"},
+    {"rediss://h?bogus=1", "unknown key 'bogus' (rediss:// takes: ca, cert, key, sni, insecure)"},
+    {"rediss://h?sni=a%0Ab", "sni= has a control character"},
+    {"rediss://h?ca=%zz", "bad %-escape"},
+    {"rediss://h?ca=/" "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+     "ca= is longer than 255 bytes"},
+    {"rediss://:6380?ca=/x", "no host"},
+    {"redis://h?ca=/x", "redis:// URLs take no query key 'ca': TLS needs a rediss:// URL"},
+    {"unix:///tmp/r.sock?sni=h", "unix:// URLs take no query key 'sni': TLS needs a rediss:// URL"},
     {"redis://", "no host"},
     {"redis://:6379", "no host"},
     {"redis://h:0", "port must be a number from 1 to 65535"},
@@ -84,10 +98,11 @@ static const bad_url bad_urls[] = {
     {"redis://u:@h", "empty password"},
     {"redis://[::1", "'[' without ']'"},
     {"redis://[::1]x", "junk after ']'"},
-    {"redis://h?db=1", "take no query"},
+    {"redis://h?db=1", "take no query key 'db'"},
+    {"redis://h?zz=1", "unknown key 'zz' (redis:// takes: none)"},
     {"unix://relative.sock", "absolute socket path"},
     {"unix://", "absolute socket path"},
-    {"unix:///tmp/r.sock?foo=1", "unknown key 'foo'"},
+    {"unix:///tmp/r.sock?foo=1", "unknown key 'foo' (unix:// takes: db, user, password)"},
     {"unix:///tmp/r.sock?db", "key=value"},
     {"unix:///tmp/r.sock?db=x", "database must be a non-negative number"},
     {"unix:///tmp/r.sock?user=u", "user but no password"},
@@ -109,7 +124,8 @@ START_TEST(test_url_never_echoes_password)
 {
     static const char *const urls[] = {"redis://u:hunter2@h:99999", "redis://u:hunter2@[::1",
                                        "redis://u:hunter2@h/zz", "unix:///x?password=hunter2&zz=1",
-                                       "rediss://u:hunter2@h"};
+                                       "rediss://u:hunter2@h?zz=1", "rediss://u:hunter2@h:0?ca=/x",
+                                       "rediss://u:hunter2@h?ca=x&sni="};
     for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
         net_url r;
         char err[256];
@@ -118,6 +134,61 @@ START_TEST(test_url_never_echoes_password)
         ck_assert_str_eq(r.password, "");
     }
     ck_assert_int_eq(net_url_parse(NULL, "redis://h", NULL, 0), RESP_ERR_ARG);
+}
+END_TEST
+
+/* rediss://: the TLS parameters, %-decoding, the user part and the query
+ * split where a password holds '?' or '@', and the defaults from options. */
+START_TEST(test_url_tls)
+{
+    net_url r;
+    char err[256];
+    ck_assert_int_eq(net_url_parse(&r, "redis://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(r.tls, 0);
+    ck_assert_int_eq(net_url_parse(&r, "REDISS://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(r.tls, 1);
+    ck_assert_int_eq(r.kind, NET_URL_TCP);
+    ck_assert_str_eq(r.port, "6379");
+    ck_assert_str_eq(r.ca, "");
+    ck_assert_int_eq(r.insecure, 0);
+
+    const char *u = "rediss://al:p?w@d@[::1]:6380/3?ca=/etc/c%20a.pem&cert=/c.crt&key=/k.key"
+                    "&sni=redis.example&insecure=1";
+    ck_assert_msg(net_url_parse(&r, u, err, sizeof err) == RESP_OK, "%s", err);
+    ck_assert_str_eq(r.user, "al");
+    ck_assert_str_eq(r.password, "p?w@d");
+    ck_assert_str_eq(r.host, "::1");
+    ck_assert_str_eq(r.port, "6380");
+    ck_assert_int_eq(r.db, 3);
+    ck_assert_str_eq(r.ca, "/etc/c a.pem");
+    ck_assert_str_eq(r.cert, "/c.crt");
+    ck_assert_str_eq(r.key, "/k.key");
+    ck_assert_str_eq(r.sni, "redis.example");
+    ck_assert_int_eq(r.insecure, 1);
+    char desc[400];
+    net_url_describe(&r, desc, sizeof desc);
+    ck_assert_str_eq(desc, "[::1]:6380");
+    /* an '@' in a value is %-encoded; insecure=0 is allowed and off */
+    ck_assert_int_eq(net_url_parse(&r, "rediss://h?ca=/a%40b&insecure=0", err, sizeof err),
+                     RESP_OK);
+    ck_assert_str_eq(r.ca, "/a@b");
+    ck_assert_int_eq(r.insecure, 0);
+
+    /* defaults from options fill what the URL leaves unset */
+    ck_assert_int_eq(net_url_parse(&r, "rediss://h?ca=/mine", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_tls_defaults(&r, "/theirs", "/c", NULL, 1, err, sizeof err), RESP_OK);
+    ck_assert_str_eq(r.ca, "/mine");
+    ck_assert_str_eq(r.cert, "/c");
+    ck_assert_str_eq(r.key, "");
+    ck_assert_int_eq(r.insecure, 1);
+    ck_assert_int_eq(net_url_parse(&r, "rediss://h?key=/k", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_tls_defaults(&r, NULL, NULL, NULL, 0, err, sizeof err), RESP_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(err, "key= needs its certificate"));
+    /* a plain URL takes no TLS defaults */
+    ck_assert_int_eq(net_url_parse(&r, "redis://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_tls_defaults(&r, "/ca", "/c", "/k", 1, err, sizeof err), RESP_OK);
+    ck_assert_str_eq(r.ca, "");
+    ck_assert_int_eq(r.insecure, 0);
 }
 END_TEST
 
@@ -558,6 +629,7 @@ static Suite *conn_suite(void)
     tcase_add_loop_test(u, test_url_good, 0, (int)(sizeof good_urls / sizeof good_urls[0]));
     tcase_add_loop_test(u, test_url_bad, 0, (int)(sizeof bad_urls / sizeof bad_urls[0]));
     tcase_add_test(u, test_url_never_echoes_password);
+    tcase_add_test(u, test_url_tls);
     suite_add_tcase(s, u);
     TCase *t = tcase_create("connections");
     tcase_set_timeout(t, 30);
