@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -235,11 +236,29 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
 
 /* ---- the client ---------------------------------------------------------------- */
 
+#ifndef REDLOCK_WITH_TLS
+/* A rediss:// URL given to a redlock built without TLS. */
+static int wants_tls(const cli *o)
+{
+    for (size_t i = 0; i < o->nurls; i++)
+        if (strncasecmp(o->urls[i], "rediss://", 9) == 0)
+            return 1;
+    return 0;
+}
+#endif
+
 static int open_lock(cli *o, redlock_client **c, redlock **l)
 {
     redlock_options opts;
     redlock_options_init(&opts);
     opts.fair = o->fair;
+#ifdef REDLOCK_WITH_TLS
+    opts.tls = redlock_tls_openssl();
+#else
+    if (wants_tls(o))
+        return usage_error("rediss:// URLs need TLS, and this redlock was built without it "
+                           "(build with make TLS=openssl)");
+#endif
     /* One refresh attempt must not outlast much of the lease: a stalled
      * node costs at most a fifth of the TTL per try. */
     int cap = (int)(o->ttl_ms / 5 > 20 ? o->ttl_ms / 5 : 20);
