@@ -72,6 +72,7 @@ typedef struct tls_conn {
     int sock_errno; /* the last send/recv failure                             */
     unsigned char first[FIRST_BYTES];
     size_t nfirst;
+    char names[200]; /* a certificate that failed the name check: its names */
 } tls_conn;
 
 /* ---- messages -------------------------------------------------------------------- */
@@ -161,6 +162,52 @@ static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
 
 /* ---- settings ------------------------------------------------------------------------- */
 
+/* The certificate's names, for a mismatch message: "DNS:a, IP:1.2.3.4". */
+static void cert_names(X509 *x, char *dst, size_t cap)
+{
+    size_t o = 0;
+    dst[0] = '\0';
+    GENERAL_NAMES *names = x ? X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL) : NULL;
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names) && o + 1 < cap; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        char ip[INET6_ADDRSTRLEN];
+        int w = 0;
+        if (g->type == GEN_DNS) {
+            w = snprintf(dst + o, cap - o, "%sDNS:%.*s", o ? ", " : "",
+                         ASN1_STRING_length(g->d.dNSName),
+                         (const char *)ASN1_STRING_get0_data(g->d.dNSName));
+        } else if (g->type == GEN_IPADD) {
+            int len = ASN1_STRING_length(g->d.iPAddress);
+            const unsigned char *a = ASN1_STRING_get0_data(g->d.iPAddress);
+            if ((len == 4 || len == 16) &&
+                inet_ntop(len == 4 ? AF_INET : AF_INET6, a, ip, sizeof ip))
+                w = snprintf(dst + o, cap - o, "%sIP:%s", o ? ", " : "", ip);
+        }
+        if (w > 0)
+            o += (size_t)w < cap - o ? (size_t)w : cap - o - 1;
+    }
+    GENERAL_NAMES_free(names);
+    if (o == 0 && x &&
+        X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, dst, (int)cap) < 0)
+        snprintf(dst, cap, "no names");
+}
+
+/* Verification failed on the name: keep the certificate's names for the
+ * message (OpenSSL keeps no peer certificate after a failed handshake).
+ * The verdict is OpenSSL's, unchanged. */
+static int verify_cb(int ok, X509_STORE_CTX *x)
+{
+    int e = X509_STORE_CTX_get_error(x);
+    if (ok || (e != X509_V_ERR_HOSTNAME_MISMATCH && e != X509_V_ERR_IP_ADDRESS_MISMATCH))
+        return ok;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+    tls_conn *t = ssl ? SSL_get_app_data(ssl) : NULL;
+    if (t)
+        cert_names(X509_STORE_CTX_get_current_cert(x), t->names, sizeof t->names);
+    return ok;
+}
+
+
 /* A key file asks for a passphrase: refuse (OpenSSL's default would prompt
  * on the terminal and block). */
 static int no_passphrase(char *buf, int size, int rwflag, void *u)
@@ -176,6 +223,20 @@ static int is_ip(const char *s)
 {
     unsigned char a[16];
     return inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1;
+}
+
+/* A PEM file with an encrypted key in it (which we do not decrypt: a
+ * passphrase prompt would block). */
+static int pem_encrypted(const char *path)
+{
+    char buf[8192];
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, "ENCRYPTED") != NULL;
 }
 
 static int load_files(tls_cfg *cfg, const redlock_tls_params *p, char *err, size_t errlen)
@@ -197,10 +258,17 @@ static int load_files(tls_cfg *cfg, const redlock_tls_params *p, char *err, size
     if (SSL_CTX_use_certificate_chain_file(cfg->ctx, p->cert) != 1)
         return fail(REDLOCK_ERR_TLS, err, errlen, "cannot load cert=%s: %s", p->cert,
                     first_error(why, sizeof why));
-    if (SSL_CTX_use_PrivateKey_file(cfg->ctx, key, SSL_FILETYPE_PEM) != 1)
-        return fail(REDLOCK_ERR_TLS, err, errlen,
-                    "cannot load the key from %s: %s (an encrypted key is not supported)", key,
+    if (SSL_CTX_use_PrivateKey_file(cfg->ctx, key, SSL_FILETYPE_PEM) != 1) {
+        unsigned long e = ERR_peek_last_error();
+        if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH)
+            return fail(REDLOCK_ERR_TLS, err, errlen, "the key in %s does not match cert=%s", key,
+                        p->cert);
+        if (pem_encrypted(key))
+            return fail(REDLOCK_ERR_TLS, err, errlen,
+                        "the key in %s is encrypted: give an unencrypted key", key);
+        return fail(REDLOCK_ERR_TLS, err, errlen, "cannot load the key from %s: %s", key,
                     first_error(why, sizeof why));
+    }
     if (SSL_CTX_check_private_key(cfg->ctx) != 1)
         return fail(REDLOCK_ERR_TLS, err, errlen, "the key in %s does not match cert=%s", key,
                     p->cert);
@@ -253,7 +321,7 @@ static int cfg_new(void **out, const redlock_tls_params *p, char *err, size_t er
     SSL_CTX_set_mode(cfg->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_read_ahead(cfg->ctx, 1);
     SSL_CTX_set_default_passwd_cb(cfg->ctx, no_passphrase);
-    SSL_CTX_set_verify(cfg->ctx, p->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_verify(cfg->ctx, p->insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, verify_cb);
     int rc = load_files(cfg, p, err, errlen);
     if (rc != REDLOCK_OK) {
         cfg_free(cfg);
@@ -266,48 +334,14 @@ static int cfg_new(void **out, const redlock_tls_params *p, char *err, size_t er
 
 /* ---- why a step failed ------------------------------------------------------------------ */
 
-/* The certificate's names, for a mismatch message: "DNS:a, IP:1.2.3.4". */
-static void cert_names(SSL *ssl, char *dst, size_t cap)
-{
-    X509 *x = SSL_get0_peer_certificate(ssl);
-    size_t o = 0;
-    dst[0] = '\0';
-    GENERAL_NAMES *names = x ? X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL) : NULL;
-    for (int i = 0; names && i < sk_GENERAL_NAME_num(names) && o + 1 < cap; i++) {
-        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
-        char ip[INET6_ADDRSTRLEN];
-        int w = 0;
-        if (g->type == GEN_DNS) {
-            w = snprintf(dst + o, cap - o, "%sDNS:%.*s", o ? ", " : "",
-                         ASN1_STRING_length(g->d.dNSName),
-                         (const char *)ASN1_STRING_get0_data(g->d.dNSName));
-        } else if (g->type == GEN_IPADD) {
-            int len = ASN1_STRING_length(g->d.iPAddress);
-            const unsigned char *a = ASN1_STRING_get0_data(g->d.iPAddress);
-            if ((len == 4 || len == 16) &&
-                inet_ntop(len == 4 ? AF_INET : AF_INET6, a, ip, sizeof ip))
-                w = snprintf(dst + o, cap - o, "%sIP:%s", o ? ", " : "", ip);
-        }
-        if (w > 0)
-            o += (size_t)w < cap - o ? (size_t)w : cap - o - 1;
-    }
-    GENERAL_NAMES_free(names);
-    if (o == 0 && x &&
-        X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, dst, (int)cap) < 0)
-        snprintf(dst, cap, "no names");
-}
-
 static int verify_failed(const tls_conn *t, char *err, size_t errlen)
 {
     long v = SSL_get_verify_result(t->ssl);
-    char names[200];
-    if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) {
-        cert_names(t->ssl, names, sizeof names);
+    if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH)
         return fail(REDLOCK_ERR_TLS, err, errlen,
                     "certificate verify failed: host name mismatch: the certificate is not for "
                     "%s (it names %s); connect by one of those names or set sni=",
-                    t->cfg->name, names);
-    }
+                    t->cfg->name, t->names[0] ? t->names : "nothing we could read");
     const char *hint = "";
     if (v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY || v == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
         v == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT || v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT)
@@ -441,6 +475,7 @@ static int conn_open(void **out, void *cfgp, int fd, char *err, size_t errlen)
     BIO_set_data(b, t);
     BIO_set_init(b, 1);
     SSL_set_bio(t->ssl, b, b);
+    SSL_set_app_data(t->ssl, t); /* for verify_cb */
     SSL_set_connect_state(t->ssl);
     int ok = 1;
     if (!cfg->name_is_ip)
