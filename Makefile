@@ -58,7 +58,8 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,\
                 $(filter-out $(if $(TLS),,examples/tls.c),$(wildcard examples/*.c)))
 
-.PHONY: all static test tests test-tls check-exports test-packaging test-sanitize test-valgrind \
+.PHONY: all static test tests test-tls valgrind-tls check-exports test-packaging test-sanitize \
+        test-valgrind \
         examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI)
@@ -169,14 +170,27 @@ test-sanitize:
 	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	    test
 
-# Core suites under valgrind memcheck, no fork, zero leaks and errors.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock,$(TEST_SRC:tests/%.c=%))
+# Core suites under valgrind memcheck, no fork, zero leaks and errors; the
+# TLS suite too (from a TLS build), with its deadlines stretched 10-fold.
+# No suppressions are needed, for OpenSSL either.
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_transport test_tls,\
+                     $(TEST_SRC:tests/%.c=%))
+VALGRIND := valgrind -q --leak-check=full --error-exitcode=1 --errors-for-leak-kinds=definite,indirect
 test-valgrind: deps all examples $(TESTS)
 	@failed=0; for t in $(VALGRIND_SUITES); do \
 	    echo "== valgrind $$t"; \
-	    CK_FORK=no CK_DEFAULT_TIMEOUT=600 valgrind -q --leak-check=full --error-exitcode=1 \
-	        --errors-for-leak-kinds=definite,indirect $(BUILD)/tests/$$t || failed=1; \
-	done; exit $$failed
+	    REDLOCK_TEST_SLOW=10 CK_FORK=no CK_DEFAULT_TIMEOUT=600 $(VALGRIND) $(BUILD)/tests/$$t \
+	        || failed=1; \
+	done; \
+	$(if $(TLS),,$(MAKE) --no-print-directory TLS=openssl BUILD=$(BUILD)/tls valgrind-tls \
+	    || failed=1;) \
+	exit $$failed
+
+ifeq ($(TLS),openssl)
+valgrind-tls: deps all $(BUILD)/tests/test_tls
+	@echo "== valgrind test_tls"; REDLOCK_TEST_SLOW=10 CK_FORK=no CK_DEFAULT_TIMEOUT=600 \
+	    $(VALGRIND) $(BUILD)/tests/test_tls
+endif
 
 # ---- benchmarks ----------------------------------------------------------------------
 

@@ -733,8 +733,10 @@ static int conn_fail(net_conn *c, int status, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap); /* the arguments may be c->errstr itself */
     va_end(ap);
     memcpy(c->errstr, msg, sizeof msg);
-    /* before the handshake is through nothing can be sent: fail everything */
-    close_socket(c, status, c->state != ST_READY);
+    /* Before the handshake is through nothing can be sent, and after a TLS
+     * refusal (certificate required) a new connection would meet the same:
+     * fail everything. */
+    close_socket(c, status, c->state != ST_READY || status == RESP_ERR_TLS);
     return status;
 }
 
