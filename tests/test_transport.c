@@ -30,6 +30,7 @@ static struct {
     int sessions;       /* opened so far                                       */
     int violations;     /* a retry that did not start with the held bytes      */
     int configs, freed; /* config_new / config_free calls                      */
+    int refuse;         /* reads fail with REDLOCK_ERR_TLS, at once (pending)  */
     char host[256], sni[256];
 } mock;
 
@@ -126,6 +127,10 @@ static int m_read(void *p, char *buf, size_t len, size_t *got, char *err, size_t
 {
     mock_conn *m = p;
     *got = 0;
+    if (mock.refuse) {
+        snprintf(err, errlen, "the server requires a client certificate");
+        return REDLOCK_ERR_TLS;
+    }
     if (m->inoff == m->inlen) {
         ssize_t n = recv(m->fd, m->in, sizeof m->in, 0);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -153,7 +158,7 @@ static int m_read(void *p, char *buf, size_t len, size_t *got, char *err, size_t
 static int m_pending(void *p)
 {
     const mock_conn *m = p;
-    return m->inoff < m->inlen;
+    return mock.refuse || m->inoff < m->inlen;
 }
 
 static void m_close(void *p)
@@ -273,6 +278,32 @@ START_TEST(test_held_request_counts_as_written)
 }
 END_TEST
 
+/* A refusal the transport reports after the handshake (TLS 1.3 sends
+ * 'certificate required' then), while most requests were not written yet
+ * (the first 16 KiB are held by the write): every queued request fails
+ * with it at once; reconnecting would meet the same. */
+START_TEST(test_refusal_fails_queued_requests)
+{
+    reset_mock(HOLD_FOREVER, 4096);
+    mock.refuse = 1;
+    net_conn *c = mock_conn_new(1000);
+    static const char *const ping[] = {"PING"};
+    enum { N = 3000 }; /* 42 KB of requests */
+    for (uint32_t i = 0; i < N; i++)
+        ck_assert_int_eq(nx_send(c, 1, ping, i, 0), RESP_OK);
+    static nx_result r[N];
+    double t0 = fx_now_ms();
+    ck_assert_uint_eq(nx_run(&c, 1, r, N, net_now_ns() + 3000 * 1000000LL), N);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(r[i].status, RESP_ERR_TLS);
+        ck_assert_msg(strstr(r[i].text, "requires a client certificate"), "%s", r[i].text);
+    }
+    ck_assert_double_lt(fx_now_ms() - t0, 500);
+    ck_assert_int_eq(mock.sessions, 1);
+    net_conn_free(c);
+}
+END_TEST
+
 /* The library end to end over the mock: a lock cycle, a waiter woken by a
  * release through its listener (a second connection over the transport),
  * and no allocation per cycle. */
@@ -335,6 +366,7 @@ int main(void)
     tcase_add_unchecked_fixture(t, setup, teardown);
     tcase_add_test(t, test_retry_same_bytes_and_pending);
     tcase_add_test(t, test_held_request_counts_as_written);
+    tcase_add_test(t, test_refusal_fails_queued_requests);
     tcase_add_test(t, test_library_over_a_transport);
     suite_add_tcase(s, t);
     SRunner *sr = srunner_create(s);
