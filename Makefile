@@ -199,10 +199,12 @@ HIREDIS_CFLAGS := $(shell pkg-config --exists hiredis 2>/dev/null && echo -DHAVE
 HIREDIS_LIBS   := $(shell pkg-config --exists hiredis 2>/dev/null && pkg-config --libs hiredis)
 BENCH_ARGS ?=
 
-$(BUILD)/bench: bench/bench.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+# The fixtures and the connection driver; not testutil.c, which needs Check.
+BENCH_SUPPORT := $(FX_SRC) tests/netx.c
+$(BUILD)/bench: bench/bench.c $(BENCH_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) -I. -Itests $(HIREDIS_CFLAGS) \
 	    -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    bench/bench.c $(TEST_SUPPORT) $(STATIC) $(HIREDIS_LIBS) $(TLS_LIBS) -o $@
+	    bench/bench.c $(BENCH_SUPPORT) $(STATIC) $(HIREDIS_LIBS) $(TLS_LIBS) -o $@
 
 # Prints a table and writes $(BUILD)/bench.json. BENCH_ARGS=--callgrind adds
 # instructions per reply for the parsers; --quick for a short smoke run.
