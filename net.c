@@ -502,10 +502,11 @@ static int tls_default(char *dst, const char *def, const char *name, char *err, 
 {
     if (dst[0] || !def || !def[0])
         return RESP_OK;
-    if (strlen(def) >= NET_URL_FILE)
+    size_t n = strlen(def);
+    if (n >= NET_URL_FILE)
         return url_error(err, errlen, "the tls_%s option is longer than %d bytes", name,
                          NET_URL_FILE - 1);
-    strcpy(dst, def);
+    memcpy(dst, def, n + 1);
     return RESP_OK;
 }
 
@@ -985,11 +986,11 @@ static void encode_handshake(net_conn *c)
     const char *argv[3];
     size_t lens[3];
     char dbbuf[16];
-    int argc = 0;
 
     c->hs_len = c->hs_off = 0;
     c->hs_pending = c->hs_next = 0;
     if (c->url.password[0]) {
+        int argc = 0;
         argv[argc] = "AUTH";
         lens[argc++] = 4;
         if (c->url.user[0]) {
