@@ -144,7 +144,7 @@ test: deps all examples $(TESTS) fuzz-replay check-exports
 # The TLS suite against the library and the command built with TLS=openssl
 # (in $(BUILD)/tls from a plain build), and that library's exports.
 ifeq ($(TLS),openssl)
-test-tls: deps all check-exports $(BUILD)/tests/test_tls
+test-tls: deps all examples check-exports $(BUILD)/tests/test_tls
 	@echo "== $(BUILD)/tests/test_tls"; CK_DEFAULT_TIMEOUT=120 $(BUILD)/tests/test_tls
 else
 test-tls:

@@ -31,6 +31,9 @@
 #ifndef FX_BUILD_DIR
 #define FX_BUILD_DIR "build/tls"
 #endif
+#ifndef FX_EXAMPLES_DIR
+#define FX_EXAMPLES_DIR FX_BUILD_DIR "/examples"
+#endif
 
 static fx_tls certs;
 static fx_server srv; /* the server certificate, no client certificates, a plain port too */
@@ -985,6 +988,21 @@ START_TEST(test_cli_run_and_status)
 }
 END_TEST
 
+/* The README's example (examples/tls.c): 0 with the right CA, 3 (a TLS
+ * refusal, explained) without. */
+START_TEST(test_example)
+{
+    char out[1024];
+    const char *good[] = {FX_EXAMPLES_DIR "/tls", trusted(&srv), NULL};
+    int rc = fx_run(out, sizeof out, 10000, good);
+    ck_assert_msg(rc == 0 && strstr(out, "got the lock over TLS"), "exit %d: %s", rc, out);
+    const char *bad[] = {FX_EXAMPLES_DIR "/tls", url_of(&srv, NULL), NULL};
+    rc = fx_run(out, sizeof out, 10000, bad);
+    ck_assert_msg(rc == 3 && strstr(out, "TLS refused: ") && strstr(out, "certificate verify failed"),
+                  "exit %d: %s", rc, out);
+}
+END_TEST
+
 static Suite *tls_suite(void)
 {
     Suite *s = suite_create("tls");
@@ -1013,6 +1031,7 @@ static Suite *tls_suite(void)
     tcase_add_test(t, test_idle_socket_not_mistaken_for_dead);
     tcase_add_test(t, test_reconnect_after_restart);
     tcase_add_test(t, test_cli_run_and_status);
+    tcase_add_test(t, test_example);
     suite_add_tcase(s, t);
     return s;
 }
