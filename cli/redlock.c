@@ -45,6 +45,12 @@ typedef struct cli {
     char **command;
 } cli;
 
+#ifdef REDLOCK_WITH_TLS
+#define TLS_STATE "built in"
+#else
+#define TLS_STATE "not built in: make TLS=openssl"
+#endif
+
 static const char usage_text[] =
     "usage: redlock run [OPTIONS] NAME -- COMMAND [ARG...]\n"
     "       redlock status [OPTIONS] NAME\n"
@@ -55,7 +61,9 @@ static const char usage_text[] =
     "options:\n"
     "  -u, --url URL               a Redis node; repeat for a quorum of independent\n"
     "                              masters (default: $REDLOCK_URL, comma-separated,\n"
-    "                              else redis://127.0.0.1:6379)\n"
+    "                              else redis://127.0.0.1:6379); TLS: rediss://HOST:PORT\n"
+    "                              [?ca=FILE&cert=FILE&key=FILE&sni=NAME&insecure=1]\n"
+    "                              (" TLS_STATE ")\n"
     "  -t, --ttl DURATION          lock TTL (default 30s)\n"
     "  -w, --wait DURATION         how long to wait for the lock (default 0: fail at once)\n"
     "  -g, --grace DURATION        after a lost lock, SIGTERM then SIGKILL after this\n"

@@ -422,6 +422,38 @@ START_TEST(test_no_alloc_per_cycle)
 }
 END_TEST
 
+/* Every library allocation made to fail in turn, the transport's own
+ * (settings, session) included: REDLOCK_ERR_NOMEM or success, cleanly (no
+ * leak: ASan and valgrind runs check that). */
+START_TEST(test_alloc_failure)
+{
+    int saw_nomem = 0, saw_ok = 0;
+    redlock_options o;
+    tls_options(&o, 0);
+    const char *url = trusted(&srv);
+    for (long fail_at = 1; fail_at < 16; fail_at++) {
+        tu_alloc_start(fail_at);
+        redlock_client *c = NULL;
+        redlock *a = NULL;
+        int rc = redlock_client_new(&c, &url, 1, &o);
+        if (rc == REDLOCK_OK)
+            rc = redlock_new(&a, c, "tls:nomem", NULL, 5000);
+        if (rc == REDLOCK_OK)
+            rc = redlock_trylock(a);
+        if (rc == REDLOCK_OK)
+            rc = redlock_unlock(a);
+        ck_assert_msg(rc == REDLOCK_OK || rc == REDLOCK_ERR_NOMEM, "fail_at %ld: %s (%s)", fail_at,
+                      redlock_strerror(rc), c ? redlock_client_errstr(c) : redlock_last_errstr());
+        saw_nomem |= rc == REDLOCK_ERR_NOMEM;
+        saw_ok |= rc == REDLOCK_OK;
+        redlock_free(a);
+        redlock_client_free(c);
+        tu_alloc_stop();
+    }
+    ck_assert(saw_nomem && saw_ok);
+}
+END_TEST
+
 /* A waiter over TLS is woken by the release (its listener is a TLS
  * connection too), not by its backoff or the holder's TTL. */
 START_TEST(test_wait_and_wake)
@@ -1012,6 +1044,7 @@ static Suite *tls_suite(void)
     tcase_add_test(t, test_no_transport);
     tcase_add_test(t, test_lock_cycle);
     tcase_add_test(t, test_no_alloc_per_cycle);
+    tcase_add_test(t, test_alloc_failure);
     tcase_add_test(t, test_wait_and_wake);
     tcase_add_test(t, test_quorum_mixed);
     tcase_add_test(t, test_unix_stays_plain);
