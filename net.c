@@ -124,6 +124,7 @@ struct net_conn {
     /* received bytes; the reply being parsed starts at rstart */
     char *rbuf;
     size_t rcap, rstart, rlen, ready_len;
+    int rdrained; /* net_conn_take found no whole reply left in rbuf */
     resp_parser parser;
     resp_reply *elems;
 
@@ -670,6 +671,7 @@ static void drop_socket(net_conn *c)
     c->fd = -1;
     c->state = ST_CLOSED;
     c->rstart = c->rlen = c->ready_len = 0;
+    c->rdrained = 1;
     c->hs_pending = c->hs_next = 0;
     c->hs_len = c->hs_off = 0;
     c->stale = 0;
@@ -774,6 +776,7 @@ int net_conn_new(net_conn **out, const net_url *url, const net_opts *opts)
     c->parser.elems = c->elems;
     c->parser.cap = nelems;
     c->fd = -1;
+    c->rdrained = 1;
     c->rd_want = POLLIN;
     c->wr_want = POLLOUT;
     if (url->kind == NET_URL_TCP && url->tls)
@@ -1334,6 +1337,7 @@ static void sock_read(net_conn *c, int64_t now)
             c->rlen += (size_t)n;
             c->rx += (uint64_t)n;
             c->last_rx = now;
+            c->rdrained = 0;
             return;
         }
         if (n < 0 && errno == EINTR)
@@ -1357,7 +1361,7 @@ static void sock_read(net_conn *c, int64_t now)
  * taken: net_conn_pump). */
 static void tls_read(net_conn *c, int64_t now)
 {
-    char err[300];
+    char err[200];
     for (;;) {
         size_t got = 0;
         err[0] = '\0';
@@ -1366,6 +1370,7 @@ static void tls_read(net_conn *c, int64_t now)
             c->rlen += got;
             c->rx += got;
             c->last_rx = now;
+            c->rdrained = 0;
             c->rd_want = POLLIN;
             if (c->rlen == c->rcap || !c->tr->pending(c->tls))
                 return;
@@ -1461,11 +1466,14 @@ short net_conn_events(const net_conn *c)
     return 0;
 }
 
-/* The transport holds bytes poll() cannot see, and they may be read now. */
+/* The transport holds bytes poll() cannot see, and they may be read now:
+ * once the replies already buffered were taken (AUTH/SELECT replies are
+ * parsed as they come), or the read buffer would grow for replies that
+ * only wait to be taken. */
 static int tls_pending(const net_conn *c)
 {
-    return c->tls && (c->state == ST_HANDSHAKE || c->state == ST_READY) && c->ready_len == 0 &&
-           !c->peer_eof && c->tr->pending(c->tls);
+    return c->tls && (c->state == ST_HANDSHAKE || (c->state == ST_READY && c->rdrained)) &&
+           c->ready_len == 0 && !c->peer_eof && c->tr->pending(c->tls);
 }
 
 /* Work that needs no event: a closed connection with requests to send, a
@@ -1628,6 +1636,7 @@ int net_conn_take(net_conn *c, net_tag *tag, const resp_reply **r, size_t *nelem
         if (c->rstart < c->rlen)
             n = resp_parse(&c->parser, c->rbuf + c->rstart, c->rlen - c->rstart);
         if (n == RESP_PARSE_INCOMPLETE) {
+            c->rdrained = 1;
             if (c->rstart == c->rlen)
                 c->rstart = c->rlen = 0;
             if (!c->peer_eof)

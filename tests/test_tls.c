@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -213,7 +214,8 @@ static int listen_any(int *port)
     return fd;
 }
 
-enum { FAKE_PLAIN_TEXT, FAKE_HALF_RECORD, FAKE_LATE_TICKET, FAKE_SPLIT_REPLY };
+enum { FAKE_PLAIN_TEXT, FAKE_HALF_RECORD, FAKE_LATE_TICKET, FAKE_SPLIT_REPLY, FAKE_BURST };
+#define BURST 48 /* replies of 1024 bytes: three full records */
 #define SPLIT_BULK 16450 /* "$16450\r\n" + data + "\r\n": 16384 + 81 bytes */
 
 /* A TLS server session on fd, handshake done (tickets only when asked). */
@@ -274,6 +276,42 @@ static void split_reply(int fd)
     close(fd);
 }
 
+/* A TLS server that answers a PING, then takes a batch of BURST requests
+ * and answers them with BURST replies of 1024 bytes, 16 to a record,
+ * sent with one send(): the first record fills a 16 KiB read buffer with
+ * whole replies while the next ones wait inside OpenSSL. */
+static void burst(int fd)
+{
+    static char reply[BURST * 1024];
+    char buf[8192];
+    SSL *ssl = fake_accept(fd);
+    if (SSL_read(ssl, buf, sizeof buf) <= 0 || SSL_write(ssl, "+PONG\r\n", 7) != 7)
+        _exit(4);
+    if (SSL_read(ssl, buf, sizeof buf) <= 0)
+        _exit(5);
+    usleep(50 * 1000); /* the rest of the batch arrives; read it all */
+    struct timeval tv = {0, 20000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    while (SSL_read(ssl, buf, sizeof buf) > 0) {
+    }
+    for (int i = 0; i < BURST; i++) {
+        memcpy(reply + i * 1024, "$1015\r\n", 7);
+        memset(reply + i * 1024 + 7, 'a' + i % 26, 1015);
+        memcpy(reply + i * 1024 + 1022, "\r\n", 2);
+    }
+    BIO *mem = BIO_new(BIO_s_mem());
+    SSL_set0_wbio(ssl, mem);
+    for (int r = 0; r < BURST / 16; r++)
+        if (SSL_write(ssl, reply + r * 16384, 16384) != 16384)
+            _exit(6);
+    char *rec;
+    long len = BIO_get_mem_data(mem, &rec);
+    if (send(fd, rec, (size_t)len, MSG_NOSIGNAL) != len)
+        _exit(7);
+    sleep(5);
+    close(fd);
+}
+
 /* A TLS server that takes one request and sends half of the record that
  * carries the reply, then closes. */
 static void half_record(int fd)
@@ -321,6 +359,10 @@ static pid_t start_fake(int lfd, int mode)
         }
         if (mode == FAKE_SPLIT_REPLY) {
             split_reply(fd);
+            continue;
+        }
+        if (mode == FAKE_BURST) {
+            burst(fd);
             continue;
         }
         char buf[2048];
@@ -804,6 +846,51 @@ START_TEST(test_reply_ends_in_a_buffered_record)
 }
 END_TEST
 
+/* Whole replies fill the read buffer while more records wait inside
+ * OpenSSL: the replies are taken first, then the rest is read into the
+ * same buffer. Reading on before taking would grow the buffer for replies
+ * that fit (an allocation per burst) and, at the parser's cap, call it a
+ * reply too large. */
+START_TEST(test_burst_of_whole_replies)
+{
+    int port, lfd = listen_any(&port);
+    pid_t fake = start_fake(lfd, FAKE_BURST);
+    char url[512];
+    snprintf(url, sizeof url, "rediss://127.0.0.1:%d?ca=%s", port, certs.ca);
+    net_url u;
+    char err[256];
+    ck_assert_int_eq(net_url_parse(&u, url, err, sizeof err), RESP_OK);
+    net_opts o;
+    memset(&o, 0, sizeof o);
+    o.connect_timeout_ms = o.io_timeout_ms = MS(2000);
+    o.limits.max_bulk = 1024;
+    o.max_reply = 17000; /* one 16 KiB buffer and a little: no room to grow twice */
+    o.tls = redlock_tls_openssl();
+    net_conn *c = NULL;
+    ck_assert_int_eq(net_conn_new(&c, &u, &o), RESP_OK);
+    static const char *const ping[] = {"PING"};
+    nx_result r = nx_call(c, 1, ping); /* connected, buffers at their size */
+    ck_assert_msg(r.status == RESP_OK, "%s", r.text);
+    static const char *const get[] = {"GET", "k"};
+    for (uint32_t i = 0; i < BURST; i++)
+        ck_assert_int_eq(nx_send(c, 2, get, i, 0), RESP_OK);
+    static nx_result got[BURST];
+    tu_alloc_start(0);
+    size_t n = nx_run(&c, 1, got, BURST, net_now_ns() + MS(3000) * 1000000LL);
+    long allocs = tu_alloc.calls;
+    tu_alloc_stop();
+    ck_assert_uint_eq(n, BURST);
+    for (int i = 0; i < BURST; i++) {
+        ck_assert_msg(got[i].status == RESP_OK, "%d: %s", i, got[i].text);
+        ck_assert_uint_eq(got[i].len, 1015);
+        ck_assert_int_eq(got[i].text[0], 'a' + i % 26);
+    }
+    ck_assert_int_eq(allocs, 0);
+    net_conn_free(c);
+    stop_fake(fake);
+}
+END_TEST
+
 /* A reply over a dozen TLS records (16 KiB each) is read whole. */
 START_TEST(test_reply_larger_than_a_record)
 {
@@ -1058,6 +1145,7 @@ static Suite *tls_suite(void)
     tcase_add_test(t, test_redis_to_tls_port);
     tcase_add_test(t, test_drop_mid_record);
     tcase_add_test(t, test_reply_ends_in_a_buffered_record);
+    tcase_add_test(t, test_burst_of_whole_replies);
     tcase_add_test(t, test_reply_larger_than_a_record);
     tcase_add_test(t, test_many_pipelined_replies);
     tcase_add_test(t, test_many_locks_in_flight);
