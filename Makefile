@@ -239,7 +239,7 @@ fuzz:
 $(BUILD)/redlock.pc: redlock.pc.in FORCE | $(BUILD)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$${prefix}/lib|' \
 	    -e 's|@INCLUDEDIR@|$${prefix}/include|' -e 's|@VERSION@|$(VERSION)|' \
-	    -e 's|@PC_TLS@|$(PC_TLS)|' redlock.pc.in > $@
+	    -e '/^@PC_TLS@$$/{s||$(PC_TLS)|;/^$$/d;}' redlock.pc.in > $@
 
 FORCE:
 
