@@ -33,7 +33,7 @@ ifeq ($(TLS),openssl)
 TLS_CFLAGS := $(shell pkg-config --cflags openssl 2>/dev/null)
 TLS_LIBS   := $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 TLS_DEFS   := -DREDLOCK_WITH_TLS
-PC_TLS     := Requires.private: libssl libcrypto
+PC_REQUIRES := libssl libcrypto
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) $(TLS_SRC:%.c=$(BUILD)/%.o)
 else
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -239,7 +239,7 @@ fuzz:
 $(BUILD)/redlock.pc: redlock.pc.in FORCE | $(BUILD)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$${prefix}/lib|' \
 	    -e 's|@INCLUDEDIR@|$${prefix}/include|' -e 's|@VERSION@|$(VERSION)|' \
-	    -e '/^@PC_TLS@$$/{s||$(PC_TLS)|;/^$$/d;}' redlock.pc.in > $@
+	    -e 's|@PC_REQUIRES@|$(PC_REQUIRES)|' redlock.pc.in > $@
 
 FORCE:
 
