@@ -214,7 +214,14 @@ static int listen_any(int *port)
     return fd;
 }
 
-enum { FAKE_PLAIN_TEXT, FAKE_HALF_RECORD, FAKE_LATE_TICKET, FAKE_SPLIT_REPLY, FAKE_BURST };
+enum {
+    FAKE_PLAIN_TEXT,
+    FAKE_HALF_RECORD,
+    FAKE_LATE_TICKET,
+    FAKE_SPLIT_REPLY,
+    FAKE_BURST,
+    FAKE_CLOSE
+};
 #define BURST 48 /* replies of 1024 bytes: three full records */
 #define SPLIT_BULK 16450 /* "$16450\r\n" + data + "\r\n": 16384 + 81 bytes */
 
@@ -363,6 +370,11 @@ static pid_t start_fake(int lfd, int mode)
         }
         if (mode == FAKE_BURST) {
             burst(fd);
+            continue;
+        }
+        if (mode == FAKE_CLOSE) { /* the handshake, then the socket closes */
+            fake_accept(fd);
+            close(fd);
             continue;
         }
         char buf[2048];
@@ -820,6 +832,36 @@ START_TEST(test_drop_mid_record)
 }
 END_TEST
 
+/* Writing to a connection the server has closed: an I/O error, never
+ * SIGPIPE (OpenSSL's own socket BIO would write() and raise it, and its
+ * default action kills the process). */
+START_TEST(test_no_sigpipe)
+{
+    signal(SIGPIPE, SIG_DFL);
+    int port, lfd = listen_any(&port);
+    pid_t fake = start_fake(lfd, FAKE_CLOSE);
+    char url[512];
+    snprintf(url, sizeof url, "rediss://127.0.0.1:%d?ca=%s", port, certs.ca);
+    const size_t big = 4u << 20;
+    char *v = calloc(1, big);
+    const char *argv[3] = {"SET", "k", v};
+    const size_t lens[3] = {3, 1, big};
+    for (int i = 0; i < 3; i++) {
+        net_conn *c = tls_conn(url, 2000);
+        ck_assert_int_eq(nx_sendl(c, 3, argv, lens, 1, 0), RESP_OK);
+        nx_result r;
+        ck_assert_uint_eq(nx_run(&c, 1, &r, 1, net_now_ns() + MS(3000) * 1000000LL), 1);
+        ck_assert_msg(r.status == RESP_ERR_IO, "%s", r.text);
+        ck_assert_msg(strstr(r.text, "Broken pipe") || strstr(r.text, "reset") ||
+                          strstr(r.text, "closed"),
+                      "%s", r.text);
+        net_conn_free(c);
+    }
+    free(v);
+    stop_fake(fake);
+}
+END_TEST
+
 /* ---- reading: many records, pending bytes ------------------------------------------------------------- */
 
 /* A reply in two records that arrive together: the first fills the
@@ -1144,6 +1186,7 @@ static Suite *tls_suite(void)
     tcase_add_test(t, test_rediss_to_plain_server);
     tcase_add_test(t, test_redis_to_tls_port);
     tcase_add_test(t, test_drop_mid_record);
+    tcase_add_test(t, test_no_sigpipe);
     tcase_add_test(t, test_reply_ends_in_a_buffered_record);
     tcase_add_test(t, test_burst_of_whole_replies);
     tcase_add_test(t, test_reply_larger_than_a_record);
