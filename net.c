@@ -36,7 +36,8 @@
 #endif
 
 /* A transport returns REDLOCK_* codes; net.c passes them on as RESP_*. */
-_Static_assert((int)RESP_ERR_TLS == (int)REDLOCK_ERR_TLS && (int)RESP_ERR_IO == (int)REDLOCK_ERR_IO &&
+_Static_assert((int)RESP_ERR_TLS == (int)REDLOCK_ERR_TLS &&
+                   (int)RESP_ERR_IO == (int)REDLOCK_ERR_IO &&
                    (int)RESP_ERR_NOMEM == (int)REDLOCK_ERR_NOMEM && REDLOCK_WANT_READ < 0 &&
                    REDLOCK_WANT_WRITE < 0,
                "transport status codes");
@@ -1066,8 +1067,8 @@ static int tls_start(net_conn *c, int64_t now)
     err[0] = '\0';
     c->state = ST_TLS;
     if (!c->tr)
-        return conn_fail(c, RESP_ERR_ARG, "%s: rediss:// needs a TLS transport (redlock_options.tls)",
-                         c->desc);
+        return conn_fail(c, RESP_ERR_ARG,
+                         "%s: rediss:// needs a TLS transport (redlock_options.tls)", c->desc);
     if (!c->tr_cfg) {
         redlock_tls_params p = {c->url.host, c->url.sni,  c->url.ca,
                                 c->url.cert, c->url.key, c->url.insecure};

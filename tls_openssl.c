@@ -127,7 +127,8 @@ static int bio_read(BIO *b, char *buf, int len)
         if (n > 0) {
             t->starved = 0;
             if (t->nfirst < FIRST_BYTES) {
-                size_t k = FIRST_BYTES - t->nfirst < (size_t)n ? FIRST_BYTES - t->nfirst : (size_t)n;
+                size_t k =
+                    FIRST_BYTES - t->nfirst < (size_t)n ? FIRST_BYTES - t->nfirst : (size_t)n;
                 memcpy(t->first + t->nfirst, buf, k);
                 t->nfirst += k;
             }
@@ -206,7 +207,6 @@ static int verify_cb(int ok, X509_STORE_CTX *x)
         cert_names(X509_STORE_CTX_get_current_cert(x), t->names, sizeof t->names);
     return ok;
 }
-
 
 /* A key file asks for a passphrase: refuse (OpenSSL's default would prompt
  * on the terminal and block). */
@@ -300,7 +300,7 @@ static int cfg_new(void **out, const redlock_tls_params *p, char *err, size_t er
 {
     *out = NULL;
     const char *name = p->sni[0] ? p->sni : p->host;
-    if (strlen(name) >= sizeof ((tls_cfg *)0)->name)
+    if (strlen(name) >= sizeof((tls_cfg *)0)->name)
         return fail(REDLOCK_ERR_TLS, err, errlen, "server name too long");
     tls_cfg *cfg = resp_alloc_array(1, sizeof *cfg);
     if (!cfg)
@@ -343,8 +343,9 @@ static int verify_failed(const tls_conn *t, char *err, size_t errlen)
                     "%s (it names %s); connect by one of those names or set sni=",
                     t->cfg->name, t->names[0] ? t->names : "nothing we could read");
     const char *hint = "";
-    if (v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY || v == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
-        v == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT || v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT)
+    if (v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
+        v == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN || v == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT ||
+        v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT)
         hint = " (is ca= the CA that signed the server's certificate?)";
     return fail(REDLOCK_ERR_TLS, err, errlen, "certificate verify failed: %s%s",
                 X509_verify_cert_error_string(v), hint);
@@ -545,7 +546,7 @@ static int conn_pending(void *p)
 }
 
 static const redlock_transport openssl_transport = {
-    "openssl", cfg_new,    cfg_free,     conn_open, conn_handshake,
+    "openssl", cfg_new,    cfg_free,     conn_open,  conn_handshake,
     conn_read, conn_write, conn_pending, conn_close,
 };
 

@@ -42,7 +42,7 @@ static fx_server srv; /* the server certificate, no client certificates, a plain
 /* REDLOCK_TEST_SLOW=N (make test-valgrind) stretches deadlines and the
  * upper bounds on elapsed times N-fold; lower bounds stay. */
 static int slow = 1;
-#define MS(x) ((x) * slow)
+#define MS(x) ((x)*slow)
 
 /* ---- OpenSSL's own allocations, counted for the report ------------------------------ */
 
@@ -130,8 +130,7 @@ static redlock_client *tls_client(const char *url, int timeout_ms)
 }
 
 /* One trylock on a fresh client for url: its status; the detail in why. */
-static int try_once(const char *url, const redlock_options *o, char *why, size_t whylen,
-                    double *ms)
+static int try_once(const char *url, const redlock_options *o, char *why, size_t whylen, double *ms)
 {
     redlock_client *c = tu_client_opts(&url, 1, o);
     redlock *l = tu_lock(c, "tls:try", NULL, 5000);
@@ -225,7 +224,7 @@ enum {
     FAKE_BURST,
     FAKE_CLOSE
 };
-#define BURST 48 /* replies of 1024 bytes: three full records */
+#define BURST 48         /* replies of 1024 bytes: three full records */
 #define SPLIT_BULK 16450 /* "$16450\r\n" + data + "\r\n": 16384 + 81 bytes */
 
 /* A TLS server session on fd, handshake done (tickets only when asked). */
@@ -398,7 +397,8 @@ static void stop_fake(pid_t pid)
     waitpid(pid, NULL, 0);
 }
 
-/* ---- the lock over TLS ------------------------------------------------------------------------ */
+/* ---- the lock over TLS ------------------------------------------------------------------------
+ */
 
 START_TEST(test_no_transport)
 {
@@ -407,8 +407,7 @@ START_TEST(test_no_transport)
     ck_assert_int_eq(redlock_client_new(&c, &url, 1, NULL), REDLOCK_ERR_ARG);
     ck_assert_ptr_null(c);
     const char *why = redlock_last_errstr();
-    ck_assert_msg(strstr(why, "redlock_options.tls") && strstr(why, "make TLS=openssl"), "%s",
-                  why);
+    ck_assert_msg(strstr(why, "redlock_options.tls") && strstr(why, "make TLS=openssl"), "%s", why);
     /* in a quorum, the URL is named */
     const char *two[2] = {srv.url, url};
     ck_assert_int_eq(redlock_client_new(&c, two, 2, NULL), REDLOCK_ERR_ARG);
@@ -469,10 +468,10 @@ START_TEST(test_no_alloc_per_cycle)
         ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
     }
     ck_assert_int_eq(tu_alloc.calls - ours, 0);
-    printf("tls: allocations for client + lock + connect + TLS handshake: library %ld, "
-           "OpenSSL %ld; per trylock+refresh+unlock cycle after that: library %ld, OpenSSL %.2f\n",
-           ours_connect, ossl_connect, tu_alloc.calls - ours,
-           (double)(ossl_allocs - ossl) / cycles);
+    printf(
+        "tls: allocations for client + lock + connect + TLS handshake: library %ld, "
+        "OpenSSL %ld; per trylock+refresh+unlock cycle after that: library %ld, OpenSSL %.2f\n",
+        ours_connect, ossl_connect, tu_alloc.calls - ours, (double)(ossl_allocs - ossl) / cycles);
     redlock_free(l);
     redlock_client_free(c);
     tu_alloc_stop();
@@ -612,7 +611,8 @@ START_TEST(test_unix_stays_plain)
 }
 END_TEST
 
-/* ---- verification ------------------------------------------------------------------------------- */
+/* ---- verification -------------------------------------------------------------------------------
+ */
 
 START_TEST(test_other_ca_refused)
 {
@@ -641,8 +641,9 @@ START_TEST(test_host_name)
 {
     fx_server s;
     ck_assert_int_eq(fx_tls_server_start(&s, &certs, FX_TLS_WRONG_NAME, "no", 0), 0);
-    expect_tls_error(trusted(&s), "host name mismatch: the certificate is not for 127.0.0.1 "
-                                  "(it names DNS:wrong.example)");
+    expect_tls_error(trusted(&s),
+                     "host name mismatch: the certificate is not for 127.0.0.1 "
+                     "(it names DNS:wrong.example)");
     fx_tls_client by_name = {.host = "localhost", .ca = certs.ca};
     expect_tls_error(url_of(&s, &by_name), "not for localhost");
     fx_tls_client sni = {.ca = certs.ca, .sni = "wrong.example"};
@@ -727,12 +728,14 @@ START_TEST(test_bad_files)
     expect_tls_error(url_of(&srv, &c), "cannot load ca=/nonexistent/ca.pem");
     fx_tls_client not_pem = {.ca = "/etc/hostname"};
     expect_tls_error(url_of(&srv, &not_pem), "cannot load ca=/etc/hostname");
-    fx_tls_client key_mismatch = {.ca = certs.ca, .cert = certs.client_cert, .key = certs.other_key};
+    fx_tls_client key_mismatch = {
+        .ca = certs.ca, .cert = certs.client_cert, .key = certs.other_key};
     expect_tls_error(url_of(&srv, &key_mismatch), "does not match cert=");
     char enc[400], out[1024];
     snprintf(enc, sizeof enc, "%s/encrypted.key", certs.dir);
-    const char *argv[] = {"openssl", "pkey", "-in", certs.client_key, "-aes256", "-passout",
-                          "pass:secret", "-out", enc, NULL};
+    const char *argv[] = {"openssl", "pkey",     "-in",         certs.client_key,
+                          "-aes256", "-passout", "pass:secret", "-out",
+                          enc,       NULL};
     ck_assert_int_eq(fx_run(out, sizeof out, 10000, argv), 0);
     fx_tls_client encrypted = {.ca = certs.ca, .cert = certs.client_cert, .key = enc};
     expect_tls_error(url_of(&srv, &encrypted), "is encrypted: give an unencrypted key");
@@ -746,7 +749,8 @@ START_TEST(test_bad_files)
 }
 END_TEST
 
-/* ---- servers that are not what the URL says ------------------------------------------------------ */
+/* ---- servers that are not what the URL says
+ * ------------------------------------------------------ */
 
 /* A TCP server that accepts and never speaks: the handshake times out by
  * connect_timeout_ms. */
@@ -761,7 +765,8 @@ START_TEST(test_silent_server_times_out)
     double ms;
     int rc = try_once(url, &o, why, sizeof why, &ms);
     ck_assert_msg(rc == REDLOCK_ERR_TIMEOUT, "%s: %s", redlock_strerror(rc), why);
-    ck_assert_msg(strstr(why, "timed out in the TLS handshake") && strstr(why, "300 ms"), "%s", why);
+    ck_assert_msg(strstr(why, "timed out in the TLS handshake") && strstr(why, "300 ms"), "%s",
+                  why);
     ck_assert_msg(ms >= 295 && ms < MS(600), "took %.0f ms", ms);
     close(lfd);
 }
@@ -865,7 +870,8 @@ START_TEST(test_no_sigpipe)
 }
 END_TEST
 
-/* ---- reading: many records, pending bytes ------------------------------------------------------------- */
+/* ---- reading: many records, pending bytes
+ * ------------------------------------------------------------- */
 
 /* A reply in two records that arrive together: the first fills the
  * connection's 16 KiB buffer, the second is then held, complete, inside
@@ -1049,7 +1055,8 @@ START_TEST(test_many_locks_in_flight)
 }
 END_TEST
 
-/* ---- the connection over time ---------------------------------------------------------------------- */
+/* ---- the connection over time
+ * ---------------------------------------------------------------------- */
 
 /* TLS 1.3 servers send session tickets after the handshake, and may send
  * more (or a key update) at any time. A socket idle over 1 ms is checked
@@ -1117,14 +1124,23 @@ START_TEST(test_reconnect_after_restart)
 }
 END_TEST
 
-/* ---- the command ------------------------------------------------------------------------------------------ */
+/* ---- the command
+ * ------------------------------------------------------------------------------------------ */
 
 START_TEST(test_cli_run_and_status)
 {
     char out[1024];
     const char *url = trusted(&srv);
-    const char *run[] = {FX_BUILD_DIR "/redlock", "run", "-u", url, "tls:cli", "--", "sh", "-c",
-                         "echo fence=$REDLOCK_FENCE; redis-cli -p \"$PORT\" GET tls:cli", NULL};
+    const char *run[] = {FX_BUILD_DIR "/redlock",
+                         "run",
+                         "-u",
+                         url,
+                         "tls:cli",
+                         "--",
+                         "sh",
+                         "-c",
+                         "echo fence=$REDLOCK_FENCE; redis-cli -p \"$PORT\" GET tls:cli",
+                         NULL};
     char port[16];
     snprintf(port, sizeof port, "%d", srv.port);
     setenv("PORT", port, 1);
@@ -1162,7 +1178,8 @@ START_TEST(test_example)
     ck_assert_msg(rc == 0 && strstr(out, "got the lock over TLS"), "exit %d: %s", rc, out);
     const char *bad[] = {FX_EXAMPLES_DIR "/tls", url_of(&srv, NULL), NULL};
     rc = fx_run(out, sizeof out, 10000, bad);
-    ck_assert_msg(rc == 3 && strstr(out, "TLS refused: ") && strstr(out, "certificate verify failed"),
+    ck_assert_msg(rc == 3 && strstr(out, "TLS refused: ") &&
+                      strstr(out, "certificate verify failed"),
                   "exit %d: %s", rc, out);
 }
 END_TEST

@@ -166,9 +166,8 @@ static void m_close(void *p)
     free(p);
 }
 
-static const redlock_transport mock_transport = {"mock",  m_config_new, m_config_free,
-                                                 m_open,  m_handshake,  m_read,
-                                                 m_write, m_pending,    m_close};
+static const redlock_transport mock_transport = {
+    "mock", m_config_new, m_config_free, m_open, m_handshake, m_read, m_write, m_pending, m_close};
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
@@ -348,7 +347,7 @@ START_TEST(test_library_over_a_transport)
     }
     ck_assert_int_eq(rc, REDLOCK_OK);
     ck_assert_double_lt(fx_now_ms() - released, 200); /* the release, not the backoff */
-    ck_assert_int_eq(mock.sessions, 2);                 /* commands and the listener */
+    ck_assert_int_eq(mock.sessions, 2);               /* commands and the listener */
     ck_assert_int_eq(mock.violations, 0);
     ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
     redlock_free(w);
