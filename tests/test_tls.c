@@ -227,6 +227,14 @@ enum {
 #define BURST 48         /* replies of 1024 bytes: three full records */
 #define SPLIT_BULK 16450 /* "$16450\r\n" + data + "\r\n": 16384 + 81 bytes */
 
+/* A handler of a fake server stops serving this client. */
+static int give_up(SSL *ssl, int fd)
+{
+    SSL_free(ssl);
+    close(fd);
+    return -1;
+}
+
 /* A TLS server session on fd, handshake done (tickets only when asked). */
 static SSL *fake_accept(int fd)
 {
@@ -237,17 +245,24 @@ static SSL *fake_accept(int fd)
     SSL_CTX_set_num_tickets(ctx, 0);
     SSL *ssl = SSL_new(ctx);
     SSL_set_fd(ssl, fd);
-    if (SSL_accept(ssl) != 1)
-        _exit(4);
+    if (SSL_accept(ssl) != 1) { /* the client gave up: serve the next one */
+        SSL_free(ssl);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     return ssl;
 }
 
 /* A TLS server that answers every request with +PONG and, 10 ms after the
  * first answer, sends a session ticket unasked, as TLS 1.3 servers may do
  * at any time. */
-static void late_ticket(int fd)
+static int late_ticket(int fd)
 {
     SSL *ssl = fake_accept(fd);
+    if (!ssl) {
+        close(fd);
+        return -1;
+    }
     char buf[4096];
     for (int n = 0; SSL_read(ssl, buf, sizeof buf) > 0; n++) {
         if (SSL_write(ssl, "+PONG\r\n", 7) != 7)
@@ -255,20 +270,25 @@ static void late_ticket(int fd)
         if (n == 0) {
             usleep(10 * 1000);
             if (SSL_new_session_ticket(ssl) != 1 || SSL_do_handshake(ssl) != 1)
-                _exit(5);
+                return give_up(ssl, fd);
         }
     }
     close(fd);
+    return 0;
 }
 
 /* A TLS server that answers one request with a bulk reply in two records
  * (16384 bytes, then the rest), sent with one send(), and stays quiet. */
-static void split_reply(int fd)
+static int split_reply(int fd)
 {
     static char reply[SPLIT_BULK + 16];
     SSL *ssl = fake_accept(fd);
+    if (!ssl) {
+        close(fd);
+        return -1;
+    }
     if (SSL_read(ssl, reply, sizeof reply) <= 0)
-        _exit(4);
+        return give_up(ssl, fd);
     int n = snprintf(reply, sizeof reply, "$%d\r\n", SPLIT_BULK);
     memset(reply + n, 's', SPLIT_BULK);
     memcpy(reply + n + SPLIT_BULK, "\r\n", 2);
@@ -276,28 +296,33 @@ static void split_reply(int fd)
     BIO *mem = BIO_new(BIO_s_mem());
     SSL_set0_wbio(ssl, mem);
     if (SSL_write(ssl, reply, 16384) != 16384 || SSL_write(ssl, reply + 16384, n - 16384) <= 0)
-        _exit(5);
+        return give_up(ssl, fd);
     char *rec;
     long len = BIO_get_mem_data(mem, &rec);
     if (send(fd, rec, (size_t)len, MSG_NOSIGNAL) != len)
-        _exit(6);
+        return give_up(ssl, fd);
     sleep(5);
     close(fd);
+    return 0;
 }
 
 /* A TLS server that answers a PING, then takes a batch of BURST requests
  * and answers them with BURST replies of 1024 bytes, 16 to a record,
  * sent with one send(): the first record fills a 16 KiB read buffer with
  * whole replies while the next ones wait inside OpenSSL. */
-static void burst(int fd)
+static int burst(int fd)
 {
     static char reply[BURST * 1024];
     char buf[8192];
     SSL *ssl = fake_accept(fd);
+    if (!ssl) {
+        close(fd);
+        return -1;
+    }
     if (SSL_read(ssl, buf, sizeof buf) <= 0 || SSL_write(ssl, "+PONG\r\n", 7) != 7)
-        _exit(4);
+        return give_up(ssl, fd);
     if (SSL_read(ssl, buf, sizeof buf) <= 0)
-        _exit(5);
+        return give_up(ssl, fd);
     usleep(50 * 1000); /* the rest of the batch arrives; read it all */
     struct timeval tv = {0, 20000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -312,34 +337,40 @@ static void burst(int fd)
     SSL_set0_wbio(ssl, mem);
     for (int r = 0; r < BURST / 16; r++)
         if (SSL_write(ssl, reply + r * 16384, 16384) != 16384)
-            _exit(6);
+            return give_up(ssl, fd);
     char *rec;
     long len = BIO_get_mem_data(mem, &rec);
     if (send(fd, rec, (size_t)len, MSG_NOSIGNAL) != len)
-        _exit(7);
+        return give_up(ssl, fd);
     sleep(5);
     close(fd);
+    return 0;
 }
 
 /* A TLS server that takes one request and sends half of the record that
  * carries the reply, then closes. */
-static void half_record(int fd)
+static int half_record(int fd)
 {
     SSL *ssl = fake_accept(fd);
+    if (!ssl) {
+        close(fd);
+        return -1;
+    }
     char buf[4096];
     if (SSL_read(ssl, buf, sizeof buf) <= 0)
-        _exit(4);
+        return give_up(ssl, fd);
     BIO *mem = BIO_new(BIO_s_mem());
     SSL_set0_wbio(ssl, mem); /* the record is made here, not sent */
     static const char reply[] = "*2\r\n:1\r\n:1\r\n";
     if (SSL_write(ssl, reply, (int)sizeof reply - 1) <= 0)
-        _exit(5);
+        return give_up(ssl, fd);
     char *rec;
     long n = BIO_get_mem_data(mem, &rec);
     if (n < 10 || send(fd, rec, (size_t)n / 2, MSG_NOSIGNAL) != n / 2)
-        _exit(6);
+        return give_up(ssl, fd);
     usleep(50 * 1000);
     close(fd);
+    return 0;
 }
 
 /* Serve connections on lfd in a child, each as mode says. */
@@ -375,8 +406,10 @@ static pid_t start_fake(int lfd, int mode)
             continue;
         }
         if (mode == FAKE_CLOSE) { /* the handshake, then the socket closes */
-            fake_accept(fd);
+            SSL *ssl = fake_accept(fd);
             close(fd);
+            if (ssl)
+                SSL_free(ssl);
             continue;
         }
         char buf[2048];
@@ -855,13 +888,16 @@ START_TEST(test_no_sigpipe)
     const char *argv[3] = {"SET", "k", v};
     const size_t lens[3] = {3, 1, big};
     for (int i = 0; i < 3; i++) {
-        net_conn *c = tls_conn(url, 2000);
+        net_conn *c = tls_conn(url, 500);
         ck_assert_int_eq(nx_sendl(c, 3, argv, lens, 1, 0), RESP_OK);
         nx_result r;
         ck_assert_uint_eq(nx_run(&c, 1, &r, 1, net_now_ns() + MS(3000) * 1000000LL), 1);
-        ck_assert_msg(r.status == RESP_ERR_IO, "%s", r.text);
-        ck_assert_msg(strstr(r.text, "Broken pipe") || strstr(r.text, "reset") ||
-                          strstr(r.text, "closed"),
+        /* I/O error; or, when the client saw the close before it wrote (under
+         * valgrind), every reconnect meets the same until the deadline */
+        ck_assert_msg(r.status == RESP_ERR_IO || (slow > 1 && r.status == RESP_ERR_TIMEOUT),
+                      "%s", r.text);
+        ck_assert_msg(r.status != RESP_ERR_IO || strstr(r.text, "Broken pipe") ||
+                          strstr(r.text, "reset") || strstr(r.text, "closed"),
                       "%s", r.text);
         net_conn_free(c);
     }
