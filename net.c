@@ -660,6 +660,22 @@ static void rq_arm(net_conn *c, int64_t now)
     }
 }
 
+/* Mark the requests whose first byte the socket (or the transport) took. */
+static void mark_written(net_conn *c)
+{
+    uint64_t sent = c->wbase + c->woff;
+    if (c->wheld > sent)
+        sent = c->wheld;
+    for (uint32_t i = 0; i < c->qn; i++) {
+        net_req *r = rq_at(c, i);
+        if (r->flags & (F_WRITTEN | F_DEAD))
+            continue;
+        if (r->start >= sent)
+            break;
+        r->flags |= F_WRITTEN;
+    }
+}
+
 /* ---- failing and closing ---------------------------------------------------- */
 
 static void drop_socket(net_conn *c)
@@ -707,6 +723,7 @@ static void wdiscard(net_conn *c, uint64_t upto)
 static void close_socket(net_conn *c, int status, int all)
 {
     uint64_t keep_from = c->wbase + c->woff; /* written so far */
+    mark_written(c); /* a write that failed midway took some requests' first bytes */
     for (uint32_t i = 0; i < c->qn;) {
         net_req *r = rq_at(c, i);
         int written = (r->flags & F_WRITTEN) != 0;
@@ -1162,22 +1179,6 @@ static int finish_connect(net_conn *c, int64_t now)
 }
 
 /* ---- I/O ---------------------------------------------------------------------- */
-
-/* Mark the requests whose first byte the socket (or the transport) took. */
-static void mark_written(net_conn *c)
-{
-    uint64_t sent = c->wbase + c->woff;
-    if (c->wheld > sent)
-        sent = c->wheld;
-    for (uint32_t i = 0; i < c->qn; i++) {
-        net_req *r = rq_at(c, i);
-        if (r->flags & (F_WRITTEN | F_DEAD))
-            continue;
-        if (r->start >= sent)
-            break;
-        r->flags |= F_WRITTEN;
-    }
-}
 
 /* Through the transport. A step that asks to be retried may hold up to
  * what it was offered: *held says how much (0: nothing is held). */

@@ -3,10 +3,15 @@
 #include "fixture.h"
 #include "netx.h"
 
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -562,6 +567,81 @@ START_TEST(test_killed_mid_pipeline)
 }
 END_TEST
 
+/* A server that closes the first connection after one byte, and answers
+ * +PONG on later ones only if they start with a clean PING. */
+static void closing_server(int lfd)
+{
+    static const char ping_cmd[] = "*1\r\n$4\r\nPING\r\n";
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    signal(SIGPIPE, SIG_IGN);
+    alarm(30);
+    for (int n = 0;; n++) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        char buf[sizeof ping_cmd - 1];
+        size_t got = 0;
+        ssize_t k = 1;
+        while (got < (n == 0 ? 1 : sizeof buf) && k > 0)
+            if ((k = recv(fd, buf + got, (n == 0 ? 1 : sizeof buf) - got, 0)) > 0)
+                got += (size_t)k;
+        if (n > 0) {
+            const char *reply =
+                got == sizeof buf && memcmp(buf, ping_cmd, got) == 0 ? "+PONG\r\n" : "-ERR garbage\r\n";
+            if (send(fd, reply, strlen(reply), MSG_NOSIGNAL) < 0)
+                continue;
+            usleep(200 * 1000);
+        }
+        close(fd);
+    }
+}
+
+/* A write that fails midway (the server closed after the first bytes of a
+ * 4 MB request) fails that request: its first bytes went out, so the rest
+ * is never sent on the next connection, where the request behind it goes
+ * out whole. */
+START_TEST(test_write_fails_midway)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(lfd, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(lfd, 8), 0);
+    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        closing_server(lfd);
+        _exit(0);
+    }
+    close(lfd);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", ntohs(a.sin_port));
+    net_conn *c = nx_conn(url, 2000);
+    const size_t big = 4u << 20;
+    char *v = calloc(1, big);
+    const char *argv[3] = {"SET", "k", v};
+    const size_t lens[3] = {3, 1, big};
+    ck_assert_int_eq(nx_sendl(c, 3, argv, lens, 1, 0), RESP_OK);
+    ck_assert_int_eq(nx_send(c, 1, ping, 2, 0), RESP_OK);
+    nx_result r[2];
+    ck_assert_uint_eq(nx_run(&c, 1, r, 2, net_now_ns() + 3000 * 1000000LL), 2);
+    ck_assert_uint_eq(r[0].tag.seq, 1);
+    ck_assert_msg(r[0].status == RESP_ERR_IO, "%s", r[0].text);
+    ck_assert_uint_eq(r[1].tag.seq, 2);
+    ck_assert_msg(r[1].status == RESP_OK && strcmp(r[1].text, "PONG") == 0, "%d %s",
+                  r[1].status, r[1].text);
+    free(v);
+    net_conn_free(c);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+END_TEST
+
 START_TEST(test_forget)
 {
     fx_server s;
@@ -643,6 +723,7 @@ static Suite *conn_suite(void)
     tcase_add_test(t, test_each_request_its_own_deadline);
     tcase_add_test(t, test_deadline_caps_and_late_reply);
     tcase_add_test(t, test_killed_mid_pipeline);
+    tcase_add_test(t, test_write_fails_midway);
     tcase_add_test(t, test_forget);
     tcase_add_test(t, test_push_mode);
     suite_add_tcase(s, t);
