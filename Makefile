@@ -1,9 +1,19 @@
 # redlock-c. `make` builds the libraries and the command; `make test` runs
 # every suite against real redis-server processes it starts itself.
+# `make TLS=openssl` adds TLS (tls_openssl.c, -lssl -lcrypto) to the library
+# and the command, in build/tls unless BUILD is given, so plain and TLS
+# objects never mix. Plain `make` compiles no TLS code and needs no TLS
+# library.
 
 CC      ?= cc
 PREFIX  ?= /usr/local
 DESTDIR ?=
+TLS     ?=
+ifeq ($(TLS),openssl)
+BUILD   ?= build/tls
+else ifneq ($(TLS),)
+$(error TLS=$(TLS): the TLS transport that comes with redlock-c is OpenSSL's: make TLS=openssl)
+endif
 BUILD   ?= build
 
 WARN    := -std=c11 -Wall -Wextra -Wpedantic
@@ -17,7 +27,17 @@ VERSION       := $(shell sed -n 's/^\#define REDLOCK_VERSION "\(.*\)"/\1/p' redl
 # adding a file to the library is one word here, for both builds.
 LIB_SRC  := redlock.c resp.c net.c
 LIB_HDR  := redlock.h resp.h net.h
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+# The optional fourth translation unit: the OpenSSL transport.
+TLS_SRC  := tls_openssl.c
+ifeq ($(TLS),openssl)
+TLS_CFLAGS := $(shell pkg-config --cflags openssl 2>/dev/null)
+TLS_LIBS   := $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
+TLS_DEFS   := -DREDLOCK_WITH_TLS
+PC_REQUIRES := libssl libcrypto
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) $(TLS_SRC:%.c=$(BUILD)/%.o)
+else
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
+endif
 STATIC   := $(BUILD)/libredlock.a
 SONAME   := libredlock.so.$(VERSION_MAJOR)
 SHARED   := $(BUILD)/libredlock.so.$(VERSION)
@@ -28,16 +48,19 @@ CLI      := $(if $(CLI_SRC),$(BUILD)/redlock,)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lm -lrt -lpthread)
 
-TEST_SRC := $(wildcard tests/test_*.c)
+# tests/test_tls.c needs the TLS build: plain `make test` runs it through
+# `make test-tls` (a TLS build in $(BUILD)/tls).
+TEST_SRC := $(filter-out $(if $(TLS),,tests/test_tls.c),$(wildcard tests/test_*.c))
 # Fixtures linked into every test binary and the benchmark.
 FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c
 FX_HDR   := $(FX_SRC:.c=.h)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
+EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,\
+                $(filter-out $(if $(TLS),,examples/tls.c),$(wildcard examples/*.c)))
 
-.PHONY: all static test tests check-exports test-packaging test-sanitize test-valgrind examples \
-        functions-file \
-        demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
+.PHONY: all static test tests test-tls valgrind-tls check-exports test-packaging test-sanitize \
+        test-valgrind functions-file \
+        examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
 
@@ -45,7 +68,7 @@ all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
 LIB_CFLAGS := -fPIC -fvisibility=hidden -DREDLOCK_BUILDING
 
 $(BUILD)/%.o: %.c $(LIB_HDR) | $(BUILD)
-	$(CC) $(ALL_CFLAGS) $(LIB_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(LIB_CFLAGS) $(TLS_CFLAGS) -c $< -o $@
 
 $(BUILD):
 	@mkdir -p $(BUILD)/tests $(BUILD)/examples
@@ -55,14 +78,14 @@ $(STATIC): $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(SHARED): $(LIB_OBJ)
-	$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,$(SONAME) $^ -o $@
+	$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,$(SONAME) $^ $(TLS_LIBS) -o $@
 
 $(BUILD)/libredlock.so: $(SHARED)
 	ln -sf libredlock.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $@
 
 $(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h
-	$(CC) $(ALL_CFLAGS) -I. $(CLI_SRC) $(STATIC) -o $@
+	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) -I. $(CLI_SRC) $(STATIC) $(TLS_LIBS) -o $@
 
 # A fully static `redlock` command linked against musl (Debian: musl-tools),
 # for machines that have no compiler or a different libc. Stripped.
@@ -105,7 +128,7 @@ $(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $$(pkg-config --cflags libuv) $< $(STATIC) $$(pkg-config --libs libuv) -o $@
 
 $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
-	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) -o $@
+	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) $(TLS_LIBS) -o $@
 
 # Linked into every suite: the redis-server fixture, the shared helpers, and
 # a blocking driver for net.c's connections (the benchmark uses it too).
@@ -113,10 +136,10 @@ TEST_SUPPORT := $(FX_SRC) tests/testutil.c tests/netx.c
 TEST_SUPPORT_HDR := $(FX_HDR) tests/testutil.h tests/netx.h
 
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
-	$(CC) $(ALL_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
+	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
 	    -DFX_SRC_DIR='"$(abspath .)"' \
-	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) -o $@
+	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
 
 deps:
 	@sh tests/deps.sh
@@ -129,13 +152,25 @@ test-packaging:
 demo: all
 	@bash cli/demo.sh
 
-# Every suite runs even if one fails; the target fails if any did.
+# Every suite runs even if one fails; the target fails if any did. A plain
+# build runs the TLS suite too, from a TLS build of its own (make test-tls).
 test: deps all examples $(TESTS) fuzz-replay check-exports
 	@failed=0; for t in $(TESTS); do \
 	    echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t || failed=1; \
 	done; \
+	$(if $(TLS),,$(MAKE) --no-print-directory test-tls || failed=1;) \
 	if [ $$failed -ne 0 ]; then echo "make test: some suites FAILED"; exit 1; fi; \
 	echo "make test: all suites passed"
+
+# The TLS suite against the library and the command built with TLS=openssl
+# (in $(BUILD)/tls from a plain build), and that library's exports.
+ifeq ($(TLS),openssl)
+test-tls: deps all examples check-exports $(BUILD)/tests/test_tls
+	@echo "== $(BUILD)/tests/test_tls"; CK_DEFAULT_TIMEOUT=120 $(BUILD)/tests/test_tls
+else
+test-tls:
+	@$(MAKE) --no-print-directory TLS=openssl BUILD=$(BUILD)/tls test-tls
+endif
 
 # The ABI: the shared library exports redlock_* and nothing else.
 check-exports: $(SHARED)
@@ -156,14 +191,27 @@ test-sanitize:
 	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	    test
 
-# Core suites under valgrind memcheck, no fork, zero leaks and errors.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_async test_functions,$(TEST_SRC:tests/%.c=%))
+# Core suites under valgrind memcheck, no fork, zero leaks and errors; the
+# TLS suite too (from a TLS build), with its deadlines stretched 10-fold.
+# No suppressions are needed, for OpenSSL either.
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_async test_functions test_transport test_tls,\
+                     $(TEST_SRC:tests/%.c=%))
+VALGRIND := valgrind -q --leak-check=full --error-exitcode=1 --errors-for-leak-kinds=definite,indirect
 test-valgrind: deps all examples $(TESTS)
 	@failed=0; for t in $(VALGRIND_SUITES); do \
 	    echo "== valgrind $$t"; \
-	    CK_FORK=no CK_DEFAULT_TIMEOUT=600 valgrind -q --leak-check=full --error-exitcode=1 \
-	        --errors-for-leak-kinds=definite,indirect $(BUILD)/tests/$$t || failed=1; \
-	done; exit $$failed
+	    REDLOCK_TEST_SLOW=10 CK_FORK=no CK_DEFAULT_TIMEOUT=600 $(VALGRIND) $(BUILD)/tests/$$t \
+	        || failed=1; \
+	done; \
+	$(if $(TLS),,$(MAKE) --no-print-directory TLS=openssl BUILD=$(BUILD)/tls valgrind-tls \
+	    || failed=1;) \
+	exit $$failed
+
+ifeq ($(TLS),openssl)
+valgrind-tls: deps all $(BUILD)/tests/test_tls
+	@echo "== valgrind test_tls"; REDLOCK_TEST_SLOW=10 CK_FORK=no CK_DEFAULT_TIMEOUT=600 \
+	    $(VALGRIND) $(BUILD)/tests/test_tls
+endif
 
 # ---- benchmarks ----------------------------------------------------------------------
 
@@ -172,14 +220,18 @@ HIREDIS_CFLAGS := $(shell pkg-config --exists hiredis 2>/dev/null && echo -DHAVE
 HIREDIS_LIBS   := $(shell pkg-config --exists hiredis 2>/dev/null && pkg-config --libs hiredis)
 BENCH_ARGS ?=
 
-$(BUILD)/bench: bench/bench.c $(FX_SRC) $(FX_HDR) tests/netx.c tests/netx.h $(STATIC) $(LIB_HDR) | $(BUILD)
-	$(CC) $(ALL_CFLAGS) -I. -Itests $(HIREDIS_CFLAGS) -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    bench/bench.c $(FX_SRC) tests/netx.c $(STATIC) $(HIREDIS_LIBS) -o $@
+# The fixtures and the connection driver; not testutil.c, which needs Check.
+BENCH_SUPPORT := $(FX_SRC) tests/netx.c
+$(BUILD)/bench: bench/bench.c $(BENCH_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) -I. -Itests $(HIREDIS_CFLAGS) \
+	    -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
+	    bench/bench.c $(BENCH_SUPPORT) $(STATIC) $(HIREDIS_LIBS) $(TLS_LIBS) -o $@
 
 # Prints a table and writes $(BUILD)/bench.json. BENCH_ARGS=--callgrind adds
 # instructions per reply for the parsers; --quick for a short smoke run.
 bench: deps all $(BUILD)/bench
 	@pkg-config --exists hiredis 2>/dev/null || echo "bench: libhiredis-dev not installed; hiredis rows skipped (apt-get install libhiredis-dev)"
+	@$(if $(TLS),,echo "bench: built without TLS; TLS rows skipped (make bench TLS=openssl)")
 	@$(BUILD)/bench $(BENCH_ARGS)
 
 # ---- fuzzing (clang + libFuzzer) ----------------------------------------------------
@@ -207,7 +259,8 @@ fuzz:
 # template serves CMake's install.
 $(BUILD)/redlock.pc: redlock.pc.in FORCE | $(BUILD)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$${prefix}/lib|' \
-	    -e 's|@INCLUDEDIR@|$${prefix}/include|' -e 's|@VERSION@|$(VERSION)|' redlock.pc.in > $@
+	    -e 's|@INCLUDEDIR@|$${prefix}/include|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@PC_REQUIRES@|$(PC_REQUIRES)|' redlock.pc.in > $@
 
 FORCE:
 
@@ -235,11 +288,12 @@ uninstall:
 
 lint:
 	cppcheck --quiet --enable=warning,style,performance,portability --error-exitcode=1 \
-	    --inline-suppr --suppress=missingIncludeSystem $(LIB_SRC)
-	clang-tidy --quiet $(LIB_SRC) -- -std=c11
+	    --inline-suppr --suppress=missingIncludeSystem $(LIB_SRC) $(TLS_SRC)
+	clang-tidy --quiet $(LIB_SRC) $(TLS_SRC) -- -std=c11
 
 format:
-	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.c tests/*.h examples/*.c fuzz/*.c $(CLI_SRC)
+	clang-format -i $(LIB_SRC) $(TLS_SRC) $(LIB_HDR) tests/*.c tests/*.h examples/*.c fuzz/*.c \
+	    $(CLI_SRC)
 
 clean:
 	rm -rf $(BUILD)

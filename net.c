@@ -12,9 +12,11 @@
  */
 #define _GNU_SOURCE /* SOCK_CLOEXEC, SOCK_NONBLOCK, MSG_NOSIGNAL */
 #include "net.h"
+#include "redlock.h" /* the TLS transport table only; nothing about locks */
 
 #include <ctype.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -33,6 +35,13 @@
 #define MSG_NOSIGNAL 0 /* SO_NOSIGPIPE is set on the socket instead */
 #endif
 
+/* A transport returns REDLOCK_* codes; net.c passes them on as RESP_*. */
+_Static_assert((int)RESP_ERR_TLS == (int)REDLOCK_ERR_TLS &&
+                   (int)RESP_ERR_IO == (int)REDLOCK_ERR_IO &&
+                   (int)RESP_ERR_NOMEM == (int)REDLOCK_ERR_NOMEM && REDLOCK_WANT_READ < 0 &&
+                   REDLOCK_WANT_WRITE < 0,
+               "transport status codes");
+
 #define MAX_ADDRS 8
 #define WBUF_INITIAL 1024
 #define RBUF_INITIAL 16384
@@ -43,7 +52,11 @@
  * requests then cost send, poll and recv only. */
 #define IDLE_CHECK_NS 1000000
 
-enum { ST_CLOSED, ST_CONNECTING, ST_HANDSHAKE, ST_READY };
+/* Most bytes handed to a transport's write at once: a transport that asks
+ * for a retry may hold a record made of them, so they count as sent. */
+#define TLS_WRITE_MAX 16384
+
+enum { ST_CLOSED, ST_CONNECTING, ST_TLS, ST_HANDSHAKE, ST_READY };
 enum { HS_AUTH = 1, HS_SELECT };
 
 /* request flags */
@@ -71,7 +84,8 @@ struct net_conn {
     int push;     /* pub/sub: replies are pushes                             */
     int stale;    /* a written request timed out: write nothing more          */
     int peer_eof; /* the peer closed (or reset); fail once buffered replies are taken */
-    int eof_status;
+    int eof_status; /* the status to fail with then: RESP_ERR_IO, or RESP_ERR_TLS */
+    uint64_t rx;    /* bytes received on this socket */
     uint64_t gen;
     uint64_t sockets; /* opened + closed, for event loops that register fds */
     int64_t conn_deadline;
@@ -82,6 +96,15 @@ struct net_conn {
     socklen_t addrlen[MAX_ADDRS];
     int naddr, ai;
     int conn_errno;
+
+    /* TLS (rediss://): the transport, its settings for this connection
+     * (made at the first connect, kept across reconnects), the session on
+     * the current socket, and what its last read and write wait for */
+    const redlock_transport *tr;
+    void *tr_cfg;
+    void *tls;
+    short rd_want, wr_want; /* POLLIN or POLLOUT */
+    uint64_t wheld;         /* stream offset up to which the transport may hold bytes */
 
     /* AUTH/SELECT, written before anything else on a new socket */
     char hsbuf[800];
@@ -103,6 +126,7 @@ struct net_conn {
     /* received bytes; the reply being parsed starts at rstart */
     char *rbuf;
     size_t rcap, rstart, rlen, ready_len;
+    int rdrained; /* net_conn_take found no whole reply left in rbuf */
     resp_parser parser;
     resp_reply *elems;
 
@@ -266,46 +290,78 @@ static int parse_db(net_url *u, const char *s, size_t n, char *err, size_t errle
     return RESP_OK;
 }
 
-/* ---- URL query keys: which schemes take them, and how ---- */
+/* ---- URL query keys ---------------------------------------------------------
+ * One row per key: the schemes that take it, how its value is stored and
+ * where (a field of net_url), and what to say where it is not taken. A
+ * new key is one row and, if needed, one setter. */
 
-enum { Q_TCP = 1, Q_UNIX = 2 };
+enum { SCHEME_REDIS = 1, SCHEME_REDISS = 2, SCHEME_UNIX = 4 };
 
-static int q_db(net_url *u, const char *v, size_t n, char *err, size_t errlen)
+typedef struct url_key url_key;
+struct url_key {
+    const char *name;
+    unsigned schemes; /* SCHEME_* that take it */
+    int (*set)(net_url *u, const url_key *k, const char *v, size_t n, char *err, size_t errlen);
+    size_t field;     /* offsetof(net_url, ...) for the setters that store text */
+    size_t size;      /* that field's size */
+    const char *elsewhere;
+};
+
+static char *field_of(net_url *u, const url_key *k)
 {
+    return (char *)u + k->field;
+}
+
+static int set_db(net_url *u, const url_key *k, const char *v, size_t n, char *err, size_t errlen)
+{
+    (void)k;
     return n ? parse_db(u, v, n, err, errlen)
              : url_error(err, errlen, "URL database must be a non-negative number");
 }
 
-static int q_user(net_url *u, const char *v, size_t n, char *err, size_t errlen)
+/* user=, password=: %-decoded, may be empty. */
+static int set_secret(net_url *u, const url_key *k, const char *v, size_t n, char *err,
+                      size_t errlen)
 {
-    if (pct_decode(u->user, sizeof u->user, v, n) != 0)
-        return url_error(err, errlen, "URL user is too long or has a bad %%-escape");
+    if (pct_decode(field_of(u, k), k->size, v, n) != 0)
+        return url_error(err, errlen, "URL %s is too long or has a bad %%-escape", k->name);
     return RESP_OK;
 }
 
-static int q_password(net_url *u, const char *v, size_t n, char *err, size_t errlen)
+/* ca=, cert=, key=, sni=: %-decoded, non-empty, no control characters. */
+static int set_text(net_url *u, const url_key *k, const char *v, size_t n, char *err,
+                    size_t errlen)
 {
-    if (pct_decode(u->password, sizeof u->password, v, n) != 0)
-        return url_error(err, errlen, "URL password is too long or has a bad %%-escape");
+    char *dst = field_of(u, k);
+    if (n == 0)
+        return url_error(err, errlen, "URL %s= is empty", k->name);
+    if (pct_decode(dst, k->size, v, n) != 0)
+        return url_error(err, errlen, "URL %s= is longer than %zu bytes or has a bad %%-escape",
+                         k->name, k->size - 1);
+    for (const char *p = dst; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return url_error(err, errlen, "URL %s= has a control character", k->name);
     return RESP_OK;
 }
 
-static int q_cluster(net_url *u, const char *v, size_t n, char *err, size_t errlen)
+static int set_cluster(net_url *u, const url_key *k, const char *v, size_t n, char *err,
+                       size_t errlen)
 {
     if (n != 1 || (v[0] != '0' && v[0] != '1'))
-        return url_error(err, errlen, "URL cluster= takes 0 or 1");
+        return url_error(err, errlen, "URL %s= takes 0 or 1", k->name);
     u->cluster = v[0] == '1';
     return RESP_OK;
 }
 
 /* addr=host:port, [v6]:port: one more seed node of a cluster */
-static int q_addr(net_url *u, const char *v, size_t n, char *err, size_t errlen)
+static int set_addr(net_url *u, const url_key *k, const char *v, size_t n, char *err, size_t errlen)
 {
     net_url tmp;
+    (void)k;
     if (u->nseeds == NET_MAX_SEEDS - 1)
         return url_error(err, errlen, "URL has more than %d cluster seeds", NET_MAX_SEEDS);
     memset(&tmp, 0, sizeof tmp);
-    strcpy(tmp.port, "6379");
+    memcpy(tmp.port, "6379", 5);
     if (parse_hostport(&tmp, v, n, err, errlen) != RESP_OK)
         return RESP_ERR_ARG;
     memcpy(u->seed_host[u->nseeds], tmp.host, sizeof tmp.host);
@@ -314,18 +370,71 @@ static int q_addr(net_url *u, const char *v, size_t n, char *err, size_t errlen)
     return RESP_OK;
 }
 
-typedef struct qkey {
-    const char *name;
-    int schemes;
-    int (*set)(net_url *u, const char *v, size_t n, char *err, size_t errlen);
-} qkey;
+static int set_insecure(net_url *u, const url_key *k, const char *v, size_t n, char *err,
+                        size_t errlen)
+{
+    if (n != 1 || (v[0] != '0' && v[0] != '1'))
+        return url_error(err, errlen, "URL %s= must be 1 (or 0)", k->name);
+    u->insecure = v[0] == '1';
+    return RESP_OK;
+}
 
-static const qkey qkeys[] = {
-    {"db", Q_UNIX, q_db},           {"user", Q_UNIX, q_user}, {"password", Q_UNIX, q_password},
-    {"cluster", Q_TCP, q_cluster}, {"addr", Q_TCP, q_addr},
+#define TEXT(f) offsetof(net_url, f), sizeof(((net_url *)0)->f)
+static const url_key url_keys[] = {
+    {"db", SCHEME_UNIX, set_db, 0, 0, "give the database as /db"},
+    {"user", SCHEME_UNIX, set_secret, TEXT(user), "give user:password@ before the host"},
+    {"password", SCHEME_UNIX, set_secret, TEXT(password), "give user:password@ before the host"},
+    {"ca", SCHEME_REDISS, set_text, TEXT(ca), "TLS needs a rediss:// URL"},
+    {"cert", SCHEME_REDISS, set_text, TEXT(cert), "TLS needs a rediss:// URL"},
+    {"key", SCHEME_REDISS, set_text, TEXT(key), "TLS needs a rediss:// URL"},
+    {"sni", SCHEME_REDISS, set_text, TEXT(sni), "TLS needs a rediss:// URL"},
+    {"insecure", SCHEME_REDISS, set_insecure, 0, 0, "TLS needs a rediss:// URL"},
+    {"cluster", SCHEME_REDIS | SCHEME_REDISS, set_cluster, 0, 0, "a cluster needs a TCP URL"},
+    {"addr", SCHEME_REDIS | SCHEME_REDISS, set_addr, 0, 0, "a cluster needs a TCP URL"},
 };
+#undef TEXT
 
-static int parse_query(net_url *u, const char *q, int scheme, char *err, size_t errlen)
+static const char *scheme_name(unsigned scheme)
+{
+    return scheme == SCHEME_UNIX ? "unix://" : scheme == SCHEME_REDISS ? "rediss://" : "redis://";
+}
+
+/* The keys scheme takes, for a message: "ca, cert, ..." or "none". */
+static void keys_of(unsigned scheme, char *dst, size_t cap)
+{
+    size_t o = 0;
+    dst[0] = '\0';
+    for (size_t i = 0; i < sizeof url_keys / sizeof url_keys[0]; i++) {
+        if (!(url_keys[i].schemes & scheme))
+            continue;
+        int w = snprintf(dst + o, cap - o, "%s%s", o ? ", " : "", url_keys[i].name);
+        if (w < 0 || (size_t)w >= cap - o)
+            break;
+        o += (size_t)w;
+    }
+    if (o == 0)
+        snprintf(dst, cap, "none");
+}
+
+static int set_key(net_url *u, unsigned scheme, const char *k, size_t klen, const char *v,
+                   size_t vlen, char *err, size_t errlen)
+{
+    char keys[128];
+    for (size_t i = 0; i < sizeof url_keys / sizeof url_keys[0]; i++) {
+        const url_key *key = &url_keys[i];
+        if (strlen(key->name) != klen || memcmp(key->name, k, klen) != 0)
+            continue;
+        if (!(key->schemes & scheme))
+            return url_error(err, errlen, "%s URLs take no query key '%s': %s", scheme_name(scheme),
+                             key->name, key->elsewhere);
+        return key->set(u, key, v, vlen, err, errlen);
+    }
+    keys_of(scheme, keys, sizeof keys);
+    return url_error(err, errlen, "URL query has an unknown key '%.*s' (%s takes: %s)",
+                     (int)(klen > 32 ? 32 : klen), k, scheme_name(scheme), keys);
+}
+
+static int parse_query(net_url *u, const char *q, unsigned scheme, char *err, size_t errlen)
 {
     const char *end = q + strlen(q);
     while (q < end) {
@@ -334,17 +443,10 @@ static int parse_query(net_url *u, const char *q, int scheme, char *err, size_t 
         const char *eq = memchr(q, '=', (size_t)(stop - q));
         if (!eq)
             return url_error(err, errlen, "URL query needs key=value pairs");
-        size_t klen = (size_t)(eq - q), vlen = (size_t)(stop - eq - 1);
-        const qkey *k = NULL;
-        for (size_t i = 0; i < sizeof qkeys / sizeof qkeys[0]; i++)
-            if (strlen(qkeys[i].name) == klen && memcmp(qkeys[i].name, q, klen) == 0)
-                k = &qkeys[i];
-        if (!k || !(k->schemes & scheme))
-            return url_error(err, errlen, "URL query has an unknown key '%.*s' (%s)",
-                             (int)(klen > 32 ? 32 : klen), q,
-                             scheme == Q_UNIX ? "db, user, password" : "cluster, addr");
-        if (k->set(u, eq + 1, vlen, err, errlen) != RESP_OK)
-            return RESP_ERR_ARG;
+        int rc = set_key(u, scheme, q, (size_t)(eq - q), eq + 1, (size_t)(stop - eq - 1), err,
+                         errlen);
+        if (rc != RESP_OK)
+            return rc;
         q = amp ? amp + 1 : end;
     }
     if (u->user[0] && !u->password[0])
@@ -352,10 +454,12 @@ static int parse_query(net_url *u, const char *q, int scheme, char *err, size_t 
     return RESP_OK;
 }
 
-static int parse_tcp(net_url *u, const char *s, char *err, size_t errlen)
+/* [user:password@]host[:port][/db][?query] for redis:// and rediss://. The
+ * user part ends at the last '@' before the first '/': a password may hold
+ * '@' and '?' (a '/' in it must be %-encoded), and a query value that is a
+ * file path may hold '@' after its first '/'. */
+static int parse_tcp(net_url *u, const char *s, unsigned scheme, char *err, size_t errlen)
 {
-    /* userinfo ends at the last '@' before the first '/' (a '/' in a
-     * password must be %-encoded) */
     size_t auth = strcspn(s, "/");
     const char *hp = s;
     for (size_t i = auth; i-- > 0;)
@@ -377,7 +481,7 @@ static int parse_tcp(net_url *u, const char *s, char *err, size_t errlen)
             return RESP_ERR_ARG;
         rest += 1 + dlen;
     }
-    if (*rest == '?' && parse_query(u, rest + 1, Q_TCP, err, errlen) != RESP_OK)
+    if (*rest == '?' && parse_query(u, rest + 1, scheme, err, errlen) != RESP_OK)
         return RESP_ERR_ARG;
     if (u->nseeds && !u->cluster)
         return url_error(err, errlen, "URL addr= names more cluster seeds; it needs cluster=1");
@@ -397,7 +501,7 @@ static int parse_unix(net_url *u, const char *s, char *err, size_t errlen)
                          sizeof u->path - 1);
     memcpy(u->path, s, plen);
     u->path[plen] = '\0';
-    return q ? parse_query(u, q + 1, Q_UNIX, err, errlen) : RESP_OK;
+    return q ? parse_query(u, q + 1, SCHEME_UNIX, err, errlen) : RESP_OK;
 }
 
 int net_url_parse(net_url *u, const char *url, char *err, size_t errlen)
@@ -413,15 +517,16 @@ int net_url_parse(net_url *u, const char *url, char *err, size_t errlen)
     int rc;
     if (has_prefix_ci(url, "redis://")) {
         u->kind = NET_URL_TCP;
-        rc = parse_tcp(u, url + 8, err, errlen);
+        rc = parse_tcp(u, url + 8, SCHEME_REDIS, err, errlen);
+    } else if (has_prefix_ci(url, "rediss://")) {
+        u->kind = NET_URL_TCP;
+        u->tls = 1;
+        rc = parse_tcp(u, url + 9, SCHEME_REDISS, err, errlen);
     } else if (has_prefix_ci(url, "unix://")) {
         u->kind = NET_URL_UNIX;
         rc = parse_unix(u, url + 7, err, errlen);
-    } else if (has_prefix_ci(url, "rediss://"))
-        rc = url_error(err, errlen, "rediss:// needs TLS, which is not built in; use a TLS proxy "
-                                    "such as stunnel and a redis:// URL");
-    else
-        rc = url_error(err, errlen, "URL must start with redis:// or unix://");
+    } else
+        rc = url_error(err, errlen, "URL must start with redis://, rediss:// or unix://");
     if (rc != RESP_OK) {
         memset(u->password, 0, sizeof u->password);
         u->kind = 0;
@@ -441,6 +546,34 @@ int net_url_at(net_url *dst, const net_url *u, const char *host, size_t hostlen,
     dst->port[portlen] = '\0';
     dst->kind = NET_URL_TCP;
     dst->nseeds = 0;
+    return RESP_OK;
+}
+
+static int tls_default(char *dst, const char *def, const char *name, char *err, size_t errlen)
+{
+    if (dst[0] || !def || !def[0])
+        return RESP_OK;
+    size_t n = strlen(def);
+    if (n >= NET_URL_FILE)
+        return url_error(err, errlen, "the tls_%s option is longer than %d bytes", name,
+                         NET_URL_FILE - 1);
+    memcpy(dst, def, n + 1);
+    return RESP_OK;
+}
+
+int net_url_tls_defaults(net_url *u, const char *ca, const char *cert, const char *key,
+                         int insecure, char *err, size_t errlen)
+{
+    if (!u->tls)
+        return RESP_OK;
+    if (tls_default(u->ca, ca, "ca", err, errlen) != RESP_OK ||
+        tls_default(u->cert, cert, "cert", err, errlen) != RESP_OK ||
+        tls_default(u->key, key, "key", err, errlen) != RESP_OK)
+        return RESP_ERR_ARG;
+    if (insecure)
+        u->insecure = 1;
+    if (u->key[0] && !u->cert[0])
+        return url_error(err, errlen, "a TLS key= needs its certificate: cert=");
     return RESP_OK;
 }
 
@@ -576,10 +709,29 @@ static void rq_arm(net_conn *c, int64_t now)
     }
 }
 
+/* Mark the requests whose first byte the socket (or the transport) took. */
+static void mark_written(net_conn *c)
+{
+    uint64_t sent = c->wbase + c->woff;
+    if (c->wheld > sent)
+        sent = c->wheld;
+    for (uint32_t i = 0; i < c->qn; i++) {
+        net_req *r = rq_at(c, i);
+        if (r->flags & (F_WRITTEN | F_DEAD))
+            continue;
+        if (r->start >= sent)
+            break;
+        r->flags |= F_WRITTEN;
+    }
+}
+
 /* ---- failing and closing ---------------------------------------------------- */
 
 static void drop_socket(net_conn *c)
 {
+    if (c->tls)
+        c->tr->close(c->tls); /* before the socket goes: it may send a close_notify */
+    c->tls = NULL;
     if (c->fd >= 0) {
         close(c->fd);
         c->sockets++;
@@ -587,10 +739,16 @@ static void drop_socket(net_conn *c)
     c->fd = -1;
     c->state = ST_CLOSED;
     c->rstart = c->rlen = c->ready_len = 0;
+    c->rdrained = 1;
     c->hs_pending = c->hs_next = 0;
     c->hs_len = c->hs_off = 0;
     c->stale = 0;
     c->peer_eof = 0;
+    c->eof_status = 0;
+    c->rx = 0;
+    c->rd_want = POLLIN;
+    c->wr_want = POLLOUT;
+    c->wheld = 0;
     resp_parser_reset(&c->parser);
 }
 
@@ -616,6 +774,7 @@ static void wdiscard(net_conn *c, uint64_t upto)
 static void close_socket(net_conn *c, int status, int all)
 {
     uint64_t keep_from = c->wbase + c->woff; /* written so far */
+    mark_written(c); /* a write that failed midway took some requests' first bytes */
     for (uint32_t i = 0; i < c->qn;) {
         net_req *r = rq_at(c, i);
         int written = (r->flags & F_WRITTEN) != 0;
@@ -640,12 +799,16 @@ static void close_socket(net_conn *c, int status, int all)
 
 static int conn_fail(net_conn *c, int status, const char *fmt, ...)
 {
+    char msg[sizeof c->errstr];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap); /* the arguments may be c->errstr itself */
     va_end(ap);
-    /* before the handshake is through nothing can be sent: fail everything */
-    close_socket(c, status, c->state != ST_READY);
+    memcpy(c->errstr, msg, sizeof msg);
+    /* Before the handshake is through nothing can be sent, and after a TLS
+     * refusal (certificate required) a new connection would meet the same:
+     * fail everything. */
+    close_socket(c, status, c->state != ST_READY || status == RESP_ERR_TLS);
     return status;
 }
 
@@ -688,6 +851,11 @@ int net_conn_new(net_conn **out, const net_url *url, const net_opts *opts)
     c->parser.elems = c->elems;
     c->parser.cap = nelems;
     c->fd = -1;
+    c->rdrained = 1;
+    c->rd_want = POLLIN;
+    c->wr_want = POLLOUT;
+    if (url->kind == NET_URL_TCP && url->tls)
+        c->tr = c->opts.tls; /* NULL: connecting fails with a message */
     net_url_describe(url, c->desc, sizeof c->desc);
     *out = c;
     return RESP_OK;
@@ -706,6 +874,8 @@ void net_conn_free(net_conn *c)
     if (!c)
         return;
     net_conn_close(c);
+    if (c->tr_cfg)
+        c->tr->config_free(c->tr_cfg);
     memset(c->url.password, 0, sizeof c->url.password);
     memset(c->hsbuf, 0, sizeof c->hsbuf);
     resp_free(c->wbuf);
@@ -939,8 +1109,70 @@ static void become_ready(net_conn *c, int64_t now)
     rq_arm(c, now);
 }
 
-/* The socket is connected: set options; AUTH/SELECT go out before any
- * request, so a request never runs unauthenticated or in the wrong db. */
+/* The byte stream is up (TCP, or TLS over it): AUTH/SELECT go out before
+ * any request, so a request never runs unauthenticated or in the wrong db. */
+static int start_session(net_conn *c, int64_t now)
+{
+    c->last_rx = now;
+    encode_handshake(c);
+    if (c->hs_len == 0)
+        become_ready(c, now);
+    else
+        c->state = ST_HANDSHAKE;
+    return RESP_OK;
+}
+
+/* A transport's failure status: only codes that mean something here. */
+static int tr_status(int rc)
+{
+    return rc == RESP_ERR_IO || rc == RESP_ERR_NOMEM ? rc : RESP_ERR_TLS;
+}
+
+/* One step of the TLS handshake; the session starts once it is through. */
+static int tls_step(net_conn *c, int64_t now)
+{
+    char err[300];
+    err[0] = '\0';
+    int rc = c->tr->handshake(c->tls, err, sizeof err);
+    if (rc == REDLOCK_WANT_READ || rc == REDLOCK_WANT_WRITE) {
+        c->rd_want = rc == REDLOCK_WANT_READ ? POLLIN : POLLOUT;
+        return RESP_OK;
+    }
+    if (rc != REDLOCK_OK)
+        return conn_fail(c, tr_status(rc), "TLS handshake with %s failed: %s", c->desc,
+                         err[0] ? err : "no reason given");
+    c->rd_want = POLLIN;
+    return start_session(c, now);
+}
+
+/* TCP is up on a rediss:// connection: the transport's settings (once per
+ * connection object), a session on the socket, the first handshake step. */
+static int tls_start(net_conn *c, int64_t now)
+{
+    char err[300];
+    err[0] = '\0';
+    c->state = ST_TLS;
+    if (!c->tr)
+        return conn_fail(c, RESP_ERR_ARG,
+                         "%s: rediss:// needs a TLS transport (redlock_options.tls)", c->desc);
+    if (!c->tr_cfg) {
+        redlock_tls_params p = {c->url.host, c->url.sni,  c->url.ca,
+                                c->url.cert, c->url.key, c->url.insecure};
+        int rc = c->tr->config_new(&c->tr_cfg, &p, err, sizeof err);
+        if (rc != REDLOCK_OK) {
+            c->tr_cfg = NULL;
+            return conn_fail(c, tr_status(rc), "TLS setup for %s: %s", c->desc, err);
+        }
+    }
+    int rc = c->tr->open(&c->tls, c->tr_cfg, c->fd, err, sizeof err);
+    if (rc != REDLOCK_OK) {
+        c->tls = NULL;
+        return conn_fail(c, tr_status(rc), "TLS with %s: %s", c->desc, err);
+    }
+    return tls_step(c, now);
+}
+
+/* The socket is connected: set options, then TLS or straight to the session. */
 static int on_connected(net_conn *c, int64_t now)
 {
     int one = 1;
@@ -951,12 +1183,9 @@ static int on_connected(net_conn *c, int64_t now)
 #endif
     c->gen++;
     c->last_rx = now;
-    encode_handshake(c);
-    if (c->hs_len == 0)
-        become_ready(c, now);
-    else
-        c->state = ST_HANDSHAKE;
-    return RESP_OK;
+    if (c->url.kind == NET_URL_TCP && c->url.tls)
+        return tls_start(c, now);
+    return start_session(c, now);
 }
 
 /* Try addresses from c->ai on until one connects or is in progress. */
@@ -1023,22 +1252,37 @@ static int finish_connect(net_conn *c, int64_t now)
 
 /* ---- I/O ---------------------------------------------------------------------- */
 
-/* Mark the requests whose first byte the socket took. */
-static void mark_written(net_conn *c)
+/* Through the transport. A step that asks to be retried may hold up to
+ * what it was offered: *held says how much (0: nothing is held). */
+static int tls_send(net_conn *c, const char *buf, size_t len, size_t *off, size_t *held)
 {
-    uint64_t sent = c->wbase + c->woff;
-    for (uint32_t i = 0; i < c->qn; i++) {
-        net_req *r = rq_at(c, i);
-        if (r->flags & (F_WRITTEN | F_DEAD))
+    char err[300];
+    *held = 0;
+    while (*off < len) {
+        size_t put = 0, chunk = len - *off < TLS_WRITE_MAX ? len - *off : TLS_WRITE_MAX;
+        err[0] = '\0';
+        int rc = c->tr->write(c->tls, buf + *off, chunk, &put, err, sizeof err);
+        if (rc == REDLOCK_OK && put > 0 && put <= chunk) {
+            *off += put;
+            c->wr_want = POLLOUT;
             continue;
-        if (r->start >= sent)
-            break;
-        r->flags |= F_WRITTEN;
+        }
+        if (rc == REDLOCK_WANT_WRITE || rc == REDLOCK_WANT_READ) {
+            c->wr_want = rc == REDLOCK_WANT_WRITE ? POLLOUT : POLLIN;
+            *held = chunk;
+            return RESP_OK;
+        }
+        return conn_fail(c, rc == REDLOCK_OK ? RESP_ERR_IO : tr_status(rc), "write to %s: %s",
+                         c->desc, err[0] ? err : "nothing written");
     }
+    return RESP_OK;
 }
 
-static int send_some(net_conn *c, const char *buf, size_t len, size_t *off)
+static int send_some(net_conn *c, const char *buf, size_t len, size_t *off, size_t *held)
 {
+    if (c->tls)
+        return tls_send(c, buf, len, off, held);
+    *held = 0;
     while (*off < len) {
         ssize_t n = send(c->fd, buf + *off, len - *off, MSG_NOSIGNAL);
         if (n > 0) {
@@ -1055,33 +1299,68 @@ static int send_some(net_conn *c, const char *buf, size_t len, size_t *off)
     return RESP_OK;
 }
 
+enum { IDLE_OK, IDLE_DEAD, IDLE_FAILED };
+
+/* TLS: a peek would see the records a server sends unasked (TLS 1.3
+ * session tickets) and call a good socket dead. Read instead: the
+ * transport digests such records and reports no data; application data
+ * (unasked for) or the end of the stream make the socket dead; an error
+ * the transport calls TLS (an alert: certificate required) fails the
+ * connection, since a new one would meet the same. */
+static int tls_idle_check(net_conn *c)
+{
+    char err[300];
+    size_t got = 0;
+    if (c->rlen >= c->rcap)
+        return IDLE_OK;
+    err[0] = '\0';
+    int rc = c->tr->read(c->tls, c->rbuf + c->rlen, c->rcap - c->rlen, &got, err, sizeof err);
+    if (rc == REDLOCK_WANT_READ || rc == REDLOCK_WANT_WRITE)
+        return IDLE_OK;
+    if (rc != REDLOCK_OK && tr_status(rc) == RESP_ERR_TLS) {
+        conn_fail(c, RESP_ERR_TLS, "read from %s: %s", c->desc, err);
+        return IDLE_FAILED;
+    }
+    return IDLE_DEAD;
+}
+
 /* Nothing is in flight and the socket sat idle since its last reply: if
  * the server closed it meanwhile (restart, CLIENT KILL, timeout), reconnect
  * now instead of failing the request about to be written. */
-static int idle_and_dead(const net_conn *c, int64_t now)
+static int idle_check(net_conn *c, int64_t now)
 {
     char b;
     uint32_t i;
     if (c->push || c->woff != 0 || c->rlen != c->rstart || now - c->last_rx < IDLE_CHECK_NS ||
         rq_first_written(c, &i))
-        return 0;
+        return IDLE_OK;
+    if (c->tls)
+        return tls_idle_check(c);
     ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        return IDLE_DEAD;
+    return IDLE_OK;
 }
 
 static int do_write(net_conn *c, int64_t now)
 {
+    size_t held;
     if (c->state == ST_HANDSHAKE)
-        return send_some(c, c->hsbuf, c->hs_len, &c->hs_off);
+        return send_some(c, c->hsbuf, c->hs_len, &c->hs_off, &held);
     if (c->state != ST_READY || c->stale || c->peer_eof || c->woff == c->wlen)
         return RESP_OK;
-    if (idle_and_dead(c, now)) {
+    int idle = idle_check(c, now);
+    if (idle == IDLE_FAILED)
+        return RESP_ERR_TLS;
+    if (idle == IDLE_DEAD) {
         close_socket(c, RESP_ERR_IO, 0); /* nothing was written on it */
         return start_connect(c, now);
     }
-    int rc = send_some(c, c->wbuf, c->wlen, &c->woff);
+    int rc = send_some(c, c->wbuf, c->wlen, &c->woff, &held);
     if (rc != RESP_OK)
         return rc;
+    if (held)
+        c->wheld = c->wbase + c->woff + held;
     mark_written(c);
     if (c->woff == c->wlen) {
         c->wbase += c->wlen;
@@ -1115,32 +1394,90 @@ static int rbuf_room(net_conn *c)
     return RESP_OK;
 }
 
-/* Read once. End of stream or a reset is noted, not acted on: replies
- * that came before it are still handed out (net_conn_take). */
+/* What a TLS port does to a plain client: it closes or resets the
+ * connection before any reply. Worth a hint then. */
+static const char *plain_hint(const net_conn *c)
+{
+    return c->rx == 0 && c->url.kind == NET_URL_TCP && !c->url.tls
+               ? " before any reply (if it is a TLS port, use a rediss:// URL)"
+               : "";
+}
+
+static void sock_read(net_conn *c, int64_t now)
+{
+    for (;;) {
+        ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+        if (n > 0) {
+            c->rlen += (size_t)n;
+            c->rx += (uint64_t)n;
+            c->last_rx = now;
+            c->rdrained = 0;
+            return;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        c->peer_eof = 1;
+        c->eof_status = RESP_ERR_IO;
+        if (n == 0)
+            snprintf(c->errstr, sizeof c->errstr, "connection closed by %s%s", c->desc,
+                     plain_hint(c));
+        else
+            snprintf(c->errstr, sizeof c->errstr, "read from %s: %s%s", c->desc, strerror(errno),
+                     plain_hint(c));
+        return;
+    }
+}
+
+/* Through the transport, until it has nothing more buffered (poll() could
+ * not tell) or the buffer is full (the rest is read once replies are
+ * taken: net_conn_pump). */
+static void tls_read(net_conn *c, int64_t now)
+{
+    char err[200];
+    for (;;) {
+        size_t got = 0;
+        err[0] = '\0';
+        int rc = c->tr->read(c->tls, c->rbuf + c->rlen, c->rcap - c->rlen, &got, err, sizeof err);
+        if (rc == REDLOCK_OK && got > 0 && got <= c->rcap - c->rlen) {
+            c->rlen += got;
+            c->rx += got;
+            c->last_rx = now;
+            c->rdrained = 0;
+            c->rd_want = POLLIN;
+            if (c->rlen == c->rcap || !c->tr->pending(c->tls))
+                return;
+            continue;
+        }
+        if (rc == REDLOCK_WANT_READ || rc == REDLOCK_WANT_WRITE) {
+            c->rd_want = rc == REDLOCK_WANT_READ ? POLLIN : POLLOUT;
+            return;
+        }
+        c->peer_eof = 1;
+        c->eof_status = rc == REDLOCK_OK ? RESP_ERR_IO : tr_status(rc);
+        if (rc == REDLOCK_OK)
+            snprintf(c->errstr, sizeof c->errstr, "connection closed by %s", c->desc);
+        else
+            snprintf(c->errstr, sizeof c->errstr, "read from %s: %s", c->desc,
+                     err[0] ? err : "failed");
+        return;
+    }
+}
+
+/* Read what there is. End of stream or a reset is noted, not acted on:
+ * replies that came before it are still handed out (net_conn_take). */
 static int do_read(net_conn *c, int64_t now)
 {
     if (c->ready_len > 0 || c->peer_eof)
         return RESP_OK; /* take what is buffered first */
     if (rbuf_room(c) != RESP_OK)
         return RESP_ERR_IO;
-    for (;;) {
-        ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
-        if (n > 0) {
-            c->rlen += (size_t)n;
-            c->last_rx = now;
-            return RESP_OK;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return RESP_OK;
-        c->peer_eof = 1;
-        if (n == 0)
-            snprintf(c->errstr, sizeof c->errstr, "connection closed by %s", c->desc);
-        else
-            snprintf(c->errstr, sizeof c->errstr, "read from %s: %s", c->desc, strerror(errno));
-        return RESP_OK;
-    }
+    if (c->tls)
+        tls_read(c, now);
+    else
+        sock_read(c, now);
+    return RESP_OK;
 }
 
 static int check_handshake_reply(net_conn *c, const resp_reply *r)
@@ -1173,7 +1510,7 @@ static void handshake_replies(net_conn *c, int64_t now)
             become_ready(c, now);
     }
     if (c->state == ST_HANDSHAKE && c->peer_eof)
-        conn_fail(c, RESP_ERR_IO, "%s", c->errstr);
+        conn_fail(c, c->eof_status, "%s", c->errstr);
     if (c->rstart == c->rlen)
         c->rstart = c->rlen = 0;
 }
@@ -1187,24 +1524,38 @@ int net_conn_fd(const net_conn *c)
 
 short net_conn_events(const net_conn *c)
 {
+    /* rd_want, wr_want: POLLIN and POLLOUT, unless a TLS step asked for the other */
     switch (c->state) {
     case ST_CONNECTING:
         return POLLOUT;
+    case ST_TLS:
+        return c->rd_want;
     case ST_HANDSHAKE:
-        return (short)(POLLIN | (c->hs_off < c->hs_len ? POLLOUT : 0));
+        return (short)(c->rd_want | (c->hs_off < c->hs_len ? c->wr_want : 0));
     case ST_READY:
         if (c->peer_eof)
             return 0;
-        return (short)(POLLIN | (!c->stale && c->woff < c->wlen ? POLLOUT : 0));
+        return (short)(c->rd_want | (!c->stale && c->woff < c->wlen ? c->wr_want : 0));
     }
     return 0;
 }
 
+/* The transport holds bytes poll() cannot see, and they may be read now:
+ * once the replies already buffered were taken (AUTH/SELECT replies are
+ * parsed as they come), or the read buffer would grow for replies that
+ * only wait to be taken. */
+static int tls_pending(const net_conn *c)
+{
+    return c->tls && (c->state == ST_HANDSHAKE || (c->state == ST_READY && c->rdrained)) &&
+           c->ready_len == 0 && !c->peer_eof && c->tr->pending(c->tls);
+}
+
 /* Work that needs no event: a closed connection with requests to send, a
- * result to hand out, a timed-out connection ready to close. */
+ * result to hand out, bytes a transport holds, a timed-out connection
+ * ready to close. */
 static int work_now(const net_conn *c)
 {
-    if (c->ndue > 0 || c->peer_eof)
+    if (c->ndue > 0 || c->peer_eof || tls_pending(c))
         return 1;
     if (c->state == ST_CLOSED)
         return c->wlen > c->woff;
@@ -1216,7 +1567,7 @@ int64_t net_conn_deadline(const net_conn *c)
     if (work_now(c))
         return 0;
     int64_t d = INT64_MAX;
-    if (c->state == ST_CONNECTING || c->state == ST_HANDSHAKE)
+    if (c->state == ST_CONNECTING || c->state == ST_TLS || c->state == ST_HANDSHAKE)
         d = c->conn_deadline;
     for (uint32_t i = 0; i < c->qn; i++) {
         const net_req *r = rq_at(c, i);
@@ -1231,6 +1582,19 @@ int64_t net_conn_deadline(const net_conn *c)
     return d;
 }
 
+/* Bytes may have come in: read them; AUTH/SELECT replies move the
+ * handshake on, and the requests go out once it is through. */
+static void on_readable(net_conn *c, int64_t now)
+{
+    if (do_read(c, now) != RESP_OK)
+        return;
+    if (c->state == ST_HANDSHAKE) {
+        handshake_replies(c, now);
+        if (c->state == ST_READY)
+            do_write(c, now);
+    }
+}
+
 void net_conn_io(net_conn *c, short revents, int64_t now)
 {
     if (c->fd < 0 || (revents & POLLNVAL))
@@ -1240,17 +1604,15 @@ void net_conn_io(net_conn *c, short revents, int64_t now)
             do_write(c, now);
         return;
     }
-    if ((revents & POLLOUT) && do_write(c, now) != RESP_OK)
+    if (c->state == ST_TLS) {
+        if ((revents & (c->rd_want | POLLERR | POLLHUP)) && tls_step(c, now) == RESP_OK)
+            do_write(c, now);
         return;
-    if (revents & (POLLIN | POLLERR | POLLHUP)) {
-        if (do_read(c, now) != RESP_OK)
-            return;
-        if (c->state == ST_HANDSHAKE) {
-            handshake_replies(c, now);
-            if (c->state == ST_READY)
-                do_write(c, now);
-        }
     }
+    if ((revents & c->wr_want) && do_write(c, now) != RESP_OK)
+        return;
+    if (revents & (c->rd_want | POLLERR | POLLHUP))
+        on_readable(c, now);
 }
 
 /* Time out requests past their deadline. One that was written makes the
@@ -1258,10 +1620,14 @@ void net_conn_io(net_conn *c, short revents, int64_t now)
  * and the socket closes once no written request waits for an answer. */
 static void check_deadlines(net_conn *c, int64_t now)
 {
-    if ((c->state == ST_CONNECTING || c->state == ST_HANDSHAKE) && now >= c->conn_deadline) {
-        conn_fail(c, RESP_ERR_TIMEOUT, "timed out %s %s (deadline %d ms)",
-                  c->state == ST_CONNECTING ? "connecting to" : "in AUTH/SELECT with", c->desc,
-                  c->opts.connect_timeout_ms);
+    if ((c->state == ST_CONNECTING || c->state == ST_TLS || c->state == ST_HANDSHAKE) &&
+        now >= c->conn_deadline) {
+        conn_fail(c, RESP_ERR_TIMEOUT, "timed out %s %s (deadline %d ms%s)",
+                  c->state == ST_CONNECTING ? "connecting to"
+                  : c->state == ST_TLS      ? "in the TLS handshake with"
+                                            : "in AUTH/SELECT with",
+                  c->desc, c->opts.connect_timeout_ms,
+                  c->state == ST_TLS ? "; is it a TLS port?" : "");
         return;
     }
     for (uint32_t i = 0; i < c->qn;) {
@@ -1303,6 +1669,8 @@ void net_conn_pump(net_conn *c, int64_t now)
         close_socket(c, RESP_ERR_TIMEOUT, 0); /* only replies nobody wants are left */
     if (c->state == ST_CLOSED && c->wlen > c->woff)
         start_connect(c, now);
+    if (tls_pending(c))
+        on_readable(c, now);
     if (c->state == ST_READY || c->state == ST_HANDSHAKE)
         do_write(c, now);
 }
@@ -1359,11 +1727,12 @@ int net_conn_take(net_conn *c, net_tag *tag, const resp_reply **r, size_t *nelem
         if (c->rstart < c->rlen)
             n = resp_parse(&c->parser, c->rbuf + c->rstart, c->rlen - c->rstart);
         if (n == RESP_PARSE_INCOMPLETE) {
+            c->rdrained = 1;
             if (c->rstart == c->rlen)
                 c->rstart = c->rlen = 0;
             if (!c->peer_eof)
                 return RESP_IDLE;
-            conn_fail(c, RESP_ERR_IO, "%s", c->errstr);
+            conn_fail(c, c->eof_status, "%s", c->errstr);
             continue;
         }
         if (n < 0 && grow_elems(c) == RESP_OK)

@@ -8,7 +8,9 @@
  * caller and its own absolute deadline, and every reply is matched to its
  * request by order. No call blocks; nothing here calls back.
  *
- * States: CLOSED -> CONNECTING -> HANDSHAKE (AUTH/SELECT) -> READY. A
+ * States: CLOSED -> CONNECTING -> [TLS] -> HANDSHAKE (AUTH/SELECT) -> READY,
+ * where TLS (rediss:// URLs) runs a transport's handshake, after which
+ * every byte goes through the transport instead of recv/send. A
  * connection that fails (refused, reset, closed, malformed reply) fails
  * the requests that were written on it and carries the ones never written
  * to the next connection. A request that times out is reported at once;
@@ -29,6 +31,7 @@
 enum { NET_URL_TCP = 1, NET_URL_UNIX };
 
 #define NET_MAX_SEEDS 8 /* a cluster URL: the host and up to 7 addr= more */
+#define NET_URL_FILE 256 /* ca=, cert=, key= paths and sni=, with the NUL */
 
 typedef struct net_url {
     int kind;           /* NET_URL_TCP or NET_URL_UNIX                   */
@@ -42,13 +45,24 @@ typedef struct net_url {
     int nseeds;         /* cluster: seeds besides host:port (&addr=h:p)  */
     char seed_host[NET_MAX_SEEDS - 1][256];
     char seed_port[NET_MAX_SEEDS - 1][6];
+    /* rediss:// (kind TCP): TLS, with its parameters; "" unset */
+    int tls;
+    int insecure;
+    char ca[NET_URL_FILE], cert[NET_URL_FILE], key[NET_URL_FILE], sni[NET_URL_FILE];
 } net_url;
 
 /* Parse redis://[user[:password]@]host[:port][/db][?cluster=1&addr=h:p...],
- * redis://[::1]:6379, unix:///path[?db=N&user=U&password=P]. User and
- * password may be %-encoded. Returns RESP_OK or RESP_ERR_ARG with a message
- * in err (which never contains the password; u->password is then cleared). */
+ * redis://[::1]:6379, rediss://...[?ca=F&cert=F&key=F&sni=NAME&insecure=1]
+ * (and cluster=, addr=), unix:///path[?db=N&user=U&password=P]. User,
+ * password and query values may be %-encoded. Returns RESP_OK or
+ * RESP_ERR_ARG with a message in err (which never contains the password;
+ * u->password is then cleared). */
 int net_url_parse(net_url *u, const char *url, char *err, size_t errlen);
+/* Fill the TLS parameters a rediss:// URL left unset from defaults (NULL:
+ * none); a URL that is not rediss:// is left alone. Checks that key= comes
+ * with cert=. RESP_OK or RESP_ERR_ARG with a message in err. */
+int net_url_tls_defaults(net_url *u, const char *ca, const char *cert, const char *key,
+                         int insecure, char *err, size_t errlen);
 /* "host:port", "[v6]:port" or "unix:/path", for messages; never the password. */
 void net_url_describe(const net_url *u, char *dst, size_t dstlen);
 /* A copy of u pointed at host:port (a cluster node): same credentials and
@@ -60,14 +74,18 @@ int net_url_at(net_url *dst, const net_url *u, const char *host, size_t hostlen,
 
 typedef struct net_conn net_conn;
 
+struct redlock_transport; /* redlock.h: the TLS transport table */
+
 typedef struct net_opts {
-    int connect_timeout_ms; /* connect, every address, and AUTH/SELECT (default 1000) */
+    int connect_timeout_ms; /* connect, every address, TLS and AUTH/SELECT (default 1000) */
     int io_timeout_ms;      /* one request, from when it may be written (default 500) */
     resp_limits limits;     /* parser limits (zero fields: defaults)                 */
     size_t max_reply;       /* read buffer cap in bytes (default max_bulk + 4 KiB)    */
     size_t max_elems;       /* elements in one reply; the array starts at
                                max_array + 8 and grows to this when a reply needs
                                it (default: max_array + 8, never grows)            */
+    const struct redlock_transport *tls; /* for a rediss:// URL; NULL: such a
+                                            connection fails with RESP_ERR_ARG */
 } net_opts;
 
 /* Who a request belongs to; returned with its result. owner NULL: nobody
@@ -142,7 +160,7 @@ const char *net_conn_errstr(const net_conn *c);
 uint64_t net_conn_generation(const net_conn *c);
 /* Incremented whenever a socket of c is opened or closed. */
 uint64_t net_conn_sockets(const net_conn *c);
-int net_conn_ready(const net_conn *c);       /* connected and past AUTH/SELECT */
+int net_conn_ready(const net_conn *c);       /* connected and past TLS and AUTH/SELECT */
 unsigned net_conn_requests(const net_conn *c); /* requests not yet answered     */
 const net_url *net_conn_url(const net_conn *c);
 const char *net_conn_desc(const net_conn *c); /* host:port for messages        */

@@ -2818,7 +2818,23 @@ static net_opts conn_opts(const redlock_options *o)
     co.limits.max_array = o->max_array;
     co.limits.max_depth = o->max_depth;
     co.limits.max_line = o->max_line;
+    co.tls = o->tls;
     return co;
+}
+
+/* A rediss:// URL needs a transport; the options' TLS fields fill in what
+ * its parameters leave unset (copied: the caller's strings may go). */
+static int url_tls(net_url *u, const redlock_options *o, char *err, size_t errlen)
+{
+    if (!u->tls)
+        return RESP_OK;
+    if (!o->tls) {
+        snprintf(err, errlen, "rediss:// needs TLS: set redlock_options.tls to a transport, e.g. "
+                              "redlock_tls_openssl() from a build with make TLS=openssl");
+        return RESP_ERR_ARG;
+    }
+    return net_url_tls_defaults(u, o->tls_ca, o->tls_cert, o->tls_key, o->tls_insecure, err,
+                                errlen);
 }
 
 /* Node i from its URL: one shard; a cluster (?cluster=1) one shard per
@@ -2830,9 +2846,14 @@ static int add_node(redlock_client *c, size_t i, const char *url, const net_opts
     char err[200];
     if (!url)
         return global_err(REDLOCK_ERR_ARG, "URL %zu is NULL", i + 1);
-    if (net_url_parse(&u, url, err, sizeof err) != RESP_OK)
+    int rc = net_url_parse(&u, url, err, sizeof err);
+    if (rc == RESP_OK)
+        rc = url_tls(&u, &c->opts, err, sizeof err);
+    if (rc != RESP_OK) {
+        memset(u.password, 0, sizeof u.password);
         return c->n == 1 ? global_err(REDLOCK_ERR_ARG, "%s", err)
                          : global_err(REDLOCK_ERR_ARG, "URL %zu: %s", i + 1, err);
+    }
     m->opts = *co;
     m->cluster = u.cluster;
     m->sharded = 1;
@@ -2848,7 +2869,7 @@ static int add_node(redlock_client *c, size_t i, const char *url, const net_opts
         m->url = u;
         m->map_due = 1; /* at the first turn of the engine */
     }
-    int rc = !m->sh || (u.cluster && (!m->slots || !m->scratch)) ? -1 : add_shard(c, i, &u);
+    rc = !m->sh || (u.cluster && (!m->slots || !m->scratch)) ? -1 : add_shard(c, i, &u);
     for (int k = 0; rc >= 0 && k < u.nseeds; k++)
         rc = shard_at(c, i, 0, u.seed_host[k], strlen(u.seed_host[k]), u.seed_port[k],
                       strlen(u.seed_port[k]));

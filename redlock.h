@@ -47,6 +47,7 @@ extern "C" {
 
 typedef struct redlock_client redlock_client; /* one or more Redis nodes */
 typedef struct redlock redlock;               /* one named lock          */
+typedef struct redlock_transport redlock_transport; /* TLS, see "TLS" below */
 
 /* Status codes. Append-only: values never change meaning. */
 enum {
@@ -88,6 +89,15 @@ typedef struct redlock_options {
                                deadline; fewer acknowledgements fail that node
                                (an acquire is released there)       (default 0)    */
     int scripts;            /* how the scripts run: REDLOCK_SCRIPTS_*  (default AUTO) */
+    /* TLS (see "TLS" below). tls NULL: a rediss:// URL is REDLOCK_ERR_ARG. The
+     * strings are defaults for every rediss:// URL of the client (the URL's own
+     * ca=, cert=, key= win), copied by redlock_client_new; NULL: unset. There is
+     * no SNI option: a server name belongs to one URL (sni=). */
+    const redlock_transport *tls; /* e.g. redlock_tls_openssl()           (default NULL) */
+    const char *tls_ca;     /* PEM file of trusted CAs          (default: system store) */
+    const char *tls_cert;   /* client certificate chain, PEM    (default: none)         */
+    const char *tls_key;    /* its private key, PEM             (default: in tls_cert)  */
+    int tls_insecure;       /* 1: verify no certificate or name (default 0; tests only) */
 } redlock_options;
 
 /* redlock_options.scripts. Every operation is one Lua script. Where an ACL
@@ -126,18 +136,21 @@ REDLOCK_API void redlock_options_init(redlock_options *o);
 /* Make a client for n Redis URLs (1 <= n <= 32; n > 1: quorum locks over
  * independent masters, quorum n/2+1). URLs:
  *   redis://[user[:password]@]host[:port][/db]    redis://[::1]:6379
+ *   rediss://[user[:password]@]host[:port][/db][?ca=F&cert=F&key=F&sni=NAME&insecure=1]
  *   unix:///path/redis.sock[?db=N&user=U&password=P]
  *   redis://host:port?cluster=1[&addr=host:port...]
  *       a Redis Cluster, named by up to 8 seed nodes: one member of the
  *       quorum (alone, a single-node lock), each lock routed to the primary
  *       serving its hash slot
- * User and password may be %-encoded. opts NULL: defaults. No I/O happens
- * here: connections open on first use and reopen after a failure. Host
+ * User, password and query values may be %-encoded. rediss:// is TLS and needs opts->tls (see "TLS"
+ * below); plain and TLS URLs may be mixed in a quorum. opts NULL:
+ * defaults. No I/O happens here: connections open on first use (TLS
+ * certificate files are read then) and reopen after a failure. Host
  * names are resolved with getaddrinfo() when a connection opens, which
  * blocks: give IP addresses to keep an event loop from ever blocking.
- * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option) or
- * REDLOCK_ERR_NOMEM, with *out NULL and the reason in
- * redlock_last_errstr(). */
+ * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option, a
+ * rediss:// URL without opts->tls) or REDLOCK_ERR_NOMEM, with *out NULL
+ * and the reason in redlock_last_errstr(). */
 REDLOCK_API int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
                                    const redlock_options *opts);
 /* Close every connection and free the client. NULL ok. Locks made from it
@@ -200,8 +213,8 @@ REDLOCK_API int redlock_trylock(redlock *l);
  * then. The last try starts before wait_ms passes, so a call can take up
  * to one request deadline (io_timeout_ms) longer than wait_ms. I/O errors,
  * timeouts and transient server errors (LOADING, BUSY, TRYAGAIN, ...) are
- * retried until the wait runs out; argument, auth, protocol and other
- * server errors return at once. Waiters of one client on one name take
+ * retried until the wait runs out; argument, auth, TLS (REDLOCK_ERR_TLS),
+ * protocol and other server errors return at once. Waiters of one client on one name take
  * turns locally: only the first tries, the others wait behind it. Fair
  * mode: the caller joins the lock's queue and is served in turn; it leaves
  * the queue before this returns. */
@@ -373,6 +386,107 @@ REDLOCK_API int redlock_functions_load(redlock_client *c, redlock_functions_node
  * not the library is there; else the first failing node's status. */
 REDLOCK_API int redlock_functions_status(redlock_client *c, redlock_functions_node *out,
                                          size_t cap, size_t *count);
+
+/* ---- TLS ----------------------------------------------------------------------------------
+ * A rediss:// URL connects over TLS through a transport: a table of
+ * non-blocking functions that the connection layer calls instead of
+ * recv()/send() once TCP is connected. The core has no TLS code and no
+ * dependency; redlock_tls_openssl() (tls_openssl.c, built by
+ * `make TLS=openssl`, linked with -lssl -lcrypto) is one transport, and a
+ * table of your own over mbedTLS, wolfSSL or BearSSL plugs in the same way.
+ *
+ * How the library drives a transport, per TCP connection:
+ *   open -> handshake ... (until REDLOCK_OK) -> read/write ... -> close
+ * everything on the thread that uses the client, never two calls at once
+ * for one client. The handshake runs under connect_timeout_ms, like the
+ * TCP connect and AUTH/SELECT; each request keeps its io_timeout_ms.
+ * Besides REDLOCK_OK and the status codes, a step may return
+ * REDLOCK_WANT_READ or REDLOCK_WANT_WRITE: the library polls the socket
+ * for that readiness (or gives up at the deadline) and calls the same step
+ * again. No function may block, sleep, raise SIGPIPE (send with
+ * MSG_NOSIGNAL) or close the socket.
+ *
+ * Statuses a transport returns: REDLOCK_ERR_TLS for what TLS refused
+ * (certificate verification, host name mismatch, an alert from the server
+ * such as "certificate required", a peer that is not a TLS server); the
+ * library never retries these by itself. REDLOCK_ERR_IO for what a
+ * reconnect may cure (reset, end of stream in the middle of the
+ * handshake). REDLOCK_ERR_NOMEM. Write the reason into err (errlen bytes,
+ * NUL-terminated, one line, no secrets): it becomes redlock_client_errstr.
+ */
+
+/* What to verify and present, from the rediss:// URL (its parameters win)
+ * and the options. Strings are never NULL: "" means unset. Valid only
+ * during config_new: copy what you keep. */
+typedef struct redlock_tls_params {
+    const char *host; /* the URL's host: a DNS name or an IP address (no brackets)      */
+    const char *sni;  /* sni=: name to send (SNI) and to verify the certificate against;
+                         "": host (an IP address is verified, and not sent as SNI)      */
+    const char *ca;   /* ca=: PEM file of trusted CAs; "": the system's default store   */
+    const char *cert; /* cert=: client certificate chain (PEM); "": no client certificate */
+    const char *key;  /* key=: its private key (PEM, unencrypted); "": read from cert   */
+    int insecure;     /* insecure=1: verify neither chain nor name (never the default)  */
+} redlock_tls_params;
+
+/* Besides the status codes: call the same step again once the socket is
+ * readable (WANT_READ) or writable (WANT_WRITE). */
+enum { REDLOCK_WANT_READ = -1, REDLOCK_WANT_WRITE = -2 };
+
+struct redlock_transport {
+    const char *name; /* for messages, e.g. "openssl" */
+    /* Make the settings of one connection object from p: trust store,
+     * client certificate, verification. Called before its first handshake
+     * and kept across reconnects until config_free (a node has up to two
+     * connection objects: commands, and the listener for waiters). May
+     * read files. REDLOCK_OK and *cfg; REDLOCK_ERR_TLS (a file cannot be
+     * loaded, a key does not match its certificate) or REDLOCK_ERR_NOMEM,
+     * with err. Those fail the requests waiting for the connection, and
+     * the next attempt calls config_new again. */
+    int (*config_new)(void **cfg, const redlock_tls_params *p, char *err, size_t errlen);
+    void (*config_free)(void *cfg); /* NULL ok */
+    /* Start a client session on fd: a connected, non-blocking TCP socket
+     * owned by the library. No I/O needed. REDLOCK_OK and *conn, or an
+     * error with err. */
+    int (*open)(void **conn, void *cfg, int fd, char *err, size_t errlen);
+    /* One non-blocking step of the handshake, including verification:
+     * REDLOCK_OK once done; REDLOCK_WANT_READ / REDLOCK_WANT_WRITE; or an
+     * error (REDLOCK_ERR_TLS: verification failed and why, the server's
+     * alert, not a TLS server; REDLOCK_ERR_IO: reset or closed). */
+    int (*handshake)(void *conn, char *err, size_t errlen);
+    /* Decrypt up to len bytes into buf. REDLOCK_OK with *got > 0 bytes,
+     * or *got == 0: the peer closed the connection; REDLOCK_WANT_*: no
+     * data now; REDLOCK_ERR_IO (reset, truncated stream, corrupt record)
+     * or REDLOCK_ERR_TLS (an alert that a reconnect will not cure, e.g.
+     * TLS 1.3's "certificate required", which arrives with the first read
+     * after the handshake). */
+    int (*read)(void *conn, char *buf, size_t len, size_t *got, char *err, size_t errlen);
+    /* Encrypt and send bytes from buf[0..len). REDLOCK_OK with *put > 0
+     * bytes taken; REDLOCK_WANT_*: call again with the same bytes first
+     * (the buffer may have moved and len may have grown): like OpenSSL and
+     * mbedTLS, a transport may already hold a record made of up to len of
+     * them, so the library counts those bytes as sent from here on.
+     * Errors as for read. The library passes at most 16 KiB per call. */
+    int (*write)(void *conn, const char *buf, size_t len, size_t *put, char *err, size_t errlen);
+    /* Non-zero when read would make progress without new bytes from the
+     * socket: decrypted bytes not yet returned, or whole records buffered.
+     * The library then calls read before it polls again (poll() cannot see
+     * them). It must become zero once read only waits for the socket
+     * (e.g. a partial record), or the caller's loop spins. */
+    int (*pending)(void *conn);
+    /* End the session (a close_notify may be sent without blocking) and
+     * free it; the library closes the socket afterwards. NULL ok. */
+    void (*close)(void *conn);
+};
+
+/* The OpenSSL 3 transport: only in a library built with `make
+ * TLS=openssl` (or with tls_openssl.c compiled in and -lssl -lcrypto
+ * linked). TLS 1.2 or newer; SNI and host name (or IP address)
+ * verification on unless insecure=1; ca=, cert=, key=, sni= as in
+ * redlock_tls_params. One SSL_CTX per connection object, nothing
+ * process-wide: no global callbacks or settings, no SIGPIPE (sends with
+ * MSG_NOSIGNAL), OpenSSL's thread-local error queue is left empty. The
+ * table is static: never NULL. */
+REDLOCK_API const redlock_transport *redlock_tls_openssl(void);
 
 /* ---- process-wide ------------------------------------------------------------------------ */
 

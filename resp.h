@@ -22,6 +22,7 @@ enum {
     RESP_ERR_AUTH = 7,
     RESP_ERR_ARG = 8,
     RESP_ERR_NOMEM = 9,
+    RESP_ERR_TLS = 11, /* from a TLS transport (net.c); resp.c never returns it */
     /* not an error: nothing (more) to hand out for now */
     RESP_IDLE = 100
 };

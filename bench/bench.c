@@ -3,7 +3,7 @@
  * two things measured in the same run, on the same machine, interleaved
  * round by round, so a noisy shared machine moves both sides alike.
  *
- *   bench [--json FILE] [--quick] [--callgrind]
+ *   bench [--json FILE] [--quick] [--callgrind] [--tls-only]
  *
  * Servers: five redis-server processes on free loopback ports, started and
  * stopped here; or $REDLOCK_URL (comma-separated: the first URL serves the
@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "fx_cluster.h"
+#include "fx_tls.h"
 #include "redlock.h"
 #include "netx.h"
 
@@ -1602,6 +1603,123 @@ static void bench_cluster(void)
     fx_cluster_stop(&cl);
 }
 
+/* ---- 9: TLS ---------------------------------------------------------------------------------------------- */
+
+#ifdef REDLOCK_WITH_TLS
+/* A net_conn over the OpenSSL transport. */
+static net_conn *tls_conn_for(const char *url)
+{
+    net_url u;
+    char err[256];
+    if (net_url_parse(&u, url, err, sizeof err) != RESP_OK)
+        die("%s: %s", url, err);
+    net_opts o;
+    memset(&o, 0, sizeof o);
+    o.connect_timeout_ms = o.io_timeout_ms = 2000;
+    o.tls = redlock_tls_openssl();
+    net_conn *c = NULL;
+    if (net_conn_new(&c, &u, &o) != RESP_OK)
+        die("out of memory");
+    return c;
+}
+
+/* Close c, then PING: a reconnect (TCP, and TLS for a rediss:// one) and
+ * one round trip. The connection keeps its TLS settings (SSL_CTX, CA). */
+static void reconnect_ping(net_conn *c)
+{
+    net_conn_close(c);
+    ping(c);
+}
+
+enum { T_PLAIN, T_TLS, T_KINDS };
+
+static void bench_tls(void)
+{
+    heading("9. TLS: cycle and handshake  (one redis-server: its plain and its TLS port, loopback)");
+    fx_tls certs;
+    fx_server s;
+    if (fx_tls_make(&certs) != 0 || fx_tls_server_start(&s, &certs, FX_TLS_SERVER, "no", 1) != 0)
+        die("cannot make certificates or start a TLS redis-server");
+    char url[1024];
+    fx_tls_client trust = {.ca = certs.ca};
+    if (fx_tls_url(url, sizeof url, &s, &trust) != 0)
+        die("URL too long");
+    const char *tls_url = url, *plain_url = s.url;
+    redlock_options o;
+    redlock_options_init(&o);
+    o.tls = redlock_tls_openssl();
+    redlock_client *c[T_KINDS] = {client_for(&plain_url, 1, 1), NULL};
+    if (redlock_client_new(&c[T_TLS], &tls_url, 1, &o) != REDLOCK_OK)
+        die("client: %s", redlock_last_errstr());
+    redlock *l[T_KINDS] = {lock_for(c[T_PLAIN], "bench:tls:p", 10000),
+                           lock_for(c[T_TLS], "bench:tls:t", 10000)};
+    net_conn *pc[T_KINDS] = {conn_for(plain_url), tls_conn_for(tls_url)};
+    const int per = quick ? 300 : 2000, hs = quick ? 30 : 150;
+    double *tmp = calloc((size_t)per, sizeof(double));
+    double cyc[T_KINDS][16], rec[T_KINDS][16], ratio[16], hs_cost[16], fresh[16];
+    for (int i = 0; i < 200; i++)
+        for (int k = 0; k < T_KINDS; k++) {
+            cycle(l[k], c[k]);
+            ping(pc[k]);
+        }
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < T_KINDS; k++) {
+            for (int i = 0; i < per; i++) {
+                int64_t t0 = now_ns();
+                cycle(l[k], c[k]);
+                tmp[i] = (double)(now_ns() - t0) / 1e3;
+            }
+            cyc[k][r] = median(tmp, (size_t)per);
+            for (int i = 0; i < hs; i++) {
+                int64_t t0 = now_ns();
+                reconnect_ping(pc[k]);
+                tmp[i] = (double)(now_ns() - t0) / 1e3;
+            }
+            rec[k][r] = median(tmp, (size_t)hs);
+        }
+        /* a new connection object: its SSL_CTX and CA file too */
+        for (int i = 0; i < hs; i++) {
+            int64_t t0 = now_ns();
+            net_conn *fc = tls_conn_for(tls_url);
+            ping(fc);
+            net_conn_free(fc);
+            tmp[i] = (double)(now_ns() - t0) / 1e3;
+        }
+        fresh[r] = median(tmp, (size_t)hs);
+        ratio[r] = cyc[T_TLS][r] / cyc[T_PLAIN][r];
+        hs_cost[r] = rec[T_TLS][r] - rec[T_PLAIN][r];
+    }
+    put("tls", "plain_cycle_median_us", median(cyc[T_PLAIN], (size_t)rounds), "us",
+        "trylock+unlock, plain port, median");
+    put("tls", "tls_cycle_median_us", median(cyc[T_TLS], (size_t)rounds), "us",
+        "trylock+unlock, TLS port, median");
+    put("tls", "tls_over_plain_cycle", median(ratio, (size_t)rounds), "x",
+        "ratio: TLS cycle / plain cycle");
+    put("tls", "plain_reconnect_us", median(rec[T_PLAIN], (size_t)rounds), "us",
+        "reconnect + PING, plain, median");
+    put("tls", "tls_reconnect_us", median(rec[T_TLS], (size_t)rounds), "us",
+        "reconnect + TLS handshake + PING, median");
+    put("tls", "tls_handshake_us", median(hs_cost, (size_t)rounds), "us",
+        "TLS handshake (TLS reconnect - plain reconnect)");
+    put("tls", "tls_new_connection_us", median(fresh, (size_t)rounds), "us",
+        "new connection: SSL_CTX, CA file, handshake, PING");
+    free(tmp);
+    for (int k = 0; k < T_KINDS; k++) {
+        net_conn_free(pc[k]);
+        redlock_free(l[k]);
+        redlock_client_free(c[k]);
+    }
+    fx_server_stop(&s);
+    fx_tls_free(&certs);
+}
+#else
+static void bench_tls(void)
+{
+    heading("9. TLS");
+    printf("  (skipped: built without TLS; make bench TLS=openssl)\n");
+}
+#endif
+
 /* ---- main -------------------------------------------------------------------------------------------------- */
 
 static void write_json(const char *path)
@@ -1660,9 +1778,12 @@ int main(int argc, char **argv)
             with_callgrind = 1;
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
             only = argv[++i];
+        else if (strcmp(argv[i], "--tls-only") == 0)
+            only = "tls";
         else
-            die("usage: bench [--json FILE] [--quick] [--callgrind] [--only SECTION]\n"
-                "sections: cycle syscalls quorum rtt handoff herd parser footprint throughput cluster");
+            die("usage: bench [--json FILE] [--quick] [--callgrind] [--only SECTION] [--tls-only]\n"
+                "sections: cycle syscalls quorum rtt handoff herd parser footprint throughput "
+                "cluster tls");
     }
     if (quick)
         rounds = 3;
@@ -1681,6 +1802,11 @@ int main(int argc, char **argv)
     }
     printf("redlock-c %s bench: %ld CPUs (%s), %d rounds, medians of round medians\n",
            REDLOCK_VERSION, sysconf(_SC_NPROCESSORS_ONLN), cpu, rounds);
+    if (only && strcmp(only, "tls") == 0) { /* it starts its own server */
+        bench_tls();
+        write_json(json);
+        return 0;
+    }
     start_servers();
     if (want("cycle"))
         bench_cycle();
@@ -1704,6 +1830,8 @@ int main(int argc, char **argv)
         bench_throughput();
     if (want("cluster"))
         bench_cluster();
+    if (want("tls"))
+        bench_tls();
     write_json(json);
     return 0;
 }

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,6 +48,12 @@ typedef struct cli {
     char **command;
 } cli;
 
+#ifdef REDLOCK_WITH_TLS
+#define TLS_STATE "built in"
+#else
+#define TLS_STATE "not built in: make TLS=openssl"
+#endif
+
 static const char usage_text[] =
     "usage: redlock run [OPTIONS] NAME -- COMMAND [ARG...]\n"
     "       redlock status [OPTIONS] NAME\n"
@@ -60,7 +67,9 @@ static const char usage_text[] =
     "                              (redis://HOST:PORT?cluster=1[&addr=HOST:PORT]);\n"
     "                              repeat for a quorum of independent masters\n"
     "                              (default: $REDLOCK_URL, comma-separated,\n"
-    "                              else redis://127.0.0.1:6379)\n"
+    "                              else redis://127.0.0.1:6379); TLS: rediss://HOST:PORT\n"
+    "                              [?ca=FILE&cert=FILE&key=FILE&sni=NAME&insecure=1]\n"
+    "                              (" TLS_STATE ")\n"
     "  -t, --ttl DURATION          lock TTL (default 30s)\n"
     "  -w, --wait DURATION         how long to wait for the lock (default 0: fail at once)\n"
     "  -g, --grace DURATION        after a lost lock, SIGTERM then SIGKILL after this\n"
@@ -269,6 +278,17 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
 
 /* ---- the client ---------------------------------------------------------------- */
 
+#ifndef REDLOCK_WITH_TLS
+/* A rediss:// URL given to a redlock built without TLS. */
+static int wants_tls(const cli *o)
+{
+    for (size_t i = 0; i < o->nurls; i++)
+        if (strncasecmp(o->urls[i], "rediss://", 9) == 0)
+            return 1;
+    return 0;
+}
+#endif
+
 static int open_lock(cli *o, redlock_client **c, redlock **l)
 {
     redlock_options opts;
@@ -276,6 +296,13 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
     opts.fair = o->fair;
     opts.wait_replicas = o->wait_replicas;
     opts.scripts = o->scripts;
+#ifdef REDLOCK_WITH_TLS
+    opts.tls = redlock_tls_openssl();
+#else
+    if (wants_tls(o))
+        return usage_error("rediss:// URLs need TLS, and this redlock was built without it "
+                           "(build with make TLS=openssl)");
+#endif
     /* One refresh attempt must not outlast much of the lease: a stalled
      * node costs at most a fifth of the TTL per try. */
     int cap = (int)(o->ttl_ms / 5 > 20 ? o->ttl_ms / 5 : 20);

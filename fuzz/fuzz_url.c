@@ -27,6 +27,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         if (u.db < 0 || (u.user[0] && !u.password[0]))
             abort();
+        /* TLS parameters only on rediss://, and only printable */
+        if (!u.tls && (u.ca[0] || u.cert[0] || u.key[0] || u.sni[0] || u.insecure))
+            abort();
+        if (u.tls && u.kind != NET_URL_TCP)
+            abort();
+        const char *texts[4] = {u.ca, u.cert, u.key, u.sni};
+        for (int t = 0; t < 4; t++)
+            for (const char *p = texts[t]; *p; p++)
+                if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                    abort();
         /* the description is built from host, port and path only */
         char desc[512], want[512];
         net_url_describe(&u, desc, sizeof desc);

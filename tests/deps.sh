@@ -1,6 +1,8 @@
 #!/bin/sh
 # What `make test` needs: redis-server, redis-cli and openssl (the Cluster and
-# TLS fixtures), Check, pkg-config, and libuv (only for the libuv example). Installs the missing Debian packages
+# TLS fixtures), libssl-dev (the TLS suite builds the library with TLS=openssl;
+# plain `make` needs none of it), Check, pkg-config, and libuv (only for the
+# libuv example). Installs the missing Debian packages
 # with apt-get when run as root, otherwise prints the command to run and fails.
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
@@ -8,6 +10,9 @@ command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 if ! pkg-config --exists check 2>/dev/null && [ ! -f /usr/include/check.h ]; then
     missing="$missing check"
+fi
+if ! pkg-config --exists openssl 2>/dev/null && [ ! -f /usr/include/openssl/ssl.h ]; then
+    missing="$missing libssl-dev"
 fi
 command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
 pkg-config --exists libuv 2>/dev/null || missing="$missing libuv1-dev"
@@ -21,5 +26,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 echo "make test needs:$missing. Install them with:" >&2
-echo "    sudo apt-get install -y redis-server redis-tools openssl check pkg-config libuv1-dev" >&2
+echo "    sudo apt-get install -y redis-server redis-tools openssl libssl-dev check pkg-config libuv1-dev" >&2
 exit 1

@@ -3,10 +3,15 @@
 #include "fixture.h"
 #include "netx.h"
 
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,9 +71,24 @@ typedef struct bad_url {
 
 static const bad_url bad_urls[] = {
     {"", "empty"},
-    {"localhost:6379", "must start with redis:// or unix://"},
-    {"http://h", "must start with redis:// or unix://"},
-    {"rediss://h:6380", "TLS, which is not built in"},
+    {"localhost:6379", "must start with redis://, rediss:// or unix://"},
+    {"http://h", "must start with redis://, rediss:// or unix://"},
+    {"rediss://h?ca=", "ca= is empty"},
+    {"rediss://h?ca", "key=value"},
+    {"rediss://h?insecure=yes", "insecure= must be 1"},
+    {"rediss://h?db=2", "rediss:// URLs take no query key 'db': give the database as /db"},
+    {"rediss://h?password=x", "take no query key 'password'"},
+    {"rediss://h?bogus=1",
+     "unknown key 'bogus' (rediss:// takes: ca, cert, key, sni, insecure, cluster, addr)"},
+    {"rediss://h?sni=a%0Ab", "sni= has a control character"},
+    {"rediss://h?ca=%zz", "bad %-escape"},
+    {"rediss://h?ca=/" "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+     "ca= is longer than 255 bytes"},
+    {"rediss://:6380?ca=/x", "no host"},
+    {"redis://h?ca=/x", "redis:// URLs take no query key 'ca': TLS needs a rediss:// URL"},
+    {"unix:///tmp/r.sock?sni=h", "unix:// URLs take no query key 'sni': TLS needs a rediss:// URL"},
     {"redis://", "no host"},
     {"redis://:6379", "no host"},
     {"redis://h:0", "port must be a number from 1 to 65535"},
@@ -84,7 +104,8 @@ static const bad_url bad_urls[] = {
     {"redis://u:@h", "empty password"},
     {"redis://[::1", "'[' without ']'"},
     {"redis://[::1]x", "junk after ']'"},
-    {"redis://h?db=1", "unknown key 'db' (cluster, addr)"},
+    {"redis://h?db=1", "take no query key 'db'"},
+    {"redis://h?zz=1", "unknown key 'zz' (redis:// takes: cluster, addr)"},
     {"redis://h?cluster=2", "cluster= takes 0 or 1"},
     {"redis://h?addr=h2:7001", "it needs cluster=1"},
     {"redis://h/3?cluster=1", "only database 0"},
@@ -92,10 +113,10 @@ static const bad_url bad_urls[] = {
     {"redis://h?cluster=1&addr=", "no host"},
     {"redis://h?cluster=1&addr=a&addr=b&addr=c&addr=d&addr=e&addr=f&addr=g&addr=h",
      "more than 8 cluster seeds"},
-    {"unix:///tmp/r.sock?cluster=1", "unknown key 'cluster'"},
+    {"unix:///tmp/r.sock?cluster=1", "take no query key 'cluster'"},
     {"unix://relative.sock", "absolute socket path"},
     {"unix://", "absolute socket path"},
-    {"unix:///tmp/r.sock?foo=1", "unknown key 'foo'"},
+    {"unix:///tmp/r.sock?foo=1", "unknown key 'foo' (unix:// takes: db, user, password)"},
     {"unix:///tmp/r.sock?db", "key=value"},
     {"unix:///tmp/r.sock?db=x", "database must be a non-negative number"},
     {"unix:///tmp/r.sock?user=u", "user but no password"},
@@ -149,7 +170,8 @@ START_TEST(test_url_never_echoes_password)
 {
     static const char *const urls[] = {"redis://u:hunter2@h:99999", "redis://u:hunter2@[::1",
                                        "redis://u:hunter2@h/zz", "unix:///x?password=hunter2&zz=1",
-                                       "rediss://u:hunter2@h"};
+                                       "rediss://u:hunter2@h?zz=1", "rediss://u:hunter2@h:0?ca=/x",
+                                       "rediss://u:hunter2@h?ca=x&sni="};
     for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
         net_url r;
         char err[256];
@@ -158,6 +180,61 @@ START_TEST(test_url_never_echoes_password)
         ck_assert_str_eq(r.password, "");
     }
     ck_assert_int_eq(net_url_parse(NULL, "redis://h", NULL, 0), RESP_ERR_ARG);
+}
+END_TEST
+
+/* rediss://: the TLS parameters, %-decoding, the user part and the query
+ * split where a password holds '?' or '@', and the defaults from options. */
+START_TEST(test_url_tls)
+{
+    net_url r;
+    char err[256];
+    ck_assert_int_eq(net_url_parse(&r, "redis://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(r.tls, 0);
+    ck_assert_int_eq(net_url_parse(&r, "REDISS://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(r.tls, 1);
+    ck_assert_int_eq(r.kind, NET_URL_TCP);
+    ck_assert_str_eq(r.port, "6379");
+    ck_assert_str_eq(r.ca, "");
+    ck_assert_int_eq(r.insecure, 0);
+
+    const char *u = "rediss://al:p?w@d@[::1]:6380/3?ca=/etc/c%20a.pem&cert=/c.crt&key=/k.key"
+                    "&sni=redis.example&insecure=1";
+    ck_assert_msg(net_url_parse(&r, u, err, sizeof err) == RESP_OK, "%s", err);
+    ck_assert_str_eq(r.user, "al");
+    ck_assert_str_eq(r.password, "p?w@d");
+    ck_assert_str_eq(r.host, "::1");
+    ck_assert_str_eq(r.port, "6380");
+    ck_assert_int_eq(r.db, 3);
+    ck_assert_str_eq(r.ca, "/etc/c a.pem");
+    ck_assert_str_eq(r.cert, "/c.crt");
+    ck_assert_str_eq(r.key, "/k.key");
+    ck_assert_str_eq(r.sni, "redis.example");
+    ck_assert_int_eq(r.insecure, 1);
+    char desc[400];
+    net_url_describe(&r, desc, sizeof desc);
+    ck_assert_str_eq(desc, "[::1]:6380");
+    /* an '@' in a value is %-encoded; insecure=0 is allowed and off */
+    ck_assert_int_eq(net_url_parse(&r, "rediss://h?ca=/a%40b&insecure=0", err, sizeof err),
+                     RESP_OK);
+    ck_assert_str_eq(r.ca, "/a@b");
+    ck_assert_int_eq(r.insecure, 0);
+
+    /* defaults from options fill what the URL leaves unset */
+    ck_assert_int_eq(net_url_parse(&r, "rediss://h?ca=/mine", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_tls_defaults(&r, "/theirs", "/c", NULL, 1, err, sizeof err), RESP_OK);
+    ck_assert_str_eq(r.ca, "/mine");
+    ck_assert_str_eq(r.cert, "/c");
+    ck_assert_str_eq(r.key, "");
+    ck_assert_int_eq(r.insecure, 1);
+    ck_assert_int_eq(net_url_parse(&r, "rediss://h?key=/k", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_tls_defaults(&r, NULL, NULL, NULL, 0, err, sizeof err), RESP_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(err, "key= needs its certificate"));
+    /* a plain URL takes no TLS defaults */
+    ck_assert_int_eq(net_url_parse(&r, "redis://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_tls_defaults(&r, "/ca", "/c", "/k", 1, err, sizeof err), RESP_OK);
+    ck_assert_str_eq(r.ca, "");
+    ck_assert_int_eq(r.insecure, 0);
 }
 END_TEST
 
@@ -520,10 +597,89 @@ START_TEST(test_killed_mid_pipeline)
     ck_assert_int_eq(r[0].status, RESP_ERR_IO);
     ck_assert_int_eq(r[1].status, RESP_ERR_IO);
     ck_assert_uint_eq(r[1].tag.seq, 2);
+    /* the detail survives to the caller (it once came out empty) */
+    char closed[128];
+    snprintf(closed, sizeof closed, "connection closed by 127.0.0.1:%d", s.port);
+    ck_assert_msg(strstr(r[0].text, closed), "%s", r[0].text);
     expect_pong(c); /* and it recovers */
     ck_assert_uint_eq(net_conn_generation(c), 2);
     net_conn_free(c);
     fx_server_stop(&s);
+}
+END_TEST
+
+/* A server that closes the first connection after one byte, and answers
+ * +PONG on later ones only if they start with a clean PING. */
+static void closing_server(int lfd)
+{
+    static const char ping_cmd[] = "*1\r\n$4\r\nPING\r\n";
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    signal(SIGPIPE, SIG_IGN);
+    alarm(30);
+    for (int n = 0;; n++) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        char buf[sizeof ping_cmd - 1];
+        size_t got = 0;
+        ssize_t k = 1;
+        while (got < (n == 0 ? 1 : sizeof buf) && k > 0)
+            if ((k = recv(fd, buf + got, (n == 0 ? 1 : sizeof buf) - got, 0)) > 0)
+                got += (size_t)k;
+        if (n > 0) {
+            const char *reply =
+                got == sizeof buf && memcmp(buf, ping_cmd, got) == 0 ? "+PONG\r\n" : "-ERR garbage\r\n";
+            if (send(fd, reply, strlen(reply), MSG_NOSIGNAL) < 0)
+                continue;
+            usleep(200 * 1000);
+        }
+        close(fd);
+    }
+}
+
+/* A write that fails midway (the server closed after the first bytes of a
+ * 4 MB request) fails that request: its first bytes went out, so the rest
+ * is never sent on the next connection, where the request behind it goes
+ * out whole. */
+START_TEST(test_write_fails_midway)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(lfd, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(lfd, 8), 0);
+    ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&a, &len), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        closing_server(lfd);
+        _exit(0);
+    }
+    close(lfd);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", ntohs(a.sin_port));
+    net_conn *c = nx_conn(url, 2000);
+    const size_t big = 4u << 20;
+    char *v = calloc(1, big);
+    const char *argv[3] = {"SET", "k", v};
+    const size_t lens[3] = {3, 1, big};
+    ck_assert_int_eq(nx_sendl(c, 3, argv, lens, 1, 0), RESP_OK);
+    ck_assert_int_eq(nx_send(c, 1, ping, 2, 0), RESP_OK);
+    nx_result r[2];
+    ck_assert_uint_eq(nx_run(&c, 1, r, 2, net_now_ns() + 3000 * 1000000LL), 2);
+    ck_assert_uint_eq(r[0].tag.seq, 1);
+    ck_assert_msg(r[0].status == RESP_ERR_IO, "%s", r[0].text);
+    ck_assert_uint_eq(r[1].tag.seq, 2);
+    ck_assert_msg(r[1].status == RESP_OK && strcmp(r[1].text, "PONG") == 0, "%d %s",
+                  r[1].status, r[1].text);
+    free(v);
+    net_conn_free(c);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
 }
 END_TEST
 
@@ -595,6 +751,7 @@ static Suite *conn_suite(void)
     tcase_add_loop_test(u, test_url_bad, 0, (int)(sizeof bad_urls / sizeof bad_urls[0]));
     tcase_add_test(u, test_url_never_echoes_password);
     tcase_add_test(u, test_url_cluster);
+    tcase_add_test(u, test_url_tls);
     suite_add_tcase(s, u);
     TCase *t = tcase_create("connections");
     tcase_set_timeout(t, 30);
@@ -608,6 +765,7 @@ static Suite *conn_suite(void)
     tcase_add_test(t, test_each_request_its_own_deadline);
     tcase_add_test(t, test_deadline_caps_and_late_reply);
     tcase_add_test(t, test_killed_mid_pipeline);
+    tcase_add_test(t, test_write_fails_midway);
     tcase_add_test(t, test_forget);
     tcase_add_test(t, test_push_mode);
     suite_add_tcase(s, t);
