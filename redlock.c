@@ -136,16 +136,30 @@ static const char FAIR_LUA[] =
     "end\n"
     "return {code, left}\n";
 static const char DEQUEUE_LUA[] =
-    "-- dequeue: leave the line; if we were first and the lock is free, wake\n"
-    "-- the others so the next in line takes it\n"
-    "-- KEYS: queue, alive, lock   ARGV: owner value, release channel\n"
+    "-- dequeue: leave the line; if we were first and the lock is free, the next\n"
+    "-- in line takes it: tell that one\n"
+    "-- KEYS: queue, alive, lock   ARGV: owner value, waiters' channel prefix\n"
     "local queue, alive, lock = KEYS[1], KEYS[2], KEYS[3]\n"
-    "local value, channel = ARGV[1], ARGV[2]\n"
+    "local value, prefix = ARGV[1], ARGV[2]\n"
     "local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
     "redis.call('ZREM', queue, value)\n"
     "redis.call('ZREM', alive, value)\n"
     "if head == value and redis.call('EXISTS', lock) == 0 then\n"
-    "  redis.call('PUBLISH', channel, 'released')\n"
+    "  -- tell the first waiter in line whose lease is alive (on its own channel),\n"
+    "  -- dropping dead ones: a release wakes one waiter, not all of them\n"
+    "  local tm = redis.call('TIME')\n"
+    "  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    "  for _ = 1, 64 do\n"
+    "    local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
+    "    if not head then break end\n"
+    "    local expiry = redis.call('ZSCORE', alive, head)\n"
+    "    if expiry and tonumber(expiry) > now then\n"
+    "      redis.call('PUBLISH', prefix .. head, 'released')\n"
+    "      break\n"
+    "    end\n"
+    "    redis.call('ZREM', queue, head)\n"
+    "    redis.call('ZREM', alive, head)\n"
+    "  end\n"
     "end\n"
     "return 1\n";
 static const char RELEASE_LUA[] =
@@ -212,15 +226,88 @@ static const char RELEASE_SHARDED_LUA[] =
     "if holder then return -1 end\n"
     "return 0\n";
 static const char DEQUEUE_SHARDED_LUA[] =
-    "-- dequeue on a cluster: as dequeue, waking the others on a shard channel\n"
-    "-- KEYS: queue, alive, lock, release channel   ARGV: owner value\n"
-    "local queue, alive, lock, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
-    "local value = ARGV[1]\n"
+    "-- dequeue on a cluster: as dequeue, on the next waiter's shard channel\n"
+    "-- (in the lock's slot: the prefix carries the lock's hash tag)\n"
+    "-- KEYS: queue, alive, lock   ARGV: owner value, waiters' channel prefix\n"
+    "local queue, alive, lock = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local value, prefix = ARGV[1], ARGV[2]\n"
     "local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
     "redis.call('ZREM', queue, value)\n"
     "redis.call('ZREM', alive, value)\n"
     "if head == value and redis.call('EXISTS', lock) == 0 then\n"
-    "  redis.call('SPUBLISH', channel, 'released')\n"
+    "  -- tell the first waiter in line whose lease is alive (on its own channel),\n"
+    "  -- dropping dead ones: a release wakes one waiter, not all of them\n"
+    "  local tm = redis.call('TIME')\n"
+    "  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    "  for _ = 1, 64 do\n"
+    "    local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
+    "    if not head then break end\n"
+    "    local expiry = redis.call('ZSCORE', alive, head)\n"
+    "    if expiry and tonumber(expiry) > now then\n"
+    "      redis.call('SPUBLISH', prefix .. head, 'released')\n"
+    "      break\n"
+    "    end\n"
+    "    redis.call('ZREM', queue, head)\n"
+    "    redis.call('ZREM', alive, head)\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
+static const char RELEASE_FAIR_LUA[] =
+    "-- release in fair mode: delete the lock if it is ours, and wake only the\n"
+    "-- next waiter in line\n"
+    "-- KEYS: lock, queue, alive   ARGV: owner value, waiters' channel prefix\n"
+    "-- 1 released   0 no such key   -1 another owner\n"
+    "local lock, queue, alive = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local value, prefix = ARGV[1], ARGV[2]\n"
+    "local holder = redis.call('GET', lock)\n"
+    "if holder ~= value then\n"
+    "  if holder then return -1 end\n"
+    "  return 0\n"
+    "end\n"
+    "redis.call('DEL', lock)\n"
+    "-- tell the first waiter in line whose lease is alive (on its own channel),\n"
+    "-- dropping dead ones: a release wakes one waiter, not all of them\n"
+    "local tm = redis.call('TIME')\n"
+    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    "for _ = 1, 64 do\n"
+    "  local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
+    "  if not head then break end\n"
+    "  local expiry = redis.call('ZSCORE', alive, head)\n"
+    "  if expiry and tonumber(expiry) > now then\n"
+    "    redis.call('PUBLISH', prefix .. head, 'released')\n"
+    "    break\n"
+    "  end\n"
+    "  redis.call('ZREM', queue, head)\n"
+    "  redis.call('ZREM', alive, head)\n"
+    "end\n"
+    "return 1\n";
+static const char RELEASE_FAIR_SHARDED_LUA[] =
+    "-- release in fair mode on a cluster: as release in fair mode, on the next\n"
+    "-- waiter's shard channel (in the lock's slot)\n"
+    "-- KEYS: lock, queue, alive   ARGV: owner value, waiters' channel prefix\n"
+    "-- 1 released   0 no such key   -1 another owner\n"
+    "local lock, queue, alive = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local value, prefix = ARGV[1], ARGV[2]\n"
+    "local holder = redis.call('GET', lock)\n"
+    "if holder ~= value then\n"
+    "  if holder then return -1 end\n"
+    "  return 0\n"
+    "end\n"
+    "redis.call('DEL', lock)\n"
+    "-- tell the first waiter in line whose lease is alive (on its own channel),\n"
+    "-- dropping dead ones: a release wakes one waiter, not all of them\n"
+    "local tm = redis.call('TIME')\n"
+    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    "for _ = 1, 64 do\n"
+    "  local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
+    "  if not head then break end\n"
+    "  local expiry = redis.call('ZSCORE', alive, head)\n"
+    "  if expiry and tonumber(expiry) > now then\n"
+    "    redis.call('SPUBLISH', prefix .. head, 'released')\n"
+    "    break\n"
+    "  end\n"
+    "  redis.call('ZREM', queue, head)\n"
+    "  redis.call('ZREM', alive, head)\n"
     "end\n"
     "return 1\n";
 
@@ -234,6 +321,8 @@ enum {
     S_STATUS,
     S_RELEASE_SHARDED,
     S_DEQUEUE_SHARDED,
+    S_RELEASE_FAIR,
+    S_RELEASE_FAIR_SHARDED,
     S_COUNT
 };
 enum { R_INT, R_PAIR, R_STATUS }; /* reply shapes */
@@ -249,7 +338,7 @@ typedef struct script {
 static const script scripts[S_COUNT] = {
     [S_ACQUIRE] = {"acquire", ACQUIRE_LUA, "aa4d824715db73a7e205166afa6114a69089b27d", 2, 3, R_PAIR},
     [S_FAIR] = {"fair acquire", FAIR_LUA, "78b68b9397adbe1dec835aa0a24785f5f03989b2", 4, 6, R_PAIR},
-    [S_DEQUEUE] = {"dequeue", DEQUEUE_LUA, "a89237a3b9d302317ca205f1a6f5975ed6f9c89c", 3, 2, R_INT},
+    [S_DEQUEUE] = {"dequeue", DEQUEUE_LUA, "d73d77d9c20b33c03ed4a9e0b1488c501366713f", 3, 2, R_INT},
     [S_RELEASE] = {"release", RELEASE_LUA, "742a9c720bb0d4d03c0b46e8f3a0e5757a0afc0e", 1, 2, R_INT},
     [S_REFRESH] = {"refresh", REFRESH_LUA, "ceb551be5baed2f994937f4a9af5693f3b3fd139", 1, 3, R_INT},
     [S_RAISE] = {"raise", RAISE_LUA, "fc64841434df38173ccd912b066213984bd8871d", 1, 1, R_INT},
@@ -257,7 +346,11 @@ static const script scripts[S_COUNT] = {
     [S_RELEASE_SHARDED] = {"release", RELEASE_SHARDED_LUA,
                            "8a86adea4a418f2fbab79733ffd8e50b620644cc", 2, 1, R_INT},
     [S_DEQUEUE_SHARDED] = {"dequeue", DEQUEUE_SHARDED_LUA,
-                           "17232c9645545226e9503a5362b165df7bc09c9e", 4, 1, R_INT},
+                           "78a1e67219e446dda0588e94c6a8eb6bdee11f65", 3, 2, R_INT},
+    [S_RELEASE_FAIR] = {"release", RELEASE_FAIR_LUA, "8babce974b55b0827ef38621612af22c29e19bb4",
+                        3, 2, R_INT},
+    [S_RELEASE_FAIR_SHARDED] = {"release", RELEASE_FAIR_SHARDED_LUA,
+                                "d1c6b8b4b14cd124158d38807707c127f349e522", 3, 2, R_INT},
 };
 #define MAX_SCRIPT_ARGS 10
 
@@ -298,6 +391,8 @@ static const function_def functions[S_COUNT] = {
     [S_STATUS] = {FN("status"), "'no-writes'"},
     [S_RELEASE_SHARDED] = {FN("release_sharded"), "'allow-oom'"},
     [S_DEQUEUE_SHARDED] = {FN("dequeue_sharded"), "'allow-oom'"},
+    [S_RELEASE_FAIR] = {FN("release_fair"), "'allow-oom'"},
+    [S_RELEASE_FAIR_SHARDED] = {FN("release_fair_sharded"), "'allow-oom'"},
 };
 #undef FN
 
@@ -488,6 +583,11 @@ struct redlock {
     const char *name, *fence_key, *channel, *value; /* one block, see redlock_new */
     const char *queue_key, *alive_key;               /* fair mode; as long as fence_key */
     const char *wake_key; /* the shard channel on a cluster; as long as fence_key */
+    const char *wlisten, *wlisten_s; /* fair mode: this waiter's own channels (see
+                                        waiter_prefix), then NUL */
+    const char *listen, *listen_s;   /* what a waiter of this lock subscribes to: the
+                                        shared channels, or in fair mode its own */
+    size_t listen_len, listen_slen;
     size_t namelen, fencelen, chlen, vlen;
     uint16_t slot;        /* the hash slot of every key of the lock */
     uint32_t ttl;
@@ -878,6 +978,15 @@ static int parse_redirect(const resp_reply *r, size_t wl, unsigned *slot, const 
 
 /* ---- scripts on nodes --------------------------------------------------------------- */
 
+/* Fair mode: each waiter listens on a channel of its own, the prefix plus
+ * its owner value (redlock:NAME: on plain nodes, {NAME}:freed: on a
+ * cluster, in the lock's slot); a release tells only the next in line. */
+static void waiter_prefix(const redlock *l, int sharded, const char **p, size_t *n)
+{
+    *p = sharded ? l->wlisten_s : l->wlisten;
+    *n = sharded ? l->fencelen + 1 : l->chlen + 1;
+}
+
 /* The KEYS and ARGV of script id for l, from its fields and the operation's
  * parameters (repair, token, place in line). Returns how many. */
 static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
@@ -898,12 +1007,14 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
         ARG(l->lease_str, strlen(l->lease_str));
         break;
     case S_DEQUEUE:
-        ARG(l->queue_key, l->fencelen), ARG(l->alive_key, l->fencelen), ARG(l->name, l->namelen);
-        ARG(l->value, l->vlen), ARG(l->channel, l->chlen);
-        break;
     case S_DEQUEUE_SHARDED:
         ARG(l->queue_key, l->fencelen), ARG(l->alive_key, l->fencelen), ARG(l->name, l->namelen);
-        ARG(l->wake_key, l->fencelen), ARG(l->value, l->vlen);
+        ARG(l->value, l->vlen), waiter_prefix(l, id == S_DEQUEUE_SHARDED, kv + k, kl + k), k++;
+        break;
+    case S_RELEASE_FAIR:
+    case S_RELEASE_FAIR_SHARDED:
+        ARG(l->name, l->namelen), ARG(l->queue_key, l->fencelen), ARG(l->alive_key, l->fencelen);
+        ARG(l->value, l->vlen), waiter_prefix(l, id == S_RELEASE_FAIR_SHARDED, kv + k, kl + k), k++;
         break;
     case S_RELEASE:
         ARG(l->name, l->namelen), ARG(l->value, l->vlen), ARG(l->channel, l->chlen);
@@ -926,10 +1037,14 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
     return k;
 }
 
-/* Node i's version of script id: on a cluster, wake-ups use shard channels. */
+/* Node i's version of script id: on a cluster, wake-ups use shard
+ * channels; in fair mode a release tells only the next waiter. */
 static int script_for(const redlock_client *c, size_t i, int id)
 {
-    if (!c->nodes[i].cluster || !c->nodes[i].sharded)
+    int sharded = c->nodes[i].cluster && c->nodes[i].sharded;
+    if (id == S_RELEASE && c->opts.fair)
+        return sharded ? S_RELEASE_FAIR_SHARDED : S_RELEASE_FAIR;
+    if (!sharded)
         return id;
     return id == S_RELEASE ? S_RELEASE_SHARDED : id == S_DEQUEUE ? S_DEQUEUE_SHARDED : id;
 }
@@ -1439,9 +1554,11 @@ static uint32_t taken_nodes(const redlock *l)
 /* ---- release channels and the listeners ------------------------------------------
  * A waiter joins its lock's channel; the channel is subscribed on every
  * node's listener while it has local waiters (and a while after, see
- * chan_leave). A release message wakes the first local waiter (every
- * waiter in fair mode, where the server picks who is next): the others
- * would only lose the race to it. Confirmations come back in the order of
+ * chan_leave). A release message wakes the first local waiter: the
+ * others would only lose the race to it. In fair mode each waiter has a
+ * channel of its own (redlock:NAME:VALUE, {NAME}:freed:VALUE on a
+ * cluster) and a release publishes only to the next in line, so one
+ * release wakes one waiter on one node, whatever the number waiting. Confirmations come back in the order of
  * our (un)subscribe commands, one per command, so counting them per node
  * tells when a channel's state there is settled. On a cluster the channel
  * is a shard channel in the lock's slot ({NAME}:wake), subscribed with
@@ -1507,8 +1624,8 @@ static int chan_grow_table(redlock_client *c)
 /* The channel of l, made (from the free list when it can) if missing. */
 static chan *chan_get(redlock_client *c, const redlock *l)
 {
-    uint64_t h = hash_bytes(l->channel, l->chlen);
-    chan *ch = chan_find(c, l->channel, l->chlen, h);
+    uint64_t h = hash_bytes(l->listen, l->listen_len);
+    chan *ch = chan_find(c, l->listen, l->listen_len, h);
     if (ch)
         return ch;
     if (c->nchans + 1 > c->nbuckets && chan_grow_table(c) != 0)
@@ -1518,7 +1635,7 @@ static chan *chan_get(redlock_client *c, const redlock *l)
         c->free_chans = ch->next;
     else if (!(ch = resp_alloc_array(1, sizeof *ch)))
         return NULL;
-    size_t need = l->chlen + l->fencelen;
+    size_t need = l->listen_len + l->listen_slen;
     if (ch->cap < need) {
         char *p = resp_realloc(ch->name, need);
         if (!p) {
@@ -1529,12 +1646,12 @@ static chan *chan_get(redlock_client *c, const redlock *l)
         ch->name = p;
         ch->cap = need;
     }
-    memcpy(ch->name, l->channel, l->chlen);
-    memcpy(ch->name + l->chlen, l->wake_key, l->fencelen);
-    ch->len = l->chlen;
-    ch->slen = l->fencelen;
+    memcpy(ch->name, l->listen, l->listen_len);
+    memcpy(ch->name + l->listen_len, l->listen_s, l->listen_slen);
+    ch->len = l->listen_len;
+    ch->slen = l->listen_slen;
     ch->hash = h;
-    ch->shash = hash_bytes(l->wake_key, l->fencelen);
+    ch->shash = hash_bytes(l->listen_s, l->listen_slen);
     ch->slot = l->slot;
     ch->head = ch->tail = NULL;
     memset(ch->st, 0, sizeof ch->st);
@@ -1696,6 +1813,8 @@ static void wake(redlock *l)
         l->woken = 1; /* a try is in flight: try again if it fails */
 }
 
+static void chan_drop_idle(redlock_client *c, chan *ch);
+
 static void chan_leave(redlock *l)
 {
     redlock_client *c = l->c;
@@ -1730,13 +1849,19 @@ static void chan_leave(redlock *l)
         c->idle_head = ch;
     c->idle_tail = ch;
     c->nidle++;
-    if (c->nidle > MAX_IDLE_CHANS) {
-        chan *old = c->idle_head;
-        idle_remove(c, old);
-        for (size_t i = 0; i < c->n; i++)
-            chan_want(c, old, i, 0);
-        chan_release_if_unused(c, old);
-    }
+    if (c->nidle > MAX_IDLE_CHANS)
+        chan_drop_idle(c, c->idle_head);
+    chan_release_if_unused(c, ch);
+}
+
+/* Unsubscribe an idle channel now. */
+static void chan_drop_idle(redlock_client *c, chan *ch)
+{
+    if (!ch->idle || ch->head)
+        return;
+    idle_remove(c, ch);
+    for (size_t i = 0; i < c->n; i++)
+        chan_want(c, ch, i, 0);
     chan_release_if_unused(c, ch);
 }
 
@@ -3190,7 +3315,8 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
     size_t vlen = strlen(value);
     size_t fencelen = namelen + 8;
     size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + 4 * (fencelen + 1) +
-                   8 + namelen + 1 + vlen + 1;
+                   8 + namelen + 1 + vlen + 1 + (8 + namelen + 1 + vlen + 1) +
+                   (fencelen + 1 + vlen + 1);
     redlock *l = resp_alloc(total);
     if (!l)
         return cerr(c, REDLOCK_ERR_NOMEM, "out of memory");
@@ -3200,6 +3326,22 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
     l->value = p;
     l->vlen = vlen;
     memcpy(p, value, vlen + 1);
+    p += vlen + 1;
+    /* fair mode's own channels: redlock:NAME:VALUE and {NAME}:freed:VALUE */
+    l->wlisten = p;
+    memcpy(p, l->channel, l->chlen);
+    p[l->chlen] = ':';
+    memcpy(p + l->chlen + 1, value, vlen + 1);
+    p += l->chlen + 1 + vlen + 1;
+    l->wlisten_s = p;
+    memcpy(p, l->wake_key, l->fencelen);
+    p[l->fencelen] = ':';
+    memcpy(p + l->fencelen + 1, value, vlen + 1);
+    int own = c->opts.fair;
+    l->listen = own ? l->wlisten : l->channel;
+    l->listen_len = own ? l->chlen + 1 + vlen : l->chlen;
+    l->listen_s = own ? l->wlisten_s : l->wake_key;
+    l->listen_slen = own ? l->fencelen + 1 + vlen : l->fencelen;
     l->ttl = ttl_ms;
     snprintf(l->ttl_str, sizeof l->ttl_str, "%" PRIu32, ttl_ms);
     l->holder_pttl = -1;
@@ -3228,6 +3370,12 @@ void redlock_free(redlock *l)
         ready_remove(l);
         done_remove(l);
         chan_leave(l);
+        if (c->opts.fair) {
+            /* its own channel: no other waiter will listen there */
+            chan *ch = chan_find(c, l->listen, l->listen_len, hash_bytes(l->listen, l->listen_len));
+            if (ch)
+                chan_drop_idle(c, ch);
+        }
         if (l->prev)
             l->prev->next = l->next;
         else

@@ -92,16 +92,30 @@ end
 redis.register_function{function_name = 'redlock_v1_fair_acquire', callback = fair_acquire}
 
 local function dequeue(KEYS, ARGV)
--- dequeue: leave the line; if we were first and the lock is free, wake
--- the others so the next in line takes it
--- KEYS: queue, alive, lock   ARGV: owner value, release channel
+-- dequeue: leave the line; if we were first and the lock is free, the next
+-- in line takes it: tell that one
+-- KEYS: queue, alive, lock   ARGV: owner value, waiters' channel prefix
 local queue, alive, lock = KEYS[1], KEYS[2], KEYS[3]
-local value, channel = ARGV[1], ARGV[2]
+local value, prefix = ARGV[1], ARGV[2]
 local head = redis.call('ZRANGE', queue, 0, 0)[1]
 redis.call('ZREM', queue, value)
 redis.call('ZREM', alive, value)
 if head == value and redis.call('EXISTS', lock) == 0 then
-  redis.call('PUBLISH', channel, 'released')
+  -- tell the first waiter in line whose lease is alive (on its own channel),
+  -- dropping dead ones: a release wakes one waiter, not all of them
+  local tm = redis.call('TIME')
+  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  for _ = 1, 64 do
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not head then break end
+    local expiry = redis.call('ZSCORE', alive, head)
+    if expiry and tonumber(expiry) > now then
+      redis.call('PUBLISH', prefix .. head, 'released')
+      break
+    end
+    redis.call('ZREM', queue, head)
+    redis.call('ZREM', alive, head)
+  end
 end
 return 1
 end
@@ -186,16 +200,95 @@ end
 redis.register_function{function_name = 'redlock_v1_release_sharded', callback = release_sharded, flags = {'allow-oom'}}
 
 local function dequeue_sharded(KEYS, ARGV)
--- dequeue on a cluster: as dequeue, waking the others on a shard channel
--- KEYS: queue, alive, lock, release channel   ARGV: owner value
-local queue, alive, lock, channel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local value = ARGV[1]
+-- dequeue on a cluster: as dequeue, on the next waiter's shard channel
+-- (in the lock's slot: the prefix carries the lock's hash tag)
+-- KEYS: queue, alive, lock   ARGV: owner value, waiters' channel prefix
+local queue, alive, lock = KEYS[1], KEYS[2], KEYS[3]
+local value, prefix = ARGV[1], ARGV[2]
 local head = redis.call('ZRANGE', queue, 0, 0)[1]
 redis.call('ZREM', queue, value)
 redis.call('ZREM', alive, value)
 if head == value and redis.call('EXISTS', lock) == 0 then
-  redis.call('SPUBLISH', channel, 'released')
+  -- tell the first waiter in line whose lease is alive (on its own channel),
+  -- dropping dead ones: a release wakes one waiter, not all of them
+  local tm = redis.call('TIME')
+  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  for _ = 1, 64 do
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not head then break end
+    local expiry = redis.call('ZSCORE', alive, head)
+    if expiry and tonumber(expiry) > now then
+      redis.call('SPUBLISH', prefix .. head, 'released')
+      break
+    end
+    redis.call('ZREM', queue, head)
+    redis.call('ZREM', alive, head)
+  end
 end
 return 1
 end
 redis.register_function{function_name = 'redlock_v1_dequeue_sharded', callback = dequeue_sharded, flags = {'allow-oom'}}
+
+local function release_fair(KEYS, ARGV)
+-- release in fair mode: delete the lock if it is ours, and wake only the
+-- next waiter in line
+-- KEYS: lock, queue, alive   ARGV: owner value, waiters' channel prefix
+-- 1 released   0 no such key   -1 another owner
+local lock, queue, alive = KEYS[1], KEYS[2], KEYS[3]
+local value, prefix = ARGV[1], ARGV[2]
+local holder = redis.call('GET', lock)
+if holder ~= value then
+  if holder then return -1 end
+  return 0
+end
+redis.call('DEL', lock)
+-- tell the first waiter in line whose lease is alive (on its own channel),
+-- dropping dead ones: a release wakes one waiter, not all of them
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+for _ = 1, 64 do
+  local head = redis.call('ZRANGE', queue, 0, 0)[1]
+  if not head then break end
+  local expiry = redis.call('ZSCORE', alive, head)
+  if expiry and tonumber(expiry) > now then
+    redis.call('PUBLISH', prefix .. head, 'released')
+    break
+  end
+  redis.call('ZREM', queue, head)
+  redis.call('ZREM', alive, head)
+end
+return 1
+end
+redis.register_function{function_name = 'redlock_v1_release_fair', callback = release_fair, flags = {'allow-oom'}}
+
+local function release_fair_sharded(KEYS, ARGV)
+-- release in fair mode on a cluster: as release in fair mode, on the next
+-- waiter's shard channel (in the lock's slot)
+-- KEYS: lock, queue, alive   ARGV: owner value, waiters' channel prefix
+-- 1 released   0 no such key   -1 another owner
+local lock, queue, alive = KEYS[1], KEYS[2], KEYS[3]
+local value, prefix = ARGV[1], ARGV[2]
+local holder = redis.call('GET', lock)
+if holder ~= value then
+  if holder then return -1 end
+  return 0
+end
+redis.call('DEL', lock)
+-- tell the first waiter in line whose lease is alive (on its own channel),
+-- dropping dead ones: a release wakes one waiter, not all of them
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+for _ = 1, 64 do
+  local head = redis.call('ZRANGE', queue, 0, 0)[1]
+  if not head then break end
+  local expiry = redis.call('ZSCORE', alive, head)
+  if expiry and tonumber(expiry) > now then
+    redis.call('SPUBLISH', prefix .. head, 'released')
+    break
+  end
+  redis.call('ZREM', queue, head)
+  redis.call('ZREM', alive, head)
+end
+return 1
+end
+redis.register_function{function_name = 'redlock_v1_release_fair_sharded', callback = release_fair_sharded, flags = {'allow-oom'}}

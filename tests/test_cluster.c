@@ -233,6 +233,60 @@ static redlock *drive_until_done(redlock_client *c, int ms)
     return NULL;
 }
 
+/* Fair mode on a cluster: each waiter listens on a shard channel of its
+ * own ({NAME}:freed:VALUE, in the lock's slot) and a release publishes
+ * (SPUBLISH from the script) only to the next in line, so a line of three
+ * drains in queue order by wake-ups, not by backoff. */
+START_TEST(test_fair_sharded)
+{
+    find_primaries();
+    char name[64], key[96], chan[128];
+    name_on(primaries[2], "fairq-", name, sizeof name);
+    snprintf(key, sizeof key, "{%s}:queue", name);
+    redlock_options o;
+    redlock_options_init(&o);
+    o.fair = 1;
+    o.retry_min_ms = o.retry_max_ms = 3000; /* tries 1.5-3 s apart */
+    const char *url = fx_cluster_seed_url(&cl);
+    redlock_client *hc = tu_client_opts(&url, 1, &o), *wc = tu_client_opts(&url, 1, &o);
+    redlock *h = tu_lock(hc, name, "holder", 20000), *w[3];
+    ck_assert_int_eq(redlock_trylock(h), REDLOCK_OK);
+    for (int i = 0; i < 3; i++) {
+        char value[8];
+        snprintf(value, sizeof value, "w%d", i);
+        w[i] = tu_lock(wc, name, value, 20000);
+        ck_assert_int_eq(redlock_start_lock(w[i], 15000), REDLOCK_OK);
+        double end = fx_now_ms() + 3000;
+        char want[8];
+        snprintf(want, sizeof want, "%d", i + 1);
+        while (strcmp(on_owner(key, "ZCARD %s", key), want) != 0 && fx_now_ms() < end)
+            drive(wc, 10);
+        ck_assert_str_eq(on_owner(key, "ZCARD %s", key), want);
+    }
+    drive(wc, 300);
+    snprintf(chan, sizeof chan, "{%s}:freed:w0", name);
+    char want[160];
+    snprintf(want, sizeof want, "%s\n1", chan);
+    ck_assert_str_eq(on_owner(name, "PUBSUB SHARDNUMSUB %s", chan), want);
+    double t0 = fx_now_ms();
+    ck_assert_int_eq(redlock_unlock(h), REDLOCK_OK);
+    for (int i = 0; i < 3; i++) {
+        redlock *d = drive_until_done(wc, 5000);
+        ck_assert_ptr_eq(d, w[i]);
+        ck_assert_int_eq(redlock_result(d), REDLOCK_OK);
+        ck_assert_int_eq(redlock_unlock(d), REDLOCK_OK);
+    }
+    double took = fx_now_ms() - t0;
+    ck_assert_msg(took < 1200, "the line took %.0f ms (a backoff is 1500+)", took);
+    ck_assert_str_eq(on_owner(key, "ZCARD %s", key), "0");
+    for (int i = 0; i < 3; i++)
+        redlock_free(w[i]);
+    redlock_free(h);
+    redlock_client_free(hc);
+    redlock_client_free(wc);
+}
+END_TEST
+
 /* ---- slot migration ---------------------------------------------------------------------------- */
 
 /* A held lock's slot moves to another primary while a waiter waits:
@@ -775,6 +829,7 @@ int main(void)
     tcase_add_test(t, test_key_slots);
     tcase_add_test(t, test_each_shard);
     tcase_add_test(t, test_wait_wake_sharded);
+    tcase_add_test(t, test_fair_sharded);
     tcase_add_test(t, test_migration_held_and_waiting);
     tcase_add_test(t, test_failover_keeps_lock);
     tcase_add_test(t, test_wait_replicas_unmet);

@@ -7,8 +7,10 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -351,6 +353,174 @@ START_TEST(test_default_no_starvation_quorum)
 }
 END_TEST
 
+/* ---- one release wakes one waiter ------------------------------------------------------- */
+
+/* One turn of an event loop over c: its sockets and timeout, poll at most
+ * max_ms, process. */
+static void turn(redlock_client *c, int max_ms)
+{
+    struct pollfd fds[16];
+    int n = redlock_client_pollfds(c, fds, 16);
+    ck_assert_int_le(n, 16);
+    int t = redlock_client_timeout_ms(c);
+    ck_assert_int_ge(poll(fds, (nfds_t)n, t >= 0 && t < max_ms ? t : max_ms), 0);
+    redlock_client_process(c, fds, n);
+}
+
+/* Script calls s has run since its last CONFIG RESETSTAT (EVALSHA, EVAL,
+ * FCALL). */
+static long script_calls(fx_server *s)
+{
+    static char info[8192];
+    ck_assert_int_eq(fx_cmd(s, info, sizeof info, "INFO commandstats"), 0);
+    long sum = 0;
+    static const char *const keys[] = {"cmdstat_evalsha:calls=", "cmdstat_eval:calls=",
+                                       "cmdstat_fcall:calls="};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const char *p = strstr(info, keys[i]);
+        if (p)
+            sum += atol(p + strlen(keys[i]));
+    }
+    return sum;
+}
+
+/* A waiter client whose backoff is long: a wait it ends must be a wake-up. */
+static redlock_client *slow_poll_client(fx_server *s)
+{
+    redlock_options o;
+    redlock_options_init(&o);
+    o.fair = 1;
+    o.io_timeout_ms = 200;
+    o.retry_min_ms = o.retry_max_ms = 3000; /* sleeps of 1.5-3 s between tries */
+    return tu_client_opts((const char *[]){s->url}, 1, &o);
+}
+
+#define LINE 24
+
+/* 24 waiters queue behind a holder; each one unlocks as soon as it gets the
+ * lock. Every handoff is a wake-up (the chain ends long before a backoff
+ * would), in queue order, and each release tells only the next waiter: the
+ * server runs about two scripts per handoff (a release, the acquire it
+ * wakes), where waking everyone cost 1 + 24 + 23 + ... + 1 acquires. */
+START_TEST(test_release_wakes_one)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    redlock_client *hc = fair_client((const char *[]){s.url}, 1, 200);
+    redlock *holder = tu_lock(hc, "fw", "holder", 30000);
+    ck_assert_int_eq(redlock_trylock(holder), REDLOCK_OK);
+
+    redlock_client *c = slow_poll_client(&s);
+    redlock *w[LINE];
+    for (int i = 0; i < LINE; i++) {
+        char value[16];
+        snprintf(value, sizeof value, "w%02d", i);
+        w[i] = tu_lock(c, "fw", value, 30000);
+        redlock_set_userdata(w[i], (void *)(intptr_t)i);
+        ck_assert_int_eq(redlock_start_lock(w[i], 20000), REDLOCK_OK);
+        double end = fx_now_ms() + 3000;
+        while (zcard(&s, "{fw}:queue") < i + 1 && fx_now_ms() < end)
+            turn(c, 5); /* each is in line before the next starts */
+        ck_assert_int_eq(zcard(&s, "{fw}:queue"), i + 1);
+    }
+    for (int i = 0; i < 20; i++)
+        turn(c, 10); /* every subscription settles */
+    ck_assert_ptr_null(redlock_client_done(c));
+
+    char out[64];
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG RESETSTAT"), 0);
+    double t0 = fx_now_ms();
+    ck_assert_int_eq(redlock_unlock(holder), REDLOCK_OK);
+    int got = 0, unlocked = 0, order[LINE], acquired[LINE] = {0};
+    while (unlocked < LINE && fx_now_ms() < t0 + 10000) {
+        turn(c, 50);
+        for (redlock *d; (d = redlock_client_done(c)) != NULL;) {
+            int i = (int)(intptr_t)redlock_userdata(d);
+            if (!acquired[i]) {
+                ck_assert_int_eq(redlock_result(d), REDLOCK_OK);
+                acquired[i] = 1;
+                ck_assert_int_lt(got, LINE);
+                order[got++] = i;
+                ck_assert_int_eq(redlock_start_unlock(d), REDLOCK_OK);
+            } else {
+                ck_assert_int_eq(redlock_result(d), REDLOCK_OK);
+                unlocked++;
+            }
+        }
+    }
+    double took = fx_now_ms() - t0;
+    long calls = script_calls(&s);
+    ck_assert_int_eq(unlocked, LINE);
+    for (int i = 0; i < LINE; i++)
+        ck_assert_int_eq(order[i], i);
+    /* 1 + 2 x 24 scripts, and a few tries of waiters whose backoff ended */
+    ck_assert_msg(calls <= 1 + 2 * LINE + 12, "%ld script calls for %d handoffs", calls, LINE);
+    ck_assert_msg(took < 1200, "the line took %.0f ms (a backoff is 1500+)", took);
+    ck_assert_int_eq(zcard(&s, "{fw}:queue"), 0);
+    ck_assert_int_eq(zcard(&s, "{fw}:alive"), 0);
+    printf("one wake-up per release: %d handoffs in %.1f ms, %ld script calls\n", LINE, took,
+           calls);
+    for (int i = 0; i < LINE; i++)
+        redlock_free(w[i]);
+    redlock_free(holder);
+    redlock_client_free(c);
+    redlock_client_free(hc);
+    fx_server_stop(&s);
+}
+END_TEST
+
+/* The first in line gives up while the lock is free (its wait is
+ * cancelled): leaving the line tells the next one, which does not wait out
+ * a backoff. */
+START_TEST(test_leaving_head_wakes_next)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    redlock_client *hc = fair_client((const char *[]){s.url}, 1, 200);
+    redlock *holder = tu_lock(hc, "fl", "holder", 30000);
+    ck_assert_int_eq(redlock_trylock(holder), REDLOCK_OK);
+    redlock_client *c = slow_poll_client(&s);
+    redlock *first = tu_lock(c, "fl", "first", 30000), *second = tu_lock(c, "fl", "second", 30000);
+    ck_assert_int_eq(redlock_start_lock(first, 20000), REDLOCK_OK);
+    double end = fx_now_ms() + 3000;
+    while (zcard(&s, "{fl}:queue") < 1 && fx_now_ms() < end)
+        turn(c, 5);
+    ck_assert_int_eq(redlock_start_lock(second, 20000), REDLOCK_OK);
+    while (zcard(&s, "{fl}:queue") < 2 && fx_now_ms() < end)
+        turn(c, 5);
+    ck_assert_int_eq(zcard(&s, "{fl}:queue"), 2);
+    for (int i = 0; i < 20; i++)
+        turn(c, 10);
+    /* the holder's key goes away with no release message (as when a lease
+     * runs out); before the waiters run again, the first one gives up */
+    char out[64];
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "DEL fl"), 0);
+    double t0 = fx_now_ms();
+    ck_assert_int_eq(redlock_cancel(first), REDLOCK_OK);
+    ck_assert_int_eq(redlock_result(first), REDLOCK_CANCELLED); /* and not reported */
+    int done = 0;
+    while (!done && fx_now_ms() < t0 + 10000) {
+        turn(c, 50);
+        for (redlock *d; (d = redlock_client_done(c)) != NULL;) {
+            ck_assert_ptr_eq(d, second);
+            ck_assert_int_eq(redlock_result(d), REDLOCK_OK);
+            done = 1;
+        }
+    }
+    double took = fx_now_ms() - t0;
+    ck_assert(done);
+    ck_assert_msg(took < 1200, "the next waiter took %.0f ms (a backoff is 1500+)", took);
+    ck_assert_str_eq(tu_get(&s, "fl"), "second");
+    ck_assert_int_eq(redlock_unlock(second), REDLOCK_OK);
+    redlock_free(first);
+    redlock_free(second);
+    redlock_free(holder);
+    redlock_client_free(c);
+    redlock_client_free(hc);
+    fx_server_stop(&s);
+}
+END_TEST
+
 /* Fair mode keeps the promise of no allocation per cycle, waiting included. */
 START_TEST(test_fair_no_alloc)
 {
@@ -404,6 +574,8 @@ int main(void)
     tcase_add_test(t, test_free_but_promised);
     tcase_add_test(t, test_give_up_leaves_line);
     tcase_add_test(t, test_dead_waiter);
+    tcase_add_test(t, test_release_wakes_one);
+    tcase_add_test(t, test_leaving_head_wakes_next);
     tcase_add_test(t, test_no_starvation);
     tcase_add_test(t, test_default_no_starvation);
     tcase_add_test(t, test_default_no_starvation_quorum);
