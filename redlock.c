@@ -2218,9 +2218,14 @@ static void lock_sleep(redlock *l, int rc)
         timer_set(l, l->deadline);
         return;
     }
+    int64_t max = ms_ns(c->opts.retry_max_ms);
+    /* A fair waiter that listens is told when its turn comes (its own
+     * channel): until then it only renews its place, every retry_max_ms
+     * (its lease is twice that), and keeps the server quiet. */
+    if (c->opts.fair && rc == REDLOCK_NOT_ACQUIRED && l->ch && chan_any_on(c, l->ch))
+        l->backoff = max;
     int64_t half = l->backoff / 2;
     int64_t sleep = half + (int64_t)(next_random(c) % (uint64_t)(half + 1));
-    int64_t max = ms_ns(c->opts.retry_max_ms);
     l->backoff = l->backoff * 2 > max ? max : l->backoff * 2;
     if (rc == REDLOCK_NOT_ACQUIRED && l->holder_pttl >= 0 && ms_ns(l->holder_pttl + 1) < sleep)
         sleep = ms_ns(l->holder_pttl + 1);

@@ -385,32 +385,37 @@ static long script_calls(fx_server *s)
 }
 
 /* A waiter client whose backoff is long: a wait it ends must be a wake-up. */
-static redlock_client *slow_poll_client(fx_server *s)
+static redlock_client *slow_poll_client(const char *const *urls, size_t n)
 {
     redlock_options o;
     redlock_options_init(&o);
     o.fair = 1;
     o.io_timeout_ms = 200;
     o.retry_min_ms = o.retry_max_ms = 3000; /* sleeps of 1.5-3 s between tries */
-    return tu_client_opts((const char *[]){s->url}, 1, &o);
+    return tu_client_opts(urls, n, &o);
 }
 
-#define LINE 24
+#define LINE 50
 
-/* 24 waiters queue behind a holder; each one unlocks as soon as it gets the
- * lock. Every handoff is a wake-up (the chain ends long before a backoff
- * would), in queue order, and each release tells only the next waiter: the
- * server runs about two scripts per handoff (a release, the acquire it
- * wakes), where waking everyone cost 1 + 24 + 23 + ... + 1 acquires. */
-START_TEST(test_release_wakes_one)
+/* 50 waiters of one client (one listener connection per node) queue behind
+ * a holder; each unlocks as soon as it gets the lock. Every handoff is a
+ * wake-up (the line drains long before a backoff would end), in queue
+ * order, and each release tells only the next waiter: each node runs about
+ * two scripts per handoff (a release, the acquire it wakes), where waking
+ * everyone cost 1 + 50 + 49 + ... + 1 acquires. */
+static void line_drains(size_t n)
 {
-    fx_server s;
-    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
-    redlock_client *hc = fair_client((const char *[]){s.url}, 1, 200);
+    fx_server s[3];
+    const char *urls[3];
+    for (size_t k = 0; k < n; k++) {
+        ck_assert_int_eq(fx_server_start(&s[k], NULL), 0);
+        urls[k] = s[k].url;
+    }
+    redlock_client *hc = fair_client(urls, n, 200);
     redlock *holder = tu_lock(hc, "fw", "holder", 30000);
     ck_assert_int_eq(redlock_trylock(holder), REDLOCK_OK);
 
-    redlock_client *c = slow_poll_client(&s);
+    redlock_client *c = slow_poll_client(urls, n);
     redlock *w[LINE];
     for (int i = 0; i < LINE; i++) {
         char value[16];
@@ -419,16 +424,17 @@ START_TEST(test_release_wakes_one)
         redlock_set_userdata(w[i], (void *)(intptr_t)i);
         ck_assert_int_eq(redlock_start_lock(w[i], 20000), REDLOCK_OK);
         double end = fx_now_ms() + 3000;
-        while (zcard(&s, "{fw}:queue") < i + 1 && fx_now_ms() < end)
+        while (zcard(&s[n - 1], "{fw}:queue") < i + 1 && fx_now_ms() < end)
             turn(c, 5); /* each is in line before the next starts */
-        ck_assert_int_eq(zcard(&s, "{fw}:queue"), i + 1);
+        ck_assert_int_eq(zcard(&s[n - 1], "{fw}:queue"), i + 1);
     }
     for (int i = 0; i < 20; i++)
         turn(c, 10); /* every subscription settles */
     ck_assert_ptr_null(redlock_client_done(c));
 
     char out[64];
-    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG RESETSTAT"), 0);
+    for (size_t k = 0; k < n; k++)
+        ck_assert_int_eq(fx_cmd(&s[k], out, sizeof out, "CONFIG RESETSTAT"), 0);
     double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_unlock(holder), REDLOCK_OK);
     int got = 0, unlocked = 0, order[LINE], acquired[LINE] = {0};
@@ -436,36 +442,53 @@ START_TEST(test_release_wakes_one)
         turn(c, 50);
         for (redlock *d; (d = redlock_client_done(c)) != NULL;) {
             int i = (int)(intptr_t)redlock_userdata(d);
+            ck_assert_int_eq(redlock_result(d), REDLOCK_OK);
             if (!acquired[i]) {
-                ck_assert_int_eq(redlock_result(d), REDLOCK_OK);
                 acquired[i] = 1;
                 ck_assert_int_lt(got, LINE);
                 order[got++] = i;
                 ck_assert_int_eq(redlock_start_unlock(d), REDLOCK_OK);
             } else {
-                ck_assert_int_eq(redlock_result(d), REDLOCK_OK);
                 unlocked++;
             }
         }
     }
     double took = fx_now_ms() - t0;
-    long calls = script_calls(&s);
     ck_assert_int_eq(unlocked, LINE);
     for (int i = 0; i < LINE; i++)
         ck_assert_int_eq(order[i], i);
-    /* 1 + 2 x 24 scripts, and a few tries of waiters whose backoff ended */
-    ck_assert_msg(calls <= 1 + 2 * LINE + 12, "%ld script calls for %d handoffs", calls, LINE);
+    long most = 0;
+    for (size_t k = 0; k < n; k++) {
+        long calls = script_calls(&s[k]);
+        /* 1 + 2 x 50 scripts, and a few tries of waiters whose sleep ended */
+        ck_assert_msg(calls <= 1 + 2 * LINE + 12, "node %zu: %ld script calls for %d handoffs", k,
+                      calls, LINE);
+        most = calls > most ? calls : most;
+        ck_assert_int_eq(zcard(&s[k], "{fw}:queue"), 0);
+        ck_assert_int_eq(zcard(&s[k], "{fw}:alive"), 0);
+    }
     ck_assert_msg(took < 1200, "the line took %.0f ms (a backoff is 1500+)", took);
-    ck_assert_int_eq(zcard(&s, "{fw}:queue"), 0);
-    ck_assert_int_eq(zcard(&s, "{fw}:alive"), 0);
-    printf("one wake-up per release: %d handoffs in %.1f ms, %ld script calls\n", LINE, took,
-           calls);
+    printf("one wake-up per release, %zu node(s): %d handoffs in %.1f ms, at most %ld script "
+           "calls on a node\n",
+           n, LINE, took, most);
     for (int i = 0; i < LINE; i++)
         redlock_free(w[i]);
     redlock_free(holder);
     redlock_client_free(c);
     redlock_client_free(hc);
-    fx_server_stop(&s);
+    for (size_t k = 0; k < n; k++)
+        fx_server_stop(&s[k]);
+}
+
+START_TEST(test_release_wakes_one)
+{
+    line_drains(1);
+}
+END_TEST
+
+START_TEST(test_release_wakes_one_quorum)
+{
+    line_drains(3);
 }
 END_TEST
 
@@ -479,7 +502,7 @@ START_TEST(test_leaving_head_wakes_next)
     redlock_client *hc = fair_client((const char *[]){s.url}, 1, 200);
     redlock *holder = tu_lock(hc, "fl", "holder", 30000);
     ck_assert_int_eq(redlock_trylock(holder), REDLOCK_OK);
-    redlock_client *c = slow_poll_client(&s);
+    redlock_client *c = slow_poll_client((const char *[]){s.url}, 1);
     redlock *first = tu_lock(c, "fl", "first", 30000), *second = tu_lock(c, "fl", "second", 30000);
     ck_assert_int_eq(redlock_start_lock(first, 20000), REDLOCK_OK);
     double end = fx_now_ms() + 3000;
@@ -575,6 +598,7 @@ int main(void)
     tcase_add_test(t, test_give_up_leaves_line);
     tcase_add_test(t, test_dead_waiter);
     tcase_add_test(t, test_release_wakes_one);
+    tcase_add_test(t, test_release_wakes_one_quorum);
     tcase_add_test(t, test_leaving_head_wakes_next);
     tcase_add_test(t, test_no_starvation);
     tcase_add_test(t, test_default_no_starvation);
