@@ -535,8 +535,20 @@ START_TEST(test_leaving_head_wakes_next)
     ck_assert_msg(took < 1200, "the next waiter took %.0f ms (a backoff is 1500+)", took);
     ck_assert_str_eq(tu_get(&s, "fl"), "second");
     ck_assert_int_eq(redlock_unlock(second), REDLOCK_OK);
+    /* a waiter's own channel stays subscribed while its handle lives (its
+     * next wait needs no SUBSCRIBE) and goes with the handle */
     redlock_free(first);
+    for (int i = 0; i < 10; i++)
+        turn(c, 10);
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "PUBSUB NUMSUB redlock:fl:first"), 0);
+    ck_assert_str_eq(out, "redlock:fl:first\n0");
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "PUBSUB NUMSUB redlock:fl:second"), 0);
+    ck_assert_str_eq(out, "redlock:fl:second\n1");
     redlock_free(second);
+    for (int i = 0; i < 10; i++)
+        turn(c, 10);
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "PUBSUB NUMSUB redlock:fl:second"), 0);
+    ck_assert_str_eq(out, "redlock:fl:second\n0");
     redlock_free(holder);
     redlock_client_free(c);
     redlock_client_free(hc);
