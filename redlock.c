@@ -1558,10 +1558,11 @@ static uint32_t taken_nodes(const redlock *l)
  * others would only lose the race to it. In fair mode each waiter has a
  * channel of its own (redlock:NAME:VALUE, {NAME}:freed:VALUE on a
  * cluster) and a release publishes only to the next in line, so one
- * release wakes one waiter on one node, whatever the number waiting. Confirmations come back in the order of
- * our (un)subscribe commands, one per command, so counting them per node
- * tells when a channel's state there is settled. On a cluster the channel
- * is a shard channel in the lock's slot ({NAME}:wake), subscribed with
+ * release wakes one waiter on one node, whatever the number waiting.
+ * Confirmations come back in the order of our (un)subscribe commands, one
+ * per command, so counting them per node tells when a channel's state
+ * there is settled. On a cluster the channel is a shard channel in the
+ * lock's slot ({NAME}:freed), subscribed with
  * SSUBSCRIBE on the primary serving it; when the slot moves the server
  * drops the subscription and the first waiter tries again, which finds
  * the new owner and subscribes there.
