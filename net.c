@@ -84,6 +84,8 @@ struct net_conn {
     int push;     /* pub/sub: replies are pushes                             */
     int stale;    /* a written request timed out: write nothing more          */
     int peer_eof; /* the peer closed (or reset); fail once buffered replies are taken */
+    int blocking; /* plain socket in blocking mode with SO_RCVTIMEO: every call
+                     passes MSG_DONTWAIT but net_conn_block's recv */
     int eof_status; /* the status to fail with then: RESP_ERR_IO, or RESP_ERR_TLS */
     uint64_t rx;    /* bytes received on this socket */
     uint64_t gen;
@@ -1173,6 +1175,8 @@ static int tls_start(net_conn *c, int64_t now)
 }
 
 /* The socket is connected: set options, then TLS or straight to the session. */
+static void set_blocking(net_conn *c);
+
 static int on_connected(net_conn *c, int64_t now)
 {
     int one = 1;
@@ -1185,7 +1189,25 @@ static int on_connected(net_conn *c, int64_t now)
     c->last_rx = now;
     if (c->url.kind == NET_URL_TCP && c->url.tls)
         return tls_start(c, now);
+    set_blocking(c);
     return start_session(c, now);
+}
+
+/* A plain socket, once connected, goes to blocking mode with a receive
+ * timeout of io_timeout_ms; every send and recv passes MSG_DONTWAIT, but
+ * the one in net_conn_block, which waits for a reply in recv() where
+ * poll() then recv() would take two system calls. Where that cannot be
+ * set up the socket stays non-blocking and net_conn_block declines. */
+static void set_blocking(net_conn *c)
+{
+    c->blocking = 0;
+    int ms = c->opts.io_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    if (ms <= 0 || setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0)
+        return;
+    int fl = fcntl(c->fd, F_GETFL);
+    if (fl >= 0 && fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK) == 0)
+        c->blocking = 1;
 }
 
 /* Try addresses from c->ai on until one connects or is in progress. */
@@ -1284,7 +1306,7 @@ static int send_some(net_conn *c, const char *buf, size_t len, size_t *off, size
         return tls_send(c, buf, len, off, held);
     *held = 0;
     while (*off < len) {
-        ssize_t n = send(c->fd, buf + *off, len - *off, MSG_NOSIGNAL);
+        ssize_t n = send(c->fd, buf + *off, len - *off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             *off += (size_t)n;
             continue;
@@ -1403,10 +1425,10 @@ static const char *plain_hint(const net_conn *c)
                : "";
 }
 
-static void sock_read(net_conn *c, int64_t now)
+static void sock_read(net_conn *c, int64_t now, int flags)
 {
     for (;;) {
-        ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+        ssize_t n = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, flags);
         if (n > 0) {
             c->rlen += (size_t)n;
             c->rx += (uint64_t)n;
@@ -1414,9 +1436,10 @@ static void sock_read(net_conn *c, int64_t now)
             c->rdrained = 0;
             return;
         }
-        if (n < 0 && errno == EINTR)
+        if (n < 0 && errno == EINTR && flags)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        /* a blocking recv returns on a signal (its timeout would start over) */
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             return;
         c->peer_eof = 1;
         c->eof_status = RESP_ERR_IO;
@@ -1476,7 +1499,7 @@ static int do_read(net_conn *c, int64_t now)
     if (c->tls)
         tls_read(c, now);
     else
-        sock_read(c, now);
+        sock_read(c, now, MSG_DONTWAIT);
     return RESP_OK;
 }
 
@@ -1660,6 +1683,31 @@ static void check_deadlines(net_conn *c, int64_t now)
         r->deadline = INT64_MAX; /* its time is up once; a late reply is dropped */
         i++;
     }
+}
+
+/* How much earlier than SO_RCVTIMEO a deadline may be for net_conn_block
+ * to wait in recv() all the same (its wait may end that much late). */
+#define BLOCK_SLACK_NS 1000000
+
+int net_conn_block(net_conn *c, int64_t now)
+{
+    uint32_t first;
+    if (!c->blocking || c->fd < 0 || c->state != ST_READY || c->push || c->stale ||
+        c->peer_eof || c->woff != c->wlen || c->ready_len > 0 || c->ndue > 0 ||
+        c->rlen != c->rstart || !rq_first_written(c, &first))
+        return 0;
+    int64_t soonest = INT64_MAX;
+    for (uint32_t i = 0; i < c->qn; i++) {
+        const net_req *r = rq_at(c, i);
+        if (!(r->flags & (F_DUE | F_DEAD)) && rq_deadline(r) < soonest)
+            soonest = rq_deadline(r);
+    }
+    if (soonest - now < ms_to_ns(c->opts.io_timeout_ms) - BLOCK_SLACK_NS)
+        return 0;
+    if (rbuf_room(c) != RESP_OK)
+        return 1;
+    sock_read(c, net_now_ns(), 0);
+    return 1;
 }
 
 void net_conn_pump(net_conn *c, int64_t now)

@@ -143,6 +143,12 @@ void net_conn_io(net_conn *c, short revents, int64_t now);
  * connection, write what may be written, time out what is due, close a
  * connection whose requests timed out once nothing written waits. */
 void net_conn_pump(net_conn *c, int64_t now);
+/* For a caller with nothing else to do: when c's only business is the
+ * reply to a request it wrote, wait for it in one recv() (bounded by the
+ * request's deadline, plus at most 1 ms) instead of poll() and recv().
+ * Returns 1 when it waited (what came is buffered: net_conn_take), 0 when
+ * it declined (poll as usual). Plain sockets only. */
+int net_conn_block(net_conn *c, int64_t now);
 
 /* The next result, in request order. Returns
  *   RESP_OK       *r (elements in pre-order, count in *nelem) is the reply

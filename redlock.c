@@ -3583,6 +3583,15 @@ static int run_blocking(redlock *l)
             abandon(l);
             return lerr(l, REDLOCK_ERR_IO, "internal error: nothing to wait for");
         }
+        if (n == 1 && c->pfd[0].events == POLLIN && t != 0) {
+            /* one socket, waiting for a reply: wait in recv() (one system
+             * call instead of poll() and recv()) when net.c can */
+            net_conn *conn = conn_of_fd(c, c->pfd[0].fd);
+            if (conn && net_conn_block(conn, net_now_ns())) {
+                engine_pass(c, NULL, 0);
+                continue;
+            }
+        }
         if (poll(c->pfd, (nfds_t)n, t) < 0 && errno != EINTR) {
             int e = errno;
             abandon(l);

@@ -541,9 +541,26 @@ static double syscalls_per(const char *kind)
     return (double)(calls[1] - calls[0]) / (10.0 * n);
 }
 
-/* Server time per iteration of kind (INFO commandstats, usec of every
- * command but INFO and CONFIG), over n iterations run here. */
-static double server_us_per(const char *kind, int n)
+/* The usec INFO commandstats gives the commands named (NULL-terminated). */
+static double usec_of(const char *text, const char *const *names)
+{
+    double usec = 0;
+    for (size_t i = 0; names[i]; i++) {
+        char key[48];
+        snprintf(key, sizeof key, "cmdstat_%s:", names[i]);
+        const char *p = strstr(text, key);
+        const char *u = p ? strstr(p, ",usec=") : NULL;
+        if (u)
+            usec += strtod(u + 6, NULL);
+    }
+    return usec;
+}
+
+/* Server time per iteration of kind, over n iterations run here: the usec
+ * of the commands the client sends (top). A script's usec includes the
+ * commands it runs, which commandstats also lists on their own: they are
+ * not counted twice. */
+static double server_us_per(const char *kind, int n, const char *const *top)
 {
     const char *reset[2] = {"CONFIG", "RESETSTAT"};
     net_conn *pc = conn_for(urls[0]);
@@ -551,27 +568,20 @@ static double server_us_per(const char *kind, int n)
     net_conn_free(pc);
     if (syscall_run(kind, n, urls[0]) != 0)
         return -1;
-    const char *text = info(urls[0], "commandstats");
-    double usec = 0;
-    for (const char *p = strstr(text, "cmdstat_"); p; p = strstr(p + 1, "cmdstat_")) {
-        if (strncmp(p, "cmdstat_info:", 13) == 0 || strncmp(p, "cmdstat_config:", 15) == 0)
-            continue;
-        const char *u = strstr(p, ",usec=");
-        if (u)
-            usec += strtod(u + 6, NULL);
-    }
-    return usec / n;
+    return usec_of(info(urls[0], "commandstats"), top) / n;
 }
 
 static void bench_syscalls(void)
 {
     heading("2b. where a cycle's time goes: system calls (strace -c), server time (commandstats)");
     int n = quick ? 500 : 3000;
-    double so = server_us_per("cycle", n);
+    static const char *const ours_top[] = {"evalsha", "eval", "fcall", NULL};
+    double so = server_us_per("cycle", n, ours_top);
     put("syscalls", "server_us_per_cycle_ours", so, "us",
         "server time per cycle, ours (two Lua scripts)");
 #ifdef HAVE_HIREDIS
-    double sh = server_us_per("hcycle", n);
+    static const char *const hiredis_top[] = {"set", "evalsha", "eval", NULL};
+    double sh = server_us_per("hcycle", n, hiredis_top);
     put("syscalls", "server_us_per_cycle_hiredis", sh, "us",
         "server time per cycle, hiredis (SET NX PX, then Lua)");
     if (cycle_med_ours > 0 && cycle_med_hiredis > 0)
@@ -585,7 +595,7 @@ static void bench_syscalls(void)
     }
     double ours = syscalls_per("cycle");
     put("syscalls", "per_cycle_ours", ours, "", "redlock-c trylock+unlock: system calls per cycle");
-    put("syscalls", "per_request_ours", ours / 2, "", "redlock-c: per request (send, poll, recv)");
+    put("syscalls", "per_request_ours", ours / 2, "", "redlock-c: per request (send, recv)");
 #ifdef HAVE_HIREDIS
     double h = syscalls_per("hcycle");
     put("syscalls", "per_cycle_hiredis", h, "", "hiredis SET NX PX + EVALSHA: per cycle");
@@ -1060,26 +1070,14 @@ static double script_stat(const char *url, const char *what)
     return total;
 }
 
-/* Server time of the commands clients send: scripts (whose usec include
- * the commands they call, which commandstats also lists on their own: not
- * counted twice), subscriptions, the rest of the protocol. */
+/* Server time of the commands clients send in the herd: scripts,
+ * subscriptions, the rest of the protocol (see usec_of). */
 static double all_usec(const char *url)
 {
-    static const char *const top[] = {"evalsha", "eval",        "fcall",       "fcall_ro",
-                                      "subscribe", "unsubscribe", "ssubscribe",
-                                      "sunsubscribe", "script",    "function",    "ping",
-                                      "cluster",  "wait"};
-    const char *text = info(url, "commandstats");
-    double usec = 0;
-    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) {
-        char key[48];
-        snprintf(key, sizeof key, "cmdstat_%s:", top[i]);
-        const char *p = strstr(text, key);
-        const char *u = p ? strstr(p, ",usec=") : NULL;
-        if (u)
-            usec += strtod(u + 6, NULL);
-    }
-    return usec;
+    static const char *const top[] = {
+        "evalsha",      "eval",   "fcall",    "fcall_ro", "subscribe", "unsubscribe", "ssubscribe",
+        "sunsubscribe", "script", "function", "ping",     "cluster",   "wait",        NULL};
+    return usec_of(info(url, "commandstats"), top);
 }
 
 static void herd(int n, int fair)

@@ -128,6 +128,10 @@ size_t nx_run(net_conn *const *cs, size_t n, nx_result *out, size_t want, int64_
             timeout = next <= now ? 0 : (int)((next - now + 999999) / 1000000);
         if (k == 0 && timeout < 0)
             break; /* nothing can happen */
+        /* one connection waiting for a reply: wait in recv() as the
+         * library's blocking calls do (net_conn_block) */
+        if (n == 1 && k == 1 && pfd[0].events == POLLIN && !limit && net_conn_block(cs[0], now))
+            continue;
         if (poll(pfd, (nfds_t)k, timeout) <= 0)
             continue;
         now = net_now_ns();

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -146,6 +147,59 @@ START_TEST(test_client_pause)
 }
 END_TEST
 
+static volatile sig_atomic_t ticks;
+
+static void on_tick(int sig)
+{
+    (void)sig;
+    ticks++;
+}
+
+/* A blocking call waits for its reply in recv() (one system call, bounded
+ * by SO_RCVTIMEO). Signals every 2 ms, with and without SA_RESTART, must
+ * not stretch the wait past the call's deadline: a recv() that a signal
+ * interrupts is not simply started again with a fresh timeout. */
+START_TEST(test_signals_during_wait)
+{
+    fx_server s;
+    char out[64];
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    redlock_client *c = tu_client(s.url, IO_MS);
+    redlock *a = tu_lock(c, "sig", NULL, 5000);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    for (int restart = 0; restart < 2; restart++) {
+        struct sigaction sa, old;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_tick;
+        sa.sa_flags = restart ? SA_RESTART : 0;
+        sigemptyset(&sa.sa_mask);
+        ck_assert_int_eq(sigaction(SIGALRM, &sa, &old), 0);
+        struct itimerval it = {{0, 2000}, {0, 2000}}, off = {{0, 0}, {0, 0}};
+        ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CLIENT PAUSE 1500"), 0);
+        ticks = 0;
+        ck_assert_int_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+        double t0 = fx_now_ms();
+        int rc = redlock_trylock(a);
+        double took = fx_now_ms() - t0;
+        ck_assert_int_eq(setitimer(ITIMER_REAL, &off, NULL), 0);
+        ck_assert_int_eq(sigaction(SIGALRM, &old, NULL), 0);
+        ck_assert_int_eq(rc, REDLOCK_ERR_TIMEOUT);
+        ck_assert_msg(took >= IO_MS - 20 && took < 3 * IO_MS, "SA_RESTART %d: took %.1f ms", restart,
+                      took);
+        ck_assert_int_gt(ticks, 10);
+        /* the pause ends: the late reply is dropped, what the acquire took
+         * is released, and the client goes on */
+        fx_sleep_ms(1600);
+        ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+        ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    }
+    redlock_free(a);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
 START_TEST(test_debug_sleep)
 {
     fx_server s;
@@ -230,6 +284,7 @@ static Suite *faults_suite(void)
     tcase_add_test(t, test_holder_stalled_past_ttl);
     tcase_add_test(t, test_restart_between_calls);
     tcase_add_test(t, test_client_pause);
+    tcase_add_test(t, test_signals_during_wait);
     tcase_add_test(t, test_debug_sleep);
     tcase_add_test(t, test_maxclients);
     suite_add_tcase(s, t);
