@@ -88,6 +88,7 @@ struct net_conn {
                      passes MSG_DONTWAIT but net_conn_block's recv */
     int eof_status; /* the status to fail with then: RESP_ERR_IO, or RESP_ERR_TLS */
     uint64_t rx;    /* bytes received on this socket */
+    uint64_t rx_ready; /* rx when it became ready (after AUTH/SELECT) */
     uint64_t gen;
     uint64_t sockets; /* opened + closed, for event loops that register fds */
     int64_t conn_deadline;
@@ -1106,6 +1107,7 @@ static void encode_handshake(net_conn *c)
 static void become_ready(net_conn *c, int64_t now)
 {
     c->state = ST_READY;
+    c->rx_ready = c->rx;
     memset(c->hsbuf, 0, c->hs_len); /* the password leaves memory */
     c->hs_len = c->hs_off = 0;
     rq_arm(c, now);
@@ -1348,13 +1350,16 @@ static int tls_idle_check(net_conn *c)
 
 /* Nothing is in flight and the socket sat idle since its last reply: if
  * the server closed it meanwhile (restart, CLIENT KILL, timeout), reconnect
- * now instead of failing the request about to be written. */
+ * now instead of failing the request about to be written. A socket that
+ * has answered nothing yet is not checked: a close there is news about
+ * this connection (a TLS server that wants a client certificate refuses
+ * right after the handshake), and reconnecting would only meet it again. */
 static int idle_check(net_conn *c, int64_t now)
 {
     char b;
     uint32_t i;
     if (c->push || c->woff != 0 || c->rlen != c->rstart || now - c->last_rx < IDLE_CHECK_NS ||
-        rq_first_written(c, &i))
+        c->rx == c->rx_ready || rq_first_written(c, &i))
         return IDLE_OK;
     if (c->tls)
         return tls_idle_check(c);

@@ -695,8 +695,19 @@ START_TEST(test_client_certificate)
 {
     fx_server s;
     ck_assert_int_eq(fx_tls_server_start(&s, &certs, FX_TLS_SERVER, "yes", 0), 0);
-    /* TLS 1.3: the refusal comes with the first read after the handshake */
-    expect_tls_error(trusted(&s), "requires a client certificate");
+    /* TLS 1.3: the refusal comes with the first read after the handshake.
+     * Under valgrind the client may write its request after the server
+     * closed; the reset that answers it can discard the alert, and what is
+     * left is an I/O error (which redlock_lock retries, below). */
+    if (slow > 1) {
+        char why[512];
+        int rc = try_url(trusted(&s), why, sizeof why);
+        ck_assert_msg((rc == REDLOCK_ERR_TLS && strstr(why, "requires a client certificate")) ||
+                          rc == REDLOCK_ERR_IO || rc == REDLOCK_ERR_TIMEOUT,
+                      "%s: %s", redlock_strerror(rc), why);
+    } else {
+        expect_tls_error(trusted(&s), "requires a client certificate");
+    }
     fx_tls_client with = {.ca = certs.ca, .cert = certs.client_cert, .key = certs.client_key};
     expect_ok(url_of(&s, &with));
     fx_tls_client foreign = {.ca = certs.ca, .cert = certs.other_cert, .key = certs.other_key};
@@ -724,8 +735,14 @@ START_TEST(test_client_certificate)
     redlock_client *c2 = tu_client_opts((const char *[]){trusted(&s)}, 1, &o);
     redlock *l2 = tu_lock(c2, "tls:cert2", NULL, 5000);
     double t0 = fx_now_ms();
-    ck_assert_int_eq(redlock_lock(l2, 3000), REDLOCK_ERR_TLS);
-    ck_assert_double_lt(fx_now_ms() - t0, MS(1000));
+    int rc2 = redlock_lock(l2, 3000);
+    if (slow == 1 || rc2 == REDLOCK_ERR_TLS) {
+        ck_assert_int_eq(rc2, REDLOCK_ERR_TLS);
+        ck_assert_double_lt(fx_now_ms() - t0, MS(1000));
+    } else {
+        ck_assert_msg(rc2 == REDLOCK_ERR_IO || rc2 == REDLOCK_ERR_TIMEOUT, "%s",
+                      redlock_strerror(rc2));
+    }
     redlock_free(l2);
     redlock_client_free(c2);
     ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
