@@ -3583,9 +3583,11 @@ static int run_blocking(redlock *l)
             abandon(l);
             return lerr(l, REDLOCK_ERR_IO, "internal error: nothing to wait for");
         }
-        if (n == 1 && c->pfd[0].events == POLLIN && t != 0) {
-            /* one socket, waiting for a reply: wait in recv() (one system
-             * call instead of poll() and recv()) when net.c can */
+        if (n == 1 && c->pfd[0].events == POLLIN &&
+            (t < 0 || t >= c->opts.io_timeout_ms - 1)) {
+            /* one socket, waiting for a reply, no timer due sooner (a
+             * keepalive of another lock): wait in recv() (one system call
+             * instead of poll() and recv()) when net.c can */
             net_conn *conn = conn_of_fd(c, c->pfd[0].fd);
             if (conn && net_conn_block(conn, net_now_ns())) {
                 engine_pass(c, NULL, 0);
