@@ -1204,7 +1204,9 @@ static void set_blocking(net_conn *c)
 {
     c->blocking = 0;
     int ms = c->opts.io_timeout_ms;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    struct timeval tv;
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
     if (ms <= 0 || setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0)
         return;
     int fl = fcntl(c->fd, F_GETFL);
