@@ -325,7 +325,11 @@ enum {
     S_RELEASE_FAIR_SHARDED,
     S_COUNT
 };
-enum { R_INT, R_PAIR, R_STATUS }; /* reply shapes */
+/* Not a script: how a waiter that just subscribed checks whether a release
+ * came before it listened (see subscribed): PTTL of the lock, or in fair
+ * mode ZRANGE of the line's head. */
+enum { S_PROBE = S_COUNT };
+enum { R_INT, R_PAIR, R_STATUS, R_HEAD }; /* reply shapes */
 
 typedef struct script {
     const char *name;
@@ -534,6 +538,7 @@ enum {
     PH_RAISE,         /* quorum fencing: lifting counters to the token       */
     PH_RELEASE_TAKEN, /* giving back what a failed acquire took; then result */
     PH_SUBSCRIBE,     /* waiting for the release channel's subscriptions     */
+    PH_PROBE,         /* subscribed: is the lock still held (PTTL)?          */
     PH_SLEEP,         /* waiting for a release, the holder's TTL or backoff  */
     PH_PARKED,        /* another local waiter of the name tries first        */
     PH_DEQUEUE,       /* fair mode: leaving the line; then result            */
@@ -605,7 +610,7 @@ struct redlock {
     uint8_t blocking;    /* a blocking call runs it: not reported as done  */
     uint8_t held_before; /* held when the operation began                 */
     uint8_t waiting;     /* fair mode: in the queue while redlock_lock waits */
-    uint8_t raced;       /* redlock_lock: tried again after subscribing    */
+    uint8_t raced;       /* redlock_lock: probed after subscribing         */
     uint8_t woken;       /* a release came while a try was in flight       */
     uint8_t lost;        /* redlock_lock: lost a race after a release       */
     uint8_t sub_needed;  /* PH_SUBSCRIBE: a subscription was missing       */
@@ -1037,6 +1042,14 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
     return k;
 }
 
+/* What request id is called in messages. */
+static const char *req_name(const redlock_client *c, int id)
+{
+    if (id == S_PROBE)
+        return c->opts.fair ? "probe (ZRANGE of the line)" : "probe (PTTL)";
+    return scripts[id].name;
+}
+
 /* Node i's version of script id: on a cluster, wake-ups use shard
  * channels; in fair mode a release tells only the next waiter. */
 static int script_for(const redlock_client *c, size_t i, int id)
@@ -1056,6 +1069,16 @@ static int script_for(const redlock_client *c, size_t i, int id)
 static int queue_script(redlock *l, size_t i, size_t j, int id, int eval, void *owner,
                         uint32_t kind, int64_t cap)
 {
+    if (id == S_PROBE) {
+        int fair = l->c->opts.fair;
+        const char *pv[4] = {fair ? "ZRANGE" : "PTTL", fair ? l->queue_key : l->name, "0", "0"};
+        size_t pl[4] = {fair ? 6 : 4, fair ? l->fencelen : l->namelen, 1, 1};
+        net_tag ptag = {owner, l->seq, kind};
+        if (owner)
+            l->res[i].fcall = 0;
+        return net_conn_request(l->c->nodes[i].sh[j].cmd, fair ? 4 : 2, pv, pl, ptag, cap,
+                                l->c->now);
+    }
     const script *s = &scripts[id];
     const char *argv[3 + MAX_SCRIPT_ARGS];
     size_t lens[3 + MAX_SCRIPT_ARGS];
@@ -1222,8 +1245,8 @@ static void round_start(redlock *l, int phase, int id, uint32_t mask, int64_t ca
         l->outstanding++;
         int rc = send_request(l, i, -1);
         if (rc != RESP_OK) {
-            node_error(l, i, rc, 0, "%s: cannot queue the %s script: %s", c->nodes[i].desc,
-                       scripts[id].name, redlock_strerror(rc));
+            node_error(l, i, rc, 0, "%s: cannot queue the %s request: %s", c->nodes[i].desc,
+                       req_name(c, id), redlock_strerror(rc));
             nd->final = 1;
             l->outstanding--;
         }
@@ -1276,6 +1299,14 @@ static int decode(nres *nd, int shape, const resp_reply *r, const redlock *l)
             return -1;
         nd->code = r[1].integer;
         nd->val = r[2].integer;
+        return 0;
+    case R_HEAD: /* the fair probe as PTTL would say it: -2 we may go, -1 another is first */
+        if (r->type != RESP_ARRAY || r->n > 1 || (r->n == 1 && r[1].type != RESP_BULK))
+            return -1;
+        nd->code = r->n == 1 && !(r[1].len == l->vlen && memcmp(r[1].str, l->value, l->vlen) == 0)
+                       ? -1
+                       : -2;
+        nd->val = 0;
         return 0;
     }
     return decode_status(nd, r, l);
@@ -1438,7 +1469,7 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
         if (!cluster_retry(l, i))
             node_error(l, i, status, status == REDLOCK_ERR_IO || status == REDLOCK_ERR_TIMEOUT,
                        "%s", net_conn_errstr(c->nodes[i].sh[nd->shard].cmd));
-    } else if (r->type == RESP_ERROR && !nd->eval && r->len >= 8 &&
+    } else if (id != S_PROBE && r->type == RESP_ERROR && !nd->eval && r->len >= 8 &&
                memcmp(r->str, "NOSCRIPT", 8) == 0) {
         nd->eval = 1; /* not cached there (restart, SCRIPT FLUSH): EVAL loads it */
         int rc = send_request(l, i, -1);
@@ -1446,8 +1477,8 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
             return 0;
         node_error(l, i, rc, 0, "%s: cannot queue the %s script: %s", desc, scripts[id].name,
                    redlock_strerror(rc));
-    } else if (!nd->fcall && !nd->noperm && c->opts.scripts == REDLOCK_SCRIPTS_AUTO &&
-               error_starts(r, "NOPERM")) {
+    } else if (id != S_PROBE && !nd->fcall && !nd->noperm &&
+               c->opts.scripts == REDLOCK_SCRIPTS_AUTO && error_starts(r, "NOPERM")) {
         nd->noperm = 1; /* EVAL is not permitted there: FCALL, if the library is loaded */
         int rc = send_request(l, i, -1);
         if (rc == RESP_OK)
@@ -1481,9 +1512,10 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
                        nd->noperm ? "EVALSHA: NOPERM; FCALL: " : "",
                        (int)(r->len > 120 ? 120 : r->len), r->str);
         }
-    } else if (decode(nd, scripts[id].shape, r, l) != 0) {
-        node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: unexpected reply to the %s script", desc,
-                   scripts[id].name);
+    } else if (decode(nd, id != S_PROBE ? scripts[id].shape : c->opts.fair ? R_HEAD : R_INT, r,
+                      l) != 0) {
+        node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: unexpected reply to the %s", desc,
+                   req_name(c, id));
         bad = -1;
     } else {
         nd->state = N_OK;
@@ -2264,16 +2296,48 @@ static void lock_tried(redlock *l, int rc)
         mark_ready(l); /* listeners down: nothing to wait for */
 }
 
-/* PH_SUBSCRIBE is over: every node confirmed, failed, or the limit passed. */
+/* PH_SUBSCRIBE is over: every node confirmed, failed, or the limit passed.
+ * A release may have come between the failed try and the subscription, and
+ * its message went to nobody: a plain read on every node tells (see
+ * probe_judge), where trying again would run the acquire script. */
 static void subscribed(redlock *l)
 {
     redlock_client *c = l->c;
     timer_clear(l);
     if (l->sub_needed && !l->raced && l->ch && chan_any_on(c, l->ch)) {
         l->raced = 1;
+        round_start(l, PH_PROBE, S_PROBE, all_nodes(c), l->deadline);
+        return;
+    }
+    lock_sleep(l, l->pending);
+}
+
+/* PH_PROBE is over: try again at once when a release came meanwhile, or
+ * when the key is missing (fair mode: the line is empty or we are first)
+ * on enough nodes that a quorum could be ours (a node that did not answer
+ * counts: the try finds out); otherwise sleep as after the failed try. A
+ * fair waiter behind another is told when its turn comes: the release
+ * goes to the first in line whose lease is alive, and drops dead ones
+ * ahead of it. */
+static void probe_judge(redlock *l)
+{
+    redlock_client *c = l->c;
+    size_t held = 0;
+    int64_t pttl = -1;
+    for (size_t i = 0; i < c->n; i++) {
+        const nres *nd = &l->res[i];
+        if (nd->state != N_OK || nd->code == -2)
+            continue;
+        held++;
+        if (nd->code >= 0 && (pttl < 0 || nd->code < pttl))
+            pttl = nd->code;
+    }
+    if (l->woken || held <= c->n - c->quorum) {
         try_now(l);
         return;
     }
+    if (pttl >= 0)
+        l->holder_pttl = pttl;
     lock_sleep(l, l->pending);
 }
 
@@ -2557,6 +2621,9 @@ static void advance(redlock *l)
     case PH_SUBSCRIBE:
         subscribed(l);
         break;
+    case PH_PROBE:
+        probe_judge(l);
+        break;
     }
 }
 
@@ -2598,7 +2665,8 @@ static void op_cancel(redlock *l)
     int acquiring = l->op == OP_TRYLOCK || l->op == OP_LOCK;
     uint32_t written = forget_requests(l);
     uint32_t landed = 0;
-    if (acquiring && l->phase != PH_SLEEP && l->phase != PH_PARKED && l->phase != PH_SUBSCRIBE) {
+    if (acquiring && l->phase != PH_SLEEP && l->phase != PH_PARKED && l->phase != PH_SUBSCRIBE &&
+        l->phase != PH_PROBE) {
         landed = taken_nodes(l);
         if (l->phase == PH_ACQUIRE) {
             landed |= written;

@@ -367,19 +367,20 @@ static void turn(redlock_client *c, int max_ms)
     redlock_client_process(c, fds, n);
 }
 
-/* Script calls s has run since its last CONFIG RESETSTAT (EVALSHA, EVAL,
- * FCALL). */
+/* Scripts s has run since its last CONFIG RESETSTAT (EVALSHA, EVAL,
+ * FCALL; not an EVALSHA that failed, as on NOSCRIPT before its EVAL). */
 static long script_calls(fx_server *s)
 {
     static char info[8192];
     ck_assert_int_eq(fx_cmd(s, info, sizeof info, "INFO commandstats"), 0);
     long sum = 0;
-    static const char *const keys[] = {"cmdstat_evalsha:calls=", "cmdstat_eval:calls=",
-                                       "cmdstat_fcall:calls="};
+    static const char *const keys[] = {"cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_fcall:"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        const char *p = strstr(info, keys[i]);
+        const char *p = strstr(info, keys[i]), *f = p ? strstr(p, "failed_calls=") : NULL;
         if (p)
-            sum += atol(p + strlen(keys[i]));
+            sum += atol(p + strlen(keys[i]) + strlen("calls="));
+        if (f)
+            sum -= atol(f + strlen("failed_calls="));
     }
     return sum;
 }
@@ -556,6 +557,96 @@ START_TEST(test_leaving_head_wakes_next)
 }
 END_TEST
 
+/* calls= of one command in s's INFO commandstats (scripts' own calls too). */
+static long cmd_calls(fx_server *s, const char *cmd)
+{
+    static char info[16384];
+    char key[64];
+    ck_assert_int_eq(fx_cmd(s, info, sizeof info, "INFO commandstats"), 0);
+    snprintf(key, sizeof key, "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(info, key);
+    return p ? strtol(p + strlen(key), NULL, 10) : 0;
+}
+
+/* Once subscribed, a fair waiter reads the head of the line (ZRANGE, not
+ * another script): behind another waiter it sleeps until told (here: its
+ * wait ends first); first in line, with the lock gone without a message
+ * (deleted), it tries at once. */
+START_TEST(test_fair_probe)
+{
+    fx_server s;
+    char out[64];
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    redlock_client *hc = fair_client((const char *[]){s.url}, 1, 200);
+    redlock *holder = tu_lock(hc, "fp", "holder", 60000);
+    ck_assert_int_eq(redlock_trylock(holder), REDLOCK_OK);
+    redlock_client *c = slow_poll_client((const char *[]){s.url}, 1);
+    redlock *a = tu_lock(c, "fp", "a", 30000);
+    ck_assert_int_eq(redlock_start_lock(a, 20000), REDLOCK_OK);
+    double end = fx_now_ms() + 3000;
+    while ((zcard(&s, "{fp}:queue") < 1 || redlock_client_pollfds(c, NULL, 0) < 2) &&
+           fx_now_ms() < end)
+        turn(c, 5);
+    for (int i = 0; i < 20; i++)
+        turn(c, 10); /* a's probe answered: a sleeps */
+    redlock_client *c2 = slow_poll_client((const char *[]){s.url}, 1);
+    redlock *b = tu_lock(c2, "fp", "b", 30000);
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG RESETSTAT"), 0);
+    ck_assert_int_eq(redlock_lock(b, 500), REDLOCK_NOT_ACQUIRED);
+    /* b: join the line, the last try, leave the line; the probe was no script */
+    ck_assert_int_eq(script_calls(&s), 3);
+    ck_assert_int_ge(cmd_calls(&s, "zrange"), 1);
+    ck_assert_int_eq(zcard(&s, "{fp}:queue"), 1); /* a is still in line */
+    redlock_free(b);
+    redlock_client_free(c2);
+    redlock_free(a);
+    redlock_client_free(c);
+
+    /* first in line: a release before the subscription is taken at once */
+    int checked = 0;
+    for (int attempt = 0; attempt < 5 && !checked; attempt++) {
+        char name[32], key[48];
+        snprintf(name, sizeof name, "fq%d", attempt);
+        snprintf(key, sizeof key, "{%s}:queue", name);
+        redlock *h = tu_lock(hc, name, "holder", 60000);
+        ck_assert_int_eq(redlock_trylock(h), REDLOCK_OK);
+        c = slow_poll_client((const char *[]){s.url}, 1);
+        redlock *w = tu_lock(c, name, "w", 30000);
+        ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG RESETSTAT"), 0);
+        ck_assert_int_eq(redlock_start_lock(w, 3000), REDLOCK_OK);
+        double t0 = fx_now_ms();
+        for (int i = 0; i < 1000 && redlock_client_pollfds(c, NULL, 0) < 2; i++)
+            turn(c, 100);
+        ck_assert_int_eq(redlock_client_pollfds(c, NULL, 0), 2);
+        ck_assert_int_eq(redlock_result(w), REDLOCK_IN_PROGRESS);
+        if (cmd_calls(&s, "zrange") == 0) { /* no probe yet: it must follow the DEL */
+            checked = 1;
+            ck_assert_int_eq(zcard(&s, key), 1);
+            char cmd[64];
+            snprintf(cmd, sizeof cmd, "DEL %s", name);
+            ck_assert_int_eq(fx_cmd(&s, out, sizeof out, cmd), 0);
+        }
+        for (int i = 0; i < 1000 && redlock_result(w) == REDLOCK_IN_PROGRESS; i++)
+            turn(c, 100);
+        double took = fx_now_ms() - t0;
+        if (checked) {
+            ck_assert_int_eq(redlock_result(w), REDLOCK_OK);
+            ck_assert_msg(took < 1500, "acquired after %.0f ms (the wait is 3 s)", took);
+            ck_assert_int_eq(script_calls(&s), 2); /* join, the try after the probe */
+            ck_assert_int_eq(zcard(&s, key), 0);
+            ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
+        }
+        redlock_free(w);
+        redlock_client_free(c);
+        redlock_free(h);
+    }
+    ck_assert_msg(checked, "the probe always ran before the test could delete the key");
+    redlock_free(holder);
+    redlock_client_free(hc);
+    fx_server_stop(&s);
+}
+END_TEST
+
 /* Fair mode keeps the promise of no allocation per cycle, waiting included. */
 START_TEST(test_fair_no_alloc)
 {
@@ -612,6 +703,7 @@ int main(void)
     tcase_add_test(t, test_release_wakes_one);
     tcase_add_test(t, test_release_wakes_one_quorum);
     tcase_add_test(t, test_leaving_head_wakes_next);
+    tcase_add_test(t, test_fair_probe);
     tcase_add_test(t, test_no_starvation);
     tcase_add_test(t, test_default_no_starvation);
     tcase_add_test(t, test_default_no_starvation_quorum);

@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <poll.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
 #include <signal.h>
@@ -432,6 +433,100 @@ START_TEST(test_wait_holder_vanished)
 }
 END_TEST
 
+/* calls= of one command in INFO commandstats (scripts' own calls count too). */
+static long cmd_calls(const char *cmd)
+{
+    static char info[16384];
+    char key[64];
+    ck_assert_int_eq(fx_cmd(&srv, info, sizeof info, "INFO commandstats"), 0);
+    snprintf(key, sizeof key, "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(info, key);
+    return p ? strtol(p + strlen(key), NULL, 10) : 0;
+}
+
+/* A waiter whose try failed subscribes; a release before the subscription
+ * reached nobody. Once subscribed, the waiter asks with one PTTL (not
+ * another acquire script): the lock still held, it sleeps (here until its
+ * wait ends, the backoff being longer), and tries once more at the end. */
+START_TEST(test_wait_probe_held)
+{
+    redlock_options o;
+    redlock_options_init(&o);
+    o.retry_min_ms = 10000;
+    o.retry_max_ms = 10000;
+    redlock_client *c = tu_client_opts((const char *[]){srv.url}, 1, &o);
+    redlock *w = tu_lock(c, "probeheld", NULL, 5000);
+    pid_t pid = holder("probeheld", -1, 60000); /* exits holding it */
+    reap(pid);
+    raw("CONFIG RESETSTAT");
+    ck_assert_int_eq(redlock_lock(w, 500), REDLOCK_NOT_ACQUIRED);
+    ck_assert_int_eq(cmd_calls("subscribe"), 1);
+    /* the first try, the last try; each script ran PTTL, and the probe once */
+    ck_assert_int_eq(cmd_calls("evalsha"), 2);
+    ck_assert_int_eq(cmd_calls("pttl"), 3);
+    redlock_free(w);
+    redlock_client_free(c);
+}
+END_TEST
+
+/* One engine turn of c (poll, then process). */
+static void turn(redlock_client *c, int max_ms)
+{
+    struct pollfd fds[8];
+    int n = redlock_client_pollfds(c, fds, 8);
+    int t = redlock_client_timeout_ms(c);
+    ck_assert_int_ge(poll(fds, (nfds_t)n, t >= 0 && t < max_ms ? t : max_ms), 0);
+    redlock_client_process(c, fds, n);
+}
+
+/* The lock goes (deleted: nothing published) after the waiter's failed try
+ * and before its PTTL probe: the probe finds the key gone and the waiter
+ * tries at once, not after its 10 s backoff nor at the end of its wait. */
+START_TEST(test_wait_probe_finds_free)
+{
+    redlock_options o;
+    redlock_options_init(&o);
+    o.retry_min_ms = 10000;
+    o.retry_max_ms = 10000;
+    int checked = 0;
+    for (int attempt = 0; attempt < 5 && !checked; attempt++) {
+        char name[32];
+        snprintf(name, sizeof name, "probefree%d", attempt);
+        redlock_client *c = tu_client_opts((const char *[]){srv.url}, 1, &o);
+        redlock *w = tu_lock(c, name, NULL, 5000);
+        raw("SET %s someone PX 60000", name);
+        raw("CONFIG RESETSTAT");
+        ck_assert_int_eq(redlock_start_lock(w, 3000), REDLOCK_OK);
+        /* run the engine until the listener's connection exists: the try
+         * has failed, the SUBSCRIBE is on its way */
+        double t0 = fx_now_ms();
+        for (int i = 0; i < 1000 && redlock_client_pollfds(c, NULL, 0) < 2; i++)
+            turn(c, 100);
+        ck_assert_int_eq(redlock_client_pollfds(c, NULL, 0), 2);
+        ck_assert_int_eq(redlock_result(w), REDLOCK_IN_PROGRESS);
+        /* the engine waits for this test to turn it: the probe can only
+         * follow the DEL, unless it already ran (then try again) */
+        if (cmd_calls("pttl") == 1) {
+            checked = 1;
+            raw("DEL %s", name);
+        }
+        for (int i = 0; i < 1000 && redlock_result(w) == REDLOCK_IN_PROGRESS; i++)
+            turn(c, 100);
+        double took = fx_now_ms() - t0;
+        if (checked) {
+            ck_assert_int_eq(redlock_result(w), REDLOCK_OK);
+            ck_assert_msg(took < 1500, "acquired after %.0f ms (the wait is 3 s)", took);
+            ck_assert_int_eq(cmd_calls("evalsha"), 2); /* the try, the try after the probe */
+            ck_assert_int_eq(cmd_calls("pttl"), 2);    /* in the first script, the probe */
+            ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
+        }
+        redlock_free(w);
+        redlock_client_free(c);
+    }
+    ck_assert_msg(checked, "the probe always ran before the test could delete the key");
+}
+END_TEST
+
 START_TEST(test_wait_many_handoffs)
 {
     /* two processes hand one lock back and forth; every wait is satisfied */
@@ -823,6 +918,8 @@ static Suite *lock_suite(void)
     tcase_add_test(t, test_wait_wakes_on_release);
     tcase_add_test(t, test_wait_times_out);
     tcase_add_test(t, test_wait_holder_vanished);
+    tcase_add_test(t, test_wait_probe_held);
+    tcase_add_test(t, test_wait_probe_finds_free);
     tcase_add_test(t, test_wait_many_handoffs);
     tcase_add_test(t, test_binary_names);
     tcase_add_test(t, test_script_flush_mid_use);

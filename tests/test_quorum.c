@@ -5,6 +5,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -285,6 +286,97 @@ START_TEST(test_waiter_wakes_on_release)
 }
 END_TEST
 
+/* calls= of one command in node k's INFO commandstats (scripts' own calls too). */
+static long cmd_calls(int k, const char *cmd)
+{
+    static char info[16384];
+    char key[64];
+    ck_assert_int_eq(fx_cmd(&srv[k], info, sizeof info, "INFO commandstats"), 0);
+    snprintf(key, sizeof key, "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(info, key);
+    return p ? strtol(p + strlen(key), NULL, 10) : 0;
+}
+
+static void turn(redlock_client *c, int max_ms)
+{
+    struct pollfd fds[16];
+    int n = redlock_client_pollfds(c, fds, 16);
+    ck_assert_int_le(n, 16);
+    int t = redlock_client_timeout_ms(c);
+    ck_assert_int_ge(poll(fds, (nfds_t)n, t >= 0 && t < max_ms ? t : max_ms), 0);
+    redlock_client_process(c, fds, n);
+}
+
+/* After subscribing, a quorum waiter asks every node for the lock's PTTL:
+ * held on 3 of 5 (no quorum possible) it sleeps; held on 2 of 5 (a quorum
+ * may be free: the holder's key went from one node after the try) it tries
+ * at once. */
+START_TEST(test_waiter_probe)
+{
+    flush_all();
+    redlock_options o;
+    redlock_options_init(&o);
+    o.retry_min_ms = 10000;
+    o.retry_max_ms = 10000;
+    const char *urls[N];
+    for (int i = 0; i < N; i++)
+        urls[i] = srv[i].url;
+    char out[64];
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(fx_cmd(&srv[k], out, sizeof out, "SET qp someone PX 60000"), 0);
+
+    redlock_client *c = tu_client_opts(urls, N, &o);
+    redlock *w = tu_lock(c, "qp", NULL, 5000);
+    for (int k = 0; k < N; k++)
+        ck_assert_int_eq(fx_cmd(&srv[k], out, sizeof out, "CONFIG RESETSTAT"), 0);
+    ck_assert_int_eq(redlock_lock(w, 500), REDLOCK_NOT_ACQUIRED);
+    /* node 0: the first try and the last, each with its PTTL, and the probe */
+    ck_assert_int_eq(cmd_calls(0, "evalsha"), 2);
+    ck_assert_int_eq(cmd_calls(0, "pttl"), 3);
+    redlock_free(w);
+    redlock_client_free(c);
+
+    int checked = 0;
+    for (int attempt = 0; attempt < 5 && !checked; attempt++) {
+        for (int k = 0; k < 3; k++)
+            ck_assert_int_eq(fx_cmd(&srv[k], out, sizeof out, "SET qp someone PX 60000"), 0);
+        c = tu_client_opts(urls, N, &o);
+        w = tu_lock(c, "qp", NULL, 5000);
+        for (int k = 0; k < N; k++)
+            ck_assert_int_eq(fx_cmd(&srv[k], out, sizeof out, "CONFIG RESETSTAT"), 0);
+        ck_assert_int_eq(redlock_start_lock(w, 3000), REDLOCK_OK);
+        double t0 = fx_now_ms();
+        /* until every node's listener connection exists: the try failed */
+        for (int i = 0; i < 1000 && redlock_client_pollfds(c, NULL, 0) < 2 * N; i++)
+            turn(c, 100);
+        ck_assert_int_eq(redlock_client_pollfds(c, NULL, 0), 2 * N);
+        ck_assert_int_eq(redlock_result(w), REDLOCK_IN_PROGRESS);
+        int probed = 0;
+        for (int k = 0; k < 3; k++)
+            probed += cmd_calls(k, "pttl") != 1;
+        if (!probed) {
+            checked = 1;
+            ck_assert_int_eq(fx_cmd(&srv[0], out, sizeof out, "DEL qp"), 0);
+        }
+        for (int i = 0; i < 1000 && redlock_result(w) == REDLOCK_IN_PROGRESS; i++)
+            turn(c, 100);
+        double took = fx_now_ms() - t0;
+        if (checked) {
+            ck_assert_int_eq(redlock_result(w), REDLOCK_OK);
+            ck_assert_msg(took < 1500, "acquired after %.0f ms (the wait is 3 s)", took);
+            /* node 1 (still held): the try, the try after the probe */
+            ck_assert_int_eq(cmd_calls(1, "evalsha"), 2);
+            ck_assert_int_eq(cmd_calls(0, "pttl"), 2); /* in the first try, the probe */
+            ck_assert_int_eq(count_holding(srv, N, "qp", redlock_value(w)), 3);
+            ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
+        }
+        redlock_free(w);
+        redlock_client_free(c);
+    }
+    ck_assert_msg(checked, "the probe always ran before the test could delete the key");
+}
+END_TEST
+
 /* ---- mutual exclusion under load, with nodes dying and coming back ---------------- */
 
 struct shared {
@@ -397,6 +489,7 @@ static Suite *quorum_suite(void)
     tcase_add_test(t, test_fence_rotation);
     tcase_add_test(t, test_restart_empty);
     tcase_add_test(t, test_waiter_wakes_on_release);
+    tcase_add_test(t, test_waiter_probe);
     suite_add_tcase(s, t);
     TCase *st = tcase_create("stress");
     tcase_set_timeout(st, 120);
