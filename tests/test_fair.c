@@ -587,8 +587,11 @@ START_TEST(test_fair_probe)
     while ((zcard(&s, "{fp}:queue") < 1 || redlock_client_pollfds(c, NULL, 0) < 2) &&
            fx_now_ms() < end)
         turn(c, 5);
-    for (int i = 0; i < 20; i++)
-        turn(c, 10); /* a's probe answered: a sleeps */
+    /* a is first: its probe sends it to try again (held); then it sleeps
+     * 1.5 s or more, and sends nothing while b waits */
+    while (redlock_client_timeout_ms(c) < 1000 && fx_now_ms() < end)
+        turn(c, 10);
+    ck_assert_int_ge(redlock_client_timeout_ms(c), 1000);
     redlock_client *c2 = slow_poll_client((const char *[]){s.url}, 1);
     redlock *b = tu_lock(c2, "fp", "b", 30000);
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG RESETSTAT"), 0);
