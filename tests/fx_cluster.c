@@ -28,6 +28,20 @@ static const char *const node_args[] = {"--cluster-node-timeout",
                                         "--repl-diskless-load",
                                         "on-empty-db",
                                         NULL};
+/* The same, for nodes with TLS: the cluster bus over TLS too, so that the
+ * nodes announce their TLS ports (a plain client is still told the plain
+ * ones). */
+static const char *const node_args_tls[] = {"--cluster-node-timeout",
+                                            STR(FX_CLUSTER_NODE_TIMEOUT_MS),
+                                            "--repl-diskless-sync-delay",
+                                            "0",
+                                            "--repl-diskless-load",
+                                            "on-empty-db",
+                                            "--tls-cluster",
+                                            "yes",
+                                            "--tls-replication",
+                                            "yes",
+                                            NULL};
 
 typedef struct range {
     int lo, hi, port;
@@ -461,12 +475,25 @@ static void show_log(const fx_server *s)
 
 int fx_cluster_start(fx_cluster *cl, int primaries, int replicas_per_primary)
 {
+    return fx_cluster_start_opts(cl, primaries, replicas_per_primary, NULL);
+}
+
+int fx_cluster_start_opts(fx_cluster *cl, int primaries, int replicas_per_primary,
+                          const fx_opts *base)
+{
     int n = primaries * (1 + replicas_per_primary);
     fx_opts o;
     memset(cl, 0, sizeof *cl);
     memset(&o, 0, sizeof o);
+    if (base) {
+        o = *base;
+        if (o.tls_cert && !o.tls_plain) {
+            fprintf(stderr, "fx_cluster: TLS nodes need tls_plain (the fixture speaks plain)\n");
+            return -1;
+        }
+    }
     o.cluster = 1;
-    o.extra_args = node_args;
+    o.extra_args = o.tls_cert ? node_args_tls : node_args;
     for (int i = 0; i < FX_CLUSTER_MAX_NODES; i++)
         cl->lost_slot[i] = -1;
     if (primaries < 1 || replicas_per_primary < 0 || n > FX_CLUSTER_MAX_NODES) {

@@ -47,6 +47,12 @@ typedef struct fx_cluster {
  * Waits until the cluster has settled. 0, or -1 with a message on stderr and
  * everything started already stopped. */
 int fx_cluster_start(fx_cluster *cl, int primaries, int replicas_per_primary);
+/* The same with every node started from base's options (e.g. fx_tls_opts,
+ * which then needs tls_plain: the fixture talks plain TCP; the cluster bus
+ * and replication then run over TLS, and a TLS client's CLUSTER SLOTS names
+ * the TLS ports). base's extra_args are replaced. */
+int fx_cluster_start_opts(fx_cluster *cl, int primaries, int replicas_per_primary,
+                          const fx_opts *base);
 /* Stop every node still running (by PID) and remove every temp dir. Safe
  * twice, and after a failed start. */
 void fx_cluster_stop(fx_cluster *cl);

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "fixture.h"
+#include "fx_cluster.h"
 #include "fx_tls.h"
 #include "netx.h"
 #include "testutil.h"
@@ -585,6 +586,107 @@ START_TEST(test_wait_and_wake)
 }
 END_TEST
 
+/* CLIENT LIST lines of s whose local address is port (connections made to it). */
+static int clients_on_port(fx_server *s, int port)
+{
+    static char out[65536];
+    char want[48];
+    ck_assert_int_eq(fx_cmd(s, out, sizeof out, "CLIENT LIST"), 0);
+    snprintf(want, sizeof want, "laddr=127.0.0.1:%d ", port);
+    int k = 0;
+    for (const char *p = out; (p = strstr(p, want)) != NULL; p += strlen(want))
+        k++;
+    return k;
+}
+
+/* rediss:// with cluster=1 (as on managed Redis with in-transit encryption):
+ * a 2-primary cluster whose nodes speak TLS (tls-cluster yes), seeded by one
+ * TLS URL. The slot map asked over TLS names the TLS ports, and the client
+ * reaches both shards over TLS with the seed's CA: locks land on the node
+ * that serves their slot, and a waiter is woken over its TLS listener by
+ * the sharded release. */
+START_TEST(test_cluster_over_tls)
+{
+    fx_cluster cl;
+    fx_opts fo;
+    memset(&fo, 0, sizeof fo);
+    fx_tls_opts(&fo, &certs, FX_TLS_SERVER, "no");
+    fo.tls_plain = 1;
+    ck_assert_int_eq(fx_cluster_start_opts(&cl, 2, 0, &fo), 0);
+    char url[1024];
+    snprintf(url, sizeof url, "rediss://127.0.0.1:%d?cluster=1&ca=%s", cl.node[0].tls_port,
+             certs.ca);
+    /* a name on each primary */
+    char names[2][16] = {"", ""};
+    for (char ch = 'a'; ch <= 'z' && (!names[0][0] || !names[1][0]); ch++) {
+        char name[16];
+        snprintf(name, sizeof name, "{%c}tls", ch);
+        int owner = fx_cluster_slot_owner(&cl, fx_cluster_keyslot(&cl, name, strlen(name)));
+        ck_assert(owner == 0 || owner == 1);
+        if (!names[owner][0])
+            snprintf(names[owner], sizeof names[owner], "%s", name);
+    }
+    ck_assert(names[0][0] && names[1][0]);
+
+    redlock_client *c = tls_client(url, 0);
+    for (int k = 0; k < 2; k++) {
+        redlock *l = tu_lock(c, names[k], NULL, 20000);
+        ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s", redlock_errstr(l));
+        ck_assert_uint_eq(redlock_fence(l), 1);
+        ck_assert_str_eq(tu_get(&cl.node[k], names[k]), redlock_value(l));
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+        ck_assert_str_eq(tu_get(&cl.node[k], names[k]), "");
+        redlock_free(l);
+        /* the client's connection to this shard came in on its TLS port;
+         * on the plain port there is only the one asking */
+        ck_assert_int_ge(clients_on_port(&cl.node[k], cl.node[k].tls_port), 1);
+        ck_assert_int_eq(clients_on_port(&cl.node[k], cl.node[k].port), 1);
+    }
+
+    /* a waiter on the second shard, woken by the release */
+    redlock_options o;
+    tls_options(&o, 0);
+    o.retry_min_ms = o.retry_max_ms = 8000; /* no backoff wake-up within the test */
+    const char *wurl = url;
+    redlock_client *wc = tu_client_opts(&wurl, 1, &o);
+    redlock *h = tu_lock(c, names[1], "holder", 30000), *w = tu_lock(wc, names[1], "waiter", 30000);
+    ck_assert_int_eq(redlock_trylock(h), REDLOCK_OK);
+    ck_assert_int_eq(redlock_start_lock(w, 10000), REDLOCK_OK);
+    double released = 0, end = fx_now_ms() + MS(5000);
+    int rc = REDLOCK_IN_PROGRESS;
+    while (rc == REDLOCK_IN_PROGRESS && fx_now_ms() < end) {
+        struct pollfd fds[8];
+        int n = redlock_client_pollfds(wc, fds, 8);
+        ck_assert_int_le(n, 8);
+        int t = redlock_client_timeout_ms(wc);
+        ck_assert_int_ge(poll(fds, (nfds_t)n, t < 0 || t > 20 ? 20 : t), 0);
+        redlock_client_process(wc, fds, n);
+        if (redlock_client_done(wc) == w)
+            rc = redlock_result(w);
+        /* release once the waiter listens on the shard (SSUBSCRIBE) */
+        if (!released) {
+            char cmd[64], rep[128];
+            snprintf(cmd, sizeof cmd, "PUBSUB SHARDNUMSUB %s:freed", names[1]);
+            ck_assert_int_eq(fx_cmd(&cl.node[1], rep, sizeof rep, cmd), 0);
+            if (strstr(rep, "\n1")) {
+                ck_assert_int_eq(redlock_unlock(h), REDLOCK_OK);
+                released = fx_now_ms();
+            }
+        }
+    }
+    ck_assert_msg(rc == REDLOCK_OK, "waiter: %s", redlock_errstr(w));
+    double woke = fx_now_ms() - released;
+    ck_assert_msg(released > 0 && woke < MS(1000), "woken %.1f ms after the release", woke);
+    ck_assert_str_eq(tu_get(&cl.node[1], names[1]), "waiter");
+    ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
+    redlock_free(h);
+    redlock_free(w);
+    redlock_client_free(wc);
+    redlock_client_free(c);
+    fx_cluster_stop(&cl);
+}
+END_TEST
+
 /* Quorum over TLS nodes, and over TLS and plain nodes mixed. */
 START_TEST(test_quorum_mixed)
 {
@@ -725,7 +827,8 @@ START_TEST(test_client_certificate)
     redlock_client *c = tu_client_opts((const char *[]){s.tls_url}, 1, &o);
     memset(cert, 0, sizeof cert); /* copied by redlock_client_new */
     memset(key, 0, sizeof key);
-    redlock *l = tu_lock(c, "tls:cert", NULL, 5000);
+    /* held across the 3 s wait below, which valgrind may spend retrying */
+    redlock *l = tu_lock(c, "tls:cert", NULL, (uint32_t)MS(5000));
     ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s", redlock_client_errstr(c));
     o.tls_cert = certs.client_cert;
     o.tls_key = certs.client_key;
@@ -1248,6 +1351,7 @@ static Suite *tls_suite(void)
     tcase_add_test(t, test_no_alloc_per_cycle);
     tcase_add_test(t, test_alloc_failure);
     tcase_add_test(t, test_wait_and_wake);
+    tcase_add_test(t, test_cluster_over_tls);
     tcase_add_test(t, test_quorum_mixed);
     tcase_add_test(t, test_unix_stays_plain);
     tcase_add_test(t, test_other_ca_refused);
