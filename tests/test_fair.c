@@ -355,18 +355,6 @@ END_TEST
 
 /* ---- one release wakes one waiter ------------------------------------------------------- */
 
-/* One turn of an event loop over c: its sockets and timeout, poll at most
- * max_ms, process. */
-static void turn(redlock_client *c, int max_ms)
-{
-    struct pollfd fds[16];
-    int n = redlock_client_pollfds(c, fds, 16);
-    ck_assert_int_le(n, 16);
-    int t = redlock_client_timeout_ms(c);
-    ck_assert_int_ge(poll(fds, (nfds_t)n, t >= 0 && t < max_ms ? t : max_ms), 0);
-    redlock_client_process(c, fds, n);
-}
-
 /* Scripts s has run since its last CONFIG RESETSTAT (EVALSHA, EVAL,
  * FCALL; not an EVALSHA that failed, as on NOSCRIPT before its EVAL). */
 static long script_calls(fx_server *s)
@@ -426,11 +414,11 @@ static void line_drains(size_t n)
         ck_assert_int_eq(redlock_start_lock(w[i], 20000), REDLOCK_OK);
         double end = fx_now_ms() + 3000;
         while (zcard(&s[n - 1], "{fw}:queue") < i + 1 && fx_now_ms() < end)
-            turn(c, 5); /* each is in line before the next starts */
+            tu_turn(c, 5); /* each is in line before the next starts */
         ck_assert_int_eq(zcard(&s[n - 1], "{fw}:queue"), i + 1);
     }
     for (int i = 0; i < 20; i++)
-        turn(c, 10); /* every subscription settles */
+        tu_turn(c, 10); /* every subscription settles */
     ck_assert_ptr_null(redlock_client_done(c));
 
     char out[64];
@@ -440,7 +428,7 @@ static void line_drains(size_t n)
     ck_assert_int_eq(redlock_unlock(holder), REDLOCK_OK);
     int got = 0, unlocked = 0, order[LINE], acquired[LINE] = {0};
     while (unlocked < LINE && fx_now_ms() < t0 + 10000) {
-        turn(c, 50);
+        tu_turn(c, 50);
         for (redlock *d; (d = redlock_client_done(c)) != NULL;) {
             int i = (int)(intptr_t)redlock_userdata(d);
             ck_assert_int_eq(redlock_result(d), REDLOCK_OK);
@@ -508,13 +496,13 @@ START_TEST(test_leaving_head_wakes_next)
     ck_assert_int_eq(redlock_start_lock(first, 20000), REDLOCK_OK);
     double end = fx_now_ms() + 3000;
     while (zcard(&s, "{fl}:queue") < 1 && fx_now_ms() < end)
-        turn(c, 5);
+        tu_turn(c, 5);
     ck_assert_int_eq(redlock_start_lock(second, 20000), REDLOCK_OK);
     while (zcard(&s, "{fl}:queue") < 2 && fx_now_ms() < end)
-        turn(c, 5);
+        tu_turn(c, 5);
     ck_assert_int_eq(zcard(&s, "{fl}:queue"), 2);
     for (int i = 0; i < 20; i++)
-        turn(c, 10);
+        tu_turn(c, 10);
     /* the holder's key goes away with no release message (as when a lease
      * runs out); before the waiters run again, the first one gives up */
     char out[64];
@@ -524,7 +512,7 @@ START_TEST(test_leaving_head_wakes_next)
     ck_assert_int_eq(redlock_result(first), REDLOCK_CANCELLED); /* and not reported */
     int done = 0;
     while (!done && fx_now_ms() < t0 + 10000) {
-        turn(c, 50);
+        tu_turn(c, 50);
         for (redlock *d; (d = redlock_client_done(c)) != NULL;) {
             ck_assert_ptr_eq(d, second);
             ck_assert_int_eq(redlock_result(d), REDLOCK_OK);
@@ -540,14 +528,14 @@ START_TEST(test_leaving_head_wakes_next)
      * next wait needs no SUBSCRIBE) and goes with the handle */
     redlock_free(first);
     for (int i = 0; i < 10; i++)
-        turn(c, 10);
+        tu_turn(c, 10);
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "PUBSUB NUMSUB redlock:fl:first"), 0);
     ck_assert_str_eq(out, "redlock:fl:first\n0");
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "PUBSUB NUMSUB redlock:fl:second"), 0);
     ck_assert_str_eq(out, "redlock:fl:second\n1");
     redlock_free(second);
     for (int i = 0; i < 10; i++)
-        turn(c, 10);
+        tu_turn(c, 10);
     ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "PUBSUB NUMSUB redlock:fl:second"), 0);
     ck_assert_str_eq(out, "redlock:fl:second\n0");
     redlock_free(holder);
@@ -556,17 +544,6 @@ START_TEST(test_leaving_head_wakes_next)
     fx_server_stop(&s);
 }
 END_TEST
-
-/* calls= of one command in s's INFO commandstats (scripts' own calls too). */
-static long cmd_calls(fx_server *s, const char *cmd)
-{
-    static char info[16384];
-    char key[64];
-    ck_assert_int_eq(fx_cmd(s, info, sizeof info, "INFO commandstats"), 0);
-    snprintf(key, sizeof key, "cmdstat_%s:calls=", cmd);
-    const char *p = strstr(info, key);
-    return p ? strtol(p + strlen(key), NULL, 10) : 0;
-}
 
 /* Once subscribed, a fair waiter reads the head of the line (ZRANGE, not
  * another script): behind another waiter it sleeps until told (here: its
@@ -586,11 +563,11 @@ START_TEST(test_fair_probe)
     double end = fx_now_ms() + 3000;
     while ((zcard(&s, "{fp}:queue") < 1 || redlock_client_pollfds(c, NULL, 0) < 2) &&
            fx_now_ms() < end)
-        turn(c, 5);
+        tu_turn(c, 5);
     /* a is first: its probe sends it to try again (held); then it sleeps
      * 1.5 s or more, and sends nothing while b waits */
     while (redlock_client_timeout_ms(c) < 1000 && fx_now_ms() < end)
-        turn(c, 10);
+        tu_turn(c, 10);
     ck_assert_int_ge(redlock_client_timeout_ms(c), 1000);
     redlock_client *c2 = slow_poll_client((const char *[]){s.url}, 1);
     redlock *b = tu_lock(c2, "fp", "b", 30000);
@@ -598,7 +575,7 @@ START_TEST(test_fair_probe)
     ck_assert_int_eq(redlock_lock(b, 500), REDLOCK_NOT_ACQUIRED);
     /* b: join the line, the last try, leave the line; the probe was no script */
     ck_assert_int_eq(script_calls(&s), 3);
-    ck_assert_int_ge(cmd_calls(&s, "zrange"), 1);
+    ck_assert_int_ge(tu_cmd_calls(&s, "zrange"), 1);
     ck_assert_int_eq(zcard(&s, "{fp}:queue"), 1); /* a is still in line */
     redlock_free(b);
     redlock_client_free(c2);
@@ -618,22 +595,19 @@ START_TEST(test_fair_probe)
         ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG RESETSTAT"), 0);
         ck_assert_int_eq(redlock_start_lock(w, 3000), REDLOCK_OK);
         double t0 = fx_now_ms();
-        for (int i = 0; i < 1000 && redlock_client_pollfds(c, NULL, 0) < 2; i++)
-            turn(c, 100);
-        ck_assert_int_eq(redlock_client_pollfds(c, NULL, 0), 2);
+        tu_turn_until_sockets(c, 2);
         ck_assert_int_eq(redlock_result(w), REDLOCK_IN_PROGRESS);
-        if (cmd_calls(&s, "zrange") == 0) { /* no probe yet: it must follow the DEL */
+        if (tu_cmd_calls(&s, "zrange") == 0) { /* no probe yet: it must follow the DEL */
             checked = 1;
             ck_assert_int_eq(zcard(&s, key), 1);
             char cmd[64];
             snprintf(cmd, sizeof cmd, "DEL %s", name);
             ck_assert_int_eq(fx_cmd(&s, out, sizeof out, cmd), 0);
         }
-        for (int i = 0; i < 1000 && redlock_result(w) == REDLOCK_IN_PROGRESS; i++)
-            turn(c, 100);
+        int rc = tu_turn_until_result(c, w);
         double took = fx_now_ms() - t0;
         if (checked) {
-            ck_assert_int_eq(redlock_result(w), REDLOCK_OK);
+            ck_assert_int_eq(rc, REDLOCK_OK);
             ck_assert_msg(took < 1500, "acquired after %.0f ms (the wait is 3 s)", took);
             ck_assert_int_eq(script_calls(&s), 2); /* join, the try after the probe */
             ck_assert_int_eq(zcard(&s, key), 0);

@@ -5,7 +5,6 @@
 #include "testutil.h"
 
 #include <check.h>
-#include <poll.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
 #include <signal.h>
@@ -433,17 +432,6 @@ START_TEST(test_wait_holder_vanished)
 }
 END_TEST
 
-/* calls= of one command in INFO commandstats (scripts' own calls count too). */
-static long cmd_calls(const char *cmd)
-{
-    static char info[16384];
-    char key[64];
-    ck_assert_int_eq(fx_cmd(&srv, info, sizeof info, "INFO commandstats"), 0);
-    snprintf(key, sizeof key, "cmdstat_%s:calls=", cmd);
-    const char *p = strstr(info, key);
-    return p ? strtol(p + strlen(key), NULL, 10) : 0;
-}
-
 /* A waiter whose try failed subscribes; a release before the subscription
  * reached nobody. Once subscribed, the waiter asks with one PTTL (not
  * another acquire script): the lock still held, it sleeps (here until its
@@ -460,24 +448,14 @@ START_TEST(test_wait_probe_held)
     reap(pid);
     raw("CONFIG RESETSTAT");
     ck_assert_int_eq(redlock_lock(w, 500), REDLOCK_NOT_ACQUIRED);
-    ck_assert_int_eq(cmd_calls("subscribe"), 1);
+    ck_assert_int_eq(tu_cmd_calls(&srv, "subscribe"), 1);
     /* the first try, the last try; each script ran PTTL, and the probe once */
-    ck_assert_int_eq(cmd_calls("evalsha"), 2);
-    ck_assert_int_eq(cmd_calls("pttl"), 3);
+    ck_assert_int_eq(tu_cmd_calls(&srv, "evalsha"), 2);
+    ck_assert_int_eq(tu_cmd_calls(&srv, "pttl"), 3);
     redlock_free(w);
     redlock_client_free(c);
 }
 END_TEST
-
-/* One engine turn of c (poll, then process). */
-static void turn(redlock_client *c, int max_ms)
-{
-    struct pollfd fds[8];
-    int n = redlock_client_pollfds(c, fds, 8);
-    int t = redlock_client_timeout_ms(c);
-    ck_assert_int_ge(poll(fds, (nfds_t)n, t >= 0 && t < max_ms ? t : max_ms), 0);
-    redlock_client_process(c, fds, n);
-}
 
 /* The lock goes (deleted: nothing published) after the waiter's failed try
  * and before its PTTL probe: the probe finds the key gone and the waiter
@@ -500,24 +478,21 @@ START_TEST(test_wait_probe_finds_free)
         /* run the engine until the listener's connection exists: the try
          * has failed, the SUBSCRIBE is on its way */
         double t0 = fx_now_ms();
-        for (int i = 0; i < 1000 && redlock_client_pollfds(c, NULL, 0) < 2; i++)
-            turn(c, 100);
-        ck_assert_int_eq(redlock_client_pollfds(c, NULL, 0), 2);
+        tu_turn_until_sockets(c, 2);
         ck_assert_int_eq(redlock_result(w), REDLOCK_IN_PROGRESS);
         /* the engine waits for this test to turn it: the probe can only
          * follow the DEL, unless it already ran (then try again) */
-        if (cmd_calls("pttl") == 1) {
+        if (tu_cmd_calls(&srv, "pttl") == 1) {
             checked = 1;
             raw("DEL %s", name);
         }
-        for (int i = 0; i < 1000 && redlock_result(w) == REDLOCK_IN_PROGRESS; i++)
-            turn(c, 100);
+        int rc = tu_turn_until_result(c, w);
         double took = fx_now_ms() - t0;
         if (checked) {
-            ck_assert_int_eq(redlock_result(w), REDLOCK_OK);
+            ck_assert_int_eq(rc, REDLOCK_OK);
             ck_assert_msg(took < 1500, "acquired after %.0f ms (the wait is 3 s)", took);
-            ck_assert_int_eq(cmd_calls("evalsha"), 2); /* the try, the try after the probe */
-            ck_assert_int_eq(cmd_calls("pttl"), 2);    /* in the first script, the probe */
+            ck_assert_int_eq(tu_cmd_calls(&srv, "evalsha"), 2); /* the try, the try after the probe */
+            ck_assert_int_eq(tu_cmd_calls(&srv, "pttl"), 2);    /* in the first script, the probe */
             ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
         }
         redlock_free(w);

@@ -5,7 +5,6 @@
 #include "testutil.h"
 
 #include <check.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -286,27 +285,6 @@ START_TEST(test_waiter_wakes_on_release)
 }
 END_TEST
 
-/* calls= of one command in node k's INFO commandstats (scripts' own calls too). */
-static long cmd_calls(int k, const char *cmd)
-{
-    static char info[16384];
-    char key[64];
-    ck_assert_int_eq(fx_cmd(&srv[k], info, sizeof info, "INFO commandstats"), 0);
-    snprintf(key, sizeof key, "cmdstat_%s:calls=", cmd);
-    const char *p = strstr(info, key);
-    return p ? strtol(p + strlen(key), NULL, 10) : 0;
-}
-
-static void turn(redlock_client *c, int max_ms)
-{
-    struct pollfd fds[16];
-    int n = redlock_client_pollfds(c, fds, 16);
-    ck_assert_int_le(n, 16);
-    int t = redlock_client_timeout_ms(c);
-    ck_assert_int_ge(poll(fds, (nfds_t)n, t >= 0 && t < max_ms ? t : max_ms), 0);
-    redlock_client_process(c, fds, n);
-}
-
 /* After subscribing, a quorum waiter asks every node for the lock's PTTL:
  * held on 3 of 5 (no quorum possible) it sleeps; held on 2 of 5 (a quorum
  * may be free: the holder's key went from one node after the try) it tries
@@ -331,8 +309,8 @@ START_TEST(test_waiter_probe)
         ck_assert_int_eq(fx_cmd(&srv[k], out, sizeof out, "CONFIG RESETSTAT"), 0);
     ck_assert_int_eq(redlock_lock(w, 500), REDLOCK_NOT_ACQUIRED);
     /* node 0: the first try and the last, each with its PTTL, and the probe */
-    ck_assert_int_eq(cmd_calls(0, "evalsha"), 2);
-    ck_assert_int_eq(cmd_calls(0, "pttl"), 3);
+    ck_assert_int_eq(tu_cmd_calls(&srv[0], "evalsha"), 2);
+    ck_assert_int_eq(tu_cmd_calls(&srv[0], "pttl"), 3);
     redlock_free(w);
     redlock_client_free(c);
 
@@ -347,26 +325,23 @@ START_TEST(test_waiter_probe)
         ck_assert_int_eq(redlock_start_lock(w, 3000), REDLOCK_OK);
         double t0 = fx_now_ms();
         /* until every node's listener connection exists: the try failed */
-        for (int i = 0; i < 1000 && redlock_client_pollfds(c, NULL, 0) < 2 * N; i++)
-            turn(c, 100);
-        ck_assert_int_eq(redlock_client_pollfds(c, NULL, 0), 2 * N);
+        tu_turn_until_sockets(c, 2 * N);
         ck_assert_int_eq(redlock_result(w), REDLOCK_IN_PROGRESS);
         int probed = 0;
         for (int k = 0; k < 3; k++)
-            probed += cmd_calls(k, "pttl") != 1;
+            probed += tu_cmd_calls(&srv[k], "pttl") != 1;
         if (!probed) {
             checked = 1;
             ck_assert_int_eq(fx_cmd(&srv[0], out, sizeof out, "DEL qp"), 0);
         }
-        for (int i = 0; i < 1000 && redlock_result(w) == REDLOCK_IN_PROGRESS; i++)
-            turn(c, 100);
+        int rc = tu_turn_until_result(c, w);
         double took = fx_now_ms() - t0;
         if (checked) {
-            ck_assert_int_eq(redlock_result(w), REDLOCK_OK);
+            ck_assert_int_eq(rc, REDLOCK_OK);
             ck_assert_msg(took < 1500, "acquired after %.0f ms (the wait is 3 s)", took);
             /* node 1 (still held): the try, the try after the probe */
-            ck_assert_int_eq(cmd_calls(1, "evalsha"), 2);
-            ck_assert_int_eq(cmd_calls(0, "pttl"), 2); /* in the first try, the probe */
+            ck_assert_int_eq(tu_cmd_calls(&srv[1], "evalsha"), 2);
+            ck_assert_int_eq(tu_cmd_calls(&srv[0], "pttl"), 2); /* in the first try, the probe */
             ck_assert_int_eq(count_holding(srv, N, "qp", redlock_value(w)), 3);
             ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
         }

@@ -2,6 +2,8 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,4 +78,38 @@ void tu_alloc_start(long fail_at)
 void tu_alloc_stop(void)
 {
     redlock_set_allocator(NULL, NULL, NULL);
+}
+
+long tu_cmd_calls(fx_server *s, const char *cmd)
+{
+    static char info[16384];
+    char key[64];
+    ck_assert_int_eq(fx_cmd(s, info, sizeof info, "INFO commandstats"), 0);
+    snprintf(key, sizeof key, "cmdstat_%s:calls=", cmd);
+    const char *p = strstr(info, key);
+    return p ? strtol(p + strlen(key), NULL, 10) : 0;
+}
+
+void tu_turn(redlock_client *c, int max_ms)
+{
+    struct pollfd fds[64];
+    int n = redlock_client_pollfds(c, fds, 64);
+    ck_assert_int_le(n, 64);
+    int t = redlock_client_timeout_ms(c);
+    ck_assert_int_ge(poll(fds, (nfds_t)n, t >= 0 && t < max_ms ? t : max_ms), 0);
+    redlock_client_process(c, fds, n);
+}
+
+void tu_turn_until_sockets(redlock_client *c, int n)
+{
+    for (int i = 0; i < 1000 && redlock_client_pollfds(c, NULL, 0) < n; i++)
+        tu_turn(c, 100);
+    ck_assert_int_eq(redlock_client_pollfds(c, NULL, 0), n);
+}
+
+int tu_turn_until_result(redlock_client *c, redlock *l)
+{
+    for (int i = 0; i < 1000 && redlock_result(l) == REDLOCK_IN_PROGRESS; i++)
+        tu_turn(c, 100);
+    return redlock_result(l);
 }

@@ -25,6 +25,20 @@ redlock *tu_lock(redlock_client *c, const char *name, const char *value, uint32_
  * the value, "" when the key is missing. Valid until the next call. */
 const char *tu_get(fx_server *s, const char *key);
 
+/* calls= of one command in s's INFO commandstats since its last CONFIG
+ * RESETSTAT (a script's own calls count too); 0 when it never ran. */
+long tu_cmd_calls(fx_server *s, const char *cmd);
+
+/* One turn of an event loop over c: poll its sockets until its next
+ * timer, at most max_ms, then redlock_client_process. */
+void tu_turn(redlock_client *c, int max_ms);
+/* Turn c until it has n sockets to poll (a listener opened, say); fails the
+ * test if that takes 1000 turns. */
+void tu_turn_until_sockets(redlock_client *c, int n);
+/* Turn c (l's client) until l's operation has ended (at most 1000 turns
+ * of 100 ms); its redlock_result. */
+int tu_turn_until_result(redlock_client *c, redlock *l);
+
 /* The library's allocations, counted while tu_alloc_start is in force. */
 typedef struct tu_allocs {
     long calls;     /* allocations and reallocations since tu_alloc_start */
