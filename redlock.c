@@ -1440,6 +1440,69 @@ static void function_missing(redlock *l, size_t i, int id)
                    c->nodes[i].desc, functions[id].name, why);
 }
 
+enum { FB_NONE, FB_SENT, FB_FAILED };
+
+/* An error a script request gets over by another way to run it: NOSCRIPT
+ * (EVAL loads it), NOPERM in auto mode (FCALL instead), a function not
+ * loaded (FUNCTION LOAD, then FCALL again). FB_SENT: the request went out
+ * again; FB_FAILED: the node's error is set; FB_NONE: not such an error. */
+static int script_fallback(redlock *l, size_t i, int id, const resp_reply *r)
+{
+    redlock_client *c = l->c;
+    nres *nd = &l->res[i];
+    const char *what = "script";
+    int rc;
+    if (id == S_PROBE || r->type != RESP_ERROR)
+        return FB_NONE;
+    if (!nd->eval && error_starts(r, "NOSCRIPT")) {
+        nd->eval = 1; /* not cached there (restart, SCRIPT FLUSH): EVAL loads it */
+        rc = send_request(l, i, -1);
+    } else if (!nd->fcall && !nd->noperm && c->opts.scripts == REDLOCK_SCRIPTS_AUTO &&
+               error_starts(r, "NOPERM")) {
+        nd->noperm = 1; /* EVAL is not permitted there: FCALL, if the library is loaded */
+        what = "function";
+        rc = send_request(l, i, -1);
+    } else if (nd->fcall && error_starts(r, "ERR Function not found")) {
+        if (nd->loaded) {
+            function_missing(l, i, id);
+            return FB_FAILED;
+        }
+        nd->loaded = 1; /* not there (never loaded, a restart, FUNCTION FLUSH): load it */
+        what = "function library";
+        rc = queue_load(l, i);
+        if (rc == RESP_OK)
+            rc = send_request(l, i, -1);
+    } else {
+        return FB_NONE;
+    }
+    if (rc == RESP_OK)
+        return FB_SENT;
+    node_error(l, i, rc, 0, "%s: cannot queue the %s %s: %s", c->nodes[i].desc, scripts[id].name,
+               what, redlock_strerror(rc));
+    return FB_FAILED;
+}
+
+/* Any other error reply: a cluster redirect or a retry after a short wait,
+ * else the node's error. 1 when the request went out again (or will). */
+static int error_reply(redlock *l, size_t i, const resp_reply *r)
+{
+    nres *nd = &l->res[i];
+    if (cluster_redirect(l, i, r))
+        return 1;
+    int busy = r->len >= 8 && (memcmp(r->str, "TRYAGAIN", 8) == 0 ||
+                               (r->len >= 11 && memcmp(r->str, "CLUSTERDOWN", 11) == 0));
+    if (nd->state == N_PENDING && busy && cluster_retry(l, i))
+        return 1;
+    if (nd->state == N_PENDING) {
+        int auth = r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0;
+        node_error(l, i, auth ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
+                   busy || transient_error(r->str, r->len), "%s: %s%.*s", l->c->nodes[i].desc,
+                   nd->noperm ? "EVALSHA: NOPERM; FCALL: " : "",
+                   (int)(r->len > 120 ? 120 : r->len), r->str);
+    }
+    return 0;
+}
+
 /* A node's answer to l's current round: a reply, or a failure status.
  * Returns -1 when the reply had the wrong shape: the connection is out of
  * step and must not be used further. */
@@ -1448,7 +1511,7 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
     redlock_client *c = l->c;
     nres *nd = &l->res[i];
     const char *desc = c->nodes[i].desc;
-    int id = (int)(kind & 0xff), bad = 0;
+    int id = (int)(kind & 0xff), bad = 0, fb;
     if (nd->final)
         return 0;
     if (id == K_LOAD) {
@@ -1469,49 +1532,12 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
         if (!cluster_retry(l, i))
             node_error(l, i, status, status == REDLOCK_ERR_IO || status == REDLOCK_ERR_TIMEOUT,
                        "%s", net_conn_errstr(c->nodes[i].sh[nd->shard].cmd));
-    } else if (id != S_PROBE && r->type == RESP_ERROR && !nd->eval && r->len >= 8 &&
-               memcmp(r->str, "NOSCRIPT", 8) == 0) {
-        nd->eval = 1; /* not cached there (restart, SCRIPT FLUSH): EVAL loads it */
-        int rc = send_request(l, i, -1);
-        if (rc == RESP_OK)
+    } else if ((fb = script_fallback(l, i, id, r)) != FB_NONE) {
+        if (fb == FB_SENT)
             return 0;
-        node_error(l, i, rc, 0, "%s: cannot queue the %s script: %s", desc, scripts[id].name,
-                   redlock_strerror(rc));
-    } else if (id != S_PROBE && !nd->fcall && !nd->noperm &&
-               c->opts.scripts == REDLOCK_SCRIPTS_AUTO && error_starts(r, "NOPERM")) {
-        nd->noperm = 1; /* EVAL is not permitted there: FCALL, if the library is loaded */
-        int rc = send_request(l, i, -1);
-        if (rc == RESP_OK)
-            return 0;
-        node_error(l, i, rc, 0, "%s: cannot queue the %s function: %s", desc, scripts[id].name,
-                   redlock_strerror(rc));
-    } else if (nd->fcall && error_starts(r, "ERR Function not found")) {
-        if (nd->loaded) {
-            function_missing(l, i, id);
-        } else {
-            nd->loaded = 1; /* not there (never loaded, a restart, FUNCTION FLUSH): load it */
-            int rc = queue_load(l, i);
-            if (rc == RESP_OK)
-                rc = send_request(l, i, -1);
-            if (rc == RESP_OK)
-                return 0;
-            node_error(l, i, rc, 0, "%s: cannot queue the function library: %s", desc,
-                       redlock_strerror(rc));
-        }
     } else if (r->type == RESP_ERROR) {
-        if (cluster_redirect(l, i, r))
+        if (error_reply(l, i, r))
             return 0;
-        int busy = r->len >= 8 && (memcmp(r->str, "TRYAGAIN", 8) == 0 ||
-                                   (r->len >= 11 && memcmp(r->str, "CLUSTERDOWN", 11) == 0));
-        if (nd->state == N_PENDING && busy && cluster_retry(l, i))
-            return 0;
-        if (nd->state == N_PENDING) {
-            int auth = r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0;
-            node_error(l, i, auth ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
-                       busy || transient_error(r->str, r->len), "%s: %s%.*s", desc,
-                       nd->noperm ? "EVALSHA: NOPERM; FCALL: " : "",
-                       (int)(r->len > 120 ? 120 : r->len), r->str);
-        }
     } else if (decode(nd, id != S_PROBE ? scripts[id].shape : c->opts.fair ? R_HEAD : R_INT, r,
                       l) != 0) {
         node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: unexpected reply to the %s", desc,
@@ -3355,15 +3381,10 @@ int redlock_new(redlock **out, redlock_client *c, const char *name, const char *
     return redlock_new_len(out, c, name, name ? strlen(name) : 0, value, ttl_ms);
 }
 
-int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
-                    const char *value, uint32_t ttl_ms)
+/* The checks redlock_new makes of its arguments (out and c already). */
+static int check_new_args(redlock_client *c, const char *name, size_t namelen, const char *value,
+                          uint32_t ttl_ms)
 {
-    char token[33];
-    if (!out)
-        return c ? cerr(c, REDLOCK_ERR_ARG, "out is NULL") : REDLOCK_ERR_ARG;
-    *out = NULL;
-    if (!c)
-        return global_err(REDLOCK_ERR_ARG, "client is NULL");
     if (!name || namelen == 0)
         return cerr(c, REDLOCK_ERR_ARG, "lock name is NULL or empty");
     if (namelen > MAX_NAME)
@@ -3376,15 +3397,44 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
         return cerr(c, REDLOCK_ERR_ARG,
                     "on Redis Cluster a lock name with '}' needs a {hash tag}: no other key "
                     "could share its slot");
-    if (!value) {
-        unsigned char rnd[16];
-        if (fill_random(rnd, sizeof rnd) != 0)
-            return cerr(c, REDLOCK_ERR_IO, "no random source (getentropy, /dev/urandom): %s",
-                        strerror(errno));
-        for (int i = 0; i < 16; i++)
-            snprintf(token + (size_t)i * 2, 3, "%02x", rnd[i]);
+    return REDLOCK_OK;
+}
+
+/* A random owner value: 32 hex digits into token[33]. */
+static int random_value(redlock_client *c, char *token)
+{
+    unsigned char rnd[16];
+    if (fill_random(rnd, sizeof rnd) != 0)
+        return cerr(c, REDLOCK_ERR_IO, "no random source (getentropy, /dev/urandom): %s",
+                    strerror(errno));
+    for (int i = 0; i < 16; i++)
+        snprintf(token + (size_t)i * 2, 3, "%02x", rnd[i]);
+    return REDLOCK_OK;
+}
+
+/* PREFIX:VALUE written at p, NUL-terminated; returns the end. */
+static char *put_joined(char *p, const char *prefix, size_t plen, const char *value, size_t vlen)
+{
+    memcpy(p, prefix, plen);
+    p[plen] = ':';
+    memcpy(p + plen + 1, value, vlen + 1);
+    return p + plen + 1 + vlen + 1;
+}
+
+int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
+                    const char *value, uint32_t ttl_ms)
+{
+    char token[33];
+    if (!out)
+        return c ? cerr(c, REDLOCK_ERR_ARG, "out is NULL") : REDLOCK_ERR_ARG;
+    *out = NULL;
+    if (!c)
+        return global_err(REDLOCK_ERR_ARG, "client is NULL");
+    int rc = check_new_args(c, name, namelen, value, ttl_ms);
+    if (rc == REDLOCK_OK && !value && (rc = random_value(c, token)) == REDLOCK_OK)
         value = token;
-    }
+    if (rc != REDLOCK_OK)
+        return rc;
     /* one block: the lock, its per-node results, then its strings */
     size_t vlen = strlen(value);
     size_t fencelen = namelen + 8;
@@ -3403,14 +3453,8 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
     p += vlen + 1;
     /* fair mode's own channels: redlock:NAME:VALUE and {NAME}:freed:VALUE */
     l->wlisten = p;
-    memcpy(p, l->channel, l->chlen);
-    p[l->chlen] = ':';
-    memcpy(p + l->chlen + 1, value, vlen + 1);
-    p += l->chlen + 1 + vlen + 1;
-    l->wlisten_s = p;
-    memcpy(p, l->wake_key, l->fencelen);
-    p[l->fencelen] = ':';
-    memcpy(p + l->fencelen + 1, value, vlen + 1);
+    l->wlisten_s = p = put_joined(p, l->channel, l->chlen, value, vlen);
+    put_joined(p, l->wake_key, l->fencelen, value, vlen);
     int own = c->opts.fair;
     l->listen = own ? l->wlisten : l->channel;
     l->listen_len = own ? l->chlen + 1 + vlen : l->chlen;

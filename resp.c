@@ -246,12 +246,58 @@ static resp_reply *new_elem(resp_parser *p)
     return e;
 }
 
-/* Parse one element at p->pos. Returns 1 when an element (or an array
- * header) was taken, 0 when more input is needed, or RESP_PARSE_ERROR. */
+/* The body of a bulk string whose header (length at s, sn bytes) ends at
+ * *next: 1 taken (*next moves past it), 0 more input needed, or
+ * RESP_PARSE_ERROR. */
+static long take_bulk(resp_parser *p, resp_reply *e, const char *buf, size_t len, const char *s,
+                      size_t sn, size_t *next)
+{
+    long long n;
+    if (parse_length(p, '$', s, sn, p->lim.max_bulk, &n) < 0)
+        return RESP_PARSE_ERROR;
+    if (n < 0) {
+        e->type = RESP_NIL;
+        return 1;
+    }
+    if (len - *next < (size_t)n + 2)
+        return 0; /* header re-read on resume: at most max_line bytes */
+    if (buf[*next + (size_t)n] != '\r' || buf[*next + (size_t)n + 1] != '\n')
+        return fail(p, "bulk string not terminated by CRLF");
+    e->type = RESP_BULK;
+    e->integer = (long long)*next;
+    e->len = (size_t)n;
+    *next += (size_t)n + 2;
+    return 1;
+}
+
+/* An array header (its count at s, sn bytes): 1 an empty or nil array
+ * (complete), 2 an array opened (its elements follow), or
+ * RESP_PARSE_ERROR. */
+static long take_array(resp_parser *p, resp_reply *e, const char *s, size_t sn)
+{
+    long long n;
+    if (parse_length(p, '*', s, sn, p->lim.max_array, &n) < 0)
+        return RESP_PARSE_ERROR;
+    if (n < 0) {
+        e->type = RESP_NIL;
+        return 1;
+    }
+    e->type = RESP_ARRAY;
+    e->n = (uint32_t)n;
+    if (n == 0)
+        return 1;
+    if (p->depth >= p->lim.max_depth)
+        return fail(p, "arrays nested deeper than %u", p->lim.max_depth);
+    p->left[p->depth++] = (uint32_t)n;
+    return 2;
+}
+
+/* Parse one element at p->pos. Returns 1 when an element was taken, 2
+ * when an array header opened one, 0 when more input is needed, or
+ * RESP_PARSE_ERROR. */
 static long parse_one(resp_parser *p, const char *buf, size_t len)
 {
     size_t at = p->pos, end = 0;
-    long long n;
     long r;
 
     if (at >= len)
@@ -276,50 +322,26 @@ static long parse_one(resp_parser *p, const char *buf, size_t len)
         e->type = t == '+' ? RESP_STATUS : RESP_ERROR;
         e->integer = (long long)at + 1; /* offset; a pointer once complete */
         e->len = sn;
+        r = 1;
         break;
     case ':':
         if (parse_ll(s, sn, &e->integer) != 0)
             return fail(p, "invalid integer reply");
         e->type = RESP_INTEGER;
+        r = 1;
         break;
     case '$':
-        if (parse_length(p, t, s, sn, p->lim.max_bulk, &n) < 0)
-            return RESP_PARSE_ERROR;
-        if (n < 0) {
-            e->type = RESP_NIL;
-            break;
-        }
-        if (len - next < (size_t)n + 2)
-            return 0; /* header re-read on resume: at most max_line bytes */
-        if (buf[next + (size_t)n] != '\r' || buf[next + (size_t)n + 1] != '\n')
-            return fail(p, "bulk string not terminated by CRLF");
-        e->type = RESP_BULK;
-        e->integer = (long long)next;
-        e->len = (size_t)n;
-        next += (size_t)n + 2;
+        r = take_bulk(p, e, buf, len, s, sn, &next);
         break;
     default: /* '*' */
-        if (parse_length(p, t, s, sn, p->lim.max_array, &n) < 0)
-            return RESP_PARSE_ERROR;
-        if (n < 0) {
-            e->type = RESP_NIL;
-            break;
-        }
-        e->type = RESP_ARRAY;
-        e->n = (uint32_t)n;
-        if (n > 0) {
-            if (p->depth >= p->lim.max_depth)
-                return fail(p, "arrays nested deeper than %u", p->lim.max_depth);
-            p->left[p->depth++] = (uint32_t)n;
-            p->nelem++;
-            p->pos = next;
-            return 2; /* an array opened: no element completed */
-        }
+        r = take_array(p, e, s, sn);
         break;
     }
-    p->nelem++;
-    p->pos = next;
-    return 1;
+    if (r > 0) {
+        p->nelem++;
+        p->pos = next;
+    }
+    return r;
 }
 
 long resp_parse(resp_parser *p, const char *buf, size_t len)

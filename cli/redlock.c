@@ -442,27 +442,68 @@ static void lose(cli *o, runstate *rs, const char *why)
         kill(rs->child, SIGTERM);
 }
 
+/* Take the lock as the options say: -1 when it is held, else the exit code
+ * (with its message; -E may make a conflict 0), as open_lock answers. */
+static int take_lock(cli *o, redlock_client *c, redlock *l)
+{
+    int rc = o->wait_ms ? redlock_lock(l, o->wait_ms) : redlock_trylock(l);
+    if (rc == REDLOCK_NOT_ACQUIRED) {
+        if (!o->quiet)
+            say("%s is held by another owner%s", o->name, o->wait_ms ? " (wait ran out)" : "");
+        return o->conflict_code;
+    }
+    if (rc != REDLOCK_OK) {
+        say("cannot take %s: %s", o->name, redlock_client_errstr(c));
+        return EXIT_UNAVAILABLE;
+    }
+    if (o->verbose)
+        say("acquired %s, fence %" PRIu64, o->name, redlock_fence(l));
+    return -1;
+}
+
+/* Until COMMAND ends: the library refreshes the lease every TTL/3 as this
+ * loop runs, and reports a loss (a refresh said lost, or the TTL ran out by
+ * our own clock while Redis did not answer) through redlock_client_done;
+ * then COMMAND is stopped (SIGTERM, SIGKILL after the grace). Signals to
+ * us are passed on. */
+static void supervise(cli *o, redlock_client *c, redlock *l, runstate *rs)
+{
+    redlock_keepalive(l, 1);
+    while (!rs->done) {
+        struct pollfd fds[MAX_POLL];
+        fds[0].fd = sigpipe_fds[0];
+        fds[0].events = POLLIN;
+        fds[0].revents = 0;
+        int n = redlock_client_pollfds(c, fds + 1, MAX_POLL - 1);
+        if (n > MAX_POLL - 1)
+            n = MAX_POLL - 1;
+        int64_t now = now_ms();
+        int wait = redlock_client_timeout_ms(c);
+        if (rs->lost) {
+            int64_t k = rs->kill_at ? rs->kill_at - now : 1000;
+            wait = k > 0 ? (int)k : 0;
+        }
+        if (poll(fds, (nfds_t)n + 1, wait) < 0 && errno != EINTR)
+            break;
+        redlock_client_process(c, fds + 1, n);
+        if (redlock_client_done(c) == l && !rs->lost)
+            lose(o, rs, redlock_errstr(l));
+        if (rs->lost && rs->kill_at && now_ms() >= rs->kill_at) {
+            kill(rs->child, SIGKILL);
+            rs->kill_at = 0;
+        }
+        drain_signals(o, rs);
+    }
+    redlock_keepalive(l, 0);
+}
+
 static int run_command(cli *o)
 {
     redlock_client *c = NULL;
     redlock *l = NULL;
     int rc = open_lock(o, &c, &l);
-    if (rc >= 0)
+    if (rc >= 0 || (rc = take_lock(o, c, l)) >= 0)
         goto out;
-    rc = o->wait_ms ? redlock_lock(l, o->wait_ms) : redlock_trylock(l);
-    if (rc == REDLOCK_NOT_ACQUIRED) {
-        if (!o->quiet)
-            say("%s is held by another owner%s", o->name, o->wait_ms ? " (wait ran out)" : "");
-        rc = o->conflict_code;
-        goto out;
-    }
-    if (rc != REDLOCK_OK) {
-        say("cannot take %s: %s", o->name, redlock_client_errstr(c));
-        rc = EXIT_UNAVAILABLE;
-        goto out;
-    }
-    if (o->verbose)
-        say("acquired %s, fence %" PRIu64, o->name, redlock_fence(l));
     if (setup_signals() != 0) {
         say("cannot set up signals: %s", strerror(errno));
         redlock_unlock(l);
@@ -479,36 +520,7 @@ static int run_command(cli *o)
         rc = EXIT_UNAVAILABLE;
         goto out;
     }
-    /* The library refreshes the lease every TTL/3 as this loop runs, and
-     * reports a loss (a refresh said lost, or the TTL ran out by our own
-     * clock while Redis did not answer) through redlock_client_done. */
-    redlock_keepalive(l, 1);
-    while (!rs.done) {
-        struct pollfd fds[MAX_POLL];
-        fds[0].fd = sigpipe_fds[0];
-        fds[0].events = POLLIN;
-        fds[0].revents = 0;
-        int n = redlock_client_pollfds(c, fds + 1, MAX_POLL - 1);
-        if (n > MAX_POLL - 1)
-            n = MAX_POLL - 1;
-        int64_t now = now_ms();
-        int wait = redlock_client_timeout_ms(c);
-        if (rs.lost) {
-            int64_t k = rs.kill_at ? rs.kill_at - now : 1000;
-            wait = k > 0 ? (int)k : 0;
-        }
-        if (poll(fds, (nfds_t)n + 1, wait) < 0 && errno != EINTR)
-            break;
-        redlock_client_process(c, fds + 1, n);
-        if (redlock_client_done(c) == l && !rs.lost)
-            lose(o, &rs, redlock_errstr(l));
-        if (rs.lost && rs.kill_at && now_ms() >= rs.kill_at) {
-            kill(rs.child, SIGKILL);
-            rs.kill_at = 0;
-        }
-        drain_signals(o, &rs);
-    }
-    redlock_keepalive(l, 0);
+    supervise(o, c, l, &rs);
     if (rs.lost) {
         say("lost the lock %s: %s; COMMAND was stopped", o->name, rs.why);
         /* Compare-and-delete, so harmless if someone else holds it now; frees
