@@ -3385,8 +3385,10 @@ int redlock_new(redlock **out, redlock_client *c, const char *name, const char *
 static int check_new_args(redlock_client *c, const char *name, size_t namelen, const char *value,
                           uint32_t ttl_ms)
 {
-    if (!name || namelen == 0)
-        return cerr(c, REDLOCK_ERR_ARG, "lock name is NULL or empty");
+    if (!name || namelen == 0) {
+        cerr(c, REDLOCK_ERR_ARG, "lock name is NULL or empty");
+        return REDLOCK_ERR_ARG; /* said apart from cerr: the caller reads name only after OK */
+    }
     if (namelen > MAX_NAME)
         return cerr(c, REDLOCK_ERR_ARG, "lock name is longer than %u bytes", MAX_NAME);
     if (ttl_ms == 0)
@@ -3431,10 +3433,13 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
     if (!c)
         return global_err(REDLOCK_ERR_ARG, "client is NULL");
     int rc = check_new_args(c, name, namelen, value, ttl_ms);
-    if (rc == REDLOCK_OK && !value && (rc = random_value(c, token)) == REDLOCK_OK)
-        value = token;
     if (rc != REDLOCK_OK)
         return rc;
+    if (!value) {
+        if ((rc = random_value(c, token)) != REDLOCK_OK)
+            return rc;
+        value = token;
+    }
     /* one block: the lock, its per-node results, then its strings */
     size_t vlen = strlen(value);
     size_t fencelen = namelen + 8;
