@@ -135,33 +135,38 @@ static const char FAIR_LUA[] =
     "  redis.call('PEXPIRE', alive, lease * 2)\n"
     "end\n"
     "return {code, left}\n";
+/* Dequeue and release in fair mode tell one waiter: by PUBLISH, or on a
+ * cluster by SPUBLISH to a shard channel; the rest of each pair is one
+ * text. */
+#define DEQUEUE_BODY(pub) \
+    "-- KEYS: queue, alive, lock   ARGV: owner value, waiters' channel prefix\n" \
+    "local queue, alive, lock = KEYS[1], KEYS[2], KEYS[3]\n" \
+    "local value, prefix = ARGV[1], ARGV[2]\n" \
+    "local head = redis.call('ZRANGE', queue, 0, 0)[1]\n" \
+    "redis.call('ZREM', queue, value)\n" \
+    "redis.call('ZREM', alive, value)\n" \
+    "if head == value and redis.call('EXISTS', lock) == 0 then\n" \
+    "  -- tell the first waiter in line whose lease is alive (on its own channel),\n" \
+    "  -- dropping dead ones: a release wakes one waiter, not all of them\n" \
+    "  local tm = redis.call('TIME')\n" \
+    "  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n" \
+    "  for _ = 1, 64 do\n" \
+    "    local head = redis.call('ZRANGE', queue, 0, 0)[1]\n" \
+    "    if not head then break end\n" \
+    "    local expiry = redis.call('ZSCORE', alive, head)\n" \
+    "    if expiry and tonumber(expiry) > now then\n" \
+    "      redis.call('" pub "', prefix .. head, 'released')\n" \
+    "      break\n" \
+    "    end\n" \
+    "    redis.call('ZREM', queue, head)\n" \
+    "    redis.call('ZREM', alive, head)\n" \
+    "  end\n" \
+    "end\n" \
+    "return 1\n"
 static const char DEQUEUE_LUA[] =
     "-- dequeue: leave the line; if we were first and the lock is free, the next\n"
     "-- in line takes it: tell that one\n"
-    "-- KEYS: queue, alive, lock   ARGV: owner value, waiters' channel prefix\n"
-    "local queue, alive, lock = KEYS[1], KEYS[2], KEYS[3]\n"
-    "local value, prefix = ARGV[1], ARGV[2]\n"
-    "local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
-    "redis.call('ZREM', queue, value)\n"
-    "redis.call('ZREM', alive, value)\n"
-    "if head == value and redis.call('EXISTS', lock) == 0 then\n"
-    "  -- tell the first waiter in line whose lease is alive (on its own channel),\n"
-    "  -- dropping dead ones: a release wakes one waiter, not all of them\n"
-    "  local tm = redis.call('TIME')\n"
-    "  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
-    "  for _ = 1, 64 do\n"
-    "    local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
-    "    if not head then break end\n"
-    "    local expiry = redis.call('ZSCORE', alive, head)\n"
-    "    if expiry and tonumber(expiry) > now then\n"
-    "      redis.call('PUBLISH', prefix .. head, 'released')\n"
-    "      break\n"
-    "    end\n"
-    "    redis.call('ZREM', queue, head)\n"
-    "    redis.call('ZREM', alive, head)\n"
-    "  end\n"
-    "end\n"
-    "return 1\n";
+    DEQUEUE_BODY("PUBLISH");
 static const char RELEASE_LUA[] =
     "-- release: delete the lock if it is ours, and wake the waiters\n"
     "-- KEYS: lock   ARGV: owner value, release channel\n"
@@ -228,88 +233,42 @@ static const char RELEASE_SHARDED_LUA[] =
 static const char DEQUEUE_SHARDED_LUA[] =
     "-- dequeue on a cluster: as dequeue, on the next waiter's shard channel\n"
     "-- (in the lock's slot: the prefix carries the lock's hash tag)\n"
-    "-- KEYS: queue, alive, lock   ARGV: owner value, waiters' channel prefix\n"
-    "local queue, alive, lock = KEYS[1], KEYS[2], KEYS[3]\n"
-    "local value, prefix = ARGV[1], ARGV[2]\n"
-    "local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
-    "redis.call('ZREM', queue, value)\n"
-    "redis.call('ZREM', alive, value)\n"
-    "if head == value and redis.call('EXISTS', lock) == 0 then\n"
-    "  -- tell the first waiter in line whose lease is alive (on its own channel),\n"
-    "  -- dropping dead ones: a release wakes one waiter, not all of them\n"
-    "  local tm = redis.call('TIME')\n"
-    "  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
-    "  for _ = 1, 64 do\n"
-    "    local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
-    "    if not head then break end\n"
-    "    local expiry = redis.call('ZSCORE', alive, head)\n"
-    "    if expiry and tonumber(expiry) > now then\n"
-    "      redis.call('SPUBLISH', prefix .. head, 'released')\n"
-    "      break\n"
-    "    end\n"
-    "    redis.call('ZREM', queue, head)\n"
-    "    redis.call('ZREM', alive, head)\n"
-    "  end\n"
-    "end\n"
-    "return 1\n";
+    DEQUEUE_BODY("SPUBLISH");
+#define RELEASE_FAIR_BODY(pub) \
+    "-- KEYS: lock, queue, alive   ARGV: owner value, waiters' channel prefix\n" \
+    "-- 1 released   0 no such key   -1 another owner\n" \
+    "local lock, queue, alive = KEYS[1], KEYS[2], KEYS[3]\n" \
+    "local value, prefix = ARGV[1], ARGV[2]\n" \
+    "local holder = redis.call('GET', lock)\n" \
+    "if holder ~= value then\n" \
+    "  if holder then return -1 end\n" \
+    "  return 0\n" \
+    "end\n" \
+    "redis.call('DEL', lock)\n" \
+    "-- tell the first waiter in line whose lease is alive (on its own channel),\n" \
+    "-- dropping dead ones: a release wakes one waiter, not all of them\n" \
+    "local tm = redis.call('TIME')\n" \
+    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n" \
+    "for _ = 1, 64 do\n" \
+    "  local head = redis.call('ZRANGE', queue, 0, 0)[1]\n" \
+    "  if not head then break end\n" \
+    "  local expiry = redis.call('ZSCORE', alive, head)\n" \
+    "  if expiry and tonumber(expiry) > now then\n" \
+    "    redis.call('" pub "', prefix .. head, 'released')\n" \
+    "    break\n" \
+    "  end\n" \
+    "  redis.call('ZREM', queue, head)\n" \
+    "  redis.call('ZREM', alive, head)\n" \
+    "end\n" \
+    "return 1\n"
 static const char RELEASE_FAIR_LUA[] =
     "-- release in fair mode: delete the lock if it is ours, and wake only the\n"
     "-- next waiter in line\n"
-    "-- KEYS: lock, queue, alive   ARGV: owner value, waiters' channel prefix\n"
-    "-- 1 released   0 no such key   -1 another owner\n"
-    "local lock, queue, alive = KEYS[1], KEYS[2], KEYS[3]\n"
-    "local value, prefix = ARGV[1], ARGV[2]\n"
-    "local holder = redis.call('GET', lock)\n"
-    "if holder ~= value then\n"
-    "  if holder then return -1 end\n"
-    "  return 0\n"
-    "end\n"
-    "redis.call('DEL', lock)\n"
-    "-- tell the first waiter in line whose lease is alive (on its own channel),\n"
-    "-- dropping dead ones: a release wakes one waiter, not all of them\n"
-    "local tm = redis.call('TIME')\n"
-    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
-    "for _ = 1, 64 do\n"
-    "  local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
-    "  if not head then break end\n"
-    "  local expiry = redis.call('ZSCORE', alive, head)\n"
-    "  if expiry and tonumber(expiry) > now then\n"
-    "    redis.call('PUBLISH', prefix .. head, 'released')\n"
-    "    break\n"
-    "  end\n"
-    "  redis.call('ZREM', queue, head)\n"
-    "  redis.call('ZREM', alive, head)\n"
-    "end\n"
-    "return 1\n";
+    RELEASE_FAIR_BODY("PUBLISH");
 static const char RELEASE_FAIR_SHARDED_LUA[] =
     "-- release in fair mode on a cluster: as release in fair mode, on the next\n"
     "-- waiter's shard channel (in the lock's slot)\n"
-    "-- KEYS: lock, queue, alive   ARGV: owner value, waiters' channel prefix\n"
-    "-- 1 released   0 no such key   -1 another owner\n"
-    "local lock, queue, alive = KEYS[1], KEYS[2], KEYS[3]\n"
-    "local value, prefix = ARGV[1], ARGV[2]\n"
-    "local holder = redis.call('GET', lock)\n"
-    "if holder ~= value then\n"
-    "  if holder then return -1 end\n"
-    "  return 0\n"
-    "end\n"
-    "redis.call('DEL', lock)\n"
-    "-- tell the first waiter in line whose lease is alive (on its own channel),\n"
-    "-- dropping dead ones: a release wakes one waiter, not all of them\n"
-    "local tm = redis.call('TIME')\n"
-    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
-    "for _ = 1, 64 do\n"
-    "  local head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
-    "  if not head then break end\n"
-    "  local expiry = redis.call('ZSCORE', alive, head)\n"
-    "  if expiry and tonumber(expiry) > now then\n"
-    "    redis.call('SPUBLISH', prefix .. head, 'released')\n"
-    "    break\n"
-    "  end\n"
-    "  redis.call('ZREM', queue, head)\n"
-    "  redis.call('ZREM', alive, head)\n"
-    "end\n"
-    "return 1\n";
+    RELEASE_FAIR_BODY("SPUBLISH");
 
 enum {
     S_ACQUIRE,
