@@ -135,6 +135,22 @@ static const char FAIR_LUA[] =
     "  redis.call('PEXPIRE', alive, lease * 2)\n"
     "end\n"
     "return {code, left}\n";
+/* Tell the first waiter in line whose lease is alive, on its own channel
+ * (prefix .. value), dropping dead ones ahead of it; ind indents the text. */
+#define WAKE_NEXT(ind, pub) \
+    ind "local tm = redis.call('TIME')\n" \
+    ind "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n" \
+    ind "for _ = 1, 64 do\n" \
+    ind "  local head = redis.call('ZRANGE', queue, 0, 0)[1]\n" \
+    ind "  if not head then break end\n" \
+    ind "  local expiry = redis.call('ZSCORE', alive, head)\n" \
+    ind "  if expiry and tonumber(expiry) > now then\n" \
+    ind "    redis.call('" pub "', prefix .. head, 'released')\n" \
+    ind "    break\n" \
+    ind "  end\n" \
+    ind "  redis.call('ZREM', queue, head)\n" \
+    ind "  redis.call('ZREM', alive, head)\n" \
+    ind "end\n"
 /* Dequeue and release in fair mode tell one waiter: by PUBLISH, or on a
  * cluster by SPUBLISH to a shard channel; the rest of each pair is one
  * text. */
@@ -148,19 +164,7 @@ static const char FAIR_LUA[] =
     "if head == value and redis.call('EXISTS', lock) == 0 then\n" \
     "  -- tell the first waiter in line whose lease is alive (on its own channel),\n" \
     "  -- dropping dead ones: a release wakes one waiter, not all of them\n" \
-    "  local tm = redis.call('TIME')\n" \
-    "  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n" \
-    "  for _ = 1, 64 do\n" \
-    "    local head = redis.call('ZRANGE', queue, 0, 0)[1]\n" \
-    "    if not head then break end\n" \
-    "    local expiry = redis.call('ZSCORE', alive, head)\n" \
-    "    if expiry and tonumber(expiry) > now then\n" \
-    "      redis.call('" pub "', prefix .. head, 'released')\n" \
-    "      break\n" \
-    "    end\n" \
-    "    redis.call('ZREM', queue, head)\n" \
-    "    redis.call('ZREM', alive, head)\n" \
-    "  end\n" \
+    WAKE_NEXT("  ", pub) \
     "end\n" \
     "return 1\n"
 static const char DEQUEUE_LUA[] =
@@ -247,19 +251,7 @@ static const char DEQUEUE_SHARDED_LUA[] =
     "redis.call('DEL', lock)\n" \
     "-- tell the first waiter in line whose lease is alive (on its own channel),\n" \
     "-- dropping dead ones: a release wakes one waiter, not all of them\n" \
-    "local tm = redis.call('TIME')\n" \
-    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n" \
-    "for _ = 1, 64 do\n" \
-    "  local head = redis.call('ZRANGE', queue, 0, 0)[1]\n" \
-    "  if not head then break end\n" \
-    "  local expiry = redis.call('ZSCORE', alive, head)\n" \
-    "  if expiry and tonumber(expiry) > now then\n" \
-    "    redis.call('" pub "', prefix .. head, 'released')\n" \
-    "    break\n" \
-    "  end\n" \
-    "  redis.call('ZREM', queue, head)\n" \
-    "  redis.call('ZREM', alive, head)\n" \
-    "end\n" \
+    WAKE_NEXT("", pub) \
     "return 1\n"
 static const char RELEASE_FAIR_LUA[] =
     "-- release in fair mode: delete the lock if it is ours, and wake only the\n"
