@@ -348,13 +348,14 @@ static int set_text(net_url *u, net_seeds *seeds, const url_key *k, const char *
     return RESP_OK;
 }
 
-static int set_cluster(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n, char *err,
-                       size_t errlen)
+/* cluster=, insecure=: 0 or 1, into the int field the key names */
+static int set_flag(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n,
+                    char *err, size_t errlen)
 {
     (void)seeds;
     if (n != 1 || (v[0] != '0' && v[0] != '1'))
         return url_error(err, errlen, "URL %s= takes 0 or 1", k->name);
-    u->cluster = v[0] == '1';
+    *(int *)(void *)field_of(u, k) = v[0] == '1';
     return RESP_OK;
 }
 
@@ -379,17 +380,9 @@ static int set_addr(net_url *u, net_seeds *seeds, const url_key *k, const char *
     return RESP_OK;
 }
 
-static int set_insecure(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n, char *err,
-                        size_t errlen)
-{
-    (void)seeds;
-    if (n != 1 || (v[0] != '0' && v[0] != '1'))
-        return url_error(err, errlen, "URL %s= must be 1 (or 0)", k->name);
-    u->insecure = v[0] == '1';
-    return RESP_OK;
-}
 
 #define TEXT(f) offsetof(net_url, f), sizeof(((net_url *)0)->f)
+#define FLAG(f) offsetof(net_url, f), sizeof(int)
 static const url_key url_keys[] = {
     {"db", SCHEME_UNIX, set_db, 0, 0, "give the database as /db"},
     {"user", SCHEME_UNIX, set_secret, TEXT(user), "give user:password@ before the host"},
@@ -398,11 +391,12 @@ static const url_key url_keys[] = {
     {"cert", SCHEME_REDISS, set_text, TEXT(cert), "TLS needs a rediss:// URL"},
     {"key", SCHEME_REDISS, set_text, TEXT(key), "TLS needs a rediss:// URL"},
     {"sni", SCHEME_REDISS, set_text, TEXT(sni), "TLS needs a rediss:// URL"},
-    {"insecure", SCHEME_REDISS, set_insecure, 0, 0, "TLS needs a rediss:// URL"},
-    {"cluster", SCHEME_REDIS | SCHEME_REDISS, set_cluster, 0, 0, "a cluster needs a TCP URL"},
+    {"insecure", SCHEME_REDISS, set_flag, FLAG(insecure), "TLS needs a rediss:// URL"},
+    {"cluster", SCHEME_REDIS | SCHEME_REDISS, set_flag, FLAG(cluster), "a cluster needs a TCP URL"},
     {"addr", SCHEME_REDIS | SCHEME_REDISS, set_addr, 0, 0, "a cluster needs a TCP URL"},
 };
 #undef TEXT
+#undef FLAG
 
 static const char *scheme_name(unsigned scheme)
 {

@@ -75,7 +75,7 @@ static const bad_url bad_urls[] = {
     {"http://h", "must start with redis://, rediss:// or unix://"},
     {"rediss://h?ca=", "ca= is empty"},
     {"rediss://h?ca", "key=value"},
-    {"rediss://h?insecure=yes", "insecure= must be 1"},
+    {"rediss://h?insecure=yes", "insecure= takes 0 or 1"},
     {"rediss://h?db=2", "rediss:// URLs take no query key 'db': give the database as /db"},
     {"rediss://h?password=x", "take no query key 'password'"},
     {"rediss://h?bogus=1",
