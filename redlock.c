@@ -324,7 +324,8 @@ struct redlock {
     void *userdata;
     size_t nerr_idx; /* node of the round's first error (n: none) */
     char nerr[320];  /* that error                                 */
-    char errstr[512];
+    char errstr[512];  /* the detail of the last operation's result   */
+    char callerr[160]; /* why the last call on l was refused at once ("": it was not) */
     nres res[]; /* one per node */
 };
 
@@ -402,6 +403,23 @@ static int lerr(redlock *l, int status, const char *fmt, ...)
     vsnprintf(l->errstr, sizeof l->errstr, fmt, ap);
     va_end(ap);
     return status;
+}
+
+/* A call on l refused at once (out of turn, a bad argument, its client
+ * freed): the reason is l's (redlock_errstr) until its next call that is
+ * not refused or its operation ends, and the client's (or, without one, this thread's). An
+ * operation's own detail (errstr) is kept meanwhile. */
+static int call_refused(redlock *l, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int call_refused(redlock *l, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(l->callerr, sizeof l->callerr, fmt, ap);
+    va_end(ap);
+    if (l->c)
+        return cerr(l->c, status, "%s", l->callerr);
+    return global_err(status, "%s", l->callerr);
 }
 
 /* A lock name fit for a message: printable, shortened. */
@@ -1405,6 +1423,26 @@ static int error_reply(redlock *l, size_t i, const resp_reply *r)
     return 0;
 }
 
+/* Node i's request failed (net.c says why). One that ran into the round's
+ * cap says which limit that was: the lease (an acquire or refresh is
+ * worth nothing after it) or the wait. */
+static void request_failed(redlock *l, size_t i, int status)
+{
+    redlock_client *c = l->c;
+    const char *why = net_conn_errstr(c->nodes[i].sh[l->res[i].route.shard].cmd);
+    int transient = status == REDLOCK_ERR_IO || status == REDLOCK_ERR_TIMEOUT;
+    if (status != REDLOCK_ERR_TIMEOUT || !l->op.cap || c->now < l->op.cap)
+        node_error(l, i, status, transient, "%s", why);
+    else if (l->op.phase == PH_PROBE)
+        node_error(l, i, status, transient, "%s: no reply before the wait ran out",
+                   node_desc(c, i));
+    else
+        node_error(l, i, status, transient,
+                   "%s: no reply within the lock's TTL of %" PRIu32 " ms (an answer after it "
+                   "would hold nothing)",
+                   node_desc(c, i), l->lease.ttl);
+}
+
 /* A node's answer to l's current round: a reply, or a failure status.
  * Returns -1 when the reply had the wrong shape: the connection is out of
  * step and must not be used further. */
@@ -1431,8 +1469,7 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
     }
     if (status != RESP_OK) {
         if (!cluster_retry(l, i))
-            node_error(l, i, status, status == REDLOCK_ERR_IO || status == REDLOCK_ERR_TIMEOUT,
-                       "%s", net_conn_errstr(c->nodes[i].sh[nd->route.shard].cmd));
+            request_failed(l, i, status);
     } else if ((fb = script_fallback(l, i, id, r)) != FB_NONE) {
         if (fb == FB_SENT)
             return 0;
@@ -2333,6 +2370,7 @@ static void finish(redlock *l, int rc)
     int reported = !l->op.blocking && l->op.kind != OP_KEEPALIVE;
     if (rc == REDLOCK_OK)
         l->errstr[0] = '\0';
+    l->callerr[0] = '\0'; /* the result is newer than a refused call */
     memcpy(c->errstr, l->errstr, sizeof l->errstr);
     l->op.result = rc;
     l->op.kind = OP_NONE;
@@ -2433,11 +2471,20 @@ static void taken_released(redlock *l)
         refresh_over(l, l->op.deferred.rc);
 }
 
+/* The lease an acquire or refresh that began at t0 gives: held until
+ * this time, or 0 when less than a millisecond of it is left now (a reply
+ * that came that late holds nothing worth reporting as held). */
+static int64_t lease_end(const redlock *l)
+{
+    int64_t until = l->op.t0 + ms_ns(l->lease.ttl) - drift_ns(l);
+    return until - l->c->now >= ms_ns(1) ? until : 0;
+}
+
 static void acquire_won(redlock *l)
 {
     char nm[64];
-    int64_t until = l->op.t0 + ms_ns(l->lease.ttl) - drift_ns(l);
-    if (until > l->c->now) {
+    int64_t until = lease_end(l);
+    if (until) {
         l->lease.held = 1;
         l->lease.fence = l->op.token;
         l->lease.valid_until = until;
@@ -2446,12 +2493,15 @@ static void acquire_won(redlock *l)
         try_over(l, (outcome){REDLOCK_OK, 0});
         return;
     }
-    release_taken(l, (outcome){lerr(l, REDLOCK_NOT_ACQUIRED,
-                                    "lock '%s': acquired, but the TTL of %" PRIu32
-                                    " ms ran out before the reply (%.1f ms); released",
-                                    shown(l, nm, sizeof nm), l->lease.ttl,
-                                    (double)(l->c->now - l->op.t0) / 1e6),
-                               0});
+    /* Ours, but too late to hold: nobody else's lock, and nothing to retry
+     * at once; redlock_lock tries again after its backoff. */
+    release_taken(l, (outcome){lerr(l, REDLOCK_ERR_TIMEOUT,
+                                    "lock '%s': acquired, but the reply came after %.1f ms, when "
+                                    "its TTL of %" PRIu32 " ms less the drift allowance (%.1f ms) "
+                                    "had run out; released",
+                                    shown(l, nm, sizeof nm), (double)(l->c->now - l->op.t0) / 1e6,
+                                    l->lease.ttl, (double)drift_ns(l) / 1e6),
+                               1});
 }
 
 /* Someone else holds it (fair mode: or a waiter is first in line). */
@@ -2922,8 +2972,8 @@ static void refresh_judge(redlock *l)
             refresh_over(l, rc);
         return;
     }
-    int64_t until = l->op.t0 + ms_ns(l->lease.ttl) - drift_ns(l);
-    if (until <= c->now) {
+    int64_t until = lease_end(l);
+    if (!until) {
         char nm[64];
         release_taken(l, (outcome){lerr(l, REDLOCK_NOT_HELD,
                                         "refresh '%s': the TTL ran out before the reply",
@@ -3001,6 +3051,7 @@ static void keepalive_lost(redlock *l, const char *why)
     char nm[64];
     lease_drop(l);
     lerr(l, REDLOCK_NOT_HELD, "keepalive '%s': the lease is lost: %s", shown(l, nm, sizeof nm), why);
+    l->callerr[0] = '\0';
     memcpy(l->c->errstr, l->errstr, sizeof l->errstr);
     l->op.result = REDLOCK_NOT_HELD;
     done_push(l);
@@ -3470,8 +3521,11 @@ static int check_new_args(redlock_client *c, const char *name, size_t namelen, c
     }
     if (namelen > MAX_NAME)
         return cerr(c, REDLOCK_ERR_ARG, "lock name is longer than %u bytes", MAX_NAME);
-    if (ttl_ms == 0)
-        return cerr(c, REDLOCK_ERR_ARG, "ttl_ms must be > 0");
+    if (ttl_ms < REDLOCK_MIN_TTL_MS)
+        return cerr(c, REDLOCK_ERR_ARG,
+                    "ttl_ms must be at least %d (got %" PRIu32 "): a lease is its TTL less a "
+                    "round trip and the drift allowance (2 ms + ttl x drift_factor)",
+                    REDLOCK_MIN_TTL_MS, ttl_ms);
     if (value && (value[0] == '\0' || strlen(value) > MAX_VALUE))
         return cerr(c, REDLOCK_ERR_ARG, "lock value must be 1 to %d bytes", MAX_VALUE);
     if (has_cluster(c) && !has_hash_tag(name, namelen) && memchr(name, '}', namelen))
@@ -3605,7 +3659,9 @@ const char *redlock_value(const redlock *l)
 
 const char *redlock_errstr(const redlock *l)
 {
-    return l ? l->errstr : last_err;
+    if (!l)
+        return last_err;
+    return l->callerr[0] ? l->callerr : l->errstr;
 }
 
 void redlock_set_userdata(redlock *l, void *p)
@@ -3630,15 +3686,28 @@ int redlock_result(const redlock *l)
 
 /* ---- operations: starting them, and the blocking calls ---- */
 
-static int op_begin(redlock *l, int kind, int blocking)
+/* A call that needs l and its client: 0, or the status it is refused with. */
+static int call_ok(redlock *l)
 {
     if (!l)
         return global_err(REDLOCK_ERR_ARG, "lock is NULL");
+    if (!l->c)
+        return call_refused(l, REDLOCK_ERR_ARG,
+                            "the lock's client was freed: only redlock_free may follow");
+    l->callerr[0] = '\0';
+    return REDLOCK_OK;
+}
+
+static int op_begin(redlock *l, int kind, int blocking)
+{
+    int rc = call_ok(l);
+    if (rc != REDLOCK_OK)
+        return rc;
     redlock_client *c = l->c;
-    if (!c)
-        return global_err(REDLOCK_ERR_ARG, "the lock's client was freed");
     if (l->op.kind != OP_NONE && l->op.kind != OP_KEEPALIVE)
-        return cerr(c, REDLOCK_ERR_ARG, "an operation is already in flight on this lock");
+        return call_refused(l, REDLOCK_ERR_ARG,
+                            "an operation is already in flight on this lock (redlock_result "
+                            "says when it ends; redlock_cancel stops it)");
     if (l->op.kind == OP_KEEPALIVE)
         abandon(l); /* the caller's operation supersedes the keepalive refresh */
     done_remove(l);
@@ -3721,12 +3790,11 @@ int redlock_start_refresh(redlock *l)
 
 int redlock_cancel(redlock *l)
 {
-    if (!l)
-        return global_err(REDLOCK_ERR_ARG, "lock is NULL");
-    if (!l->c)
-        return global_err(REDLOCK_ERR_ARG, "the lock's client was freed");
+    int rc = call_ok(l);
+    if (rc != REDLOCK_OK)
+        return rc;
     if (l->op.kind == OP_NONE || l->op.kind == OP_KEEPALIVE)
-        return cerr(l->c, REDLOCK_ERR_ARG, "no operation is in flight on this lock");
+        return call_refused(l, REDLOCK_ERR_ARG, "no operation is in flight on this lock");
     char nm[64];
     op_cancel(l);
     l->op.result = lerr(l, REDLOCK_CANCELLED, "'%s': operation cancelled", shown(l, nm, sizeof nm));
@@ -3735,12 +3803,11 @@ int redlock_cancel(redlock *l)
 
 int redlock_keepalive(redlock *l, int on)
 {
-    if (!l)
-        return global_err(REDLOCK_ERR_ARG, "lock is NULL");
-    if (!l->c)
-        return global_err(REDLOCK_ERR_ARG, "the lock's client was freed");
+    int rc = call_ok(l);
+    if (rc != REDLOCK_OK)
+        return rc;
     if (on != 0 && on != 1)
-        return cerr(l->c, REDLOCK_ERR_ARG, "keepalive takes 0 or 1");
+        return call_refused(l, REDLOCK_ERR_ARG, "keepalive takes 0 or 1 (got %d)", on);
     l->lease.keepalive = on;
     if (on) {
         if (l->op.kind == OP_NONE)
@@ -3776,8 +3843,8 @@ int redlock_refresh(redlock *l)
 
 int redlock_inspect(redlock *l, redlock_info *info)
 {
-    if (!l || !info)
-        return global_err(REDLOCK_ERR_ARG, "lock or info is NULL");
+    if (l && !info)
+        return call_refused(l, REDLOCK_ERR_ARG, "info is NULL");
     int rc = op_begin(l, OP_INSPECT, 1);
     if (rc != REDLOCK_OK)
         return rc;

@@ -170,11 +170,17 @@ REDLOCK_API const char *redlock_last_errstr(void);
 
 /* ---- locks ---------------------------------------------------------------------- */
 
+/* The shortest TTL redlock_new takes. A lease is held for its TTL minus
+ * the round trip that took it and the drift allowance (2 ms plus
+ * ttl_ms * drift_factor), so a shorter one would be gone, or nearly, by
+ * the time the acquire is answered. */
+#define REDLOCK_MIN_TTL_MS 10
+
 /* Make a lock handle for name (binary-safe, NUL-terminated, 1 byte to
- * 1 MiB) with a TTL of ttl_ms (> 0). value is the owner's identity (copied,
+ * 1 MiB) with a TTL of ttl_ms (at least REDLOCK_MIN_TTL_MS). value is the owner's identity (copied,
  * 1 to 4096 bytes); NULL makes a random 128-bit token from the OS. No I/O.
  * Returns REDLOCK_OK and *out; REDLOCK_ERR_ARG (NULL client or out, empty
- * or long name or value, zero TTL); REDLOCK_ERR_IO (no random source: the
+ * or long name or value, a TTL under REDLOCK_MIN_TTL_MS); REDLOCK_ERR_IO (no random source: the
  * library never falls back to a weak one); REDLOCK_ERR_NOMEM. *out is NULL
  * on error. The key is the name itself; see the README for the other keys. */
 REDLOCK_API int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
@@ -260,8 +266,11 @@ REDLOCK_API uint64_t redlock_fence(const redlock *l);
 REDLOCK_API int64_t redlock_validity_ms(const redlock *l);
 /* The owner value (NUL-terminated; owned by the lock). */
 REDLOCK_API const char *redlock_value(const redlock *l);
-/* Detail of l's last result ("" after a success). Valid until l's next
- * operation ends. */
+/* Detail of the last status other than REDLOCK_OK that a call on l gave:
+ * an operation's result (kept until l's next operation ends), or a call
+ * refused at once with REDLOCK_ERR_ARG (out of turn, a bad argument, the
+ * client freed; kept until l's next call that is not refused, or its
+ * operation in flight ends). "" after a success. l NULL: redlock_last_errstr(). Never NULL. */
 REDLOCK_API const char *redlock_errstr(const redlock *l);
 
 /* ---- the non-blocking API ----------------------------------------------------------------
