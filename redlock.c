@@ -1433,6 +1433,23 @@ static int script_fallback(redlock *l, size_t i, int id, const resp_reply *r)
     return FB_FAILED;
 }
 
+/* How many bytes of a server's error text s[0..len) to show in room bytes:
+ * all of it, or (*more = "...") up to the end of the last word that leaves
+ * room for the ellipsis, so a word is never cut. */
+static int words_within(const char *s, size_t len, size_t room, const char **more)
+{
+    *more = "";
+    if (len <= room)
+        return (int)len;
+    *more = "...";
+    size_t cut = room > 3 ? room - 3 : 0, end = cut;
+    while (end > 0 && s[end] != ' ')
+        end--;
+    while (end > 0 && s[end - 1] == ' ')
+        end--;
+    return (int)(end > 0 ? end : cut); /* one word longer than the room: cut it */
+}
+
 /* Any other error reply: a cluster redirect or a retry after a short wait,
  * else the node's error. 1 when the request went out again (or will). */
 static int error_reply(redlock *l, size_t i, const resp_reply *r)
@@ -1446,10 +1463,14 @@ static int error_reply(redlock *l, size_t i, const resp_reply *r)
         return 1;
     if (nd->state == N_PENDING) {
         int auth = r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0;
+        const char *desc = l->c->nodes[i].desc, *pre = nd->noperm ? "EVALSHA: NOPERM; FCALL: " : "";
+        const char *more;
+        size_t used = strlen(desc) + 2 + strlen(pre) + 1; /* ": " and the NUL */
+        int n = words_within(r->str, r->len, sizeof l->nerr > used ? sizeof l->nerr - used : 0,
+                             &more);
         node_error(l, i, auth ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
-                   busy || transient_error(r->str, r->len), "%s: %s%.*s", l->c->nodes[i].desc,
-                   nd->noperm ? "EVALSHA: NOPERM; FCALL: " : "",
-                   (int)(r->len > 120 ? 120 : r->len), r->str);
+                   busy || transient_error(r->str, r->len), "%s: %s%.*s%s", desc, pre, n, r->str,
+                   more);
     }
     return 0;
 }
