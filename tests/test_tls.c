@@ -1386,7 +1386,7 @@ START_TEST(test_cli_run_and_status)
 }
 END_TEST
 
-/* The README's example (examples/tls.c): 0 with the right CA, 3 (a TLS
+/* docs/tls.md's worked example (examples/tls.c): 0 with the right CA, 3 (a TLS
  * refusal, explained) without. */
 START_TEST(test_example)
 {
