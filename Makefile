@@ -167,7 +167,7 @@ test: deps all examples $(TESTS) fuzz-replay check-exports
 # Every ```c block of README.md and docs/*.md and every man page's EXAMPLE
 # compiles (whole programs link against the static library).
 test-docs: $(STATIC)
-	@echo "== tests/docs-code.sh"; CC="$(CC)" sh tests/docs-code.sh $(BUILD)
+	@echo "== tests/docs-code.sh"; CC="$(CC)" CFLAGS="$(CFLAGS)" sh tests/docs-code.sh $(BUILD)
 
 # A man page for every public function, each lint clean (mandoc, groff -ww).
 test-man:

@@ -2,7 +2,7 @@
 # Every C example in the documentation compiles: the ```c blocks of
 # README.md and docs/*.md, and the EXAMPLE of every man page in man/man3.
 #
-#   sh tests/docs-code.sh [BUILD_DIR]        (make test runs it; CC is honoured)
+#   sh tests/docs-code.sh [BUILD_DIR]     (make test runs it; CC and CFLAGS are honoured)
 #
 # A block is one of three kinds:
 #   - a whole program (it has a main): compiled and linked against
@@ -22,7 +22,8 @@ lib=$build/libredlock.a
 [ -f "$lib" ] || { echo "tests/docs-code.sh: $lib is missing (run make first)" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT INT TERM
-flags="-std=c11 -Wall -Wextra -Wpedantic -Werror -I."
+# CFLAGS as the library was built (a sanitizer build links only with them)
+flags="-std=c11 -Wall -Wextra -Wpedantic -Werror -I. ${CFLAGS:-}"
 
 # Each block goes to $tmp/bNNN.c, and "FILE LINE" (of its first line) to $tmp/bNNN.at.
 awk -v dir="$tmp" '
