@@ -26,7 +26,7 @@ VERSION       := $(shell sed -n 's/^\#define REDLOCK_VERSION "\(.*\)"/\1/p' redl
 # The library's sources and headers. CMakeLists.txt reads these two lines:
 # adding a file to the library is one word here, for both builds.
 LIB_SRC  := redlock.c resp.c net.c
-LIB_HDR  := redlock.h resp.h net.h
+LIB_HDR  := redlock.h redlock_transport.h scripts.h resp.h net.h
 # The optional fourth translation unit: the OpenSSL transport.
 TLS_SRC  := tls_openssl.c
 ifeq ($(TLS),openssl)
@@ -84,7 +84,7 @@ $(BUILD)/libredlock.so: $(SHARED)
 	ln -sf libredlock.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $@
 
-$(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h
+$(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h redlock_transport.h
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) -I. $(CLI_SRC) $(STATIC) $(TLS_LIBS) -o $@
 
 # A fully static `redlock` command linked against musl (Debian: musl-tools),
@@ -100,19 +100,18 @@ $(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(MUSL_CC) $(WARN) $(CFLAGS) -static -s -I. $(CLI_SRC) $(LIB_SRC) -o $@
 
-# The SHA1s built into redlock.c match its script texts, and the shipped
-# function library is the one redlock.c builds from them (no Redis needed).
-$(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(wildcard functions/*.lua) $(BUILD)/resp.o \
-                     $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
-	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
+# The SHA1s in scripts.h match its script texts, and the shipped function
+# library is the one redlock.c builds from them (no Redis needed).
+$(BUILD)/scripts.ok: tests/sha1check.c scripts.h $(wildcard functions/*.lua) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c -o $(BUILD)/sha1check
 	$(BUILD)/sha1check
 	@touch $@
 
 # After a script changed (and the library's version with it): write the
-# shipped library file from redlock.c.
-functions-file: $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
+# shipped library file from scripts.h.
+functions-file: tests/sha1check.c scripts.h | $(BUILD)
 	mkdir -p functions
-	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
+	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c -o $(BUILD)/sha1check
 	$(BUILD)/sha1check --write
 
 # ---- examples and tests ---------------------------------------------------------
@@ -124,10 +123,10 @@ tests: $(TESTS)
 
 # The libuv adapter example needs libuv (libuv1-dev, which tests/deps.sh
 # installs); the library never links it.
-$(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h | $(BUILD)
+$(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h redlock_transport.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $$(pkg-config --cflags libuv) $< $(STATIC) $$(pkg-config --libs libuv) -o $@
 
-$(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
+$(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h redlock_transport.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) $(TLS_LIBS) -o $@
 
 # Linked into every suite: the redis-server fixture, the shared helpers, and
@@ -205,7 +204,7 @@ test-sanitize:
 # Core suites under valgrind memcheck, no fork, zero leaks and errors; the
 # TLS suite too (from a TLS build), with its deadlines stretched 10-fold.
 # No suppressions are needed, for OpenSSL either.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_async test_functions test_transport test_tls,\
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_internals test_lock test_async test_functions test_transport test_tls,\
                      $(TEST_SRC:tests/%.c=%))
 VALGRIND := valgrind -q --leak-check=full --error-exitcode=1 --errors-for-leak-kinds=definite,indirect
 test-valgrind: deps all examples $(TESTS)
@@ -277,7 +276,7 @@ FORCE:
 
 install: all $(BUILD)/redlock.pc
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
-	install -m 644 redlock.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 redlock.h redlock_transport.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
 	ln -sf libredlock.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
@@ -296,7 +295,8 @@ install: all $(BUILD)/redlock.pc
 
 uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/share/redlock
-	rm -f $(DESTDIR)$(PREFIX)/include/redlock.h $(DESTDIR)$(PREFIX)/lib/libredlock.* \
+	rm -f $(DESTDIR)$(PREFIX)/include/redlock.h $(DESTDIR)$(PREFIX)/include/redlock_transport.h \
+	    $(DESTDIR)$(PREFIX)/lib/libredlock.* \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/redlock.pc $(DESTDIR)$(PREFIX)/bin/redlock \
 	    $(DESTDIR)$(PREFIX)/share/man/man1/redlock.1 \
 	    $(addprefix $(DESTDIR)$(PREFIX)/share/man/man3/,$(notdir $(wildcard man/man3/*.3)))

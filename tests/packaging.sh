@@ -117,7 +117,7 @@ echo "   redis-server pid $redis_pid at $url"
 step "make install PREFIX=\$tmp/make-prefix, a program built with pkg-config"
 quiet make -s -C "$root" BUILD="$tmp/make" PREFIX="$tmp/make-prefix" install
 mp=$tmp/make-prefix
-for f in include/redlock.h lib/libredlock.a "lib/libredlock.so.$version" "lib/libredlock.so.$major" \
+for f in include/redlock.h include/redlock_transport.h lib/libredlock.a "lib/libredlock.so.$version" "lib/libredlock.so.$major" \
     lib/libredlock.so lib/pkgconfig/redlock.pc bin/redlock; do
     [ -e "$mp/$f" ] || fail "make install did not install $f"
 done
@@ -155,7 +155,7 @@ cp=$tmp/cmake-prefix
 quiet cmake -S "$root" -B "$tmp/cmake-build" -DCMAKE_INSTALL_PREFIX="$cp"
 quiet cmake --build "$tmp/cmake-build" -j "$jobs"
 quiet cmake --install "$tmp/cmake-build"
-for f in include/redlock.h lib/libredlock.a "lib/libredlock.so.$version" lib/pkgconfig/redlock.pc \
+for f in include/redlock.h include/redlock_transport.h lib/libredlock.a "lib/libredlock.so.$version" lib/pkgconfig/redlock.pc \
     lib/cmake/redlock/redlockConfig.cmake lib/cmake/redlock/redlockConfigVersion.cmake \
     lib/cmake/redlock/redlockTargets.cmake bin/redlock share/man/man3/redlock_trylock.3 \
     share/man/man3/redlock_new_len.3; do

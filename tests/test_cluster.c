@@ -80,6 +80,16 @@ static void find_primaries(void)
     ck_assert_int_eq(k, 3);
 }
 
+static long info_count(int i, const char *section, const char *field)
+{
+    static char out[16384];
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "INFO %s", section);
+    ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, i), out, sizeof out, cmd), 0);
+    const char *p = strstr(out, field);
+    return p ? atol(p + strlen(field)) : 0;
+}
+
 /* ---- routing --------------------------------------------------------------------------------- */
 
 START_TEST(test_key_slots)
@@ -97,6 +107,33 @@ START_TEST(test_key_slots)
         ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
         redlock_free(l);
     }
+    /* once the client has the slot map, a routed workload meets no MOVED
+     * on any node: each lock went straight to the primary serving it (the
+     * slot function itself is compared with CLUSTER KEYSLOT in
+     * test_internals) */
+    for (int i = 0; i < fx_cluster_size(&cl); i++) {
+        char out[64];
+        ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, i), out, sizeof out, "CONFIG RESETSTAT"), 0);
+    }
+    int served[16] = {0};
+    for (int k = 0; k < 300; k++) {
+        char name[48];
+        snprintf(name, sizeof name, k % 3 ? "routed-%d" : "{tag%d}routed", k);
+        redlock *l = tu_lock(c, name, "v", 5000);
+        ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s: %s", name, redlock_errstr(l));
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+        redlock_free(l);
+        int owner = fx_cluster_slot_owner(&cl, fx_cluster_keyslot(&cl, name, strlen(name)));
+        ck_assert(owner >= 0 && owner < 16);
+        served[owner]++;
+    }
+    int shards = 0;
+    for (int i = 0; i < fx_cluster_size(&cl); i++) {
+        shards += served[i] > 0;
+        ck_assert_msg(info_count(i, "errorstats", "errorstat_MOVED:count=") == 0,
+                      "node %d answered MOVED to a routed request", i);
+    }
+    ck_assert_int_eq(shards, 3); /* the workload reached every primary */
     /* CRC16 check value of "123456789" is 0x31C3: slot 12739 */
     ck_assert_int_eq(fx_cluster_keyslot(&cl, "123456789", 9), 12739);
     /* a '}' with no tag: no other key can share the slot, so it is refused */
@@ -193,15 +230,6 @@ END_TEST
 
 
 /* A counter from INFO on node i (section, "field:" prefix), 0 if absent. */
-static long info_count(int i, const char *section, const char *field)
-{
-    static char out[16384];
-    char cmd[64];
-    snprintf(cmd, sizeof cmd, "INFO %s", section);
-    ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, i), out, sizeof out, cmd), 0);
-    const char *p = strstr(out, field);
-    return p ? atol(p + strlen(field)) : 0;
-}
 
 /* ---- driving a non-blocking client -------------------------------------------------------- */
 

@@ -186,7 +186,7 @@ static net_conn *tls_conn(const char *url, int timeout_ms)
 {
     net_url u;
     char err[256];
-    ck_assert_msg(net_url_parse(&u, url, err, sizeof err) == RESP_OK, "%s", err);
+    ck_assert_msg(net_url_parse(&u, NULL, url, err, sizeof err) == RESP_OK, "%s", err);
     net_opts o;
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.io_timeout_ms = MS(timeout_ms);
@@ -1128,7 +1128,7 @@ START_TEST(test_burst_of_whole_replies)
     snprintf(url, sizeof url, "rediss://127.0.0.1:%d?ca=%s", port, certs.ca);
     net_url u;
     char err[256];
-    ck_assert_int_eq(net_url_parse(&u, url, err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&u, NULL, url, err, sizeof err), RESP_OK);
     net_opts o;
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.io_timeout_ms = MS(2000);
