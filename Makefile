@@ -59,7 +59,7 @@ EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,\
                 $(filter-out $(if $(TLS),,examples/tls.c),$(wildcard examples/*.c)))
 
 .PHONY: all static test tests test-tls valgrind-tls check-exports test-packaging test-sanitize \
-        test-valgrind functions-file \
+        test-valgrind test-docs test-man functions-file \
         examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
@@ -152,14 +152,25 @@ demo: all
 	@bash cli/demo.sh
 
 # Every suite runs even if one fails; the target fails if any did. A plain
-# build runs the TLS suite too, from a TLS build of its own (make test-tls).
+# build runs the TLS suite too, from a TLS build of its own (make test-tls),
+# and checks the documentation: its C code compiles, its man pages lint clean.
 test: deps all examples $(TESTS) fuzz-replay check-exports
 	@failed=0; for t in $(TESTS); do \
 	    echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t || failed=1; \
 	done; \
+	$(MAKE) --no-print-directory test-docs test-man || failed=1; \
 	$(if $(TLS),,$(MAKE) --no-print-directory test-tls || failed=1;) \
 	if [ $$failed -ne 0 ]; then echo "make test: some suites FAILED"; exit 1; fi; \
 	echo "make test: all suites passed"
+
+# Every ```c block of README.md and docs/*.md and every man page's EXAMPLE
+# compiles (whole programs link against the static library).
+test-docs: $(STATIC)
+	@echo "== tests/docs-code.sh"; CC="$(CC)" CFLAGS="$(CFLAGS)" sh tests/docs-code.sh $(BUILD)
+
+# A man page for every public function, each lint clean (mandoc, groff -ww).
+test-man:
+	@echo "== tests/man-pages.sh"; sh tests/man-pages.sh
 
 # The TLS suite against the library and the command built with TLS=openssl
 # (in $(BUILD)/tls from a plain build), and that library's exports.
@@ -274,6 +285,11 @@ install: all $(BUILD)/redlock.pc
 	if [ -n "$(CLI)" ]; then install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/; fi
 	if [ -f cli/redlock.1 ]; then install -d $(DESTDIR)$(PREFIX)/share/man/man1 && \
 	    install -m 644 cli/redlock.1 $(DESTDIR)$(PREFIX)/share/man/man1/; fi
+	install -d $(DESTDIR)$(PREFIX)/share/man/man3
+	for f in man/man3/*.3; do \
+	    if [ -L $$f ]; then ln -sf $$(readlink $$f) $(DESTDIR)$(PREFIX)/share/man/man3/$${f##*/}; \
+	    else install -m 644 $$f $(DESTDIR)$(PREFIX)/share/man/man3/; fi; \
+	done
 	install -d $(DESTDIR)$(PREFIX)/share/redlock
 	install -m 644 functions/*.lua $(DESTDIR)$(PREFIX)/share/redlock/
 
@@ -282,7 +298,8 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/include/redlock.h $(DESTDIR)$(PREFIX)/include/redlock_transport.h \
 	    $(DESTDIR)$(PREFIX)/lib/libredlock.* \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/redlock.pc $(DESTDIR)$(PREFIX)/bin/redlock \
-	    $(DESTDIR)$(PREFIX)/share/man/man1/redlock.1
+	    $(DESTDIR)$(PREFIX)/share/man/man1/redlock.1 \
+	    $(addprefix $(DESTDIR)$(PREFIX)/share/man/man3/,$(notdir $(wildcard man/man3/*.3)))
 
 # ---- upkeep -------------------------------------------------------------------------------
 

@@ -79,7 +79,6 @@ _Static_assert(SAME_CODE(OK) && SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) &&
 #define MAX_NAME (1u << 20)
 #define MAX_VALUE 4096
 #define SHOWN_NAME 48     /* bytes of a lock name quoted in messages */
-#define SHOWN_REPLY 120   /* bytes of a server's error quoted in messages */
 #define MAX_PASSES 8      /* engine_pass: rounds of "take results, fire timers" */
 #define MAX_IDLE_CHANS 32 /* channels kept subscribed with no local waiter */
 #define NSLOTS 16384      /* Redis Cluster hash slots */
@@ -1405,8 +1404,26 @@ static int script_fallback(redlock *l, size_t i, int id, const resp_reply *r)
     return FB_FAILED;
 }
 
+/* How many bytes of a server's error text s[0..len) to show in room bytes:
+ * all of it, or (*more = "...") up to the end of the last word that leaves
+ * room for the ellipsis, so a word is never cut. */
+static int words_within(const char *s, size_t len, size_t room, const char **more)
+{
+    *more = "";
+    if (len <= room)
+        return (int)len;
+    *more = "...";
+    size_t cut = room > 3 ? room - 3 : 0, end = cut;
+    while (end > 0 && s[end] != ' ')
+        end--;
+    while (end > 0 && s[end - 1] == ' ')
+        end--;
+    return (int)(end > 0 ? end : cut); /* one word longer than the room: cut it */
+}
+
 /* Any other error reply: a cluster redirect or a retry after a short wait,
- * else the node's error. 1 when the request went out again (or will). */
+ * else the node's error, quoted whole if it fits the message. 1 when the
+ * request went out again (or will). */
 static int error_reply(redlock *l, size_t i, const resp_reply *r)
 {
     nres *nd = &l->res[i];
@@ -1415,11 +1432,15 @@ static int error_reply(redlock *l, size_t i, const resp_reply *r)
     int busy = starts_with(r, "TRYAGAIN") || starts_with(r, "CLUSTERDOWN");
     if (nd->state == N_PENDING && busy && cluster_retry(l, i))
         return 1;
-    if (nd->state == N_PENDING)
+    if (nd->state == N_PENDING) {
+        const char *desc = node_desc(l->c, i);
+        const char *pre = nd->via.noperm ? "EVALSHA: NOPERM; FCALL: " : "", *more;
+        size_t used = strlen(desc) + 2 + strlen(pre) + 1; /* ": " and the NUL */
+        int n = words_within(r->str, r->len, sizeof l->nerr > used ? sizeof l->nerr - used : 0,
+                             &more);
         node_error(l, i, starts_with(r, "NOAUTH") ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
-                   busy || transient_error(r), "%s: %s%.*s", node_desc(l->c, i),
-                   nd->via.noperm ? "EVALSHA: NOPERM; FCALL: " : "",
-                   (int)(r->len > SHOWN_REPLY ? SHOWN_REPLY : r->len), r->str);
+                   busy || transient_error(r), "%s: %s%.*s%s", desc, pre, n, r->str, more);
+    }
     return 0;
 }
 

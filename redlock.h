@@ -16,10 +16,27 @@
  * time; use one client per thread. Nothing in the library calls back into
  * the application.
  *
- * Errors: every function that returns a status code also leaves a detail
- * in redlock_client_errstr() (and, for an operation, in redlock_errstr()
- * of its lock). Functions given a NULL handle return REDLOCK_ERR_ARG with
- * the detail in redlock_last_errstr().
+ * Errors: redlock_strerror(status) names a status (a static string). The
+ * detail of a failure, one line that never contains a password, is kept
+ * where the handle the call took can reach it:
+ *   - a call that took a lock l (redlock_trylock ... redlock_keepalive):
+ *     after any status other than REDLOCK_OK, redlock_errstr(l); valid
+ *     until l's next operation ends. While the client lives,
+ *     redlock_client_errstr() of l's client has it too.
+ *   - a call that took a client c (redlock_new, redlock_functions_load,
+ *     ...): redlock_client_errstr(c); valid until the next call on c or on
+ *     one of its locks.
+ *   - no handle to hold it (a failed redlock_client_new, a NULL handle):
+ *     redlock_last_errstr(), kept per thread; valid until the next call in
+ *     this thread that fails without a handle (redlock_client_new clears
+ *     it on entry).
+ *
+ * Signals: the library never raises SIGPIPE. Its sockets send with
+ * MSG_NOSIGNAL (or have SO_NOSIGPIPE set where that flag is missing), so a
+ * peer that has gone is an error status, never a signal; a TLS transport
+ * must do the same. It installs no signal handler and leaves the signal
+ * mask alone; a signal that interrupts a wait only ends that wait early
+ * (the call then goes on polling until its deadline).
  */
 #ifndef REDLOCK_H
 #define REDLOCK_H
@@ -145,8 +162,10 @@ REDLOCK_API void redlock_options_init(redlock_options *o);
  *       serving its hash slot
  * User, password and query values may be %-encoded. rediss:// is TLS and needs opts->tls (see "TLS"
  * below); plain and TLS URLs may be mixed in a quorum. opts NULL:
- * defaults. No I/O happens here: connections open on first use (TLS
- * certificate files are read then) and reopen after a failure. Host
+ * defaults. urls (the array and its strings) and the strings in opts are
+ * copied: the caller may free or reuse them once this returns. No I/O
+ * happens here: connections open on first use (TLS certificate files are
+ * read then) and reopen after a failure. Host
  * names are resolved with getaddrinfo() when a connection opens, which
  * blocks: give IP addresses to keep an event loop from ever blocking.
  * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option, a
@@ -165,7 +184,9 @@ REDLOCK_API void redlock_client_free(redlock_client *c);
  * contains a password. c NULL: redlock_last_errstr(). */
 REDLOCK_API const char *redlock_client_errstr(const redlock_client *c);
 /* Detail of the last error in this thread that had no client to hold it:
- * a failed redlock_client_new, or a call given a NULL handle. */
+ * a failed redlock_client_new, or a call given a NULL handle ("" if none).
+ * Thread-local: valid until the next call in this thread that fails
+ * without a handle, or the next redlock_client_new (which clears it). */
 REDLOCK_API const char *redlock_last_errstr(void);
 
 /* ---- locks ---------------------------------------------------------------------- */
@@ -177,11 +198,14 @@ REDLOCK_API const char *redlock_last_errstr(void);
 #define REDLOCK_MIN_TTL_MS 10
 
 /* Make a lock handle for name (binary-safe, NUL-terminated, 1 byte to
- * 1 MiB) with a TTL of ttl_ms (at least REDLOCK_MIN_TTL_MS). value is the owner's identity (copied,
- * 1 to 4096 bytes); NULL makes a random 128-bit token from the OS. No I/O.
+ * 1 MiB; copied) with a TTL of ttl_ms (at least REDLOCK_MIN_TTL_MS). value
+ * is the owner's identity (copied, 1 to 4096 bytes); NULL makes a random
+ * 128-bit token from the OS. The caller may free name and value once this
+ * returns. No I/O.
  * Returns REDLOCK_OK and *out; REDLOCK_ERR_ARG (NULL client or out, empty
- * or long name or value, a TTL under REDLOCK_MIN_TTL_MS); REDLOCK_ERR_IO (no random source: the
- * library never falls back to a weak one); REDLOCK_ERR_NOMEM. *out is NULL
+ * or long name or value, a TTL under REDLOCK_MIN_TTL_MS, with the minimum
+ * in the detail); REDLOCK_ERR_IO (no random source: the library never falls
+ * back to a weak one); REDLOCK_ERR_NOMEM. *out is NULL
  * on error. The key is the name itself; see the README for the other keys. */
 REDLOCK_API int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
                             uint32_t ttl_ms);
@@ -266,11 +290,12 @@ REDLOCK_API uint64_t redlock_fence(const redlock *l);
 REDLOCK_API int64_t redlock_validity_ms(const redlock *l);
 /* The owner value (NUL-terminated; owned by the lock). */
 REDLOCK_API const char *redlock_value(const redlock *l);
-/* Detail of the last status other than REDLOCK_OK that a call on l gave:
- * an operation's result (kept until l's next operation ends), or a call
- * refused at once with REDLOCK_ERR_ARG (out of turn, a bad argument, the
- * client freed; kept until l's next call that is not refused, or its
- * operation in flight ends). "" after a success. l NULL: redlock_last_errstr(). Never NULL. */
+/* Detail of the last status other than REDLOCK_OK that a call taking l
+ * gave: an operation's result (kept until l's next operation ends), or a
+ * call refused at once with REDLOCK_ERR_ARG (out of turn, a bad argument,
+ * after l's client was freed; kept until l's next call that is not
+ * refused, or until its operation in flight ends). "" after a success.
+ * l NULL: redlock_last_errstr(). Never NULL. */
 REDLOCK_API const char *redlock_errstr(const redlock *l);
 
 /* ---- the non-blocking API ----------------------------------------------------------------
@@ -348,8 +373,10 @@ REDLOCK_API void *redlock_userdata(const redlock *l);
  * runs past the validity because nodes do not answer) is reported once
  * through redlock_client_done with redlock_result REDLOCK_NOT_HELD, and
  * redlock_validity_ms is 0 from that moment. Without a loop that calls
- * redlock_client_process, nothing is refreshed. REDLOCK_OK or
- * REDLOCK_ERR_ARG. */
+ * redlock_client_process, nothing is refreshed. Returns REDLOCK_OK, or
+ * REDLOCK_ERR_ARG when l is NULL, l's client was freed, or on is neither
+ * 0 nor 1 (nothing changes then). Turning it on for a lock that is not
+ * held is allowed: refreshing starts with the next acquire. */
 REDLOCK_API int redlock_keepalive(redlock *l, int on);
 
 /* ---- the function library on the nodes ---------------------------------------------------- */

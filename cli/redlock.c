@@ -61,6 +61,7 @@ static const char usage_text[] =
     "       redlock --help | --version\n"
     "\n"
     "Run COMMAND while holding the Redis lock NAME (refreshed every TTL/3).\n"
+    "The -- before COMMAND is required; options go before it, before or after NAME.\n"
     "\n"
     "options:\n"
     "  -u, --url URL               a Redis node, or a Redis Cluster\n"
@@ -98,7 +99,9 @@ static const char usage_text[] =
     "  64   usage error\n"
     "  69   Redis unreachable or answered with an error\n"
     "  126  COMMAND is not executable; 127 COMMAND not found\n"
-    "status: 0 when NAME is held, 1 when it is free, 69 on errors.\n"
+    "status: 0 when NAME is held, 1 when it is free, 69 on errors. It prints\n"
+    "'NAME: held, N ms left, fence F' ('no expiry' for a key without a TTL) or\n"
+    "'NAME: free, fence F'.\n"
     "\n"
     "functions: the scripts as a Redis Functions library, for servers whose ACL\n"
     "denies EVAL/EVALSHA but allows FCALL. 'load' loads this version's library\n"
@@ -556,7 +559,9 @@ static int status_command(cli *o)
         rc = EXIT_UNAVAILABLE;
         goto out;
     }
-    if (info.held)
+    if (info.held && info.ttl_ms < 0) /* a key set by hand, without a TTL */
+        printf("%s: held, no expiry, fence %" PRIu64 "\n", o->name, info.fence);
+    else if (info.held)
         printf("%s: held, %" PRId64 " ms left, fence %" PRIu64 "\n", o->name, info.ttl_ms,
                info.fence);
     else
@@ -689,7 +694,7 @@ int main(int argc, char **argv)
     o.conflict_code = EXIT_CONFLICT;
 
     if (argc < 2)
-        return usage_error("missing command: run or status");
+        return usage_error("missing command: run, status or functions");
     const char *sub = argv[1];
     if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
         fputs(usage_text, stdout);
@@ -722,8 +727,18 @@ int main(int argc, char **argv)
         goto done;
     }
     if (is_run) {
-        o.command = dd >= 0 ? sargv + dd + 1 : sargv + optind + 1;
-        if (dd >= 0 && optind + 1 < dd) {
+        /* Without --, a word after NAME could be COMMAND or a misplaced
+         * option (`run n -v echo hi`): refuse rather than guess. */
+        if (dd < 0 && optind + 1 < sargc) {
+            rc = usage_error("'%s' after NAME: put -- between NAME and COMMAND", sargv[optind + 1]);
+            goto done;
+        }
+        if (dd < 0) {
+            rc = usage_error("missing -- COMMAND after NAME");
+            goto done;
+        }
+        o.command = sargv + dd + 1;
+        if (optind + 1 < dd) {
             rc = usage_error("unexpected '%s' before --", sargv[optind + 1]);
             goto done;
         }

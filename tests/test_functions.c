@@ -1,7 +1,7 @@
 /* test_functions.c - Redis Functions mode: where an ACL forbids EVAL and
  * EVALSHA but allows FCALL, every operation runs as FCALL of the library
  * functions/redlock_v1.lua. Three real redis-server processes with the ACL
- * user the README gives administrators ("locker": FCALL, FCALL_RO and the
+ * user docs/functions.md gives administrators ("locker": FCALL, FCALL_RO and the
  * commands inside the functions, no EVAL/EVALSHA/SCRIPT/FUNCTION), and a
  * "loader" that may FUNCTION LOAD but not EVAL.
  */
@@ -28,12 +28,12 @@
 
 #define N 3
 
-/* The README's line for administrators, word for word (test_acl_line_in_readme). */
+/* docs/functions.md's line for administrators, word for word (test_acl_line_in_docs). */
 static const char ACL_LINE[] =
     "ACL SETUSER locker on >locker-secret ~* &redlock:* -@all +fcall +fcall_ro "
     "+subscribe +unsubscribe +get +set +pexpire +pttl +incr +del +exists +publish +time "
     "+zadd +zrem +zrange +zrangebyscore +zscore";
-/* What a cluster user needs beyond the README's line: the slot map,
+/* What a cluster user needs beyond that line: the slot map,
  * ASKING, and the shard channels of wake-ups. */
 static const char CLUSTER_ACL_LINE[] =
     "ACL SETUSER locker on >locker-secret ~* &redlock:* &*:freed* -@all +fcall +fcall_ro "
@@ -558,7 +558,7 @@ START_TEST(test_load_and_status_api)
     }
     ck_assert_str_eq(redlock_functions_library(), "redlock_v1");
 
-    /* the function flags, as the README states them */
+    /* the function flags, as docs/functions.md states them */
     static const char *const flags[][2] = {
         {"acquire", ""},          {"fair_acquire", ""},     {"raise", ""},
         {"release", "allow-oom"}, {"refresh", "allow-oom"}, {"dequeue", "allow-oom"},
@@ -692,13 +692,13 @@ static const char *slurp(const char *path)
     return buf;
 }
 
-START_TEST(test_acl_line_in_readme)
+START_TEST(test_acl_line_in_docs)
 {
-    const char *readme = slurp(FX_SRC_DIR "/README.md");
-    ck_assert_ptr_nonnull(strstr(readme, ACL_LINE));
+    const char *doc = slurp(FX_SRC_DIR "/docs/functions.md");
+    ck_assert_ptr_nonnull(strstr(doc, ACL_LINE));
     /* and what a cluster user needs beyond it */
     ck_assert_ptr_nonnull(
-        strstr(readme, "`+cluster|slots +asking +ssubscribe +sunsubscribe +spublish &*:freed*`"));
+        strstr(doc, "`+cluster|slots +asking +ssubscribe +sunsubscribe +spublish &*:freed*`"));
     ck_assert_ptr_nonnull(strstr(CLUSTER_ACL_LINE,
                                  "+cluster|slots +asking +ssubscribe "
                                  "+sunsubscribe +spublish"));
@@ -857,7 +857,7 @@ static Suite *functions_suite(void)
     tcase_add_test(t, test_warm_cycle);
     tcase_add_test(t, test_cancel_releases_by_fcall);
     tcase_add_test(t, test_over_maxmemory);
-    tcase_add_test(t, test_acl_line_in_readme);
+    tcase_add_test(t, test_acl_line_in_docs);
     tcase_add_test(t, test_cli_functions);
     suite_add_tcase(s, t);
     TCase *tc = tcase_create("cluster");

@@ -902,6 +902,68 @@ START_TEST(test_bad_files)
 }
 END_TEST
 
+/* The transport's own message for ca/cert/key ("" for unset), which must
+ * be REDLOCK_ERR_TLS and exactly want, with OpenSSL's queue left empty. */
+static void expect_config_error(const char *ca, const char *cert, const char *key,
+                                const char *want)
+{
+    redlock_tls_params p = {"127.0.0.1", "", ca, cert, key, 0};
+    char err[400];
+    void *cfg = NULL;
+    int rc = redlock_tls_openssl()->config_new(&cfg, &p, err, sizeof err);
+    ck_assert_msg(rc == REDLOCK_ERR_TLS, "%s: %s (%s)", want, redlock_strerror(rc), err);
+    ck_assert_ptr_null(cfg);
+    ck_assert_str_eq(err, want);
+    ck_assert_uint_eq(ERR_peek_error(), 0);
+}
+
+/* A ca=, cert= or key= file that cannot be read names itself and the
+ * system's reason (errno), never "unknown OpenSSL error"; one that reads
+ * but does not load names OpenSSL's reason. Word for word, from the
+ * transport and at the end of the client's errstr. */
+START_TEST(test_file_errors_word_for_word)
+{
+    char junk[400], msg[1200];
+    snprintf(junk, sizeof junk, "%s/junk.txt", certs.dir);
+    FILE *f = fopen(junk, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("not a certificate\n", f);
+    fclose(f);
+
+    expect_config_error("/nonexistent/ca.pem", "", "",
+                        "cannot load ca=/nonexistent/ca.pem: No such file or directory");
+    snprintf(msg, sizeof msg, "cannot load ca=%s: Is a directory", certs.dir);
+    expect_config_error(certs.dir, "", "", msg);
+    snprintf(msg, sizeof msg, "cannot load ca=%s: no certificate or crl found", junk);
+    expect_config_error(junk, "", "", msg);
+
+    expect_config_error(certs.ca, "/nonexistent/me.crt", "",
+                        "cannot load cert=/nonexistent/me.crt: No such file or directory");
+    snprintf(msg, sizeof msg, "cannot load cert=%s: no start line", junk);
+    expect_config_error(certs.ca, junk, "", msg);
+
+    expect_config_error(certs.ca, certs.client_cert, "/nonexistent/me.key",
+                        "cannot load key=/nonexistent/me.key: No such file or directory");
+    snprintf(msg, sizeof msg, "cannot load key=%s: Is a directory", certs.dir);
+    expect_config_error(certs.ca, certs.client_cert, certs.dir, msg);
+    snprintf(msg, sizeof msg, "cannot load the key from cert=%s: unsupported", certs.client_cert);
+    expect_config_error(certs.ca, certs.client_cert, "", msg);
+
+    /* through a client: the same words end its errstr */
+    const char *want = ": cannot load ca=/nonexistent/ca.pem: No such file or directory";
+    char why[512];
+    fx_tls_client c = {.ca = "/nonexistent/ca.pem"};
+    ck_assert_int_eq(try_url(url_of(&srv, &c), why, sizeof why), REDLOCK_ERR_TLS);
+    size_t n = strlen(why), w = strlen(want);
+    ck_assert_msg(n > w && strcmp(why + n - w, want) == 0, "want '...%s', got: %s", want, why);
+    fx_tls_client k = {.ca = certs.ca, .cert = certs.client_cert, .key = "/nonexistent/me.key"};
+    want = ": cannot load key=/nonexistent/me.key: No such file or directory";
+    ck_assert_int_eq(try_url(url_of(&srv, &k), why, sizeof why), REDLOCK_ERR_TLS);
+    n = strlen(why), w = strlen(want);
+    ck_assert_msg(n > w && strcmp(why + n - w, want) == 0, "want '...%s', got: %s", want, why);
+}
+END_TEST
+
 /* ---- servers that are not what the URL says
  * ------------------------------------------------------ */
 
@@ -1324,7 +1386,7 @@ START_TEST(test_cli_run_and_status)
 }
 END_TEST
 
-/* The README's example (examples/tls.c): 0 with the right CA, 3 (a TLS
+/* docs/tls.md's worked example (examples/tls.c): 0 with the right CA, 3 (a TLS
  * refusal, explained) without. */
 START_TEST(test_example)
 {
@@ -1359,6 +1421,7 @@ static Suite *tls_suite(void)
     tcase_add_test(t, test_client_certificate);
     tcase_add_test(t, test_insecure_only);
     tcase_add_test(t, test_bad_files);
+    tcase_add_test(t, test_file_errors_word_for_word);
     tcase_add_test(t, test_silent_server_times_out);
     tcase_add_test(t, test_rediss_to_plain_server);
     tcase_add_test(t, test_redis_to_tls_port);
