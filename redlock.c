@@ -130,6 +130,8 @@ typedef struct nres {
         long long val;     /* its second integer                            */
         uint64_t vhash;    /* S_STATUS: hash of the holder's value, 0: none */
         uint8_t ours;      /* S_STATUS: the holder's value is ours          */
+        int64_t young;     /* acquire: ms until the node is older than the lease
+                              (restart guard: its yes does not count); 0: counts */
     } ans;
     /* what this operation holds there; outlives a round (round_start
      * clears everything above it) */
@@ -146,6 +148,13 @@ typedef struct shard {
     net_conn *cmd;
     net_conn *sub;
     uint64_t sub_gen; /* sub's connection the chan states belong to */
+    struct {          /* the restart guard: the server's age (part 4) */
+        int64_t started_at; /* when it started (CLOCK_MONOTONIC ns, rounded toward young) */
+        uint64_t gen;       /* cmd's connection that learned it (0: none yet) */
+        uint8_t asking;     /* an INFO server is in flight                   */
+        uint8_t off;        /* the server refused INFO: no guard there       */
+        char run_id[41];
+    } age;
 } shard;
 
 /* What a Redis Cluster member has besides its shards. */
@@ -181,6 +190,7 @@ typedef struct node {
 struct redlock_client {
     redlock_options opts;
     size_t n, quorum;
+    int guard; /* the restart guard is on (opts.restart_guard, or a quorum) */
     node *nodes;
     struct { /* the client's locks, by what the engine does with them */
         redlock *all;   /* every lock of this client                         */
@@ -329,7 +339,7 @@ struct redlock {
 };
 
 /* Tag kinds of requests besides scripts (S_*); an attempt rides above. */
-enum { K_WAIT = 0xf0, K_LISTEN = 0xf1, K_SLOTS = 0xf2, K_LOAD = 0xf3, K_ADMIN = 0xf4 };
+enum { K_WAIT = 0xf0, K_LISTEN = 0xf1, K_SLOTS = 0xf2, K_LOAD = 0xf3, K_AGE = 0xf4, K_ADMIN = 0xf5 };
 #define KIND(id, attempt) ((uint32_t)(id) | (uint32_t)(attempt) << 8)
 
 static _Thread_local char last_err[256];
@@ -533,6 +543,7 @@ static uint32_t all_nodes(const redlock_client *c)
 
 /* What the engine hands its results to, in the parts below. */
 static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp_reply *r); /* 4 */
+static void age_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r);
 static void map_ask(redlock_client *c, size_t i);                                           /* 5 */
 static void map_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r);
 static void on_push(redlock_client *c, size_t i, size_t j, const resp_reply *r);      /* 6 */
@@ -733,8 +744,11 @@ static int take_replies(redlock_client *c, size_t i, size_t j)
     int st, k = 0;
     while ((st = net_conn_take(conn, &tag, &r, NULL)) != RESP_IDLE) {
         k++;
-        if ((tag.kind & 0xff) == K_SLOTS) {
-            map_reply(c, i, j, st, r);
+        if ((tag.kind & 0xff) == K_SLOTS || (tag.kind & 0xff) == K_AGE) {
+            if ((tag.kind & 0xff) == K_SLOTS)
+                map_reply(c, i, j, st, r);
+            else
+                age_reply(c, i, j, st, r);
             if (st == RESP_OK)
                 net_conn_consume(conn);
             continue;
@@ -1113,6 +1127,95 @@ static int writes(int id)
     return id == S_ACQUIRE || id == S_FAIR || id == S_REFRESH || id == S_RAISE;
 }
 
+/* ---- the restart guard ----
+ * A server that restarted without its data has forgotten the locks it
+ * granted; until one lease has passed, its yes may hand out a lock that
+ * another owner still holds on other nodes. So each command connection
+ * learns its server's age (INFO server) before its first acquire, and an
+ * acquire counts a young node's yes as "held" (part 7: acquire_judge). */
+
+/* The value of `field` in INFO's text (lines of field:value). */
+static int info_field(const resp_reply *r, const char *field, const char **v, size_t *vlen)
+{
+    size_t fl = strlen(field);
+    const char *p = r->str, *end = r->str + r->len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (!eol)
+            eol = end;
+        if ((size_t)(eol - p) > fl && memcmp(p, field, fl) == 0 && p[fl] == ':') {
+            *v = p + fl + 1;
+            *vlen = (size_t)(eol - *v);
+            if (*vlen && (*v)[*vlen - 1] == '\r')
+                (*vlen)--;
+            return 1;
+        }
+        p = eol + 1;
+    }
+    return 0;
+}
+
+/* Before an acquire on shard j of node i: ask its server's age when this
+ * connection has not told it yet (a new or reconnecting connection takes
+ * the INFO before the acquire: replies come in order). */
+static void age_ask(redlock_client *c, size_t i, size_t j)
+{
+    shard *sh = &c->nodes[i].sh[j];
+    static const char *const argv[2] = {"INFO", "server"};
+    static const size_t lens[2] = {4, 6};
+    if (!c->guard || sh->age.off || sh->age.asking ||
+        (net_conn_ready(sh->cmd) && sh->age.gen == net_conn_generation(sh->cmd)))
+        return;
+    net_tag tag = {sh, 0, K_AGE};
+    if (net_conn_request(sh->cmd, 2, argv, lens, tag, 0, c->now) == RESP_OK)
+        sh->age.asking = 1;
+}
+
+/* INFO server from shard j of node i: when it started (whole seconds of
+ * uptime: rounded toward young) and its run id. A refusal (an ACL without
+ * INFO) turns the guard off there, said once. */
+static void age_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r)
+{
+    shard *sh = &c->nodes[i].sh[j];
+    const char *v;
+    size_t n;
+    sh->age.asking = 0;
+    if (status != RESP_OK)
+        return; /* asked again before the next acquire */
+    if (r->type == RESP_ERROR || r->type != RESP_BULK ||
+        !info_field(r, "uptime_in_seconds", &v, &n)) {
+        sh->age.off = 1;
+        cerr(c, REDLOCK_ERR_SERVER, "%s: restart guard off there: INFO server %s: %.*s",
+             net_conn_desc(sh->cmd), r->type == RESP_ERROR ? "refused" : "has no uptime",
+             (int)(r->len > 100 ? 100 : r->len), r->str);
+        return;
+    }
+    int64_t up = 0;
+    for (size_t k = 0; k < n && k < 12 && v[k] >= '0' && v[k] <= '9'; k++)
+        up = up * 10 + (v[k] - '0');
+    sh->age.started_at = c->now - up * 1000000000;
+    sh->age.gen = net_conn_generation(sh->cmd);
+    if (info_field(r, "run_id", &v, &n) && n < sizeof sh->age.run_id) {
+        memcpy(sh->age.run_id, v, n);
+        sh->age.run_id[n] = '\0';
+    }
+}
+
+/* How long the server behind node i's answer is still too young for l's
+ * lease (ms, at least 1), or 0 when its yes counts. Its age unknown on
+ * this connection (it reconnected since): young, and asked again. */
+static int64_t young_ms(const redlock *l, size_t i)
+{
+    const redlock_client *c = l->c;
+    const shard *sh = &c->nodes[i].sh[l->res[i].route.shard];
+    if (!c->guard || sh->age.off)
+        return 0;
+    if (sh->age.gen != net_conn_generation(sh->cmd))
+        return 1;
+    int64_t left = sh->age.started_at + ms_ns(l->lease.ttl) + drift_ns(l) - c->now;
+    return left > 0 ? (left + 999999) / 1000000 : 0;
+}
+
 /* Send node i's request of the round: to the shard serving the lock's
  * slot, or after ASKING to shard `ask`; with wait_replicas, a WAIT right
  * behind a write on the same connection. */
@@ -1122,6 +1225,8 @@ static int send_request(redlock *l, size_t i, int ask)
     nres *nd = &l->res[i];
     size_t j = ask >= 0 ? (size_t)ask : route(c, i, l->k.slot);
     net_conn *conn = c->nodes[i].sh[j].cmd;
+    if (nd->via.id == S_ACQUIRE || nd->via.id == S_FAIR)
+        age_ask(c, i, j);
     if (ask >= 0) {
         static const char *const asking[1] = {"ASKING"};
         static const size_t asking_len[1] = {6};
@@ -1506,6 +1611,8 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
         nd->state = N_OK;
         if (nd->via.fcall)
             c->nodes[i].fn.fcall = 1; /* auto mode: FCALL works where EVALSHA may not run */
+        if (id == S_ACQUIRE || id == S_FAIR)
+            nd->ans.young = young_ms(l, i);
     }
     settle(l, i);
     return bad;
@@ -2525,11 +2632,18 @@ static void acquire_won(redlock *l)
                                1});
 }
 
-/* Someone else holds it (fair mode: or a waiter is first in line). */
-static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, int64_t pttl)
+/* Someone else holds it (fair mode: or a waiter is first in line; the
+ * restart guard: or a node that gave it is too young to count). */
+static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, size_t young,
+                        int64_t pttl)
 {
     redlock_client *c = l->c;
-    char nm[64], q[80] = "";
+    char nm[64], q[96] = "", y[128] = "";
+    if (c->n == 1 && young)
+        return lerr(l, REDLOCK_NOT_ACQUIRED,
+                    "lock '%s': the node restarted less than one lease ago and may have "
+                    "forgotten a lock it granted: its yes counts in %lld ms (restart guard)",
+                    shown(l, nm, sizeof nm), (long long)pttl);
     if (c->n == 1 && queued)
         return lerr(l, REDLOCK_NOT_ACQUIRED,
                     "lock '%s' is free, but another waiter is first in line (fair mode)",
@@ -2540,10 +2654,14 @@ static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, int6
                     shown(l, nm, sizeof nm), (long long)pttl);
     if (queued)
         snprintf(q, sizeof q, " (on %zu of them free, but another waiter is first in line)", queued);
+    if (young)
+        snprintf(y, sizeof y,
+                 " (%zu of them gave it but restarted less than one lease ago: restart guard)",
+                 young);
     return lerr(l, REDLOCK_NOT_ACQUIRED,
-                "lock '%s': taken on %zu of %zu nodes, held by another owner on %zu%s, %zu failed "
-                "(quorum %zu)",
-                shown(l, nm, sizeof nm), acq, c->n, held, q, count_nodes(l->res, c->n).err,
+                "lock '%s': taken on %zu of %zu nodes, held by another owner on %zu%s%s, %zu "
+                "failed (quorum %zu)",
+                shown(l, nm, sizeof nm), acq, c->n, held, q, y, count_nodes(l->res, c->n).err,
                 c->quorum);
 }
 
@@ -2551,7 +2669,7 @@ static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, int6
 static void acquire_judge(redlock *l)
 {
     redlock_client *c = l->c;
-    size_t acq = 0, held = 0, queued = 0;
+    size_t acq = 0, held = 0, queued = 0, young = 0;
     uint64_t token = 0;
     int64_t pttl = -1;
     l->wait.rtt = c->now - l->op.t0;
@@ -2561,9 +2679,18 @@ static void acquire_judge(redlock *l)
             continue;
         if ((nd->ans.code == 1 || nd->ans.code == 2) && nd->ans.val >= 0) {
             nd->hold.acq = 1;
-            acq++;
             if ((uint64_t)nd->ans.val > token)
                 token = (uint64_t)nd->ans.val;
+            if (!nd->ans.young) {
+                acq++;
+                continue;
+            }
+            /* restart guard: taken there, but it counts as held until the
+             * node is older than the lease */
+            held++;
+            young++;
+            if (pttl < 0 || nd->ans.young < pttl)
+                pttl = nd->ans.young;
         } else if (nd->ans.code == 0 || nd->ans.code == 3) {
             held++;
             queued += nd->ans.code == 3;
@@ -2583,7 +2710,7 @@ static void acquire_judge(redlock *l)
         return;
     }
     if (d == Q_NO) {
-        release_taken(l, (outcome){acquire_busy(l, acq, held, queued, pttl), 0});
+        release_taken(l, (outcome){acquire_busy(l, acq, held, queued, young, pttl), 0});
         return;
     }
     /* Quorum fencing: raise every taken node's counter to at least the
@@ -3213,6 +3340,7 @@ void redlock_options_init(redlock_options *o)
     o->max_line = RESP_DEFAULT_MAX_LINE;
     o->fair = 0;
     o->scripts = REDLOCK_SCRIPTS_AUTO;
+    o->restart_guard = -1;
 }
 
 static int check_options(const redlock_options *o)
@@ -3235,6 +3363,8 @@ static int check_options(const redlock_options *o)
         return global_err(REDLOCK_ERR_ARG, "max_depth must be at most %d", RESP_MAX_DEPTH);
     if (o->wait_replicas < 0 || o->wait_replicas > 100)
         return global_err(REDLOCK_ERR_ARG, "wait_replicas must be 0 to 100");
+    if (o->restart_guard < -1 || o->restart_guard > 1)
+        return global_err(REDLOCK_ERR_ARG, "restart_guard must be -1 (auto), 0 (off) or 1 (on)");
     return REDLOCK_OK;
 }
 
@@ -3332,6 +3462,7 @@ int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
     c->opts = o;
     c->n = n;
     c->quorum = n / 2 + 1;
+    c->guard = o.restart_guard == 1 || (o.restart_guard == -1 && n > 1);
     c->nodes = resp_alloc_array(n, sizeof *c->nodes);
     c->pfd_cap = 2 * n;
     c->pfd = resp_alloc_array(c->pfd_cap, sizeof *c->pfd);

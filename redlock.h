@@ -116,6 +116,16 @@ typedef struct redlock_options {
     const char *tls_cert;   /* client certificate chain, PEM    (default: none)         */
     const char *tls_key;    /* its private key, PEM             (default: in tls_cert)  */
     int tls_insecure;       /* 1: verify no certificate or name (default 0; tests only) */
+    /* The restart guard. A node that started less than one lease (ttl_ms plus
+     * the drift allowance) ago may have lost, with its data, a lock it granted
+     * to someone else: its yes to an acquire is kept (the key is set there) but
+     * not counted toward the quorum until its uptime passes the lease, and a
+     * waiter sleeps until then. The client learns each server's run id and
+     * uptime (INFO server) when a connection opens; an ACL that refuses INFO
+     * turns the guard off for that node, once, with a note in
+     * redlock_client_errstr. -1: on for a quorum, off for one node; 1: on;
+     * 0: off (e.g. servers with persistence that never lose a lock). */
+    int restart_guard;      /*                                        (default -1)  */
 } redlock_options;
 
 /* redlock_options.scripts. Every operation is one Lua script. Where an ACL
@@ -381,8 +391,8 @@ REDLOCK_API int redlock_keepalive(redlock *l, int on);
 
 /* ---- the function library on the nodes ---------------------------------------------------- */
 
-/* The name of the function library this build calls: "redlock_v1". Its
- * functions are named after it (redlock_v1_acquire, ...). A change to any
+/* The name of the function library this build calls: "redlock_v2". Its
+ * functions are named after it (redlock_v2_acquire, ...). A change to any
  * script comes with a new version, so clients of different versions can
  * share a server, each with its own library. Static string. */
 REDLOCK_API const char *redlock_functions_library(void);

@@ -15,6 +15,19 @@
 #include <stddef.h>
 #include <string.h>
 
+/* The next fencing token from the counter `fence`. A missing counter (the
+ * node lost its data: a restart without persistence, eviction, FLUSHALL)
+ * first starts from the server's clock in microseconds since the epoch
+ * (about 1.8e15: exact in Lua's numbers and in INCR's integers), so a
+ * token is never smaller than one issued before the loss as long as grants
+ * come slower than one a microsecond. An existing counter only ever
+ * increments. ind indents the text. */
+#define NEXT_TOKEN(ind) \
+    ind "if redis.call('EXISTS', fence) == 0 then\n" \
+    ind "  local t = redis.call('TIME')\n" \
+    ind "  redis.call('SET', fence, t[1] .. string.format('%06d', tonumber(t[2])))\n" \
+    ind "end\n" \
+    ind "token = redis.call('INCR', fence)\n"
 static const char ACQUIRE_LUA[] =
     "-- acquire: take the lock if it is free; if it is ours already, reset its TTL\n"
     "-- KEYS: lock, fence counter   ARGV: owner value, ttl ms, fencing '1'/'0'\n"
@@ -32,7 +45,9 @@ static const char ACQUIRE_LUA[] =
     "if holder then return {0, redis.call('PTTL', lock)} end\n"
     "redis.call('SET', lock, value, 'PX', ttl)\n"
     "local token = 0\n"
-    "if fencing then token = redis.call('INCR', fence) end\n"
+    "if fencing then\n"
+    NEXT_TOKEN("  ")
+    "end\n"
     "return {1, token}\n";
 static const char FAIR_LUA[] =
     "-- fair acquire: as acquire, but a free lock goes to the first in line\n"
@@ -80,7 +95,9 @@ static const char FAIR_LUA[] =
     "    redis.call('ZREM', queue, value)\n"
     "    redis.call('ZREM', alive, value)\n"
     "    local token = 0\n"
-    "    if fencing then token = redis.call('INCR', fence) end\n"
+    "    if fencing then\n"
+    NEXT_TOKEN("      ")
+    "    end\n"
     "    return {1, token}\n"
     "  end\n"
     "  code, left = 3, tonumber(expiry) - now\n"
@@ -250,8 +267,8 @@ typedef struct script {
 } script;
 
 static const script scripts[S_COUNT] = {
-    [S_ACQUIRE] = {"acquire", ACQUIRE_LUA, "aa4d824715db73a7e205166afa6114a69089b27d", 2, 3, R_PAIR},
-    [S_FAIR] = {"fair acquire", FAIR_LUA, "78b68b9397adbe1dec835aa0a24785f5f03989b2", 4, 6, R_PAIR},
+    [S_ACQUIRE] = {"acquire", ACQUIRE_LUA, "4fb5bf09f1ff2bf7970cfd20eb14bf71c2f3a7d9", 2, 3, R_PAIR},
+    [S_FAIR] = {"fair acquire", FAIR_LUA, "de3b578984a393cf131d5661fac3d24c1dc3c500", 4, 6, R_PAIR},
     [S_DEQUEUE] = {"dequeue", DEQUEUE_LUA, "d73d77d9c20b33c03ed4a9e0b1488c501366713f", 3, 2, R_INT},
     [S_RELEASE] = {"release", RELEASE_LUA, "742a9c720bb0d4d03c0b46e8f3a0e5757a0afc0e", 1, 2, R_INT},
     [S_REFRESH] = {"refresh", REFRESH_LUA, "ceb551be5baed2f994937f4a9af5693f3b3fd139", 1, 3, R_INT},
@@ -284,7 +301,7 @@ static const script scripts[S_COUNT] = {
  * mostly extends, so they run over maxmemory as their EVAL forms do;
  * acquire, fair acquire and raise are refused, as their EVAL forms are
  * when they would SET or INCR. STATUS writes nothing: FCALL_RO. */
-#define FUNCTIONS_VERSION "1"
+#define FUNCTIONS_VERSION "2"
 #define FUNCTIONS_LIBRARY "redlock_v" FUNCTIONS_VERSION
 #define FUNCTIONS_FILE "functions/" FUNCTIONS_LIBRARY ".lua"
 #define FN(local) FUNCTIONS_LIBRARY "_" local, local
@@ -313,7 +330,7 @@ static const function_def functions[S_COUNT] = {
 static const char LIBRARY_HEAD[] =
     "#!lua name=" FUNCTIONS_LIBRARY "\n"
     "-- redlock-c's scripts as a Redis Functions library, for servers where\n"
-    "-- EVAL/EVALSHA are not permitted but FCALL is. Generated from redlock.c\n"
+    "-- EVAL/EVALSHA are not permitted but FCALL is. Generated from scripts.h\n"
     "-- (make functions-file); do not edit: a change needs a new version.\n"
     "-- Load it once per node (every primary of a cluster):\n"
     "--   redis-cli -x FUNCTION LOAD < " FUNCTIONS_FILE "\n"
@@ -325,7 +342,7 @@ typedef struct textbuf {
     size_t cap, len;
 } textbuf;
 
-static void tb_put(textbuf *b, const char *s)
+static inline void tb_put(textbuf *b, const char *s)
 {
     size_t n = strlen(s);
     if (b->len < b->cap)
@@ -335,7 +352,7 @@ static void tb_put(textbuf *b, const char *s)
 
 /* The library's text into dst (at most cap bytes, NUL-terminated when
  * there is room for it); returns its length, as snprintf does. */
-static size_t library_text(char *dst, size_t cap)
+static inline size_t library_text(char *dst, size_t cap)
 {
     textbuf b = {dst, cap, 0};
     tb_put(&b, LIBRARY_HEAD);

@@ -44,6 +44,7 @@ typedef struct cli {
     int conflict_code;
     int quiet, verbose, fair, wait_replicas;
     int scripts; /* REDLOCK_SCRIPTS_* */
+    int restart_guard; /* redlock_options.restart_guard */
     const char *name;
     char **command;
 } cli;
@@ -82,6 +83,8 @@ static const char usage_text[] =
     "                              to have the write (WAIT), else count it failed\n"
     "  -S, --scripts MODE          auto (default: EVALSHA, FCALL where EVALSHA is\n"
     "                              not permitted), eval, or functions (FCALL only)\n"
+    "  -G, --restart-guard MODE    auto (default: on for a quorum), on or off: a node\n"
+    "                              that restarted less than a TTL ago does not count\n"
     "  -q, --quiet                 no message when the lock is busy\n"
     "  -v, --verbose               report acquire, refresh and release on stderr\n"
     "  -h, --help                  this text\n"
@@ -203,6 +206,7 @@ static const struct option long_opts[] = {
     {"fair", no_argument, NULL, 'F'},
     {"wait-replicas", required_argument, NULL, 'R'},
     {"scripts", required_argument, NULL, 'S'},
+    {"restart-guard", required_argument, NULL, 'G'},
     {"quiet", no_argument, NULL, 'q'},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
@@ -217,7 +221,7 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
     int ch;
     opterr = 0;
     optind = 1;
-    const char *spec = stop_at_name ? "+:u:t:w:g:E:FR:S:qvhV" : ":u:t:w:g:E:FR:S:qvhV";
+    const char *spec = stop_at_name ? "+:u:t:w:g:E:FR:S:G:qvhV" : ":u:t:w:g:E:FR:S:G:qvhV";
     while ((ch = getopt_long(argc, argv, spec, long_opts, NULL)) != -1) {
         switch (ch) {
         case 'u':
@@ -225,9 +229,10 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
                 return EXIT_USAGE;
             break;
         case 't':
-            if (parse_duration(optarg, &o->ttl_ms) != 0 || o->ttl_ms == 0)
-                return usage_error("bad TTL '%s': want a positive DURATION like 500ms, 10s, 2m",
-                                   optarg);
+            if (parse_duration(optarg, &o->ttl_ms) != 0 || o->ttl_ms < REDLOCK_MIN_TTL_MS)
+                return usage_error("bad TTL '%s': want a DURATION of at least %dms, like "
+                                   "500ms, 10s, 2m",
+                                   optarg, REDLOCK_MIN_TTL_MS);
             break;
         case 'w':
             if (parse_duration(optarg, &o->wait_ms) != 0)
@@ -257,6 +262,16 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
                 o->scripts = REDLOCK_SCRIPTS_FUNCTIONS;
             else
                 return usage_error("bad scripts mode '%s': want auto, eval or functions", optarg);
+            break;
+        case 'G':
+            if (strcmp(optarg, "auto") == 0)
+                o->restart_guard = -1;
+            else if (strcmp(optarg, "on") == 0)
+                o->restart_guard = 1;
+            else if (strcmp(optarg, "off") == 0)
+                o->restart_guard = 0;
+            else
+                return usage_error("bad restart guard '%s': want auto, on or off", optarg);
             break;
         case 'q':
             o->quiet = 1;
@@ -298,6 +313,7 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
     redlock_options_init(&opts);
     opts.fair = o->fair;
     opts.wait_replicas = o->wait_replicas;
+    opts.restart_guard = o->restart_guard;
     opts.scripts = o->scripts;
 #ifdef REDLOCK_WITH_TLS
     opts.tls = redlock_tls_openssl();
@@ -452,7 +468,7 @@ static int take_lock(cli *o, redlock_client *c, redlock *l)
     int rc = o->wait_ms ? redlock_lock(l, o->wait_ms) : redlock_trylock(l);
     if (rc == REDLOCK_NOT_ACQUIRED) {
         if (!o->quiet)
-            say("%s is held by another owner%s", o->name, o->wait_ms ? " (wait ran out)" : "");
+            say("%s is busy%s: %s", o->name, o->wait_ms ? " (wait ran out)" : "", redlock_errstr(l));
         return o->conflict_code;
     }
     if (rc != REDLOCK_OK) {
@@ -690,6 +706,7 @@ int main(int argc, char **argv)
     cli o;
     memset(&o, 0, sizeof o);
     o.ttl_ms = 30000;
+    o.restart_guard = -1;
     o.grace_ms = 5000;
     o.conflict_code = EXIT_CONFLICT;
 

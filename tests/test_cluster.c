@@ -155,12 +155,16 @@ START_TEST(test_each_shard)
     for (int k = 0; k < 3; k++) {
         name_on(primaries[k], "shard-lock-", name, sizeof name);
         redlock *l = tu_lock(c, name, "me", 5000);
+        uint64_t first = 0;
         for (int round = 1; round <= 2; round++) {
             ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
-            ck_assert_uint_eq(redlock_fence(l), (uint64_t)round); /* per name */
+            if (round == 1)
+                ck_assert(tu_seeded(first = redlock_fence(l))); /* per name */
+            ck_assert_uint_eq(redlock_fence(l), first + (uint64_t)round - 1);
             ck_assert_str_eq(on_owner(name, "GET %s", name), "me");
             snprintf(key, sizeof key, "{%s}:fence", name);
-            ck_assert_int_eq(atoi(on_owner(name, "GET %s", key)), round);
+            ck_assert_uint_eq(strtoull(on_owner(name, "GET %s", key), NULL, 10),
+                              redlock_fence(l));
             ck_assert_int_eq(redlock_refresh(l), REDLOCK_OK);
             redlock_info info;
             ck_assert_int_eq(redlock_inspect(l, &info), REDLOCK_OK);
@@ -174,8 +178,10 @@ START_TEST(test_each_shard)
     redlock *a = tu_lock(c, "{acct:7}:debit", NULL, 5000), *b = tu_lock(c, "{acct:7}:credit", NULL, 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
-    ck_assert_str_eq(on_owner("{acct:7}", "GET %s", "{acct:7}:debit:fence"), "1");
-    ck_assert_str_eq(on_owner("{acct:7}", "GET %s", "{acct:7}:credit:fence"), "1");
+    ck_assert_uint_eq(strtoull(on_owner("{acct:7}", "GET %s", "{acct:7}:debit:fence"), NULL, 10),
+                      redlock_fence(a));
+    ck_assert_uint_eq(strtoull(on_owner("{acct:7}", "GET %s", "{acct:7}:credit:fence"), NULL, 10),
+                      redlock_fence(b));
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(b), REDLOCK_OK);
     redlock_free(a);
@@ -565,13 +571,16 @@ START_TEST(test_cli_cluster_url)
     ck_assert_ptr_nonnull(f);
     ck_assert_ptr_nonnull(fgets(out, sizeof out, f));
     ck_assert_int_eq(WEXITSTATUS(pclose(f)), 0);
-    ck_assert_int_eq(atoi(out), 1);
+    unsigned long long fence = strtoull(out, NULL, 10);
+    ck_assert(tu_seeded(fence));
     snprintf(cmd, sizeof cmd, "REDLOCK_URL='%s' %s/redlock status cli-cluster 2>&1", url,
              FX_BUILD_DIR);
     f = popen(cmd, "r");
     ck_assert_ptr_nonnull(fgets(out, sizeof out, f));
     ck_assert_int_eq(WEXITSTATUS(pclose(f)), 1); /* free again */
-    ck_assert_ptr_nonnull(strstr(out, "free, fence 1"));
+    char want[64];
+    snprintf(want, sizeof want, "free, fence %llu", fence);
+    ck_assert_ptr_nonnull(strstr(out, want));
 }
 END_TEST
 
@@ -820,7 +829,8 @@ START_TEST(test_quorum_of_clusters)
     redlock_client *a = tu_client_urls(urls, 3, 500), *b = tu_client_urls(urls, 3, 500);
     redlock *la = tu_lock(a, "qc", "a", 10000), *lb = tu_lock(b, "qc", "b", 10000);
     ck_assert_int_eq(redlock_trylock(la), REDLOCK_OK);
-    ck_assert_uint_eq(redlock_fence(la), 1);
+    uint64_t f0 = redlock_fence(la);
+    ck_assert(tu_seeded(f0));
     ck_assert_int_eq(redlock_trylock(lb), REDLOCK_NOT_ACQUIRED);
     for (int i = 0; i < 3; i++)
         ck_assert_str_eq(tu_get(fx_cluster_node(&q[i], 0), "qc"), "a");
@@ -832,12 +842,12 @@ START_TEST(test_quorum_of_clusters)
     ck_assert_ptr_eq(drive_until_done(b, 3000), lb);
     ck_assert_int_eq(redlock_result(lb), REDLOCK_OK);
     ck_assert_double_lt(fx_now_ms() - t0, 500);
-    ck_assert_uint_eq(redlock_fence(lb), 2);
+    ck_assert_uint_eq(redlock_fence(lb), f0 + 1);
     /* one cluster down: still a quorum */
     fx_cluster_stop(&q[1]);
     ck_assert_int_eq(redlock_unlock(lb), REDLOCK_OK);
     ck_assert_int_eq(redlock_trylock(la), REDLOCK_OK);
-    ck_assert_uint_eq(redlock_fence(la), 3);
+    ck_assert_uint_eq(redlock_fence(la), f0 + 2);
     ck_assert_int_eq(redlock_unlock(la), REDLOCK_OK);
     redlock_free(la);
     redlock_free(lb);

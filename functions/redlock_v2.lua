@@ -1,9 +1,9 @@
-#!lua name=redlock_v1
+#!lua name=redlock_v2
 -- redlock-c's scripts as a Redis Functions library, for servers where
--- EVAL/EVALSHA are not permitted but FCALL is. Generated from redlock.c
+-- EVAL/EVALSHA are not permitted but FCALL is. Generated from scripts.h
 -- (make functions-file); do not edit: a change needs a new version.
 -- Load it once per node (every primary of a cluster):
---   redis-cli -x FUNCTION LOAD < functions/redlock_v1.lua
+--   redis-cli -x FUNCTION LOAD < functions/redlock_v2.lua
 --   redlock functions load -u redis://HOST:PORT
 
 local function acquire(KEYS, ARGV)
@@ -23,10 +23,16 @@ end
 if holder then return {0, redis.call('PTTL', lock)} end
 redis.call('SET', lock, value, 'PX', ttl)
 local token = 0
-if fencing then token = redis.call('INCR', fence) end
+if fencing then
+  if redis.call('EXISTS', fence) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', fence, t[1] .. string.format('%06d', tonumber(t[2])))
+  end
+  token = redis.call('INCR', fence)
+end
 return {1, token}
 end
-redis.register_function{function_name = 'redlock_v1_acquire', callback = acquire}
+redis.register_function{function_name = 'redlock_v2_acquire', callback = acquire}
 
 local function fair_acquire(KEYS, ARGV)
 -- fair acquire: as acquire, but a free lock goes to the first in line
@@ -74,7 +80,13 @@ else
     redis.call('ZREM', queue, value)
     redis.call('ZREM', alive, value)
     local token = 0
-    if fencing then token = redis.call('INCR', fence) end
+    if fencing then
+      if redis.call('EXISTS', fence) == 0 then
+        local t = redis.call('TIME')
+        redis.call('SET', fence, t[1] .. string.format('%06d', tonumber(t[2])))
+      end
+      token = redis.call('INCR', fence)
+    end
     return {1, token}
   end
   code, left = 3, tonumber(expiry) - now
@@ -89,7 +101,7 @@ if enqueue then
 end
 return {code, left}
 end
-redis.register_function{function_name = 'redlock_v1_fair_acquire', callback = fair_acquire}
+redis.register_function{function_name = 'redlock_v2_fair_acquire', callback = fair_acquire}
 
 local function dequeue(KEYS, ARGV)
 -- dequeue: leave the line; if we were first and the lock is free, the next
@@ -119,7 +131,7 @@ if head == value and redis.call('EXISTS', lock) == 0 then
 end
 return 1
 end
-redis.register_function{function_name = 'redlock_v1_dequeue', callback = dequeue, flags = {'allow-oom'}}
+redis.register_function{function_name = 'redlock_v2_dequeue', callback = dequeue, flags = {'allow-oom'}}
 
 local function release(KEYS, ARGV)
 -- release: delete the lock if it is ours, and wake the waiters
@@ -136,7 +148,7 @@ end
 if holder then return -1 end
 return 0
 end
-redis.register_function{function_name = 'redlock_v1_release', callback = release, flags = {'allow-oom'}}
+redis.register_function{function_name = 'redlock_v2_release', callback = release, flags = {'allow-oom'}}
 
 local function refresh(KEYS, ARGV)
 -- refresh: reset the TTL if the lock is ours; with repair, also set it
@@ -157,7 +169,7 @@ if repair then
 end
 return 0
 end
-redis.register_function{function_name = 'redlock_v1_refresh', callback = refresh, flags = {'allow-oom'}}
+redis.register_function{function_name = 'redlock_v2_refresh', callback = refresh, flags = {'allow-oom'}}
 
 local function raise(KEYS, ARGV)
 -- raise: lift the fence counter to at least token (quorum fencing)
@@ -171,7 +183,7 @@ if counter < token then
 end
 return counter
 end
-redis.register_function{function_name = 'redlock_v1_raise', callback = raise}
+redis.register_function{function_name = 'redlock_v2_raise', callback = raise}
 
 local function status(KEYS, ARGV)
 -- status: look without touching
@@ -179,7 +191,7 @@ local function status(KEYS, ARGV)
 local lock, fence = KEYS[1], KEYS[2]
 return {redis.call('GET', lock), redis.call('PTTL', lock), redis.call('GET', fence)}
 end
-redis.register_function{function_name = 'redlock_v1_status', callback = status, flags = {'no-writes'}}
+redis.register_function{function_name = 'redlock_v2_status', callback = status, flags = {'no-writes'}}
 
 local function release_sharded(KEYS, ARGV)
 -- release on a cluster: as release, but the wake-up goes to a shard channel
@@ -197,7 +209,7 @@ end
 if holder then return -1 end
 return 0
 end
-redis.register_function{function_name = 'redlock_v1_release_sharded', callback = release_sharded, flags = {'allow-oom'}}
+redis.register_function{function_name = 'redlock_v2_release_sharded', callback = release_sharded, flags = {'allow-oom'}}
 
 local function dequeue_sharded(KEYS, ARGV)
 -- dequeue on a cluster: as dequeue, on the next waiter's shard channel
@@ -227,7 +239,7 @@ if head == value and redis.call('EXISTS', lock) == 0 then
 end
 return 1
 end
-redis.register_function{function_name = 'redlock_v1_dequeue_sharded', callback = dequeue_sharded, flags = {'allow-oom'}}
+redis.register_function{function_name = 'redlock_v2_dequeue_sharded', callback = dequeue_sharded, flags = {'allow-oom'}}
 
 local function release_fair(KEYS, ARGV)
 -- release in fair mode: delete the lock if it is ours, and wake only the
@@ -259,7 +271,7 @@ for _ = 1, 64 do
 end
 return 1
 end
-redis.register_function{function_name = 'redlock_v1_release_fair', callback = release_fair, flags = {'allow-oom'}}
+redis.register_function{function_name = 'redlock_v2_release_fair', callback = release_fair, flags = {'allow-oom'}}
 
 local function release_fair_sharded(KEYS, ARGV)
 -- release in fair mode on a cluster: as release in fair mode, on the next
@@ -291,4 +303,4 @@ for _ = 1, 64 do
 end
 return 1
 end
-redis.register_function{function_name = 'redlock_v1_release_fair_sharded', callback = release_fair_sharded, flags = {'allow-oom'}}
+redis.register_function{function_name = 'redlock_v2_release_fair_sharded', callback = release_fair_sharded, flags = {'allow-oom'}}
