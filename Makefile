@@ -52,13 +52,25 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsu
 # `make test-tls` (a TLS build in $(BUILD)/tls).
 TEST_SRC := $(filter-out $(if $(TLS),,tests/test_tls.c),$(wildcard tests/test_*.c))
 # Fixtures linked into every test binary and the benchmark.
-FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c
+FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c tests/fx_proxy.c
 FX_HDR   := $(FX_SRC:.c=.h)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# tests/test_safety.c proves two holes of issue 25 (fence counters reset by
+# a restart without persistence; a quorum node restarted empty inside a
+# lease). It fails until the library closes them, so `make test` builds it
+# but runs it only with SAFETY=1; SAFETY=1 also makes the torture suite
+# assert what depends on those fixes (TORTURE_STRICT).
+SAFETY   ?= 0
+TESTS_RUN := $(filter-out $(if $(filter 1,$(SAFETY)),,$(BUILD)/tests/test_safety),$(TESTS))
+# The fault harness (docs/safety-torture.md): linked into test_torture, the
+# short run that `make test` includes, and into `make torture`'s program.
+TORTURE_SRC := tests/torture.c
+TORTURE_HDR := tests/torture.h
+TORTURE_SECONDS ?= 60
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,\
                 $(filter-out $(if $(TLS),,examples/tls.c),$(wildcard examples/*.c)))
 
-.PHONY: all static test tests test-tls valgrind-tls check-exports test-packaging test-sanitize \
+.PHONY: all static test tests torture test-tls valgrind-tls check-exports test-packaging test-sanitize \
         test-valgrind functions-file \
         examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
@@ -141,6 +153,20 @@ $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_
 	    -DFX_SRC_DIR='"$(abspath .)"' \
 	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
 
+$(BUILD)/tests/test_torture: tests/test_torture.c $(TORTURE_SRC) $(TORTURE_HDR) $(TEST_SUPPORT) \
+                             $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
+	    $< $(TORTURE_SRC) $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
+
+# `make torture`: every scenario for TORTURE_SECONDS in all (TORTURE_SEED=
+# replays a run, TORTURE_ONLY= picks scenarios by name), then the table.
+$(BUILD)/torture: tests/torture_main.c $(TORTURE_SRC) $(TORTURE_HDR) $(FX_SRC) $(FX_HDR) \
+                  $(STATIC) $(LIB_HDR) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -I. -Itests $< $(TORTURE_SRC) $(FX_SRC) $(STATIC) $(TLS_LIBS) -o $@
+
+torture: deps all $(BUILD)/torture
+	@TORTURE_SECONDS=$(TORTURE_SECONDS) TORTURE_STRICT=$(SAFETY) $(BUILD)/torture
+
 deps:
 	@sh tests/deps.sh
 
@@ -155,8 +181,8 @@ demo: all
 # Every suite runs even if one fails; the target fails if any did. A plain
 # build runs the TLS suite too, from a TLS build of its own (make test-tls).
 test: deps all examples $(TESTS) fuzz-replay check-exports
-	@failed=0; for t in $(TESTS); do \
-	    echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t || failed=1; \
+	@failed=0; for t in $(TESTS_RUN); do \
+	    echo "== $$t"; CK_DEFAULT_TIMEOUT=120 TORTURE_STRICT=$(SAFETY) $$t || failed=1; \
 	done; \
 	$(if $(TLS),,$(MAKE) --no-print-directory test-tls || failed=1;) \
 	if [ $$failed -ne 0 ]; then echo "make test: some suites FAILED"; exit 1; fi; \
