@@ -54,14 +54,22 @@ typedef struct tt_result {
     long stale_rejected;   /* stale writes (see below) the resource refused    */
     long stale_accepted;   /* stale writes it accepted: must be 0             */
     long fresh_rejected;   /* writes of the newest grant refused (a token that went back) */
-    long token_regressions;/* grants whose token was not above every earlier one */
+    long token_regressions;/* grants whose token was below an earlier grant's (or equal,
+                              another owner's): tokens that went back            */
     long ops;              /* lock/unlock/refresh calls judged for deadlines     */
     long timed_out;        /* of which failed by their deadline                  */
     double worst_late_ms;  /* max over them of return - deadline (< 0: all early) */
+    char worst_op[64];     /* that operation: "lock 612 ms, ERR_TIMEOUT"          */
     double clock_jump_s;   /* widest wall-clock offset a holder saw (faketime)  */
 } tt_result;
 
-/* A write is stale when, before it was sent, a grant that began later than
+/* An operation's deadline is what redlock.h promises: redlock_lock returns
+ * within wait_ms + connect_timeout_ms + io_timeout_ms (the last try starts
+ * before the wait runs out and may have to open a connection), unlock and
+ * refresh within connect_timeout_ms + io_timeout_ms. Operations during
+ * which their holder was stopped (SIGSTOP) are not judged.
+ *
+ * A write is stale when, before it was sent, a grant that began later than
  * its own had completed a write: the lock had moved on and the resource
  * knew it. Stale writes must be rejected. A believed interval runs from the
  * moment a lock call returned OK to the end of that grant's last write. */
