@@ -131,8 +131,9 @@ functions-file: $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
 
 examples: $(EXAMPLES)
 
-# Build every suite without running it (CI's warning check compiles them too).
-tests: $(TESTS)
+# Build every suite without running it (CI's warning check compiles them too),
+# and the torture program.
+tests: $(TESTS) $(BUILD)/torture
 
 # The libuv adapter example needs libuv (libuv1-dev, which tests/deps.sh
 # installs); the library never links it.
