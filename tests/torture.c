@@ -34,7 +34,8 @@
 #define IO_MS 100        /* the holders' io_timeout_ms and connect_timeout_ms  */
 #define WAIT_MS 400      /* redlock_lock's wait                                 */
 #define GUARD_MS 100     /* a holder writes only with this much validity left  */
-#define LONG_HOLD_MS (3 * TTL_MS) /* a long hold refreshes this long at most  */
+#define FAILOVER_TTL_MS 4000 /* cluster/failover: a lease that outlives a failover */
+#define LONG_HOLD_MS(ttl) ((ttl) < 1000 ? 3 * (int64_t)(ttl) : 3000) /* refreshing */
 #define PAUSE_POINT_MS 40 /* a flagged holder's slow step between check and write */
 #define RES_IO_MS 2000   /* the resource's I/O bound                           */
 #define MAX_PAUSES 64
@@ -204,7 +205,7 @@ typedef struct holder {
     const char *reskey;
     shared *sh;
     redlock *l;
-    int64_t end, valid_until, last_write;
+    int64_t end, valid_until, last_write, ttl;
     int seq;
     uint64_t token;
     int64_t wall_min, wall_max; /* wall minus monotonic, µs */
@@ -278,7 +279,7 @@ static int timed_op(holder *h, int op, uint32_t wait_ms)
  * check and the write, where the harness stops the process. */
 static void hold(holder *h, int cmd)
 {
-    int64_t start = mono_us(), next_refresh = start + TTL_MS * 1000 / 3;
+    int64_t start = mono_us(), next_refresh = start + h->ttl * 1000 / 3;
     int writes = cmd == CMD_LONG_HOLD ? 1000 : rnd(&h->rng, 1, 3);
     for (int i = 0; i < writes; i++) {
         if (validity_left(h) < GUARD_MS)
@@ -291,13 +292,13 @@ static void hold(holder *h, int cmd)
         do_write(h);
         if (cmd != CMD_LONG_HOLD)
             continue;
-        if (mono_us() - start > LONG_HOLD_MS * 1000 || mono_us() > h->end)
+        if (mono_us() - start > LONG_HOLD_MS(h->ttl) * 1000 || mono_us() > h->end)
             return;
         sleep_us(20000);
         if (mono_us() >= next_refresh) {
             if (timed_op(h, OP_REFRESH, 0) == REDLOCK_NOT_HELD)
                 return;
-            next_refresh = mono_us() + TTL_MS * 1000 / 3;
+            next_refresh = mono_us() + h->ttl * 1000 / 3;
         }
     }
 }
@@ -349,10 +350,10 @@ static shared *map_shared(const char *dir, int create)
     return p == MAP_FAILED ? NULL : p;
 }
 
-/* argv: exe TT_HOLDER_ARG dir index end_us lock reskey resport wait_replicas seed url... */
+/* argv: exe TT_HOLDER_ARG dir index end_us lock reskey resport wait_replicas seed ttl url... */
 int tt_holder_main(int argc, char **argv)
 {
-    if (argc < 11)
+    if (argc < 12)
         return 2;
     holder h;
     memset(&h, 0, sizeof h);
@@ -362,9 +363,10 @@ int tt_holder_main(int argc, char **argv)
     h.reskey = argv[6];
     h.resport = atoi(argv[7]);
     h.rng = strtoull(argv[9], NULL, 10);
+    h.ttl = atoi(argv[10]);
     h.wall_min = INT64_MAX;
     h.wall_max = INT64_MIN;
-    if (h.index < 0 || h.index >= NH || !(h.sh = map_shared(dir, 0)))
+    if (h.index < 0 || h.index >= NH || h.ttl < 1 || !(h.sh = map_shared(dir, 0)))
         return 2;
     char path[300];
     snprintf(path, sizeof path, "%s/h%d.log", dir, h.index);
@@ -381,9 +383,9 @@ int tt_holder_main(int argc, char **argv)
     char value[32];
     snprintf(value, sizeof value, "holder-%d-%d", h.index, (int)getpid());
     if (h.logfd < 0 ||
-        redlock_client_new(&c, (const char *const *)argv + 10, (size_t)(argc - 10), &o) !=
+        redlock_client_new(&c, (const char *const *)argv + 11, (size_t)(argc - 11), &o) !=
             REDLOCK_OK ||
-        redlock_new(&h.l, c, argv[5], value, TTL_MS) != REDLOCK_OK) {
+        redlock_new(&h.l, c, argv[5], value, (uint32_t)h.ttl) != REDLOCK_OK) {
         fprintf(stderr, "holder %d: %s\n", h.index, redlock_last_errstr());
         redlock_client_free(c);
         return 2;
@@ -466,6 +468,7 @@ typedef struct scen {
     int faketime;      /* holder 0 runs under libfaketime                              */
     int wait_replicas;
     void (*fault)(run *r);
+    int ttl_ms; /* 0: TTL_MS */
 } scen;
 
 struct run {
@@ -746,13 +749,14 @@ static void f_failover(run *r)
 {
     fx_cluster *cl = &r->t->cl;
     nap(r, rnd(&r->rng, 100, 300));
+    int h = long_holder(r);
     int p = fx_cluster_slot_owner(cl, r->slot);
     if (p < 0 || fx_cluster_kill(cl, p) != 0) {
         snprintf(r->note, sizeof r->note, "no primary for slot %d", r->slot);
         nap(r, 500);
         return;
     }
-    say(r, "primary %d killed", p);
+    say(r, "primary %d killed while holder %d holds", p, h);
     r->faults++;
     int np = fx_cluster_wait_promoted(cl, p, 10000);
     say(r, "node %d promoted", np);
@@ -781,46 +785,48 @@ static void f_primary_pause(run *r)
 
 static const scen one_scen[] = {
     {"one/delay-reset", "delays up to 60 ms on some links, connections reset", 1, 1, 1, 0, 0,
-     f_delay_reset},
+     f_delay_reset, 0},
     {"one/one-way", "the node's replies dropped (requests still arrive)", 1, 1, 1, 0, 0,
-     f_one_way},
+     f_one_way, 0},
     {"one/holder-cut", "a refreshing holder cut off from the node past its lease", 1, 1, 1, 0, 0,
-     f_holder_partition},
-    {"one/server-stop", "SIGSTOP of the server for up to 2 TTLs", 1, 1, 1, 0, 0, f_server_pause},
+     f_holder_partition, 0},
+    {"one/server-stop", "SIGSTOP of the server for up to 2 TTLs", 1, 1, 1, 0, 0, f_server_pause, 0},
     {"one/holder-stop", "SIGSTOP of a holder between its check and its write, past its lease",
-     0, 1, 1, 0, 0, f_holder_pause},
+     0, 1, 1, 0, 0, f_holder_pause, 0},
     {"one/restart-quiet", "SIGKILL and restart of the server empty, outside any lease", 1, 1, 2,
-     0, 0, f_restart_quiet},
+     0, 0, f_restart_quiet, 0},
     {"one/restart-lease", "SIGKILL and restart of the server empty, inside a lease", 0, 2, 2, 0,
-     0, f_restart_lease},
+     0, f_restart_lease, 0},
 };
 
 static const scen quorum_scen[] = {
     {"quorum/minority-cut", "2 of 5 nodes cut off from every holder", 1, 1, 1, 0, 0,
-     f_minority_partition},
+     f_minority_partition, 0},
     {"quorum/holder-cut", "a refreshing holder cut off from 3 of 5 nodes past its lease", 1, 1,
-     1, 0, 0, f_holder_partition},
+     1, 0, 0, f_holder_partition, 0},
     {"quorum/one-way", "replies of 1-3 nodes dropped (requests still arrive)", 1, 1, 1, 0, 0,
-     f_one_way},
+     f_one_way, 0},
     {"quorum/delay-reset", "delays up to 60 ms on some links, connections reset", 1, 1, 1, 0, 0,
-     f_delay_reset},
+     f_delay_reset, 0},
     {"quorum/server-stop", "SIGSTOP of 1-2 nodes for up to 2 TTLs", 1, 1, 1, 0, 0,
-     f_server_pause},
+     f_server_pause, 0},
     {"quorum/holder-stop", "SIGSTOP of a holder between its check and its write, past its lease",
-     0, 1, 1, 0, 0, f_holder_pause},
+     0, 1, 1, 0, 0, f_holder_pause, 0},
     {"quorum/clock-jump", "a holder's wall clock jumps by up to a day (libfaketime)", 1, 1, 1, 1,
-     0, f_clock_jump},
+     0, f_clock_jump, 0},
     {"quorum/restart-minority", "2 of 5 nodes restarted empty inside leases", 1, 1, 1, 0, 0,
-     f_restart_minority},
+     f_restart_minority, 0},
     {"quorum/restart-majority", "3 of 5 nodes restarted empty inside a lease", 2, 2, 2, 0, 0,
-     f_restart_lease},
+     f_restart_lease, 0},
 };
 
 static const scen cluster_scen[] = {
     {"cluster/primary-stop", "SIGSTOP of the lock's primary, shorter than the node timeout", 1,
-     1, 1, 0, 0, f_primary_pause},
-    {"cluster/failover", "the lock's primary killed (wait_replicas 1), replica promoted", 1, 1,
-     1, 0, 1, f_failover},
+     1, 1, 0, 0, f_primary_pause, 0},
+    {"cluster/failover",
+     "the lock's primary killed while a holder holds a 4 s lease (wait_replicas 1); its replica "
+     "takes over",
+     1, 1, 1, 0, 1, f_failover, FAILOVER_TTL_MS},
 };
 
 static const scen *scen_list(int topology, int *n)
@@ -883,7 +889,7 @@ static void holder_env(run *r)
 
 static pid_t spawn_holder(run *r, int h, int64_t end_us)
 {
-    char idx[16], end[32], port[16], wr[16], seed[32], url[MAX_NODES][512];
+    char idx[16], end[32], port[16], wr[16], seed[32], ttl[16], url[MAX_NODES][512];
     const char *argv[16 + MAX_NODES];
     int a = 0;
     snprintf(idx, sizeof idx, "%d", h);
@@ -891,6 +897,7 @@ static pid_t spawn_holder(run *r, int h, int64_t end_us)
     snprintf(port, sizeof port, "%d", r->t->res.port);
     snprintf(wr, sizeof wr, "%d", r->sc->wait_replicas);
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)splitmix(&r->rng));
+    snprintf(ttl, sizeof ttl, "%d", r->sc->ttl_ms ? r->sc->ttl_ms : TTL_MS);
     argv[a++] = "torture-holder";
     argv[a++] = TT_HOLDER_ARG;
     argv[a++] = r->dir;
@@ -901,6 +908,7 @@ static pid_t spawn_holder(run *r, int h, int64_t end_us)
     argv[a++] = port;
     argv[a++] = wr;
     argv[a++] = seed;
+    argv[a++] = ttl;
     if (r->t->kind == TT_CLUSTER) {
         size_t o = (size_t)snprintf(url[0], sizeof url[0], "redis://127.0.0.1:%d?cluster=1",
                                     tnode(r->t, 0)->port);
@@ -1168,6 +1176,25 @@ static void judge_ops(const run *r, const logs *lg, tt_result *res)
         }
 }
 
+/* Verbose: grants per quarter second, to see a fault's effect and recovery. */
+static void print_timeline(const run *r, const grant *g, size_t n)
+{
+    int buckets[400] = {0}, nb = 0;
+    int64_t t0 = mono_us() - (int64_t)((fx_now_ms() - r->start) * 1000);
+    for (size_t i = 0; i < n; i++) {
+        int64_t b = (g[i].start - t0) / 250000;
+        if (b >= 0 && b < 400) {
+            buckets[b]++;
+            if (b + 1 > nb)
+                nb = (int)b + 1;
+        }
+    }
+    fprintf(stderr, "  grants per 250 ms:");
+    for (int b = 0; b < nb; b++)
+        fprintf(stderr, " %d", buckets[b]);
+    fputc('\n', stderr);
+}
+
 static void check_run(const run *r, tt_result *res)
 {
     logs lg;
@@ -1182,6 +1209,8 @@ static void check_run(const run *r, tt_result *res)
         count_overlaps(g, n, res);
         judge_writes(&lg, g, n, res);
         judge_tokens(g, n, res);
+        if (r->cfg->verbose)
+            print_timeline(r, g, n);
     }
     judge_ops(r, &lg, res);
     if (res->worst_late_ms > 0 && !res->note[0])
