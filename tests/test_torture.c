@@ -9,10 +9,19 @@
 #define _GNU_SOURCE
 #include "torture.h"
 
+#include "fixture.h"
+#include "fx_proxy.h"
+#include "testutil.h"
+
+#include <arpa/inet.h>
 #include <check.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define MAX_RESULTS 32
 
@@ -47,6 +56,97 @@ static void run_topology(int topology)
     ck_assert_msg(all[0] == '\0', "seed %llu:%s", (unsigned long long)seed, all);
 }
 
+/* ---- the relay's faults do what they say (else every scenario passes) -------------- */
+
+#define WAIT_MS 300
+
+static int dial(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    struct timeval tv = {0, WAIT_MS * 1000};
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_ge(fd, 0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+static void put(int fd, const char *req)
+{
+    ck_assert_int_eq(send(fd, req, strlen(req), MSG_NOSIGNAL), (ssize_t)strlen(req));
+}
+
+/* One reply line, or "" when nothing came within WAIT_MS, "<closed>" or
+ * "<reset>". */
+static const char *reply(int fd)
+{
+    static char buf[256];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    if (n > 0) {
+        buf[n] = '\0';
+        buf[strcspn(buf, "\r")] = '\0';
+        return buf;
+    }
+    if (n == 0)
+        return "<closed>";
+    return errno == ECONNRESET ? "<reset>" : "";
+}
+
+START_TEST(test_relay_faults)
+{
+    fx_server s;
+    fx_proxy p;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    ck_assert_int_eq(fx_proxy_start(&p, &s.port, 1, 30000), 0);
+    int fd = dial(p.port[0]);
+    put(fd, "PING\r\n");
+    ck_assert_str_eq(reply(fd), "+PONG");
+
+    /* one-way: the request lands, its reply is held until the link passes */
+    ck_assert_int_eq(fx_proxy_set(&p, 0, FX_LINK_DROP_REPLIES, 0), 0);
+    put(fd, "SET k1 v1\r\n");
+    ck_assert_str_eq(reply(fd), "");
+    ck_assert_str_eq(tu_get(&s, "k1"), "v1");
+    ck_assert_int_eq(fx_proxy_set(&p, 0, FX_LINK_PASS, 0), 0);
+    ck_assert_str_eq(reply(fd), "+OK");
+
+    /* blackhole: nothing lands, a new connection is not served; healed,
+     * the held request flows late */
+    ck_assert_int_eq(fx_proxy_set(&p, 0, FX_LINK_BLACKHOLE, 0), 0);
+    put(fd, "SET k2 v2\r\n");
+    ck_assert_str_eq(reply(fd), "");
+    ck_assert_str_eq(tu_get(&s, "k2"), "");
+    int fd2 = dial(p.port[0]);
+    put(fd2, "PING\r\n");
+    ck_assert_str_eq(reply(fd2), "");
+    ck_assert_int_eq(fx_proxy_set(&p, 0, FX_LINK_PASS, 0), 0);
+    ck_assert_str_eq(reply(fd), "+OK");
+    ck_assert_str_eq(tu_get(&s, "k2"), "v2");
+    ck_assert_str_eq(reply(fd2), "+PONG");
+
+    /* delay: each way */
+    ck_assert_int_eq(fx_proxy_set(&p, 0, FX_LINK_PASS, 100), 0);
+    double t0 = fx_now_ms();
+    put(fd, "PING\r\n");
+    ck_assert_str_eq(reply(fd), "+PONG");
+    ck_assert_double_ge(fx_now_ms() - t0, 195);
+
+    /* reset: every connection of the link, at once */
+    ck_assert_int_eq(fx_proxy_reset(&p, 0), 0);
+    ck_assert_str_eq(reply(fd), "<reset>");
+    ck_assert_str_eq(reply(fd2), "<reset>");
+    ck_assert_int_eq(fx_proxy_accepted(&p, 0), 2);
+    close(fd);
+    close(fd2);
+    fx_proxy_stop(&p);
+    fx_server_stop(&s);
+}
+END_TEST
+
 START_TEST(test_torture_one)
 {
     run_topology(TT_ONE);
@@ -75,6 +175,7 @@ int main(int argc, char **argv)
     Suite *s = suite_create("torture");
     TCase *tc = tcase_create("short");
     tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_relay_faults);
     tcase_add_test(tc, test_torture_one);
     tcase_add_test(tc, test_torture_quorum);
     tcase_add_test(tc, test_torture_cluster);

@@ -1391,6 +1391,10 @@ int tt_judge(const tt_result *r, int strict, double late_bound_ms, char *why, si
         return 0;
     if (r->grants == 0)
         snprintf(why, cap, "no grant at all");
+    else if (r->faults == 0)
+        snprintf(why, cap, "no fault was injected");
+    else if (s->fault == f_holder_pause && r->stale_rejected == 0)
+        snprintf(why, cap, "no stale write of a stopped holder was refused (fencing unseen)");
     else if ((s->stale_zero == 1 || (s->stale_zero == 2 && strict)) && r->stale_accepted > 0)
         snprintf(why, cap, "%ld stale writes accepted", r->stale_accepted);
     else if ((s->overlap_zero == 1 || (s->overlap_zero == 2 && strict)) && r->overlaps > 0)
