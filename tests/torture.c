@@ -565,12 +565,16 @@ static void pick_nodes(run *r, int n, int k, int *out)
     }
 }
 
-static void crash_restart(run *r, int n)
+/* SIGKILL nodes[0..k) together, then start them again empty. Together:
+ * one at a time, a holder's refresh would set its key again on each node
+ * that came back while a majority still had it. */
+static void crash_restart_nodes(run *r, const int *nodes, int k)
 {
-    fx_server *s = tnode(r->t, n);
-    fx_server_kill(s);
-    if (fx_server_restart(s) != 0)
-        snprintf(r->note, sizeof r->note, "node %d did not restart", n);
+    for (int i = 0; i < k; i++)
+        fx_server_kill(tnode(r->t, nodes[i]));
+    for (int i = 0; i < k; i++)
+        if (fx_server_restart(tnode(r->t, nodes[i])) != 0)
+            snprintf(r->note, sizeof r->note, "node %d did not restart", nodes[i]);
 }
 
 /* ---- faults: each is one cycle, healed before it returns ---------------------------------- */
@@ -683,8 +687,10 @@ static void f_restart_quiet(run *r)
     for (int h = 0; h < NH; h++)
         wait_state(r, h, ST_IDLE);
     fx_sleep_ms(TTL_MS + 50);
+    int all[MAX_NODES];
     for (int n = 0; n < r->t->nn; n++)
-        crash_restart(r, n);
+        all[n] = n;
+    crash_restart_nodes(r, all, r->t->nn);
     say(r, "all nodes restarted empty outside any lease");
     r->faults++;
     atomic_store(&r->sh->quiet, 0);
@@ -699,8 +705,7 @@ static void restart_in_lease(run *r, int k)
     if (h < 0)
         return;
     pick_nodes(r, r->t->nn, k, nodes);
-    for (int i = 0; i < k; i++)
-        crash_restart(r, nodes[i]);
+    crash_restart_nodes(r, nodes, k);
     say(r, "%d node(s) restarted empty while holder %d holds", k, h);
     r->faults++;
     fx_sleep_ms(TTL_MS + 100);
@@ -716,8 +721,7 @@ static void f_restart_minority(run *r)
 {
     int k = (r->t->nn - 1) / 2, nodes[MAX_NODES];
     pick_nodes(r, r->t->nn, k, nodes);
-    for (int i = 0; i < k; i++)
-        crash_restart(r, nodes[i]);
+    crash_restart_nodes(r, nodes, k);
     say(r, "%d node(s) restarted empty", k);
     r->faults++;
     fx_sleep_ms(TTL_MS + rnd(&r->rng, 100, 300));
