@@ -66,7 +66,7 @@ static const char *const faketime_paths[] = {
 /* ---- what holders and the harness share ------------------------------------------ */
 
 enum { ST_IDLE, ST_ACQUIRING, ST_HOLDING, ST_PAUSE_POINT, ST_RELEASING, ST_DONE };
-enum { CMD_NONE, CMD_LONG_HOLD, CMD_PAUSE_POINT };
+enum { CMD_NONE, CMD_LONG_HOLD, CMD_PAUSE_POINT, CMD_STEADY_HOLD };
 
 typedef struct shared {
     _Atomic int quiet;          /* holders stop acquiring while set */
@@ -275,12 +275,14 @@ static int timed_op(holder *h, int op, uint32_t wait_ms)
 }
 
 /* Write while the lease has GUARD_MS left: a few times, or (long hold) for
- * up to LONG_HOLD_MS with refreshes. A pause point sleeps between the
- * check and the write, where the harness stops the process. */
+ * up to LONG_HOLD_MS with refreshes, or (steady hold) until the lease runs
+ * low without refreshing. A pause point sleeps between the check and the
+ * write, where the harness stops the process. */
 static void hold(holder *h, int cmd)
 {
     int64_t start = mono_us(), next_refresh = start + h->ttl * 1000 / 3;
-    int writes = cmd == CMD_LONG_HOLD ? 1000 : rnd(&h->rng, 1, 3);
+    int long_hold = cmd == CMD_LONG_HOLD || cmd == CMD_STEADY_HOLD;
+    int writes = long_hold ? 1000 : rnd(&h->rng, 1, 3);
     for (int i = 0; i < writes; i++) {
         if (validity_left(h) < GUARD_MS)
             return;
@@ -290,12 +292,12 @@ static void hold(holder *h, int cmd)
             atomic_store(&h->sh->state[h->index], ST_HOLDING);
         }
         do_write(h);
-        if (cmd != CMD_LONG_HOLD)
+        if (!long_hold)
             continue;
         if (mono_us() - start > LONG_HOLD_MS(h->ttl) * 1000 || mono_us() > h->end)
             return;
         sleep_us(20000);
-        if (mono_us() >= next_refresh) {
+        if (cmd == CMD_LONG_HOLD && mono_us() >= next_refresh) {
             if (timed_op(h, OP_REFRESH, 0) == REDLOCK_NOT_HELD)
                 return;
             next_refresh = mono_us() + h->ttl * 1000 / 3;
@@ -539,11 +541,11 @@ static int wait_state(run *r, int h, int st)
     return -1;
 }
 
-/* A holder that holds for long (refreshing): its index, or -1. */
-static int long_holder(run *r)
+/* A holder that holds for long (cmd: refreshing or not): its index, or -1. */
+static int long_holder(run *r, int cmd)
 {
     int h = rnd(&r->rng, 0, NH - 1);
-    atomic_store(&r->sh->cmd[h], CMD_LONG_HOLD);
+    atomic_store(&r->sh->cmd[h], cmd);
     if (wait_state(r, h, ST_HOLDING) != 0) {
         atomic_store(&r->sh->cmd[h], CMD_NONE);
         return -1;
@@ -636,7 +638,7 @@ static void f_server_pause(run *r)
 /* Cut a holder that holds (refreshing) from a majority of nodes. */
 static void f_holder_partition(run *r)
 {
-    int h = long_holder(r), nodes[MAX_NODES], k = r->t->nn / 2 + 1;
+    int h = long_holder(r, CMD_LONG_HOLD), nodes[MAX_NODES], k = r->t->nn / 2 + 1;
     if (h < 0)
         return;
     pick_nodes(r, r->t->nn, k, nodes);
@@ -697,11 +699,11 @@ static void f_restart_quiet(run *r)
     nap(r, rnd(&r->rng, 200, 500));
 }
 
-/* Restart nodes while a holder holds: one node, or a majority of a quorum
- * (the holder's lease outlives its keys). */
+/* Restart nodes while a holder holds a lease it does not refresh: one
+ * node, or a majority of a quorum (the lease outlives its keys). */
 static void restart_in_lease(run *r, int k)
 {
-    int h = long_holder(r), nodes[MAX_NODES];
+    int h = long_holder(r, CMD_STEADY_HOLD), nodes[MAX_NODES];
     if (h < 0)
         return;
     pick_nodes(r, r->t->nn, k, nodes);
@@ -753,7 +755,7 @@ static void f_failover(run *r)
 {
     fx_cluster *cl = &r->t->cl;
     nap(r, rnd(&r->rng, 100, 300));
-    int h = long_holder(r);
+    int h = long_holder(r, CMD_LONG_HOLD);
     int p = fx_cluster_slot_owner(cl, r->slot);
     if (p < 0 || fx_cluster_kill(cl, p) != 0) {
         snprintf(r->note, sizeof r->note, "no primary for slot %d", r->slot);
