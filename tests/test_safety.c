@@ -203,8 +203,8 @@ START_TEST(test_restart_in_lease_guard_on)
 #ifdef REDLOCK_HAVE_RESTART_GUARD
     int on = overlaps(1), dflt = overlaps(-1);
     ck_assert_msg(on == 0 && dflt == 0,
-                  "guard on: %d of %d rounds overlapped; default (-1): %d of %d", on, ROUNDS,
-                  dflt, ROUNDS);
+                  "guard on: %d of %d rounds overlapped; default (-1): %d of %d", on, ROUNDS, dflt,
+                  ROUNDS);
 #else
     int dflt = overlaps(-2);
     ck_assert_msg(dflt == 0,

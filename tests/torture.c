@@ -27,20 +27,20 @@
 
 /* ---- parameters ------------------------------------------------------------------ */
 
-#define NH 3             /* holders per scenario                              */
-#define MAX_NODES 6      /* 5 for the quorum; the cluster has 3 + 3           */
+#define NH 3        /* holders per scenario                              */
+#define MAX_NODES 6 /* 5 for the quorum; the cluster has 3 + 3           */
 #define QUORUM_NODES 5
-#define TTL_MS 500       /* every lock's TTL                                    */
-#define IO_MS 100        /* the holders' io_timeout_ms and connect_timeout_ms  */
-#define WAIT_MS 400      /* redlock_lock's wait                                 */
-#define GUARD_MS 100     /* a holder writes only with this much validity left  */
+#define TTL_MS 500           /* every lock's TTL                                    */
+#define IO_MS 100            /* the holders' io_timeout_ms and connect_timeout_ms  */
+#define WAIT_MS 400          /* redlock_lock's wait                                 */
+#define GUARD_MS 100         /* a holder writes only with this much validity left  */
 #define FAILOVER_TTL_MS 4000 /* cluster/failover: a lease that outlives a failover */
 #define LONG_HOLD_MS(ttl) ((ttl) < 1000 ? 3 * (int64_t)(ttl) : 3000) /* refreshing */
 #define PAUSE_POINT_MS 40 /* a flagged holder's slow step between check and write */
-#define RES_IO_MS 2000   /* the resource's I/O bound                           */
+#define RES_IO_MS 2000    /* the resource's I/O bound                           */
 #define MAX_PAUSES 64
 #define HOLDER_GRACE_MS 3000 /* after the end, before holders are killed       */
-#define MAX_RECS 2000000 /* records read per holder log                         */
+#define MAX_RECS 2000000     /* records read per holder log                         */
 #define MIN_SHARE_S 0.7
 
 /* libfaketime deadlocks a process built with AddressSanitizer (its lazy
@@ -56,12 +56,10 @@
 #define TT_ASAN 0
 #endif
 
-static const char *const faketime_paths[] = {
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/faketime/libfaketime.so.1",
-    "/usr/local/lib/faketime/libfaketime.so.1",
-    NULL};
+static const char *const faketime_paths[] = {"/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                                             "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+                                             "/usr/lib/faketime/libfaketime.so.1",
+                                             "/usr/local/lib/faketime/libfaketime.so.1", NULL};
 
 /* ---- what holders and the harness share ------------------------------------------ */
 
@@ -69,7 +67,7 @@ enum { ST_IDLE, ST_ACQUIRING, ST_HOLDING, ST_PAUSE_POINT, ST_RELEASING, ST_DONE 
 enum { CMD_NONE, CMD_LONG_HOLD, CMD_PAUSE_POINT, CMD_STEADY_HOLD };
 
 typedef struct shared {
-    _Atomic int quiet;          /* holders stop acquiring while set */
+    _Atomic int quiet; /* holders stop acquiring while set */
     _Atomic int state[NH];
     _Atomic int cmd[NH];
 } shared;
@@ -464,10 +462,10 @@ static int topo_start(topo *t, int kind)
 typedef struct run run;
 typedef struct scen {
     const char *name, *what;
-    int overlap_zero;  /* 1: asserted; 2: asserted once issue 25 is fixed; 0: reported */
-    int stale_zero;    /* the same for stale writes accepted                          */
-    int tokens_rise;   /* the same for token regressions                              */
-    int faketime;      /* holder 0 runs under libfaketime                              */
+    int overlap_zero; /* 1: asserted; 2: asserted once issue 25 is fixed; 0: reported */
+    int stale_zero;   /* the same for stale writes accepted                          */
+    int tokens_rise;  /* the same for token regressions                              */
+    int faketime;     /* holder 0 runs under libfaketime                              */
     int wait_replicas;
     void (*fault)(run *r);
     int ttl_ms; /* 0: TTL_MS */
@@ -792,34 +790,34 @@ static void f_primary_pause(run *r)
 static const scen one_scen[] = {
     {"one/delay-reset", "delays up to 60 ms on some links, connections reset", 1, 1, 1, 0, 0,
      f_delay_reset, 0},
-    {"one/one-way", "the node's replies dropped (requests still arrive)", 1, 1, 1, 0, 0,
-     f_one_way, 0},
+    {"one/one-way", "the node's replies dropped (requests still arrive)", 1, 1, 1, 0, 0, f_one_way,
+     0},
     {"one/holder-cut", "a refreshing holder cut off from the node past its lease", 1, 1, 1, 0, 0,
      f_holder_partition, 0},
     {"one/server-stop", "SIGSTOP of the server for up to 2 TTLs", 1, 1, 1, 0, 0, f_server_pause, 0},
-    {"one/holder-stop", "SIGSTOP of a holder between its check and its write, past its lease",
-     0, 1, 1, 0, 0, f_holder_pause, 0},
-    {"one/restart-quiet", "SIGKILL and restart of the server empty, outside any lease", 1, 1, 2,
-     0, 0, f_restart_quiet, 0},
-    {"one/restart-lease", "SIGKILL and restart of the server empty, inside a lease", 0, 2, 2, 0,
-     0, f_restart_lease, 0},
+    {"one/holder-stop", "SIGSTOP of a holder between its check and its write, past its lease", 0, 1,
+     1, 0, 0, f_holder_pause, 0},
+    {"one/restart-quiet", "SIGKILL and restart of the server empty, outside any lease", 1, 1, 2, 0,
+     0, f_restart_quiet, 0},
+    {"one/restart-lease", "SIGKILL and restart of the server empty, inside a lease", 0, 2, 2, 0, 0,
+     f_restart_lease, 0},
 };
 
 static const scen quorum_scen[] = {
     {"quorum/minority-cut", "2 of 5 nodes cut off from every holder", 1, 1, 1, 0, 0,
      f_minority_partition, 0},
-    {"quorum/holder-cut", "a refreshing holder cut off from 3 of 5 nodes past its lease", 1, 1,
-     1, 0, 0, f_holder_partition, 0},
+    {"quorum/holder-cut", "a refreshing holder cut off from 3 of 5 nodes past its lease", 1, 1, 1,
+     0, 0, f_holder_partition, 0},
     {"quorum/one-way", "replies of 1-3 nodes dropped (requests still arrive)", 1, 1, 1, 0, 0,
      f_one_way, 0},
     {"quorum/delay-reset", "delays up to 60 ms on some links, connections reset", 1, 1, 1, 0, 0,
      f_delay_reset, 0},
-    {"quorum/server-stop", "SIGSTOP of 1-2 nodes for up to 2 TTLs", 1, 1, 1, 0, 0,
-     f_server_pause, 0},
-    {"quorum/holder-stop", "SIGSTOP of a holder between its check and its write, past its lease",
-     0, 1, 1, 0, 0, f_holder_pause, 0},
-    {"quorum/clock-jump", "a holder's wall clock jumps by up to a day (libfaketime)", 1, 1, 1, 1,
-     0, f_clock_jump, 0},
+    {"quorum/server-stop", "SIGSTOP of 1-2 nodes for up to 2 TTLs", 1, 1, 1, 0, 0, f_server_pause,
+     0},
+    {"quorum/holder-stop", "SIGSTOP of a holder between its check and its write, past its lease", 0,
+     1, 1, 0, 0, f_holder_pause, 0},
+    {"quorum/clock-jump", "a holder's wall clock jumps by up to a day (libfaketime)", 1, 1, 1, 1, 0,
+     f_clock_jump, 0},
     {"quorum/restart-minority", "2 of 5 nodes restarted empty inside leases", 1, 1, 1, 0, 0,
      f_restart_minority, 0},
     {"quorum/restart-majority", "3 of 5 nodes restarted empty inside a lease", 2, 2, 2, 0, 0,
@@ -827,8 +825,8 @@ static const scen quorum_scen[] = {
 };
 
 static const scen cluster_scen[] = {
-    {"cluster/primary-stop", "SIGSTOP of the lock's primary, shorter than the node timeout", 1,
-     1, 1, 0, 0, f_primary_pause, 0},
+    {"cluster/primary-stop", "SIGSTOP of the lock's primary, shorter than the node timeout", 1, 1,
+     1, 0, 0, f_primary_pause, 0},
     {"cluster/failover",
      "the lock's primary killed while a holder holds a 4 s lease (wait_replicas 1); its replica "
      "takes over",
@@ -924,8 +922,7 @@ static pid_t spawn_holder(run *r, int h, int64_t end_us)
         argv[a++] = url[0];
     } else {
         for (int n = 0; n < r->t->nn; n++) {
-            snprintf(url[n], sizeof url[n], "redis://127.0.0.1:%d",
-                     r->px.port[h * r->t->nn + n]);
+            snprintf(url[n], sizeof url[n], "redis://127.0.0.1:%d", r->px.port[h * r->t->nn + n]);
             argv[a++] = url[n];
         }
     }
@@ -947,7 +944,7 @@ static void reap_holders(run *r)
 {
     double until = r->end + HOLDER_GRACE_MS;
     for (int h = 0; h < NH; h++) {
-        while (r->pid[h] > 0 && fx_now_ms() < until) {
+        for (int i = 0; i < 10000 && r->pid[h] > 0 && fx_now_ms() < until; i++) {
             int st;
             pid_t w = waitpid(r->pid[h], &st, WNOHANG);
             if (w == r->pid[h]) {
@@ -990,9 +987,9 @@ static void remove_dir(const char *dir)
 
 typedef struct grant {
     int holder, seq;
-    int64_t start, end;        /* believed: return of the lock call .. last write done */
-    int64_t lease_end;         /* what the library promised                           */
-    int64_t first_write;       /* done time of its first completed write, or INT64_MAX */
+    int64_t start, end;  /* believed: return of the lock call .. last write done */
+    int64_t lease_end;   /* what the library promised                           */
+    int64_t first_write; /* done time of its first completed write, or INT64_MAX */
     uint64_t token;
 } grant;
 
@@ -1418,8 +1415,8 @@ void tt_print_table(FILE *f, const tt_result *r, int n)
     fprintf(f, "%-24s %6s %6s %7s %6s %6s %6s %6s %6s %6s %7s %7s %8s\n", "scenario", "faults",
             "grants", "overlap", "lease", "writes", "stale", "STALE", "fresh", "token", "ops",
             "timeout", "late");
-    fprintf(f, "%-24s %6s %6s %7s %6s %6s %6s %6s %6s %6s %7s %7s %8s\n", "", "", "", "", "ovl",
-            "", "rej", "ACC", "rej", "regr", "", "", "max ms");
+    fprintf(f, "%-24s %6s %6s %7s %6s %6s %6s %6s %6s %6s %7s %7s %8s\n", "", "", "", "", "ovl", "",
+            "rej", "ACC", "rej", "regr", "", "", "max ms");
     for (int i = 0; i < n; i++) {
         if (r[i].skipped) {
             fprintf(f, "%-24s %s\n", r[i].name, r[i].note);

@@ -32,35 +32,35 @@
 enum { TT_ONE = 0, TT_QUORUM = 1, TT_CLUSTER = 2, TT_TOPOLOGIES = 3 };
 
 typedef struct tt_config {
-    double seconds;    /* time for every scenario together (setup not counted) */
-    uint64_t seed;     /* one seed replays the same fault schedule           */
-    const char *only;  /* run only scenarios whose name contains this; NULL: all */
-    int verbose;       /* log each fault to stderr                              */
+    double seconds;   /* time for every scenario together (setup not counted) */
+    uint64_t seed;    /* one seed replays the same fault schedule           */
+    const char *only; /* run only scenarios whose name contains this; NULL: all */
+    int verbose;      /* log each fault to stderr                              */
 } tt_config;
 
 typedef struct tt_result {
     char name[40];
-    const char *what;      /* one line: the fault                              */
-    int leases_suffice;    /* 1: overlapping intervals must be 0 here          */
-    int needs_fix;         /* 1: depends on issue 25's library changes          */
-    int skipped;           /* 1: not run; note says why                        */
-    char note[160];        /* a failure to set up, or a remark                 */
-    double seconds;        /* how long holders ran                             */
-    long faults;           /* faults injected                                  */
-    long grants;           /* successful acquisitions                          */
-    long overlaps;         /* pairs of grants whose believed intervals overlap  */
-    long lease_overlaps;   /* pairs whose leases (as the library promised) overlap */
-    long writes;           /* writes sent to the fenced resource              */
-    long stale_rejected;   /* stale writes (see below) the resource refused    */
-    long stale_accepted;   /* stale writes it accepted: must be 0             */
-    long fresh_rejected;   /* writes of the newest grant refused (a token that went back) */
-    long token_regressions;/* grants whose token was below an earlier grant's (or equal,
-                              another owner's): tokens that went back            */
-    long ops;              /* lock/unlock/refresh calls judged for deadlines     */
-    long timed_out;        /* of which failed by their deadline                  */
-    double worst_late_ms;  /* max over them of return - deadline (< 0: all early) */
-    char worst_op[64];     /* that operation: "lock 612 ms, ERR_TIMEOUT"          */
-    double clock_jump_s;   /* widest wall-clock offset a holder saw (faketime)  */
+    const char *what;       /* one line: the fault                              */
+    int leases_suffice;     /* 1: overlapping intervals must be 0 here          */
+    int needs_fix;          /* 1: depends on issue 25's library changes          */
+    int skipped;            /* 1: not run; note says why                        */
+    char note[160];         /* a failure to set up, or a remark                 */
+    double seconds;         /* how long holders ran                             */
+    long faults;            /* faults injected                                  */
+    long grants;            /* successful acquisitions                          */
+    long overlaps;          /* pairs of grants whose believed intervals overlap  */
+    long lease_overlaps;    /* pairs whose leases (as the library promised) overlap */
+    long writes;            /* writes sent to the fenced resource              */
+    long stale_rejected;    /* stale writes (see below) the resource refused    */
+    long stale_accepted;    /* stale writes it accepted: must be 0             */
+    long fresh_rejected;    /* writes of the newest grant refused (a token that went back) */
+    long token_regressions; /* grants whose token was below an earlier grant's (or equal,
+                               another owner's): tokens that went back            */
+    long ops;               /* lock/unlock/refresh calls judged for deadlines     */
+    long timed_out;         /* of which failed by their deadline                  */
+    double worst_late_ms;   /* max over them of return - deadline (< 0: all early) */
+    char worst_op[64];      /* that operation: "lock 612 ms, ERR_TIMEOUT"          */
+    double clock_jump_s;    /* widest wall-clock offset a holder saw (faketime)  */
 } tt_result;
 
 /* An operation's deadline is what redlock.h promises: redlock_lock returns
