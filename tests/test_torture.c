@@ -1,6 +1,6 @@
 /* test_torture.c - the short run of the fault harness (tests/torture.c)
  * that `make test` includes: every scenario on one node, a 5-node quorum
- * and a 3+3 cluster, under a second each (TORTURE_TEST_SECONDS, 13 in
+ * and a 3+3 cluster, half a second each (TORTURE_TEST_SECONDS, 9 in
  * all), judged as `make torture` judges them: no stale write accepted, no
  * overlapping intervals where leases must suffice, no operation later than
  * its deadline plus TORTURE_LATE_MS (250). TORTURE_STRICT=1 (make test
@@ -39,7 +39,7 @@ static void run_topology(int topology)
     int total = 0;
     for (int t = 0; t < TT_TOPOLOGIES; t++)
         total += tt_scenarios(t);
-    tt_config cfg = {env_num("TORTURE_TEST_SECONDS", 13), seed, getenv("TORTURE_ONLY"),
+    tt_config cfg = {env_num("TORTURE_TEST_SECONDS", 9), seed, getenv("TORTURE_ONLY"),
                      (int)env_num("TORTURE_VERBOSE", 0)};
     int n = tt_run_topology(topology, &cfg, cfg.seconds / total, res, MAX_RESULTS);
     ck_assert_msg(n >= 0, "the %s did not start", tt_topology_name(topology));
