@@ -1317,25 +1317,28 @@ static int64_t young_ms(const redlock *l, size_t i)
 
 /* Send node i's request of the round: to the shard serving the lock's
  * slot, or after ASKING to shard `ask`; with wait_replicas, a WAIT right
- * behind a write on the same connection. */
+ * behind a write on the same connection. A request sent again (a cluster
+ * redirect or retry) waits no longer than the node's patience for the
+ * round, never a fresh io_timeout_ms of its own. */
 static int send_request(redlock *l, size_t i, int ask)
 {
     redlock_client *c = l->c;
     nres *nd = &l->res[i];
     size_t j = ask >= 0 ? (size_t)ask : route(c, i, l->k.slot);
     net_conn *conn = c->nodes[i].sh[j].cmd;
+    int64_t cap = nd->via.attempt && nd->route.until ? nd->route.until : l->op.cap;
     if (nd->via.id == S_ACQUIRE || nd->via.id == S_FAIR)
         age_ask(c, i, j);
     if (ask >= 0) {
         static const char *const asking[1] = {"ASKING"};
         static const size_t asking_len[1] = {6};
         net_tag none = {NULL, 0, 0};
-        if (net_conn_request(conn, 1, asking, asking_len, none, l->op.cap, c->now) != RESP_OK)
+        if (net_conn_request(conn, 1, asking, asking_len, none, cap, c->now) != RESP_OK)
             return REDLOCK_ERR_NOMEM;
     }
     nd->via.attempt++;
     int rc = queue_script(l, i, j, nd->via.id, nd->via.eval, l, KIND(nd->via.id, nd->via.attempt),
-                          l->op.cap);
+                          cap);
     if (rc != RESP_OK)
         return rc;
     nd->inflight++;
@@ -1347,7 +1350,7 @@ static int send_request(redlock *l, size_t i, int ask)
         size_t lens[3] = {4, (size_t)snprintf(num, sizeof num, "%d", c->opts.wait_replicas),
                           (size_t)snprintf(ms, sizeof ms, "%d", wait_ms > 0 ? wait_ms : 1)};
         net_tag tag = {l, l->op.seq, KIND(K_WAIT, nd->via.attempt)};
-        if (net_conn_request(conn, 3, argv, lens, tag, l->op.cap, c->now) != RESP_OK)
+        if (net_conn_request(conn, 3, argv, lens, tag, cap, c->now) != RESP_OK)
             return REDLOCK_ERR_NOMEM;
         nd->inflight++;
     }
