@@ -499,7 +499,9 @@ static int take_lock(cli *o, redlock_client *c, redlock *l)
     }
     if (rc != REDLOCK_OK) {
         say("cannot take %s: %s", o->name, redlock_client_errstr(c));
-        return EXIT_UNAVAILABLE;
+        /* the name is another kind of thing than asked (another permit
+         * count, a semaphore asked for as a read-write lock): a usage error */
+        return rc == REDLOCK_ERR_ARG ? EXIT_USAGE : EXIT_UNAVAILABLE;
     }
     if (o->verbose)
         say("acquired %s, fence %" PRIu64, o->name, redlock_fence(l));

@@ -527,6 +527,55 @@ START_TEST(test_env_fence_and_status)
 }
 END_TEST
 
+/* --limit: up to N commands at once; --shared: readers together, the
+ * writer (a plain run) alone; status lists the holders. */
+START_TEST(test_limit_and_shared)
+{
+    pid_t a = start_cli("la", srv.url, (const char *[]){"run", "-l", "2", "jobs", "--", "sleep", "2", NULL});
+    pid_t b = start_cli("lb", srv.url, (const char *[]){"run", "-l", "2", "jobs", "--", "sleep", "2", NULL});
+    char out[64];
+    for (int k = 0; k < 300; k++) {
+        ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "ZCARD {jobs}:holds"), 0);
+        if (strcmp(out, "2") == 0)
+            break;
+        fx_sleep_ms(10);
+    }
+    ck_assert_str_eq(out, "2");
+    ck_assert_int_eq(run_cli("lc", srv.url, (const char *[]){"run", "-l", "2", "jobs", "--", "true", NULL}), 75);
+    ck_assert_ptr_nonnull(strstr(slurp("lc.err"), "all 2 permits of semaphore 'jobs' are held"));
+    /* another count: a usage error naming both */
+    ck_assert_int_eq(run_cli("ld", srv.url, (const char *[]){"run", "-l", "3", "jobs", "--", "true", NULL}), 64);
+    ck_assert_ptr_nonnull(strstr(slurp("ld.err"), "has 2 permits; this handle asks for 3"));
+    ck_assert_int_eq(run_cli("ls", srv.url, (const char *[]){"status", "-l", "2", "jobs", NULL}), 0);
+    const char *st = slurp("ls.out");
+    ck_assert_ptr_nonnull(strstr(st, "jobs: held, fence "));
+    int lines = 0;
+    for (const char *p = st; (p = strstr(p, ": permit, ")) != NULL; p++)
+        lines++;
+    ck_assert_int_eq(lines, 2);
+    ck_assert_int_eq(wait_cli(a, 10000), 0);
+    ck_assert_int_eq(wait_cli(b, 10000), 0);
+
+    /* two readers at once; the writer waits for both, then runs alone */
+    pid_t r1 = start_cli("r1", srv.url, (const char *[]){"run", "-s", "data", "--", "sleep", "1", NULL});
+    pid_t r2 = start_cli("r2", srv.url, (const char *[]){"run", "-s", "data", "--", "sleep", "1", NULL});
+    for (int k = 0; k < 300; k++) {
+        ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "ZCARD {data}:reads"), 0);
+        if (strcmp(out, "2") == 0)
+            break;
+        fx_sleep_ms(10);
+    }
+    ck_assert_str_eq(out, "2");
+    ck_assert_int_eq(run_cli("w1", srv.url, (const char *[]){"run", "data", "--", "true", NULL}), 75);
+    double t0 = fx_now_ms();
+    ck_assert_int_eq(run_cli("w2", srv.url, (const char *[]){"run", "-w", "5s", "data", "--", "true", NULL}), 0);
+    ck_assert_double_gt(fx_now_ms() - t0, 300); /* it waited for the readers */
+    ck_assert_int_eq(wait_cli(r1, 10000), 0);
+    ck_assert_int_eq(wait_cli(r2, 10000), 0);
+    ck_assert_int_eq(run_cli("lx", srv.url, (const char *[]){"run", "-l", "2", "-s", "data", "--", "true", NULL}), 64);
+}
+END_TEST
+
 /* A key without a TTL (set by hand): "no expiry", not "-1 ms left". */
 START_TEST(test_status_no_expiry)
 {
@@ -877,6 +926,7 @@ static Suite *cli_suite(void)
     tcase_set_timeout(t, 90);
     tcase_add_test(t, test_env_fence_and_status);
     tcase_add_test(t, test_status_no_expiry);
+    tcase_add_test(t, test_limit_and_shared);
     tcase_add_test(t, test_exit_status_passes_through);
     tcase_add_test(t, test_conflict);
     tcase_add_test(t, test_wait);
