@@ -1295,7 +1295,7 @@ static void age_reply(redlock_client *c, size_t i, size_t j, int status, const r
     sh->age.asking = 0;
     if (status != RESP_OK)
         return; /* asked again before the next acquire */
-    if (r->type == RESP_ERROR || r->type != RESP_BULK ||
+    if (r->type != RESP_BULK ||
         !info_field(r, "uptime_in_seconds", &v, &n)) {
         sh->age.off = 1;
         cerr(c, REDLOCK_ERR_SERVER, "%s: restart guard off there: INFO server %s: %.*s",
@@ -2853,13 +2853,14 @@ static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, size
                         int64_t pttl)
 {
     redlock_client *c = l->c;
-    char nm[64], q[96] = "", y[128] = "", why[200];
+    char nm[64], q[96] = "", y[128] = "";
     if (c->n == 1 && young)
         return lerr(l, REDLOCK_NOT_ACQUIRED,
                     "lock '%s': the node restarted less than one lease ago and may have "
                     "forgotten a lock it granted: its yes counts in %lld ms (restart guard)",
                     shown(l, nm, sizeof nm), (long long)pttl);
     if (c->n == 1) {
+        char why[200];
         busy_reason(l, l->res[0].ans.code, pttl, why, sizeof why);
         return lerr(l, REDLOCK_NOT_ACQUIRED, "%s", why);
     }
