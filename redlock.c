@@ -4169,8 +4169,10 @@ int redlock_result(const redlock *l)
 /* A call that needs l and its client: 0, or the status it is refused with. */
 static int call_ok(redlock *l)
 {
-    if (!l)
-        return global_err(REDLOCK_ERR_ARG, "lock is NULL");
+    if (!l) { /* (a constant: clang's analyzer does not follow variadic global_err) */
+        global_err(REDLOCK_ERR_ARG, "lock is NULL");
+        return REDLOCK_ERR_ARG;
+    }
     if (!l->c)
         return call_refused(l, REDLOCK_ERR_ARG,
                             "the lock's client was freed: only redlock_free may follow");
