@@ -55,12 +55,23 @@ TEST_SRC := $(filter-out $(if $(TLS),,tests/test_tls.c),$(wildcard tests/test_*.
 FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c
 FX_HDR   := $(FX_SRC:.c=.h)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# LIBUV_EXAMPLE=no leaves out the libuv adapter example (a cross build has
+# no libuv for the target); the suites then skip running it.
+LIBUV_EXAMPLE ?= yes
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,\
-                $(filter-out $(if $(TLS),,examples/tls.c),$(wildcard examples/*.c)))
+                $(filter-out $(if $(TLS),,examples/tls.c) $(if $(filter no,$(LIBUV_EXAMPLE)),examples/libuv.c),\
+                    $(wildcard examples/*.c)))
+
+# A cross build (make cross) runs target programs through an emulator: EMU
+# prefixes the programs make itself runs (qemu-s390x-static, say), and the
+# suites start the command and the examples from FX_RUN_DIR, where make
+# cross puts scripts that run them under EMU. Both are plain otherwise.
+EMU        ?=
+FX_RUN_DIR ?= $(abspath $(BUILD))
 
 .PHONY: all static test tests test-tls valgrind-tls check-exports test-packaging test-sanitize \
         test-valgrind functions-file \
-        examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
+        examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE cross
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
 
@@ -105,7 +116,7 @@ $(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
 $(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(wildcard functions/*.lua) $(BUILD)/resp.o \
                      $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
-	$(BUILD)/sha1check
+	$(EMU) $(BUILD)/sha1check
 	@touch $@
 
 # After a script changed (and the library's version with it): write the
@@ -113,7 +124,7 @@ $(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(wildcard functions/*.lua) $(B
 functions-file: $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
 	mkdir -p functions
 	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
-	$(BUILD)/sha1check --write
+	$(EMU) $(BUILD)/sha1check --write
 
 # ---- examples and tests ---------------------------------------------------------
 
@@ -137,8 +148,8 @@ TEST_SUPPORT_HDR := $(FX_HDR) tests/testutil.h tests/netx.h
 
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
-	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    -DFX_SRC_DIR='"$(abspath .)"' \
+	    -DFX_EXAMPLES_DIR='"$(FX_RUN_DIR)/examples"' -DFX_BUILD_DIR='"$(FX_RUN_DIR)"' \
+	    -DFX_SRC_DIR='"$(abspath .)"' $(if $(filter no,$(LIBUV_EXAMPLE)),-DFX_NO_LIBUV_EXAMPLE) \
 	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
 
 deps:
@@ -148,6 +159,13 @@ deps:
 # each built from a fresh install in a temp dir and run against a redis-server.
 test-packaging:
 	@bash tests/packaging.sh
+
+# Cross builds, run under qemu-user (tests/cross.sh says how):
+#   make cross ARCH=s390x [SUITES="test_codec test_lock"]
+# ARCH: aarch64 armhf armhf-t64 riscv64 s390x mips musl; the tree is build/cross/ARCH.
+cross:
+	@if [ -z "$(ARCH)" ]; then echo "make cross ARCH=aarch64|armhf|armhf-t64|riscv64|s390x|mips|musl" >&2; exit 2; fi
+	@sh tests/cross.sh $(ARCH) $(SUITES)
 
 demo: all
 	@bash cli/demo.sh
@@ -178,8 +196,8 @@ check-exports: $(SHARED)
 
 # The seed corpus and kept crash inputs, replayed with the normal compiler.
 fuzz-replay: $(BUILD)/fuzz_parser_replay $(BUILD)/fuzz_url_replay
-	@$(BUILD)/fuzz_parser_replay fuzz/corpus/parser/* $(wildcard fuzz/regressions/parser/*)
-	@$(BUILD)/fuzz_url_replay fuzz/corpus/url/* $(wildcard fuzz/regressions/url/*)
+	@$(EMU) $(BUILD)/fuzz_parser_replay fuzz/corpus/parser/* $(wildcard fuzz/regressions/parser/*)
+	@$(EMU) $(BUILD)/fuzz_url_replay fuzz/corpus/url/* $(wildcard fuzz/regressions/url/*)
 
 $(BUILD)/fuzz_%_replay: fuzz/fuzz_%.c fuzz/replay.c $(STATIC) resp.h net.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -I. $< fuzz/replay.c $(STATIC) -o $@
