@@ -78,11 +78,13 @@ all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
 # The shared library exports the redlock_* API (REDLOCK_API) and nothing else.
 LIB_CFLAGS := -fPIC -fvisibility=hidden -DREDLOCK_BUILDING
 
-$(BUILD)/%.o: %.c $(LIB_HDR) | $(BUILD)
+$(BUILD)/%.o: %.c $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) $(LIB_CFLAGS) $(TLS_CFLAGS) -c $< -o $@
 
-$(BUILD):
-	@mkdir -p $(BUILD)/tests $(BUILD)/examples
+# A stamp, not the directory: $(BUILD) may exist already as the parent of
+# another tree (build/tls, build/cross/...) without its own subdirectories.
+$(BUILD)/.dirs:
+	@mkdir -p $(BUILD)/tests $(BUILD)/examples && touch $@
 
 $(STATIC): $(LIB_OBJ)
 	rm -f $@
@@ -114,14 +116,14 @@ $(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
 # The SHA1s built into redlock.c match its script texts, and the shipped
 # function library is the one redlock.c builds from them (no Redis needed).
 $(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(wildcard functions/*.lua) $(BUILD)/resp.o \
-                     $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
+                     $(BUILD)/net.o $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
 	$(EMU) $(BUILD)/sha1check
 	@touch $@
 
 # After a script changed (and the library's version with it): write the
 # shipped library file from redlock.c.
-functions-file: $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)
+functions-file: $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)/.dirs
 	mkdir -p functions
 	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
 	$(EMU) $(BUILD)/sha1check --write
@@ -135,10 +137,10 @@ tests: $(TESTS)
 
 # The libuv adapter example needs libuv (libuv1-dev, which tests/deps.sh
 # installs); the library never links it.
-$(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h | $(BUILD)
+$(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. $$(pkg-config --cflags libuv) $< $(STATIC) $$(pkg-config --libs libuv) -o $@
 
-$(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
+$(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) $(TLS_LIBS) -o $@
 
 # Linked into every suite: the redis-server fixture, the shared helpers, and
@@ -146,7 +148,7 @@ $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)
 TEST_SUPPORT := $(FX_SRC) tests/testutil.c tests/netx.c
 TEST_SUPPORT_HDR := $(FX_HDR) tests/testutil.h tests/netx.h
 
-$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_EXAMPLES_DIR='"$(FX_RUN_DIR)/examples"' -DFX_BUILD_DIR='"$(FX_RUN_DIR)"' \
 	    -DFX_SRC_DIR='"$(abspath .)"' $(if $(filter no,$(LIBUV_EXAMPLE)),-DFX_NO_LIBUV_EXAMPLE) \
@@ -199,7 +201,7 @@ fuzz-replay: $(BUILD)/fuzz_parser_replay $(BUILD)/fuzz_url_replay
 	@$(EMU) $(BUILD)/fuzz_parser_replay fuzz/corpus/parser/* $(wildcard fuzz/regressions/parser/*)
 	@$(EMU) $(BUILD)/fuzz_url_replay fuzz/corpus/url/* $(wildcard fuzz/regressions/url/*)
 
-$(BUILD)/fuzz_%_replay: fuzz/fuzz_%.c fuzz/replay.c $(STATIC) resp.h net.h | $(BUILD)
+$(BUILD)/fuzz_%_replay: fuzz/fuzz_%.c fuzz/replay.c $(STATIC) resp.h net.h | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. $< fuzz/replay.c $(STATIC) -o $@
 
 # ASan + UBSan: the library, the tests and the examples rebuilt in their own tree.
@@ -240,7 +242,7 @@ BENCH_ARGS ?=
 
 # The fixtures and the connection driver; not testutil.c, which needs Check.
 BENCH_SUPPORT := $(FX_SRC) tests/netx.c
-$(BUILD)/bench: bench/bench.c $(BENCH_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/bench: bench/bench.c $(BENCH_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) -I. -Itests $(HIREDIS_CFLAGS) \
 	    -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
 	    bench/bench.c $(BENCH_SUPPORT) $(STATIC) $(HIREDIS_LIBS) $(TLS_LIBS) -o $@
@@ -275,7 +277,7 @@ fuzz:
 
 # Written on every install: PREFIX may differ from the last one. The same
 # template serves CMake's install.
-$(BUILD)/redlock.pc: redlock.pc.in FORCE | $(BUILD)
+$(BUILD)/redlock.pc: redlock.pc.in FORCE | $(BUILD)/.dirs
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$${prefix}/lib|' \
 	    -e 's|@INCLUDEDIR@|$${prefix}/include|' -e 's|@VERSION@|$(VERSION)|' \
 	    -e 's|@PC_REQUIRES@|$(PC_REQUIRES)|' redlock.pc.in > $@

@@ -146,7 +146,7 @@ fi
 # ---- build ---------------------------------------------------------------------------
 
 run=$root/$build/run
-mkdir -p "$build/tests" "$build/examples"  # the Makefile makes these only with $(BUILD)
+mkdir -p "$build"
 echo "== cross $arch: build with $cc ${extra:+($extra)}"
 # The suites compile against the target's Check; the build must be
 # warning-free like the native one.
