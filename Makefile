@@ -71,7 +71,7 @@ FX_RUN_DIR ?= $(abspath $(BUILD))
 
 .PHONY: all static test tests test-tls valgrind-tls check-exports test-packaging test-sanitize \
         test-valgrind functions-file \
-        examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE cross
+        examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE cross size
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
 
@@ -253,6 +253,14 @@ bench: deps all $(BUILD)/bench
 	@pkg-config --exists hiredis 2>/dev/null || echo "bench: libhiredis-dev not installed; hiredis rows skipped (apt-get install libhiredis-dev)"
 	@$(if $(TLS),,echo "bench: built without TLS; TLS rows skipped (make bench TLS=openssl)")
 	@$(BUILD)/bench $(BENCH_ARGS)
+
+# Code and data per library file at -Os and -O2 for x86-64 and armhf, heap
+# per client, connection and lock handle, and the stack of a blocking cycle
+# (bench/size.sh, bench/footprint.c). SIZE_ARGS=--allocs lists every
+# allocation.
+SIZE_ARGS ?=
+size: deps
+	@CC=$(CC) sh bench/size.sh $(SIZE_ARGS)
 
 # ---- fuzzing (clang + libFuzzer) ----------------------------------------------------
 
