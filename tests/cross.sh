@@ -47,6 +47,7 @@ musl) triple=x86_64-linux-musl; qemu="" ;;
 esac
 
 root=$(pwd)
+jobs=${CROSS_JOBS:-$(nproc 2>/dev/null || echo 1)} # compiling only; suites run one at a time
 build=build/cross/$arch
 if [ -n "$qemu" ]; then
     cc=$triple-gcc
@@ -131,16 +132,20 @@ ck=$root/build/cross/check-$arch
 if [ ! -f "$ck/lib/libcheck.a" ]; then
     srcdir=$(check_source)
     echo "== cross $arch: Check from $srcdir"
+    t0=$(date +%s)
     rm -rf "$ck.build" && mkdir -p "$ck.build"
     (
         cd "$ck.build"
         "$srcdir/configure" --host="$triple" CC="$cc" CFLAGS="-O2 $extra" --prefix="$ck" \
             --disable-shared --enable-static --enable-subunit=no --disable-build-docs \
+            --disable-dependency-tracking \
             >configure.log 2>&1 || { tail -20 configure.log; exit 1; }
-        { make -C lib && make -C src && make -C src install && make install-includeHEADERS; } \
+        { make -j"$jobs" -C lib && make -j"$jobs" -C src && make -C src install &&
+            make install-includeHEADERS; } \
             >make.log 2>&1 || { tail -20 make.log; exit 1; }
     )
     rm -rf "$ck.build"
+    echo "   Check built in $(($(date +%s) - t0)) s"
 fi
 
 # ---- build ---------------------------------------------------------------------------
@@ -156,9 +161,10 @@ else
     targets=$(for t in $suites; do printf '%s/tests/%s ' "$build" "$t"; done)
 fi
 echo "== cross $arch: build with $cc ${extra:+($extra)}"
+t0=$(date +%s)
 # The suites compile against the target's Check; the build must be
 # warning-free like the native one.
-if ! make -s BUILD="$build" CC="$cc" CFLAGS="-O2 -g $extra" EMU="${emu:+$emu -L $sysroot}" \
+if ! make -s -j"$jobs" BUILD="$build" CC="$cc" CFLAGS="-O2 -g $extra" EMU="${emu:+$emu -L $sysroot}" \
     FX_RUN_DIR="$run" LIBUV_EXAMPLE=no CHECK_CFLAGS="-I$ck/include" \
     CHECK_LIBS="$ck/lib/libcheck.a -lm -lrt -lpthread" \
     all examples $targets fuzz-replay >"$build/build.log" 2>&1; then
@@ -170,7 +176,7 @@ if grep -E 'warning|error' "$build/build.log"; then
     echo "cross $arch: the build is not warning-free" >&2
     exit 1
 fi
-file "$build/redlock" 2>/dev/null | sed 's/^/    /' || true
+echo "   built in $(($(date +%s) - t0)) s: $(file -b "$build/redlock" 2>/dev/null | cut -d, -f1-2)"
 
 # MIPS under qemu-user 7.2: SO_ERROR comes back in the host's errno numbers
 # (tests/qemu_so_error.c says more); a preloaded shim translates them.
