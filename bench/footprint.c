@@ -2,7 +2,10 @@
  * handle hold, and the stack a blocking cycle needs, measured against a
  * real redis-server started here.
  *
- *   footprint [--allocs]     (--allocs: list every allocation's size)
+ *   footprint [--allocs] [--cluster]
+ *
+ * --allocs lists every allocation's size; --cluster also measures a client
+ * of a 3-primary Redis Cluster (started here: a few seconds more).
  *
  * Heap: redlock_set_allocator routes the library's allocations through a
  * counter that keeps each block's size in a header, so live bytes are
@@ -19,6 +22,7 @@
  */
 #define _GNU_SOURCE
 #include "fixture.h"
+#include "fx_cluster.h"
 #include "net.h"
 #include "redlock.h"
 
@@ -210,9 +214,45 @@ static void job_whole(void *arg)
 
 /* ---- main ---------------------------------------------------------------------------- */
 
+/* A client of a 3-primary cluster from one seed URL: the slot map, the
+ * shards and a connection to each primary once locks have landed on all. */
+static void cluster_rows(void)
+{
+    fx_cluster cl;
+    if (fx_cluster_start(&cl, 3, 0) != 0)
+        exit(1);
+    const char *seed = fx_cluster_seed_url(&cl);
+    step s = mark();
+    redlock_client *c = client(&seed, 1);
+    row("client, cluster URL (no connection yet)", s, "");
+    redlock *l = lock(c, "footprint:c0");
+    s = mark();
+    cycle(c, l);
+    row("first trylock+unlock: seed, slot map", s, "");
+    s = mark();
+    char name[32];
+    for (int i = 1; i < 64; i++) { /* names over every shard */
+        snprintf(name, sizeof name, "footprint:c%d", i);
+        redlock *x = lock(c, name);
+        cycle(c, x);
+        redlock_free(x);
+    }
+    row("locks on every primary: the other shards", s, "");
+    printf("| %-44s | %7zu | %5s | %s\n", "live: the cluster client, 1 handle", live, "", "");
+    redlock_free(l);
+    redlock_client_free(c);
+    fx_cluster_stop(&cl);
+}
+
 int main(int argc, char **argv)
 {
-    list_allocs = argc > 1 && strcmp(argv[1], "--allocs") == 0;
+    int with_cluster = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--allocs") == 0)
+            list_allocs = 1;
+        else if (strcmp(argv[i], "--cluster") == 0)
+            with_cluster = 1;
+    }
     fx_server srv[3];
     for (int i = 0; i < 3; i++)
         if (fx_server_start(&srv[i], NULL) != 0)
@@ -278,6 +318,15 @@ int main(int argc, char **argv)
     for (int i = 0; i < 1000; i++)
         cycle(c, l);
     row("1000 more trylock+unlock (quorum)", s, "");
+
+    if (with_cluster) {
+        redlock_free(l);
+        redlock_client_free(c);
+        cluster_rows();
+        c = client(urls, 3);
+        l = lock(c, "footprint:q");
+        cycle(c, l); /* connected again, for the stack rows */
+    }
 
     printf("\nsizes of the internal types: net_url %zu, net_opts %zu, resp_parser %zu, "
            "resp_reply %zu, redlock_options %zu\n",

@@ -5,6 +5,8 @@
 #
 #   bench/size.sh [--allocs]
 #
+# The native run also measures a client of a Redis Cluster (--cluster).
+#
 # Objects are compiled as a vendoring user would (cc -std=c11 -OPT -c
 # file.c, the compiler's default PIE code, no -g), into build/size. Columns
 # (bytes, from `size -A`): .text is code; .rodata is read-only data (the
@@ -65,7 +67,7 @@ build_footprint()
 }
 printf '\n== heap and stack, x86-64 (-O2)\n\n'
 build_footprint "$CC" $out/footprint
-$out/footprint "$@"
+$out/footprint --cluster "$@"
 if command -v $arm-gcc >/dev/null 2>&1 && command -v qemu-arm-static >/dev/null 2>&1; then
     printf '\n== heap and stack, armhf (-O2, under qemu-arm)\n\n'
     build_footprint $arm-gcc $out/footprint-armhf
