@@ -261,8 +261,8 @@ int main(int argc, char **argv)
     redlock_set_allocator(count_alloc, count_realloc, count_free);
 
     printf("heap (bytes the library asked for; %zu-bit pointers)\n\n", sizeof(void *) * 8);
-    printf("| %-44s | %7s | %5s | %s\n", "step", "bytes", "allocs", "");
-    printf("|%s|%s|%s|---\n", "----------------------------------------------", "---------",
+    printf("| %-44s | %7s | %5s | %s\n", "step", "bytes", "allocs", "note");
+    printf("|%s|%s|%s|------\n", "----------------------------------------------", "---------",
            "-------");
     step s = mark();
     redlock_client *c = client(urls, 1);
