@@ -26,7 +26,7 @@ VERSION       := $(shell sed -n 's/^\#define REDLOCK_VERSION "\(.*\)"/\1/p' redl
 # The library's sources and headers. CMakeLists.txt reads these two lines:
 # adding a file to the library is one word here, for both builds.
 LIB_SRC  := redlock.c resp.c net.c
-LIB_HDR  := redlock.h resp.h net.h
+LIB_HDR  := redlock.h redlock_transport.h scripts.h resp.h net.h
 # The optional fourth translation unit: the OpenSSL transport.
 TLS_SRC  := tls_openssl.c
 ifeq ($(TLS),openssl)
@@ -70,7 +70,7 @@ EMU        ?=
 FX_RUN_DIR ?= $(abspath $(BUILD))
 
 .PHONY: all static test tests test-tls valgrind-tls check-exports test-packaging test-sanitize \
-        test-valgrind functions-file \
+        test-valgrind test-docs test-man functions-file \
         examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE cross size
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
@@ -97,7 +97,7 @@ $(BUILD)/libredlock.so: $(SHARED)
 	ln -sf libredlock.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $@
 
-$(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h
+$(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h redlock_transport.h
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) -I. $(CLI_SRC) $(STATIC) $(TLS_LIBS) -o $@
 
 # A fully static `redlock` command linked against musl (Debian: musl-tools),
@@ -113,19 +113,18 @@ $(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(MUSL_CC) $(WARN) $(CFLAGS) -static -s -I. $(CLI_SRC) $(LIB_SRC) -o $@
 
-# The SHA1s built into redlock.c match its script texts, and the shipped
-# function library is the one redlock.c builds from them (no Redis needed).
-$(BUILD)/scripts.ok: tests/sha1check.c redlock.c $(wildcard functions/*.lua) $(BUILD)/resp.o \
-                     $(BUILD)/net.o $(LIB_HDR) | $(BUILD)/.dirs
-	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
+# The SHA1s in scripts.h match its script texts, and the shipped function
+# library is the one redlock.c builds from them (no Redis needed).
+$(BUILD)/scripts.ok: tests/sha1check.c scripts.h $(wildcard functions/*.lua) | $(BUILD)/.dirs
+	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c -o $(BUILD)/sha1check
 	$(EMU) $(BUILD)/sha1check
 	@touch $@
 
 # After a script changed (and the library's version with it): write the
-# shipped library file from redlock.c.
-functions-file: $(BUILD)/resp.o $(BUILD)/net.o $(LIB_HDR) | $(BUILD)/.dirs
+# shipped library file from scripts.h.
+functions-file: tests/sha1check.c scripts.h | $(BUILD)/.dirs
 	mkdir -p functions
-	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c $(BUILD)/resp.o $(BUILD)/net.o -o $(BUILD)/sha1check
+	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c -o $(BUILD)/sha1check
 	$(EMU) $(BUILD)/sha1check --write
 
 # ---- examples and tests ---------------------------------------------------------
@@ -137,10 +136,10 @@ tests: $(TESTS)
 
 # The libuv adapter example needs libuv (libuv1-dev, which tests/deps.sh
 # installs); the library never links it.
-$(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h | $(BUILD)/.dirs
+$(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h redlock_transport.h | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. $$(pkg-config --cflags libuv) $< $(STATIC) $$(pkg-config --libs libuv) -o $@
 
-$(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h | $(BUILD)/.dirs
+$(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h redlock_transport.h | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) $(TLS_LIBS) -o $@
 
 # Linked into every suite: the redis-server fixture, the shared helpers, and
@@ -173,14 +172,25 @@ demo: all
 	@bash cli/demo.sh
 
 # Every suite runs even if one fails; the target fails if any did. A plain
-# build runs the TLS suite too, from a TLS build of its own (make test-tls).
+# build runs the TLS suite too, from a TLS build of its own (make test-tls),
+# and checks the documentation: its C code compiles, its man pages lint clean.
 test: deps all examples $(TESTS) fuzz-replay check-exports
 	@failed=0; for t in $(TESTS); do \
 	    echo "== $$t"; CK_DEFAULT_TIMEOUT=120 $$t || failed=1; \
 	done; \
+	$(MAKE) --no-print-directory test-docs test-man || failed=1; \
 	$(if $(TLS),,$(MAKE) --no-print-directory test-tls || failed=1;) \
 	if [ $$failed -ne 0 ]; then echo "make test: some suites FAILED"; exit 1; fi; \
 	echo "make test: all suites passed"
+
+# Every ```c block of README.md and docs/*.md and every man page's EXAMPLE
+# compiles (whole programs link against the static library).
+test-docs: $(STATIC)
+	@echo "== tests/docs-code.sh"; CC="$(CC)" CFLAGS="$(CFLAGS)" sh tests/docs-code.sh $(BUILD)
+
+# A man page for every public function, each lint clean (mandoc, groff -ww).
+test-man:
+	@echo "== tests/man-pages.sh"; sh tests/man-pages.sh
 
 # The TLS suite against the library and the command built with TLS=openssl
 # (in $(BUILD)/tls from a plain build), and that library's exports.
@@ -214,7 +224,7 @@ test-sanitize:
 # Core suites under valgrind memcheck, no fork, zero leaks and errors; the
 # TLS suite too (from a TLS build), with its deadlines stretched 10-fold.
 # No suppressions are needed, for OpenSSL either.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_lock test_async test_functions test_transport test_tls,\
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_internals test_lock test_async test_functions test_transport test_tls,\
                      $(TEST_SRC:tests/%.c=%))
 VALGRIND := valgrind -q --leak-check=full --error-exitcode=1 --errors-for-leak-kinds=definite,indirect
 test-valgrind: deps all examples $(TESTS)
@@ -294,7 +304,7 @@ FORCE:
 
 install: all $(BUILD)/redlock.pc
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
-	install -m 644 redlock.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 redlock.h redlock_transport.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
 	ln -sf libredlock.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
@@ -303,14 +313,21 @@ install: all $(BUILD)/redlock.pc
 	if [ -n "$(CLI)" ]; then install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/; fi
 	if [ -f cli/redlock.1 ]; then install -d $(DESTDIR)$(PREFIX)/share/man/man1 && \
 	    install -m 644 cli/redlock.1 $(DESTDIR)$(PREFIX)/share/man/man1/; fi
+	install -d $(DESTDIR)$(PREFIX)/share/man/man3
+	for f in man/man3/*.3; do \
+	    if [ -L $$f ]; then ln -sf $$(readlink $$f) $(DESTDIR)$(PREFIX)/share/man/man3/$${f##*/}; \
+	    else install -m 644 $$f $(DESTDIR)$(PREFIX)/share/man/man3/; fi; \
+	done
 	install -d $(DESTDIR)$(PREFIX)/share/redlock
 	install -m 644 functions/*.lua $(DESTDIR)$(PREFIX)/share/redlock/
 
 uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/share/redlock
-	rm -f $(DESTDIR)$(PREFIX)/include/redlock.h $(DESTDIR)$(PREFIX)/lib/libredlock.* \
+	rm -f $(DESTDIR)$(PREFIX)/include/redlock.h $(DESTDIR)$(PREFIX)/include/redlock_transport.h \
+	    $(DESTDIR)$(PREFIX)/lib/libredlock.* \
 	    $(DESTDIR)$(PREFIX)/lib/pkgconfig/redlock.pc $(DESTDIR)$(PREFIX)/bin/redlock \
-	    $(DESTDIR)$(PREFIX)/share/man/man1/redlock.1
+	    $(DESTDIR)$(PREFIX)/share/man/man1/redlock.1 \
+	    $(addprefix $(DESTDIR)$(PREFIX)/share/man/man3/,$(notdir $(wildcard man/man3/*.3)))
 
 # ---- upkeep -------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@
  */
 #define _GNU_SOURCE /* SOCK_CLOEXEC, SOCK_NONBLOCK, MSG_NOSIGNAL */
 #include "net.h"
-#include "redlock.h" /* the TLS transport table only; nothing about locks */
+#include "redlock_transport.h" /* the TLS transport table; nothing about locks */
 
 #include <ctype.h>
 #include <errno.h>
@@ -35,12 +35,9 @@
 #define MSG_NOSIGNAL 0 /* SO_NOSIGPIPE is set on the socket instead */
 #endif
 
-/* A transport returns REDLOCK_* codes; net.c passes them on as RESP_*. */
-_Static_assert((int)RESP_ERR_TLS == (int)REDLOCK_ERR_TLS &&
-                   (int)RESP_ERR_IO == (int)REDLOCK_ERR_IO &&
-                   (int)RESP_ERR_NOMEM == (int)REDLOCK_ERR_NOMEM && REDLOCK_WANT_READ < 0 &&
-                   REDLOCK_WANT_WRITE < 0,
-               "transport status codes");
+/* A transport returns the REDLOCK_* status codes, whose numbers the RESP_*
+ * codes share (redlock.c checks that at compile time, where it sees both). */
+_Static_assert(REDLOCK_WANT_READ < 0 && REDLOCK_WANT_WRITE < 0, "transport wants are negative");
 
 #define MAX_ADDRS 8
 #define WBUF_INITIAL 1024
@@ -305,7 +302,8 @@ typedef struct url_key url_key;
 struct url_key {
     const char *name;
     unsigned schemes; /* SCHEME_* that take it */
-    int (*set)(net_url *u, const url_key *k, const char *v, size_t n, char *err, size_t errlen);
+    int (*set)(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n, char *err,
+               size_t errlen);
     size_t field;     /* offsetof(net_url, ...) for the setters that store text */
     size_t size;      /* that field's size */
     const char *elsewhere;
@@ -316,26 +314,29 @@ static char *field_of(net_url *u, const url_key *k)
     return (char *)u + k->field;
 }
 
-static int set_db(net_url *u, const url_key *k, const char *v, size_t n, char *err, size_t errlen)
+static int set_db(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n, char *err, size_t errlen)
 {
+    (void)seeds;
     (void)k;
     return n ? parse_db(u, v, n, err, errlen)
              : url_error(err, errlen, "URL database must be a non-negative number");
 }
 
 /* user=, password=: %-decoded, may be empty. */
-static int set_secret(net_url *u, const url_key *k, const char *v, size_t n, char *err,
+static int set_secret(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n, char *err,
                       size_t errlen)
 {
+    (void)seeds;
     if (pct_decode(field_of(u, k), k->size, v, n) != 0)
         return url_error(err, errlen, "URL %s is too long or has a bad %%-escape", k->name);
     return RESP_OK;
 }
 
 /* ca=, cert=, key=, sni=: %-decoded, non-empty, no control characters. */
-static int set_text(net_url *u, const url_key *k, const char *v, size_t n, char *err,
+static int set_text(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n, char *err,
                     size_t errlen)
 {
+    (void)seeds;
     char *dst = field_of(u, k);
     if (n == 0)
         return url_error(err, errlen, "URL %s= is empty", k->name);
@@ -348,42 +349,41 @@ static int set_text(net_url *u, const url_key *k, const char *v, size_t n, char 
     return RESP_OK;
 }
 
-static int set_cluster(net_url *u, const url_key *k, const char *v, size_t n, char *err,
-                       size_t errlen)
+/* cluster=, insecure=: 0 or 1, into the int field the key names */
+static int set_flag(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n,
+                    char *err, size_t errlen)
 {
+    (void)seeds;
     if (n != 1 || (v[0] != '0' && v[0] != '1'))
         return url_error(err, errlen, "URL %s= takes 0 or 1", k->name);
-    u->cluster = v[0] == '1';
+    *(int *)(void *)field_of(u, k) = v[0] == '1';
     return RESP_OK;
 }
 
-/* addr=host:port, [v6]:port: one more seed node of a cluster */
-static int set_addr(net_url *u, const url_key *k, const char *v, size_t n, char *err, size_t errlen)
+/* addr=host:port, [v6]:port: one more seed node of a cluster, kept apart
+ * from the URL (a connection carries only its own address) */
+static int set_addr(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n,
+                    char *err, size_t errlen)
 {
     net_url tmp;
-    (void)k;
-    if (u->nseeds == NET_MAX_SEEDS - 1)
+    (void)u;
+    if (!seeds)
+        return url_error(err, errlen, "URL %s= (cluster seeds) is not taken here", k->name);
+    if (seeds->n == NET_MAX_SEEDS - 1)
         return url_error(err, errlen, "URL has more than %d cluster seeds", NET_MAX_SEEDS);
     memset(&tmp, 0, sizeof tmp);
     memcpy(tmp.port, "6379", 5);
     if (parse_hostport(&tmp, v, n, err, errlen) != RESP_OK)
         return RESP_ERR_ARG;
-    memcpy(u->seed_host[u->nseeds], tmp.host, sizeof tmp.host);
-    memcpy(u->seed_port[u->nseeds], tmp.port, sizeof tmp.port);
-    u->nseeds++;
+    memcpy(seeds->at[seeds->n].host, tmp.host, sizeof tmp.host);
+    memcpy(seeds->at[seeds->n].port, tmp.port, sizeof tmp.port);
+    seeds->n++;
     return RESP_OK;
 }
 
-static int set_insecure(net_url *u, const url_key *k, const char *v, size_t n, char *err,
-                        size_t errlen)
-{
-    if (n != 1 || (v[0] != '0' && v[0] != '1'))
-        return url_error(err, errlen, "URL %s= must be 1 (or 0)", k->name);
-    u->insecure = v[0] == '1';
-    return RESP_OK;
-}
 
 #define TEXT(f) offsetof(net_url, f), sizeof(((net_url *)0)->f)
+#define FLAG(f) offsetof(net_url, f), sizeof(int)
 static const url_key url_keys[] = {
     {"db", SCHEME_UNIX, set_db, 0, 0, "give the database as /db"},
     {"user", SCHEME_UNIX, set_secret, TEXT(user), "give user:password@ before the host"},
@@ -392,11 +392,12 @@ static const url_key url_keys[] = {
     {"cert", SCHEME_REDISS, set_text, TEXT(cert), "TLS needs a rediss:// URL"},
     {"key", SCHEME_REDISS, set_text, TEXT(key), "TLS needs a rediss:// URL"},
     {"sni", SCHEME_REDISS, set_text, TEXT(sni), "TLS needs a rediss:// URL"},
-    {"insecure", SCHEME_REDISS, set_insecure, 0, 0, "TLS needs a rediss:// URL"},
-    {"cluster", SCHEME_REDIS | SCHEME_REDISS, set_cluster, 0, 0, "a cluster needs a TCP URL"},
+    {"insecure", SCHEME_REDISS, set_flag, FLAG(insecure), "TLS needs a rediss:// URL"},
+    {"cluster", SCHEME_REDIS | SCHEME_REDISS, set_flag, FLAG(cluster), "a cluster needs a TCP URL"},
     {"addr", SCHEME_REDIS | SCHEME_REDISS, set_addr, 0, 0, "a cluster needs a TCP URL"},
 };
 #undef TEXT
+#undef FLAG
 
 static const char *scheme_name(unsigned scheme)
 {
@@ -420,8 +421,8 @@ static void keys_of(unsigned scheme, char *dst, size_t cap)
         snprintf(dst, cap, "none");
 }
 
-static int set_key(net_url *u, unsigned scheme, const char *k, size_t klen, const char *v,
-                   size_t vlen, char *err, size_t errlen)
+static int set_key(net_url *u, net_seeds *seeds, unsigned scheme, const char *k, size_t klen,
+                   const char *v, size_t vlen, char *err, size_t errlen)
 {
     char keys[128];
     for (size_t i = 0; i < sizeof url_keys / sizeof url_keys[0]; i++) {
@@ -431,14 +432,15 @@ static int set_key(net_url *u, unsigned scheme, const char *k, size_t klen, cons
         if (!(key->schemes & scheme))
             return url_error(err, errlen, "%s URLs take no query key '%s': %s", scheme_name(scheme),
                              key->name, key->elsewhere);
-        return key->set(u, key, v, vlen, err, errlen);
+        return key->set(u, seeds, key, v, vlen, err, errlen);
     }
     keys_of(scheme, keys, sizeof keys);
     return url_error(err, errlen, "URL query has an unknown key '%.*s' (%s takes: %s)",
                      (int)(klen > 32 ? 32 : klen), k, scheme_name(scheme), keys);
 }
 
-static int parse_query(net_url *u, const char *q, unsigned scheme, char *err, size_t errlen)
+static int parse_query(net_url *u, net_seeds *seeds, const char *q, unsigned scheme, char *err,
+                       size_t errlen)
 {
     const char *end = q + strlen(q);
     while (q < end) {
@@ -447,7 +449,7 @@ static int parse_query(net_url *u, const char *q, unsigned scheme, char *err, si
         const char *eq = memchr(q, '=', (size_t)(stop - q));
         if (!eq)
             return url_error(err, errlen, "URL query needs key=value pairs");
-        int rc = set_key(u, scheme, q, (size_t)(eq - q), eq + 1, (size_t)(stop - eq - 1), err,
+        int rc = set_key(u, seeds, scheme, q, (size_t)(eq - q), eq + 1, (size_t)(stop - eq - 1), err,
                          errlen);
         if (rc != RESP_OK)
             return rc;
@@ -462,7 +464,8 @@ static int parse_query(net_url *u, const char *q, unsigned scheme, char *err, si
  * user part ends at the last '@' before the first '/': a password may hold
  * '@' and '?' (a '/' in it must be %-encoded), and a query value that is a
  * file path may hold '@' after its first '/'. */
-static int parse_tcp(net_url *u, const char *s, unsigned scheme, char *err, size_t errlen)
+static int parse_tcp(net_url *u, net_seeds *seeds, const char *s, unsigned scheme, char *err,
+                     size_t errlen)
 {
     size_t auth = strcspn(s, "/");
     const char *hp = s;
@@ -485,9 +488,9 @@ static int parse_tcp(net_url *u, const char *s, unsigned scheme, char *err, size
             return RESP_ERR_ARG;
         rest += 1 + dlen;
     }
-    if (*rest == '?' && parse_query(u, rest + 1, scheme, err, errlen) != RESP_OK)
+    if (*rest == '?' && parse_query(u, seeds, rest + 1, scheme, err, errlen) != RESP_OK)
         return RESP_ERR_ARG;
-    if (u->nseeds && !u->cluster)
+    if (seeds && seeds->n && !u->cluster)
         return url_error(err, errlen, "URL addr= names more cluster seeds; it needs cluster=1");
     if (u->cluster && u->db)
         return url_error(err, errlen, "Redis Cluster has only database 0; drop the /db");
@@ -505,27 +508,29 @@ static int parse_unix(net_url *u, const char *s, char *err, size_t errlen)
                          sizeof u->path - 1);
     memcpy(u->path, s, plen);
     u->path[plen] = '\0';
-    return q ? parse_query(u, q + 1, SCHEME_UNIX, err, errlen) : RESP_OK;
+    return q ? parse_query(u, NULL, q + 1, SCHEME_UNIX, err, errlen) : RESP_OK;
 }
 
-int net_url_parse(net_url *u, const char *url, char *err, size_t errlen)
+int net_url_parse(net_url *u, net_seeds *seeds, const char *url, char *err, size_t errlen)
 {
     if (err && errlen)
         err[0] = '\0';
     if (!u || !url)
         return url_error(err, errlen, "URL is NULL");
     memset(u, 0, sizeof *u);
+    if (seeds)
+        seeds->n = 0;
     strcpy(u->port, "6379");
     if (url[0] == '\0')
         return url_error(err, errlen, "URL is empty");
     int rc;
     if (has_prefix_ci(url, "redis://")) {
         u->kind = NET_URL_TCP;
-        rc = parse_tcp(u, url + 8, SCHEME_REDIS, err, errlen);
+        rc = parse_tcp(u, seeds, url + 8, SCHEME_REDIS, err, errlen);
     } else if (has_prefix_ci(url, "rediss://")) {
         u->kind = NET_URL_TCP;
         u->tls = 1;
-        rc = parse_tcp(u, url + 9, SCHEME_REDISS, err, errlen);
+        rc = parse_tcp(u, seeds, url + 9, SCHEME_REDISS, err, errlen);
     } else if (has_prefix_ci(url, "unix://")) {
         u->kind = NET_URL_UNIX;
         rc = parse_unix(u, url + 7, err, errlen);
@@ -549,7 +554,6 @@ int net_url_at(net_url *dst, const net_url *u, const char *host, size_t hostlen,
     memcpy(dst->port, port, portlen);
     dst->port[portlen] = '\0';
     dst->kind = NET_URL_TCP;
-    dst->nseeds = 0;
     return RESP_OK;
 }
 
@@ -1146,7 +1150,7 @@ static int tls_step(net_conn *c, int64_t now)
         c->rd_want = rc == REDLOCK_WANT_READ ? POLLIN : POLLOUT;
         return RESP_OK;
     }
-    if (rc != REDLOCK_OK)
+    if (rc != RESP_OK)
         return conn_fail(c, tr_status(rc), "TLS handshake with %s failed: %s", c->desc,
                          err[0] ? err : "no reason given");
     c->rd_want = POLLIN;
@@ -1167,13 +1171,13 @@ static int tls_start(net_conn *c, int64_t now)
         redlock_tls_params p = {c->url.host, c->url.sni,  c->url.ca,
                                 c->url.cert, c->url.key, c->url.insecure};
         int rc = c->tr->config_new(&c->tr_cfg, &p, err, sizeof err);
-        if (rc != REDLOCK_OK) {
+        if (rc != RESP_OK) {
             c->tr_cfg = NULL;
             return conn_fail(c, tr_status(rc), "TLS setup for %s: %s", c->desc, err);
         }
     }
     int rc = c->tr->open(&c->tls, c->tr_cfg, c->fd, err, sizeof err);
-    if (rc != REDLOCK_OK) {
+    if (rc != RESP_OK) {
         c->tls = NULL;
         return conn_fail(c, tr_status(rc), "TLS with %s: %s", c->desc, err);
     }
@@ -1292,7 +1296,7 @@ static int tls_send(net_conn *c, const char *buf, size_t len, size_t *off, size_
         size_t put = 0, chunk = len - *off < TLS_WRITE_MAX ? len - *off : TLS_WRITE_MAX;
         err[0] = '\0';
         int rc = c->tr->write(c->tls, buf + *off, chunk, &put, err, sizeof err);
-        if (rc == REDLOCK_OK && put > 0 && put <= chunk) {
+        if (rc == RESP_OK && put > 0 && put <= chunk) {
             *off += put;
             c->wr_want = POLLOUT;
             continue;
@@ -1302,7 +1306,7 @@ static int tls_send(net_conn *c, const char *buf, size_t len, size_t *off, size_
             *held = chunk;
             return RESP_OK;
         }
-        return conn_fail(c, rc == REDLOCK_OK ? RESP_ERR_IO : tr_status(rc), "write to %s: %s",
+        return conn_fail(c, rc == RESP_OK ? RESP_ERR_IO : tr_status(rc), "write to %s: %s",
                          c->desc, err[0] ? err : "nothing written");
     }
     return RESP_OK;
@@ -1347,7 +1351,7 @@ static int tls_idle_check(net_conn *c)
     int rc = c->tr->read(c->tls, c->rbuf + c->rlen, c->rcap - c->rlen, &got, err, sizeof err);
     if (rc == REDLOCK_WANT_READ || rc == REDLOCK_WANT_WRITE)
         return IDLE_OK;
-    if (rc != REDLOCK_OK && tr_status(rc) == RESP_ERR_TLS) {
+    if (rc != RESP_OK && tr_status(rc) == RESP_ERR_TLS) {
         conn_fail(c, RESP_ERR_TLS, "read from %s: %s", c->desc, err);
         return IDLE_FAILED;
     }
@@ -1474,7 +1478,7 @@ static void tls_read(net_conn *c, int64_t now)
         size_t got = 0;
         err[0] = '\0';
         int rc = c->tr->read(c->tls, c->rbuf + c->rlen, c->rcap - c->rlen, &got, err, sizeof err);
-        if (rc == REDLOCK_OK && got > 0 && got <= c->rcap - c->rlen) {
+        if (rc == RESP_OK && got > 0 && got <= c->rcap - c->rlen) {
             c->rlen += got;
             c->rx += got;
             c->last_rx = now;
@@ -1489,8 +1493,8 @@ static void tls_read(net_conn *c, int64_t now)
             return;
         }
         c->peer_eof = 1;
-        c->eof_status = rc == REDLOCK_OK ? RESP_ERR_IO : tr_status(rc);
-        if (rc == REDLOCK_OK)
+        c->eof_status = rc == RESP_OK ? RESP_ERR_IO : tr_status(rc);
+        if (rc == RESP_OK)
             snprintf(c->errstr, sizeof c->errstr, "connection closed by %s", c->desc);
         else
             snprintf(c->errstr, sizeof c->errstr, "read from %s: %s", c->desc,
@@ -1700,14 +1704,18 @@ static void check_deadlines(net_conn *c, int64_t now)
  * to wait in recv() all the same (its wait may end that much late). */
 #define BLOCK_SLACK_NS 1000000
 
-int net_conn_block(net_conn *c, int64_t now)
+/* The whole policy of the one-recv() wait: a plain socket in blocking
+ * mode, nothing to write, a written request waiting, nothing buffered,
+ * and nothing due (a request of c's, or the caller's `until`) sooner than
+ * SO_RCVTIMEO can wake the recv. */
+int net_conn_block(net_conn *c, int64_t now, int64_t until)
 {
     uint32_t first;
     if (!c->blocking || c->fd < 0 || c->state != ST_READY || c->push || c->stale ||
         c->peer_eof || c->woff != c->wlen || c->ready_len > 0 || c->ndue > 0 ||
         c->rlen != c->rstart || !rq_first_written(c, &first))
         return 0;
-    int64_t soonest = INT64_MAX;
+    int64_t soonest = until;
     for (uint32_t i = 0; i < c->qn; i++) {
         const net_req *r = rq_at(c, i);
         if (!(r->flags & (F_DUE | F_DEAD)) && rq_deadline(r) < soonest)

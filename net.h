@@ -42,22 +42,30 @@ typedef struct net_url {
     char password[256]; /* empty: no AUTH                                */
     int db;             /* SELECT on connect when non-zero               */
     int cluster;        /* ?cluster=1: a Redis Cluster, host the first seed */
-    int nseeds;         /* cluster: seeds besides host:port (&addr=h:p)  */
-    char seed_host[NET_MAX_SEEDS - 1][256];
-    char seed_port[NET_MAX_SEEDS - 1][6];
     /* rediss:// (kind TCP): TLS, with its parameters; "" unset */
     int tls;
     int insecure;
     char ca[NET_URL_FILE], cert[NET_URL_FILE], key[NET_URL_FILE], sni[NET_URL_FILE];
 } net_url;
 
+/* The other seed nodes a cluster URL names (addr=host:port), apart from
+ * the URL itself: a connection carries only its own address. */
+typedef struct net_seeds {
+    int n;
+    struct net_seed {
+        char host[256];
+        char port[6];
+    } at[NET_MAX_SEEDS - 1];
+} net_seeds;
+
 /* Parse redis://[user[:password]@]host[:port][/db][?cluster=1&addr=h:p...],
  * redis://[::1]:6379, rediss://...[?ca=F&cert=F&key=F&sni=NAME&insecure=1]
  * (and cluster=, addr=), unix:///path[?db=N&user=U&password=P]. User,
- * password and query values may be %-encoded. Returns RESP_OK or
+ * password and query values may be %-encoded. addr= seeds go to *seeds
+ * (seeds NULL: a URL with addr= is refused). Returns RESP_OK or
  * RESP_ERR_ARG with a message in err (which never contains the password;
  * u->password is then cleared). */
-int net_url_parse(net_url *u, const char *url, char *err, size_t errlen);
+int net_url_parse(net_url *u, net_seeds *seeds, const char *url, char *err, size_t errlen);
 /* Fill the TLS parameters a rediss:// URL left unset from defaults (NULL:
  * none); a URL that is not rediss:// is left alone. Checks that key= comes
  * with cert=. RESP_OK or RESP_ERR_ARG with a message in err. */
@@ -66,7 +74,7 @@ int net_url_tls_defaults(net_url *u, const char *ca, const char *cert, const cha
 /* "host:port", "[v6]:port" or "unix:/path", for messages; never the password. */
 void net_url_describe(const net_url *u, char *dst, size_t dstlen);
 /* A copy of u pointed at host:port (a cluster node): same credentials and
- * transport, no seeds. RESP_OK, or RESP_ERR_ARG if host or port is too long. */
+ * transport. RESP_OK, or RESP_ERR_ARG if host or port is too long. */
 int net_url_at(net_url *dst, const net_url *u, const char *host, size_t hostlen, const char *port,
                size_t portlen);
 
@@ -143,12 +151,14 @@ void net_conn_io(net_conn *c, short revents, int64_t now);
  * connection, write what may be written, time out what is due, close a
  * connection whose requests timed out once nothing written waits. */
 void net_conn_pump(net_conn *c, int64_t now);
-/* For a caller with nothing else to do: when c's only business is the
- * reply to a request it wrote, wait for it in one recv() (bounded by the
- * request's deadline, plus at most 1 ms) instead of poll() and recv().
- * Returns 1 when it waited (what came is buffered: net_conn_take), 0 when
- * it declined (poll as usual). Plain sockets only. */
-int net_conn_block(net_conn *c, int64_t now);
+/* For a caller with nothing else to do until `until` (its next timer or
+ * deadline, CLOCK_MONOTONIC ns; INT64_MAX: none): when c's only business
+ * is the reply to a request it wrote, wait for it in one recv() (bounded
+ * by SO_RCVTIMEO = io_timeout_ms, ending at most 1 ms past the request's
+ * deadline or `until`) instead of poll() and recv(). Returns 1 when it
+ * waited (what came is buffered: net_conn_take), 0 when it declined (poll
+ * as usual). Plain sockets only. The whole decision is made here. */
+int net_conn_block(net_conn *c, int64_t now, int64_t until);
 
 /* The next result, in request order. Returns
  *   RESP_OK       *r (elements in pre-order, count in *nelem) is the reply

@@ -1,6 +1,6 @@
-/* redlock.c - the lock: single node and quorum (Redlock), fencing tokens,
- * waiting on a release channel, keepalive; one operation engine under
- * every call.
+/* redlock.c - the lock: one node or a quorum (Redlock), fencing tokens,
+ * waiting on a release channel, fair mode, keepalive, Redis Cluster; one
+ * operation engine under every call.
  *
  * An operation (acquire, wait, release, refresh, inspect) is a small state
  * machine on its lock. It sends one script to a set of nodes at once (a
@@ -9,19 +9,51 @@
  * release channel) or ends with a result. The engine (engine_pass) moves
  * every operation of a client from one place: it does the I/O that poll()
  * reported, connects and writes, hands each reply to the operation that
- * sent it, and fires timers. A blocking call is an operation plus a loop
- * that runs the engine until the operation ends (run_blocking), as libpq's
- * PQconnectdb is a loop over PQconnectPoll; the non-blocking API hands the
- * same engine to the caller's event loop. Nothing here calls back into
- * the caller.
+ * sent it, and fires timers. Every blocking call, and the admin calls, is
+ * an operation plus one loop that runs the engine until a condition holds
+ * (run_until), as libpq's PQconnectdb is a loop over PQconnectPoll; the
+ * non-blocking API hands the same engine to the caller's event loop.
+ * Nothing here calls back into the caller. The layers look down only:
+ * this file uses net.h (connections), never the parser in resp.c, and
+ * holds no Lua (scripts.h).
  *
  * All operations on one node share its pipelined command connection; all
  * waiters share one listening connection per node. Nothing allocates once
  * the client and its locks have grown to their working size.
+ *
+ * Parts, in the order the data flows:
+ *   1. Types             the client, a node and its shards, a lock, one node's answer
+ *   2. Helpers           error text, names in messages, randomness, time
+ *   3. The engine        timers, the ready and done lists, engine_pass, run_until
+ *   4. Rounds on nodes   a script's arguments; sending it (EVALSHA, EVAL, FCALL,
+ *                        WAIT); taking a node's answer; counting what nodes said
+ *   5. Redis Cluster     slots, routing, MOVED/ASK, retries, the slot map
+ *   6. Channels          release channels, the listeners, their pushes
+ *   7. Operations        the phase table; acquire; waiting; fair mode; unlock,
+ *                        refresh, inspect; keepalive; stopping an operation
+ *   8. Construction and API   options, clients, lock handles, the calls
+ *   9. Admin             the function library on the nodes
+ *
+ * Where is it handled?
+ *   a MOVED or ASK reply     5: cluster_redirect (a script's) and chan_refused
+ *                            (a listener's), both noting it with slot_moved
+ *   NOSCRIPT, NOPERM, a function not loaded     4: script_fallback
+ *   a waiter's wake-up       a release publishes (scripts.h); 6: on_push hands
+ *                            the message to 7: waiter_woken
+ *   a fair waiter's wake-up  the release script publishes to the first waiter in
+ *                            line whose lease is alive, on its own channel
+ *                            (scripts.h, WAKE_NEXT); then as any waiter's
+ *   a lost lease             7: keepalive_fire and keepalive_done, ending in
+ *                            keepalive_lost (reported through the done queue)
+ *   a node restarted empty   4: script_fallback (NOSCRIPT: EVAL loads it again);
+ *                            7: refresh_judge sets our key there again (repair)
+ *   a reply out of step      3: take_replies closes that connection
+ *   a request's deadline     net.c fails it; 4: on_result makes it the node's error
  */
 #define _DEFAULT_SOURCE /* getentropy */
 #include "redlock.h"
 #include "net.h"
+#include "scripts.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -33,454 +65,172 @@
 #include <time.h>
 #include <unistd.h>
 
-/* resp.h shares the status numbers; keep them in step. */
+/* ==== 1. Types ========================================================================== */
+
+/* resp.h (and through it net.c and a TLS transport) share the status
+ * numbers; keep them in step. */
 #define SAME_CODE(x) ((int)RESP_##x == (int)REDLOCK_##x)
-_Static_assert(SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) && SAME_CODE(ERR_PROTOCOL) &&
-                   SAME_CODE(ERR_SERVER) && SAME_CODE(ERR_AUTH) && SAME_CODE(ERR_ARG) &&
-                   SAME_CODE(ERR_NOMEM),
+_Static_assert(SAME_CODE(OK) && SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) &&
+                   SAME_CODE(ERR_PROTOCOL) && SAME_CODE(ERR_SERVER) && SAME_CODE(ERR_AUTH) &&
+                   SAME_CODE(ERR_ARG) && SAME_CODE(ERR_NOMEM) && SAME_CODE(ERR_TLS),
                "resp.h and redlock.h status codes differ");
 
 #define MAX_NODES 32
 #define MAX_NAME (1u << 20)
 #define MAX_VALUE 4096
-#define SHOWN_NAME 48 /* bytes of a lock name quoted in messages */
-#define MAX_PASSES 8  /* engine_pass: rounds of "take results, fire timers" */
+#define SHOWN_NAME 48     /* bytes of a lock name quoted in messages */
+#define MAX_PASSES 8      /* engine_pass: rounds of "take results, fire timers" */
 #define MAX_IDLE_CHANS 32 /* channels kept subscribed with no local waiter */
 #define NSLOTS 16384      /* Redis Cluster hash slots */
 #define MAX_SHARDS 64     /* primaries of one cluster we keep connections to */
 #define MAX_TRIES 8       /* cluster: redirects and retries of one request */
 
-/* ---- scripts ---------------------------------------------------------------
- * Each script names its KEYS and ARGV on its first lines. The SHA1s are
- * checked by the build (tests/sha1check.c, no Redis needed) and against
- * SCRIPT LOAD (tests/test_scripts.c); a stale one would cost an EVAL on
- * every call.
- */
-static const char ACQUIRE_LUA[] =
-    "-- acquire: take the lock if it is free; if it is ours already, reset its TTL\n"
-    "-- KEYS: lock, fence counter   ARGV: owner value, ttl ms, fencing '1'/'0'\n"
-    "-- {1, token}: taken   {2, token}: ours already   {0, pttl}: another owner\n"
-    "local lock, fence = KEYS[1], KEYS[2]\n"
-    "local value, ttl, fencing = ARGV[1], ARGV[2], ARGV[3] == '1'\n"
-    "local holder = redis.call('GET', lock)\n"
-    "if holder == value then\n"
-    "  -- a retry after a lost reply, or the same owner again: same token\n"
-    "  redis.call('PEXPIRE', lock, ttl)\n"
-    "  local token = 0\n"
-    "  if fencing then token = tonumber(redis.call('GET', fence) or 0) end\n"
-    "  return {2, token}\n"
-    "end\n"
-    "if holder then return {0, redis.call('PTTL', lock)} end\n"
-    "redis.call('SET', lock, value, 'PX', ttl)\n"
-    "local token = 0\n"
-    "if fencing then token = redis.call('INCR', fence) end\n"
-    "return {1, token}\n";
-static const char FAIR_LUA[] =
-    "-- fair acquire: as acquire, but a free lock goes to the first in line\n"
-    "-- KEYS: lock, fence counter, queue (ZSET of waiting values by arrival),\n"
-    "--       alive (ZSET of waiters' lease expiry, node ms)\n"
-    "-- ARGV: owner value, ttl ms, fencing '1'/'0', enqueue '1'/'0',\n"
-    "--       queue score ('' : the node's clock), lease ms\n"
-    "-- {1, token} taken  {2, token} ours already  {0, pttl} another owner\n"
-    "-- {3, ms} free, but another waiter is first (ms: that waiter's lease left)\n"
-    "local lock, fence, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
-    "local value, ttl, fencing = ARGV[1], ARGV[2], ARGV[3] == '1'\n"
-    "local enqueue, score, lease = ARGV[4] == '1', ARGV[5], tonumber(ARGV[6])\n"
-    "local holder = redis.call('GET', lock)\n"
-    "if holder == value then\n"
-    "  redis.call('PEXPIRE', lock, ttl)\n"
-    "  redis.call('ZREM', queue, value)\n"
-    "  redis.call('ZREM', alive, value)\n"
-    "  local token = 0\n"
-    "  if fencing then token = tonumber(redis.call('GET', fence) or 0) end\n"
-    "  return {2, token}\n"
-    "end\n"
-    "local tm = redis.call('TIME')\n"
-    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
-    "-- waiters that stopped renewing their lease leave the line\n"
-    "local dead = redis.call('ZRANGEBYSCORE', alive, '-inf', now, 'LIMIT', 0, 64)\n"
-    "for _, w in ipairs(dead) do\n"
-    "  redis.call('ZREM', queue, w)\n"
-    "  redis.call('ZREM', alive, w)\n"
-    "end\n"
-    "local code, left = 0, 0\n"
-    "if holder then\n"
-    "  left = redis.call('PTTL', lock)\n"
-    "else\n"
-    "  -- the head of the line, skipping entries whose lease is gone\n"
-    "  local head, expiry\n"
-    "  for _ = 1, 64 do\n"
-    "    head = redis.call('ZRANGE', queue, 0, 0)[1]\n"
-    "    if not head then break end\n"
-    "    expiry = redis.call('ZSCORE', alive, head)\n"
-    "    if expiry then break end\n"
-    "    redis.call('ZREM', queue, head)\n"
-    "  end\n"
-    "  if not head or head == value then\n"
-    "    redis.call('SET', lock, value, 'PX', ttl)\n"
-    "    redis.call('ZREM', queue, value)\n"
-    "    redis.call('ZREM', alive, value)\n"
-    "    local token = 0\n"
-    "    if fencing then token = redis.call('INCR', fence) end\n"
-    "    return {1, token}\n"
-    "  end\n"
-    "  code, left = 3, tonumber(expiry) - now\n"
-    "end\n"
-    "if enqueue then\n"
-    "  -- join the line (keeping an earlier place) and renew the lease\n"
-    "  if score == '' then score = now end\n"
-    "  redis.call('ZADD', queue, 'NX', score, value)\n"
-    "  redis.call('ZADD', alive, now + lease, value)\n"
-    "  redis.call('PEXPIRE', queue, lease * 2)\n"
-    "  redis.call('PEXPIRE', alive, lease * 2)\n"
-    "end\n"
-    "return {code, left}\n";
-/* Tell the first waiter in line whose lease is alive, on its own channel
- * (prefix .. value), dropping dead ones ahead of it; ind indents the text. */
-#define WAKE_NEXT(ind, pub) \
-    ind "local tm = redis.call('TIME')\n" \
-    ind "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n" \
-    ind "for _ = 1, 64 do\n" \
-    ind "  local head = redis.call('ZRANGE', queue, 0, 0)[1]\n" \
-    ind "  if not head then break end\n" \
-    ind "  local expiry = redis.call('ZSCORE', alive, head)\n" \
-    ind "  if expiry and tonumber(expiry) > now then\n" \
-    ind "    redis.call('" pub "', prefix .. head, 'released')\n" \
-    ind "    break\n" \
-    ind "  end\n" \
-    ind "  redis.call('ZREM', queue, head)\n" \
-    ind "  redis.call('ZREM', alive, head)\n" \
-    ind "end\n"
-/* Dequeue and release in fair mode tell one waiter: by PUBLISH, or on a
- * cluster by SPUBLISH to a shard channel; the rest of each pair is one
- * text. */
-#define DEQUEUE_BODY(pub) \
-    "-- KEYS: queue, alive, lock   ARGV: owner value, waiters' channel prefix\n" \
-    "local queue, alive, lock = KEYS[1], KEYS[2], KEYS[3]\n" \
-    "local value, prefix = ARGV[1], ARGV[2]\n" \
-    "local head = redis.call('ZRANGE', queue, 0, 0)[1]\n" \
-    "redis.call('ZREM', queue, value)\n" \
-    "redis.call('ZREM', alive, value)\n" \
-    "if head == value and redis.call('EXISTS', lock) == 0 then\n" \
-    "  -- tell the first waiter in line whose lease is alive (on its own channel),\n" \
-    "  -- dropping dead ones: a release wakes one waiter, not all of them\n" \
-    WAKE_NEXT("  ", pub) \
-    "end\n" \
-    "return 1\n"
-static const char DEQUEUE_LUA[] =
-    "-- dequeue: leave the line; if we were first and the lock is free, the next\n"
-    "-- in line takes it: tell that one\n"
-    DEQUEUE_BODY("PUBLISH");
-static const char RELEASE_LUA[] =
-    "-- release: delete the lock if it is ours, and wake the waiters\n"
-    "-- KEYS: lock   ARGV: owner value, release channel\n"
-    "-- 1 released   0 no such key   -1 another owner\n"
-    "local lock = KEYS[1]\n"
-    "local value, channel = ARGV[1], ARGV[2]\n"
-    "local holder = redis.call('GET', lock)\n"
-    "if holder == value then\n"
-    "  redis.call('DEL', lock)\n"
-    "  redis.call('PUBLISH', channel, 'released')\n"
-    "  return 1\n"
-    "end\n"
-    "if holder then return -1 end\n"
-    "return 0\n";
-static const char REFRESH_LUA[] =
-    "-- refresh: reset the TTL if the lock is ours; with repair, also set it\n"
-    "-- where it is missing (a node that restarted empty; never over another)\n"
-    "-- KEYS: lock   ARGV: owner value, ttl ms, repair '1'/'0'\n"
-    "-- 1 extended   2 set again   0 no such key   -1 another owner\n"
-    "local lock = KEYS[1]\n"
-    "local value, ttl, repair = ARGV[1], ARGV[2], ARGV[3] == '1'\n"
-    "local holder = redis.call('GET', lock)\n"
-    "if holder == value then\n"
-    "  redis.call('PEXPIRE', lock, ttl)\n"
-    "  return 1\n"
-    "end\n"
-    "if holder then return -1 end\n"
-    "if repair then\n"
-    "  redis.call('SET', lock, value, 'PX', ttl)\n"
-    "  return 2\n"
-    "end\n"
-    "return 0\n";
-static const char RAISE_LUA[] =
-    "-- raise: lift the fence counter to at least token (quorum fencing)\n"
-    "-- KEYS: fence counter   ARGV: token    returns the counter after\n"
-    "local fence = KEYS[1]\n"
-    "local token = tonumber(ARGV[1])\n"
-    "local counter = tonumber(redis.call('GET', fence) or 0)\n"
-    "if counter < token then\n"
-    "  redis.call('SET', fence, ARGV[1])\n"
-    "  return token\n"
-    "end\n"
-    "return counter\n";
-static const char STATUS_LUA[] =
-    "-- status: look without touching\n"
-    "-- KEYS: lock, fence counter   {holder value or nil, pttl, counter or nil}\n"
-    "local lock, fence = KEYS[1], KEYS[2]\n"
-    "return {redis.call('GET', lock), redis.call('PTTL', lock), redis.call('GET', fence)}\n";
-static const char RELEASE_SHARDED_LUA[] =
-    "-- release on a cluster: as release, but the wake-up goes to a shard channel\n"
-    "-- in the lock's slot (SPUBLISH), so it never crosses the cluster bus\n"
-    "-- KEYS: lock, release channel   ARGV: owner value\n"
-    "-- 1 released   0 no such key   -1 another owner\n"
-    "local lock, channel = KEYS[1], KEYS[2]\n"
-    "local value = ARGV[1]\n"
-    "local holder = redis.call('GET', lock)\n"
-    "if holder == value then\n"
-    "  redis.call('DEL', lock)\n"
-    "  redis.call('SPUBLISH', channel, 'released')\n"
-    "  return 1\n"
-    "end\n"
-    "if holder then return -1 end\n"
-    "return 0\n";
-static const char DEQUEUE_SHARDED_LUA[] =
-    "-- dequeue on a cluster: as dequeue, on the next waiter's shard channel\n"
-    "-- (in the lock's slot: the prefix carries the lock's hash tag)\n"
-    DEQUEUE_BODY("SPUBLISH");
-#define RELEASE_FAIR_BODY(pub) \
-    "-- KEYS: lock, queue, alive   ARGV: owner value, waiters' channel prefix\n" \
-    "-- 1 released   0 no such key   -1 another owner\n" \
-    "local lock, queue, alive = KEYS[1], KEYS[2], KEYS[3]\n" \
-    "local value, prefix = ARGV[1], ARGV[2]\n" \
-    "local holder = redis.call('GET', lock)\n" \
-    "if holder ~= value then\n" \
-    "  if holder then return -1 end\n" \
-    "  return 0\n" \
-    "end\n" \
-    "redis.call('DEL', lock)\n" \
-    "-- tell the first waiter in line whose lease is alive (on its own channel),\n" \
-    "-- dropping dead ones: a release wakes one waiter, not all of them\n" \
-    WAKE_NEXT("", pub) \
-    "return 1\n"
-static const char RELEASE_FAIR_LUA[] =
-    "-- release in fair mode: delete the lock if it is ours, and wake only the\n"
-    "-- next waiter in line\n"
-    RELEASE_FAIR_BODY("PUBLISH");
-static const char RELEASE_FAIR_SHARDED_LUA[] =
-    "-- release in fair mode on a cluster: as release in fair mode, on the next\n"
-    "-- waiter's shard channel (in the lock's slot)\n"
-    RELEASE_FAIR_BODY("SPUBLISH");
+/* A lock's other keys are {NAME}:SUFFIX (NAME:SUFFIX when NAME has a hash
+ * tag), so they share the lock key's slot. Every suffix has this length,
+ * so one length (lock_keys.klen) is the length of each of them. */
+#define SUFFIX_LEN 5
+#define SUFFIX_FENCE "fence" /* the fence counter                         */
+#define SUFFIX_QUEUE "queue" /* fair mode: the line (ZSET by arrival)      */
+#define SUFFIX_ALIVE "alive" /* fair mode: waiters' leases (ZSET by expiry) */
+#define SUFFIX_FREED "freed" /* a cluster's release channel (shard channel) */
+#define SUFFIX_HOLDS "holds" /* a semaphore's holders (ZSET by lease expiry) */
+#define SUFFIX_READS "reads" /* a read-write lock's readers (ZSET by lease expiry) */
+#define SUFFIX_TOKEN "token" /* their fencing tokens (HASH)                 */
+#define SUFFIX_LIMIT "limit" /* a semaphore's permit count                  */
+#define SUFFIX_WWAIT "wwait" /* writers waiting for readers (ZSET by place expiry) */
+#define SAME_LEN(s) (sizeof SUFFIX_##s - 1 == SUFFIX_LEN)
+_Static_assert(SAME_LEN(FENCE) && SAME_LEN(QUEUE) && SAME_LEN(ALIVE) && SAME_LEN(FREED) &&
+                   SAME_LEN(HOLDS) && SAME_LEN(READS) && SAME_LEN(TOKEN) && SAME_LEN(LIMIT) &&
+                   SAME_LEN(WWAIT),
+               "every key suffix is SUFFIX_LEN bytes: lock_keys.klen is the length of each key");
+#undef SAME_LEN
+#define NKEYS 9 /* the {NAME}:SUFFIX keys of a handle */
+#define CHAN_PREFIX "redlock:" /* the release channel on plain nodes: redlock:NAME */
+#define CHAN_PREFIX_LEN (sizeof CHAN_PREFIX - 1)
 
-enum {
-    S_ACQUIRE,
-    S_FAIR,
-    S_DEQUEUE,
-    S_RELEASE,
-    S_REFRESH,
-    S_RAISE,
-    S_STATUS,
-    S_RELEASE_SHARDED,
-    S_DEQUEUE_SHARDED,
-    S_RELEASE_FAIR,
-    S_RELEASE_FAIR_SHARDED,
-    S_COUNT
-};
-/* Not a script: how a waiter that just subscribed checks whether a release
- * came before it listened (see subscribed): PTTL of the lock, or in fair
- * mode ZRANGE of the line's head. */
-enum { S_PROBE = S_COUNT };
-enum { R_INT, R_PAIR, R_STATUS, R_HEAD }; /* reply shapes */
+typedef struct chan chan;
 
-typedef struct script {
-    const char *name;
-    const char *lua;
-    const char *sha;
-    int nkeys, nargs;
-    int shape;
-} script;
+/* ---- one node's answer in the current round ---- */
 
-static const script scripts[S_COUNT] = {
-    [S_ACQUIRE] = {"acquire", ACQUIRE_LUA, "aa4d824715db73a7e205166afa6114a69089b27d", 2, 3, R_PAIR},
-    [S_FAIR] = {"fair acquire", FAIR_LUA, "78b68b9397adbe1dec835aa0a24785f5f03989b2", 4, 6, R_PAIR},
-    [S_DEQUEUE] = {"dequeue", DEQUEUE_LUA, "d73d77d9c20b33c03ed4a9e0b1488c501366713f", 3, 2, R_INT},
-    [S_RELEASE] = {"release", RELEASE_LUA, "742a9c720bb0d4d03c0b46e8f3a0e5757a0afc0e", 1, 2, R_INT},
-    [S_REFRESH] = {"refresh", REFRESH_LUA, "ceb551be5baed2f994937f4a9af5693f3b3fd139", 1, 3, R_INT},
-    [S_RAISE] = {"raise", RAISE_LUA, "fc64841434df38173ccd912b066213984bd8871d", 1, 1, R_INT},
-    [S_STATUS] = {"status", STATUS_LUA, "1de151487cb9ba8f223d5ea0a8f65e12e2f6ca77", 2, 0, R_STATUS},
-    [S_RELEASE_SHARDED] = {"release", RELEASE_SHARDED_LUA,
-                           "8a86adea4a418f2fbab79733ffd8e50b620644cc", 2, 1, R_INT},
-    [S_DEQUEUE_SHARDED] = {"dequeue", DEQUEUE_SHARDED_LUA,
-                           "78a1e67219e446dda0588e94c6a8eb6bdee11f65", 3, 2, R_INT},
-    [S_RELEASE_FAIR] = {"release", RELEASE_FAIR_LUA, "8babce974b55b0827ef38621612af22c29e19bb4",
-                        3, 2, R_INT},
-    [S_RELEASE_FAIR_SHARDED] = {"release", RELEASE_FAIR_SHARDED_LUA,
-                                "d1c6b8b4b14cd124158d38807707c127f349e522", 3, 2, R_INT},
-};
-#define MAX_SCRIPT_ARGS 10
-
-/* The same scripts as one Redis Functions library, for servers where
- * EVAL/EVALSHA are not permitted (FCALL of a library an administrator
- * loaded). Each script's text above is, unchanged, the body of a function
- * whose parameters are named KEYS and ARGV, so the two can never differ.
- * Function names are global in Redis, so they carry the version as the
- * library's name does. A change to any script text needs a new version:
- * a server keeps whatever code it loaded under a name, and nothing here
- * ever replaces it (no REPLACE). The build checks that the shipped file
- * functions/redlock_vN.lua equals library_text() (tests/sha1check.c).
- *
- * Flags (Redis refuses a function without allow-oom at once when over
- * maxmemory, where EVAL refuses only the first command that may grow
- * memory): release and dequeue only delete and publish, and refresh
- * mostly extends, so they run over maxmemory as their EVAL forms do;
- * acquire, fair acquire and raise are refused, as their EVAL forms are
- * when they would SET or INCR. STATUS writes nothing: FCALL_RO. */
-#define FUNCTIONS_VERSION "1"
-#define FUNCTIONS_LIBRARY "redlock_v" FUNCTIONS_VERSION
-#define FUNCTIONS_FILE "functions/" FUNCTIONS_LIBRARY ".lua"
-#define FN(local) FUNCTIONS_LIBRARY "_" local, local
-
-typedef struct function_def {
-    const char *name;  /* FCALL name: redlock_vN_local */
-    const char *local; /* the Lua local holding it     */
-    const char *flags; /* register_function flags, or NULL */
-} function_def;
-
-static const function_def functions[S_COUNT] = {
-    [S_ACQUIRE] = {FN("acquire"), NULL},
-    [S_FAIR] = {FN("fair_acquire"), NULL},
-    [S_DEQUEUE] = {FN("dequeue"), "'allow-oom'"},
-    [S_RELEASE] = {FN("release"), "'allow-oom'"},
-    [S_REFRESH] = {FN("refresh"), "'allow-oom'"},
-    [S_RAISE] = {FN("raise"), NULL},
-    [S_STATUS] = {FN("status"), "'no-writes'"},
-    [S_RELEASE_SHARDED] = {FN("release_sharded"), "'allow-oom'"},
-    [S_DEQUEUE_SHARDED] = {FN("dequeue_sharded"), "'allow-oom'"},
-    [S_RELEASE_FAIR] = {FN("release_fair"), "'allow-oom'"},
-    [S_RELEASE_FAIR_SHARDED] = {FN("release_fair_sharded"), "'allow-oom'"},
-};
-#undef FN
-
-static const char LIBRARY_HEAD[] =
-    "#!lua name=" FUNCTIONS_LIBRARY "\n"
-    "-- redlock-c's scripts as a Redis Functions library, for servers where\n"
-    "-- EVAL/EVALSHA are not permitted but FCALL is. Generated from redlock.c\n"
-    "-- (make functions-file); do not edit: a change needs a new version.\n"
-    "-- Load it once per node (every primary of a cluster):\n"
-    "--   redis-cli -x FUNCTION LOAD < " FUNCTIONS_FILE "\n"
-    "--   redlock functions load -u redis://HOST:PORT\n";
-
-/* Appends to a buffer that may be too small; len counts what did not fit. */
-typedef struct textbuf {
-    char *p;
-    size_t cap, len;
-} textbuf;
-
-static void tb_put(textbuf *b, const char *s)
-{
-    size_t n = strlen(s);
-    if (b->len < b->cap)
-        memcpy(b->p + b->len, s, b->len + n <= b->cap ? n : b->cap - b->len);
-    b->len += n;
-}
-
-/* The library's text into dst (at most cap bytes, NUL-terminated when
- * there is room for it); returns its length, as snprintf does. */
-static size_t library_text(char *dst, size_t cap)
-{
-    textbuf b = {dst, cap, 0};
-    tb_put(&b, LIBRARY_HEAD);
-    for (int i = 0; i < S_COUNT; i++) {
-        const function_def *f = &functions[i];
-        tb_put(&b, "\nlocal function "), tb_put(&b, f->local), tb_put(&b, "(KEYS, ARGV)\n");
-        tb_put(&b, scripts[i].lua);
-        tb_put(&b, "end\nredis.register_function{function_name = '"), tb_put(&b, f->name);
-        tb_put(&b, "', callback = "), tb_put(&b, f->local);
-        if (f->flags)
-            tb_put(&b, ", flags = {"), tb_put(&b, f->flags), tb_put(&b, "}");
-        tb_put(&b, "}\n");
-    }
-    if (cap > 0)
-        dst[b.len < cap ? b.len : cap - 1] = '\0';
-    return b.len;
-}
-
-/* ---- types ----------------------------------------------------------------- */
-
-/* What one node said in the current round of an operation. */
 enum { N_SKIP, N_PENDING, N_ERR, N_OK };
 
 typedef struct nres {
-    uint8_t state;     /* N_SKIP, N_PENDING, N_ERR, N_OK                   */
-    uint8_t status;    /* N_ERR: REDLOCK_ERR_*                             */
-    uint8_t transient; /* N_ERR: worth waiting out                         */
-    uint8_t eval;      /* EVALSHA said NOSCRIPT: EVAL went out             */
-    uint8_t fcall;     /* the request went by FCALL (or FCALL_RO)          */
-    uint8_t noperm;    /* auto mode: EVALSHA/EVAL said NOPERM: FCALL instead */
-    uint8_t loaded;    /* FCALL said the function is missing: FUNCTION LOAD
-                          went out, then FCALL again                       */
-    uint8_t final;     /* the node's part of the round is over             */
-    uint8_t pending;   /* requests in flight (the script, and WAIT)        */
-    uint8_t tries;     /* cluster: redirects and retries so far            */
-    uint8_t id;        /* the script sent                                  */
-    uint8_t attempt;   /* the script's sends in this round (tags WAIT)     */
-    uint16_t shard;    /* where the request went                           */
-    int64_t retry_at;  /* cluster: send again at this time (0: no)         */
-    int64_t until;     /* cluster: no retry after this                     */
-    /* the round's outcome, cleared by round_start up to here */
-    uint8_t acq;       /* the operation's acquire or refresh holds it here */
-    uint8_t landed;    /* a write landed here but failed WAIT: release it  */
-    uint8_t ours;      /* S_STATUS: the holder's value is ours             */
-    long long code;    /* N_OK: the script's first (or only) integer       */
-    long long val;     /* N_OK: its second integer                         */
-    uint64_t vhash;    /* S_STATUS: hash of the holder's value, 0: none    */
+    uint8_t state;     /* N_SKIP, N_PENDING, N_ERR, N_OK                    */
+    uint8_t status;    /* N_ERR: REDLOCK_ERR_*                              */
+    uint8_t transient; /* N_ERR: worth waiting out                          */
+    uint8_t final;     /* the node's part of the round is over              */
+    uint8_t inflight;  /* requests in flight: the script, and its WAIT      */
+    struct {           /* how the request went out                          */
+        uint8_t id;      /* the script sent (S_*, or S_PROBE)               */
+        uint8_t attempt; /* its sends in this round (tags WAIT)             */
+        uint8_t eval;    /* EVALSHA said NOSCRIPT: EVAL went out            */
+        uint8_t fcall;   /* it went by FCALL (or FCALL_RO)                  */
+        uint8_t noperm;  /* auto mode: EVALSHA said NOPERM: FCALL instead   */
+        uint8_t loaded;  /* FCALL found no function: FUNCTION LOAD went out */
+    } via;
+    struct {             /* a cluster member: where it went, and retries    */
+        uint16_t shard;
+        uint8_t tries;     /* redirects and retries so far                  */
+        int64_t retry_at;  /* send again at this time (0: no)               */
+        int64_t until;     /* no retry after this                           */
+    } route;
+    struct {             /* the decoded reply (N_OK)                        */
+        long long code;    /* the script's first (or only) integer          */
+        long long val;     /* its second integer                            */
+        uint64_t vhash;    /* S_STATUS: hash of the holder's value, 0: none */
+        uint8_t ours;      /* S_STATUS: the holder's value is ours          */
+        int64_t young;     /* acquire: ms until the node is older than the lease
+                              (restart guard: its yes does not count); 0: counts */
+        uint32_t count;    /* S_LIST: holders listed                        */
+    } ans;
+    /* what this operation holds there; outlives a round (round_start
+     * clears everything above it) */
+    struct {
+        uint8_t acq;    /* the operation's acquire or refresh holds it here */
+        uint8_t landed; /* a write landed here but failed WAIT: release it  */
+    } hold;
 } nres;
 
-/* A release channel with local waiters, and its subscription per node. */
-typedef struct chan chan;
-struct chan {
-    chan *next;  /* hash chain by name, or the free list */
-    chan *snext; /* hash chain by shard channel name      */
-    chan *iprev, *inext; /* c->idle: subscribed, no waiter (oldest first) */
-    int idle;
-    char *name;  /* redlock:NAME, then the shard channel ({NAME}:wake) */
-    size_t len, slen, cap;
-    uint64_t hash, shash;
-    uint16_t slot;
-    redlock *head, *tail; /* waiters, in the order they began to wait */
-    struct {
-        uint8_t on;        /* the server confirmed our last (un)subscribe: on */
-        uint8_t sent_on;   /* what our last command asked for               */
-        uint8_t inflight;  /* (un)subscribes not yet confirmed             */
-        uint8_t unsubs;    /* of which unsubscribes                        */
-        uint16_t shard;    /* the shard of the node that has them          */
-    } st[MAX_NODES];
-};
-
-/* How scripts go to a node: by EVALSHA, or by FCALL of the function
- * library (functions mode; in auto mode, once the node refused EVALSHA
- * with NOPERM and an FCALL worked). Kept beside the nodes, indexed alike. */
-typedef struct node_fn {
-    uint8_t fcall;
-    char load_err[96]; /* the last FUNCTION LOAD's error there ("": none) */
-} node_fn;
+/* ---- a node, its shards, and a cluster's routing state ---- */
 
 /* One server: the lock commands (pipelined) and the listener (on demand). */
 typedef struct shard {
     net_conn *cmd;
     net_conn *sub;
     uint64_t sub_gen; /* sub's connection the chan states belong to */
-    char desc[64];    /* host:port                                  */
+    struct {          /* the restart guard: the server's age (part 4) */
+        int64_t started_at; /* when it started (CLOCK_MONOTONIC ns, rounded toward young) */
+        uint64_t gen;       /* cmd's connection that learned it (0: none yet) */
+        uint8_t asking;     /* an INFO server is in flight                   */
+        uint8_t off;        /* the server refused INFO: no guard there       */
+        char run_id[41];
+    } age;
 } shard;
 
-/* One member of the quorum: a Redis node, or a Redis Cluster (one shard
- * per primary met so far; each lock goes to the one serving its slot). */
+/* What a Redis Cluster member has besides its shards. */
+typedef struct cluster {
+    int sharded;        /* wake-ups on shard channels (SPUBLISH); 0 on Redis < 7 */
+    int16_t *slots;     /* the shard serving each slot, -1 unknown             */
+    int16_t *scratch;   /* a slot map being read                               */
+    net_url url;        /* credentials and TLS for the nodes it learns of      */
+    uint32_t moves;     /* MOVED answers so far                                */
+    uint32_t map_moves; /* moves when the slot map was asked for               */
+    int64_t map_due;    /* ask for the slot map at this time (0: no)           */
+    int map_busy;       /* a CLUSTER SLOTS reply is due                        */
+    size_t map_next;    /* the shard to ask next                               */
+} cluster;
+
+/* One member of the quorum: a Redis node (one shard), or a Redis Cluster
+ * (one shard per primary met so far; each lock goes to the one serving its
+ * slot). */
 typedef struct node {
     shard *sh;
     size_t nsh;
-    int cluster;
-    int sharded;       /* cluster: wake-ups on shard channels (SPUBLISH)     */
-    int16_t *slots;    /* cluster: the shard serving each slot, -1 unknown  */
-    int16_t *scratch;  /* cluster: a slot map being read                    */
-    net_url url;       /* cluster: credentials for the nodes it learns of   */
     net_opts opts;
-    uint32_t moves;    /* cluster: MOVED answers so far                     */
-    uint32_t map_moves; /* moves when the slot map was asked for            */
-    int64_t map_due;   /* cluster: ask for the slot map at this time (0: no) */
-    int map_busy;      /* a CLUSTER SLOTS reply is due                       */
-    size_t map_next;   /* the shard to ask next                             */
-    char desc[80];     /* the first host:port                               */
+    cluster *cl; /* NULL: a plain node */
+    struct {     /* how scripts go there: EVALSHA, or FCALL of the library */
+        uint8_t fcall;     /* functions mode; or auto mode once EVALSHA met NOPERM
+                              and an FCALL worked                               */
+        char load_err[96]; /* the last FUNCTION LOAD's error there ("": none)   */
+    } fn;
 } node;
+
+/* ---- the client ---- */
+
+struct redlock_client {
+    redlock_options opts;
+    size_t n, quorum;
+    int guard; /* the restart guard is on (opts.restart_guard, or a quorum) */
+    node *nodes;
+    struct { /* the client's locks, by what the engine does with them */
+        redlock *all;   /* every lock of this client                         */
+        redlock *armed; /* locks with a timer                                */
+        redlock *ready; /* locks whose round ended without a reply to wait for */
+        redlock *done_head, *done_tail; /* results for redlock_client_done   */
+    } locks;
+    struct { /* release channels with waiters or subscriptions */
+        chan **buckets;  /* by channel name                                  */
+        chan **sbuckets; /* the same channels, by shard channel name         */
+        size_t nbuckets, n;
+        chan *idle_head, *idle_tail; /* subscribed, nobody waits (oldest first) */
+        size_t nidle;
+        chan *free;
+    } chans;
+    struct { /* connections of an admin call, driven by the engine while it runs */
+        net_conn **conn;
+        size_t n;
+    } side;
+    char *lib_code; /* the function library's text, made when first loaded */
+    size_t lib_len;
+    struct pollfd *pfd; /* run_until's poll set, grown as needed */
+    size_t pfd_cap;
+    int64_t now;   /* the engine's clock, read once per pass */
+    int completed; /* operations that ended in this pass and are reported */
+    uint64_t rng;
+    char errstr[512];
+};
+
+/* ---- a lock ---- */
 
 enum { OP_NONE, OP_TRYLOCK, OP_LOCK, OP_UNLOCK, OP_REFRESH, OP_INSPECT, OP_KEEPALIVE };
 enum {
@@ -496,101 +246,129 @@ enum {
     PH_RELEASE,       /* unlock                                              */
     PH_REFRESH,       /* refresh                                             */
     PH_REPAIR,        /* refresh: setting the key where a node lost it       */
-    PH_STATUS         /* inspect                                             */
+    PH_STATUS,        /* inspect                                             */
+    PH_LIST,          /* redlock_holders                                     */
+    PH_COUNT
 };
 
-struct redlock_client {
-    redlock_options opts;
-    size_t n, quorum;
-    node *nodes;
-    node_fn *fn;    /* one per node                                  */
-    char *fn_code;  /* the function library's text, made when first loaded */
-    size_t fn_code_len;
-    redlock *all;   /* every lock of this client                     */
-    redlock *armed; /* locks with a timer                            */
-    redlock *ready; /* locks whose round ended without a reply to wait for */
-    redlock *done_head, *done_tail;
-    chan **buckets; /* channels with waiters or subscriptions         */
-    size_t nbuckets, nchans, nshards;
-    chan *idle_head, *idle_tail; /* subscribed channels nobody waits on */
-    size_t nidle;
-    chan **sbuckets; /* the same channels, by shard channel name */
-    chan *free_chans;
-    struct pollfd *pfd; /* the blocking loop's poll set */
-    size_t pfd_cap;
-    int64_t now;        /* the engine's clock, read once per pass */
-    int completed;      /* operations that ended in this pass and are reported */
-    uint64_t rng;
-    char errstr[512];
-};
+/* What a handle is: an exclusive lock (or the writer of a read-write
+ * lock), a permit of a counting semaphore, or a shared (reader) hold. */
+enum { LK_LOCK, LK_SEMAPHORE, LK_SHARED };
+
+/* The names of everything the lock touches in Redis; one block with the
+ * lock (see new_handle). */
+typedef struct lock_keys {
+    uint8_t kind;        /* LK_*                                            */
+    uint32_t permits;    /* LK_SEMAPHORE                                    */
+    char permits_str[12];
+    const char *name;    /* the lock key: the name itself                   */
+    const char *value;   /* the owner value                                 */
+    const char *fence, *queue, *alive, *freed; /* {NAME}:SUFFIX, klen bytes each */
+    const char *holds, *reads, *token, *limit, *wwait;
+    const char *channel; /* the release channel on plain nodes: redlock:NAME */
+    const char *own, *own_s; /* fair mode: this waiter's own channels,
+                                redlock:NAME:VALUE and {NAME}:freed:VALUE     */
+    size_t namelen, vlen, klen, chlen;
+    uint16_t slot;       /* the hash slot of every key of the lock          */
+} lock_keys;
+
+/* What a waiter of the lock listens on: the shared release channel, or in
+ * fair mode its own; the shard channel form on a cluster. */
+typedef struct lock_listen {
+    const char *name, *sname;
+    size_t len, slen;
+} lock_listen;
+
+/* The lease: what the last acquire or refresh gave. */
+typedef struct lock_lease {
+    uint32_t ttl;
+    char ttl_str[16];
+    int held;
+    uint64_t fence;
+    int64_t valid_until; /* ns, CLOCK_MONOTONIC                               */
+    int64_t renewed_at;  /* when the last acquire or refresh that held began */
+    int keepalive;
+} lock_lease;
+
+/* A status kept for later, and whether redlock_lock may try again after
+ * it (an error that may pass: a node down, LOADING, a failover). */
+typedef struct outcome {
+    int rc;
+    int again;
+} outcome;
+
+/* The operation in flight (kind OP_NONE: none). */
+typedef struct lock_op {
+    uint8_t kind, phase;
+    uint8_t blocking;    /* a blocking call runs it: not reported as done     */
+    uint8_t held_before; /* held when the operation began                    */
+    uint8_t repair;      /* S_REFRESH argument: set the key where it is gone */
+    uint32_t seq;        /* tags requests; a new round makes older replies stale */
+    uint32_t outstanding; /* nodes whose part of the round is not over       */
+    int result;          /* the last operation's status                     */
+    outcome deferred;    /* the status to give after a clean-up round        */
+    int64_t t0;          /* when the current acquire or refresh began        */
+    int64_t cap;         /* the round's requests wait no longer than this    */
+    uint64_t token;      /* the acquire's fencing token                      */
+    char tok_str[24];
+    redlock_info *info;  /* OP_INSPECT: filled when it ends                  */
+    struct {             /* redlock_holders: the caller's array, filled as nodes answer */
+        redlock_holder *out;
+        size_t cap, n;
+    } list;
+} lock_op;
+
+/* redlock_lock's wait. */
+typedef struct lock_wait {
+    chan *ch;            /* the channel it waits on                         */
+    int64_t deadline;    /* when the wait ends                              */
+    int64_t backoff;
+    int64_t rtt;         /* the last try's round trip                       */
+    int64_t holder_pttl; /* ms left on the holder's lock at the last failed try */
+    int last;            /* the last try's status                           */
+    uint8_t probed;      /* probed after subscribing                        */
+    uint8_t woken;       /* a release came while a try was in flight        */
+    uint8_t gave_way;    /* gave way once after a release (see waiter_woken) */
+    uint8_t queued;      /* in the line (fair mode, a semaphore's waiters)  */
+    uint8_t writer_waits; /* readers hold it: a place among the writers waiting */
+    char score_str[24];  /* fair mode: wall-clock us when this wait began    */
+    char lease_str[16];  /* fair mode: how long our place in line lasts     */
+} lock_wait;
+
+/* The lists a lock is on. */
+typedef struct lock_links {
+    redlock *prev, *next;   /* c->locks.all               */
+    redlock *tprev, *tnext; /* c->locks.armed             */
+    redlock *ready_next;    /* c->locks.ready             */
+    redlock *done_next;     /* c->locks.done_head         */
+    redlock *wprev, *wnext; /* wait.ch's waiters          */
+    int64_t timer_at;       /* 0: no timer                */
+    uint8_t armed, on_ready, in_done;
+} lock_links;
 
 struct redlock {
     redlock_client *c; /* NULL once the client is freed */
-    redlock *prev, *next;   /* c->all */
-    redlock *tprev, *tnext; /* c->armed */
-    redlock *ready_next;
-    redlock *done_next;
-    redlock *wprev, *wnext; /* ch's waiters */
-    chan *ch;
+    lock_keys k;
+    lock_listen listen;
+    lock_lease lease;
+    lock_op op;
+    lock_wait wait;
+    lock_links link;
     void *userdata;
-    int64_t timer_at; /* 0: no timer */
-    uint8_t armed, on_ready, in_done;
-
-    const char *name, *fence_key, *channel, *value; /* one block, see redlock_new */
-    const char *queue_key, *alive_key;               /* fair mode; as long as fence_key */
-    const char *wake_key; /* the shard channel on a cluster; as long as fence_key */
-    const char *wlisten, *wlisten_s; /* fair mode: this waiter's own channels (see
-                                        waiter_prefix), then NUL */
-    const char *listen, *listen_s;   /* what a waiter of this lock subscribes to: the
-                                        shared channels, or in fair mode its own */
-    size_t listen_len, listen_slen;
-    size_t namelen, fencelen, chlen, vlen;
-    uint16_t slot;        /* the hash slot of every key of the lock */
-    uint32_t ttl;
-    char ttl_str[16];
-
-    /* the lease */
-    int held;
-    uint64_t fence;
-    int64_t valid_until; /* ns, CLOCK_MONOTONIC */
-    int64_t renewed_at;  /* when the last acquire or refresh that held began */
-    int keepalive;
-
-    /* the operation */
-    uint8_t op, phase;
-    uint8_t blocking;    /* a blocking call runs it: not reported as done  */
-    uint8_t held_before; /* held when the operation began                 */
-    uint8_t waiting;     /* fair mode: in the queue while redlock_lock waits */
-    uint8_t raced;       /* redlock_lock: probed after subscribing         */
-    uint8_t woken;       /* a release came while a try was in flight       */
-    uint8_t lost;        /* redlock_lock: lost a race after a release       */
-    uint8_t sub_needed;  /* PH_SUBSCRIBE: a subscription was missing       */
-    uint8_t repair;      /* S_REFRESH argument                             */
-    uint8_t transient;   /* the failure is worth waiting out               */
-    uint32_t seq;        /* tags requests; a new round makes older replies stale */
-    uint32_t outstanding;
-    int result;          /* the last operation's status                    */
-    int pending;         /* the status to give after a clean-up round      */
-    int64_t t0;          /* when the current acquire or refresh began      */
-    int64_t cap;         /* the round's requests wait no longer than this  */
-    int64_t deadline;    /* redlock_lock: when the wait ends               */
-    int64_t backoff;
-    int64_t rtt;         /* the last try's round trip                     */
-    int64_t holder_pttl; /* ms left on the holder's lock at the last failed try */
-    uint64_t token;
-    redlock_info *info;  /* OP_INSPECT: filled when it ends               */
-    char tok_str[24];
-    char score_str[24];  /* fair mode: wall-clock ms when this wait began  */
-    char lease_str[16];  /* fair mode: how long our place in line lasts    */
-    size_t nerr_idx;     /* node of the first error in the round (n: none) */
-    char nerr[320];
-    char errstr[512];
+    size_t nerr_idx; /* node of the round's first error (n: none) */
+    char nerr[320];  /* that error                                 */
+    char errstr[512];  /* the detail of the last operation's result   */
+    char callerr[160]; /* why the last call on l was refused at once ("": it was not) */
     nres res[]; /* one per node */
 };
 
+/* Tag kinds of requests besides scripts (S_*); an attempt rides above. */
+enum { K_WAIT = 0xf0, K_LISTEN = 0xf1, K_SLOTS = 0xf2, K_LOAD = 0xf3, K_AGE = 0xf4, K_ADMIN = 0xf5 };
+#define KIND(id, attempt) ((uint32_t)(id) | (uint32_t)(attempt) << 8)
+
 static _Thread_local char last_err[256];
 
-/* ---- small helpers ----------------------------------------------------------- */
+/* ==== 2. Helpers ======================================================================== */
 
 const char *redlock_strerror(int status)
 {
@@ -625,6 +403,7 @@ const char *redlock_strerror(int status)
     return "unknown status";
 }
 
+/* The detail of a client's last error. */
 static int cerr(redlock_client *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int cerr(redlock_client *c, int status, const char *fmt, ...)
@@ -636,6 +415,7 @@ static int cerr(redlock_client *c, int status, const char *fmt, ...)
     return status;
 }
 
+/* The detail of an error with no client to hold it (this thread's). */
 static int global_err(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int global_err(int status, const char *fmt, ...)
 {
@@ -658,20 +438,44 @@ static int lerr(redlock *l, int status, const char *fmt, ...)
     return status;
 }
 
+/* A call on l refused at once (out of turn, a bad argument, its client
+ * freed): the reason is l's (redlock_errstr) until its next call that is
+ * not refused or its operation ends, and the client's (or, without one, this thread's). An
+ * operation's own detail (errstr) is kept meanwhile. */
+static int call_refused(redlock *l, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int call_refused(redlock *l, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(l->callerr, sizeof l->callerr, fmt, ap);
+    va_end(ap);
+    if (l->c)
+        return cerr(l->c, status, "%s", l->callerr);
+    return global_err(status, "%s", l->callerr);
+}
+
 /* A lock name fit for a message: printable, shortened. */
 static const char *shown(const redlock *l, char *buf, size_t len)
 {
     size_t o = 0, i;
-    for (i = 0; i < l->namelen && o + 5 < len && i < SHOWN_NAME; i++) {
-        unsigned char ch = (unsigned char)l->name[i];
+    for (i = 0; i < l->k.namelen && o + 5 < len && i < SHOWN_NAME; i++) {
+        unsigned char ch = (unsigned char)l->k.name[i];
         buf[o++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
     }
-    if (i < l->namelen && o + 4 < len) {
+    if (i < l->k.namelen && o + 4 < len) {
         memcpy(buf + o, "...", 3);
         o += 3;
     }
     buf[o] = '\0';
     return buf;
+}
+
+/* How a node is named in messages: host:port (of the first seed, for a
+ * cluster), from its connection. */
+static const char *node_desc(const redlock_client *c, size_t i)
+{
+    return net_conn_desc(c->nodes[i].sh[0].cmd);
 }
 
 static int fill_random(void *buf, size_t len)
@@ -711,7 +515,7 @@ static int64_t ms_ns(int64_t ms)
 
 static int64_t drift_ns(const redlock *l)
 {
-    return (int64_t)((double)l->ttl * l->c->opts.drift_factor * 1e6) + 2000000;
+    return (int64_t)((double)l->lease.ttl * l->c->opts.drift_factor * 1e6) + 2000000;
 }
 
 static uint64_t hash_bytes(const char *p, size_t n)
@@ -728,15 +532,24 @@ static size_t fmt_u64(char *buf, size_t len, uint64_t v)
     return n > 0 ? (size_t)n : 0;
 }
 
+static int starts_with(const resp_reply *r, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return r->len >= n && memcmp(r->str, prefix, n) == 0;
+}
+
+static int error_starts(const resp_reply *r, const char *prefix)
+{
+    return r->type == RESP_ERROR && starts_with(r, prefix);
+}
+
 /* Transient server errors: worth waiting out in redlock_lock. */
-static int transient_error(const char *s, size_t n)
+static int transient_error(const resp_reply *r)
 {
     static const char *const words[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY"};
-    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
-        size_t w = strlen(words[i]);
-        if (n >= w && memcmp(s, words[i], w) == 0)
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (starts_with(r, words[i]))
             return 1;
-    }
     return 0;
 }
 
@@ -745,94 +558,1298 @@ static uint32_t bit(size_t i)
     return (uint32_t)1 << i;
 }
 
-/* ---- timers, the ready list, the done queue ------------------------------------ */
+static uint32_t all_nodes(const redlock_client *c)
+{
+    return c->n >= 32 ? 0xffffffffu : bit(c->n) - 1;
+}
+
+/* ==== 3. The engine ===================================================================== */
+
+/* What the engine hands its results to, in the parts below. */
+static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp_reply *r); /* 4 */
+static void age_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r);
+static void map_ask(redlock_client *c, size_t i);                                           /* 5 */
+static void map_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r);
+static void on_push(redlock_client *c, size_t i, size_t j, const resp_reply *r);      /* 6 */
+static void listener_reset(redlock_client *c, size_t i, size_t j);
+static void advance(redlock *l); /* 7: a round ended  */
+static void fire(redlock *l);    /* 7: a timer is due */
+static void admin_reply(redlock_client *c, net_tag tag, int status, const resp_reply *r); /* 9 */
+
+/* ---- timers, the ready list, the done queue ---- */
 
 static void timer_clear(redlock *l)
 {
-    if (!l->armed)
+    lock_links *k = &l->link;
+    if (!k->armed)
         return;
-    if (l->tprev)
-        l->tprev->tnext = l->tnext;
+    if (k->tprev)
+        k->tprev->link.tnext = k->tnext;
     else
-        l->c->armed = l->tnext;
-    if (l->tnext)
-        l->tnext->tprev = l->tprev;
-    l->tprev = l->tnext = NULL;
-    l->armed = 0;
-    l->timer_at = 0;
+        l->c->locks.armed = k->tnext;
+    if (k->tnext)
+        k->tnext->link.tprev = k->tprev;
+    k->tprev = k->tnext = NULL;
+    k->armed = 0;
+    k->timer_at = 0;
 }
 
 static void timer_set(redlock *l, int64_t at)
 {
-    if (!l->armed) {
-        l->tprev = NULL;
-        l->tnext = l->c->armed;
-        if (l->tnext)
-            l->tnext->tprev = l;
-        l->c->armed = l;
-        l->armed = 1;
+    lock_links *k = &l->link;
+    if (!k->armed) {
+        k->tprev = NULL;
+        k->tnext = l->c->locks.armed;
+        if (k->tnext)
+            k->tnext->link.tprev = l;
+        l->c->locks.armed = l;
+        k->armed = 1;
     }
-    l->timer_at = at;
+    k->timer_at = at;
 }
 
 /* A round that ended with nothing to wait for moves on from the engine's
  * top level, never inside the call that started it. */
 static void mark_ready(redlock *l)
 {
-    if (l->on_ready)
+    if (l->link.on_ready)
         return;
-    l->on_ready = 1;
-    l->ready_next = l->c->ready;
-    l->c->ready = l;
+    l->link.on_ready = 1;
+    l->link.ready_next = l->c->locks.ready;
+    l->c->locks.ready = l;
 }
 
 static void ready_remove(redlock *l)
 {
-    if (!l->on_ready)
+    if (!l->link.on_ready)
         return;
-    for (redlock **p = &l->c->ready; *p; p = &(*p)->ready_next)
+    for (redlock **p = &l->c->locks.ready; *p; p = &(*p)->link.ready_next)
         if (*p == l) {
-            *p = l->ready_next;
+            *p = l->link.ready_next;
             break;
         }
-    l->on_ready = 0;
+    l->link.on_ready = 0;
 }
 
 static void done_push(redlock *l)
 {
     redlock_client *c = l->c;
-    if (l->in_done)
+    if (l->link.in_done)
         return;
-    l->in_done = 1;
-    l->done_next = NULL;
-    if (c->done_tail)
-        c->done_tail->done_next = l;
+    l->link.in_done = 1;
+    l->link.done_next = NULL;
+    if (c->locks.done_tail)
+        c->locks.done_tail->link.done_next = l;
     else
-        c->done_head = l;
-    c->done_tail = l;
+        c->locks.done_head = l;
+    c->locks.done_tail = l;
     c->completed++;
 }
 
 static void done_remove(redlock *l)
 {
     redlock_client *c = l->c;
-    if (!l->in_done)
+    if (!l->link.in_done)
         return;
     redlock *prev = NULL;
-    for (redlock *p = c->done_head; p; prev = p, p = p->done_next)
+    for (redlock *p = c->locks.done_head; p; prev = p, p = p->link.done_next)
         if (p == l) {
             if (prev)
-                prev->done_next = l->done_next;
+                prev->link.done_next = l->link.done_next;
             else
-                c->done_head = l->done_next;
-            if (c->done_tail == l)
-                c->done_tail = prev;
+                c->locks.done_head = l->link.done_next;
+            if (c->locks.done_tail == l)
+                c->locks.done_tail = prev;
             break;
         }
-    l->in_done = 0;
+    l->link.in_done = 0;
 }
 
-/* ---- Redis Cluster: slots and shards ---------------------------------------------------- */
+static int fire_timers(redlock_client *c)
+{
+    int fired = 0;
+    for (int guard = 0; guard < 1 << 20; guard++) {
+        redlock *due = NULL;
+        for (redlock *l = c->locks.armed; l; l = l->link.tnext)
+            if (l->link.timer_at <= c->now) {
+                due = l;
+                break;
+            }
+        if (!due)
+            break;
+        fire(due);
+        fired++;
+    }
+    return fired;
+}
+
+static int run_ready(redlock_client *c)
+{
+    int k = 0;
+    for (; c->locks.ready && k < 1 << 20; k++) {
+        redlock *l = c->locks.ready;
+        c->locks.ready = l->link.ready_next;
+        l->link.on_ready = 0;
+        if (l->op.kind != OP_NONE && l->op.outstanding == 0)
+            advance(l);
+    }
+    return k;
+}
+
+/* ---- the client's connections ---- */
+
+/* Every connection of the client, in one order: each shard's command
+ * connection and listener (NULL until needed), then an admin call's own. */
+typedef struct conn_iter {
+    size_t i, j, side;
+    int sub;
+} conn_iter;
+
+/* The next connection (skipping absent listeners), or NULL at the end;
+ * *it starts zeroed. */
+static net_conn *next_conn(const redlock_client *c, conn_iter *it)
+{
+    for (; it->i < c->n; it->i++, it->j = 0)
+        for (; it->j < c->nodes[it->i].nsh; it->j++, it->sub = 0) {
+            const shard *sh = &c->nodes[it->i].sh[it->j];
+            if (!it->sub) {
+                it->sub = 1;
+                return sh->cmd;
+            }
+            if (sh->sub) {
+                it->sub = 0;
+                it->j++;
+                return sh->sub;
+            }
+        }
+    return it->side < c->side.n ? c->side.conn[it->side++] : NULL;
+}
+
+static net_conn *conn_of_fd(const redlock_client *c, int fd)
+{
+    conn_iter it = {0, 0, 0, 0};
+    for (net_conn *conn; (conn = next_conn(c, &it)) != NULL;)
+        if (net_conn_fd(conn) == fd)
+            return conn;
+    return NULL;
+}
+
+/* The next time something is due: a connection's deadline, a lock's
+ * timer, a slot map to ask for; c->now when a round is ready to move on;
+ * INT64_MAX when nothing is. */
+static int64_t next_due(const redlock_client *c)
+{
+    if (c->locks.ready)
+        return c->now;
+    int64_t d = INT64_MAX;
+    for (size_t i = 0; i < c->n; i++) {
+        const cluster *cl = c->nodes[i].cl;
+        if (cl && cl->map_due && !cl->map_busy && cl->map_due < d)
+            d = cl->map_due;
+    }
+    conn_iter it = {0, 0, 0, 0};
+    for (net_conn *conn; (conn = next_conn(c, &it)) != NULL;)
+        if (net_conn_deadline(conn) < d)
+            d = net_conn_deadline(conn);
+    for (const redlock *l = c->locks.armed; l; l = l->link.tnext)
+        if (l->link.timer_at < d)
+            d = l->link.timer_at;
+    return d;
+}
+
+/* ---- taking results ---- */
+
+/* Hand shard j of node i's replies to the operations that sent them. */
+static int take_replies(redlock_client *c, size_t i, size_t j)
+{
+    net_conn *conn = c->nodes[i].sh[j].cmd;
+    net_tag tag;
+    const resp_reply *r;
+    int st, k = 0;
+    while ((st = net_conn_take(conn, &tag, &r, NULL)) != RESP_IDLE) {
+        k++;
+        if ((tag.kind & 0xff) == K_SLOTS || (tag.kind & 0xff) == K_AGE) {
+            if ((tag.kind & 0xff) == K_SLOTS)
+                map_reply(c, i, j, st, r);
+            else
+                age_reply(c, i, j, st, r);
+            if (st == RESP_OK)
+                net_conn_consume(conn);
+            continue;
+        }
+        redlock *l = tag.owner;
+        int live = l && l->op.seq == tag.seq && l->op.kind != OP_NONE;
+        if (st == RESP_OK) {
+            if (live && on_result(l, i, tag.kind, RESP_OK, r) < 0)
+                net_conn_fail(conn, RESP_ERR_PROTOCOL, "a reply out of step: connection closed");
+            else
+                net_conn_consume(conn);
+        } else if (live) {
+            on_result(l, i, tag.kind, st, NULL);
+        }
+    }
+    return k;
+}
+
+/* Shard j of node i's listener: pushes, and whether it lost its
+ * subscriptions. */
+static int take_pushes(redlock_client *c, size_t i, size_t j)
+{
+    shard *sh = &c->nodes[i].sh[j];
+    net_tag tag;
+    const resp_reply *r;
+    int st, k = 0, failed = 0;
+    while ((st = net_conn_take(sh->sub, &tag, &r, NULL)) != RESP_IDLE) {
+        k++;
+        if (st != RESP_OK) {
+            failed = 1;
+            continue;
+        }
+        on_push(c, i, j, r);
+        net_conn_consume(sh->sub);
+    }
+    int up = net_conn_ready(sh->sub);
+    uint64_t gen = net_conn_generation(sh->sub);
+    if (failed || (sh->sub_gen && (!up || gen != sh->sub_gen))) {
+        listener_reset(c, i, j);
+        k++;
+    }
+    sh->sub_gen = up ? gen : 0;
+    return k;
+}
+
+/* An admin call's connection. */
+static int take_side(redlock_client *c, net_conn *conn)
+{
+    net_tag tag;
+    const resp_reply *r;
+    int st, k = 0;
+    while ((st = net_conn_take(conn, &tag, &r, NULL)) != RESP_IDLE) {
+        k++;
+        admin_reply(c, tag, st, r);
+        if (st == RESP_OK)
+            net_conn_consume(conn);
+    }
+    return k;
+}
+
+/* One turn of the engine: the I/O poll() reported, then, until nothing
+ * moves, connect and write what waits, hand out replies, move rounds that
+ * ended, fire timers. Returns how many reported operations ended. */
+static int engine_pass(redlock_client *c, const struct pollfd *fds, int nfds)
+{
+    c->now = net_now_ns();
+    c->completed = 0;
+    for (int k = 0; k < nfds; k++) {
+        if (!fds[k].revents || fds[k].fd < 0)
+            continue;
+        net_conn *conn = conn_of_fd(c, fds[k].fd);
+        if (conn)
+            net_conn_io(conn, fds[k].revents, c->now);
+    }
+    for (int pass = 0; pass < MAX_PASSES; pass++) {
+        int moved = 0;
+        for (size_t i = 0; i < c->n; i++) {
+            node *m = &c->nodes[i];
+            if (m->cl && m->cl->map_due && m->cl->map_due <= c->now && !m->cl->map_busy)
+                map_ask(c, i);
+            for (size_t j = 0; j < m->nsh; j++) {
+                shard *sh = &m->sh[j];
+                net_conn_pump(sh->cmd, c->now);
+                moved += take_replies(c, i, j);
+                if (sh->sub) {
+                    net_conn_pump(sh->sub, c->now);
+                    moved += take_pushes(c, i, j);
+                }
+            }
+        }
+        for (size_t s = 0; s < c->side.n; s++) {
+            net_conn_pump(c->side.conn[s], c->now);
+            moved += take_side(c, c->side.conn[s]);
+        }
+        moved += run_ready(c);
+        moved += fire_timers(c);
+        if (!moved)
+            break;
+    }
+    return c->completed;
+}
+
+/* ---- the one loop ---- */
+
+/* The client's pollfd set into c->pfd, grown to hold all of it; how many
+ * entries, or -1 out of memory. */
+static int fill_pollfds(redlock_client *c)
+{
+    int n = redlock_client_pollfds(c, c->pfd, (int)c->pfd_cap);
+    if ((size_t)n <= c->pfd_cap)
+        return n;
+    struct pollfd *p = resp_realloc(c->pfd, (size_t)n * 2 * sizeof *p);
+    if (!p)
+        return -1;
+    c->pfd = p;
+    c->pfd_cap = (size_t)n * 2;
+    return redlock_client_pollfds(c, c->pfd, (int)c->pfd_cap);
+}
+
+/* ms from now until `at` for poll(): rounded up; -1 for INT64_MAX. */
+static int poll_ms(int64_t at, int64_t now)
+{
+    if (at == INT64_MAX)
+        return -1;
+    if (at <= now)
+        return 0;
+    int64_t ms = (at - now + 999999) / 1000000;
+    return ms > INT32_MAX ? INT32_MAX : (int)ms;
+}
+
+/* Run the engine until done(c, arg) or until `deadline` (CLOCK_MONOTONIC
+ * ns; INT64_MAX: none). Every blocking call and the admin calls wait here.
+ * When one connection's reply is all there is to wait for, net.c may wait
+ * for it in one recv() (net_conn_block decides). REDLOCK_OK once done;
+ * REDLOCK_ERR_TIMEOUT at the deadline; REDLOCK_ERR_NOMEM or REDLOCK_ERR_IO
+ * (poll failed, or nothing left to wait for) with c->errstr. */
+static int run_until(redlock_client *c, int (*done)(const redlock_client *, const void *),
+                     const void *arg, int64_t deadline)
+{
+    engine_pass(c, NULL, 0);
+    while (!done(c, arg)) {
+        int64_t now = net_now_ns();
+        if (now >= deadline)
+            return REDLOCK_ERR_TIMEOUT;
+        int n = fill_pollfds(c);
+        if (n < 0)
+            return cerr(c, REDLOCK_ERR_NOMEM, "out of memory");
+        int64_t due = next_due(c);
+        if (due > deadline)
+            due = deadline;
+        if (n == 0 && due == INT64_MAX)
+            return cerr(c, REDLOCK_ERR_IO, "internal error: nothing to wait for");
+        if (n == 1) {
+            net_conn *conn = conn_of_fd(c, c->pfd[0].fd);
+            if (conn && net_conn_block(conn, now, due)) {
+                engine_pass(c, NULL, 0);
+                continue;
+            }
+        }
+        if (poll(c->pfd, (nfds_t)n, poll_ms(due, now)) < 0 && errno != EINTR)
+            return cerr(c, REDLOCK_ERR_IO, "poll: %s", strerror(errno));
+        engine_pass(c, c->pfd, n);
+    }
+    return REDLOCK_OK;
+}
+
+/* ==== 4. Rounds on nodes ================================================================
+ * A round sends one request (a script, or the probe) to a set of nodes at
+ * once; each node's answer lands in l->res[i], and when the last node is
+ * over the operation's phase is judged (advance, part 7). A node's answer
+ * may first need another request: EVAL after NOSCRIPT, FCALL after NOPERM,
+ * FUNCTION LOAD then FCALL again, a cluster redirect or retry (part 5).
+ */
+
+static int cluster_redirect(redlock *l, size_t i, const resp_reply *r); /* 5 */
+static int cluster_retry(redlock *l, size_t i);
+static size_t route(const redlock_client *c, size_t i, uint16_t slot);
+
+/* Fair mode: each waiter listens on a channel of its own, the prefix plus
+ * its owner value (redlock:NAME: on plain nodes, {NAME}:freed: on a
+ * cluster, in the lock's slot); a release tells only the next in line. */
+static void waiter_prefix(const redlock *l, int sharded, const char **p, size_t *n)
+{
+    *p = sharded ? l->k.own_s : l->k.own;
+    *n = sharded ? l->k.klen + 1 : l->k.chlen + 1;
+}
+
+/* The KEYS and ARGV of script id for l, from its keys and the operation's
+ * parameters (repair, token, place in line). Returns how many. */
+static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
+{
+    const lock_keys *k = &l->k;
+    const lock_wait *w = &l->wait;
+    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
+    const char *repair = l->op.repair ? "1" : "0", *tok = l->op.tok_str;
+    int sharded = id == S_DEQUEUE_SHARDED || id == S_RELEASE_FAIR_SHARDED ||
+                  id == S_SEM_RELEASE_SHARDED || id == S_SEM_DEQUEUE_SHARDED ||
+                  id == S_RD_RELEASE_SHARDED;
+#define ARG(s, n) (kv[a] = (s), kl[a] = (n), a++)
+#define STR(s) ARG(s, strlen(s))
+#define KEY(x) ARG(k->x, k->klen)
+#define NAME ARG(k->name, k->namelen)
+#define VALUE ARG(k->value, k->vlen)
+#define PREFIX (waiter_prefix(l, sharded, kv + a, kl + a), a++)
+    int a = 0;
+    switch (id) {
+    case S_ACQUIRE:
+        NAME, KEY(fence), KEY(wwait), VALUE, STR(ttl), STR(fencing);
+        STR(w->writer_waits ? w->lease_str : "");
+        break;
+    case S_FAIR:
+        NAME, KEY(fence), KEY(queue), KEY(alive), KEY(wwait);
+        VALUE, STR(ttl), STR(fencing), STR(w->queued ? "1" : "0"), STR(w->score_str);
+        STR(w->lease_str);
+        break;
+    case S_DEQUEUE:
+    case S_DEQUEUE_SHARDED:
+        KEY(queue), KEY(alive), NAME, VALUE, PREFIX;
+        break;
+    case S_RELEASE_FAIR:
+    case S_RELEASE_FAIR_SHARDED:
+        NAME, KEY(queue), KEY(alive), VALUE, PREFIX;
+        break;
+    case S_RELEASE:
+        NAME, VALUE, ARG(k->channel, k->chlen);
+        break;
+    case S_RELEASE_SHARDED:
+        NAME, KEY(freed), VALUE;
+        break;
+    case S_REFRESH:
+        NAME, VALUE, STR(ttl), STR(repair);
+        break;
+    case S_RAISE:
+        KEY(fence), STR(tok);
+        break;
+    case S_STATUS:
+        NAME, KEY(fence);
+        break;
+    case S_SEM_ACQUIRE:
+        KEY(holds), KEY(token), KEY(limit), KEY(fence), KEY(queue), KEY(alive);
+        VALUE, STR(ttl), STR(fencing), STR(k->permits_str), STR(w->queued ? "1" : "0");
+        STR(w->score_str), STR(w->lease_str), STR(l->c->opts.fair ? "1" : "0");
+        break;
+    case S_SEM_RELEASE:
+    case S_SEM_RELEASE_SHARDED:
+        KEY(holds), KEY(token), KEY(limit), KEY(queue), KEY(alive), VALUE, PREFIX;
+        break;
+    case S_SEM_REFRESH:
+        KEY(holds), KEY(token), KEY(limit), VALUE, STR(ttl), STR(repair), STR(k->permits_str);
+        STR(tok);
+        break;
+    case S_SEM_DEQUEUE:
+    case S_SEM_DEQUEUE_SHARDED:
+        KEY(queue), KEY(alive), KEY(holds), KEY(limit), VALUE, PREFIX;
+        break;
+    case S_RD_ACQUIRE:
+        NAME, KEY(reads), KEY(token), KEY(fence), KEY(wwait), KEY(limit);
+        VALUE, STR(ttl), STR(fencing);
+        break;
+    case S_RD_RELEASE:
+        NAME, KEY(reads), KEY(token), KEY(queue), KEY(alive), VALUE, PREFIX;
+        ARG(k->channel, k->chlen);
+        break;
+    case S_RD_RELEASE_SHARDED:
+        NAME, KEY(reads), KEY(token), KEY(queue), KEY(alive), KEY(freed), VALUE, PREFIX;
+        break;
+    case S_RD_REFRESH:
+        NAME, KEY(reads), KEY(token), KEY(wwait), VALUE, STR(ttl), STR(repair), STR(tok);
+        break;
+    case S_LIST:
+        NAME, KEY(holds), KEY(reads), KEY(token), KEY(limit), KEY(fence);
+        break;
+    case S_WLEAVE:
+        KEY(wwait), VALUE;
+        break;
+    }
+#undef ARG
+#undef STR
+#undef KEY
+#undef NAME
+#undef VALUE
+#undef PREFIX
+    return a;
+}
+
+/* The probe a waiter sends once subscribed (see subscribed, part 7): PTTL
+ * of the lock; in fair mode, ZRANGE of the line's head. Returns argc. */
+static int probe_args(const redlock *l, const char **argv, size_t *lens)
+{
+    if (!l->c->opts.fair) {
+        argv[0] = "PTTL", lens[0] = 4;
+        argv[1] = l->k.name, lens[1] = l->k.namelen;
+        return 2;
+    }
+    argv[0] = "ZRANGE", lens[0] = 6;
+    argv[1] = l->k.queue, lens[1] = l->k.klen;
+    argv[2] = "0", lens[2] = 1;
+    argv[3] = "0", lens[3] = 1;
+    return 4;
+}
+
+/* What request id is called in messages. */
+static const char *req_name(const redlock_client *c, int id)
+{
+    if (id == S_PROBE)
+        return c->opts.fair ? "probe (ZRANGE of the line)" : "probe (PTTL)";
+    return scripts[id].name;
+}
+
+/* A waiter of l hears of its turn on a channel of its own (fair mode,
+ * and a semaphore's waiters, whom a release tells one by one), else on
+ * the lock's release channel with the other waiters of its name. */
+static int listens_own(const redlock *l)
+{
+    return l->c->opts.fair || l->k.kind == LK_SEMAPHORE;
+}
+
+/* Node i's script for what l's operation does (verb: S_ACQUIRE, S_RELEASE,
+ * S_REFRESH, S_DEQUEUE, S_STATUS; any other id is itself): by the kind of
+ * handle; in fair mode; on a cluster, with wake-ups on shard channels. */
+static int script_for(const redlock *l, size_t i, int verb)
+{
+    const redlock_client *c = l->c;
+    const cluster *cl = c->nodes[i].cl;
+    int sharded = cl && cl->sharded, kind = l->k.kind;
+    switch (verb) {
+    case S_ACQUIRE:
+        if (kind != LK_LOCK)
+            return kind == LK_SEMAPHORE ? S_SEM_ACQUIRE : S_RD_ACQUIRE;
+        return c->opts.fair ? S_FAIR : S_ACQUIRE;
+    case S_RELEASE:
+        if (kind == LK_SEMAPHORE)
+            return sharded ? S_SEM_RELEASE_SHARDED : S_SEM_RELEASE;
+        if (kind == LK_SHARED)
+            return sharded ? S_RD_RELEASE_SHARDED : S_RD_RELEASE;
+        if (c->opts.fair)
+            return sharded ? S_RELEASE_FAIR_SHARDED : S_RELEASE_FAIR;
+        return sharded ? S_RELEASE_SHARDED : S_RELEASE;
+    case S_REFRESH:
+        return kind == LK_SEMAPHORE ? S_SEM_REFRESH : kind == LK_SHARED ? S_RD_REFRESH : S_REFRESH;
+    case S_DEQUEUE:
+        if (kind == LK_SEMAPHORE)
+            return sharded ? S_SEM_DEQUEUE_SHARDED : S_SEM_DEQUEUE;
+        return sharded ? S_DEQUEUE_SHARDED : S_DEQUEUE;
+    case S_STATUS:
+        return kind == LK_LOCK ? S_STATUS : S_LIST;
+    }
+    return verb;
+}
+
+/* Queue EVALSHA (or EVAL) of script id for l on shard j of node i, or
+ * FCALL of its function where the node takes FCALL (or this request's
+ * EVALSHA met NOPERM in auto mode); or the probe. owner NULL: a request
+ * nobody waits for (EVAL, or FCALL: it cannot fall back). */
+static int queue_script(redlock *l, size_t i, size_t j, int id, int eval, void *owner,
+                        uint32_t kind, int64_t cap)
+{
+    redlock_client *c = l->c;
+    net_conn *conn = c->nodes[i].sh[j].cmd;
+    net_tag tag = {owner, l->op.seq, kind};
+    const char *argv[3 + MAX_SCRIPT_ARGS];
+    size_t lens[3 + MAX_SCRIPT_ARGS];
+    if (id == S_PROBE) {
+        if (owner)
+            l->res[i].via.fcall = 0;
+        return net_conn_request(conn, probe_args(l, argv, lens), argv, lens, tag, cap, c->now);
+    }
+    const script *s = &scripts[id];
+    char nk[2] = {(char)('0' + s->nkeys), '\0'};
+    int k = script_args(l, id, argv + 3, lens + 3);
+    if (k != s->nkeys + s->nargs)
+        return RESP_ERR_ARG; /* the table and script_args disagree: a bug */
+    int fcall = c->nodes[i].fn.fcall || (owner && l->res[i].via.noperm);
+    eval |= owner == NULL;
+    if (fcall) {
+        argv[0] = id == S_STATUS ? "FCALL_RO" : "FCALL";
+        argv[1] = functions[id].name;
+    } else {
+        argv[0] = eval ? "EVAL" : "EVALSHA";
+        argv[1] = eval ? s->lua : s->sha;
+    }
+    if (owner)
+        l->res[i].via.fcall = (uint8_t)fcall;
+    lens[0] = strlen(argv[0]);
+    lens[1] = strlen(argv[1]);
+    argv[2] = nk;
+    lens[2] = 1;
+    return net_conn_request(conn, 3 + k, argv, lens, tag, cap, c->now);
+}
+
+/* A request nobody waits for: l's script id on node i, routed by slot
+ * (the release of a cancelled acquire, leaving a fair queue). */
+static void queue_orphan(redlock *l, size_t i, int id)
+{
+    id = script_for(l, i, id);
+    queue_script(l, i, route(l->c, i, l->k.slot), id, 1, NULL, (uint32_t)id, 0);
+}
+
+/* Node i failed in this round; the lowest node's error explains the
+ * failure. */
+static void node_error(redlock *l, size_t i, int status, int transient, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void node_error(redlock *l, size_t i, int status, int transient, const char *fmt, ...)
+{
+    nres *nd = &l->res[i];
+    nd->state = N_ERR;
+    nd->status = (uint8_t)status;
+    nd->transient = (uint8_t)transient;
+    if (i < l->nerr_idx) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(l->nerr, sizeof l->nerr, fmt, ap);
+        va_end(ap);
+        l->nerr_idx = i;
+    }
+}
+
+/* The function library's text, made once per client when first needed. */
+static int library_code(redlock_client *c)
+{
+    if (c->lib_code)
+        return RESP_OK;
+    size_t n = library_text(NULL, 0);
+    c->lib_code = resp_alloc(n + 1);
+    if (!c->lib_code)
+        return RESP_ERR_NOMEM;
+    library_text(c->lib_code, n + 1);
+    c->lib_len = n;
+    return RESP_OK;
+}
+
+/* Queue FUNCTION LOAD of the library for l on node i's shard that serves
+ * l's slot, as EVAL loads a script on NOSCRIPT. Never REPLACE: a library
+ * of that name already there (another version's code, or someone else's)
+ * stays as it is. */
+static int queue_load(redlock *l, size_t i)
+{
+    redlock_client *c = l->c;
+    int rc = library_code(c);
+    if (rc != RESP_OK)
+        return rc;
+    const char *argv[3] = {"FUNCTION", "LOAD", c->lib_code};
+    size_t lens[3] = {8, 4, c->lib_len};
+    net_tag tag = {l, l->op.seq, K_LOAD};
+    return net_conn_request(c->nodes[i].sh[route(c, i, l->k.slot)].cmd, 3, argv, lens, tag,
+                            l->op.cap, c->now);
+}
+
+static int writes(int id)
+{
+    return id == S_ACQUIRE || id == S_FAIR || id == S_REFRESH || id == S_RAISE;
+}
+
+/* ---- the restart guard ----
+ * A server that restarted without its data has forgotten the locks it
+ * granted; until one lease has passed, its yes may hand out a lock that
+ * another owner still holds on other nodes. So each command connection
+ * learns its server's age (INFO server) before its first acquire, and an
+ * acquire counts a young node's yes as "held" (part 7: acquire_judge). */
+
+/* The value of `field` in INFO's text (lines of field:value). */
+static int info_field(const resp_reply *r, const char *field, const char **v, size_t *vlen)
+{
+    size_t fl = strlen(field);
+    const char *p = r->str, *end = r->str + r->len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (!eol)
+            eol = end;
+        if ((size_t)(eol - p) > fl && memcmp(p, field, fl) == 0 && p[fl] == ':') {
+            *v = p + fl + 1;
+            *vlen = (size_t)(eol - *v);
+            if (*vlen && (*v)[*vlen - 1] == '\r')
+                (*vlen)--;
+            return 1;
+        }
+        p = eol + 1;
+    }
+    return 0;
+}
+
+/* Before an acquire on shard j of node i: ask its server's age when this
+ * connection has not told it yet (a new or reconnecting connection takes
+ * the INFO before the acquire: replies come in order). */
+static void age_ask(redlock_client *c, size_t i, size_t j)
+{
+    shard *sh = &c->nodes[i].sh[j];
+    static const char *const argv[2] = {"INFO", "server"};
+    static const size_t lens[2] = {4, 6};
+    if (!c->guard || sh->age.off || sh->age.asking ||
+        (net_conn_ready(sh->cmd) && sh->age.gen == net_conn_generation(sh->cmd)))
+        return;
+    net_tag tag = {sh, 0, K_AGE};
+    if (net_conn_request(sh->cmd, 2, argv, lens, tag, 0, c->now) == RESP_OK)
+        sh->age.asking = 1;
+}
+
+/* INFO server from shard j of node i: when it started (whole seconds of
+ * uptime: rounded toward young) and its run id. A refusal (an ACL without
+ * INFO) turns the guard off there, said once. */
+static void age_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r)
+{
+    shard *sh = &c->nodes[i].sh[j];
+    const char *v;
+    size_t n;
+    sh->age.asking = 0;
+    if (status != RESP_OK)
+        return; /* asked again before the next acquire */
+    if (r->type == RESP_ERROR || r->type != RESP_BULK ||
+        !info_field(r, "uptime_in_seconds", &v, &n)) {
+        sh->age.off = 1;
+        cerr(c, REDLOCK_ERR_SERVER, "%s: restart guard off there: INFO server %s: %.*s",
+             net_conn_desc(sh->cmd), r->type == RESP_ERROR ? "refused" : "has no uptime",
+             (int)(r->len > 100 ? 100 : r->len), r->str);
+        return;
+    }
+    int64_t up = 0;
+    for (size_t k = 0; k < n && k < 12 && v[k] >= '0' && v[k] <= '9'; k++)
+        up = up * 10 + (v[k] - '0');
+    sh->age.started_at = c->now - up * 1000000000;
+    sh->age.gen = net_conn_generation(sh->cmd);
+    if (info_field(r, "run_id", &v, &n) && n < sizeof sh->age.run_id) {
+        memcpy(sh->age.run_id, v, n);
+        sh->age.run_id[n] = '\0';
+    }
+}
+
+/* How long the server behind node i's answer is still too young for l's
+ * lease (ms, at least 1), or 0 when its yes counts. Its age unknown on
+ * this connection (it reconnected since): young, and asked again. */
+static int64_t young_ms(const redlock *l, size_t i)
+{
+    const redlock_client *c = l->c;
+    const shard *sh = &c->nodes[i].sh[l->res[i].route.shard];
+    if (!c->guard || sh->age.off)
+        return 0;
+    if (sh->age.gen != net_conn_generation(sh->cmd))
+        return 1;
+    int64_t left = sh->age.started_at + ms_ns(l->lease.ttl) + drift_ns(l) - c->now;
+    return left > 0 ? (left + 999999) / 1000000 : 0;
+}
+
+/* Send node i's request of the round: to the shard serving the lock's
+ * slot, or after ASKING to shard `ask`; with wait_replicas, a WAIT right
+ * behind a write on the same connection. */
+static int send_request(redlock *l, size_t i, int ask)
+{
+    redlock_client *c = l->c;
+    nres *nd = &l->res[i];
+    size_t j = ask >= 0 ? (size_t)ask : route(c, i, l->k.slot);
+    net_conn *conn = c->nodes[i].sh[j].cmd;
+    if (nd->via.id == S_ACQUIRE || nd->via.id == S_FAIR)
+        age_ask(c, i, j);
+    if (ask >= 0) {
+        static const char *const asking[1] = {"ASKING"};
+        static const size_t asking_len[1] = {6};
+        net_tag none = {NULL, 0, 0};
+        if (net_conn_request(conn, 1, asking, asking_len, none, l->op.cap, c->now) != RESP_OK)
+            return REDLOCK_ERR_NOMEM;
+    }
+    nd->via.attempt++;
+    int rc = queue_script(l, i, j, nd->via.id, nd->via.eval, l, KIND(nd->via.id, nd->via.attempt),
+                          l->op.cap);
+    if (rc != RESP_OK)
+        return rc;
+    nd->inflight++;
+    nd->route.shard = (uint16_t)j;
+    if (c->opts.wait_replicas > 0 && writes(nd->via.id)) {
+        char num[16], ms[16];
+        int wait_ms = c->opts.io_timeout_ms / 2; /* leaves time for the reply */
+        const char *argv[3] = {"WAIT", num, ms};
+        size_t lens[3] = {4, (size_t)snprintf(num, sizeof num, "%d", c->opts.wait_replicas),
+                          (size_t)snprintf(ms, sizeof ms, "%d", wait_ms > 0 ? wait_ms : 1)};
+        net_tag tag = {l, l->op.seq, KIND(K_WAIT, nd->via.attempt)};
+        if (net_conn_request(conn, 3, argv, lens, tag, l->op.cap, c->now) != RESP_OK)
+            return REDLOCK_ERR_NOMEM;
+        nd->inflight++;
+    }
+    return REDLOCK_OK;
+}
+
+/* Node i's part of the round may be over: count it once. */
+static void settle(redlock *l, size_t i)
+{
+    nres *nd = &l->res[i];
+    if (nd->final || nd->inflight || nd->route.retry_at || nd->state == N_PENDING)
+        return;
+    nd->final = 1;
+    if (--l->op.outstanding == 0)
+        advance(l);
+}
+
+/* Send script id to the nodes in mask, all at once, as phase `phase` of
+ * l's operation. Requests never wait past cap (0: no cap beyond
+ * io_timeout_ms). */
+static void round_start(redlock *l, int phase, int id, uint32_t mask, int64_t cap)
+{
+    redlock_client *c = l->c;
+    int64_t patience = c->now + ms_ns(c->opts.io_timeout_ms + c->opts.connect_timeout_ms);
+    l->op.phase = (uint8_t)phase;
+    l->op.seq++;
+    l->op.outstanding = 0;
+    l->op.cap = cap;
+    l->nerr_idx = c->n;
+    l->nerr[0] = '\0';
+    for (size_t i = 0; i < c->n; i++) {
+        nres *nd = &l->res[i];
+        memset(nd, 0, offsetof(nres, hold)); /* the hold marks outlive a round */
+        nd->state = N_SKIP;
+        nd->final = 1;
+        if (!(mask & bit(i)))
+            continue;
+        nd->state = N_PENDING;
+        nd->final = 0;
+        nd->via.id = (uint8_t)script_for(l, i, id);
+        nd->route.until = cap && cap < patience ? cap : patience;
+        l->op.outstanding++;
+        int rc = send_request(l, i, -1);
+        if (rc != RESP_OK) {
+            node_error(l, i, rc, 0, "%s: cannot queue the %s request: %s", node_desc(c, i),
+                       req_name(c, id), redlock_strerror(rc));
+            nd->final = 1;
+            l->op.outstanding--;
+        }
+    }
+    if (l->op.outstanding == 0)
+        mark_ready(l);
+}
+
+/* During a round the lock's timer is the earliest retry due (and, for a
+ * keepalive refresh, the end of the validity). */
+static void timer_rearm_round(redlock *l)
+{
+    int64_t at = l->op.kind == OP_KEEPALIVE ? l->lease.valid_until : 0;
+    for (size_t i = 0; i < l->c->n; i++) {
+        int64_t r = l->res[i].route.retry_at;
+        if (r && (!at || r < at))
+            at = r;
+    }
+    if (at)
+        timer_set(l, at);
+    else
+        timer_clear(l);
+}
+
+/* Send the requests whose retry is due. */
+static void retry_due(redlock *l)
+{
+    redlock_client *c = l->c;
+    for (size_t i = 0; i < c->n; i++) {
+        nres *nd = &l->res[i];
+        if (!nd->route.retry_at || nd->route.retry_at > c->now || nd->final)
+            continue;
+        nd->route.retry_at = 0;
+        int rc = send_request(l, i, -1);
+        if (rc != REDLOCK_OK) {
+            node_error(l, i, rc, 0, "%s: cannot queue a request: %s", node_desc(c, i),
+                       redlock_strerror(rc));
+            settle(l, i);
+        }
+    }
+    if (l->op.kind != OP_NONE && l->op.outstanding > 0)
+        timer_rearm_round(l);
+}
+
+/* ---- decoding a node's reply ---- */
+
+/* A counter sent as a bulk string (nil, or no digits: 0). */
+static uint64_t bulk_u64(const resp_reply *r)
+{
+    uint64_t v = 0;
+    for (size_t k = 0; r->type == RESP_BULK && k < r->len && k < 20; k++) {
+        unsigned d = (unsigned char)r->str[k] - (unsigned)'0';
+        if (d > 9)
+            break;
+        v = v * 10 + d;
+    }
+    return v;
+}
+
+static int is_value(const redlock *l, const char *s, size_t n)
+{
+    return n == l->k.vlen && memcmp(s, l->k.value, n) == 0;
+}
+
+/* STATUS: {value or nil, pttl, counter or nil}. */
+static int decode_status(nres *nd, const resp_reply *r, const redlock *l)
+{
+    if (r->type != RESP_ARRAY || r->n != 3 || r[2].type != RESP_INTEGER ||
+        (r[1].type != RESP_BULK && r[1].type != RESP_NIL) ||
+        (r[3].type != RESP_BULK && r[3].type != RESP_NIL))
+        return -1;
+    nd->ans.vhash = 0;
+    nd->ans.ours = 0;
+    if (r[1].type == RESP_BULK) {
+        nd->ans.vhash = hash_bytes(r[1].str, r[1].len);
+        nd->ans.ours = (uint8_t)is_value(l, r[1].str, r[1].len);
+    }
+    nd->ans.code = r[2].integer;
+    nd->ans.val = (long long)bulk_u64(&r[3]);
+    return 0;
+}
+
+/* One holder listed by a node, into redlock_holders' list: counted once
+ * per node that lists it, with the least TTL and the highest token. */
+static void list_add(redlock *l, const char *v, size_t len, int shared, int64_t ttl,
+                     uint64_t fence)
+{
+    redlock_holder *o = l->op.list.out;
+    size_t cut = len < sizeof o->value - 1 ? len : sizeof o->value - 1;
+    for (size_t k = 0; o && k < l->op.list.n; k++, o++) {
+        if (o->shared != shared || strlen(o->value) != cut || memcmp(o->value, v, cut) != 0)
+            continue;
+        o->nodes++;
+        if (ttl >= 0 && (o->ttl_ms < 0 || ttl < o->ttl_ms))
+            o->ttl_ms = ttl;
+        if (fence > o->fence)
+            o->fence = fence;
+        return;
+    }
+    if (!o || l->op.list.n == l->op.list.cap)
+        return;
+    memcpy(o->value, v, cut);
+    o->value[cut] = '\0';
+    o->shared = shared;
+    o->ttl_ms = ttl;
+    o->fence = fence;
+    o->nodes = 1;
+    l->op.list.n++;
+}
+
+/* LIST: {exclusive holder or nil, its pttl, {value, ms left, token, ...},
+ * permit count or nil, counter or nil}: our lease left (-2: we hold
+ * nothing), the counter, how many hold it; each holder into the list of
+ * redlock_holders when one is asked for. */
+static int decode_list(nres *nd, const resp_reply *r, redlock *l)
+{
+    const resp_reply *holder = r + 1, *pttl = r + 2, *set = r + 3;
+    if (r->type != RESP_ARRAY || r->n != 5 || (holder->type != RESP_BULK &&
+        holder->type != RESP_NIL) || pttl->type != RESP_INTEGER || set->type != RESP_ARRAY ||
+        set->n % 3 != 0)
+        return -1;
+    const resp_reply *limit = set + set->span, *counter = limit + limit->span;
+    if ((limit->type != RESP_BULK && limit->type != RESP_NIL) ||
+        (counter->type != RESP_BULK && counter->type != RESP_NIL))
+        return -1;
+    for (const resp_reply *e = set + 1; e < limit; e += 3)
+        if (e[0].type != RESP_BULK || e[1].type != RESP_INTEGER || e[2].type != RESP_INTEGER)
+            return -1;
+    nd->ans.val = (long long)bulk_u64(counter);
+    nd->ans.code = -2;
+    nd->ans.ours = 0;
+    nd->ans.count = set->n / 3;
+    if (holder->type == RESP_BULK && !(holder->len == sizeof READERS_MARK - 1 &&
+                                       memcmp(holder->str, READERS_MARK, holder->len) == 0)) {
+        nd->ans.count++;
+        list_add(l, holder->str, holder->len, 0, pttl->integer, (uint64_t)nd->ans.val);
+        if (is_value(l, holder->str, holder->len))
+            nd->ans.ours = 1, nd->ans.code = pttl->integer;
+    }
+    for (const resp_reply *e = set + 1; e < limit; e += 3) {
+        list_add(l, e[0].str, e[0].len, 1, e[1].integer, (uint64_t)e[2].integer);
+        if (is_value(l, e[0].str, e[0].len))
+            nd->ans.ours = 1, nd->ans.code = e[1].integer;
+    }
+    return 0;
+}
+
+/* One decoder per reply shape: an integer, a pair of integers, the fair
+ * probe's head of the line, STATUS. */
+static int decode(nres *nd, int shape, const resp_reply *r, redlock *l)
+{
+    switch (shape) {
+    case R_INT:
+        if (r->type != RESP_INTEGER)
+            return -1;
+        nd->ans.code = r->integer;
+        nd->ans.val = 0;
+        return 0;
+    case R_PAIR:
+        if (r->type != RESP_ARRAY || r->n != 2 || r[1].type != RESP_INTEGER ||
+            r[2].type != RESP_INTEGER)
+            return -1;
+        nd->ans.code = r[1].integer;
+        nd->ans.val = r[2].integer;
+        return 0;
+    case R_HEAD: /* the fair probe as PTTL would say it: -2 we may go, -1 another is first */
+        if (r->type != RESP_ARRAY || r->n > 1 || (r->n == 1 && r[1].type != RESP_BULK))
+            return -1;
+        nd->ans.code = r->n == 1 && !is_value(l, r[1].str, r[1].len) ? -1 : -2;
+        nd->ans.val = 0;
+        return 0;
+    case R_LIST:
+        return decode_list(nd, r, l);
+    }
+    return decode_status(nd, r, l);
+}
+
+/* ---- a node's answer ---- */
+
+/* The reply to a WAIT behind node i's write: too few replicas fail the
+ * node (its write stays: a failed acquire releases it there). */
+static void on_wait(redlock *l, size_t i, unsigned attempt, int status, const resp_reply *r)
+{
+    redlock_client *c = l->c;
+    nres *nd = &l->res[i];
+    nd->inflight--;
+    if (attempt != nd->via.attempt || nd->state != N_OK ||
+        (nd->ans.code != 1 && nd->ans.code != 2 && nd->via.id != S_RAISE))
+        return;
+    if (status == RESP_OK && r->type == RESP_INTEGER && r->integer >= c->opts.wait_replicas)
+        return;
+    nd->hold.landed = 1;
+    if (status != RESP_OK)
+        node_error(l, i, status, 1, "%s: WAIT: %s", node_desc(c, i),
+                   net_conn_errstr(c->nodes[i].sh[nd->route.shard].cmd));
+    else
+        node_error(l, i, REDLOCK_ERR_TIMEOUT, 1,
+                   "%s: only %lld of %d replicas acknowledged the write in time (wait_replicas)",
+                   node_desc(c, i), r->type == RESP_INTEGER ? r->integer : -1LL,
+                   c->opts.wait_replicas);
+}
+
+/* What FUNCTION LOAD answered on node i, kept for the FCALL queued behind it. */
+static void load_answered(redlock_client *c, size_t i, int status, const resp_reply *r)
+{
+    char *e = c->nodes[i].fn.load_err;
+    size_t cap = sizeof c->nodes[i].fn.load_err;
+    if (status != RESP_OK)
+        snprintf(e, cap, "%s", redlock_strerror(status));
+    else if (r->type == RESP_ERROR)
+        snprintf(e, cap, "%.*s", (int)(r->len < cap ? r->len : cap - 1), r->str);
+    else
+        e[0] = '\0';
+}
+
+/* FCALL found no function even after our FUNCTION LOAD: say why, and how
+ * an administrator loads the library. */
+static void function_missing(redlock *l, size_t i, int id)
+{
+    redlock_client *c = l->c;
+    const char *le = c->nodes[i].fn.load_err;
+    char why[128];
+    if (strncmp(le, "NOPERM", 6) == 0)
+        snprintf(why, sizeof why, "this user may not load it: NOPERM");
+    else if (strncmp(le, "ERR Library", 11) == 0 && strstr(le, "already exists"))
+        snprintf(why, sizeof why,
+                 "a library of that name with other code is there, never replaced");
+    else
+        snprintf(why, sizeof why, "FUNCTION LOAD: %s", le[0] ? le : "no error, yet no function");
+    if (l->res[i].via.noperm)
+        node_error(l, i, REDLOCK_ERR_SERVER, 0,
+                   "%s: NOPERM: this user may not run EVALSHA, and the function library "
+                   FUNCTIONS_LIBRARY " for FCALL is not loaded there (%s); load it with "
+                   "`redlock functions load -u URL` or `redis-cli -x FUNCTION LOAD < "
+                   FUNCTIONS_FILE "`",
+                   node_desc(c, i), why);
+    else
+        node_error(l, i, REDLOCK_ERR_SERVER, 0,
+                   "%s: function %s not found: the library " FUNCTIONS_LIBRARY
+                   " is not loaded there (%s); load it with `redlock functions load -u URL` or "
+                   "`redis-cli -x FUNCTION LOAD < " FUNCTIONS_FILE "`",
+                   node_desc(c, i), functions[id].name, why);
+}
+
+enum { FB_NONE, FB_SENT, FB_FAILED };
+
+/* An error a script request gets over by another way to run it: NOSCRIPT
+ * (EVAL loads it), NOPERM in auto mode (FCALL instead), a function not
+ * loaded (FUNCTION LOAD, then FCALL again). FB_SENT: the request went out
+ * again; FB_FAILED: the node's error is set; FB_NONE: not such an error. */
+static int script_fallback(redlock *l, size_t i, int id, const resp_reply *r)
+{
+    redlock_client *c = l->c;
+    nres *nd = &l->res[i];
+    const char *what = "script";
+    int rc;
+    if (id == S_PROBE || r->type != RESP_ERROR)
+        return FB_NONE;
+    if (!nd->via.eval && error_starts(r, "NOSCRIPT")) {
+        nd->via.eval = 1; /* not cached there (restart, SCRIPT FLUSH): EVAL loads it */
+        rc = send_request(l, i, -1);
+    } else if (!nd->via.fcall && !nd->via.noperm && c->opts.scripts == REDLOCK_SCRIPTS_AUTO &&
+               error_starts(r, "NOPERM")) {
+        nd->via.noperm = 1; /* EVAL is not permitted there: FCALL, if the library is loaded */
+        what = "function";
+        rc = send_request(l, i, -1);
+    } else if (nd->via.fcall && error_starts(r, "ERR Function not found")) {
+        if (nd->via.loaded) {
+            function_missing(l, i, id);
+            return FB_FAILED;
+        }
+        nd->via.loaded = 1; /* not there (never loaded, a restart, FUNCTION FLUSH): load it */
+        what = "function library";
+        rc = queue_load(l, i);
+        if (rc == RESP_OK)
+            rc = send_request(l, i, -1);
+    } else {
+        return FB_NONE;
+    }
+    if (rc == RESP_OK)
+        return FB_SENT;
+    node_error(l, i, rc, 0, "%s: cannot queue the %s %s: %s", node_desc(c, i), scripts[id].name,
+               what, redlock_strerror(rc));
+    return FB_FAILED;
+}
+
+/* How many bytes of a server's error text s[0..len) to show in room bytes:
+ * all of it, or (*more = "...") up to the end of the last word that leaves
+ * room for the ellipsis, so a word is never cut. */
+static int words_within(const char *s, size_t len, size_t room, const char **more)
+{
+    *more = "";
+    if (len <= room)
+        return (int)len;
+    *more = "...";
+    size_t cut = room > 3 ? room - 3 : 0, end = cut;
+    while (end > 0 && s[end] != ' ')
+        end--;
+    while (end > 0 && s[end - 1] == ' ')
+        end--;
+    return (int)(end > 0 ? end : cut); /* one word longer than the room: cut it */
+}
+
+/* Any other error reply: a cluster redirect or a retry after a short wait,
+ * else the node's error, quoted whole if it fits the message. 1 when the
+ * request went out again (or will). */
+static int error_reply(redlock *l, size_t i, const resp_reply *r)
+{
+    nres *nd = &l->res[i];
+    if (cluster_redirect(l, i, r))
+        return 1;
+    int busy = starts_with(r, "TRYAGAIN") || starts_with(r, "CLUSTERDOWN");
+    if (nd->state == N_PENDING && busy && cluster_retry(l, i))
+        return 1;
+    if (nd->state == N_PENDING) {
+        const char *desc = node_desc(l->c, i);
+        const char *pre = nd->via.noperm ? "EVALSHA: NOPERM; FCALL: " : "", *more;
+        size_t used = strlen(desc) + 2 + strlen(pre) + 1; /* ": " and the NUL */
+        int n = words_within(r->str, r->len, sizeof l->nerr > used ? sizeof l->nerr - used : 0,
+                             &more);
+        node_error(l, i, starts_with(r, "NOAUTH") ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
+                   busy || transient_error(r), "%s: %s%.*s%s", desc, pre, n, r->str, more);
+    }
+    return 0;
+}
+
+/* Node i's request failed (net.c says why). One that ran into the round's
+ * cap says which limit that was: the lease (an acquire or refresh is
+ * worth nothing after it) or the wait. */
+static void request_failed(redlock *l, size_t i, int status)
+{
+    redlock_client *c = l->c;
+    const char *why = net_conn_errstr(c->nodes[i].sh[l->res[i].route.shard].cmd);
+    int transient = status == REDLOCK_ERR_IO || status == REDLOCK_ERR_TIMEOUT;
+    if (status != REDLOCK_ERR_TIMEOUT || !l->op.cap || c->now < l->op.cap)
+        node_error(l, i, status, transient, "%s", why);
+    else if (l->op.phase == PH_PROBE)
+        node_error(l, i, status, transient, "%s: no reply before the wait ran out",
+                   node_desc(c, i));
+    else
+        node_error(l, i, status, transient,
+                   "%s: no reply within the lock's TTL of %" PRIu32 " ms (an answer after it "
+                   "would hold nothing)",
+                   node_desc(c, i), l->lease.ttl);
+}
+
+/* A node's answer to l's current round: a reply, or a failure status.
+ * Returns -1 when the reply had the wrong shape: the connection is out of
+ * step and must not be used further. */
+static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp_reply *r)
+{
+    redlock_client *c = l->c;
+    nres *nd = &l->res[i];
+    int id = (int)(kind & 0xff), bad = 0, fb;
+    if (nd->final)
+        return 0;
+    if (id == K_LOAD) {
+        load_answered(c, i, status, r);
+        return 0; /* the FCALL queued behind it answers for the node */
+    }
+    if (id == K_WAIT) {
+        on_wait(l, i, kind >> 8, status, r);
+        settle(l, i);
+        return 0;
+    }
+    nd->inflight--;
+    if (nd->state != N_PENDING) {
+        settle(l, i);
+        return 0;
+    }
+    if (status != RESP_OK) {
+        if (!cluster_retry(l, i))
+            request_failed(l, i, status);
+    } else if ((fb = script_fallback(l, i, id, r)) != FB_NONE) {
+        if (fb == FB_SENT)
+            return 0;
+    } else if (r->type == RESP_ERROR) {
+        if (error_reply(l, i, r))
+            return 0;
+    } else if (decode(nd, id != S_PROBE ? scripts[id].shape : c->opts.fair ? R_HEAD : R_INT, r,
+                      l) != 0) {
+        node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: unexpected reply to the %s",
+                   node_desc(c, i), req_name(c, id));
+        bad = -1;
+    } else {
+        nd->state = N_OK;
+        if (nd->via.fcall)
+            c->nodes[i].fn.fcall = 1; /* auto mode: FCALL works where EVALSHA may not run */
+        if (id == S_ACQUIRE || id == S_FAIR)
+            nd->ans.young = young_ms(l, i);
+    }
+    settle(l, i);
+    return bad;
+}
+
+/* ---- what the nodes said ---- */
+
+typedef struct tally {
+    size_t ok, err;
+    int transient; /* every error is worth waiting out */
+} tally;
+
+static tally count_nodes(const nres *res, size_t n)
+{
+    tally t = {0, 0, 1};
+    for (size_t i = 0; i < n; i++) {
+        if (res[i].state == N_OK)
+            t.ok++;
+        else if (res[i].state == N_ERR) {
+            t.err++;
+            if (!res[i].transient)
+                t.transient = 0;
+        }
+    }
+    return t;
+}
+
+/* The status and message for an operation that failed on too many nodes:
+ * the first node's error and, for a quorum, how many nodes answered. */
+static int fail_nodes(redlock *l, const char *op, tally t)
+{
+    redlock_client *c = l->c;
+    char nm[64];
+    int st = REDLOCK_ERR_IO;
+    for (size_t i = 0; i < c->n; i++)
+        if (l->res[i].state == N_ERR) {
+            st = l->res[i].status;
+            break;
+        }
+    if (c->n == 1)
+        return lerr(l, st, "%s '%s': %s", op, shown(l, nm, sizeof nm),
+                    l->nerr[0] ? l->nerr : "failed");
+    return lerr(l, st, "%s '%s': only %zu of %zu nodes answered (quorum %zu); first error: %s", op,
+                shown(l, nm, sizeof nm), t.ok, c->n, c->quorum, l->nerr[0] ? l->nerr : "none");
+}
+
+/* Nodes where this operation's write holds the lock: to release on failure. */
+static uint32_t taken_nodes(const redlock *l)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < l->c->n; i++)
+        if (l->res[i].hold.acq || l->res[i].hold.landed)
+            m |= bit(i);
+    return m;
+}
+
+/* ==== 5. Redis Cluster ==================================================================
+ * A cluster member routes each lock by its key's hash slot to the primary
+ * serving it (one shard per primary met so far). MOVED updates the slot
+ * map and sends the request there; ASK sends it once to the importing
+ * node after ASKING; TRYAGAIN, CLUSTERDOWN and a lost primary are retried
+ * after a short wait while the request's patience lasts. The whole map
+ * (CLUSTER SLOTS) is read at the first turn and again after a MOVED.
+ */
+
+static void timer_rearm_round(redlock *l); /* 4 */
 
 /* CRC16-CCITT (XMODEM), as Redis Cluster computes key slots. */
 static uint16_t crc16(const char *p, size_t n)
@@ -846,25 +1863,38 @@ static uint16_t crc16(const char *p, size_t n)
     return crc;
 }
 
-/* The hash slot of a key: the first {...} with something inside, if any. */
-static uint16_t key_slot(const char *k, size_t n)
+/* The hash tag of a key: what is inside its first {...} when that holds
+ * something. 1 and *tag, *tlen; 0 when there is none. */
+static int hash_tag(const char *k, size_t n, const char **tag, size_t *tlen)
 {
     const char *open = memchr(k, '{', n);
-    if (open) {
-        const char *close = memchr(open + 1, '}', n - (size_t)(open + 1 - k));
-        if (close && close > open + 1)
-            return (uint16_t)(crc16(open + 1, (size_t)(close - open - 1)) & (NSLOTS - 1));
-    }
+    if (!open)
+        return 0;
+    const char *close = memchr(open + 1, '}', n - (size_t)(open + 1 - k));
+    if (!close || close == open + 1)
+        return 0;
+    *tag = open + 1;
+    *tlen = (size_t)(close - open - 1);
+    return 1;
+}
+
+/* The hash slot of a key: its hash tag's, or the whole key's. */
+static uint16_t key_slot(const char *k, size_t n)
+{
+    const char *tag;
+    size_t tlen;
+    if (hash_tag(k, n, &tag, &tlen))
+        return (uint16_t)(crc16(tag, tlen) & (NSLOTS - 1));
     return (uint16_t)(crc16(k, n) & (NSLOTS - 1));
 }
 
 /* The shard of node i that serves slot (the first seed while unknown). */
 static size_t route(const redlock_client *c, size_t i, uint16_t slot)
 {
-    const node *m = &c->nodes[i];
-    if (!m->cluster || m->slots[slot] < 0)
+    const cluster *cl = c->nodes[i].cl;
+    if (!cl || cl->slots[slot] < 0)
         return 0;
-    return (size_t)m->slots[slot];
+    return (size_t)cl->slots[slot];
 }
 
 static int add_shard(redlock_client *c, size_t i, const net_url *u)
@@ -874,8 +1904,6 @@ static int add_shard(redlock_client *c, size_t i, const net_url *u)
     memset(sh, 0, sizeof *sh);
     if (net_conn_new(&sh->cmd, u, &m->opts) != RESP_OK)
         return -1;
-    net_url_describe(u, sh->desc, sizeof sh->desc);
-    c->nshards++;
     return (int)m->nsh++;
 }
 
@@ -897,21 +1925,25 @@ static int shard_at(redlock_client *c, size_t i, size_t asked, const char *host,
             return (int)j;
     }
     net_url u;
-    if (m->nsh == MAX_SHARDS || net_url_at(&u, &m->url, host, hl, port, pl) != RESP_OK)
+    if (m->nsh == MAX_SHARDS || net_url_at(&u, &m->cl->url, host, hl, port, pl) != RESP_OK)
         return -1;
     int j = add_shard(c, i, &u);
     memset(u.password, 0, sizeof u.password);
     return j;
 }
 
-/* "MOVED 3999 10.0.0.5:6380" (or ASK): the slot and the new address. The
- * host may be an IPv6 address (the port follows the last ':') or empty. */
-static int parse_redirect(const resp_reply *r, size_t wl, unsigned *slot, const char **host,
-                          size_t *hl, const char **port, size_t *pl)
+/* "MOVED 3999 10.0.0.5:6380" or "ASK ...", answered by shard `asked` of
+ * node i: the slot, and the shard at the new address (made if new). The
+ * host may be an IPv6 address (the port follows the last ':') or empty
+ * (the host that answered). 0, or -1 when malformed or the address is bad. */
+static int redirect_target(redlock_client *c, size_t i, size_t asked, const resp_reply *r,
+                           unsigned *slot, int *shard)
 {
-    const char *p = r->str + wl, *end = r->str + r->len;
+    const char *p = r->str, *end = r->str + r->len;
     unsigned v = 0;
     int digits = 0;
+    while (p < end && *p != ' ')
+        p++; /* the word: MOVED or ASK */
     while (p < end && *p == ' ')
         p++;
     for (; p < end && *p >= '0' && *p <= '9' && digits < 6; p++, digits++)
@@ -925,351 +1957,26 @@ static int parse_redirect(const resp_reply *r, size_t wl, unsigned *slot, const 
     if (!colon || colon + 1 >= end || end - (colon + 1) > 5)
         return -1;
     *slot = v;
-    *host = addr;
-    *hl = (size_t)(colon - addr);
-    *port = colon + 1;
-    *pl = (size_t)(end - colon - 1);
-    return 0;
+    *shard = shard_at(c, i, asked, addr, (size_t)(colon - addr), colon + 1,
+                      (size_t)(end - colon - 1));
+    return *shard < 0 ? -1 : 0;
 }
-
-/* ---- scripts on nodes --------------------------------------------------------------- */
-
-/* Fair mode: each waiter listens on a channel of its own, the prefix plus
- * its owner value (redlock:NAME: on plain nodes, {NAME}:freed: on a
- * cluster, in the lock's slot); a release tells only the next in line. */
-static void waiter_prefix(const redlock *l, int sharded, const char **p, size_t *n)
-{
-    *p = sharded ? l->wlisten_s : l->wlisten;
-    *n = sharded ? l->fencelen + 1 : l->chlen + 1;
-}
-
-/* The KEYS and ARGV of script id for l, from its fields and the operation's
- * parameters (repair, token, place in line). Returns how many. */
-static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
-{
-    const char *fencing = l->c->opts.fencing ? "1" : "0";
-#define ARG(s, n) (kv[k] = (s), kl[k] = (n), k++)
-    int k = 0;
-    switch (id) {
-    case S_ACQUIRE:
-        ARG(l->name, l->namelen), ARG(l->fence_key, l->fencelen);
-        ARG(l->value, l->vlen), ARG(l->ttl_str, strlen(l->ttl_str)), ARG(fencing, 1);
-        break;
-    case S_FAIR:
-        ARG(l->name, l->namelen), ARG(l->fence_key, l->fencelen);
-        ARG(l->queue_key, l->fencelen), ARG(l->alive_key, l->fencelen);
-        ARG(l->value, l->vlen), ARG(l->ttl_str, strlen(l->ttl_str)), ARG(fencing, 1);
-        ARG(l->waiting ? "1" : "0", 1), ARG(l->score_str, strlen(l->score_str));
-        ARG(l->lease_str, strlen(l->lease_str));
-        break;
-    case S_DEQUEUE:
-    case S_DEQUEUE_SHARDED:
-        ARG(l->queue_key, l->fencelen), ARG(l->alive_key, l->fencelen), ARG(l->name, l->namelen);
-        ARG(l->value, l->vlen), waiter_prefix(l, id == S_DEQUEUE_SHARDED, kv + k, kl + k), k++;
-        break;
-    case S_RELEASE_FAIR:
-    case S_RELEASE_FAIR_SHARDED:
-        ARG(l->name, l->namelen), ARG(l->queue_key, l->fencelen), ARG(l->alive_key, l->fencelen);
-        ARG(l->value, l->vlen), waiter_prefix(l, id == S_RELEASE_FAIR_SHARDED, kv + k, kl + k), k++;
-        break;
-    case S_RELEASE:
-        ARG(l->name, l->namelen), ARG(l->value, l->vlen), ARG(l->channel, l->chlen);
-        break;
-    case S_RELEASE_SHARDED:
-        ARG(l->name, l->namelen), ARG(l->wake_key, l->fencelen), ARG(l->value, l->vlen);
-        break;
-    case S_REFRESH:
-        ARG(l->name, l->namelen), ARG(l->value, l->vlen), ARG(l->ttl_str, strlen(l->ttl_str));
-        ARG(l->repair ? "1" : "0", 1);
-        break;
-    case S_RAISE:
-        ARG(l->fence_key, l->fencelen), ARG(l->tok_str, strlen(l->tok_str));
-        break;
-    case S_STATUS:
-        ARG(l->name, l->namelen), ARG(l->fence_key, l->fencelen);
-        break;
-    }
-#undef ARG
-    return k;
-}
-
-/* What request id is called in messages. */
-static const char *req_name(const redlock_client *c, int id)
-{
-    if (id == S_PROBE)
-        return c->opts.fair ? "probe (ZRANGE of the line)" : "probe (PTTL)";
-    return scripts[id].name;
-}
-
-/* Node i's version of script id: on a cluster, wake-ups use shard
- * channels; in fair mode a release tells only the next waiter. */
-static int script_for(const redlock_client *c, size_t i, int id)
-{
-    int sharded = c->nodes[i].cluster && c->nodes[i].sharded;
-    if (id == S_RELEASE && c->opts.fair)
-        return sharded ? S_RELEASE_FAIR_SHARDED : S_RELEASE_FAIR;
-    if (!sharded)
-        return id;
-    return id == S_RELEASE ? S_RELEASE_SHARDED : id == S_DEQUEUE ? S_DEQUEUE_SHARDED : id;
-}
-
-/* Queue EVALSHA (or EVAL) of script id for l on shard j of node i, or
- * FCALL of its function where the node takes FCALL (or this request's
- * EVALSHA met NOPERM in auto mode). owner NULL: a request nobody waits for
- * (EVAL, or FCALL: it cannot fall back). */
-static int queue_script(redlock *l, size_t i, size_t j, int id, int eval, void *owner,
-                        uint32_t kind, int64_t cap)
-{
-    if (id == S_PROBE) {
-        int fair = l->c->opts.fair;
-        const char *pv[4] = {fair ? "ZRANGE" : "PTTL", fair ? l->queue_key : l->name, "0", "0"};
-        size_t pl[4] = {fair ? 6 : 4, fair ? l->fencelen : l->namelen, 1, 1};
-        net_tag ptag = {owner, l->seq, kind};
-        if (owner)
-            l->res[i].fcall = 0;
-        return net_conn_request(l->c->nodes[i].sh[j].cmd, fair ? 4 : 2, pv, pl, ptag, cap,
-                                l->c->now);
-    }
-    const script *s = &scripts[id];
-    const char *argv[3 + MAX_SCRIPT_ARGS];
-    size_t lens[3 + MAX_SCRIPT_ARGS];
-    char nk[2] = {(char)('0' + s->nkeys), '\0'};
-    int k = script_args(l, id, argv + 3, lens + 3);
-    if (k != s->nkeys + s->nargs)
-        return RESP_ERR_ARG; /* the table and script_args disagree: a bug */
-
-    int fcall = l->c->fn[i].fcall || (owner && l->res[i].noperm);
-    eval |= owner == NULL;
-    if (fcall) {
-        argv[0] = id == S_STATUS ? "FCALL_RO" : "FCALL";
-        argv[1] = functions[id].name;
-    } else {
-        argv[0] = eval ? "EVAL" : "EVALSHA";
-        argv[1] = eval ? s->lua : s->sha;
-    }
-    if (owner)
-        l->res[i].fcall = (uint8_t)fcall;
-    lens[0] = strlen(argv[0]);
-    lens[1] = strlen(argv[1]);
-    argv[2] = nk;
-    lens[2] = 1;
-    net_tag tag = {owner, l->seq, kind};
-    return net_conn_request(l->c->nodes[i].sh[j].cmd, 3 + k, argv, lens, tag, cap, l->c->now);
-}
-
-/* A request nobody waits for: l's script id on node i, routed by slot
- * (the release of a cancelled acquire, leaving a fair queue). */
-static void queue_orphan(redlock *l, size_t i, int id)
-{
-    id = script_for(l->c, i, id);
-    queue_script(l, i, route(l->c, i, l->slot), id, 1, NULL, (uint32_t)id, 0);
-}
-
-static void node_error(redlock *l, size_t i, int status, int transient, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void node_error(redlock *l, size_t i, int status, int transient, const char *fmt, ...)
-{
-    nres *nd = &l->res[i];
-    nd->state = N_ERR;
-    nd->status = (uint8_t)status;
-    nd->transient = (uint8_t)transient;
-    if (i < l->nerr_idx) { /* the lowest node's error explains the failure */
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(l->nerr, sizeof l->nerr, fmt, ap);
-        va_end(ap);
-        l->nerr_idx = i;
-    }
-}
-
-/* Tag kinds: a script id, or one of these; the attempt rides above. */
-enum { K_WAIT = 0xf0, K_LISTEN = 0xf1, K_SLOTS = 0xf2, K_LOAD = 0xf3 };
-#define KIND(id, attempt) ((uint32_t)(id) | (uint32_t)(attempt) << 8)
-
-/* The function library's text, made once per client when first needed. */
-static int library_code(redlock_client *c)
-{
-    if (c->fn_code)
-        return RESP_OK;
-    size_t n = library_text(NULL, 0);
-    c->fn_code = resp_alloc(n + 1);
-    if (!c->fn_code)
-        return RESP_ERR_NOMEM;
-    library_text(c->fn_code, n + 1);
-    c->fn_code_len = n;
-    return RESP_OK;
-}
-
-/* Queue FUNCTION LOAD of the library for l on node i's shard that serves
- * l's slot, as EVAL loads a script on NOSCRIPT. Never REPLACE: a library
- * of that name already there (another version's code, or someone else's)
- * stays as it is. */
-static int queue_load(redlock *l, size_t i)
-{
-    redlock_client *c = l->c;
-    int rc = library_code(c);
-    if (rc != RESP_OK)
-        return rc;
-    const char *argv[3] = {"FUNCTION", "LOAD", c->fn_code};
-    size_t lens[3] = {8, 4, c->fn_code_len};
-    net_tag tag = {l, l->seq, K_LOAD};
-    return net_conn_request(c->nodes[i].sh[route(c, i, l->slot)].cmd, 3, argv, lens, tag,
-                            l->cap, c->now);
-}
-
-static int writes(int id)
-{
-    return id == S_ACQUIRE || id == S_FAIR || id == S_REFRESH || id == S_RAISE;
-}
-
-/* Send node i's request of the round: to the shard serving the lock's
- * slot, or after ASKING to shard `ask`; with wait_replicas, a WAIT right
- * behind a write on the same connection. */
-static int send_request(redlock *l, size_t i, int ask)
-{
-    redlock_client *c = l->c;
-    nres *nd = &l->res[i];
-    size_t j = ask >= 0 ? (size_t)ask : route(c, i, l->slot);
-    net_conn *conn = c->nodes[i].sh[j].cmd;
-    if (ask >= 0) {
-        static const char *const asking[1] = {"ASKING"};
-        static const size_t asking_len[1] = {6};
-        net_tag none = {NULL, 0, 0};
-        if (net_conn_request(conn, 1, asking, asking_len, none, l->cap, c->now) != RESP_OK)
-            return REDLOCK_ERR_NOMEM;
-    }
-    nd->attempt++;
-    int rc = queue_script(l, i, j, nd->id, nd->eval, l, KIND(nd->id, nd->attempt), l->cap);
-    if (rc != RESP_OK)
-        return rc;
-    nd->pending++;
-    nd->shard = (uint16_t)j;
-    if (c->opts.wait_replicas > 0 && writes(nd->id)) {
-        char num[16], ms[16];
-        int wait_ms = c->opts.io_timeout_ms / 2; /* leaves time for the reply */
-        const char *argv[3] = {"WAIT", num, ms};
-        size_t lens[3] = {4, (size_t)snprintf(num, sizeof num, "%d", c->opts.wait_replicas),
-                          (size_t)snprintf(ms, sizeof ms, "%d", wait_ms > 0 ? wait_ms : 1)};
-        net_tag tag = {l, l->seq, KIND(K_WAIT, nd->attempt)};
-        if (net_conn_request(conn, 3, argv, lens, tag, l->cap, c->now) != RESP_OK)
-            return REDLOCK_ERR_NOMEM;
-        nd->pending++;
-    }
-    return REDLOCK_OK;
-}
-
-/* Node i's part of the round may be over: count it once. */
-static void advance(redlock *l);
-static void settle(redlock *l, size_t i)
-{
-    nres *nd = &l->res[i];
-    if (nd->final || nd->pending || nd->retry_at || nd->state == N_PENDING)
-        return;
-    nd->final = 1;
-    if (--l->outstanding == 0)
-        advance(l);
-}
-
-/* Send script id to the nodes in mask, all at once. Requests never wait
- * past cap (0: no cap beyond io_timeout_ms). */
-static void round_start(redlock *l, int phase, int id, uint32_t mask, int64_t cap)
-{
-    redlock_client *c = l->c;
-    int64_t patience = c->now + ms_ns(c->opts.io_timeout_ms + c->opts.connect_timeout_ms);
-    l->phase = (uint8_t)phase;
-    l->seq++;
-    l->outstanding = 0;
-    l->cap = cap;
-    l->nerr_idx = c->n;
-    l->nerr[0] = '\0';
-    for (size_t i = 0; i < c->n; i++) {
-        nres *nd = &l->res[i];
-        memset(nd, 0, offsetof(nres, acq)); /* the acq marks outlive a round */
-        nd->state = N_SKIP;
-        nd->final = 1;
-        if (!(mask & bit(i)))
-            continue;
-        nd->state = N_PENDING;
-        nd->final = 0;
-        nd->id = (uint8_t)script_for(c, i, id);
-        nd->until = cap && cap < patience ? cap : patience;
-        l->outstanding++;
-        int rc = send_request(l, i, -1);
-        if (rc != RESP_OK) {
-            node_error(l, i, rc, 0, "%s: cannot queue the %s request: %s", c->nodes[i].desc,
-                       req_name(c, id), redlock_strerror(rc));
-            nd->final = 1;
-            l->outstanding--;
-        }
-    }
-    if (l->outstanding == 0)
-        mark_ready(l);
-}
-
-/* STATUS: {value or nil, pttl, counter or nil}. */
-static int decode_status(nres *nd, const resp_reply *r, const redlock *l)
-{
-    if (r->type != RESP_ARRAY || r->n != 3 || r[2].type != RESP_INTEGER ||
-        (r[1].type != RESP_BULK && r[1].type != RESP_NIL) ||
-        (r[3].type != RESP_BULK && r[3].type != RESP_NIL))
-        return -1;
-    nd->vhash = 0;
-    nd->ours = 0;
-    if (r[1].type == RESP_BULK) {
-        nd->vhash = hash_bytes(r[1].str, r[1].len);
-        nd->ours = r[1].len == l->vlen && memcmp(r[1].str, l->value, l->vlen) == 0;
-    }
-    nd->code = r[2].integer;
-    nd->val = 0;
-    if (r[3].type == RESP_BULK) {
-        uint64_t v = 0;
-        for (size_t k = 0; k < r[3].len && k < 20; k++) {
-            unsigned d = (unsigned char)r[3].str[k] - (unsigned)'0';
-            if (d > 9)
-                break;
-            v = v * 10 + d;
-        }
-        nd->val = (long long)v;
-    }
-    return 0;
-}
-
-/* One decoder per reply shape: an integer, a pair of integers, STATUS. */
-static int decode(nres *nd, int shape, const resp_reply *r, const redlock *l)
-{
-    switch (shape) {
-    case R_INT:
-        if (r->type != RESP_INTEGER)
-            return -1;
-        nd->code = r->integer;
-        nd->val = 0;
-        return 0;
-    case R_PAIR:
-        if (r->type != RESP_ARRAY || r->n != 2 || r[1].type != RESP_INTEGER ||
-            r[2].type != RESP_INTEGER)
-            return -1;
-        nd->code = r[1].integer;
-        nd->val = r[2].integer;
-        return 0;
-    case R_HEAD: /* the fair probe as PTTL would say it: -2 we may go, -1 another is first */
-        if (r->type != RESP_ARRAY || r->n > 1 || (r->n == 1 && r[1].type != RESP_BULK))
-            return -1;
-        nd->code = r->n == 1 && !(r[1].len == l->vlen && memcmp(r[1].str, l->value, l->vlen) == 0)
-                       ? -1
-                       : -2;
-        nd->val = 0;
-        return 0;
-    }
-    return decode_status(nd, r, l);
-}
-
-static void timer_rearm_round(redlock *l);
 
 static void map_soon(redlock_client *c, size_t i)
 {
-    node *m = &c->nodes[i];
-    if (m->cluster && (!m->map_due || m->map_due > c->now))
-        m->map_due = c->now;
+    cluster *cl = c->nodes[i].cl;
+    if (cl && (!cl->map_due || cl->map_due > c->now))
+        cl->map_due = c->now;
+}
+
+/* A MOVED answer (to a script or a subscribe): slot now lives on shard j.
+ * Other slots may have moved with it: read the map again soon. */
+static void slot_moved(redlock_client *c, size_t i, unsigned slot, int j)
+{
+    cluster *cl = c->nodes[i].cl;
+    cl->slots[slot] = (int16_t)j;
+    cl->moves++;
+    map_soon(c, i);
 }
 
 /* A cluster that cannot serve node i's request now (a primary gone, a
@@ -1280,11 +1987,11 @@ static int cluster_retry(redlock *l, size_t i)
 {
     redlock_client *c = l->c;
     nres *nd = &l->res[i];
-    int64_t wait = ms_ns(10) << (nd->tries < 4 ? nd->tries : 4);
-    if (!c->nodes[i].cluster || ++nd->tries > MAX_TRIES || c->now + wait >= nd->until)
+    int64_t wait = ms_ns(10) << (nd->route.tries < 4 ? nd->route.tries : 4);
+    if (!c->nodes[i].cl || ++nd->route.tries > MAX_TRIES || c->now + wait >= nd->route.until)
         return 0;
     map_soon(c, i);
-    nd->retry_at = c->now + wait;
+    nd->route.retry_at = c->now + wait;
     timer_rearm_round(l);
     return 1;
 }
@@ -1295,272 +2002,140 @@ static int cluster_retry(redlock *l, size_t i)
 static int cluster_redirect(redlock *l, size_t i, const resp_reply *r)
 {
     redlock_client *c = l->c;
-    node *m = &c->nodes[i];
     nres *nd = &l->res[i];
-    int moved = r->len > 6 && memcmp(r->str, "MOVED ", 6) == 0;
-    int ask = r->len > 4 && memcmp(r->str, "ASK ", 4) == 0;
+    int moved = starts_with(r, "MOVED "), ask = starts_with(r, "ASK ");
     unsigned slot;
-    const char *host, *port;
-    size_t hl, pl;
-    if (!m->cluster || !(moved || ask) || parse_redirect(r, moved ? 6 : 4, &slot, &host, &hl, &port, &pl))
+    int j;
+    if (!c->nodes[i].cl || !(moved || ask))
         return 0;
-    int j = shard_at(c, i, nd->shard, host, hl, port, pl);
-    if (j < 0 || ++nd->tries > MAX_TRIES) {
-        node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: %s, after %d redirects: %.*s", m->desc,
-                   j < 0 ? "a redirect to a bad address or too many nodes" : "too many redirects",
-                   nd->tries - 1, (int)(r->len > 100 ? 100 : r->len), r->str);
+    if (redirect_target(c, i, nd->route.shard, r, &slot, &j) != 0 || ++nd->route.tries > MAX_TRIES) {
+        node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: %s, after %d redirects: %.*s",
+                   node_desc(c, i),
+                   nd->route.tries <= MAX_TRIES ? "a redirect to a bad address or too many nodes"
+                                                : "too many redirects",
+                   nd->route.tries - 1, (int)(r->len > 100 ? 100 : r->len), r->str);
         return 0;
     }
-    if (moved) {
-        m->slots[slot] = (int16_t)j;
-        m->moves++;
-        map_soon(c, i); /* one slot moved: others may have too */
-    }
-    if (send_request(l, i, ask ? j : -1) != REDLOCK_OK)
-        return 0;
-    return 1;
+    if (moved)
+        slot_moved(c, i, slot, j);
+    return send_request(l, i, ask ? j : -1) == REDLOCK_OK;
 }
 
-/* The reply to a WAIT behind node i's write: too few replicas fail the
- * node (its write stays: a failed acquire releases it there). */
-static void on_wait(redlock *l, size_t i, unsigned attempt, int status, const resp_reply *r)
+/* ---- the slot map ---- */
+
+/* Ask one of cluster node i's shards (in turn) for CLUSTER SLOTS. */
+static void map_ask(redlock_client *c, size_t i)
 {
-    redlock_client *c = l->c;
-    nres *nd = &l->res[i];
-    nd->pending--;
-    if (attempt != nd->attempt || nd->state != N_OK || (nd->code != 1 && nd->code != 2 && nd->id != S_RAISE))
+    node *m = &c->nodes[i];
+    static const char *const argv[2] = {"CLUSTER", "SLOTS"};
+    static const size_t lens[2] = {7, 5};
+    size_t j = m->cl->map_next++ % m->nsh;
+    net_tag tag = {m, 0, K_SLOTS};
+    m->cl->map_due = 0;
+    if (net_conn_request(m->sh[j].cmd, 2, argv, lens, tag, 0, c->now) != RESP_OK) {
+        m->cl->map_due = c->now + ms_ns(100);
         return;
-    if (status == RESP_OK && r->type == RESP_INTEGER && r->integer >= c->opts.wait_replicas)
-        return;
-    nd->landed = 1;
-    if (status != RESP_OK)
-        node_error(l, i, status, 1, "%s: WAIT: %s", c->nodes[i].desc,
-                   net_conn_errstr(c->nodes[i].sh[nd->shard].cmd));
-    else
-        node_error(l, i, REDLOCK_ERR_TIMEOUT, 1,
-                   "%s: only %lld of %d replicas acknowledged the write in time (wait_replicas)",
-                   c->nodes[i].desc, r->type == RESP_INTEGER ? r->integer : -1LL,
-                   c->opts.wait_replicas);
-}
-
-static int error_starts(const resp_reply *r, const char *prefix)
-{
-    size_t n = strlen(prefix);
-    return r->type == RESP_ERROR && r->len >= n && memcmp(r->str, prefix, n) == 0;
-}
-
-/* What FUNCTION LOAD answered on node i, kept for the FCALL queued behind it. */
-static void load_answered(redlock_client *c, size_t i, int status, const resp_reply *r)
-{
-    node_fn *f = &c->fn[i];
-    if (status != RESP_OK)
-        snprintf(f->load_err, sizeof f->load_err, "%s", redlock_strerror(status));
-    else if (r->type == RESP_ERROR)
-        snprintf(f->load_err, sizeof f->load_err, "%.*s",
-                 (int)(r->len < sizeof f->load_err ? r->len : sizeof f->load_err - 1), r->str);
-    else
-        f->load_err[0] = '\0';
-}
-
-/* FCALL found no function even after our FUNCTION LOAD: say why, and how
- * an administrator loads the library. */
-static void function_missing(redlock *l, size_t i, int id)
-{
-    redlock_client *c = l->c;
-    const char *le = c->fn[i].load_err;
-    char why[128];
-    if (strncmp(le, "NOPERM", 6) == 0)
-        snprintf(why, sizeof why, "this user may not load it: NOPERM");
-    else if (strncmp(le, "ERR Library", 11) == 0 && strstr(le, "already exists"))
-        snprintf(why, sizeof why,
-                 "a library of that name with other code is there, never replaced");
-    else
-        snprintf(why, sizeof why, "FUNCTION LOAD: %s", le[0] ? le : "no error, yet no function");
-    if (l->res[i].noperm)
-        node_error(l, i, REDLOCK_ERR_SERVER, 0,
-                   "%s: NOPERM: this user may not run EVALSHA, and the function library "
-                   FUNCTIONS_LIBRARY " for FCALL is not loaded there (%s); load it with "
-                   "`redlock functions load -u URL` or `redis-cli -x FUNCTION LOAD < "
-                   FUNCTIONS_FILE "`",
-                   c->nodes[i].desc, why);
-    else
-        node_error(l, i, REDLOCK_ERR_SERVER, 0,
-                   "%s: function %s not found: the library " FUNCTIONS_LIBRARY
-                   " is not loaded there (%s); load it with `redlock functions load -u URL` or "
-                   "`redis-cli -x FUNCTION LOAD < " FUNCTIONS_FILE "`",
-                   c->nodes[i].desc, functions[id].name, why);
-}
-
-enum { FB_NONE, FB_SENT, FB_FAILED };
-
-/* An error a script request gets over by another way to run it: NOSCRIPT
- * (EVAL loads it), NOPERM in auto mode (FCALL instead), a function not
- * loaded (FUNCTION LOAD, then FCALL again). FB_SENT: the request went out
- * again; FB_FAILED: the node's error is set; FB_NONE: not such an error. */
-static int script_fallback(redlock *l, size_t i, int id, const resp_reply *r)
-{
-    redlock_client *c = l->c;
-    nres *nd = &l->res[i];
-    const char *what = "script";
-    int rc;
-    if (id == S_PROBE || r->type != RESP_ERROR)
-        return FB_NONE;
-    if (!nd->eval && error_starts(r, "NOSCRIPT")) {
-        nd->eval = 1; /* not cached there (restart, SCRIPT FLUSH): EVAL loads it */
-        rc = send_request(l, i, -1);
-    } else if (!nd->fcall && !nd->noperm && c->opts.scripts == REDLOCK_SCRIPTS_AUTO &&
-               error_starts(r, "NOPERM")) {
-        nd->noperm = 1; /* EVAL is not permitted there: FCALL, if the library is loaded */
-        what = "function";
-        rc = send_request(l, i, -1);
-    } else if (nd->fcall && error_starts(r, "ERR Function not found")) {
-        if (nd->loaded) {
-            function_missing(l, i, id);
-            return FB_FAILED;
-        }
-        nd->loaded = 1; /* not there (never loaded, a restart, FUNCTION FLUSH): load it */
-        what = "function library";
-        rc = queue_load(l, i);
-        if (rc == RESP_OK)
-            rc = send_request(l, i, -1);
-    } else {
-        return FB_NONE;
     }
-    if (rc == RESP_OK)
-        return FB_SENT;
-    node_error(l, i, rc, 0, "%s: cannot queue the %s %s: %s", c->nodes[i].desc, scripts[id].name,
-               what, redlock_strerror(rc));
-    return FB_FAILED;
+    m->cl->map_busy = 1;
+    m->cl->map_moves = m->cl->moves;
 }
 
-/* Any other error reply: a cluster redirect or a retry after a short wait,
- * else the node's error. 1 when the request went out again (or will). */
-static int error_reply(redlock *l, size_t i, const resp_reply *r)
+/* One CLUSTER SLOTS entry: {start, end, {host, port, ...} (the primary),
+ * replicas...}. 0, or -1 if malformed. */
+static int map_entry(redlock_client *c, size_t i, size_t asked, const resp_reply *e)
 {
-    nres *nd = &l->res[i];
-    if (cluster_redirect(l, i, r))
-        return 1;
-    int busy = r->len >= 8 && (memcmp(r->str, "TRYAGAIN", 8) == 0 ||
-                               (r->len >= 11 && memcmp(r->str, "CLUSTERDOWN", 11) == 0));
-    if (nd->state == N_PENDING && busy && cluster_retry(l, i))
-        return 1;
-    if (nd->state == N_PENDING) {
-        int auth = r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0;
-        node_error(l, i, auth ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
-                   busy || transient_error(r->str, r->len), "%s: %s%.*s", l->c->nodes[i].desc,
-                   nd->noperm ? "EVALSHA: NOPERM; FCALL: " : "",
-                   (int)(r->len > 120 ? 120 : r->len), r->str);
-    }
+    cluster *cl = c->nodes[i].cl;
+    const resp_reply *p = e + 3;
+    if (e->type != RESP_ARRAY || e->n < 3 || e[1].type != RESP_INTEGER ||
+        e[2].type != RESP_INTEGER || p->type != RESP_ARRAY || p->n < 2 ||
+        (p[1].type != RESP_BULK && p[1].type != RESP_NIL) || p[2].type != RESP_INTEGER)
+        return -1;
+    long long lo = e[1].integer, hi = e[2].integer, port = p[2].integer;
+    if (lo < 0 || hi >= NSLOTS || lo > hi || port <= 0 || port > 65535)
+        return -1;
+    char ps[8];
+    int pl = snprintf(ps, sizeof ps, "%lld", port);
+    int j = shard_at(c, i, asked, p[1].type == RESP_BULK ? p[1].str : "",
+                     p[1].type == RESP_BULK ? p[1].len : 0, ps, (size_t)pl);
+    if (j < 0)
+        return -1;
+    for (long long s = lo; s <= hi; s++)
+        cl->scratch[s] = (int16_t)j;
     return 0;
 }
 
-/* A node's answer to l's current round: a reply, or a failure status.
- * Returns -1 when the reply had the wrong shape: the connection is out of
- * step and must not be used further. */
-static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp_reply *r)
+/* The CLUSTER SLOTS reply from shard j of node i. A map that a MOVED
+ * overtook meanwhile is dropped (and asked for again): it may be older
+ * than what the MOVED said. */
+static void map_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r)
 {
-    redlock_client *c = l->c;
-    nres *nd = &l->res[i];
-    const char *desc = c->nodes[i].desc;
-    int id = (int)(kind & 0xff), bad = 0, fb;
-    if (nd->final)
-        return 0;
-    if (id == K_LOAD) {
-        load_answered(c, i, status, r);
-        return 0; /* the FCALL queued behind it answers for the node */
+    cluster *cl = c->nodes[i].cl;
+    cl->map_busy = 0;
+    if (status != RESP_OK || r->type != RESP_ARRAY || cl->moves != cl->map_moves) {
+        cl->map_due = c->now + ms_ns(status != RESP_OK || r->type != RESP_ARRAY ? 100 : 0);
+        return;
     }
-    if (id == K_WAIT) {
-        on_wait(l, i, kind >> 8, status, r);
-        settle(l, i);
-        return 0;
-    }
-    nd->pending--;
-    if (nd->state != N_PENDING) {
-        settle(l, i);
-        return 0;
-    }
-    if (status != RESP_OK) {
-        if (!cluster_retry(l, i))
-            node_error(l, i, status, status == REDLOCK_ERR_IO || status == REDLOCK_ERR_TIMEOUT,
-                       "%s", net_conn_errstr(c->nodes[i].sh[nd->shard].cmd));
-    } else if ((fb = script_fallback(l, i, id, r)) != FB_NONE) {
-        if (fb == FB_SENT)
-            return 0;
-    } else if (r->type == RESP_ERROR) {
-        if (error_reply(l, i, r))
-            return 0;
-    } else if (decode(nd, id != S_PROBE ? scripts[id].shape : c->opts.fair ? R_HEAD : R_INT, r,
-                      l) != 0) {
-        node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: unexpected reply to the %s", desc,
-                   req_name(c, id));
-        bad = -1;
-    } else {
-        nd->state = N_OK;
-        if (nd->fcall)
-            c->fn[i].fcall = 1; /* auto mode: FCALL works where EVALSHA may not run */
-    }
-    settle(l, i);
-    return bad;
-}
-
-/* Count what the round's nodes said. */
-typedef struct tally {
-    size_t ok, err;
-    int transient; /* every error is worth waiting out */
-} tally;
-
-static tally count_nodes(const redlock *l)
-{
-    tally t = {0, 0, 1};
-    for (size_t i = 0; i < l->c->n; i++) {
-        const nres *nd = &l->res[i];
-        if (nd->state == N_OK)
-            t.ok++;
-        else if (nd->state == N_ERR) {
-            t.err++;
-            if (!nd->transient)
-                t.transient = 0;
+    for (size_t s = 0; s < NSLOTS; s++)
+        cl->scratch[s] = -1;
+    const resp_reply *e = r + 1;
+    for (uint32_t k = 0; k < r->n; k++, e += e->span)
+        if (map_entry(c, i, j, e) != 0) {
+            cl->map_due = c->now + ms_ns(100); /* try another node */
+            return;
         }
-    }
-    return t;
+    memcpy(cl->slots, cl->scratch, NSLOTS * sizeof *cl->slots);
 }
 
-/* The status and message for an operation that failed on too many nodes:
- * the first node's error and, for a quorum, how many nodes answered. */
-static int fail_nodes(redlock *l, const char *op, tally t)
+static int map_known(const cluster *cl)
 {
-    redlock_client *c = l->c;
-    char nm[64];
-    int st = REDLOCK_ERR_IO;
-    for (size_t i = 0; i < c->n; i++)
-        if (l->res[i].state == N_ERR) {
-            st = l->res[i].status;
-            break;
-        }
-    l->transient = (uint8_t)t.transient;
-    if (c->n == 1)
-        return lerr(l, st, "%s '%s': %s", op, shown(l, nm, sizeof nm),
-                    l->nerr[0] ? l->nerr : "failed");
-    return lerr(l, st, "%s '%s': only %zu of %zu nodes answered (quorum %zu); first error: %s", op,
-                shown(l, nm, sizeof nm), t.ok, c->n, c->quorum, l->nerr[0] ? l->nerr : "none");
+    for (size_t s = 0; s < NSLOTS; s++)
+        if (cl->slots[s] >= 0)
+            return 1;
+    return 0;
 }
 
-static uint32_t all_nodes(const redlock_client *c)
+/* Node i as a cluster, from its URL: connection limits for CLUSTER SLOTS,
+ * an empty slot map to fill at the first turn, a shard per seed. -1 out of
+ * memory. */
+static int cluster_new(redlock_client *c, size_t i, const net_url *u, const net_seeds *seeds)
 {
-    return c->n >= 32 ? 0xffffffffu : bit(c->n) - 1;
+    node *m = &c->nodes[i];
+    cluster *cl = m->cl = resp_alloc_array(1, sizeof *cl);
+    if (!cl)
+        return -1;
+    /* CLUSTER SLOTS: an entry per slot range, nested three deep */
+    m->opts.limits.max_array = NSLOTS;
+    m->opts.max_elems = (size_t)NSLOTS * 16;
+    if (m->opts.max_reply < ((size_t)4 << 20))
+        m->opts.max_reply = (size_t)4 << 20;
+    cl->sharded = 1;
+    cl->url = *u;
+    cl->map_due = 1; /* at the first turn of the engine */
+    cl->slots = resp_alloc_array(NSLOTS, sizeof *cl->slots);
+    cl->scratch = resp_alloc_array(NSLOTS, sizeof *cl->scratch);
+    m->sh = resp_alloc_array(MAX_SHARDS, sizeof *m->sh);
+    if (!cl->slots || !cl->scratch || !m->sh)
+        return -1;
+    for (size_t s = 0; s < NSLOTS; s++)
+        cl->slots[s] = -1;
+    int rc = add_shard(c, i, u);
+    for (int k = 0; rc >= 0 && k < seeds->n; k++)
+        rc = shard_at(c, i, 0, seeds->at[k].host, strlen(seeds->at[k].host), seeds->at[k].port,
+                      strlen(seeds->at[k].port));
+    return rc < 0 ? -1 : 0;
 }
 
-/* Nodes where this operation's write holds the lock: to release on failure. */
-static uint32_t taken_nodes(const redlock *l)
+static void cluster_free(cluster *cl)
 {
-    uint32_t m = 0;
-    for (size_t i = 0; i < l->c->n; i++)
-        if (l->res[i].acq || l->res[i].landed)
-            m |= bit(i);
-    return m;
+    if (!cl)
+        return;
+    memset(cl->url.password, 0, sizeof cl->url.password);
+    resp_free(cl->slots);
+    resp_free(cl->scratch);
+    resp_free(cl);
 }
 
-/* ---- release channels and the listeners ------------------------------------------
+/* ==== 6. Channels =======================================================================
  * A waiter joins its lock's channel; the channel is subscribed on every
  * node's listener while it has local waiters (and a while after, see
  * chan_leave). A release message wakes the first local waiter: the
@@ -1571,17 +2146,43 @@ static uint32_t taken_nodes(const redlock *l)
  * Confirmations come back in the order of our (un)subscribe commands, one
  * per command, so counting them per node tells when a channel's state
  * there is settled. On a cluster the channel is a shard channel in the
- * lock's slot ({NAME}:freed), subscribed with
- * SSUBSCRIBE on the primary serving it; when the slot moves the server
- * drops the subscription and the first waiter tries again, which finds
- * the new owner and subscribes there.
+ * lock's slot ({NAME}:freed), subscribed with SSUBSCRIBE on the primary
+ * serving it; when the slot moves the server drops the subscription and
+ * the first waiter tries again, which finds the new owner and subscribes
+ * there. What a waiter does when woken is part 7's (waiter_woken,
+ * waiter_first, waiter_settled).
  */
 
-static chan *chan_find(const redlock_client *c, const char *name, size_t len, uint64_t h)
+static void waiter_woken(redlock *l);   /* 7 */
+static void waiter_first(redlock *l);
+static void waiter_settled(redlock *l);
+
+/* A release channel with local waiters, and its subscription per node. */
+struct chan {
+    chan *next;          /* hash chain by name, or the free list */
+    chan *snext;         /* hash chain by shard channel name     */
+    chan *iprev, *inext; /* c->chans.idle: subscribed, no waiter (oldest first) */
+    int idle;
+    char *name; /* the channel's name, then its shard channel form */
+    size_t len, slen, cap;
+    uint64_t hash, shash;
+    uint16_t slot;
+    redlock *head, *tail; /* waiters, in the order they began to wait */
+    struct {
+        uint8_t on;       /* the server confirmed our last (un)subscribe: on */
+        uint8_t sent_on;  /* what our last command asked for               */
+        uint8_t inflight; /* (un)subscribes not yet confirmed              */
+        uint8_t unsubs;   /* of which unsubscribes                         */
+        uint16_t shard;   /* the shard of the node that has them           */
+    } st[MAX_NODES];
+};
+
+static chan *chan_find(const redlock_client *c, const char *name, size_t len)
 {
-    if (c->nbuckets == 0)
+    uint64_t h = hash_bytes(name, len);
+    if (c->chans.nbuckets == 0)
         return NULL;
-    for (chan *ch = c->buckets[h & (c->nbuckets - 1)]; ch; ch = ch->next)
+    for (chan *ch = c->chans.buckets[h & (c->chans.nbuckets - 1)]; ch; ch = ch->next)
         if (ch->hash == h && ch->len == len && memcmp(ch->name, name, len) == 0)
             return ch;
     return NULL;
@@ -1590,9 +2191,9 @@ static chan *chan_find(const redlock_client *c, const char *name, size_t len, ui
 static chan *chan_find_shard(const redlock_client *c, const char *name, size_t len)
 {
     uint64_t h = hash_bytes(name, len);
-    if (c->nbuckets == 0)
+    if (c->chans.nbuckets == 0)
         return NULL;
-    for (chan *ch = c->sbuckets[h & (c->nbuckets - 1)]; ch; ch = ch->snext)
+    for (chan *ch = c->chans.sbuckets[h & (c->chans.nbuckets - 1)]; ch; ch = ch->snext)
         if (ch->shash == h && ch->slen == len && memcmp(ch->name + ch->len, name, len) == 0)
             return ch;
     return NULL;
@@ -1600,28 +2201,28 @@ static chan *chan_find_shard(const redlock_client *c, const char *name, size_t l
 
 static void chan_link(redlock_client *c, chan *ch)
 {
-    size_t b = ch->hash & (c->nbuckets - 1), sb = ch->shash & (c->nbuckets - 1);
-    ch->next = c->buckets[b];
-    c->buckets[b] = ch;
-    ch->snext = c->sbuckets[sb];
-    c->sbuckets[sb] = ch;
+    size_t mask = c->chans.nbuckets - 1;
+    ch->next = c->chans.buckets[ch->hash & mask];
+    c->chans.buckets[ch->hash & mask] = ch;
+    ch->snext = c->chans.sbuckets[ch->shash & mask];
+    c->chans.sbuckets[ch->shash & mask] = ch;
 }
 
 static int chan_grow_table(redlock_client *c)
 {
-    size_t nb = c->nbuckets ? c->nbuckets * 2 : 16;
+    size_t nb = c->chans.nbuckets ? c->chans.nbuckets * 2 : 16;
     chan **b = resp_alloc_array(nb, sizeof(chan *)), **sb = resp_alloc_array(nb, sizeof(chan *));
     if (!b || !sb) {
         resp_free(b);
         resp_free(sb);
         return -1;
     }
-    chan **old = c->buckets;
-    size_t oldn = c->nbuckets;
-    resp_free(c->sbuckets);
-    c->buckets = b;
-    c->sbuckets = sb;
-    c->nbuckets = nb;
+    chan **old = c->chans.buckets;
+    size_t oldn = c->chans.nbuckets;
+    resp_free(c->chans.sbuckets);
+    c->chans.buckets = b;
+    c->chans.sbuckets = sb;
+    c->chans.nbuckets = nb;
     for (size_t i = 0; i < oldn; i++)
         for (chan *ch = old[i], *next; ch; ch = next) {
             next = ch->next;
@@ -1631,42 +2232,42 @@ static int chan_grow_table(redlock_client *c)
     return 0;
 }
 
-/* The channel of l, made (from the free list when it can) if missing. */
+/* The channel l listens on, made (from the free list when it can) if missing. */
 static chan *chan_get(redlock_client *c, const redlock *l)
 {
-    uint64_t h = hash_bytes(l->listen, l->listen_len);
-    chan *ch = chan_find(c, l->listen, l->listen_len, h);
+    const lock_listen *w = &l->listen;
+    chan *ch = chan_find(c, w->name, w->len);
     if (ch)
         return ch;
-    if (c->nchans + 1 > c->nbuckets && chan_grow_table(c) != 0)
+    if (c->chans.n + 1 > c->chans.nbuckets && chan_grow_table(c) != 0)
         return NULL;
-    ch = c->free_chans;
+    ch = c->chans.free;
     if (ch)
-        c->free_chans = ch->next;
+        c->chans.free = ch->next;
     else if (!(ch = resp_alloc_array(1, sizeof *ch)))
         return NULL;
-    size_t need = l->listen_len + l->listen_slen;
+    size_t need = w->len + w->slen;
     if (ch->cap < need) {
         char *p = resp_realloc(ch->name, need);
         if (!p) {
-            ch->next = c->free_chans;
-            c->free_chans = ch;
+            ch->next = c->chans.free;
+            c->chans.free = ch;
             return NULL;
         }
         ch->name = p;
         ch->cap = need;
     }
-    memcpy(ch->name, l->listen, l->listen_len);
-    memcpy(ch->name + l->listen_len, l->listen_s, l->listen_slen);
-    ch->len = l->listen_len;
-    ch->slen = l->listen_slen;
-    ch->hash = h;
-    ch->shash = hash_bytes(l->listen_s, l->listen_slen);
-    ch->slot = l->slot;
+    memcpy(ch->name, w->name, w->len);
+    memcpy(ch->name + w->len, w->sname, w->slen);
+    ch->len = w->len;
+    ch->slen = w->slen;
+    ch->hash = hash_bytes(w->name, w->len);
+    ch->shash = hash_bytes(w->sname, w->slen);
+    ch->slot = l->k.slot;
     ch->head = ch->tail = NULL;
     memset(ch->st, 0, sizeof ch->st);
     chan_link(c, ch);
-    c->nchans++;
+    c->chans.n++;
     return ch;
 }
 
@@ -1677,14 +2278,23 @@ static void idle_remove(redlock_client *c, chan *ch)
     if (ch->iprev)
         ch->iprev->inext = ch->inext;
     else
-        c->idle_head = ch->inext;
+        c->chans.idle_head = ch->inext;
     if (ch->inext)
         ch->inext->iprev = ch->iprev;
     else
-        c->idle_tail = ch->iprev;
+        c->chans.idle_tail = ch->iprev;
     ch->iprev = ch->inext = NULL;
     ch->idle = 0;
-    c->nidle--;
+    c->chans.nidle--;
+}
+
+static void unlink_from(chan **head, chan *ch, int shard_chain)
+{
+    for (chan **p = head; *p; p = shard_chain ? &(*p)->snext : &(*p)->next)
+        if (*p == ch) {
+            *p = shard_chain ? ch->snext : ch->next;
+            return;
+        }
 }
 
 /* A channel with no waiter and no subscription left goes to the free list. */
@@ -1696,19 +2306,12 @@ static void chan_release_if_unused(redlock_client *c, chan *ch)
         if (ch->st[i].inflight || ch->st[i].on || ch->st[i].sent_on)
             return;
     idle_remove(c, ch);
-    for (chan **p = &c->buckets[ch->hash & (c->nbuckets - 1)]; *p; p = &(*p)->next)
-        if (*p == ch) {
-            *p = ch->next;
-            break;
-        }
-    for (chan **p = &c->sbuckets[ch->shash & (c->nbuckets - 1)]; *p; p = &(*p)->snext)
-        if (*p == ch) {
-            *p = ch->snext;
-            break;
-        }
-    c->nchans--;
-    ch->next = c->free_chans;
-    c->free_chans = ch;
+    size_t mask = c->chans.nbuckets - 1;
+    unlink_from(&c->chans.buckets[ch->hash & mask], ch, 0);
+    unlink_from(&c->chans.sbuckets[ch->shash & mask], ch, 1);
+    c->chans.n--;
+    ch->next = c->chans.free;
+    c->chans.free = ch;
 }
 
 static int listener(redlock_client *c, size_t i, size_t j)
@@ -1731,7 +2334,7 @@ static void chan_want(redlock_client *c, chan *ch, size_t i, int on)
     size_t j = on ? route(c, i, ch->slot) : ch->st[i].shard;
     if (listener(c, i, j) != REDLOCK_OK)
         return;
-    int sharded = m->cluster && m->sharded;
+    int sharded = m->cl && m->cl->sharded;
     const char *cmd = on ? (sharded ? "SSUBSCRIBE" : "SUBSCRIBE")
                          : (sharded ? "SUNSUBSCRIBE" : "UNSUBSCRIBE");
     const char *argv[2] = {cmd, sharded ? ch->name + ch->len : ch->name};
@@ -1771,97 +2374,28 @@ static int chan_any_on(const redlock_client *c, const chan *ch)
     return 0;
 }
 
-static void try_now(redlock *l);
-static void subscribed(redlock *l);
-
 /* l waits on its channel from now on, last in the local line; every node
  * is asked to subscribe where it is not (again, after a listener was lost). */
 static int chan_join(redlock *l)
 {
     redlock_client *c = l->c;
-    if (!l->ch) {
+    if (!l->wait.ch) {
         chan *ch = chan_get(c, l);
         if (!ch)
             return REDLOCK_ERR_NOMEM;
         idle_remove(c, ch);
-        l->ch = ch;
-        l->wnext = NULL;
-        l->wprev = ch->tail;
+        l->wait.ch = ch;
+        l->link.wnext = NULL;
+        l->link.wprev = ch->tail;
         if (ch->tail)
-            ch->tail->wnext = l;
+            ch->tail->link.wnext = l;
         else
             ch->head = l;
         ch->tail = l;
     }
     for (size_t i = 0; i < c->n; i++)
-        chan_want(c, l->ch, i, 1);
+        chan_want(c, l->wait.ch, i, 1);
     return REDLOCK_OK;
-}
-
-/* A release: the waiter tries again. Redis delivers a release to a
- * channel's subscribers in the same order every time, so the same waiter
- * would always send first and win, and the last one starve. A waiter that
- * has not lost a race yet in this wait therefore gives way for a moment
- * (half its round trip, at least 50 us); one that lost goes at once: the
- * one that waited through a release wins the next. Fair mode does not need
- * it (the server picks). */
-static void wake(redlock *l)
-{
-    if (l->phase == PH_SLEEP && !l->lost && !l->c->opts.fair && l->op == OP_LOCK) {
-        int64_t d = l->rtt / 2;
-        if (d < 50000)
-            d = 50000;
-        if (d > ms_ns(5))
-            d = ms_ns(5);
-        l->lost = 1;
-        timer_set(l, l->c->now + d);
-        return;
-    }
-    if (l->phase == PH_SLEEP || l->phase == PH_PARKED)
-        try_now(l);
-    else
-        l->woken = 1; /* a try is in flight: try again if it fails */
-}
-
-static void chan_drop_idle(redlock_client *c, chan *ch);
-
-static void chan_leave(redlock *l)
-{
-    redlock_client *c = l->c;
-    chan *ch = l->ch;
-    if (!ch)
-        return;
-    int was_head = ch->head == l;
-    if (l->wprev)
-        l->wprev->wnext = l->wnext;
-    else
-        ch->head = l->wnext;
-    if (l->wnext)
-        l->wnext->wprev = l->wprev;
-    else
-        ch->tail = l->wprev;
-    l->ch = NULL;
-    l->wprev = l->wnext = NULL;
-    if (ch->head) {
-        if (was_head && ch->head->phase == PH_PARKED)
-            wake(ch->head);
-        return;
-    }
-    /* Stay subscribed for a while: the next wait on this name then costs no
-     * SUBSCRIBE (nor the try again that follows one). The oldest of too
-     * many idle channels is left. */
-    ch->idle = 1;
-    ch->inext = NULL;
-    ch->iprev = c->idle_tail;
-    if (c->idle_tail)
-        c->idle_tail->inext = ch;
-    else
-        c->idle_head = ch;
-    c->idle_tail = ch;
-    c->nidle++;
-    if (c->nidle > MAX_IDLE_CHANS)
-        chan_drop_idle(c, c->idle_head);
-    chan_release_if_unused(c, ch);
 }
 
 /* Unsubscribe an idle channel now. */
@@ -1875,29 +2409,70 @@ static void chan_drop_idle(redlock_client *c, chan *ch)
     chan_release_if_unused(c, ch);
 }
 
-/* A release was published on ch (or a local unlock happened). */
+static void chan_leave(redlock *l)
+{
+    redlock_client *c = l->c;
+    chan *ch = l->wait.ch;
+    if (!ch)
+        return;
+    int was_head = ch->head == l;
+    if (l->link.wprev)
+        l->link.wprev->link.wnext = l->link.wnext;
+    else
+        ch->head = l->link.wnext;
+    if (l->link.wnext)
+        l->link.wnext->link.wprev = l->link.wprev;
+    else
+        ch->tail = l->link.wprev;
+    l->wait.ch = NULL;
+    l->link.wprev = l->link.wnext = NULL;
+    if (ch->head) {
+        if (was_head)
+            waiter_first(ch->head);
+        return;
+    }
+    /* Stay subscribed for a while: the next wait on this name then costs no
+     * SUBSCRIBE (nor the try again that follows one). The oldest of too
+     * many idle channels is left. */
+    ch->idle = 1;
+    ch->inext = NULL;
+    ch->iprev = c->chans.idle_tail;
+    if (c->chans.idle_tail)
+        c->chans.idle_tail->inext = ch;
+    else
+        c->chans.idle_head = ch;
+    c->chans.idle_tail = ch;
+    c->chans.nidle++;
+    if (c->chans.nidle > MAX_IDLE_CHANS)
+        chan_drop_idle(c, c->chans.idle_head);
+    chan_release_if_unused(c, ch);
+}
+
+/* A release was published on ch (or a local unlock happened): the first
+ * local waiter tries; the others would only lose the race to it. A
+ * waiter's own channel (fair mode, semaphores) tells just it: all its
+ * waiters (one, unless handles share a value) try. */
 static void chan_wake(redlock_client *c, chan *ch)
 {
-    if (!c->opts.fair) {
-        if (ch->head)
-            wake(ch->head);
+    (void)c;
+    if (ch->head && !listens_own(ch->head)) {
+        waiter_woken(ch->head);
         return;
     }
     for (redlock *w = ch->head, *next; w; w = next) {
-        next = w->wnext;
-        wake(w);
+        next = w->link.wnext;
+        waiter_woken(w);
     }
 }
 
-/* Waiters in PH_SUBSCRIBE go on once every node settled. */
+/* Once every node settled, the waiters hear of it. */
 static void chan_settle_waiters(redlock_client *c, chan *ch)
 {
     if (!chan_settled(c, ch))
         return;
     for (redlock *w = ch->head, *next; w; w = next) {
-        next = w->wnext;
-        if (w->phase == PH_SUBSCRIBE)
-            subscribed(w);
+        next = w->link.wnext;
+        waiter_settled(w);
     }
 }
 
@@ -1908,16 +2483,16 @@ static void listener_reset(redlock_client *c, size_t i, size_t j)
 {
     shard *sh = &c->nodes[i].sh[j];
     sh->sub_gen = sh->sub ? net_conn_generation(sh->sub) : 0;
-    for (size_t b = 0; b < c->nbuckets; b++)
-        for (chan *ch = c->buckets[b], *next; ch; ch = next) {
+    for (size_t b = 0; b < c->chans.nbuckets; b++)
+        for (chan *ch = c->chans.buckets[b], *next; ch; ch = next) {
             next = ch->next;
             if (ch->st[i].shard != j)
                 continue;
             memset(&ch->st[i], 0, sizeof ch->st[i]);
             chan_release_if_unused(c, ch);
         }
-    for (size_t b = 0; b < c->nbuckets; b++)
-        for (chan *ch = c->buckets[b], *next; ch; ch = next) {
+    for (size_t b = 0; b < c->chans.nbuckets; b++)
+        for (chan *ch = c->chans.buckets[b], *next; ch; ch = next) {
             next = ch->next;
             chan_settle_waiters(c, ch);
         }
@@ -1933,31 +2508,24 @@ static void chan_lost(redlock_client *c, chan *ch, size_t i)
     map_soon(c, i);
     chan_settle_waiters(c, ch);
     if (ch->head)
-        wake(ch->head);
+        waiter_woken(ch->head);
     chan_release_if_unused(c, ch);
 }
 
 /* An error in answer to our oldest (un)subscribe on shard j of node i: a
  * -MOVED for SSUBSCRIBE to a node that lost the slot, or a server without
  * sharded pub/sub (Redis < 7: fall back to SUBSCRIBE and PUBLISH). */
-static void on_push_error(redlock_client *c, size_t i, size_t j, const resp_reply *r)
+static void chan_refused(redlock_client *c, size_t i, size_t j, const resp_reply *r)
 {
     node *m = &c->nodes[i];
     chan *ch = net_conn_oldest(m->sh[j].sub).owner;
     unsigned slot;
-    const char *host, *port;
-    size_t hl, pl;
+    int k;
     net_conn_ack(m->sh[j].sub);
-    if (r->len > 6 && memcmp(r->str, "MOVED ", 6) == 0 &&
-        parse_redirect(r, 6, &slot, &host, &hl, &port, &pl) == 0) {
-        int k = shard_at(c, i, j, host, hl, port, pl);
-        if (k >= 0) {
-            m->slots[slot] = (int16_t)k;
-            m->moves++;
-        }
-    } else if (r->len >= 19 && memcmp(r->str, "ERR unknown command", 19) == 0) {
-        m->sharded = 0;
-    }
+    if (m->cl && starts_with(r, "MOVED ") && redirect_target(c, i, j, r, &slot, &k) == 0)
+        slot_moved(c, i, slot, k);
+    else if (m->cl && starts_with(r, "ERR unknown command"))
+        m->cl->sharded = 0;
     if (!ch || ch->st[i].inflight == 0)
         return;
     ch->st[i].inflight--;
@@ -1966,28 +2534,31 @@ static void on_push_error(redlock_client *c, size_t i, size_t j, const resp_repl
     chan_lost(c, ch, i);
 }
 
+static int is_word(const resp_reply *r, const char *w, size_t n)
+{
+    return r->len == n && memcmp(r->str, w, n) == 0;
+}
+
 /* A push on shard j of node i's listener: a release message, or the
  * confirmation of one of our (un)subscribe commands, or a subscription
  * the server dropped. */
 static void on_push(redlock_client *c, size_t i, size_t j, const resp_reply *r)
 {
     if (r->type == RESP_ERROR) {
-        on_push_error(c, i, j, r);
+        chan_refused(c, i, j, r);
         return;
     }
     if (r->type != RESP_ARRAY || r->n < 3 || r[1].type != RESP_BULK || r[2].type != RESP_BULK)
         return;
     /* smessage, ssubscribe, sunsubscribe: the shard channel forms */
-    int shard = (r[1].len == 8 && memcmp(r[1].str, "smessage", 8) == 0) ||
-                (r[1].len == 10 && memcmp(r[1].str, "ssubscribe", 10) == 0) ||
-                (r[1].len == 12 && memcmp(r[1].str, "sunsubscribe", 12) == 0);
-    const char *kind = r[1].str + shard;
-    size_t klen = r[1].len - (size_t)shard;
-    chan *ch = shard ? chan_find_shard(c, r[2].str, r[2].len)
-                     : chan_find(c, r[2].str, r[2].len, hash_bytes(r[2].str, r[2].len));
-    int sub = klen == 9 && memcmp(kind, "subscribe", 9) == 0;
-    int unsub = klen == 11 && memcmp(kind, "unsubscribe", 11) == 0;
-    if (klen == 7 && memcmp(kind, "message", 7) == 0) {
+    int shard = is_word(&r[1], "smessage", 8) || is_word(&r[1], "ssubscribe", 10) ||
+                is_word(&r[1], "sunsubscribe", 12);
+    resp_reply kind = r[1];
+    kind.str += shard;
+    kind.len -= (size_t)shard;
+    chan *ch = shard ? chan_find_shard(c, r[2].str, r[2].len) : chan_find(c, r[2].str, r[2].len);
+    int sub = is_word(&kind, "subscribe", 9), unsub = is_word(&kind, "unsubscribe", 11);
+    if (is_word(&kind, "message", 7)) {
         if (ch)
             chan_wake(c, ch);
         return;
@@ -2009,23 +2580,107 @@ static void on_push(redlock_client *c, size_t i, size_t j, const resp_reply *r)
     chan_release_if_unused(c, ch);
 }
 
-/* ---- ending an operation ------------------------------------------------------------- */
+/* ==== 7. Operations =====================================================================
+ * An operation moves on three events: its round ended (every node
+ * answered or failed: advance), its timer fired (fire), a release was
+ * heard on its channel (waiter_woken, from part 6). What each phase does:
+ *
+ *   phase          round ended      timer fired                 release heard
+ *   ACQUIRE        acquire_judge    retry_due (cluster retries) try again if this fails
+ *   RAISE          raise_judge      retry_due                   (the same)
+ *   RELEASE_TAKEN  taken_released   retry_due                   -
+ *   SUBSCRIBE      subscribed       subscribed (limit passed)   -
+ *   PROBE          probe_judge      retry_due                   try at once after it
+ *   SLEEP          -                try_now                     try_now, or give way once
+ *   PARKED         -                try_now (the wait is over)  try_now
+ *   DEQUEUE        dequeued         retry_due                   -
+ *   RELEASE        unlock_judge     retry_due                   -
+ *   REFRESH        refresh_judge    retry_due; keepalive: lease end, lost
+ *   REPAIR         repaired         retry_due; (the same)
+ *   STATUS         inspect_judge    retry_due                   -
+ *   LIST           holders_judge    retry_due                   -
+ *   NONE (held)    -                keepalive_fire              -
+ *
+ * Acquire (trylock, and each try of redlock_lock) sends one script to
+ * every node; a quorum win may need a second round to raise fence
+ * counters (RAISE); a loss gives back what it took (RELEASE_TAKEN). A
+ * waiter subscribes, probes once, then sleeps until a release, the
+ * holder's TTL or a backoff. Unlock and refresh are one compare-and-act
+ * round each; inspect one read.
+ */
 
+static void acquire_judge(redlock *l);
+static void raise_judge(redlock *l);
+static void taken_released(redlock *l);
+static void subscribed(redlock *l);
+static void probe_judge(redlock *l);
+static void dequeued(redlock *l);
+static void unlock_judge(redlock *l);
+static void refresh_judge(redlock *l);
+static void repaired(redlock *l);
+static void inspect_judge(redlock *l);
+static void holders_judge(redlock *l);
+static void try_now(redlock *l);
 static void keepalive_arm(redlock *l);
+static void keepalive_fire(redlock *l);
+static void keepalive_lost(redlock *l, const char *why);
+static void abandon(redlock *l);
+
+/* What ends each phase's round. */
+static void (*const round_ended[PH_COUNT])(redlock *) = {
+    [PH_ACQUIRE] = acquire_judge,       [PH_RAISE] = raise_judge,
+    [PH_RELEASE_TAKEN] = taken_released, [PH_SUBSCRIBE] = subscribed,
+    [PH_PROBE] = probe_judge,           [PH_DEQUEUE] = dequeued,
+    [PH_RELEASE] = unlock_judge,        [PH_REFRESH] = refresh_judge,
+    [PH_REPAIR] = repaired,             [PH_STATUS] = inspect_judge,
+    [PH_LIST] = holders_judge,
+};
+
+/* l's round has ended (every node answered or failed): judge it and move on. */
+static void advance(redlock *l)
+{
+    if (l->op.phase < PH_COUNT && round_ended[l->op.phase])
+        round_ended[l->op.phase](l);
+}
+
+/* l's timer is due. */
+static void fire(redlock *l)
+{
+    redlock_client *c = l->c;
+    timer_clear(l);
+    switch (l->op.phase) {
+    case PH_SLEEP:
+    case PH_PARKED:
+        try_now(l);
+        return;
+    case PH_SUBSCRIBE:
+        subscribed(l);
+        return;
+    }
+    if (l->op.kind == OP_NONE) {
+        keepalive_fire(l);
+    } else if (l->op.kind == OP_KEEPALIVE && c->now >= l->lease.valid_until) {
+        abandon(l);
+        keepalive_lost(l, "its TTL ran out: no node answered the refresh in time");
+    } else if (l->op.outstanding > 0) {
+        retry_due(l);
+    }
+}
 
 /* The operation ends with status rc (l->errstr holds the detail). */
 static void finish(redlock *l, int rc)
 {
     redlock_client *c = l->c;
-    int reported = !l->blocking && l->op != OP_KEEPALIVE;
+    int reported = !l->op.blocking && l->op.kind != OP_KEEPALIVE;
     if (rc == REDLOCK_OK)
         l->errstr[0] = '\0';
+    l->callerr[0] = '\0'; /* the result is newer than a refused call */
     memcpy(c->errstr, l->errstr, sizeof l->errstr);
-    l->result = rc;
-    l->op = OP_NONE;
-    l->phase = PH_NONE;
-    l->seq++; /* replies still on their way belong to nobody now */
-    l->blocking = 0;
+    l->op.result = rc;
+    l->op.kind = OP_NONE;
+    l->op.phase = PH_NONE;
+    l->op.seq++; /* replies still on their way belong to nobody now */
+    l->op.blocking = 0;
     timer_clear(l);
     ready_remove(l);
     chan_leave(l);
@@ -2034,123 +2689,243 @@ static void finish(redlock *l, int rc)
     keepalive_arm(l);
 }
 
-/* ---- acquire ------------------------------------------------------------------------------ */
+static void lease_drop(redlock *l)
+{
+    l->lease.held = 0;
+    l->lease.valid_until = 0;
+}
 
-static void lock_tried(redlock *l, int rc);
+/* ---- quorum arithmetic (pure: tests/test_judge.c checks it) ---- */
+
+enum { Q_YES, Q_NO, Q_UNKNOWN };
+
+/* An acquire taken on acq nodes, refused (another owner, or a waiter first
+ * in line) on held: won; lost when enough nodes answered, or when the
+ * holder has so many nodes that no quorum is possible whatever the silent
+ * ones would say; else unknown (too few answers). */
+static int acquire_decision(size_t n, size_t quorum, size_t acq, size_t held)
+{
+    if (acq >= quorum)
+        return Q_YES;
+    return acq + held >= quorum || held > n - quorum ? Q_NO : Q_UNKNOWN;
+}
+
+/* A compare-and-act round (release, refresh): ours on a quorum; lost when
+ * enough nodes answered, or when the others (missing, another owner) are
+ * more than a quorum leaves; else unknown. */
+static int held_decision(size_t n, size_t quorum, size_t ours, size_t missing, size_t other)
+{
+    if (ours >= quorum)
+        return Q_YES;
+    return ours + missing + other >= quorum || missing + other > n - quorum ? Q_NO : Q_UNKNOWN;
+}
+
+/* A waiter's probe found the lock held (or another first in line) on held
+ * nodes: could a try win a quorum now (a silent node counts: the try
+ * finds out)? */
+static int probe_may_win(size_t n, size_t quorum, size_t held)
+{
+    return held <= n - quorum;
+}
+
+/* ---- acquire ---- */
+
+static void lock_tried(redlock *l, outcome o);
+static void refresh_over(redlock *l, int rc);
 
 static void acquire_start(redlock *l)
 {
     redlock_client *c = l->c;
-    l->t0 = c->now;
-    l->woken = 0;
+    l->op.t0 = c->now;
+    l->wait.woken = 0;
     for (size_t i = 0; i < c->n; i++)
-        l->res[i].acq = l->res[i].landed = 0;
-    round_start(l, PH_ACQUIRE, c->opts.fair ? S_FAIR : S_ACQUIRE, all_nodes(c),
-                l->t0 + ms_ns(l->ttl));
+        l->res[i].hold.acq = l->res[i].hold.landed = 0;
+    round_start(l, PH_ACQUIRE, S_ACQUIRE, all_nodes(c),
+                l->op.t0 + ms_ns(l->lease.ttl));
 }
 
 /* The try is over: for redlock_trylock that is the result; redlock_lock
  * may wait and try again. */
-static void try_over(redlock *l, int rc)
+static void try_over(redlock *l, outcome o)
 {
-    if (l->op == OP_LOCK)
-        lock_tried(l, rc);
+    if (l->op.kind == OP_LOCK)
+        lock_tried(l, o);
     else
-        finish(l, rc);
+        finish(l, o.rc);
 }
 
-/* Give back what this try took, then end it with rc. */
-static void release_taken(redlock *l, int rc)
+/* Give back what this try (or refresh) took, then end it with o. */
+static void release_taken(redlock *l, outcome o)
 {
     uint32_t m = taken_nodes(l);
-    l->held = 0;
-    l->valid_until = 0;
-    if (!m) {
-        try_over(l, rc);
-        return;
-    }
-    l->pending = rc;
-    round_start(l, PH_RELEASE_TAKEN, S_RELEASE, m, 0);
+    lease_drop(l);
+    l->op.deferred = o;
+    if (m)
+        round_start(l, PH_RELEASE_TAKEN, S_RELEASE, m, 0);
+    else
+        taken_released(l);
+}
+
+/* What a failed acquire or refresh took is given back: its result now. */
+static void taken_released(redlock *l)
+{
+    if (l->op.kind == OP_TRYLOCK || l->op.kind == OP_LOCK)
+        try_over(l, l->op.deferred);
+    else
+        refresh_over(l, l->op.deferred.rc);
+}
+
+/* The lease an acquire or refresh that began at t0 gives: held until
+ * this time, or 0 when less than a millisecond of it is left now (a reply
+ * that came that late holds nothing worth reporting as held). */
+static int64_t lease_end(const redlock *l)
+{
+    int64_t until = l->op.t0 + ms_ns(l->lease.ttl) - drift_ns(l);
+    return until - l->c->now >= ms_ns(1) ? until : 0;
 }
 
 static void acquire_won(redlock *l)
 {
     char nm[64];
-    int64_t until = l->t0 + ms_ns(l->ttl) - drift_ns(l);
-    if (until > l->c->now) {
-        l->held = 1;
-        l->fence = l->token;
-        l->valid_until = until;
-        l->renewed_at = l->t0;
-        l->holder_pttl = -1;
-        try_over(l, REDLOCK_OK);
+    int64_t until = lease_end(l);
+    if (until) {
+        l->lease.held = 1;
+        l->lease.fence = l->op.token;
+        l->lease.valid_until = until;
+        l->lease.renewed_at = l->op.t0;
+        l->wait.holder_pttl = -1;
+        try_over(l, (outcome){REDLOCK_OK, 0});
         return;
     }
-    release_taken(l, lerr(l, REDLOCK_NOT_ACQUIRED,
-                          "lock '%s': acquired, but the TTL of %" PRIu32
-                          " ms ran out before the reply (%.1f ms); released",
-                          shown(l, nm, sizeof nm), l->ttl, (double)(l->c->now - l->t0) / 1e6));
+    /* Ours, but too late to hold: nobody else's lock, and nothing to retry
+     * at once; redlock_lock tries again after its backoff. */
+    release_taken(l, (outcome){lerr(l, REDLOCK_ERR_TIMEOUT,
+                                    "lock '%s': acquired, but the reply came after %.1f ms, when "
+                                    "its TTL of %" PRIu32 " ms less the drift allowance (%.1f ms) "
+                                    "had run out; released",
+                                    shown(l, nm, sizeof nm), (double)(l->c->now - l->op.t0) / 1e6,
+                                    l->lease.ttl, (double)drift_ns(l) / 1e6),
+                               1});
 }
 
-/* Someone else holds it (or, with too few answers, we cannot tell). */
-static int acquire_lost(redlock *l, size_t acq, size_t held, size_t queued, int64_t pttl)
+/* Why one node refused an acquire (its answer's code), for a message. */
+static void busy_reason(const redlock *l, long long code, int64_t pttl, char *buf, size_t len)
+{
+    char nm[64];
+    const char *n = shown(l, nm, sizeof nm);
+    if (code == 5)
+        snprintf(buf, len, "readers hold lock '%s' (for %lld ms more)", n, (long long)pttl);
+    else if (code == 4)
+        snprintf(buf, len, "a writer waits for '%s': new readers wait behind it (writer "
+                           "preference)", n);
+    else if (l->k.kind == LK_SEMAPHORE && code == 3)
+        snprintf(buf, len, "semaphore '%s' has a free permit, but waiters are first in line", n);
+    else if (l->k.kind == LK_SEMAPHORE)
+        snprintf(buf, len, "all %" PRIu32 " permits of semaphore '%s' are held (the first "
+                           "lease ends in %lld ms)", l->k.permits, n, (long long)pttl);
+    else if (code == 3)
+        snprintf(buf, len, "lock '%s' is free, but another waiter is first in line (fair mode)", n);
+    else
+        snprintf(buf, len, "lock '%s' is held by %s (expires in %lld ms)", n,
+                 l->k.kind == LK_SHARED ? "a writer" : "another owner", (long long)pttl);
+}
+
+/* Someone else holds it (fair mode: or a waiter is first in line; the
+ * restart guard: or a node that gave it is too young to count). */
+static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, size_t young,
+                        int64_t pttl)
 {
     redlock_client *c = l->c;
-    char nm[64];
-    tally t = count_nodes(l);
-    l->holder_pttl = pttl;
-    /* Busy when enough nodes answered, or when the holder has so many nodes
-     * that no quorum is possible whatever the failed ones would say. */
-    if (acq + held < c->quorum && held <= c->n - c->quorum)
-        return fail_nodes(l, "acquire", t);
-    l->transient = 0;
-    if (c->n == 1 && queued)
+    char nm[64], q[96] = "", y[128] = "", why[200];
+    if (c->n == 1 && young)
         return lerr(l, REDLOCK_NOT_ACQUIRED,
-                    "lock '%s' is free, but another waiter is first in line (fair mode)",
-                    shown(l, nm, sizeof nm));
-    if (c->n == 1)
-        return lerr(l, REDLOCK_NOT_ACQUIRED,
-                    "lock '%s' is held by another owner (expires in %lld ms)",
+                    "lock '%s': the node restarted less than one lease ago and may have "
+                    "forgotten a lock it granted: its yes counts in %lld ms (restart guard)",
                     shown(l, nm, sizeof nm), (long long)pttl);
-    char q[80] = "";
+    if (c->n == 1) {
+        busy_reason(l, l->res[0].ans.code, pttl, why, sizeof why);
+        return lerr(l, REDLOCK_NOT_ACQUIRED, "%s", why);
+    }
     if (queued)
-        snprintf(q, sizeof q, " (on %zu of them free, but another waiter is first in line)", queued);
+        snprintf(q, sizeof q, " (on %zu of them free, but others are first in line)", queued);
+    if (young)
+        snprintf(y, sizeof y,
+                 " (%zu of them gave it but restarted less than one lease ago: restart guard)",
+                 young);
     return lerr(l, REDLOCK_NOT_ACQUIRED,
-                "lock '%s': taken on %zu of %zu nodes, held by another owner on %zu%s, %zu failed "
-                "(quorum %zu)",
-                shown(l, nm, sizeof nm), acq, c->n, held, q, t.err, c->quorum);
+                "lock '%s': taken on %zu of %zu nodes, held by another owner on %zu%s%s, %zu "
+                "failed (quorum %zu)",
+                shown(l, nm, sizeof nm), acq, c->n, held, q, y, count_nodes(l->res, c->n).err,
+                c->quorum);
+}
+
+/* A node says the name is another kind of thing than this handle: a
+ * semaphore of another permit count, or a semaphore where a read-write
+ * lock was asked for. The caller's mistake: REDLOCK_ERR_ARG, not retried. */
+static void wrong_kind(redlock *l, size_t i, long long code, long long stored)
+{
+    char nm[64];
+    if (code == -2)
+        node_error(l, i, REDLOCK_ERR_ARG, 0,
+                   "%s: semaphore '%s' has %lld permits; this handle asks for %" PRIu32,
+                   node_desc(l->c, i), shown(l, nm, sizeof nm), stored, l->k.permits);
+    else
+        node_error(l, i, REDLOCK_ERR_ARG, 0,
+                   "%s: '%s' is a semaphore of %lld permits, not a read-write lock",
+                   node_desc(l->c, i), shown(l, nm, sizeof nm), stored);
 }
 
 /* Every node answered the acquire (or failed): judge. */
 static void acquire_judge(redlock *l)
 {
     redlock_client *c = l->c;
-    l->rtt = c->now - l->t0;
-    size_t acq = 0, held = 0, queued = 0;
+    size_t acq = 0, held = 0, queued = 0, young = 0;
     uint64_t token = 0;
     int64_t pttl = -1;
+    l->wait.rtt = c->now - l->op.t0;
     for (size_t i = 0; i < c->n; i++) {
         nres *nd = &l->res[i];
         if (nd->state != N_OK)
             continue;
-        if ((nd->code == 1 || nd->code == 2) && nd->val >= 0) {
-            nd->acq = 1;
-            acq++;
-            if ((uint64_t)nd->val > token)
-                token = (uint64_t)nd->val;
-        } else if (nd->code == 0 || nd->code == 3) {
+        if ((nd->ans.code == 1 || nd->ans.code == 2) && nd->ans.val >= 0) {
+            nd->hold.acq = 1;
+            if ((uint64_t)nd->ans.val > token)
+                token = (uint64_t)nd->ans.val;
+            if (!nd->ans.young) {
+                acq++;
+                continue;
+            }
+            /* restart guard: taken there, but it counts as held until the
+             * node is older than the lease */
             held++;
-            queued += nd->code == 3;
-            if (nd->val > 0 && (pttl < 0 || nd->val < pttl))
-                pttl = nd->val;
+            young++;
+            if (pttl < 0 || nd->ans.young < pttl)
+                pttl = nd->ans.young;
+        } else if (nd->ans.code == 0 || nd->ans.code == 3 || nd->ans.code == 4 ||
+                   nd->ans.code == 5) {
+            held++;
+            queued += nd->ans.code == 3 || nd->ans.code == 4;
+            if (nd->ans.code == 5 && l->op.kind == OP_LOCK)
+                l->wait.writer_waits = 1; /* readers hold it: wait as a writer */
+            if (nd->ans.val > 0 && (pttl < 0 || nd->ans.val < pttl))
+                pttl = nd->ans.val;
+        } else if (nd->ans.code == -2 || nd->ans.code == -3) {
+            wrong_kind(l, i, nd->ans.code, nd->ans.val);
         } else {
             node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: acquire script answered %lld",
-                       c->nodes[i].desc, nd->code);
+                       node_desc(c, i), nd->ans.code);
         }
     }
-    l->token = token;
-    if (acq < c->quorum) {
-        release_taken(l, acquire_lost(l, acq, held, queued, pttl));
+    l->op.token = token;
+    l->wait.holder_pttl = pttl;
+    int d = acquire_decision(c->n, c->quorum, acq, held);
+    if (d == Q_UNKNOWN) {
+        tally t = count_nodes(l->res, c->n);
+        release_taken(l, (outcome){fail_nodes(l, "acquire", t), t.transient});
+        return;
+    }
+    if (d == Q_NO) {
+        release_taken(l, (outcome){acquire_busy(l, acq, held, queued, young, pttl), 0});
         return;
     }
     /* Quorum fencing: raise every taken node's counter to at least the
@@ -2158,13 +2933,13 @@ static void acquire_judge(redlock *l)
     uint32_t low = 0;
     if (c->opts.fencing && c->n > 1)
         for (size_t i = 0; i < c->n; i++)
-            if (l->res[i].acq && (uint64_t)l->res[i].val < token)
+            if (l->res[i].hold.acq && (uint64_t)l->res[i].ans.val < token)
                 low |= bit(i);
     if (!low) {
         acquire_won(l);
         return;
     }
-    fmt_u64(l->tok_str, sizeof l->tok_str, token);
+    fmt_u64(l->op.tok_str, sizeof l->op.tok_str, token);
     round_start(l, PH_RAISE, S_RAISE, low, 0);
 }
 
@@ -2175,43 +2950,67 @@ static void raise_judge(redlock *l)
     size_t raised = 0;
     for (size_t i = 0; i < c->n; i++) {
         const nres *nd = &l->res[i];
-        if (!nd->acq)
+        if (!nd->hold.acq)
             continue;
-        raised += nd->state == N_SKIP || (nd->state == N_OK && (uint64_t)nd->code >= l->token);
+        raised += nd->state == N_SKIP ||
+                  (nd->state == N_OK && (uint64_t)nd->ans.code >= l->op.token);
     }
     if (raised >= c->quorum) {
         acquire_won(l);
         return;
     }
-    l->transient = 1;
-    release_taken(l, lerr(l, REDLOCK_ERR_IO,
-                          "lock '%s': could not raise the fence counter on a quorum",
-                          shown(l, nm, sizeof nm)));
+    release_taken(l, (outcome){lerr(l, REDLOCK_ERR_IO,
+                                    "lock '%s': could not raise the fence counter on a quorum",
+                                    shown(l, nm, sizeof nm)),
+                               1});
 }
 
-/* ---- waiting: redlock_lock ----------------------------------------------------------------- */
+/* ---- waiting: redlock_lock ---- */
+
+static void fair_join(redlock *l);
+static uint32_t fair_leave_mask(const redlock *l, int rc);
+static int fair_told_in_turn(const redlock *l, int rc);
+
+static void lock_begin(redlock *l, uint32_t wait_ms)
+{
+    redlock_client *c = l->c;
+    l->wait.deadline = c->now + ms_ns(wait_ms);
+    l->wait.gave_way = 0;
+    l->wait.backoff = ms_ns(c->opts.retry_min_ms);
+    l->wait.probed = 0;
+    l->wait.last = REDLOCK_NOT_ACQUIRED;
+    l->wait.queued = 0;
+    l->wait.writer_waits = 0;
+    /* how long a place in line, or among the writers waiting, lasts: the
+     * waiter renews it on every try, at least every retry_max_ms */
+    snprintf(l->wait.lease_str, sizeof l->wait.lease_str, "%d",
+             2 * c->opts.retry_max_ms + c->opts.io_timeout_ms);
+    if (listens_own(l))
+        fair_join(l);
+    acquire_start(l);
+}
 
 static void lock_end(redlock *l, int rc)
 {
-    redlock_client *c = l->c;
-    uint32_t m = 0;
     chan_leave(l);
-    if (c->opts.fair) {
-        /* Leave the line where we are still in it: everywhere after a
-         * failure; after a quorum acquire, on the nodes that did not give
-         * us the lock (the acquire left the line on the others), or we
-         * would stand first there until our lease ran out. */
-        for (size_t i = 0; i < c->n; i++)
-            if (rc != REDLOCK_OK || !l->res[i].acq)
-                m |= bit(i);
-    }
-    l->waiting = 0;
+    uint32_t m = l->wait.queued ? fair_leave_mask(l, rc) : 0;
+    if (l->wait.writer_waits && rc != REDLOCK_OK)
+        for (size_t i = 0; i < l->c->n; i++)
+            queue_orphan(l, i, S_WLEAVE); /* no longer waiting among the writers */
+    l->wait.queued = 0;
+    l->wait.writer_waits = 0;
     if (!m) {
         finish(l, rc);
         return;
     }
-    l->pending = rc;
+    l->op.deferred = (outcome){rc, 0};
     round_start(l, PH_DEQUEUE, S_DEQUEUE, m, 0);
+}
+
+/* Out of the line: the wait's result now. */
+static void dequeued(redlock *l)
+{
+    finish(l, l->op.deferred.rc);
 }
 
 /* Sleep until a release, the holder's TTL running out, or a jittered
@@ -2219,57 +3018,55 @@ static void lock_end(redlock *l, int rc)
 static void lock_sleep(redlock *l, int rc)
 {
     redlock_client *c = l->c;
-    if (l->woken && rc == REDLOCK_NOT_ACQUIRED) {
+    lock_wait *w = &l->wait;
+    if (w->woken && rc == REDLOCK_NOT_ACQUIRED) {
         try_now(l); /* a release came while we tried */
         return;
     }
-    if (!c->opts.fair && rc == REDLOCK_NOT_ACQUIRED && l->ch && l->ch->head != l) {
-        l->phase = PH_PARKED;
-        timer_set(l, l->deadline);
+    if (!listens_own(l) && rc == REDLOCK_NOT_ACQUIRED && w->ch && w->ch->head != l) {
+        l->op.phase = PH_PARKED;
+        timer_set(l, w->deadline);
         return;
     }
     int64_t max = ms_ns(c->opts.retry_max_ms);
-    /* A fair waiter that listens is told when its turn comes (its own
-     * channel): until then it only renews its place, every retry_max_ms
-     * (its lease is twice that), and keeps the server quiet. */
-    if (c->opts.fair && rc == REDLOCK_NOT_ACQUIRED && l->ch && chan_any_on(c, l->ch))
-        l->backoff = max;
-    int64_t half = l->backoff / 2;
+    if (fair_told_in_turn(l, rc))
+        w->backoff = max;
+    int64_t half = w->backoff / 2;
     int64_t sleep = half + (int64_t)(next_random(c) % (uint64_t)(half + 1));
-    l->backoff = l->backoff * 2 > max ? max : l->backoff * 2;
-    if (rc == REDLOCK_NOT_ACQUIRED && l->holder_pttl >= 0 && ms_ns(l->holder_pttl + 1) < sleep)
-        sleep = ms_ns(l->holder_pttl + 1);
+    w->backoff = w->backoff * 2 > max ? max : w->backoff * 2;
+    if (rc == REDLOCK_NOT_ACQUIRED && w->holder_pttl >= 0 && ms_ns(w->holder_pttl + 1) < sleep)
+        sleep = ms_ns(w->holder_pttl + 1);
     int64_t until = c->now + sleep;
-    l->phase = PH_SLEEP;
-    timer_set(l, until < l->deadline ? until : l->deadline);
+    l->op.phase = PH_SLEEP;
+    timer_set(l, until < w->deadline ? until : w->deadline);
 }
 
-static void lock_tried(redlock *l, int rc)
+static void lock_tried(redlock *l, outcome o)
 {
     redlock_client *c = l->c;
-    if (rc == REDLOCK_OK || (rc != REDLOCK_NOT_ACQUIRED && !l->transient) || c->now >= l->deadline) {
-        lock_end(l, rc);
+    if (o.rc == REDLOCK_OK || (o.rc != REDLOCK_NOT_ACQUIRED && !o.again) ||
+        c->now >= l->wait.deadline) {
+        lock_end(l, o.rc);
         return;
     }
-    l->pending = rc;
-    if (rc != REDLOCK_NOT_ACQUIRED) {
-        lock_sleep(l, rc);
+    l->wait.last = o.rc;
+    if (o.rc != REDLOCK_NOT_ACQUIRED) {
+        lock_sleep(l, o.rc);
         return;
     }
     if (chan_join(l) != REDLOCK_OK) {
         lock_end(l, lerr(l, REDLOCK_ERR_NOMEM, "out of memory subscribing"));
         return;
     }
-    if (chan_subscribed(c, l->ch)) {
-        lock_sleep(l, rc);
+    if (chan_subscribed(c, l->wait.ch)) {
+        lock_sleep(l, o.rc);
         return;
     }
-    /* A release may come before we listen: once subscribed, try again. */
-    l->sub_needed = 1;
-    l->phase = PH_SUBSCRIBE;
+    /* A release may come before we listen: once subscribed, look again. */
+    l->op.phase = PH_SUBSCRIBE;
     int64_t lim = c->now + ms_ns(c->opts.io_timeout_ms);
-    timer_set(l, lim < l->deadline ? lim : l->deadline);
-    if (chan_settled(c, l->ch))
+    timer_set(l, lim < l->wait.deadline ? lim : l->wait.deadline);
+    if (chan_settled(c, l->wait.ch))
         mark_ready(l); /* listeners down: nothing to wait for */
 }
 
@@ -2281,21 +3078,24 @@ static void subscribed(redlock *l)
 {
     redlock_client *c = l->c;
     timer_clear(l);
-    if (l->sub_needed && !l->raced && l->ch && chan_any_on(c, l->ch)) {
-        l->raced = 1;
-        round_start(l, PH_PROBE, S_PROBE, all_nodes(c), l->deadline);
+    if (!l->wait.probed && l->wait.ch && chan_any_on(c, l->wait.ch)) {
+        l->wait.probed = 1;
+        if (l->k.kind != LK_LOCK) { /* no plain read tells a permit or a read hold: try */
+            try_now(l);
+            return;
+        }
+        round_start(l, PH_PROBE, S_PROBE, all_nodes(c), l->wait.deadline);
         return;
     }
-    lock_sleep(l, l->pending);
+    lock_sleep(l, l->wait.last);
 }
 
 /* PH_PROBE is over: try again at once when a release came meanwhile, or
  * when the key is missing (fair mode: the line is empty or we are first)
- * on enough nodes that a quorum could be ours (a node that did not answer
- * counts: the try finds out); otherwise sleep as after the failed try. A
- * fair waiter behind another is told when its turn comes: the release
- * goes to the first in line whose lease is alive, and drops dead ones
- * ahead of it. */
+ * on enough nodes that a quorum could be ours; otherwise sleep as after
+ * the failed try. A fair waiter behind another is told when its turn
+ * comes: the release goes to the first in line whose lease is alive, and
+ * drops dead ones ahead of it. */
 static void probe_judge(redlock *l)
 {
     redlock_client *c = l->c;
@@ -2303,19 +3103,19 @@ static void probe_judge(redlock *l)
     int64_t pttl = -1;
     for (size_t i = 0; i < c->n; i++) {
         const nres *nd = &l->res[i];
-        if (nd->state != N_OK || nd->code == -2)
+        if (nd->state != N_OK || nd->ans.code == -2)
             continue;
         held++;
-        if (nd->code >= 0 && (pttl < 0 || nd->code < pttl))
-            pttl = nd->code;
+        if (nd->ans.code >= 0 && (pttl < 0 || nd->ans.code < pttl))
+            pttl = nd->ans.code;
     }
-    if (l->woken || held <= c->n - c->quorum) {
+    if (l->wait.woken || probe_may_win(c->n, c->quorum, held)) {
         try_now(l);
         return;
     }
     if (pttl >= 0)
-        l->holder_pttl = pttl;
-    lock_sleep(l, l->pending);
+        l->wait.holder_pttl = pttl;
+    lock_sleep(l, l->wait.last);
 }
 
 static void try_now(redlock *l)
@@ -2324,9 +3124,112 @@ static void try_now(redlock *l)
     acquire_start(l);
 }
 
-/* ---- unlock, refresh, inspect ---------------------------------------------------------------- */
+/* A release was heard for l (part 6). Redis delivers a release to a
+ * channel's subscribers in the same order every time, so the same waiter
+ * would always send first and win, and the last one starve. A waiter that
+ * has not lost a race yet in this wait therefore gives way for a moment
+ * (half its round trip, at least 50 us); one that gave way goes at once:
+ * the one that waited through a release wins the next. Fair mode does not
+ * need it (the server picks). A try in flight tries again if it fails. */
+static void waiter_woken(redlock *l)
+{
+    if (l->op.phase == PH_SLEEP && !l->wait.gave_way && !listens_own(l) &&
+        l->op.kind == OP_LOCK) {
+        int64_t d = l->wait.rtt / 2;
+        if (d < 50000)
+            d = 50000;
+        if (d > ms_ns(5))
+            d = ms_ns(5);
+        l->wait.gave_way = 1;
+        timer_set(l, l->c->now + d);
+        return;
+    }
+    if (l->op.phase == PH_SLEEP || l->op.phase == PH_PARKED)
+        try_now(l);
+    else
+        l->wait.woken = 1;
+}
 
-/* How a compare-and-act script went: code 1 (or 2) ours, 0 no key, -1 another owner. */
+/* l became the first local waiter of its channel: a parked one tries. */
+static void waiter_first(redlock *l)
+{
+    if (l->op.phase == PH_PARKED)
+        waiter_woken(l);
+}
+
+/* l's channel settled on every node: a waiter that waited for that goes on. */
+static void waiter_settled(redlock *l)
+{
+    if (l->op.phase == PH_SUBSCRIBE)
+        subscribed(l);
+}
+
+/* ---- fair mode ----
+ * Waiters stand in a line per name ({NAME}:queue, a ZSET by arrival) with
+ * a lease on their place ({NAME}:alive, by expiry); a free lock goes to
+ * the first whose lease is alive (S_FAIR), and a release tells only that
+ * one, on its own channel. What differs from the default mode is here and
+ * in the scripts; the rest asks opts.fair where it must choose. */
+
+/* Our place in line. One node orders waiters by its own clock (us), when
+ * each joined. A quorum needs the same order on every node (else each
+ * could favour another waiter and no one would win a majority): the
+ * wall-clock us when we began to wait. A waiter renews its lease on every
+ * try, at least every retry_max_ms. */
+static void fair_join(redlock *l)
+{
+    redlock_client *c = l->c;
+    l->wait.score_str[0] = '\0';
+    if (c->n > 1) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        snprintf(l->wait.score_str, sizeof l->wait.score_str, "%lld",
+                 (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+    }
+    l->wait.queued = 1;
+}
+
+/* Where to leave the line as the wait ends: everywhere after a failure;
+ * after a quorum acquire, on the nodes that did not give us the lock (the
+ * acquire left the line on the others), or we would stand first there
+ * until our lease ran out. */
+static uint32_t fair_leave_mask(const redlock *l, int rc)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < l->c->n; i++)
+        if (rc != REDLOCK_OK || !l->res[i].hold.acq)
+            m |= bit(i);
+    return m;
+}
+
+/* A fair waiter that listens is told when its turn comes (its own
+ * channel): until then it only renews its place, every retry_max_ms (its
+ * lease is twice that), and keeps the server quiet. */
+static int fair_told_in_turn(const redlock *l, int rc)
+{
+    return listens_own(l) && rc == REDLOCK_NOT_ACQUIRED && l->wait.ch &&
+           chan_any_on(l->c, l->wait.ch);
+}
+
+/* A cancelled fair wait leaves the line on every node, unanswered. */
+static void fair_cancel(redlock *l)
+{
+    for (size_t i = 0; i < l->c->n; i++)
+        queue_orphan(l, i, S_DEQUEUE);
+}
+
+/* A freed handle's own channel: no other waiter will listen there. */
+static void fair_drop_own(redlock *l)
+{
+    chan *ch = chan_find(l->c, l->listen.name, l->listen.len);
+    if (ch)
+        chan_drop_idle(l->c, ch);
+}
+
+/* ---- unlock, refresh, inspect ---- */
+
+/* How a compare-and-act script went on each node: code 1 (or 2) ours, 0
+ * no key, -1 another owner. Marks the nodes that hold it for us. */
 typedef struct verdict {
     size_t ours, missing, other;
     tally t;
@@ -2338,21 +3241,21 @@ static verdict judge(redlock *l)
     verdict v = {0, 0, 0, {0, 0, 1}};
     for (size_t i = 0; i < c->n; i++) {
         nres *nd = &l->res[i];
-        nd->acq = 0;
+        nd->hold.acq = 0;
         if (nd->state != N_OK)
             continue;
-        if (nd->code == 1 || nd->code == 2) {
-            nd->acq = 1;
+        if (nd->ans.code == 1 || nd->ans.code == 2) {
+            nd->hold.acq = 1;
             v.ours++;
-        } else if (nd->code == 0)
+        } else if (nd->ans.code == 0)
             v.missing++;
-        else if (nd->code == -1)
+        else if (nd->ans.code == -1)
             v.other++;
         else
             node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: script answered %lld",
-                       c->nodes[i].desc, nd->code);
+                       node_desc(c, i), nd->ans.code);
     }
-    v.t = count_nodes(l);
+    v.t = count_nodes(l->res, c->n);
     return v;
 }
 
@@ -2361,9 +3264,7 @@ static int not_held(redlock *l, const char *op, verdict v)
 {
     redlock_client *c = l->c;
     char nm[64];
-    l->held = 0;
-    l->valid_until = 0;
-    l->transient = 0;
+    lease_drop(l);
     if (c->n == 1)
         return lerr(l, REDLOCK_NOT_HELD,
                     v.other ? "%s '%s': the lock is held by another owner; nothing changed"
@@ -2380,17 +3281,20 @@ static void unlock_judge(redlock *l)
 {
     redlock_client *c = l->c;
     verdict v = judge(l);
-    l->held = 0;
-    l->valid_until = 0;
-    if (v.ours >= c->quorum) {
-        chan *ch = chan_find(c, l->channel, l->chlen, hash_bytes(l->channel, l->chlen));
+    lease_drop(l);
+    switch (held_decision(c->n, c->quorum, v.ours, v.missing, v.other)) {
+    case Q_YES: {
+        chan *ch = chan_find(c, l->k.channel, l->k.chlen);
         if (ch)
             chan_wake(c, ch); /* a local waiter need not wait for the message */
         finish(l, REDLOCK_OK);
-    } else if (v.ours + v.missing + v.other >= c->quorum)
+        return;
+    }
+    case Q_NO:
         finish(l, not_held(l, "unlock", v));
-    else
-        finish(l, fail_nodes(l, "unlock", v.t));
+        return;
+    }
+    finish(l, fail_nodes(l, "unlock", v.t));
 }
 
 static void keepalive_done(redlock *l, int rc);
@@ -2399,7 +3303,7 @@ static void keepalive_done(redlock *l, int rc);
  * keeps going. */
 static void refresh_over(redlock *l, int rc)
 {
-    if (l->op == OP_KEEPALIVE)
+    if (l->op.kind == OP_KEEPALIVE)
         keepalive_done(l, rc);
     else
         finish(l, rc);
@@ -2407,114 +3311,169 @@ static void refresh_over(redlock *l, int rc)
 
 static void refresh_start(redlock *l)
 {
-    l->t0 = l->c->now;
-    l->repair = 0;
-    round_start(l, PH_REFRESH, S_REFRESH, all_nodes(l->c), l->t0 + ms_ns(l->ttl));
+    l->op.t0 = l->c->now;
+    l->op.repair = 0;
+    round_start(l, PH_REFRESH, S_REFRESH, all_nodes(l->c), l->op.t0 + ms_ns(l->lease.ttl));
+}
+
+/* A quorum holds our value and some nodes lost the key (restarted
+ * empty): set it again there (never where another value is), or a second
+ * restart would cost the quorum. */
+static void refresh_repair(redlock *l, int64_t until)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < l->c->n; i++)
+        if (l->res[i].state == N_OK && l->res[i].ans.code == 0)
+            m |= bit(i);
+    l->op.repair = 1;
+    round_start(l, PH_REPAIR, S_REFRESH, m, until);
 }
 
 static void refresh_judge(redlock *l)
 {
     redlock_client *c = l->c;
     verdict v = judge(l);
-    if (v.ours >= c->quorum) {
-        int64_t until = l->t0 + ms_ns(l->ttl) - drift_ns(l);
-        if (until <= c->now) {
-            char nm[64];
-            l->pending = lerr(l, REDLOCK_NOT_HELD, "refresh '%s': the TTL ran out before the reply",
-                              shown(l, nm, sizeof nm));
-            l->held = 0;
-            l->valid_until = 0;
-            round_start(l, PH_RELEASE_TAKEN, S_RELEASE, taken_nodes(l), 0);
-            return;
-        }
-        l->held = 1;
-        l->valid_until = until;
-        l->renewed_at = l->t0;
-        if (v.missing > 0) {
-            /* A node restarted empty lost our key. We hold a quorum, so no
-             * one else can: set it again there (never where another value
-             * is), or a second restart would cost the quorum. */
-            uint32_t m = 0;
-            for (size_t i = 0; i < c->n; i++)
-                if (l->res[i].state == N_OK && l->res[i].code == 0)
-                    m |= bit(i);
-            l->repair = 1;
-            round_start(l, PH_REPAIR, S_REFRESH, m, until);
-            return;
-        }
+    int d = held_decision(c->n, c->quorum, v.ours, v.missing, v.other);
+    if (d == Q_UNKNOWN) {
+        refresh_over(l, fail_nodes(l, "refresh", v.t));
+        return;
+    }
+    if (d == Q_NO) {
+        int rc = not_held(l, "refresh", v);
+        if (v.ours > 0) /* a minority still holds our value: give it back */
+            release_taken(l, (outcome){rc, 0});
+        else
+            refresh_over(l, rc);
+        return;
+    }
+    int64_t until = lease_end(l);
+    if (!until) {
+        char nm[64];
+        release_taken(l, (outcome){lerr(l, REDLOCK_NOT_HELD,
+                                        "refresh '%s': the TTL ran out before the reply",
+                                        shown(l, nm, sizeof nm)),
+                                   0});
+        return;
+    }
+    l->lease.held = 1;
+    l->lease.valid_until = until;
+    l->lease.renewed_at = l->op.t0;
+    if (v.missing > 0)
+        refresh_repair(l, until);
+    else
         refresh_over(l, REDLOCK_OK);
-        return;
+}
+
+/* The repair round is over (whatever it found: the quorum holds). */
+static void repaired(redlock *l)
+{
+    refresh_over(l, REDLOCK_OK);
+}
+
+/* A semaphore's or a read-write lock's inspect (from LIST): held when a
+ * quorum lists holders; ours when a quorum lists us, with our least lease. */
+static void inspect_shared(redlock *l, redlock_info *info)
+{
+    size_t held = 0, ours = 0;
+    int64_t ttl = -1;
+    for (size_t i = 0; i < l->c->n; i++) {
+        const nres *a = &l->res[i];
+        if (a->state != N_OK)
+            continue;
+        if ((uint64_t)a->ans.val > info->fence)
+            info->fence = (uint64_t)a->ans.val;
+        held += a->ans.count > 0;
+        if (!a->ans.ours)
+            continue;
+        ours++;
+        if (ttl < 0 || a->ans.code < ttl)
+            ttl = a->ans.code;
     }
-    if (v.ours + v.missing + v.other >= c->quorum || v.missing + v.other > c->n - c->quorum) {
-        l->pending = not_held(l, "refresh", v);
-        if (v.ours > 0) {
-            round_start(l, PH_RELEASE_TAKEN, S_RELEASE, taken_nodes(l), 0);
-            return;
-        }
-        refresh_over(l, l->pending);
-        return;
-    }
-    refresh_over(l, fail_nodes(l, "refresh", v.t));
+    info->held = held >= l->c->quorum;
+    info->ours = ours >= l->c->quorum;
+    info->ttl_ms = info->ours ? ttl : -1;
 }
 
 static void inspect_judge(redlock *l)
 {
     redlock_client *c = l->c;
-    redlock_info *info = l->info;
-    tally t = count_nodes(l);
+    redlock_info *info = l->op.info;
+    tally t = count_nodes(l->res, c->n);
     if (t.ok < c->quorum) {
         finish(l, fail_nodes(l, "inspect", t));
+        return;
+    }
+    if (l->k.kind != LK_LOCK) {
+        inspect_shared(l, info);
+        finish(l, REDLOCK_OK);
         return;
     }
     for (size_t i = 0; i < c->n; i++) {
         const nres *a = &l->res[i];
         if (a->state != N_OK)
             continue;
-        if ((uint64_t)a->val > info->fence)
-            info->fence = (uint64_t)a->val;
-        if (!a->vhash || info->held)
+        if ((uint64_t)a->ans.val > info->fence)
+            info->fence = (uint64_t)a->ans.val;
+        if (!a->ans.vhash || info->held)
             continue;
         size_t same = 0;
         int64_t ttl = -1;
         for (size_t j = 0; j < c->n; j++) {
             const nres *b = &l->res[j];
-            if (b->state == N_OK && b->vhash == a->vhash) {
+            if (b->state == N_OK && b->ans.vhash == a->ans.vhash) {
                 same++;
-                if (ttl < 0 || b->code < ttl)
-                    ttl = b->code;
+                if (ttl < 0 || b->ans.code < ttl)
+                    ttl = b->ans.code;
             }
         }
         if (same >= c->quorum) {
             info->held = 1;
-            info->ours = a->ours;
+            info->ours = a->ans.ours;
             info->ttl_ms = ttl;
         }
     }
     finish(l, REDLOCK_OK);
 }
 
-/* ---- keepalive ---------------------------------------------------------------------------------- */
+/* redlock_holders: keep the holders a quorum of nodes listed. */
+static void holders_judge(redlock *l)
+{
+    redlock_client *c = l->c;
+    tally t = count_nodes(l->res, c->n);
+    if (t.ok < c->quorum) {
+        finish(l, fail_nodes(l, "list", t));
+        return;
+    }
+    size_t kept = 0;
+    for (size_t k = 0; k < l->op.list.n; k++)
+        if (l->op.list.out[k].nodes >= c->quorum)
+            l->op.list.out[kept++] = l->op.list.out[k];
+    l->op.list.n = kept;
+    finish(l, REDLOCK_OK);
+}
+
+/* ---- keepalive ---- */
 
 /* A held lock with keepalive on refreshes every ttl/3 and watches its
  * validity; the timer is the earlier of the two. */
 static void keepalive_arm(redlock *l)
 {
-    if (!l->keepalive || !l->held || l->op != OP_NONE)
+    if (!l->lease.keepalive || !l->lease.held || l->op.kind != OP_NONE)
         return;
-    int64_t at = l->renewed_at + ms_ns(l->ttl) / 3;
-    if (at > l->valid_until)
-        at = l->valid_until;
+    int64_t at = l->lease.renewed_at + ms_ns(l->lease.ttl) / 3;
+    if (at > l->lease.valid_until)
+        at = l->lease.valid_until;
     timer_set(l, at);
 }
 
 static void keepalive_lost(redlock *l, const char *why)
 {
     char nm[64];
-    l->held = 0;
-    l->valid_until = 0;
+    lease_drop(l);
     lerr(l, REDLOCK_NOT_HELD, "keepalive '%s': the lease is lost: %s", shown(l, nm, sizeof nm), why);
+    l->callerr[0] = '\0';
     memcpy(l->c->errstr, l->errstr, sizeof l->errstr);
-    l->result = REDLOCK_NOT_HELD;
+    l->op.result = REDLOCK_NOT_HELD;
     done_push(l);
 }
 
@@ -2522,18 +3481,18 @@ static void keepalive_done(redlock *l, int rc)
 {
     redlock_client *c = l->c;
     char why[sizeof l->errstr + 64];
-    l->op = OP_NONE;
-    l->phase = PH_NONE;
-    l->seq++;
-    if (rc == REDLOCK_OK || (rc != REDLOCK_NOT_HELD && c->now < l->valid_until)) {
+    l->op.kind = OP_NONE;
+    l->op.phase = PH_NONE;
+    l->op.seq++;
+    if (rc == REDLOCK_OK || (rc != REDLOCK_NOT_HELD && c->now < l->lease.valid_until)) {
         /* held; or an error with time left: try again soon, not later than
          * a third of what is left */
-        int64_t at = l->renewed_at + ms_ns(l->ttl) / 3;
+        int64_t at = l->lease.renewed_at + ms_ns(l->lease.ttl) / 3;
         if (rc != REDLOCK_OK) {
-            int64_t soon = c->now + (l->valid_until - c->now) / 3;
+            int64_t soon = c->now + (l->lease.valid_until - c->now) / 3;
             at = soon > c->now + ms_ns(10) ? soon : c->now + ms_ns(10);
         }
-        timer_set(l, at < l->valid_until ? at : l->valid_until);
+        timer_set(l, at < l->lease.valid_until ? at : l->lease.valid_until);
         return;
     }
     if (rc == REDLOCK_NOT_HELD)
@@ -2549,62 +3508,19 @@ static void keepalive_done(redlock *l, int rc)
  * lease ran out. */
 static void keepalive_fire(redlock *l)
 {
-    redlock_client *c = l->c;
-    if (!l->held)
+    if (!l->lease.held)
         return;
-    if (c->now >= l->valid_until) {
+    if (l->c->now >= l->lease.valid_until) {
         timer_clear(l);
         keepalive_lost(l, "its TTL ran out before a refresh succeeded");
         return;
     }
-    l->op = OP_KEEPALIVE;
-    l->blocking = 0;
+    l->op.kind = OP_KEEPALIVE;
+    l->op.blocking = 0;
     refresh_start(l);
 }
 
-/* ---- the state machine ---------------------------------------------------------------------------- */
-
-/* l's round has ended (every node answered or failed): judge it and move on. */
-static void advance(redlock *l)
-{
-    switch (l->phase) {
-    case PH_ACQUIRE:
-        acquire_judge(l);
-        break;
-    case PH_RAISE:
-        raise_judge(l);
-        break;
-    case PH_RELEASE_TAKEN:
-        if (l->op == OP_TRYLOCK || l->op == OP_LOCK)
-            try_over(l, l->pending);
-        else
-            refresh_over(l, l->pending);
-        break;
-    case PH_DEQUEUE:
-        finish(l, l->pending);
-        break;
-    case PH_RELEASE:
-        unlock_judge(l);
-        break;
-    case PH_REFRESH:
-        refresh_judge(l);
-        break;
-    case PH_REPAIR:
-        refresh_over(l, REDLOCK_OK);
-        break;
-    case PH_STATUS:
-        inspect_judge(l);
-        break;
-    case PH_SUBSCRIBE:
-        subscribed(l);
-        break;
-    case PH_PROBE:
-        probe_judge(l);
-        break;
-    }
-}
-
-/* ---- stopping an operation ------------------------------------------------------------------ */
+/* ---- stopping an operation ---- */
 
 /* Stop waiting for l's requests: those never written are dropped, the
  * replies of the others are read and thrown away. Returns the nodes where
@@ -2617,20 +3533,38 @@ static uint32_t forget_requests(redlock *l)
         for (size_t j = 0; j < c->nodes[i].nsh; j++)
             if (net_conn_forget(c->nodes[i].sh[j].cmd, l) > 0)
                 written |= bit(i);
-    l->seq++;
+    l->op.seq++;
     return written;
 }
 
 static void abandon(redlock *l)
 {
     forget_requests(l);
-    l->op = OP_NONE;
-    l->phase = PH_NONE;
-    l->blocking = 0;
-    l->outstanding = 0;
+    l->op.kind = OP_NONE;
+    l->op.phase = PH_NONE;
+    l->op.blocking = 0;
+    l->op.outstanding = 0;
     timer_clear(l);
     ready_remove(l);
     chan_leave(l);
+}
+
+/* Nodes where an acquire being cancelled may have landed: what it took,
+ * and while its round runs, every node its request was written to or
+ * that said yes. */
+static uint32_t maybe_landed(const redlock *l, uint32_t written)
+{
+    uint8_t ph = l->op.phase;
+    if (ph == PH_SLEEP || ph == PH_PARKED || ph == PH_SUBSCRIBE || ph == PH_PROBE)
+        return 0;
+    uint32_t landed = taken_nodes(l);
+    if (ph == PH_ACQUIRE) {
+        landed |= written;
+        for (size_t i = 0; i < l->c->n; i++)
+            if (l->res[i].state == N_OK && (l->res[i].ans.code == 1 || l->res[i].ans.code == 2))
+                landed |= bit(i);
+    }
+    return landed;
 }
 
 /* Stop l's operation. An acquire that may have landed anywhere is released
@@ -2639,308 +3573,31 @@ static void abandon(redlock *l)
 static void op_cancel(redlock *l)
 {
     redlock_client *c = l->c;
-    int acquiring = l->op == OP_TRYLOCK || l->op == OP_LOCK;
+    int acquiring = l->op.kind == OP_TRYLOCK || l->op.kind == OP_LOCK;
     uint32_t written = forget_requests(l);
-    uint32_t landed = 0;
-    if (acquiring && l->phase != PH_SLEEP && l->phase != PH_PARKED && l->phase != PH_SUBSCRIBE &&
-        l->phase != PH_PROBE) {
-        landed = taken_nodes(l);
-        if (l->phase == PH_ACQUIRE) {
-            landed |= written;
-            for (size_t i = 0; i < c->n; i++)
-                if (l->res[i].state == N_OK && (l->res[i].code == 1 || l->res[i].code == 2))
-                    landed |= bit(i);
-        }
-    }
-    if (acquiring && !l->held_before) {
+    if (acquiring && !l->op.held_before) {
+        uint32_t landed = maybe_landed(l, written);
         for (size_t i = 0; i < c->n; i++)
             if (landed & bit(i))
                 queue_orphan(l, i, S_RELEASE);
-        l->held = 0;
-        l->valid_until = 0;
+        lease_drop(l);
     }
-    if (l->op == OP_LOCK && c->opts.fair)
+    if (l->op.kind == OP_LOCK && l->wait.queued)
+        fair_cancel(l);
+    if (l->op.kind == OP_LOCK && l->wait.writer_waits)
         for (size_t i = 0; i < c->n; i++)
-            queue_orphan(l, i, S_DEQUEUE);
-    if (l->op == OP_UNLOCK) {
-        l->held = 0;
-        l->valid_until = 0;
-    }
-    l->waiting = 0;
+            queue_orphan(l, i, S_WLEAVE);
+    l->wait.writer_waits = 0;
+    if (l->op.kind == OP_UNLOCK)
+        lease_drop(l);
+    l->wait.queued = 0;
     abandon(l);
     keepalive_arm(l);
 }
 
-/* ---- the engine -------------------------------------------------------------------------------- */
+/* ==== 8. Construction and API =========================================================== */
 
-/* During a round the lock's timer is the earliest retry due (and, for a
- * keepalive refresh, the end of the validity). */
-static void timer_rearm_round(redlock *l)
-{
-    int64_t at = l->op == OP_KEEPALIVE ? l->valid_until : 0;
-    for (size_t i = 0; i < l->c->n; i++) {
-        int64_t r = l->res[i].retry_at;
-        if (r && (!at || r < at))
-            at = r;
-    }
-    if (at)
-        timer_set(l, at);
-    else
-        timer_clear(l);
-}
-
-/* Send the requests whose retry is due. */
-static void retry_due(redlock *l)
-{
-    redlock_client *c = l->c;
-    for (size_t i = 0; i < c->n; i++) {
-        nres *nd = &l->res[i];
-        if (!nd->retry_at || nd->retry_at > c->now || nd->final)
-            continue;
-        nd->retry_at = 0;
-        int rc = send_request(l, i, -1);
-        if (rc != REDLOCK_OK) {
-            node_error(l, i, rc, 0, "%s: cannot queue a request: %s", c->nodes[i].desc,
-                       redlock_strerror(rc));
-            settle(l, i);
-        }
-    }
-    if (l->op != OP_NONE && l->outstanding > 0)
-        timer_rearm_round(l);
-}
-
-/* l's timer is due. */
-static void fire(redlock *l)
-{
-    redlock_client *c = l->c;
-    timer_clear(l);
-    switch (l->phase) {
-    case PH_SLEEP:
-    case PH_PARKED:
-        try_now(l);
-        return;
-    case PH_SUBSCRIBE:
-        subscribed(l);
-        return;
-    }
-    if (l->op == OP_NONE) {
-        keepalive_fire(l);
-    } else if (l->op == OP_KEEPALIVE && c->now >= l->valid_until) {
-        abandon(l);
-        keepalive_lost(l, "its TTL ran out: no node answered the refresh in time");
-    } else if (l->outstanding > 0) {
-        retry_due(l);
-    }
-}
-
-static int fire_timers(redlock_client *c)
-{
-    int fired = 0;
-    for (int guard = 0; guard < 1 << 20; guard++) {
-        redlock *due = NULL;
-        for (redlock *l = c->armed; l; l = l->tnext)
-            if (l->timer_at <= c->now) {
-                due = l;
-                break;
-            }
-        if (!due)
-            break;
-        fire(due);
-        fired++;
-    }
-    return fired;
-}
-
-static int run_ready(redlock_client *c)
-{
-    int k = 0;
-    for (; c->ready && k < 1 << 20; k++) {
-        redlock *l = c->ready;
-        c->ready = l->ready_next;
-        l->on_ready = 0;
-        if (l->op != OP_NONE && l->outstanding == 0)
-            advance(l);
-    }
-    return k;
-}
-
-/* ---- the slot map of a cluster ------------------------------------------------------------------ */
-
-/* Ask one of cluster node i's shards (in turn) for CLUSTER SLOTS. */
-static void map_ask(redlock_client *c, size_t i)
-{
-    node *m = &c->nodes[i];
-    static const char *const argv[2] = {"CLUSTER", "SLOTS"};
-    static const size_t lens[2] = {7, 5};
-    size_t j = m->map_next++ % m->nsh;
-    net_tag tag = {m, 0, K_SLOTS};
-    m->map_due = 0;
-    if (net_conn_request(m->sh[j].cmd, 2, argv, lens, tag, 0, c->now) != RESP_OK) {
-        m->map_due = c->now + ms_ns(100);
-        return;
-    }
-    m->map_busy = 1;
-    m->map_moves = m->moves;
-}
-
-/* One CLUSTER SLOTS entry: {start, end, {host, port, ...} (the primary),
- * replicas...}. 0, or -1 if malformed. */
-static int map_entry(redlock_client *c, size_t i, size_t asked, const resp_reply *e)
-{
-    node *m = &c->nodes[i];
-    const resp_reply *p = e + 3;
-    if (e->type != RESP_ARRAY || e->n < 3 || e[1].type != RESP_INTEGER ||
-        e[2].type != RESP_INTEGER || p->type != RESP_ARRAY || p->n < 2 ||
-        (p[1].type != RESP_BULK && p[1].type != RESP_NIL) || p[2].type != RESP_INTEGER)
-        return -1;
-    long long lo = e[1].integer, hi = e[2].integer, port = p[2].integer;
-    if (lo < 0 || hi >= NSLOTS || lo > hi || port <= 0 || port > 65535)
-        return -1;
-    char ps[8];
-    int pl = snprintf(ps, sizeof ps, "%lld", port);
-    int j = shard_at(c, i, asked, p[1].type == RESP_BULK ? p[1].str : "",
-                     p[1].type == RESP_BULK ? p[1].len : 0, ps, (size_t)pl);
-    if (j < 0)
-        return -1;
-    for (long long s = lo; s <= hi; s++)
-        m->scratch[s] = (int16_t)j;
-    return 0;
-}
-
-/* The CLUSTER SLOTS reply from shard j of node i. A map that a MOVED
- * overtook meanwhile is dropped (and asked for again): it may be older
- * than what the MOVED said. */
-static void map_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r)
-{
-    node *m = &c->nodes[i];
-    m->map_busy = 0;
-    if (status != RESP_OK || r->type != RESP_ARRAY || m->moves != m->map_moves) {
-        m->map_due = c->now + ms_ns(status != RESP_OK || r->type != RESP_ARRAY ? 100 : 0);
-        return;
-    }
-    for (size_t s = 0; s < NSLOTS; s++)
-        m->scratch[s] = -1;
-    const resp_reply *e = r + 1;
-    for (uint32_t k = 0; k < r->n; k++, e += e->span)
-        if (map_entry(c, i, j, e) != 0) {
-            m->map_due = c->now + ms_ns(100); /* try another node */
-            return;
-        }
-    memcpy(m->slots, m->scratch, NSLOTS * sizeof *m->slots);
-}
-
-/* ---- taking results ------------------------------------------------------------------------------ */
-
-/* Hand shard j of node i's replies to the operations that sent them. */
-static int take_replies(redlock_client *c, size_t i, size_t j)
-{
-    net_conn *conn = c->nodes[i].sh[j].cmd;
-    net_tag tag;
-    const resp_reply *r;
-    size_t ne;
-    int st, k = 0;
-    while ((st = net_conn_take(conn, &tag, &r, &ne)) != RESP_IDLE) {
-        k++;
-        if ((tag.kind & 0xff) == K_SLOTS) {
-            map_reply(c, i, j, st, r);
-            if (st == RESP_OK)
-                net_conn_consume(conn);
-            continue;
-        }
-        redlock *l = tag.owner;
-        int live = l && l->seq == tag.seq && l->op != OP_NONE;
-        if (st == RESP_OK) {
-            if (live && on_result(l, i, tag.kind, RESP_OK, r) < 0)
-                net_conn_fail(conn, RESP_ERR_PROTOCOL, "a reply out of step: connection closed");
-            else
-                net_conn_consume(conn);
-        } else if (live) {
-            on_result(l, i, tag.kind, st, NULL);
-        }
-    }
-    return k;
-}
-
-/* Shard j of node i's listener: pushes, and whether it lost its
- * subscriptions. */
-static int take_pushes(redlock_client *c, size_t i, size_t j)
-{
-    shard *sh = &c->nodes[i].sh[j];
-    net_tag tag;
-    const resp_reply *r;
-    size_t ne;
-    int st, k = 0, failed = 0;
-    while ((st = net_conn_take(sh->sub, &tag, &r, &ne)) != RESP_IDLE) {
-        k++;
-        if (st != RESP_OK) {
-            failed = 1;
-            continue;
-        }
-        on_push(c, i, j, r);
-        net_conn_consume(sh->sub);
-    }
-    int up = net_conn_ready(sh->sub);
-    uint64_t gen = net_conn_generation(sh->sub);
-    if (failed || (sh->sub_gen && (!up || gen != sh->sub_gen))) {
-        listener_reset(c, i, j);
-        k++;
-    }
-    sh->sub_gen = up ? gen : 0;
-    return k;
-}
-
-static net_conn *conn_of_fd(const redlock_client *c, int fd)
-{
-    for (size_t i = 0; i < c->n; i++)
-        for (size_t j = 0; j < c->nodes[i].nsh; j++) {
-            const shard *sh = &c->nodes[i].sh[j];
-            if (net_conn_fd(sh->cmd) == fd)
-                return sh->cmd;
-            if (sh->sub && net_conn_fd(sh->sub) == fd)
-                return sh->sub;
-        }
-    return NULL;
-}
-
-/* One turn of the engine: the I/O poll() reported, then, until nothing
- * moves, connect and write what waits, hand out replies, move rounds that
- * ended, fire timers. Returns how many reported operations ended. */
-static int engine_pass(redlock_client *c, const struct pollfd *fds, int nfds)
-{
-    c->now = net_now_ns();
-    c->completed = 0;
-    for (int k = 0; k < nfds; k++) {
-        if (!fds[k].revents || fds[k].fd < 0)
-            continue;
-        net_conn *conn = conn_of_fd(c, fds[k].fd);
-        if (conn)
-            net_conn_io(conn, fds[k].revents, c->now);
-    }
-    for (int pass = 0; pass < MAX_PASSES; pass++) {
-        int moved = 0;
-        for (size_t i = 0; i < c->n; i++) {
-            node *m = &c->nodes[i];
-            if (m->cluster && m->map_due && m->map_due <= c->now && !m->map_busy)
-                map_ask(c, i);
-            for (size_t j = 0; j < m->nsh; j++) {
-                shard *sh = &m->sh[j];
-                net_conn_pump(sh->cmd, c->now);
-                moved += take_replies(c, i, j);
-                if (sh->sub) {
-                    net_conn_pump(sh->sub, c->now);
-                    moved += take_pushes(c, i, j);
-                }
-            }
-        }
-        moved += run_ready(c);
-        moved += fire_timers(c);
-        if (!moved)
-            break;
-    }
-    return c->completed;
-}
-
-/* ---- client ---------------------------------------------------------------------------------------- */
+/* ---- options ---- */
 
 void redlock_options_init(redlock_options *o)
 {
@@ -2959,6 +3616,7 @@ void redlock_options_init(redlock_options *o)
     o->max_line = RESP_DEFAULT_MAX_LINE;
     o->fair = 0;
     o->scripts = REDLOCK_SCRIPTS_AUTO;
+    o->restart_guard = -1;
 }
 
 static int check_options(const redlock_options *o)
@@ -2981,6 +3639,8 @@ static int check_options(const redlock_options *o)
         return global_err(REDLOCK_ERR_ARG, "max_depth must be at most %d", RESP_MAX_DEPTH);
     if (o->wait_replicas < 0 || o->wait_replicas > 100)
         return global_err(REDLOCK_ERR_ARG, "wait_replicas must be 0 to 100");
+    if (o->restart_guard < -1 || o->restart_guard > 1)
+        return global_err(REDLOCK_ERR_ARG, "restart_guard must be -1 (auto), 0 (off) or 1 (on)");
     return REDLOCK_OK;
 }
 
@@ -2998,6 +3658,8 @@ static net_opts conn_opts(const redlock_options *o)
     return co;
 }
 
+/* ---- clients ---- */
+
 /* A rediss:// URL needs a transport; the options' TLS fields fill in what
  * its parameters leave unset (copied: the caller's strings may go). */
 static int url_tls(net_url *u, const redlock_options *o, char *err, size_t errlen)
@@ -3013,16 +3675,16 @@ static int url_tls(net_url *u, const redlock_options *o, char *err, size_t errle
                                 errlen);
 }
 
-/* Node i from its URL: one shard; a cluster (?cluster=1) one shard per
- * seed to begin with, and a slot map to fill from the first answer. */
+/* Node i from its URL: one shard, or a cluster (part 5). */
 static int add_node(redlock_client *c, size_t i, const char *url, const net_opts *co)
 {
     node *m = &c->nodes[i];
     net_url u;
+    net_seeds seeds;
     char err[200];
     if (!url)
         return global_err(REDLOCK_ERR_ARG, "URL %zu is NULL", i + 1);
-    int rc = net_url_parse(&u, url, err, sizeof err);
+    int rc = net_url_parse(&u, &seeds, url, err, sizeof err);
     if (rc == RESP_OK)
         rc = url_tls(&u, &c->opts, err, sizeof err);
     if (rc != RESP_OK) {
@@ -3031,32 +3693,13 @@ static int add_node(redlock_client *c, size_t i, const char *url, const net_opts
                          : global_err(REDLOCK_ERR_ARG, "URL %zu: %s", i + 1, err);
     }
     m->opts = *co;
-    m->cluster = u.cluster;
-    m->sharded = 1;
-    m->sh = resp_alloc_array(u.cluster ? MAX_SHARDS : 1, sizeof *m->sh);
-    if (u.cluster) {
-        /* CLUSTER SLOTS: an entry per slot range, nested three deep */
-        m->opts.limits.max_array = NSLOTS;
-        m->opts.max_elems = (size_t)NSLOTS * 16;
-        if (m->opts.max_reply < ((size_t)4 << 20))
-            m->opts.max_reply = (size_t)4 << 20;
-        m->slots = resp_alloc_array(NSLOTS, sizeof *m->slots);
-        m->scratch = resp_alloc_array(NSLOTS, sizeof *m->scratch);
-        m->url = u;
-        m->map_due = 1; /* at the first turn of the engine */
-    }
-    rc = !m->sh || (u.cluster && (!m->slots || !m->scratch)) ? -1 : add_shard(c, i, &u);
-    for (int k = 0; rc >= 0 && k < u.nseeds; k++)
-        rc = shard_at(c, i, 0, u.seed_host[k], strlen(u.seed_host[k]), u.seed_port[k],
-                      strlen(u.seed_port[k]));
+    m->fn.fcall = c->opts.scripts == REDLOCK_SCRIPTS_FUNCTIONS;
+    if (u.cluster)
+        rc = cluster_new(c, i, &u, &seeds);
+    else
+        rc = (m->sh = resp_alloc_array(1, sizeof *m->sh)) != NULL ? add_shard(c, i, &u) : -1;
     memset(u.password, 0, sizeof u.password);
-    if (rc < 0)
-        return global_err(REDLOCK_ERR_NOMEM, "out of memory");
-    if (m->slots)
-        for (size_t s = 0; s < NSLOTS; s++)
-            m->slots[s] = -1;
-    snprintf(m->desc, sizeof m->desc, "%s%s", m->sh[0].desc, u.cluster ? " (cluster)" : "");
-    return REDLOCK_OK;
+    return rc < 0 ? global_err(REDLOCK_ERR_NOMEM, "out of memory") : REDLOCK_OK;
 }
 
 static void free_node(node *m)
@@ -3065,10 +3708,8 @@ static void free_node(node *m)
         net_conn_free(m->sh[j].cmd);
         net_conn_free(m->sh[j].sub);
     }
-    memset(m->url.password, 0, sizeof m->url.password);
     resp_free(m->sh);
-    resp_free(m->slots);
-    resp_free(m->scratch);
+    cluster_free(m->cl);
 }
 
 int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
@@ -3097,16 +3738,14 @@ int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
     c->opts = o;
     c->n = n;
     c->quorum = n / 2 + 1;
+    c->guard = o.restart_guard == 1 || (o.restart_guard == -1 && n > 1);
     c->nodes = resp_alloc_array(n, sizeof *c->nodes);
-    c->fn = resp_alloc_array(n, sizeof *c->fn);
     c->pfd_cap = 2 * n;
     c->pfd = resp_alloc_array(c->pfd_cap, sizeof *c->pfd);
-    if (!c->nodes || !c->fn || !c->pfd) {
+    if (!c->nodes || !c->pfd) {
         redlock_client_free(c);
         return global_err(REDLOCK_ERR_NOMEM, "out of memory");
     }
-    for (size_t i = 0; i < n; i++)
-        c->fn[i].fcall = o.scripts == REDLOCK_SCRIPTS_FUNCTIONS;
     net_opts co = conn_opts(&o);
     for (size_t i = 0; i < n; i++) {
         rc = add_node(c, i, urls[i], &co);
@@ -3121,43 +3760,42 @@ int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
     return REDLOCK_OK;
 }
 
+static void free_chans(chan *ch)
+{
+    for (chan *next; ch; ch = next) {
+        next = ch->next;
+        resp_free(ch->name);
+        resp_free(ch);
+    }
+}
+
 void redlock_client_free(redlock_client *c)
 {
     if (!c)
         return;
     /* Locks stay valid for redlock_free only; their operations end here
      * without I/O (a held lease is reclaimed by its TTL). */
-    for (redlock *l = c->all, *next; l; l = next) {
-        next = l->next;
-        if (l->op != OP_NONE && l->op != OP_KEEPALIVE)
-            l->result = REDLOCK_CANCELLED;
-        l->op = OP_NONE;
-        l->phase = PH_NONE;
-        l->held = 0;
-        l->ch = NULL;
-        l->armed = l->on_ready = l->in_done = 0;
-        l->prev = l->next = NULL;
+    for (redlock *l = c->locks.all, *next; l; l = next) {
+        next = l->link.next;
+        if (l->op.kind != OP_NONE && l->op.kind != OP_KEEPALIVE)
+            l->op.result = REDLOCK_CANCELLED;
+        l->op.kind = OP_NONE;
+        l->op.phase = PH_NONE;
+        l->lease.held = 0;
+        l->wait.ch = NULL;
+        memset(&l->link, 0, sizeof l->link);
         l->c = NULL;
     }
     if (c->nodes)
         for (size_t i = 0; i < c->n; i++)
             free_node(&c->nodes[i]);
-    for (size_t b = 0; b < c->nbuckets; b++)
-        for (chan *ch = c->buckets[b], *next; ch; ch = next) {
-            next = ch->next;
-            resp_free(ch->name);
-            resp_free(ch);
-        }
-    for (chan *ch = c->free_chans, *next; ch; ch = next) {
-        next = ch->next;
-        resp_free(ch->name);
-        resp_free(ch);
-    }
-    resp_free(c->buckets);
-    resp_free(c->sbuckets);
+    for (size_t b = 0; b < c->chans.nbuckets; b++)
+        free_chans(c->chans.buckets[b]);
+    free_chans(c->chans.free);
+    resp_free(c->chans.buckets);
+    resp_free(c->chans.sbuckets);
     resp_free(c->nodes);
-    resp_free(c->fn);
-    resp_free(c->fn_code);
+    resp_free(c->lib_code);
     resp_free(c->pfd);
     resp_free(c);
 }
@@ -3178,26 +3816,25 @@ void redlock_set_allocator(void *(*alloc_fn)(size_t), void *(*realloc_fn)(void *
     resp_set_allocator(alloc_fn, realloc_fn, free_fn);
 }
 
+/* ---- the engine for an event loop ---- */
+
 int redlock_client_pollfds(redlock_client *c, struct pollfd *fds, int nfds)
 {
     int k = 0;
     if (!c)
         return 0;
-    for (size_t i = 0; i < c->n; i++)
-        for (size_t j = 0; j < c->nodes[i].nsh; j++) {
-            net_conn *two[2] = {c->nodes[i].sh[j].cmd, c->nodes[i].sh[j].sub};
-            for (int t = 0; t < 2; t++) {
-                short ev = two[t] ? net_conn_events(two[t]) : 0;
-                if (!ev || net_conn_fd(two[t]) < 0)
-                    continue;
-                if (fds && k < nfds) {
-                    fds[k].fd = net_conn_fd(two[t]);
-                    fds[k].events = ev;
-                    fds[k].revents = 0;
-                }
-                k++;
-            }
+    conn_iter it = {0, 0, 0, 0};
+    for (net_conn *conn; (conn = next_conn(c, &it)) != NULL;) {
+        short ev = net_conn_events(conn);
+        if (!ev || net_conn_fd(conn) < 0)
+            continue;
+        if (fds && k < nfds) {
+            fds[k].fd = net_conn_fd(conn);
+            fds[k].events = ev;
+            fds[k].revents = 0;
         }
+        k++;
+    }
     return k;
 }
 
@@ -3206,11 +3843,9 @@ uint64_t redlock_client_sockets(const redlock_client *c)
     uint64_t n = 0;
     if (!c)
         return 0;
-    for (size_t i = 0; i < c->n; i++)
-        for (size_t j = 0; j < c->nodes[i].nsh; j++) {
-            const shard *sh = &c->nodes[i].sh[j];
-            n += net_conn_sockets(sh->cmd) + (sh->sub ? net_conn_sockets(sh->sub) : 0);
-        }
+    conn_iter it = {0, 0, 0, 0};
+    for (net_conn *conn; (conn = next_conn(c, &it)) != NULL;)
+        n += net_conn_sockets(conn);
     return n;
 }
 
@@ -3218,32 +3853,9 @@ int redlock_client_timeout_ms(const redlock_client *c)
 {
     if (!c)
         return -1;
-    if (c->ready)
+    if (c->locks.ready)
         return 0;
-    int64_t d = INT64_MAX;
-    for (size_t i = 0; i < c->n; i++) {
-        const node *m = &c->nodes[i];
-        if (m->cluster && m->map_due && !m->map_busy && m->map_due < d)
-            d = m->map_due;
-        for (size_t j = 0; j < m->nsh; j++) {
-            int64_t a = net_conn_deadline(m->sh[j].cmd);
-            int64_t b = m->sh[j].sub ? net_conn_deadline(m->sh[j].sub) : INT64_MAX;
-            if (a < d)
-                d = a;
-            if (b < d)
-                d = b;
-        }
-    }
-    for (const redlock *l = c->armed; l; l = l->tnext)
-        if (l->timer_at < d)
-            d = l->timer_at;
-    if (d == INT64_MAX)
-        return -1;
-    int64_t left = d - net_now_ns();
-    if (left <= 0)
-        return 0;
-    left = (left + 999999) / 1000000;
-    return left > INT32_MAX ? INT32_MAX : (int)left;
+    return poll_ms(next_due(c), net_now_ns());
 }
 
 int redlock_client_process(redlock_client *c, const struct pollfd *fds, int nfds)
@@ -3255,73 +3867,70 @@ int redlock_client_process(redlock_client *c, const struct pollfd *fds, int nfds
 
 redlock *redlock_client_done(redlock_client *c)
 {
-    if (!c || !c->done_head)
+    if (!c || !c->locks.done_head)
         return NULL;
-    redlock *l = c->done_head;
-    c->done_head = l->done_next;
-    if (!c->done_head)
-        c->done_tail = NULL;
-    l->in_done = 0;
-    l->done_next = NULL;
+    redlock *l = c->locks.done_head;
+    c->locks.done_head = l->link.done_next;
+    if (!c->locks.done_head)
+        c->locks.done_tail = NULL;
+    l->link.in_done = 0;
+    l->link.done_next = NULL;
     return l;
 }
 
-/* ---- lock handles ------------------------------------------------------------------------------- */
+/* ---- lock handles ---- */
 
-/* Does the name carry a Redis Cluster hash tag ({...} with something inside)? */
 static int has_hash_tag(const char *s, size_t n)
 {
-    const char *open = memchr(s, '{', n);
-    if (!open)
-        return 0;
-    const char *close = memchr(open + 1, '}', n - (size_t)(open + 1 - s));
-    return close && close > open + 1;
+    const char *tag;
+    size_t tlen;
+    return hash_tag(s, n, &tag, &tlen);
 }
 
-/* The lock's keys, all in the lock key's hash slot: NAME, and {NAME}:fence,
- * {NAME}:queue, {NAME}:alive and the cluster release channel {NAME}:freed
- * (NAME:fence... when NAME has a hash tag); the release channel on plain
- * nodes redlock:NAME. Written into p; returns the end. */
-static char *layout_keys(redlock *l, char *p, const char *name, size_t namelen)
+/* The lock's keys, all in the lock key's hash slot: NAME, and
+ * {NAME}:SUFFIX for each suffix (NAME:SUFFIX when NAME has a hash tag);
+ * the release channel on plain nodes redlock:NAME. Written into p;
+ * returns the end. */
+static char *layout_keys(lock_keys *k, char *p, const char *name, size_t namelen)
 {
+    static const char suffix[NKEYS][SUFFIX_LEN + 1] = {
+        SUFFIX_FENCE, SUFFIX_QUEUE, SUFFIX_ALIVE, SUFFIX_FREED, SUFFIX_HOLDS,
+        SUFFIX_READS, SUFFIX_TOKEN, SUFFIX_LIMIT, SUFFIX_WWAIT};
+    const char **dst[NKEYS] = {&k->fence, &k->queue, &k->alive, &k->freed, &k->holds,
+                               &k->reads, &k->token, &k->limit, &k->wwait};
     int tag = has_hash_tag(name, namelen);
-    size_t fencelen = namelen + (tag ? 6 : 8);
-    const char *suffix[4] = {"fence", "queue", "alive", "freed"};
-    const char **dst[4] = {&l->fence_key, &l->queue_key, &l->alive_key, &l->wake_key};
-
-    l->name = p;
-    l->namelen = namelen;
-    l->slot = key_slot(name, namelen);
+    k->name = p;
+    k->namelen = namelen;
+    k->slot = key_slot(name, namelen);
     memcpy(p, name, namelen);
     p[namelen] = '\0';
     p += namelen + 1;
-    l->fencelen = fencelen;
-    for (int k = 0; k < 4; k++) {
-        *dst[k] = p;
+    k->klen = namelen + (tag ? 1 : 3) + SUFFIX_LEN;
+    for (int s = 0; s < NKEYS; s++) {
+        *dst[s] = p;
         if (tag) {
             memcpy(p, name, namelen);
             p[namelen] = ':';
-            memcpy(p + namelen + 1, suffix[k], 6);
         } else {
             p[0] = '{';
             memcpy(p + 1, name, namelen);
             memcpy(p + 1 + namelen, "}:", 2);
-            memcpy(p + 3 + namelen, suffix[k], 6);
         }
-        p += fencelen + 1;
+        memcpy(p + k->klen - SUFFIX_LEN, suffix[s], SUFFIX_LEN + 1);
+        p += k->klen + 1;
     }
-    l->channel = p;
-    l->chlen = 8 + namelen;
-    memcpy(p, "redlock:", 8);
-    memcpy(p + 8, name, namelen);
-    p[l->chlen] = '\0';
-    return p + l->chlen + 1;
+    k->channel = p;
+    k->chlen = CHAN_PREFIX_LEN + namelen;
+    memcpy(p, CHAN_PREFIX, CHAN_PREFIX_LEN);
+    memcpy(p + CHAN_PREFIX_LEN, name, namelen);
+    p[k->chlen] = '\0';
+    return p + k->chlen + 1;
 }
 
 static int has_cluster(const redlock_client *c)
 {
     for (size_t i = 0; i < c->n; i++)
-        if (c->nodes[i].cluster)
+        if (c->nodes[i].cl)
             return 1;
     return 0;
 }
@@ -3342,10 +3951,17 @@ static int check_new_args(redlock_client *c, const char *name, size_t namelen, c
     }
     if (namelen > MAX_NAME)
         return cerr(c, REDLOCK_ERR_ARG, "lock name is longer than %u bytes", MAX_NAME);
-    if (ttl_ms == 0)
-        return cerr(c, REDLOCK_ERR_ARG, "ttl_ms must be > 0");
+    if (ttl_ms < REDLOCK_MIN_TTL_MS)
+        return cerr(c, REDLOCK_ERR_ARG,
+                    "ttl_ms must be at least %d (got %" PRIu32 "): a lease is its TTL less a "
+                    "round trip and the drift allowance (2 ms + ttl x drift_factor)",
+                    REDLOCK_MIN_TTL_MS, ttl_ms);
     if (value && (value[0] == '\0' || strlen(value) > MAX_VALUE))
         return cerr(c, REDLOCK_ERR_ARG, "lock value must be 1 to %d bytes", MAX_VALUE);
+    if (value && strcmp(value, READERS_MARK) == 0)
+        return cerr(c, REDLOCK_ERR_ARG,
+                    "lock value '" READERS_MARK "' is what a read-write lock's key holds while "
+                    "readers hold it: choose another");
     if (has_cluster(c) && !has_hash_tag(name, namelen) && memchr(name, '}', namelen))
         return cerr(c, REDLOCK_ERR_ARG,
                     "on Redis Cluster a lock name with '}' needs a {hash tag}: no other key "
@@ -3374,8 +3990,9 @@ static char *put_joined(char *p, const char *prefix, size_t plen, const char *va
     return p + plen + 1 + vlen + 1;
 }
 
-int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
-                    const char *value, uint32_t ttl_ms)
+/* A handle of this kind on name (the three constructors). */
+static int new_handle(redlock **out, redlock_client *c, const char *name, size_t namelen,
+                      const char *value, uint32_t ttl_ms, int kind, uint32_t permits)
 {
     char token[33];
     if (!out)
@@ -3391,42 +4008,70 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
             return rc;
         value = token;
     }
-    /* one block: the lock, its per-node results, then its strings */
+    /* one block: the lock, its per-node results, then its strings: the
+     * name, the {NAME}:SUFFIX keys, redlock:NAME, the value, and the two
+     * own channels of a waiter that listens on its own */
     size_t vlen = strlen(value);
-    size_t fencelen = namelen + 8;
-    size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + 4 * (fencelen + 1) +
-                   8 + namelen + 1 + vlen + 1 + (8 + namelen + 1 + vlen + 1) +
-                   (fencelen + 1 + vlen + 1);
+    size_t klen = namelen + 3 + SUFFIX_LEN, chlen = CHAN_PREFIX_LEN + namelen;
+    size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + NKEYS * (klen + 1) +
+                   chlen + 1 + vlen + 1 + (chlen + 1 + vlen + 1) + (klen + 1 + vlen + 1);
     redlock *l = resp_alloc(total);
     if (!l)
         return cerr(c, REDLOCK_ERR_NOMEM, "out of memory");
     memset(l, 0, sizeof *l + c->n * sizeof(nres));
     l->c = c;
-    char *p = layout_keys(l, (char *)(l->res + c->n), name, namelen);
-    l->value = p;
-    l->vlen = vlen;
+    lock_keys *k = &l->k;
+    k->kind = (uint8_t)kind;
+    k->permits = permits;
+    snprintf(k->permits_str, sizeof k->permits_str, "%" PRIu32, permits);
+    char *p = layout_keys(k, (char *)(l->res + c->n), name, namelen);
+    k->value = p;
+    k->vlen = vlen;
     memcpy(p, value, vlen + 1);
     p += vlen + 1;
-    /* fair mode's own channels: redlock:NAME:VALUE and {NAME}:freed:VALUE */
-    l->wlisten = p;
-    l->wlisten_s = p = put_joined(p, l->channel, l->chlen, value, vlen);
-    put_joined(p, l->wake_key, l->fencelen, value, vlen);
-    int own = c->opts.fair;
-    l->listen = own ? l->wlisten : l->channel;
-    l->listen_len = own ? l->chlen + 1 + vlen : l->chlen;
-    l->listen_s = own ? l->wlisten_s : l->wake_key;
-    l->listen_slen = own ? l->fencelen + 1 + vlen : l->fencelen;
-    l->ttl = ttl_ms;
-    snprintf(l->ttl_str, sizeof l->ttl_str, "%" PRIu32, ttl_ms);
-    l->holder_pttl = -1;
-    l->result = REDLOCK_ERR_ARG;
+    k->own = p;
+    k->own_s = p = put_joined(p, k->channel, k->chlen, value, vlen);
+    put_joined(p, k->freed, k->klen, value, vlen);
+    int own = listens_own(l);
+    l->listen.name = own ? k->own : k->channel;
+    l->listen.len = own ? k->chlen + 1 + vlen : k->chlen;
+    l->listen.sname = own ? k->own_s : k->freed;
+    l->listen.slen = own ? k->klen + 1 + vlen : k->klen;
+    l->lease.ttl = ttl_ms;
+    snprintf(l->lease.ttl_str, sizeof l->lease.ttl_str, "%" PRIu32, ttl_ms);
+    l->wait.holder_pttl = -1;
+    l->op.result = REDLOCK_ERR_ARG;
     snprintf(l->errstr, sizeof l->errstr, "no operation has run on this lock");
-    l->next = c->all;
-    if (c->all)
-        c->all->prev = l;
-    c->all = l;
+    l->link.next = c->locks.all;
+    if (c->locks.all)
+        c->locks.all->link.prev = l;
+    c->locks.all = l;
     *out = l;
     return REDLOCK_OK;
+}
+
+int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
+                    const char *value, uint32_t ttl_ms)
+{
+    return new_handle(out, c, name, namelen, value, ttl_ms, LK_LOCK, 0);
+}
+
+int redlock_new_semaphore(redlock **out, redlock_client *c, const char *name, uint32_t permits,
+                          const char *value, uint32_t ttl_ms)
+{
+    if (c && out && (permits == 0 || permits > REDLOCK_MAX_PERMITS)) {
+        *out = NULL;
+        return cerr(c, REDLOCK_ERR_ARG, "a semaphore has 1 to %d permits (got %" PRIu32 ")",
+                    REDLOCK_MAX_PERMITS, permits);
+    }
+    return new_handle(out, c, name, name ? strlen(name) : 0, value, ttl_ms, LK_SEMAPHORE,
+                      permits);
+}
+
+int redlock_new_shared(redlock **out, redlock_client *c, const char *name, const char *value,
+                       uint32_t ttl_ms)
+{
+    return new_handle(out, c, name, name ? strlen(name) : 0, value, ttl_ms, LK_SHARED, 0);
 }
 
 void redlock_free(redlock *l)
@@ -3435,52 +4080,50 @@ void redlock_free(redlock *l)
         return;
     redlock_client *c = l->c;
     if (c) {
-        if (l->op == OP_KEEPALIVE)
+        if (l->op.kind == OP_KEEPALIVE)
             abandon(l);
-        else if (l->op != OP_NONE)
+        else if (l->op.kind != OP_NONE)
             op_cancel(l);
         forget_requests(l);
         timer_clear(l);
         ready_remove(l);
         done_remove(l);
         chan_leave(l);
-        if (c->opts.fair) {
-            /* its own channel: no other waiter will listen there */
-            chan *ch = chan_find(c, l->listen, l->listen_len, hash_bytes(l->listen, l->listen_len));
-            if (ch)
-                chan_drop_idle(c, ch);
-        }
-        if (l->prev)
-            l->prev->next = l->next;
+        if (listens_own(l))
+            fair_drop_own(l);
+        if (l->link.prev)
+            l->link.prev->link.next = l->link.next;
         else
-            c->all = l->next;
-        if (l->next)
-            l->next->prev = l->prev;
+            c->locks.all = l->link.next;
+        if (l->link.next)
+            l->link.next->link.prev = l->link.prev;
     }
     resp_free(l);
 }
 
 uint64_t redlock_fence(const redlock *l)
 {
-    return l ? l->fence : 0;
+    return l ? l->lease.fence : 0;
 }
 
 int64_t redlock_validity_ms(const redlock *l)
 {
-    if (!l || !l->held)
+    if (!l || !l->lease.held)
         return 0;
-    int64_t left = (l->valid_until - net_now_ns()) / 1000000;
+    int64_t left = (l->lease.valid_until - net_now_ns()) / 1000000;
     return left > 0 ? left : 0;
 }
 
 const char *redlock_value(const redlock *l)
 {
-    return l ? l->value : NULL;
+    return l ? l->k.value : NULL;
 }
 
 const char *redlock_errstr(const redlock *l)
 {
-    return l ? l->errstr : last_err;
+    if (!l)
+        return last_err;
+    return l->callerr[0] ? l->callerr : l->errstr;
 }
 
 void redlock_set_userdata(redlock *l, void *p)
@@ -3498,233 +4141,205 @@ int redlock_result(const redlock *l)
 {
     if (!l)
         return REDLOCK_ERR_ARG;
-    if (l->op != OP_NONE && l->op != OP_KEEPALIVE)
+    if (l->op.kind != OP_NONE && l->op.kind != OP_KEEPALIVE)
         return REDLOCK_IN_PROGRESS;
-    return l->result;
+    return l->op.result;
 }
 
-/* ---- starting operations ---------------------------------------------------------------------- */
+/* ---- operations: starting them, and the blocking calls ---- */
 
-static int op_begin(redlock *l, int op, int blocking)
+/* A call that needs l and its client: 0, or the status it is refused with. */
+static int call_ok(redlock *l)
 {
     if (!l)
         return global_err(REDLOCK_ERR_ARG, "lock is NULL");
+    if (!l->c)
+        return call_refused(l, REDLOCK_ERR_ARG,
+                            "the lock's client was freed: only redlock_free may follow");
+    l->callerr[0] = '\0';
+    return REDLOCK_OK;
+}
+
+static int op_begin(redlock *l, int kind, int blocking)
+{
+    int rc = call_ok(l);
+    if (rc != REDLOCK_OK)
+        return rc;
     redlock_client *c = l->c;
-    if (!c)
-        return global_err(REDLOCK_ERR_ARG, "the lock's client was freed");
-    if (l->op != OP_NONE && l->op != OP_KEEPALIVE)
-        return cerr(c, REDLOCK_ERR_ARG, "an operation is already in flight on this lock");
-    if (l->op == OP_KEEPALIVE)
+    if (l->op.kind != OP_NONE && l->op.kind != OP_KEEPALIVE)
+        return call_refused(l, REDLOCK_ERR_ARG,
+                            "an operation is already in flight on this lock (redlock_result "
+                            "says when it ends; redlock_cancel stops it)");
+    if (l->op.kind == OP_KEEPALIVE)
         abandon(l); /* the caller's operation supersedes the keepalive refresh */
     done_remove(l);
     timer_clear(l);
     c->now = net_now_ns();
-    l->op = (uint8_t)op;
-    l->phase = PH_NONE;
-    l->blocking = (uint8_t)blocking;
-    l->held_before = (uint8_t)l->held;
-    l->transient = 0;
-    l->waiting = 0;
-    l->result = REDLOCK_IN_PROGRESS;
+    l->op.kind = (uint8_t)kind;
+    l->op.phase = PH_NONE;
+    l->op.blocking = (uint8_t)blocking;
+    l->op.held_before = (uint8_t)l->lease.held;
+    l->wait.queued = 0;
+    l->op.result = REDLOCK_IN_PROGRESS;
     l->errstr[0] = '\0';
     if (blocking)
         c->errstr[0] = '\0';
     return REDLOCK_OK;
 }
 
-static void lock_begin(redlock *l, uint32_t wait_ms)
+/* A blocking call: an operation and the one loop. */
+
+static int op_ended(const redlock_client *c, const void *arg)
 {
-    redlock_client *c = l->c;
-    l->deadline = c->now + ms_ns(wait_ms);
-    l->lost = 0;
-    l->backoff = ms_ns(c->opts.retry_min_ms);
-    l->raced = 0;
-    l->pending = REDLOCK_NOT_ACQUIRED;
-    if (c->opts.fair) {
-        /* Our place in line. One node orders waiters by its own clock, when
-         * each joined. A quorum needs the same order on every node (else
-         * each could favour another waiter and no one would win a
-         * majority): the wall-clock ms when we began to wait. A waiter
-         * renews its lease on every try, at least every retry_max_ms. */
-        l->score_str[0] = '\0';
-        if (c->n > 1) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            snprintf(l->score_str, sizeof l->score_str, "%lld",
-                     (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
-        }
-        snprintf(l->lease_str, sizeof l->lease_str, "%d",
-                 2 * c->opts.retry_max_ms + c->opts.io_timeout_ms);
-        l->waiting = 1;
+    (void)c;
+    return ((const redlock *)arg)->op.kind == OP_NONE;
+}
+
+static int run_blocking(redlock *l)
+{
+    int rc = run_until(l->c, op_ended, l, INT64_MAX);
+    if (rc != REDLOCK_OK) {
+        abandon(l);
+        l->op.result = lerr(l, rc, "%s", l->c->errstr);
     }
-    acquire_start(l);
+    return l->op.result;
+}
+
+/* Start an operation of this kind on l: its first round (or, for a
+ * wait, its first try); a blocking call then runs the one loop until it
+ * ends. */
+static int op_start(redlock *l, int kind, int blocking, uint32_t wait_ms)
+{
+    int rc = op_begin(l, kind, blocking);
+    if (rc != REDLOCK_OK)
+        return rc;
+    switch (kind) {
+    case OP_TRYLOCK:
+        acquire_start(l);
+        break;
+    case OP_LOCK:
+        lock_begin(l, wait_ms);
+        break;
+    case OP_UNLOCK:
+        round_start(l, PH_RELEASE, S_RELEASE, all_nodes(l->c), 0);
+        break;
+    case OP_REFRESH:
+        refresh_start(l);
+        break;
+    }
+    return blocking ? run_blocking(l) : REDLOCK_OK;
 }
 
 int redlock_start_trylock(redlock *l)
 {
-    int rc = op_begin(l, OP_TRYLOCK, 0);
-    if (rc == REDLOCK_OK)
-        acquire_start(l);
-    return rc;
+    return op_start(l, OP_TRYLOCK, 0, 0);
 }
 
 int redlock_start_lock(redlock *l, uint32_t wait_ms)
 {
-    int rc = op_begin(l, OP_LOCK, 0);
-    if (rc == REDLOCK_OK)
-        lock_begin(l, wait_ms);
-    return rc;
+    return op_start(l, OP_LOCK, 0, wait_ms);
 }
 
 int redlock_start_unlock(redlock *l)
 {
-    int rc = op_begin(l, OP_UNLOCK, 0);
-    if (rc == REDLOCK_OK)
-        round_start(l, PH_RELEASE, S_RELEASE, all_nodes(l->c), 0);
-    return rc;
+    return op_start(l, OP_UNLOCK, 0, 0);
 }
 
 int redlock_start_refresh(redlock *l)
 {
-    int rc = op_begin(l, OP_REFRESH, 0);
-    if (rc == REDLOCK_OK)
-        refresh_start(l);
-    return rc;
+    return op_start(l, OP_REFRESH, 0, 0);
 }
 
 int redlock_cancel(redlock *l)
 {
-    if (!l)
-        return global_err(REDLOCK_ERR_ARG, "lock is NULL");
-    if (!l->c)
-        return global_err(REDLOCK_ERR_ARG, "the lock's client was freed");
-    if (l->op == OP_NONE || l->op == OP_KEEPALIVE)
-        return cerr(l->c, REDLOCK_ERR_ARG, "no operation is in flight on this lock");
+    int rc = call_ok(l);
+    if (rc != REDLOCK_OK)
+        return rc;
+    if (l->op.kind == OP_NONE || l->op.kind == OP_KEEPALIVE)
+        return call_refused(l, REDLOCK_ERR_ARG, "no operation is in flight on this lock");
     char nm[64];
     op_cancel(l);
-    l->result = lerr(l, REDLOCK_CANCELLED, "'%s': operation cancelled", shown(l, nm, sizeof nm));
+    l->op.result = lerr(l, REDLOCK_CANCELLED, "'%s': operation cancelled", shown(l, nm, sizeof nm));
     return REDLOCK_OK;
 }
 
 int redlock_keepalive(redlock *l, int on)
 {
-    if (!l)
-        return global_err(REDLOCK_ERR_ARG, "lock is NULL");
-    if (!l->c)
-        return global_err(REDLOCK_ERR_ARG, "the lock's client was freed");
+    int rc = call_ok(l);
+    if (rc != REDLOCK_OK)
+        return rc;
     if (on != 0 && on != 1)
-        return cerr(l->c, REDLOCK_ERR_ARG, "keepalive takes 0 or 1");
-    l->keepalive = on;
+        return call_refused(l, REDLOCK_ERR_ARG, "keepalive takes 0 or 1 (got %d)", on);
+    l->lease.keepalive = on;
     if (on) {
-        if (l->op == OP_NONE)
+        if (l->op.kind == OP_NONE)
             keepalive_arm(l);
         return REDLOCK_OK;
     }
-    if (l->op == OP_KEEPALIVE)
+    if (l->op.kind == OP_KEEPALIVE)
         abandon(l);
-    else if (l->op == OP_NONE)
+    else if (l->op.kind == OP_NONE)
         timer_clear(l);
     return REDLOCK_OK;
 }
 
-/* ---- the blocking calls: an operation and a loop over the engine ------------------------------ */
-
-static int run_blocking(redlock *l)
-{
-    redlock_client *c = l->c;
-    engine_pass(c, NULL, 0);
-    while (l->op != OP_NONE) {
-        int n = redlock_client_pollfds(c, c->pfd, (int)c->pfd_cap);
-        if ((size_t)n > c->pfd_cap) { /* a cluster met more primaries */
-            struct pollfd *p = resp_realloc(c->pfd, (size_t)n * 2 * sizeof *p);
-            if (!p) {
-                abandon(l);
-                return cerr(c, lerr(l, REDLOCK_ERR_NOMEM, "out of memory"), "out of memory");
-            }
-            c->pfd = p;
-            c->pfd_cap = (size_t)n * 2;
-            continue;
-        }
-        int t = redlock_client_timeout_ms(c);
-        if (n == 0 && t < 0) {
-            /* cannot happen: an operation in flight always has a deadline */
-            abandon(l);
-            return lerr(l, REDLOCK_ERR_IO, "internal error: nothing to wait for");
-        }
-        if (n == 1 && c->pfd[0].events == POLLIN &&
-            (t < 0 || t >= c->opts.io_timeout_ms - 1)) {
-            /* one socket, waiting for a reply, no timer due sooner (a
-             * keepalive of another lock): wait in recv() (one system call
-             * instead of poll() and recv()) when net.c can */
-            net_conn *conn = conn_of_fd(c, c->pfd[0].fd);
-            if (conn && net_conn_block(conn, net_now_ns())) {
-                engine_pass(c, NULL, 0);
-                continue;
-            }
-        }
-        if (poll(c->pfd, (nfds_t)n, t) < 0 && errno != EINTR) {
-            int e = errno;
-            abandon(l);
-            return cerr(c, lerr(l, REDLOCK_ERR_IO, "poll: %s", strerror(e)), "%s", l->errstr);
-        }
-        engine_pass(c, c->pfd, n);
-    }
-    return l->result;
-}
-
 int redlock_trylock(redlock *l)
 {
-    int rc = op_begin(l, OP_TRYLOCK, 1);
-    if (rc != REDLOCK_OK)
-        return rc;
-    acquire_start(l);
-    return run_blocking(l);
+    return op_start(l, OP_TRYLOCK, 1, 0);
 }
 
 int redlock_lock(redlock *l, uint32_t wait_ms)
 {
-    int rc = op_begin(l, OP_LOCK, 1);
-    if (rc != REDLOCK_OK)
-        return rc;
-    lock_begin(l, wait_ms);
-    return run_blocking(l);
+    return op_start(l, OP_LOCK, 1, wait_ms);
 }
 
 int redlock_unlock(redlock *l)
 {
-    int rc = op_begin(l, OP_UNLOCK, 1);
-    if (rc != REDLOCK_OK)
-        return rc;
-    round_start(l, PH_RELEASE, S_RELEASE, all_nodes(l->c), 0);
-    return run_blocking(l);
+    return op_start(l, OP_UNLOCK, 1, 0);
 }
 
 int redlock_refresh(redlock *l)
 {
-    int rc = op_begin(l, OP_REFRESH, 1);
-    if (rc != REDLOCK_OK)
-        return rc;
-    refresh_start(l);
-    return run_blocking(l);
+    return op_start(l, OP_REFRESH, 1, 0);
 }
 
 int redlock_inspect(redlock *l, redlock_info *info)
 {
-    if (!l || !info)
-        return global_err(REDLOCK_ERR_ARG, "lock or info is NULL");
+    if (l && !info)
+        return call_refused(l, REDLOCK_ERR_ARG, "info is NULL");
     int rc = op_begin(l, OP_INSPECT, 1);
     if (rc != REDLOCK_OK)
         return rc;
     memset(info, 0, sizeof *info);
     info->ttl_ms = -1;
-    l->info = info;
+    l->op.info = info;
     round_start(l, PH_STATUS, S_STATUS, all_nodes(l->c), 0);
     rc = run_blocking(l);
-    l->info = NULL;
+    l->op.info = NULL;
     return rc;
 }
 
-/* ---- the function library on the nodes ------------------------------------------------------- */
+int redlock_holders(redlock *l, redlock_holder *out, size_t cap, size_t *count)
+{
+    if (count)
+        *count = 0;
+    if (l && !out && cap)
+        return call_refused(l, REDLOCK_ERR_ARG, "out is NULL, cap %zu", cap);
+    int rc = op_begin(l, OP_INSPECT, 1);
+    if (rc != REDLOCK_OK)
+        return rc;
+    l->op.list.out = out;
+    l->op.list.cap = out ? cap : 0;
+    l->op.list.n = 0;
+    round_start(l, PH_LIST, S_LIST, all_nodes(l->c), 0);
+    rc = run_blocking(l);
+    if (count && rc == REDLOCK_OK)
+        *count = l->op.list.n;
+    l->op.list.out = NULL;
+    return rc;
+}
+
+/* ==== 9. Admin: the function library on the nodes ======================================= */
 
 const char *redlock_functions_library(void)
 {
@@ -3736,22 +4351,30 @@ size_t redlock_functions_code(char *buf, size_t cap)
     return library_text(buf, buf ? cap : 0);
 }
 
-enum { A_LOAD, A_LIST }; /* tag kinds of the requests below */
+enum { A_LOAD = K_ADMIN, A_LIST = K_ADMIN + 1 }; /* tag kinds of the requests below */
 
 typedef struct admin_node {
     const net_url *url;
     net_conn *conn;
-    unsigned pending;  /* replies still to come */
-    int load_ok;       /* FUNCTION LOAD answered with the library's name */
+    unsigned pending; /* replies still to come */
+    int load_ok;      /* FUNCTION LOAD answered with the library's name */
     redlock_functions_node info;
 } admin_node;
 
-static int map_known(const node *m)
+typedef struct admin_call {
+    admin_node *a;
+    size_t n;
+} admin_call;
+
+static int maps_read(const redlock_client *c, const void *arg)
 {
-    for (size_t s = 0; s < NSLOTS; s++)
-        if (m->slots[s] >= 0)
-            return 1;
-    return 0;
+    (void)arg;
+    for (size_t i = 0; i < c->n; i++) {
+        const cluster *cl = c->nodes[i].cl;
+        if (cl && (!map_known(cl) || cl->map_busy))
+            return 0;
+    }
+    return 1;
 }
 
 /* Cluster members: read the slot map now if the client has none yet (the
@@ -3759,27 +4382,24 @@ static int map_known(const node *m)
  * deadline). */
 static void admin_maps(redlock_client *c)
 {
-    int64_t end = net_now_ns() + ms_ns(c->opts.io_timeout_ms + c->opts.connect_timeout_ms);
     int missing = 0;
     c->now = net_now_ns();
     for (size_t i = 0; i < c->n; i++)
-        if (c->nodes[i].cluster && !map_known(&c->nodes[i])) {
+        if (c->nodes[i].cl && !map_known(c->nodes[i].cl)) {
             map_soon(c, i);
             missing = 1;
         }
-    while (missing && net_now_ns() < end) {
-        engine_pass(c, c->pfd, 0);
-        int n = redlock_client_pollfds(c, c->pfd, (int)c->pfd_cap);
-        if (n > (int)c->pfd_cap)
-            n = (int)c->pfd_cap; /* the rest on the next turn */
-        int t = redlock_client_timeout_ms(c);
-        int64_t left = (end - net_now_ns()) / 1000000 + 1;
-        poll(c->pfd, (nfds_t)n, t < 0 || t > left ? (int)left : t);
-        engine_pass(c, c->pfd, n);
-        missing = 0;
-        for (size_t i = 0; i < c->n; i++)
-            missing |= c->nodes[i].cluster && (!map_known(&c->nodes[i]) || c->nodes[i].map_busy);
-    }
+    if (missing)
+        run_until(c, maps_read, NULL,
+                  c->now + ms_ns(c->opts.io_timeout_ms + c->opts.connect_timeout_ms));
+}
+
+static void admin_target(admin_node *a, const net_url *u, const char *desc)
+{
+    if (!a)
+        return;
+    a->url = u;
+    snprintf(a->info.node, sizeof a->info.node, "%s", desc);
 }
 
 /* The servers that need the library: each plain node of the client, and
@@ -3791,16 +4411,13 @@ static size_t library_targets(const redlock_client *c, admin_node *a, size_t cap
     size_t k = 0;
     for (size_t i = 0; i < c->n; i++) {
         const node *m = &c->nodes[i];
-        if (!m->cluster || !map_known(m)) {
-            if (k < cap) {
-                a[k].url = net_conn_url(m->sh[0].cmd);
-                snprintf(a[k].info.node, sizeof a[k].info.node, "%s", m->desc);
-                if (m->cluster) {
-                    a[k].url = NULL;
-                    a[k].info.status = REDLOCK_ERR_IO;
-                    snprintf(a[k].info.detail, sizeof a[k].info.detail,
-                             "could not read the cluster's slot map (CLUSTER SLOTS)");
-                }
+        if (!m->cl || !map_known(m->cl)) {
+            admin_target(k < cap ? &a[k] : NULL, net_conn_url(m->sh[0].cmd), node_desc(c, i));
+            if (k < cap && m->cl) {
+                a[k].url = NULL;
+                a[k].info.status = REDLOCK_ERR_IO;
+                snprintf(a[k].info.detail, sizeof a[k].info.detail,
+                         "could not read the cluster's slot map (CLUSTER SLOTS)");
             }
             k++;
             continue;
@@ -3808,13 +4425,11 @@ static size_t library_targets(const redlock_client *c, admin_node *a, size_t cap
         for (size_t j = 0; j < m->nsh; j++) {
             int serves = 0;
             for (size_t s = 0; s < NSLOTS && !serves; s++)
-                serves = m->slots[s] == (int16_t)j;
+                serves = m->cl->slots[s] == (int16_t)j;
             if (!serves)
                 continue;
-            if (k < cap) {
-                a[k].url = net_conn_url(m->sh[j].cmd);
-                snprintf(a[k].info.node, sizeof a[k].info.node, "%s", m->sh[j].desc);
-            }
+            admin_target(k < cap ? &a[k] : NULL, net_conn_url(m->sh[j].cmd),
+                         net_conn_desc(m->sh[j].cmd));
             k++;
         }
     }
@@ -3880,10 +4495,10 @@ static int admin_list(admin_node *a, const resp_reply *r, const char *code, size
     return 0;
 }
 
-/* One reply (or failure) for node a. */
-static void admin_reply(admin_node *a, net_tag tag, int st, const resp_reply *r,
-                        const redlock_client *c)
+/* One reply (or failure) on an admin call's connection (from the engine). */
+static void admin_reply(redlock_client *c, net_tag tag, int st, const resp_reply *r)
 {
+    admin_node *a = tag.owner;
     a->pending--;
     if (st != RESP_OK) {
         admin_fail(a, st, "%s", net_conn_errstr(a->conn));
@@ -3891,8 +4506,7 @@ static void admin_reply(admin_node *a, net_tag tag, int st, const resp_reply *r,
     }
     if (tag.kind == A_LOAD) {
         /* "already exists": ours or another's; the list tells which */
-        if (r->type == RESP_ERROR && !(error_starts(r, "ERR Library") &&
-                                       r->len >= 14 &&
+        if (r->type == RESP_ERROR && !(error_starts(r, "ERR Library") && r->len >= 14 &&
                                        memcmp(r->str + r->len - 14, "already exists", 14) == 0))
             admin_fail(a, REDLOCK_ERR_SERVER, "FUNCTION LOAD: %.*s",
                        (int)(r->len > 160 ? 160 : r->len), r->str);
@@ -3907,23 +4521,35 @@ static void admin_reply(admin_node *a, net_tag tag, int st, const resp_reply *r,
         a->info.loaded |= a->load_ok;
         return;
     }
-    if (admin_list(a, r, c->fn_code, c->fn_code_len) != 0)
+    if (admin_list(a, r, c->lib_code, c->lib_len) != 0)
         admin_fail(a, REDLOCK_ERR_PROTOCOL, "FUNCTION LIST: unexpected reply");
 }
 
-/* Send each node its requests, then run one poll() loop until every reply
- * is in or its deadline passed. */
+static int admin_answered(const redlock_client *c, const void *arg)
+{
+    const admin_call *call = arg;
+    (void)c;
+    for (size_t i = 0; i < call->n; i++)
+        if (call->a[i].pending)
+            return 0;
+    return 1;
+}
+
+/* Send each node its requests on its own connection, then run the engine
+ * (with those connections) until every reply is in or its deadline passed. */
 static void admin_exchange(redlock_client *c, admin_node *a, size_t n, int load,
-                           struct pollfd *pfd)
+                           net_conn **conns)
 {
     static const char *const list[] = {"FUNCTION", "LIST", "LIBRARYNAME", "redlock_v*",
                                        "WITHCODE"};
     const size_t list_lens[] = {8, 4, 11, 10, 8};
-    const char *argv[3] = {"FUNCTION", "LOAD", c->fn_code};
-    const size_t lens[3] = {8, 4, c->fn_code_len};
+    const char *argv[3] = {"FUNCTION", "LOAD", c->lib_code};
+    const size_t lens[3] = {8, 4, c->lib_len};
     int64_t now = net_now_ns();
+    admin_call call = {a, n};
+    size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        net_tag tload = {a, 0, A_LOAD}, tlist = {a, 0, A_LIST};
+        net_tag tload = {&a[i], 0, A_LOAD}, tlist = {&a[i], 0, A_LIST};
         if (!a[i].conn)
             continue;
         if ((load && net_conn_request(a[i].conn, 3, argv, lens, tload, 0, now) != RESP_OK) ||
@@ -3933,47 +4559,14 @@ static void admin_exchange(redlock_client *c, admin_node *a, size_t n, int load,
             continue;
         }
         a[i].pending = load ? 2 : 1;
+        conns[k++] = a[i].conn;
     }
-    for (;;) {
-        size_t k = 0, waiting = 0;
-        int64_t next = INT64_MAX;
-        now = net_now_ns();
-        for (size_t i = 0; i < n; i++) {
-            net_tag tag;
-            const resp_reply *r;
-            int st;
-            if (!a[i].pending)
-                continue;
-            net_conn_pump(a[i].conn, now);
-            while (a[i].pending && (st = net_conn_take(a[i].conn, &tag, &r, NULL)) != RESP_IDLE) {
-                admin_reply(&a[i], tag, st, r, c);
-                if (st == RESP_OK)
-                    net_conn_consume(a[i].conn);
-            }
-            if (!a[i].pending)
-                continue;
-            waiting++;
-            if (net_conn_deadline(a[i].conn) < next)
-                next = net_conn_deadline(a[i].conn);
-            if (net_conn_fd(a[i].conn) >= 0 && net_conn_events(a[i].conn)) {
-                pfd[k].fd = net_conn_fd(a[i].conn);
-                pfd[k].events = net_conn_events(a[i].conn);
-                pfd[k].revents = 0;
-                k++;
-            }
-        }
-        if (!waiting || (k == 0 && next == INT64_MAX))
-            break; /* done, or (cannot happen) nothing left to wait for */
-        int64_t left = next == INT64_MAX ? -1 : (next - now + 999999) / 1000000;
-        int rc = poll(pfd, (nfds_t)k, left < 0 ? -1 : left > INT32_MAX ? INT32_MAX : (int)left);
-        if (rc < 0 && errno != EINTR)
-            break;
-        now = net_now_ns();
-        for (size_t j = 0; rc > 0 && j < k; j++)
-            for (size_t i = 0; pfd[j].revents && i < n; i++)
-                if (net_conn_fd(a[i].conn) == pfd[j].fd)
-                    net_conn_io(a[i].conn, pfd[j].revents, now);
-    }
+    c->side.conn = conns;
+    c->side.n = k;
+    run_until(c, admin_answered, &call,
+              now + ms_ns(c->opts.connect_timeout_ms + 2 * c->opts.io_timeout_ms + 100));
+    c->side.conn = NULL;
+    c->side.n = 0;
     for (size_t i = 0; i < n; i++)
         if (a[i].pending)
             admin_fail(&a[i], REDLOCK_ERR_IO, "no answer");
@@ -3991,10 +4584,10 @@ static int admin_run(redlock_client *c, int load, redlock_functions_node *out, s
     if (count)
         *count = n;
     admin_node *a = resp_alloc_array(n, sizeof *a);
-    struct pollfd *pfd = resp_alloc_array(n, sizeof *pfd);
-    if (!a || !pfd || library_code(c) != RESP_OK) {
+    net_conn **conns = resp_alloc_array(n, sizeof(net_conn *));
+    if (!a || !conns || library_code(c) != RESP_OK) {
         resp_free(a);
-        resp_free(pfd);
+        resp_free(conns);
         return cerr(c, REDLOCK_ERR_NOMEM, "%s: out of memory", what);
     }
     library_targets(c, a, n);
@@ -4007,7 +4600,7 @@ static int admin_run(redlock_client *c, int load, redlock_functions_node *out, s
     for (size_t i = 0; i < n; i++)
         if (a[i].url && net_conn_new(&a[i].conn, a[i].url, &o) != RESP_OK)
             admin_fail(&a[i], REDLOCK_ERR_NOMEM, "out of memory");
-    admin_exchange(c, a, n, load, pfd);
+    admin_exchange(c, a, n, load, conns);
     int rc = REDLOCK_OK;
     for (size_t i = 0; i < n; i++) {
         redlock_functions_node *f = &a[i].info;
@@ -4025,7 +4618,7 @@ static int admin_run(redlock_client *c, int load, redlock_functions_node *out, s
         net_conn_free(a[i].conn);
     }
     resp_free(a);
-    resp_free(pfd);
+    resp_free(conns);
     return rc;
 }
 

@@ -16,10 +16,27 @@
  * time; use one client per thread. Nothing in the library calls back into
  * the application.
  *
- * Errors: every function that returns a status code also leaves a detail
- * in redlock_client_errstr() (and, for an operation, in redlock_errstr()
- * of its lock). Functions given a NULL handle return REDLOCK_ERR_ARG with
- * the detail in redlock_last_errstr().
+ * Errors: redlock_strerror(status) names a status (a static string). The
+ * detail of a failure, one line that never contains a password, is kept
+ * where the handle the call took can reach it:
+ *   - a call that took a lock l (redlock_trylock ... redlock_keepalive):
+ *     after any status other than REDLOCK_OK, redlock_errstr(l); valid
+ *     until l's next operation ends. While the client lives,
+ *     redlock_client_errstr() of l's client has it too.
+ *   - a call that took a client c (redlock_new, redlock_functions_load,
+ *     ...): redlock_client_errstr(c); valid until the next call on c or on
+ *     one of its locks.
+ *   - no handle to hold it (a failed redlock_client_new, a NULL handle):
+ *     redlock_last_errstr(), kept per thread; valid until the next call in
+ *     this thread that fails without a handle (redlock_client_new clears
+ *     it on entry).
+ *
+ * Signals: the library never raises SIGPIPE. Its sockets send with
+ * MSG_NOSIGNAL (or have SO_NOSIGPIPE set where that flag is missing), so a
+ * peer that has gone is an error status, never a signal; a TLS transport
+ * must do the same. It installs no signal handler and leaves the signal
+ * mask alone; a signal that interrupts a wait only ends that wait early
+ * (the call then goes on polling until its deadline).
  */
 #ifndef REDLOCK_H
 #define REDLOCK_H
@@ -27,6 +44,8 @@
 #include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "redlock_transport.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -47,7 +66,6 @@ extern "C" {
 
 typedef struct redlock_client redlock_client; /* one or more Redis nodes */
 typedef struct redlock redlock;               /* one named lock          */
-typedef struct redlock_transport redlock_transport; /* TLS, see "TLS" below */
 
 /* Status codes. Append-only: values never change meaning. */
 enum {
@@ -98,6 +116,16 @@ typedef struct redlock_options {
     const char *tls_cert;   /* client certificate chain, PEM    (default: none)         */
     const char *tls_key;    /* its private key, PEM             (default: in tls_cert)  */
     int tls_insecure;       /* 1: verify no certificate or name (default 0; tests only) */
+    /* The restart guard. A node that started less than one lease (ttl_ms plus
+     * the drift allowance) ago may have lost, with its data, a lock it granted
+     * to someone else: its yes to an acquire is kept (the key is set there) but
+     * not counted toward the quorum until its uptime passes the lease, and a
+     * waiter sleeps until then. The client learns each server's run id and
+     * uptime (INFO server) when a connection opens; an ACL that refuses INFO
+     * turns the guard off for that node, once, with a note in
+     * redlock_client_errstr. -1: on for a quorum, off for one node; 1: on;
+     * 0: off (e.g. servers with persistence that never lose a lock). */
+    int restart_guard;      /*                                        (default -1)  */
 } redlock_options;
 
 /* redlock_options.scripts. Every operation is one Lua script. Where an ACL
@@ -144,8 +172,10 @@ REDLOCK_API void redlock_options_init(redlock_options *o);
  *       serving its hash slot
  * User, password and query values may be %-encoded. rediss:// is TLS and needs opts->tls (see "TLS"
  * below); plain and TLS URLs may be mixed in a quorum. opts NULL:
- * defaults. No I/O happens here: connections open on first use (TLS
- * certificate files are read then) and reopen after a failure. Host
+ * defaults. urls (the array and its strings) and the strings in opts are
+ * copied: the caller may free or reuse them once this returns. No I/O
+ * happens here: connections open on first use (TLS certificate files are
+ * read then) and reopen after a failure. Host
  * names are resolved with getaddrinfo() when a connection opens, which
  * blocks: give IP addresses to keep an event loop from ever blocking.
  * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option, a
@@ -164,17 +194,28 @@ REDLOCK_API void redlock_client_free(redlock_client *c);
  * contains a password. c NULL: redlock_last_errstr(). */
 REDLOCK_API const char *redlock_client_errstr(const redlock_client *c);
 /* Detail of the last error in this thread that had no client to hold it:
- * a failed redlock_client_new, or a call given a NULL handle. */
+ * a failed redlock_client_new, or a call given a NULL handle ("" if none).
+ * Thread-local: valid until the next call in this thread that fails
+ * without a handle, or the next redlock_client_new (which clears it). */
 REDLOCK_API const char *redlock_last_errstr(void);
 
 /* ---- locks ---------------------------------------------------------------------- */
 
+/* The shortest TTL redlock_new takes. A lease is held for its TTL minus
+ * the round trip that took it and the drift allowance (2 ms plus
+ * ttl_ms * drift_factor), so a shorter one would be gone, or nearly, by
+ * the time the acquire is answered. */
+#define REDLOCK_MIN_TTL_MS 10
+
 /* Make a lock handle for name (binary-safe, NUL-terminated, 1 byte to
- * 1 MiB) with a TTL of ttl_ms (> 0). value is the owner's identity (copied,
- * 1 to 4096 bytes); NULL makes a random 128-bit token from the OS. No I/O.
+ * 1 MiB; copied) with a TTL of ttl_ms (at least REDLOCK_MIN_TTL_MS). value
+ * is the owner's identity (copied, 1 to 4096 bytes); NULL makes a random
+ * 128-bit token from the OS. The caller may free name and value once this
+ * returns. No I/O.
  * Returns REDLOCK_OK and *out; REDLOCK_ERR_ARG (NULL client or out, empty
- * or long name or value, zero TTL); REDLOCK_ERR_IO (no random source: the
- * library never falls back to a weak one); REDLOCK_ERR_NOMEM. *out is NULL
+ * or long name or value, a TTL under REDLOCK_MIN_TTL_MS, with the minimum
+ * in the detail); REDLOCK_ERR_IO (no random source: the library never falls
+ * back to a weak one); REDLOCK_ERR_NOMEM. *out is NULL
  * on error. The key is the name itself; see the README for the other keys. */
 REDLOCK_API int redlock_new(redlock **out, redlock_client *c, const char *name, const char *value,
                             uint32_t ttl_ms);
@@ -247,6 +288,61 @@ typedef struct redlock_info {
  * answer. */
 REDLOCK_API int redlock_inspect(redlock *l, redlock_info *info);
 
+/* ---- counting semaphores and read-write locks -------------------------------------------
+ * Handles made here take every lock call above and below (trylock, lock,
+ * unlock, refresh, inspect, keepalive, the redlock_start_* calls, fence,
+ * validity), on one node, a quorum (a permit or a read hold is held when
+ * a majority granted it; validity as for a lock), or a cluster member.
+ * Leases run by the server's clock (TIME inside the scripts): a client
+ * whose wall clock is off changes nothing. Each holder has its own lease,
+ * and the holder set expires as a whole after the longest one. Every grant
+ * gets a fencing token from the name's counter, strictly increasing across
+ * grants as for locks. Keys live in the name's hash slot ({NAME}:holds,
+ * {NAME}:reads, {NAME}:token, {NAME}:limit, {NAME}:wwait; see
+ * docs/semaphores.md).
+ */
+
+/* The most permits a semaphore may have. */
+#define REDLOCK_MAX_PERMITS 65536
+
+/* A handle on one of `permits` (1 to REDLOCK_MAX_PERMITS) permits of the
+ * counting semaphore name: up to `permits` holders at once, each with its
+ * own lease of ttl_ms; a holder that dies frees its permit when its lease
+ * ends. The count is stored with the semaphore while it has holders: an
+ * acquire asking for another count fails with REDLOCK_ERR_ARG, both
+ * numbers in errstr. Waiters are woken one per permit freed (with fair = 1
+ * in the order they began to wait). name, value and ttl_ms as for
+ * redlock_new; REDLOCK_ERR_ARG also for 0 or too many permits. */
+REDLOCK_API int redlock_new_semaphore(redlock **out, redlock_client *c, const char *name,
+                                      uint32_t permits, const char *value, uint32_t ttl_ms);
+/* A shared (reader) hold on name's read-write lock. The writer is the
+ * ordinary exclusive lock of the same name (redlock_new): a writer excludes
+ * readers and other writers, readers exclude writers only. A writer that
+ * waits (redlock_lock) keeps new readers out until it got the lock, with a
+ * lease on its place, so readers never starve a writer and a dead writer
+ * blocks readers no longer than that lease (2 x retry_max_ms +
+ * io_timeout_ms). While readers hold the lock, its key holds
+ * "redlock:readers" (no owner value may be that), so any other client's
+ * SET NX sees it held. A name used as a semaphore is refused
+ * (REDLOCK_ERR_ARG). Arguments as for redlock_new. */
+REDLOCK_API int redlock_new_shared(redlock **out, redlock_client *c, const char *name,
+                                   const char *value, uint32_t ttl_ms);
+
+/* One holder of a name, as redlock_holders lists it. */
+typedef struct redlock_holder {
+    char value[80];  /* its owner value (cut to fit; NUL-terminated)           */
+    int shared;      /* 1: a semaphore permit or a reader; 0: the exclusive holder */
+    int64_t ttl_ms;  /* its lease left (least over the nodes); -1: no expiry     */
+    uint64_t fence;  /* its fencing token (0 when unknown)                      */
+    unsigned nodes;  /* how many nodes list it                                  */
+} redlock_holder;
+/* Who holds l's name now, changing nothing, in one round trip: the
+ * exclusive holder, or the readers, or the semaphore's permit holders,
+ * each listed by a quorum of nodes (64 at most per node; values cut to
+ * fit). Fills out[0..cap) and *count (if not NULL) with how many were
+ * found (at most cap). REDLOCK_OK; errors as for redlock_inspect. */
+REDLOCK_API int redlock_holders(redlock *l, redlock_holder *out, size_t cap, size_t *count);
+
 /* ---- the lease ------------------------------------------------------------------------ */
 
 /* Fencing token of the last successful acquire (0 if none or fencing off).
@@ -259,8 +355,12 @@ REDLOCK_API uint64_t redlock_fence(const redlock *l);
 REDLOCK_API int64_t redlock_validity_ms(const redlock *l);
 /* The owner value (NUL-terminated; owned by the lock). */
 REDLOCK_API const char *redlock_value(const redlock *l);
-/* Detail of l's last result ("" after a success). Valid until l's next
- * operation ends. */
+/* Detail of the last status other than REDLOCK_OK that a call taking l
+ * gave: an operation's result (kept until l's next operation ends), or a
+ * call refused at once with REDLOCK_ERR_ARG (out of turn, a bad argument,
+ * after l's client was freed; kept until l's next call that is not
+ * refused, or until its operation in flight ends). "" after a success.
+ * l NULL: redlock_last_errstr(). Never NULL. */
 REDLOCK_API const char *redlock_errstr(const redlock *l);
 
 /* ---- the non-blocking API ----------------------------------------------------------------
@@ -338,14 +438,16 @@ REDLOCK_API void *redlock_userdata(const redlock *l);
  * runs past the validity because nodes do not answer) is reported once
  * through redlock_client_done with redlock_result REDLOCK_NOT_HELD, and
  * redlock_validity_ms is 0 from that moment. Without a loop that calls
- * redlock_client_process, nothing is refreshed. REDLOCK_OK or
- * REDLOCK_ERR_ARG. */
+ * redlock_client_process, nothing is refreshed. Returns REDLOCK_OK, or
+ * REDLOCK_ERR_ARG when l is NULL, l's client was freed, or on is neither
+ * 0 nor 1 (nothing changes then). Turning it on for a lock that is not
+ * held is allowed: refreshing starts with the next acquire. */
 REDLOCK_API int redlock_keepalive(redlock *l, int on);
 
 /* ---- the function library on the nodes ---------------------------------------------------- */
 
-/* The name of the function library this build calls: "redlock_v1". Its
- * functions are named after it (redlock_v1_acquire, ...). A change to any
+/* The name of the function library this build calls: "redlock_v2". Its
+ * functions are named after it (redlock_v2_acquire, ...). A change to any
  * script comes with a new version, so clients of different versions can
  * share a server, each with its own library. Static string. */
 REDLOCK_API const char *redlock_functions_library(void);
@@ -372,8 +474,10 @@ typedef struct redlock_functions_node {
  * report what is there. The user needs FUNCTION LOAD and FUNCTION LIST
  * permission. Runs on connections of its own, opened and closed here, to
  * every node at once, each within connect_timeout_ms + io_timeout_ms per
- * request; the client's connections and operations in flight are not
- * touched. Fills out[0..cap) (out may be NULL with cap 0) and *count (if
+ * request. Like a blocking call, it runs the client's engine while it
+ * waits: a cluster's slot map is read first if the client has none yet,
+ * and operations of the client's locks in flight move on meanwhile (and
+ * are reported through redlock_client_done as usual). Fills out[0..cap) (out may be NULL with cap 0) and *count (if
  * not NULL) with the number of nodes. Returns REDLOCK_OK when every node
  * has the library afterwards; else the first failing node's status
  * (REDLOCK_ERR_SERVER for NOPERM or a foreign library), the detail in
@@ -389,94 +493,12 @@ REDLOCK_API int redlock_functions_status(redlock_client *c, redlock_functions_no
 
 /* ---- TLS ----------------------------------------------------------------------------------
  * A rediss:// URL connects over TLS through a transport: a table of
- * non-blocking functions that the connection layer calls instead of
- * recv()/send() once TCP is connected. The core has no TLS code and no
- * dependency; redlock_tls_openssl() (tls_openssl.c, built by
- * `make TLS=openssl`, linked with -lssl -lcrypto) is one transport, and a
- * table of your own over mbedTLS, wolfSSL or BearSSL plugs in the same way.
- *
- * How the library drives a transport, per TCP connection:
- *   open -> handshake ... (until REDLOCK_OK) -> read/write ... -> close
- * everything on the thread that uses the client, never two calls at once
- * for one client. The handshake runs under connect_timeout_ms, like the
- * TCP connect and AUTH/SELECT; each request keeps its io_timeout_ms.
- * Besides REDLOCK_OK and the status codes, a step may return
- * REDLOCK_WANT_READ or REDLOCK_WANT_WRITE: the library polls the socket
- * for that readiness (or gives up at the deadline) and calls the same step
- * again. No function may block, sleep, raise SIGPIPE (send with
- * MSG_NOSIGNAL) or close the socket.
- *
- * Statuses a transport returns: REDLOCK_ERR_TLS for what TLS refused
- * (certificate verification, host name mismatch, an alert from the server
- * such as "certificate required", a peer that is not a TLS server); the
- * library never retries these by itself. REDLOCK_ERR_IO for what a
- * reconnect may cure (reset, end of stream in the middle of the
- * handshake). REDLOCK_ERR_NOMEM. Write the reason into err (errlen bytes,
- * NUL-terminated, one line, no secrets): it becomes redlock_client_errstr.
+ * non-blocking functions (redlock_transport.h, included above) that the
+ * connection layer calls instead of recv()/send(). The core has no TLS
+ * code and no dependency; redlock_tls_openssl() is one transport, and a
+ * table of your own over mbedTLS, wolfSSL or BearSSL plugs in the same
+ * way: see redlock_transport.h for the contract.
  */
-
-/* What to verify and present, from the rediss:// URL (its parameters win)
- * and the options. Strings are never NULL: "" means unset. Valid only
- * during config_new: copy what you keep. */
-typedef struct redlock_tls_params {
-    const char *host; /* the URL's host: a DNS name or an IP address (no brackets)      */
-    const char *sni;  /* sni=: name to send (SNI) and to verify the certificate against;
-                         "": host (an IP address is verified, and not sent as SNI)      */
-    const char *ca;   /* ca=: PEM file of trusted CAs; "": the system's default store   */
-    const char *cert; /* cert=: client certificate chain (PEM); "": no client certificate */
-    const char *key;  /* key=: its private key (PEM, unencrypted); "": read from cert   */
-    int insecure;     /* insecure=1: verify neither chain nor name (never the default)  */
-} redlock_tls_params;
-
-/* Besides the status codes: call the same step again once the socket is
- * readable (WANT_READ) or writable (WANT_WRITE). */
-enum { REDLOCK_WANT_READ = -1, REDLOCK_WANT_WRITE = -2 };
-
-struct redlock_transport {
-    const char *name; /* for messages, e.g. "openssl" */
-    /* Make the settings of one connection object from p: trust store,
-     * client certificate, verification. Called before its first handshake
-     * and kept across reconnects until config_free (a node has up to two
-     * connection objects: commands, and the listener for waiters). May
-     * read files. REDLOCK_OK and *cfg; REDLOCK_ERR_TLS (a file cannot be
-     * loaded, a key does not match its certificate) or REDLOCK_ERR_NOMEM,
-     * with err. Those fail the requests waiting for the connection, and
-     * the next attempt calls config_new again. */
-    int (*config_new)(void **cfg, const redlock_tls_params *p, char *err, size_t errlen);
-    void (*config_free)(void *cfg); /* NULL ok */
-    /* Start a client session on fd: a connected, non-blocking TCP socket
-     * owned by the library. No I/O needed. REDLOCK_OK and *conn, or an
-     * error with err. */
-    int (*open)(void **conn, void *cfg, int fd, char *err, size_t errlen);
-    /* One non-blocking step of the handshake, including verification:
-     * REDLOCK_OK once done; REDLOCK_WANT_READ / REDLOCK_WANT_WRITE; or an
-     * error (REDLOCK_ERR_TLS: verification failed and why, the server's
-     * alert, not a TLS server; REDLOCK_ERR_IO: reset or closed). */
-    int (*handshake)(void *conn, char *err, size_t errlen);
-    /* Decrypt up to len bytes into buf. REDLOCK_OK with *got > 0 bytes,
-     * or *got == 0: the peer closed the connection; REDLOCK_WANT_*: no
-     * data now; REDLOCK_ERR_IO (reset, truncated stream, corrupt record)
-     * or REDLOCK_ERR_TLS (an alert that a reconnect will not cure, e.g.
-     * TLS 1.3's "certificate required", which arrives with the first read
-     * after the handshake). */
-    int (*read)(void *conn, char *buf, size_t len, size_t *got, char *err, size_t errlen);
-    /* Encrypt and send bytes from buf[0..len). REDLOCK_OK with *put > 0
-     * bytes taken; REDLOCK_WANT_*: call again with the same bytes first
-     * (the buffer may have moved and len may have grown): like OpenSSL and
-     * mbedTLS, a transport may already hold a record made of up to len of
-     * them, so the library counts those bytes as sent from here on.
-     * Errors as for read. The library passes at most 16 KiB per call. */
-    int (*write)(void *conn, const char *buf, size_t len, size_t *put, char *err, size_t errlen);
-    /* Non-zero when read would make progress without new bytes from the
-     * socket: decrypted bytes not yet returned, or whole records buffered.
-     * The library then calls read before it polls again (poll() cannot see
-     * them). It must become zero once read only waits for the socket
-     * (e.g. a partial record), or the caller's loop spins. */
-    int (*pending)(void *conn);
-    /* End the session (a close_notify may be sent without blocking) and
-     * free it; the library closes the socket afterwards. NULL ok. */
-    void (*close)(void *conn);
-};
 
 /* The OpenSSL 3 transport: only in a library built with `make
  * TLS=openssl` (or with tls_openssl.c compiled in and -lssl -lcrypto

@@ -246,6 +246,19 @@ static resp_reply *new_elem(resp_parser *p)
     return e;
 }
 
+/* A bulk or array length (at s, sn bytes, at most max): 1 and *n; 0 for
+ * -1, the nil form (e is made RESP_NIL); RESP_PARSE_ERROR. */
+static int take_length(resp_parser *p, resp_reply *e, char kind, const char *s, size_t sn,
+                       uint32_t max, long long *n)
+{
+    if (parse_length(p, kind, s, sn, max, n) < 0)
+        return RESP_PARSE_ERROR;
+    if (*n >= 0)
+        return 1;
+    e->type = RESP_NIL;
+    return 0;
+}
+
 /* The body of a bulk string whose header (length at s, sn bytes) ends at
  * *next: 1 taken (*next moves past it), 0 more input needed, or
  * RESP_PARSE_ERROR. */
@@ -253,12 +266,9 @@ static long take_bulk(resp_parser *p, resp_reply *e, const char *buf, size_t len
                       size_t sn, size_t *next)
 {
     long long n;
-    if (parse_length(p, '$', s, sn, p->lim.max_bulk, &n) < 0)
-        return RESP_PARSE_ERROR;
-    if (n < 0) {
-        e->type = RESP_NIL;
-        return 1;
-    }
+    int k = take_length(p, e, '$', s, sn, p->lim.max_bulk, &n);
+    if (k <= 0)
+        return k < 0 ? RESP_PARSE_ERROR : 1;
     /* n + 2 would wrap a 32-bit size_t when max_bulk allows n near 2^32 */
     if (len - *next < 2 || len - *next - 2 < (size_t)n)
         return 0; /* header re-read on resume: at most max_line bytes */
@@ -277,12 +287,9 @@ static long take_bulk(resp_parser *p, resp_reply *e, const char *buf, size_t len
 static long take_array(resp_parser *p, resp_reply *e, const char *s, size_t sn)
 {
     long long n;
-    if (parse_length(p, '*', s, sn, p->lim.max_array, &n) < 0)
-        return RESP_PARSE_ERROR;
-    if (n < 0) {
-        e->type = RESP_NIL;
-        return 1;
-    }
+    int k = take_length(p, e, '*', s, sn, p->lim.max_array, &n);
+    if (k <= 0)
+        return k < 0 ? RESP_PARSE_ERROR : 1;
     e->type = RESP_ARRAY;
     e->n = (uint32_t)n;
     if (n == 0)

@@ -89,13 +89,38 @@ static int fail(int status, char *err, size_t errlen, const char *fmt, ...)
     return status;
 }
 
-/* The first error OpenSSL queued, as text ("" if none). */
+/* The first error OpenSSL queued that has a reason, as text ("" if none);
+ * it empties the queue, as fail() would. OpenSSL 3 queues a failed
+ * fopen() as a system error whose reason is the errno and has no string
+ * of its own: that one reads as strerror(). */
 static const char *first_error(char *buf, size_t len)
 {
-    unsigned long e = ERR_peek_error();
-    const char *r = e ? ERR_reason_error_string(e) : NULL;
-    snprintf(buf, len, "%s", r ? r : e ? "unknown OpenSSL error" : "");
+    unsigned long first = ERR_peek_error(), e;
+    snprintf(buf, len, "%s", "");
+    while ((e = ERR_get_error()) != 0) {
+        const char *r = ERR_SYSTEM_ERROR(e) ? strerror((int)ERR_GET_REASON(e))
+                                            : ERR_reason_error_string(e);
+        if (r && !buf[0])
+            snprintf(buf, len, "%s", r);
+    }
+    if (!buf[0] && first)
+        snprintf(buf, len, "OpenSSL error %lx", first);
     return buf;
+}
+
+/* Why path cannot be read, or NULL when it can: the system's reason
+ * (errno), which OpenSSL 3 would not name. Read, not only opened, so that
+ * a directory says so. */
+static const char *unreadable(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return strerror(errno);
+    errno = 0;
+    int ch = fgetc(f);
+    int e = ch == EOF && ferror(f) ? (errno ? errno : EIO) : 0;
+    fclose(f);
+    return e ? strerror(e) : NULL;
 }
 
 /* ---- the BIO: send(MSG_NOSIGNAL) and recv() on the library's socket ------------------------ */
@@ -239,10 +264,16 @@ static int pem_encrypted(const char *path)
     return strstr(buf, "ENCRYPTED") != NULL;
 }
 
+/* Each file is tried by hand first, so that a missing or unreadable one
+ * says why in the system's words; a file that reads but does not load
+ * gets OpenSSL's reason. */
 static int load_files(tls_cfg *cfg, const redlock_tls_params *p, char *err, size_t errlen)
 {
     char why[200];
+    const char *sys;
     if (p->ca[0]) {
+        if ((sys = unreadable(p->ca)) != NULL)
+            return fail(REDLOCK_ERR_TLS, err, errlen, "cannot load ca=%s: %s", p->ca, sys);
         if (SSL_CTX_load_verify_locations(cfg->ctx, p->ca, NULL) != 1)
             return fail(REDLOCK_ERR_TLS, err, errlen, "cannot load ca=%s: %s", p->ca,
                         first_error(why, sizeof why));
@@ -254,10 +285,16 @@ static int load_files(tls_cfg *cfg, const redlock_tls_params *p, char *err, size
         return fail(REDLOCK_ERR_TLS, err, errlen, "key= needs its certificate: cert=");
     if (!p->cert[0])
         return REDLOCK_OK;
-    const char *key = p->key[0] ? p->key : p->cert;
+    if ((sys = unreadable(p->cert)) != NULL)
+        return fail(REDLOCK_ERR_TLS, err, errlen, "cannot load cert=%s: %s", p->cert, sys);
     if (SSL_CTX_use_certificate_chain_file(cfg->ctx, p->cert) != 1)
         return fail(REDLOCK_ERR_TLS, err, errlen, "cannot load cert=%s: %s", p->cert,
                     first_error(why, sizeof why));
+    /* no key=: the key is read from the cert= file */
+    const char *key = p->key[0] ? p->key : p->cert;
+    const char *what = p->key[0] ? "key" : "the key from cert";
+    if ((sys = unreadable(key)) != NULL)
+        return fail(REDLOCK_ERR_TLS, err, errlen, "cannot load %s=%s: %s", what, key, sys);
     if (SSL_CTX_use_PrivateKey_file(cfg->ctx, key, SSL_FILETYPE_PEM) != 1) {
         unsigned long e = ERR_peek_last_error();
         if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH)
@@ -266,7 +303,7 @@ static int load_files(tls_cfg *cfg, const redlock_tls_params *p, char *err, size
         if (pem_encrypted(key))
             return fail(REDLOCK_ERR_TLS, err, errlen,
                         "the key in %s is encrypted: give an unencrypted key", key);
-        return fail(REDLOCK_ERR_TLS, err, errlen, "cannot load the key from %s: %s", key,
+        return fail(REDLOCK_ERR_TLS, err, errlen, "cannot load %s=%s: %s", what, key,
                     first_error(why, sizeof why));
     }
     if (SSL_CTX_check_private_key(cfg->ctx) != 1)

@@ -44,6 +44,9 @@ typedef struct cli {
     int conflict_code;
     int quiet, verbose, fair, wait_replicas;
     int scripts; /* REDLOCK_SCRIPTS_* */
+    int restart_guard; /* redlock_options.restart_guard */
+    uint32_t limit;    /* --limit: a permit of a semaphore of this many (0: a lock) */
+    int shared;        /* --shared: a reader of the read-write lock NAME */
     const char *name;
     char **command;
 } cli;
@@ -61,6 +64,7 @@ static const char usage_text[] =
     "       redlock --help | --version\n"
     "\n"
     "Run COMMAND while holding the Redis lock NAME (refreshed every TTL/3).\n"
+    "The -- before COMMAND is required; options go before it, before or after NAME.\n"
     "\n"
     "options:\n"
     "  -u, --url URL               a Redis node, or a Redis Cluster\n"
@@ -75,12 +79,18 @@ static const char usage_text[] =
     "  -g, --grace DURATION        after a lost lock, SIGTERM then SIGKILL after this\n"
     "                              long (default 5s)\n"
     "  -E, --conflict-exit-code N  exit status when the lock is busy (default 75)\n"
+    "  -l, --limit N               take one of N permits of the counting semaphore NAME\n"
+    "                              (all users of NAME must pass the same N)\n"
+    "  -s, --shared                take a shared (reader) hold of the read-write lock\n"
+    "                              NAME; a plain run is its writer\n"
     "  -F, --fair                  wait in line: waiters get the lock in the order they\n"
     "                              began to wait (all users of NAME should pass it)\n"
     "  -R, --wait-replicas N       after each acquire and refresh, wait for N replicas\n"
     "                              to have the write (WAIT), else count it failed\n"
     "  -S, --scripts MODE          auto (default: EVALSHA, FCALL where EVALSHA is\n"
     "                              not permitted), eval, or functions (FCALL only)\n"
+    "  -G, --restart-guard MODE    auto (default: on for a quorum), on or off: a node\n"
+    "                              that restarted less than a TTL ago does not count\n"
     "  -q, --quiet                 no message when the lock is busy\n"
     "  -v, --verbose               report acquire, refresh and release on stderr\n"
     "  -h, --help                  this text\n"
@@ -98,7 +108,9 @@ static const char usage_text[] =
     "  64   usage error\n"
     "  69   Redis unreachable or answered with an error\n"
     "  126  COMMAND is not executable; 127 COMMAND not found\n"
-    "status: 0 when NAME is held, 1 when it is free, 69 on errors.\n"
+    "status: 0 when NAME is held, 1 when it is free, 69 on errors. It prints\n"
+    "'NAME: held, N ms left, fence F' ('no expiry' for a key without a TTL) or\n"
+    "'NAME: free, fence F'.\n"
     "\n"
     "functions: the scripts as a Redis Functions library, for servers whose ACL\n"
     "denies EVAL/EVALSHA but allows FCALL. 'load' loads this version's library\n"
@@ -198,8 +210,11 @@ static const struct option long_opts[] = {
     {"grace", required_argument, NULL, 'g'},
     {"conflict-exit-code", required_argument, NULL, 'E'},
     {"fair", no_argument, NULL, 'F'},
+    {"limit", required_argument, NULL, 'l'},
+    {"shared", no_argument, NULL, 's'},
     {"wait-replicas", required_argument, NULL, 'R'},
     {"scripts", required_argument, NULL, 'S'},
+    {"restart-guard", required_argument, NULL, 'G'},
     {"quiet", no_argument, NULL, 'q'},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
@@ -214,7 +229,7 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
     int ch;
     opterr = 0;
     optind = 1;
-    const char *spec = stop_at_name ? "+:u:t:w:g:E:FR:S:qvhV" : ":u:t:w:g:E:FR:S:qvhV";
+    const char *spec = stop_at_name ? "+:u:t:w:g:E:Fl:sR:S:G:qvhV" : ":u:t:w:g:E:Fl:sR:S:G:qvhV";
     while ((ch = getopt_long(argc, argv, spec, long_opts, NULL)) != -1) {
         switch (ch) {
         case 'u':
@@ -222,9 +237,10 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
                 return EXIT_USAGE;
             break;
         case 't':
-            if (parse_duration(optarg, &o->ttl_ms) != 0 || o->ttl_ms == 0)
-                return usage_error("bad TTL '%s': want a positive DURATION like 500ms, 10s, 2m",
-                                   optarg);
+            if (parse_duration(optarg, &o->ttl_ms) != 0 || o->ttl_ms < REDLOCK_MIN_TTL_MS)
+                return usage_error("bad TTL '%s': want a DURATION of at least %dms, like "
+                                   "500ms, 10s, 2m",
+                                   optarg, REDLOCK_MIN_TTL_MS);
             break;
         case 'w':
             if (parse_duration(optarg, &o->wait_ms) != 0)
@@ -241,6 +257,17 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
         case 'F':
             o->fair = 1;
             break;
+        case 'l': {
+            int n;
+            if (parse_int(optarg, 1, REDLOCK_MAX_PERMITS, &n) != 0)
+                return usage_error("bad permit count '%s': want 1 to %d", optarg,
+                                   REDLOCK_MAX_PERMITS);
+            o->limit = (uint32_t)n;
+            break;
+        }
+        case 's':
+            o->shared = 1;
+            break;
         case 'R':
             if (parse_int(optarg, 0, 100, &o->wait_replicas) != 0)
                 return usage_error("bad replica count '%s': want 0 to 100", optarg);
@@ -254,6 +281,16 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
                 o->scripts = REDLOCK_SCRIPTS_FUNCTIONS;
             else
                 return usage_error("bad scripts mode '%s': want auto, eval or functions", optarg);
+            break;
+        case 'G':
+            if (strcmp(optarg, "auto") == 0)
+                o->restart_guard = -1;
+            else if (strcmp(optarg, "on") == 0)
+                o->restart_guard = 1;
+            else if (strcmp(optarg, "off") == 0)
+                o->restart_guard = 0;
+            else
+                return usage_error("bad restart guard '%s': want auto, on or off", optarg);
             break;
         case 'q':
             o->quiet = 1;
@@ -295,6 +332,7 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
     redlock_options_init(&opts);
     opts.fair = o->fair;
     opts.wait_replicas = o->wait_replicas;
+    opts.restart_guard = o->restart_guard;
     opts.scripts = o->scripts;
 #ifdef REDLOCK_WITH_TLS
     opts.tls = redlock_tls_openssl();
@@ -317,7 +355,14 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
         say("%s", redlock_last_errstr());
         return EXIT_UNAVAILABLE;
     }
-    rc = redlock_new(l, *c, o->name, NULL, o->ttl_ms);
+    if (o->limit && o->shared)
+        return usage_error("--limit and --shared: a name is a semaphore or a read-write lock");
+    if (o->limit)
+        rc = redlock_new_semaphore(l, *c, o->name, o->limit, NULL, o->ttl_ms);
+    else if (o->shared)
+        rc = redlock_new_shared(l, *c, o->name, NULL, o->ttl_ms);
+    else
+        rc = redlock_new(l, *c, o->name, NULL, o->ttl_ms);
     if (rc != REDLOCK_OK) {
         say("%s", redlock_client_errstr(*c));
         return rc == REDLOCK_ERR_ARG ? EXIT_USAGE : EXIT_UNAVAILABLE;
@@ -449,7 +494,7 @@ static int take_lock(cli *o, redlock_client *c, redlock *l)
     int rc = o->wait_ms ? redlock_lock(l, o->wait_ms) : redlock_trylock(l);
     if (rc == REDLOCK_NOT_ACQUIRED) {
         if (!o->quiet)
-            say("%s is held by another owner%s", o->name, o->wait_ms ? " (wait ran out)" : "");
+            say("%s is busy%s: %s", o->name, o->wait_ms ? " (wait ran out)" : "", redlock_errstr(l));
         return o->conflict_code;
     }
     if (rc != REDLOCK_OK) {
@@ -543,6 +588,26 @@ out:
 
 /* ---- status ---------------------------------------------------------------------------- */
 
+/* Each holder on a line of its own: value, kind, lease left, token. */
+static int print_holders(cli *o, redlock_client *c, redlock *l)
+{
+    redlock_holder h[64];
+    size_t n = 0;
+    if (redlock_holders(l, h, sizeof h / sizeof h[0], &n) != REDLOCK_OK) {
+        say("cannot list the holders of %s: %s", o->name, redlock_client_errstr(c));
+        return -1;
+    }
+    for (size_t k = 0; k < n; k++) {
+        const char *what = !h[k].shared ? "writer" : o->limit ? "permit" : "reader";
+        if (h[k].ttl_ms < 0)
+            printf("  %s: %s, no expiry, fence %" PRIu64 "\n", h[k].value, what, h[k].fence);
+        else
+            printf("  %s: %s, %" PRId64 " ms left, fence %" PRIu64 "\n", h[k].value, what,
+                   h[k].ttl_ms, h[k].fence);
+    }
+    return (int)n;
+}
+
 static int status_command(cli *o)
 {
     redlock_client *c = NULL;
@@ -556,12 +621,20 @@ static int status_command(cli *o)
         rc = EXIT_UNAVAILABLE;
         goto out;
     }
-    if (info.held)
+    if (info.held && info.ttl_ms < 0 && !o->limit && !o->shared) /* a key set by hand */
+        printf("%s: held, no expiry, fence %" PRIu64 "\n", o->name, info.fence);
+    else if (info.held && !o->limit && !o->shared)
         printf("%s: held, %" PRId64 " ms left, fence %" PRIu64 "\n", o->name, info.ttl_ms,
                info.fence);
+    else if (info.held)
+        printf("%s: held, fence %" PRIu64 "\n", o->name, info.fence);
     else
         printf("%s: free, fence %" PRIu64 "\n", o->name, info.fence);
-    rc = info.held ? 0 : 1;
+    int holders = print_holders(o, c, l);
+    if (holders < 0)
+        rc = EXIT_UNAVAILABLE;
+    else
+        rc = info.held || holders > 0 ? 0 : 1;
 out:
     redlock_free(l);
     redlock_client_free(c);
@@ -685,11 +758,12 @@ int main(int argc, char **argv)
     cli o;
     memset(&o, 0, sizeof o);
     o.ttl_ms = 30000;
+    o.restart_guard = -1;
     o.grace_ms = 5000;
     o.conflict_code = EXIT_CONFLICT;
 
     if (argc < 2)
-        return usage_error("missing command: run or status");
+        return usage_error("missing command: run, status or functions");
     const char *sub = argv[1];
     if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
         fputs(usage_text, stdout);
@@ -722,8 +796,18 @@ int main(int argc, char **argv)
         goto done;
     }
     if (is_run) {
-        o.command = dd >= 0 ? sargv + dd + 1 : sargv + optind + 1;
-        if (dd >= 0 && optind + 1 < dd) {
+        /* Without --, a word after NAME could be COMMAND or a misplaced
+         * option (`run n -v echo hi`): refuse rather than guess. */
+        if (dd < 0 && optind + 1 < sargc) {
+            rc = usage_error("'%s' after NAME: put -- between NAME and COMMAND", sargv[optind + 1]);
+            goto done;
+        }
+        if (dd < 0) {
+            rc = usage_error("missing -- COMMAND after NAME");
+            goto done;
+        }
+        o.command = sargv + dd + 1;
+        if (optind + 1 < dd) {
             rc = usage_error("unexpected '%s' before --", sargv[optind + 1]);
             goto done;
         }

@@ -16,8 +16,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(s, data, size);
     s[size] = '\0';
     net_url u;
+    net_seeds seeds;
     char err[256];
-    int rc = net_url_parse(&u, s, err, sizeof err);
+    int rc = net_url_parse(&u, &seeds, s, err, sizeof err);
     if (rc == RESP_OK) {
         if (u.kind != NET_URL_TCP && u.kind != NET_URL_UNIX)
             abort();
@@ -46,6 +47,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             snprintf(want, sizeof want, strchr(u.host, ':') ? "[%s]:%s" : "%s:%s", u.host, u.port);
         if (strcmp(desc, want) != 0)
             abort();
+        /* seeds only with cluster=1, each a host and a port */
+        if (seeds.n < 0 || seeds.n > NET_MAX_SEEDS - 1 || (seeds.n && !u.cluster))
+            abort();
+        for (int k = 0; k < seeds.n; k++)
+            if (seeds.at[k].host[0] == '\0' || atoi(seeds.at[k].port) < 1)
+                abort();
     } else if (rc != RESP_ERR_ARG || err[0] == '\0')
         abort();
     free(s);

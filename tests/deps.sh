@@ -1,9 +1,10 @@
 #!/bin/sh
 # What `make test` needs: redis-server, redis-cli and openssl (the Cluster and
 # TLS fixtures), libssl-dev (the TLS suite builds the library with TLS=openssl;
-# plain `make` needs none of it), Check, pkg-config, and libuv (only for the
-# libuv example). Installs the missing Debian packages
-# with apt-get when run as root, otherwise prints the command to run and fails.
+# plain `make` needs none of it), Check, pkg-config, libuv (only for the
+# libuv example), and mandoc and groff (the man pages are linted). Installs
+# the missing Debian packages with apt-get when run as root, otherwise prints
+# the command to run and fails.
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
@@ -16,6 +17,8 @@ if ! pkg-config --exists openssl 2>/dev/null && [ ! -f /usr/include/openssl/ssl.
 fi
 command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
 pkg-config --exists libuv 2>/dev/null || missing="$missing libuv1-dev"
+command -v mandoc >/dev/null 2>&1 || missing="$missing mandoc"
+command -v groff >/dev/null 2>&1 || missing="$missing groff-base"
 [ -z "$missing" ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -26,5 +29,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 echo "make test needs:$missing. Install them with:" >&2
-echo "    sudo apt-get install -y redis-server redis-tools openssl libssl-dev check pkg-config libuv1-dev" >&2
+echo "    sudo apt-get install -y redis-server redis-tools openssl libssl-dev check pkg-config libuv1-dev mandoc groff-base" >&2
 exit 1

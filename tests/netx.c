@@ -11,7 +11,7 @@ net_conn *nx_conn(const char *url, int timeout_ms)
 {
     net_url u;
     char err[256];
-    if (net_url_parse(&u, url, err, sizeof err) != RESP_OK) {
+    if (net_url_parse(&u, NULL, url, err, sizeof err) != RESP_OK) {
         fprintf(stderr, "netx: %s: %s\n", url, err);
         abort();
     }
@@ -130,7 +130,7 @@ size_t nx_run(net_conn *const *cs, size_t n, nx_result *out, size_t want, int64_
             break; /* nothing can happen */
         /* one connection waiting for a reply: wait in recv() as the
          * library's blocking calls do (net_conn_block) */
-        if (n == 1 && k == 1 && pfd[0].events == POLLIN && !limit && net_conn_block(cs[0], now))
+        if (n == 1 && k == 1 && pfd[0].events == POLLIN && !limit && net_conn_block(cs[0], now, INT64_MAX))
             continue;
         if (poll(pfd, (nfds_t)k, timeout) <= 0)
             continue;

@@ -117,7 +117,7 @@ echo "   redis-server pid $redis_pid at $url"
 step "make install PREFIX=\$tmp/make-prefix, a program built with pkg-config"
 quiet make -s -C "$root" BUILD="$tmp/make" PREFIX="$tmp/make-prefix" install
 mp=$tmp/make-prefix
-for f in include/redlock.h lib/libredlock.a "lib/libredlock.so.$version" "lib/libredlock.so.$major" \
+for f in include/redlock.h include/redlock_transport.h lib/libredlock.a "lib/libredlock.so.$version" "lib/libredlock.so.$major" \
     lib/libredlock.so lib/pkgconfig/redlock.pc bin/redlock; do
     [ -e "$mp/$f" ] || fail "make install did not install $f"
 done
@@ -133,6 +133,20 @@ needs_libredlock "$tmp/pc-consumer" || fail "pkg-config consumer does not link l
 LD_LIBRARY_PATH=$mp/lib ldd "$tmp/pc-consumer" | grep -q "$mp/lib/libredlock.so.$major" ||
     fail "pkg-config consumer does not load the installed library"
 run_consumer "pkg-config (shared)" env LD_LIBRARY_PATH="$mp/lib" "$tmp/pc-consumer"
+# the man pages: section 1 for the command, section 3 for every function
+# (a name that shares a page is a symlink to it), and all gone on uninstall
+for f in share/man/man1/redlock.1 share/man/man3/redlock.3 share/man/man3/redlock_trylock.3 \
+    share/man/man3/redlock_start_lock.3; do
+    [ -e "$mp/$f" ] || fail "make install did not install $f"
+done
+if command -v man >/dev/null 2>&1; then
+    man -M "$mp/share/man" -w 3 redlock_start_lock >/dev/null 2>&1 ||
+        fail "man 3 redlock_start_lock does not find its page"
+fi
+quiet make -s -C "$root" BUILD="$tmp/make" PREFIX=/usr DESTDIR="$tmp/stage" install
+quiet make -s -C "$root" BUILD="$tmp/make" PREFIX=/usr DESTDIR="$tmp/stage" uninstall
+left=$(find "$tmp/stage" -type f -o -type l)
+[ -z "$left" ] || fail "make uninstall left: $left"
 
 # ---- 2. cmake --install + find_package ------------------------------------------------
 
@@ -141,9 +155,10 @@ cp=$tmp/cmake-prefix
 quiet cmake -S "$root" -B "$tmp/cmake-build" -DCMAKE_INSTALL_PREFIX="$cp"
 quiet cmake --build "$tmp/cmake-build" -j "$jobs"
 quiet cmake --install "$tmp/cmake-build"
-for f in include/redlock.h lib/libredlock.a "lib/libredlock.so.$version" lib/pkgconfig/redlock.pc \
+for f in include/redlock.h include/redlock_transport.h lib/libredlock.a "lib/libredlock.so.$version" lib/pkgconfig/redlock.pc \
     lib/cmake/redlock/redlockConfig.cmake lib/cmake/redlock/redlockConfigVersion.cmake \
-    lib/cmake/redlock/redlockTargets.cmake bin/redlock; do
+    lib/cmake/redlock/redlockTargets.cmake bin/redlock share/man/man3/redlock_trylock.3 \
+    share/man/man3/redlock_new_len.3; do
     [ -e "$cp/$f" ] || fail "cmake --install did not install $f"
 done
 [ "$(soname_of "$cp/lib/libredlock.so")" = "libredlock.so.$major" ] || fail "soname of CMake's library"

@@ -3,16 +3,19 @@
  * one would not fail any call; it would cost an EVAL (the whole script sent
  * and compiled) on every call. And the shipped function library
  * (functions/redlock_vN.lua, what administrators load) is the text the
- * library builds from the same scripts. No Redis needed. Includes redlock.c
- * to reach its static script table.
+ * library builds from the same scripts. No Redis needed. Includes scripts.h,
+ * where the texts and the table live.
  *
  *   sha1check            check both (from the source tree's top)
- *   sha1check --write    write functions/redlock_vN.lua from redlock.c
+ *   sha1check --write    write functions/redlock_vN.lua from scripts.h
  */
-#include "../redlock.c"
+#include "../scripts.h"
 
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct sha1 {
     uint32_t h[5];
@@ -101,7 +104,7 @@ static int check_library(int write)
     bad = got != n || memcmp(file, text, n) != 0;
     if (bad)
         fprintf(stderr,
-                "sha1check: %s is not the library built into redlock.c. If a script changed, "
+                "sha1check: %s is not the library built into redlock.c (scripts.h). If a script changed, "
                 "give the library a new version (FUNCTIONS_VERSION: a server keeps the code it "
                 "loaded under a name), then run `make functions-file`.\n",
                 FUNCTIONS_FILE);

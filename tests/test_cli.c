@@ -6,13 +6,18 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -21,7 +26,11 @@
 #ifndef FX_BUILD_DIR
 #define FX_BUILD_DIR "build"
 #endif
+#ifndef FX_SRC_DIR
+#define FX_SRC_DIR "."
+#endif
 #define BIN FX_BUILD_DIR "/redlock"
+#define MAN_PAGE FX_SRC_DIR "/cli/redlock.1"
 
 static char tmpdir[256];
 
@@ -176,17 +185,227 @@ static void unhold(holder *h)
 
 /* ---- no server needed ---------------------------------------------------------- */
 
+/* Every option and exit status: the man page and --help document the same
+ * ones, and both document each of these. */
+static const char *const documented_options[][2] = {
+    {"u", "url"},  {"t", "ttl"},     {"w", "wait"},    {"g", "grace"},
+    {"E", "conflict-exit-code"},     {"F", "fair"},    {"R", "wait-replicas"},
+    {"l", "limit"}, {"s", "shared"},
+    {"S", "scripts"}, {"G", "restart-guard"}, {"q", "quiet"}, {"v", "verbose"}, {"h", "help"},
+    {"V", "version"},
+};
+static const char *const documented_exits[] = {"0", "1", "64", "69", "75", "76", "126", "127"};
+#define N_OPTIONS (sizeof documented_options / sizeof documented_options[0])
+
+/* The part of text from the line that starts with from up to the next line
+ * that starts with until (or the end), into buf. */
+static const char *section(char *buf, size_t n, const char *text, const char *from,
+                           const char *until)
+{
+    const char *a = strstr(text, from);
+    ck_assert_msg(a != NULL, "no '%s' in the text", from);
+    const char *b = strstr(a + strlen(from), until);
+    size_t len = b ? (size_t)(b - a) : strlen(a);
+    ck_assert_uint_lt(len, n);
+    memcpy(buf, a, len);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* 1 if word occurs in text with no digit or letter right before or after it */
+static int has_word(const char *text, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = strstr(text, word); p; p = strstr(p + 1, word)) {
+        int before = p > text && (isalnum((unsigned char)p[-1]));
+        int after = isalnum((unsigned char)p[n]);
+        if (!before && !after)
+            return 1;
+    }
+    return 0;
+}
+
+static int count_prefixed_lines(const char *text, const char *prefix)
+{
+    int n = 0;
+    size_t k = strlen(prefix);
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        n += strncmp(p, prefix, k) == 0;
+    return n;
+}
+
 START_TEST(test_help_and_version)
 {
     ck_assert_int_eq(run_cli("help", NULL, (const char *[]){"--help", NULL}), 0);
-    const char *out = slurp("help.out");
-    ck_assert_ptr_nonnull(strstr(out, "redlock run [OPTIONS] NAME -- COMMAND"));
-    ck_assert_ptr_nonnull(strstr(out, "76"));
-    ck_assert_ptr_nonnull(strstr(out, "75"));
+    static char help[8192], man[16384], part[8192];
+    snprintf(help, sizeof help, "%s", slurp("help.out"));
+    ck_assert_int_eq(run_cli("h", NULL, (const char *[]){"-h", NULL}), 0);
+    ck_assert_str_eq(slurp("h.out"), help);
+    FILE *f = fopen(MAN_PAGE, "r");
+    ck_assert_ptr_nonnull(f);
+    man[fread(man, 1, sizeof man - 1, f)] = '\0';
+    fclose(f);
+
+    /* the usage lines name every command */
+    section(part, sizeof part, help, "usage:", "\n\n");
+    ck_assert_ptr_nonnull(strstr(part, "redlock run [OPTIONS] NAME -- COMMAND [ARG...]"));
+    ck_assert_ptr_nonnull(strstr(part, "redlock status [OPTIONS] NAME"));
+    ck_assert_ptr_nonnull(strstr(part, "redlock functions load|status|code"));
+    ck_assert_ptr_nonnull(strstr(part, "redlock --help | --version"));
+
+    /* options: each one in both, and no other in either */
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        char want[96], esc[96];
+        snprintf(want, sizeof want, "\n  -%s, --%s ", documented_options[i][0],
+                 documented_options[i][1]);
+        ck_assert_msg(strstr(help, want), "--help lacks '%s'", want + 1);
+        size_t o = (size_t)snprintf(esc, sizeof esc, ".BR \\-%s \", \" \\-\\-",
+                                    documented_options[i][0]);
+        for (const char *p = documented_options[i][1]; *p && o + 3 < sizeof esc; p++) {
+            if (*p == '-')
+                esc[o++] = '\\';
+            esc[o++] = *p;
+        }
+        esc[o] = '\0';
+        ck_assert_msg(strstr(man, esc), "the man page lacks '%s'", esc);
+    }
+    ck_assert_int_eq(count_prefixed_lines(section(part, sizeof part, help, "options:", "\n\n"),
+                                          "  -"),
+                     N_OPTIONS);
+    ck_assert_int_eq(count_prefixed_lines(section(part, sizeof part, man, ".SH OPTIONS", ".SH "),
+                                          ".BR \\-"),
+                     N_OPTIONS);
+
+    /* exit statuses: each one in both exit-status parts */
+    const char *help_exits = section(part, sizeof part, help, "exit status:", "\n\nfunctions:");
+    for (size_t i = 0; i < sizeof documented_exits / sizeof documented_exits[0]; i++)
+        ck_assert_msg(has_word(help_exits, documented_exits[i]), "--help: no exit status %s",
+                      documented_exits[i]);
+    const char *man_exits = section(part, sizeof part, man, ".SH EXIT STATUS", ".SH ");
+    for (size_t i = 0; i < sizeof documented_exits / sizeof documented_exits[0]; i++)
+        ck_assert_msg(has_word(man_exits, documented_exits[i]), "man page: no exit status %s",
+                      documented_exits[i]);
+
     ck_assert_int_eq(run_cli("ver", NULL, (const char *[]){"--version", NULL}), 0);
     char want[64];
     snprintf(want, sizeof want, "redlock %s\n", REDLOCK_VERSION);
     ck_assert_str_eq(slurp("ver.out"), want);
+    ck_assert_ptr_nonnull(strstr(man, "\"redlock-c " REDLOCK_VERSION "\""));
+}
+END_TEST
+
+/* With no arguments the one-line usage error names every command. */
+START_TEST(test_no_arguments_names_every_command)
+{
+    ck_assert_int_eq(run_cli("none", NULL, (const char *[]){NULL}), 64);
+    ck_assert_str_eq(slurp("none.err"),
+                     "redlock: missing command: run, status or functions (see redlock --help)\n");
+    ck_assert_str_eq(slurp("none.out"), "");
+}
+END_TEST
+
+/* Without --, a word after NAME is neither run nor taken as an option: a
+ * usage error before any connection, and COMMAND never starts. */
+START_TEST(test_run_needs_dashdash)
+{
+    char mark[512];
+    path_in(mark, sizeof mark, "ran");
+    const char *const lines[][8] = {
+        {"run", "n", "-v", "echo", "hi", NULL},
+        {"run", "n", "touch", mark, NULL},
+        {"run", "-t", "5s", "n", "touch", mark, NULL},
+    };
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+        int rc = run_cli("dd", "redis://127.0.0.1:1", lines[i]);
+        const char *err = slurp("dd.err");
+        ck_assert_msg(rc == 64, "case %zu: status %d, stderr %s", i, rc, err);
+        ck_assert_int_eq(count_lines(err), 1);
+        ck_assert_msg(strstr(err, "after NAME: put -- between NAME and COMMAND"), "case %zu: %s",
+                      i, err);
+        ck_assert_int_eq(access(mark, F_OK), -1);
+    }
+}
+END_TEST
+
+/* A peer on loopback that answers every read with the error reply
+ * "-TEXT\r\n", one connection at a time, in a child process. */
+static pid_t error_server(const char *text, int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(fd, 8), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    *port = ntohs(a.sin_port);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (;;) {
+            int c = accept(fd, NULL, NULL);
+            char buf[4096];
+            while (c >= 0 && read(c, buf, sizeof buf) > 0)
+                if (dprintf(c, "-%s\r\n", text) < 0)
+                    break;
+            if (c >= 0)
+                close(c);
+        }
+    }
+    close(fd);
+    return pid;
+}
+
+/* A Redis error reply reaches the user whole; one too long for the line is
+ * cut after a whole word and marked with "...". */
+START_TEST(test_server_error_shown_whole)
+{
+    char fits[400], huge[3000], url[64];
+    size_t o = (size_t)snprintf(fits, sizeof fits, "ERR");
+    for (int i = 1; i <= 30; i++) /* 213 bytes, words of 6 */
+        o += (size_t)snprintf(fits + o, sizeof fits - o, " word%02d", i);
+    o = (size_t)snprintf(huge, sizeof huge, "ERR");
+    for (int i = 1; i <= 300; i++) /* 2703 bytes, words of 8 */
+        o += (size_t)snprintf(huge + o, sizeof huge - o, " word%04d", i);
+
+    int port;
+    pid_t srv_pid = error_server(fits, &port);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
+    ck_assert_int_eq(run_cli("e1", url, (const char *[]){"run", "n", "--", "true", NULL}), 69);
+    const char *err = slurp("e1.err");
+    ck_assert_int_eq(count_lines(err), 1);
+    char want[500];
+    snprintf(want, sizeof want, "127.0.0.1:%d: %s\n", port, fits);
+    size_t n = strlen(err), w = strlen(want);
+    ck_assert_msg(n > w && strcmp(err + n - w, want) == 0, "want '...%s' at the end of: %s", want,
+                  err);
+    ck_assert_int_eq(run_cli("e2", url, (const char *[]){"status", "n", NULL}), 69);
+    err = slurp("e2.err");
+    n = strlen(err);
+    ck_assert_msg(n > w && strcmp(err + n - w, want) == 0, "want '...%s' at the end of: %s", want,
+                  err);
+    kill(srv_pid, SIGKILL);
+    waitpid(srv_pid, NULL, 0);
+
+    srv_pid = error_server(huge, &port);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
+    ck_assert_int_eq(run_cli("e3", url, (const char *[]){"run", "n", "--", "true", NULL}), 69);
+    err = slurp("e3.err");
+    ck_assert_int_eq(count_lines(err), 1);
+    const char *shown = strstr(err, "ERR word0001 ");
+    ck_assert_msg(shown != NULL, "%s", err);
+    const char *dots = strstr(shown, "...\n");
+    ck_assert_msg(dots != NULL && dots[4] == '\0', "no '...' at the end: %s", err);
+    size_t k = (size_t)(dots - shown);
+    ck_assert_uint_gt(k, 200);                     /* far more than the old 120 */
+    ck_assert_int_eq(strncmp(shown, huge, k), 0);  /* the server's own words... */
+    ck_assert_int_eq(huge[k], ' ');                /* ...up to the end of one */
+    kill(srv_pid, SIGKILL);
+    waitpid(srv_pid, NULL, 0);
 }
 END_TEST
 
@@ -199,13 +418,15 @@ static const struct {
     {{NULL}, "missing command"},
     {{"lock", "x", NULL}, "unknown command 'lock'"},
     {{"run", NULL}, "missing lock NAME"},
-    {{"run", "name", NULL}, "missing COMMAND"},
+    {{"run", "name", NULL}, "missing -- COMMAND after NAME"},
     {{"run", "name", "--", NULL}, "missing COMMAND"},
     {{"run", "", "--", "true", NULL}, "NAME is empty"},
     {{"run", "-t", "0", "n", "--", "true", NULL}, "bad TTL '0'"},
     {{"run", "-t", "abc", "n", "--", "true", NULL}, "bad TTL 'abc'"},
     {{"run", "-t", "10x", "n", "--", "true", NULL}, "bad TTL '10x'"},
     {{"run", "--ttl", "5h", "n", "--", "true", NULL}, "bad TTL '5h'"},
+    {{"run", "-t", "2ms", "n", "--", "true", NULL}, "bad TTL '2ms': want a DURATION of at least 10ms"},
+    {{"run", "-G", "maybe", "n", "--", "true", NULL}, "bad restart guard 'maybe'"},
     {{"run", "-w", "-1", "n", "--", "true", NULL}, "bad wait '-1'"},
     {{"run", "-w", "2 s", "n", "--", "true", NULL}, "bad wait '2 s'"},
     {{"run", "-g", "soon", "n", "--", "true", NULL}, "bad grace period 'soon'"},
@@ -306,6 +527,24 @@ START_TEST(test_env_fence_and_status)
 }
 END_TEST
 
+/* A key without a TTL (set by hand): "no expiry", not "-1 ms left". */
+START_TEST(test_status_no_expiry)
+{
+    char out[64];
+    ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "SET forever someone"), 0);
+    ck_assert_int_eq(run_cli("ne", srv.url, (const char *[]){"status", "forever", NULL}), 0);
+    ck_assert_str_eq(slurp("ne.out"), "forever: held, no expiry, fence 0\n"
+                                      "  someone: writer, no expiry, fence 0\n");
+    ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "SET {forever}:fence 41"), 0);
+    ck_assert_int_eq(run_cli("ne", srv.url, (const char *[]){"status", "forever", NULL}), 0);
+    ck_assert_str_eq(slurp("ne.out"), "forever: held, no expiry, fence 41\n"
+                                      "  someone: writer, no expiry, fence 41\n");
+    /* and nobody takes it */
+    ck_assert_int_eq(run_cli("ne", srv.url, (const char *[]){"run", "forever", "--", "true", NULL}),
+                     75);
+}
+END_TEST
+
 START_TEST(test_exit_status_passes_through)
 {
     ck_assert_int_eq(run_cli("x", srv.url, (const char *[]){"run", "j", "--", "sh", "-c", "exit 7", NULL}), 7);
@@ -337,7 +576,7 @@ START_TEST(test_conflict)
     ck_assert_int_eq(run_cli("c", srv.url, (const char *[]){"run", "busy", "--", "touch", "/tmp/x", NULL}), 75);
     const char *err = slurp("c.err");
     ck_assert_int_eq(count_lines(err), 1);
-    ck_assert_ptr_nonnull(strstr(err, "busy is held"));
+    ck_assert_ptr_nonnull(strstr(err, "busy is busy: lock 'busy' is held by another owner (expires in "));
     ck_assert_int_eq(run_cli("c", srv.url, (const char *[]){"run", "-w", "0", "-E", "3", "busy", "--", "true", NULL}), 3);
     ck_assert_int_eq(run_cli("c", srv.url, (const char *[]){"run", "-q", "--conflict-exit-code=0", "busy", "--", "false", NULL}), 0);
     ck_assert_str_eq(slurp("c.err"), "");
@@ -588,7 +827,9 @@ START_TEST(test_quorum_from_env)
     for (int i = 0; i < 2; i++) {
         char mark[600];
         snprintf(mark, sizeof mark, "echo $REDLOCK_FENCE");
-        ck_assert_int_eq(run_cli("q", env, (const char *[]){"run", "q", "--", "sh", "-c", mark, NULL}), 0);
+        ck_assert_int_eq(run_cli("q", env, (const char *[]){"run", "-G", "off", "q", "--", "sh", "-c",
+                                                             mark, NULL}),
+                         0);
         unsigned long f = strtoul(slurp("q.out"), NULL, 10);
         ck_assert_uint_gt(f, last);
         last = f;
@@ -604,7 +845,13 @@ START_TEST(test_quorum_from_env)
     fx_server_stop(&s[0]);
     char out[64];
     ck_assert_int_eq(fx_cmd(&s[1], out, sizeof out, "DEL q"), 0);
-    ck_assert_int_eq(run_cli("q", env, (const char *[]){"run", "q", "--", "true", NULL}), 0);
+    /* the servers are seconds old: with the restart guard (the default for a
+     * quorum) their yes does not count yet, so the lock is busy; without it
+     * the command runs */
+    ck_assert_int_eq(run_cli("q", env, (const char *[]){"run", "q", "--", "true", NULL}), 75);
+    ck_assert_ptr_nonnull(strstr(slurp("q.err"), "restart guard"));
+    ck_assert_int_eq(run_cli("q", env, (const char *[]){"run", "-G", "off", "q", "--", "true", NULL}),
+                     0);
     for (int i = 1; i < 3; i++)
         fx_server_stop(&s[i]);
 }
@@ -617,6 +864,9 @@ static Suite *cli_suite(void)
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_set_timeout(t, 60);
     tcase_add_test(t, test_help_and_version);
+    tcase_add_test(t, test_no_arguments_names_every_command);
+    tcase_add_test(t, test_run_needs_dashdash);
+    tcase_add_test(t, test_server_error_shown_whole);
     tcase_add_test(t, test_usage_errors);
     tcase_add_test(t, test_unreachable);
     tcase_add_test(t, test_quorum_from_env);
@@ -626,6 +876,7 @@ static Suite *cli_suite(void)
     tcase_add_checked_fixture(t, srv_setup, srv_teardown);
     tcase_set_timeout(t, 90);
     tcase_add_test(t, test_env_fence_and_status);
+    tcase_add_test(t, test_status_no_expiry);
     tcase_add_test(t, test_exit_status_passes_through);
     tcase_add_test(t, test_conflict);
     tcase_add_test(t, test_wait);

@@ -80,6 +80,16 @@ static void find_primaries(void)
     ck_assert_int_eq(k, 3);
 }
 
+static long info_count(int i, const char *section, const char *field)
+{
+    static char out[16384];
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "INFO %s", section);
+    ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, i), out, sizeof out, cmd), 0);
+    const char *p = strstr(out, field);
+    return p ? atol(p + strlen(field)) : 0;
+}
+
 /* ---- routing --------------------------------------------------------------------------------- */
 
 START_TEST(test_key_slots)
@@ -97,6 +107,33 @@ START_TEST(test_key_slots)
         ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
         redlock_free(l);
     }
+    /* once the client has the slot map, a routed workload meets no MOVED
+     * on any node: each lock went straight to the primary serving it (the
+     * slot function itself is compared with CLUSTER KEYSLOT in
+     * test_internals) */
+    for (int i = 0; i < fx_cluster_size(&cl); i++) {
+        char out[64];
+        ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, i), out, sizeof out, "CONFIG RESETSTAT"), 0);
+    }
+    int served[16] = {0};
+    for (int k = 0; k < 300; k++) {
+        char name[48];
+        snprintf(name, sizeof name, k % 3 ? "routed-%d" : "{tag%d}routed", k);
+        redlock *l = tu_lock(c, name, "v", 5000);
+        ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s: %s", name, redlock_errstr(l));
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+        redlock_free(l);
+        int owner = fx_cluster_slot_owner(&cl, fx_cluster_keyslot(&cl, name, strlen(name)));
+        ck_assert(owner >= 0 && owner < 16);
+        served[owner]++;
+    }
+    int shards = 0;
+    for (int i = 0; i < fx_cluster_size(&cl); i++) {
+        shards += served[i] > 0;
+        ck_assert_msg(info_count(i, "errorstats", "errorstat_MOVED:count=") == 0,
+                      "node %d answered MOVED to a routed request", i);
+    }
+    ck_assert_int_eq(shards, 3); /* the workload reached every primary */
     /* CRC16 check value of "123456789" is 0x31C3: slot 12739 */
     ck_assert_int_eq(fx_cluster_keyslot(&cl, "123456789", 9), 12739);
     /* a '}' with no tag: no other key can share the slot, so it is refused */
@@ -176,12 +213,16 @@ START_TEST(test_each_shard)
     for (int k = 0; k < 3; k++) {
         name_on(primaries[k], "shard-lock-", name, sizeof name);
         redlock *l = tu_lock(c, name, "me", 5000);
+        uint64_t first = 0;
         for (int round = 1; round <= 2; round++) {
             ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
-            ck_assert_uint_eq(redlock_fence(l), (uint64_t)round); /* per name */
+            if (round == 1)
+                ck_assert(tu_seeded(first = redlock_fence(l))); /* per name */
+            ck_assert_uint_eq(redlock_fence(l), first + (uint64_t)round - 1);
             ck_assert_str_eq(on_owner(name, "GET %s", name), "me");
             snprintf(key, sizeof key, "{%s}:fence", name);
-            ck_assert_int_eq(atoi(on_owner(name, "GET %s", key)), round);
+            ck_assert_uint_eq(strtoull(on_owner(name, "GET %s", key), NULL, 10),
+                              redlock_fence(l));
             ck_assert_int_eq(redlock_refresh(l), REDLOCK_OK);
             redlock_info info;
             ck_assert_int_eq(redlock_inspect(l, &info), REDLOCK_OK);
@@ -195,8 +236,10 @@ START_TEST(test_each_shard)
     redlock *a = tu_lock(c, "{acct:7}:debit", NULL, 5000), *b = tu_lock(c, "{acct:7}:credit", NULL, 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
-    ck_assert_str_eq(on_owner("{acct:7}", "GET %s", "{acct:7}:debit:fence"), "1");
-    ck_assert_str_eq(on_owner("{acct:7}", "GET %s", "{acct:7}:credit:fence"), "1");
+    ck_assert_uint_eq(strtoull(on_owner("{acct:7}", "GET %s", "{acct:7}:debit:fence"), NULL, 10),
+                      redlock_fence(a));
+    ck_assert_uint_eq(strtoull(on_owner("{acct:7}", "GET %s", "{acct:7}:credit:fence"), NULL, 10),
+                      redlock_fence(b));
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(b), REDLOCK_OK);
     redlock_free(a);
@@ -251,15 +294,6 @@ END_TEST
 
 
 /* A counter from INFO on node i (section, "field:" prefix), 0 if absent. */
-static long info_count(int i, const char *section, const char *field)
-{
-    static char out[16384];
-    char cmd[64];
-    snprintf(cmd, sizeof cmd, "INFO %s", section);
-    ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, i), out, sizeof out, cmd), 0);
-    const char *p = strstr(out, field);
-    return p ? atol(p + strlen(field)) : 0;
-}
 
 /* ---- driving a non-blocking client -------------------------------------------------------- */
 
@@ -595,13 +629,16 @@ START_TEST(test_cli_cluster_url)
     ck_assert_ptr_nonnull(f);
     ck_assert_ptr_nonnull(fgets(out, sizeof out, f));
     ck_assert_int_eq(WEXITSTATUS(pclose(f)), 0);
-    ck_assert_int_eq(atoi(out), 1);
+    unsigned long long fence = strtoull(out, NULL, 10);
+    ck_assert(tu_seeded(fence));
     snprintf(cmd, sizeof cmd, "REDLOCK_URL='%s' %s/redlock status cli-cluster 2>&1", url,
              FX_BUILD_DIR);
     f = popen(cmd, "r");
     ck_assert_ptr_nonnull(fgets(out, sizeof out, f));
     ck_assert_int_eq(WEXITSTATUS(pclose(f)), 1); /* free again */
-    ck_assert_ptr_nonnull(strstr(out, "free, fence 1"));
+    char want[64];
+    snprintf(want, sizeof want, "free, fence %llu", fence);
+    ck_assert_ptr_nonnull(strstr(out, want));
 }
 END_TEST
 
@@ -850,7 +887,8 @@ START_TEST(test_quorum_of_clusters)
     redlock_client *a = tu_client_urls(urls, 3, 500), *b = tu_client_urls(urls, 3, 500);
     redlock *la = tu_lock(a, "qc", "a", 10000), *lb = tu_lock(b, "qc", "b", 10000);
     ck_assert_int_eq(redlock_trylock(la), REDLOCK_OK);
-    ck_assert_uint_eq(redlock_fence(la), 1);
+    uint64_t f0 = redlock_fence(la);
+    ck_assert(tu_seeded(f0));
     ck_assert_int_eq(redlock_trylock(lb), REDLOCK_NOT_ACQUIRED);
     for (int i = 0; i < 3; i++)
         ck_assert_str_eq(tu_get(fx_cluster_node(&q[i], 0), "qc"), "a");
@@ -862,12 +900,12 @@ START_TEST(test_quorum_of_clusters)
     ck_assert_ptr_eq(drive_until_done(b, 3000), lb);
     ck_assert_int_eq(redlock_result(lb), REDLOCK_OK);
     ck_assert_double_lt(fx_now_ms() - t0, 500);
-    ck_assert_uint_eq(redlock_fence(lb), 2);
+    ck_assert_uint_eq(redlock_fence(lb), f0 + 1);
     /* one cluster down: still a quorum */
     fx_cluster_stop(&q[1]);
     ck_assert_int_eq(redlock_unlock(lb), REDLOCK_OK);
     ck_assert_int_eq(redlock_trylock(la), REDLOCK_OK);
-    ck_assert_uint_eq(redlock_fence(la), 3);
+    ck_assert_uint_eq(redlock_fence(la), f0 + 2);
     ck_assert_int_eq(redlock_unlock(la), REDLOCK_OK);
     redlock_free(la);
     redlock_free(lb);

@@ -49,7 +49,7 @@ START_TEST(test_url_good)
     const url_case *u = &good_urls[_i];
     net_url r;
     char err[256];
-    ck_assert_msg(net_url_parse(&r, u->url, err, sizeof err) == RESP_OK, "%s: %s", u->url, err);
+    ck_assert_msg(net_url_parse(&r, NULL, u->url, err, sizeof err) == RESP_OK, "%s: %s", u->url, err);
     ck_assert_int_eq(r.kind, u->kind);
     ck_assert_str_eq(r.host, u->host);
     ck_assert_str_eq(r.port, u->port);
@@ -75,7 +75,7 @@ static const bad_url bad_urls[] = {
     {"http://h", "must start with redis://, rediss:// or unix://"},
     {"rediss://h?ca=", "ca= is empty"},
     {"rediss://h?ca", "key=value"},
-    {"rediss://h?insecure=yes", "insecure= must be 1"},
+    {"rediss://h?insecure=yes", "insecure= takes 0 or 1"},
     {"rediss://h?db=2", "rediss:// URLs take no query key 'db': give the database as /db"},
     {"rediss://h?password=x", "take no query key 'password'"},
     {"rediss://h?bogus=1",
@@ -134,7 +134,8 @@ START_TEST(test_url_bad)
     const bad_url *b = &bad_urls[_i];
     net_url r;
     char err[256];
-    ck_assert_int_eq(net_url_parse(&r, b->url, err, sizeof err), RESP_ERR_ARG);
+    net_seeds seeds;
+    ck_assert_int_eq(net_url_parse(&r, &seeds, b->url, err, sizeof err), RESP_ERR_ARG);
     ck_assert_msg(strstr(err, b->msg) != NULL, "%s: got '%s', want '%s'", b->url, err, b->msg);
 }
 END_TEST
@@ -142,20 +143,19 @@ END_TEST
 START_TEST(test_url_cluster)
 {
     net_url r;
+    net_seeds seeds;
     char err[256];
-    ck_assert_int_eq(
-        net_url_parse(&r, "redis://u:pw@10.0.0.1:7000?cluster=1&addr=10.0.0.2:7001&addr=[::1]", err,
-                      sizeof err),
-        RESP_OK);
+    static const char seeded[] = "redis://u:pw@10.0.0.1:7000?cluster=1&addr=10.0.0.2:7001&addr=[::1]";
+    ck_assert_int_eq(net_url_parse(&r, &seeds, seeded, err, sizeof err), RESP_OK);
     ck_assert_int_eq(r.cluster, 1);
     ck_assert_str_eq(r.host, "10.0.0.1");
     ck_assert_str_eq(r.port, "7000");
     ck_assert_str_eq(r.password, "pw");
-    ck_assert_int_eq(r.nseeds, 2);
-    ck_assert_str_eq(r.seed_host[0], "10.0.0.2");
-    ck_assert_str_eq(r.seed_port[0], "7001");
-    ck_assert_str_eq(r.seed_host[1], "::1");
-    ck_assert_str_eq(r.seed_port[1], "6379");
+    ck_assert_int_eq(seeds.n, 2);
+    ck_assert_str_eq(seeds.at[0].host, "10.0.0.2");
+    ck_assert_str_eq(seeds.at[0].port, "7001");
+    ck_assert_str_eq(seeds.at[1].host, "::1");
+    ck_assert_str_eq(seeds.at[1].port, "6379");
     /* a node of the cluster: same credentials, its own address */
     net_url n;
     ck_assert_int_eq(net_url_at(&n, &r, "127.0.0.1", 9, "7005", 4), RESP_OK);
@@ -163,10 +163,12 @@ START_TEST(test_url_cluster)
     ck_assert_str_eq(n.port, "7005");
     ck_assert_str_eq(n.user, "u");
     ck_assert_str_eq(n.password, "pw");
-    ck_assert_int_eq(n.nseeds, 0);
-    ck_assert_int_eq(net_url_parse(&r, "redis://h:1?cluster=0", err, sizeof err), RESP_OK);
+    /* a caller that takes no seeds is told so */
+    ck_assert_int_eq(net_url_parse(&r, NULL, seeded, err, sizeof err), RESP_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(err, "addr= (cluster seeds) is not taken here"));
+    ck_assert_int_eq(net_url_parse(&r, NULL, "redis://h:1?cluster=0", err, sizeof err), RESP_OK);
     ck_assert_int_eq(r.cluster, 0);
-    ck_assert_int_eq(net_url_parse(&r, "redis://h:1/2", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&r, NULL, "redis://h:1/2", err, sizeof err), RESP_OK);
     ck_assert_int_eq(r.db, 2);
 }
 END_TEST
@@ -180,11 +182,11 @@ START_TEST(test_url_never_echoes_password)
     for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
         net_url r;
         char err[256];
-        ck_assert_int_eq(net_url_parse(&r, urls[i], err, sizeof err), RESP_ERR_ARG);
+        ck_assert_int_eq(net_url_parse(&r, NULL, urls[i], err, sizeof err), RESP_ERR_ARG);
         ck_assert_msg(strstr(err, "hunter2") == NULL, "%s -> %s", urls[i], err);
         ck_assert_str_eq(r.password, "");
     }
-    ck_assert_int_eq(net_url_parse(NULL, "redis://h", NULL, 0), RESP_ERR_ARG);
+    ck_assert_int_eq(net_url_parse(NULL, NULL, "redis://h", NULL, 0), RESP_ERR_ARG);
 }
 END_TEST
 
@@ -194,9 +196,9 @@ START_TEST(test_url_tls)
 {
     net_url r;
     char err[256];
-    ck_assert_int_eq(net_url_parse(&r, "redis://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&r, NULL, "redis://h", err, sizeof err), RESP_OK);
     ck_assert_int_eq(r.tls, 0);
-    ck_assert_int_eq(net_url_parse(&r, "REDISS://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&r, NULL, "REDISS://h", err, sizeof err), RESP_OK);
     ck_assert_int_eq(r.tls, 1);
     ck_assert_int_eq(r.kind, NET_URL_TCP);
     ck_assert_str_eq(r.port, "6379");
@@ -205,7 +207,7 @@ START_TEST(test_url_tls)
 
     const char *u = "rediss://al:p?w@d@[::1]:6380/3?ca=/etc/c%20a.pem&cert=/c.crt&key=/k.key"
                     "&sni=redis.example&insecure=1";
-    ck_assert_msg(net_url_parse(&r, u, err, sizeof err) == RESP_OK, "%s", err);
+    ck_assert_msg(net_url_parse(&r, NULL, u, err, sizeof err) == RESP_OK, "%s", err);
     ck_assert_str_eq(r.user, "al");
     ck_assert_str_eq(r.password, "p?w@d");
     ck_assert_str_eq(r.host, "::1");
@@ -220,23 +222,23 @@ START_TEST(test_url_tls)
     net_url_describe(&r, desc, sizeof desc);
     ck_assert_str_eq(desc, "[::1]:6380");
     /* an '@' in a value is %-encoded; insecure=0 is allowed and off */
-    ck_assert_int_eq(net_url_parse(&r, "rediss://h?ca=/a%40b&insecure=0", err, sizeof err),
+    ck_assert_int_eq(net_url_parse(&r, NULL, "rediss://h?ca=/a%40b&insecure=0", err, sizeof err),
                      RESP_OK);
     ck_assert_str_eq(r.ca, "/a@b");
     ck_assert_int_eq(r.insecure, 0);
 
     /* defaults from options fill what the URL leaves unset */
-    ck_assert_int_eq(net_url_parse(&r, "rediss://h?ca=/mine", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&r, NULL, "rediss://h?ca=/mine", err, sizeof err), RESP_OK);
     ck_assert_int_eq(net_url_tls_defaults(&r, "/theirs", "/c", NULL, 1, err, sizeof err), RESP_OK);
     ck_assert_str_eq(r.ca, "/mine");
     ck_assert_str_eq(r.cert, "/c");
     ck_assert_str_eq(r.key, "");
     ck_assert_int_eq(r.insecure, 1);
-    ck_assert_int_eq(net_url_parse(&r, "rediss://h?key=/k", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&r, NULL, "rediss://h?key=/k", err, sizeof err), RESP_OK);
     ck_assert_int_eq(net_url_tls_defaults(&r, NULL, NULL, NULL, 0, err, sizeof err), RESP_ERR_ARG);
     ck_assert_ptr_nonnull(strstr(err, "key= needs its certificate"));
     /* a plain URL takes no TLS defaults */
-    ck_assert_int_eq(net_url_parse(&r, "redis://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&r, NULL, "redis://h", err, sizeof err), RESP_OK);
     ck_assert_int_eq(net_url_tls_defaults(&r, "/ca", "/c", "/k", 1, err, sizeof err), RESP_OK);
     ck_assert_str_eq(r.ca, "");
     ck_assert_int_eq(r.insecure, 0);
@@ -492,7 +494,7 @@ START_TEST(test_largest_bulk_limit)
     ck_assert_int_eq(fx_server_start(&s, NULL), 0);
     net_url u;
     char err[256];
-    ck_assert_int_eq(net_url_parse(&u, s.url, err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&u, NULL, s.url, err, sizeof err), RESP_OK);
     net_opts o;
     memset(&o, 0, sizeof o);
     o.io_timeout_ms = o.connect_timeout_ms = 2000;

@@ -1,7 +1,7 @@
 /* test_functions.c - Redis Functions mode: where an ACL forbids EVAL and
  * EVALSHA but allows FCALL, every operation runs as FCALL of the library
- * functions/redlock_v1.lua. Three real redis-server processes with the ACL
- * user the README gives administrators ("locker": FCALL, FCALL_RO and the
+ * functions/redlock_v2.lua. Three real redis-server processes with the ACL
+ * user docs/functions.md gives administrators ("locker": FCALL, FCALL_RO and the
  * commands inside the functions, no EVAL/EVALSHA/SCRIPT/FUNCTION), and a
  * "loader" that may FUNCTION LOAD but not EVAL.
  */
@@ -24,22 +24,23 @@
 #define FX_SRC_DIR "."
 #endif
 #define BIN FX_BUILD_DIR "/redlock"
-#define LIBRARY_FILE FX_SRC_DIR "/functions/redlock_v1.lua"
+#define LIBRARY_FILE FX_SRC_DIR "/functions/redlock_v2.lua"
 
 #define N 3
 
-/* The README's line for administrators, word for word (test_acl_line_in_readme). */
+/* docs/functions.md's line for administrators, word for word (test_acl_line_in_docs). */
 static const char ACL_LINE[] =
     "ACL SETUSER locker on >locker-secret ~* &redlock:* -@all +fcall +fcall_ro "
     "+subscribe +unsubscribe +get +set +pexpire +pttl +incr +del +exists +publish +time "
-    "+zadd +zrem +zrange +zrangebyscore +zscore";
-/* What a cluster user needs beyond the README's line: the slot map,
+    "+zadd +zrem +zrange +zrangebyscore +zscore +zcard +zrank +zcount +zremrangebyscore +hset "
+    "+hget +hdel +info";
+/* What a cluster user needs beyond that line: the slot map,
  * ASKING, and the shard channels of wake-ups. */
 static const char CLUSTER_ACL_LINE[] =
     "ACL SETUSER locker on >locker-secret ~* &redlock:* &*:freed* -@all +fcall +fcall_ro "
     "+subscribe +unsubscribe +get +set +pexpire +pttl +incr +del +exists +publish +time "
-    "+zadd +zrem +zrange +zrangebyscore +zscore +cluster|slots +asking +ssubscribe "
-    "+sunsubscribe +spublish";
+    "+zadd +zrem +zrange +zrangebyscore +zscore +zcard +zrank +zcount +zremrangebyscore +hset "
+    "+hget +hdel +info +cluster|slots +asking +ssubscribe +sunsubscribe +spublish";
 
 /* May load the library, may not run scripts. */
 static const char LOADER_LINE[] =
@@ -86,7 +87,7 @@ static void flush(void)
 /* A command through the fixture (the default user), reply as text. */
 static const char *raw_on(fx_server *s, const char *cmd)
 {
-    static char out[16384];
+    static char out[131072];
     ck_assert_int_eq(fx_cmd(s, out, sizeof out, cmd), 0);
     return out;
 }
@@ -109,9 +110,9 @@ static const char *load_text(int i, const char *text)
 /* What an administrator does: load this build's library (default user). */
 static void admin_load(int i)
 {
-    static char text[16384];
+    static char text[65536];
     ck_assert_uint_lt(redlock_functions_code(text, sizeof text), sizeof text);
-    ck_assert_str_eq(load_text(i, text), "redlock_v1");
+    ck_assert_str_eq(load_text(i, text), "redlock_v2");
 }
 
 static redlock_client *client_mode(const char *const *urls, size_t n, int mode)
@@ -184,20 +185,40 @@ static void single_node_cycle(const char *url, int mode)
             *b = tu_lock(c2, "fn:one", "owner-b", 10000);
     redlock_info info;
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
-    ck_assert_uint_eq(redlock_fence(a), 1);
+    uint64_t f0 = redlock_fence(a);
+    ck_assert(tu_seeded(f0));
     ck_assert_int_eq(redlock_trylock(b), REDLOCK_NOT_ACQUIRED);
     ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c2), "held by another owner"));
     ck_assert_int_eq(redlock_inspect(b, &info), REDLOCK_OK);
-    ck_assert(info.held && !info.ours && info.ttl_ms > 9000 && info.fence == 1);
+    ck_assert(info.held && !info.ours && info.ttl_ms > 9000 && info.fence == f0);
     ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_refresh(b), REDLOCK_NOT_HELD);
     ck_assert_int_eq(redlock_unlock(b), REDLOCK_NOT_HELD);
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     ck_assert_int_eq(redlock_inspect(a, &info), REDLOCK_OK);
-    ck_assert(!info.held && info.fence == 1);
+    ck_assert(!info.held && info.fence == f0);
     ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
-    ck_assert_uint_eq(redlock_fence(b), 2);
+    ck_assert_uint_eq(redlock_fence(b), f0 + 1);
     ck_assert_int_eq(redlock_unlock(b), REDLOCK_OK);
+    /* a semaphore, and readers and a writer: the same ACL line covers them */
+    redlock *s1 = NULL, *s2 = NULL, *r = NULL;
+    ck_assert_int_eq(redlock_new_semaphore(&s1, c, "fn:sem", 1, NULL, 10000), REDLOCK_OK);
+    ck_assert_int_eq(redlock_new_semaphore(&s2, c2, "fn:sem", 1, NULL, 10000), REDLOCK_OK);
+    ck_assert_int_eq(redlock_new_shared(&r, c2, "fn:one", NULL, 10000), REDLOCK_OK);
+    ck_assert_msg(redlock_trylock(s1) == REDLOCK_OK, "%s", redlock_errstr(s1));
+    ck_assert_int_eq(redlock_trylock(s2), REDLOCK_NOT_ACQUIRED);
+    ck_assert_int_eq(redlock_refresh(s1), REDLOCK_OK);
+    ck_assert_msg(redlock_unlock(s1) == REDLOCK_OK, "%s", redlock_errstr(s1));
+    ck_assert_int_eq(redlock_trylock(s2), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(s2), REDLOCK_OK);
+    ck_assert_msg(redlock_trylock(r) == REDLOCK_OK, "%s", redlock_errstr(r));
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_NOT_ACQUIRED); /* the writer waits */
+    ck_assert_int_eq(redlock_unlock(r), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(s1);
+    redlock_free(s2);
+    redlock_free(r);
     redlock_free(a);
     redlock_free(b);
     redlock_client_free(c);
@@ -277,7 +298,7 @@ static void quorum_ops(const char *const *urls, int mode)
     ck_assert_int_eq(redlock_refresh(a), REDLOCK_OK);
     ck_assert_str_eq(tu_get(&srv[1], "fn:q"), "owner-a");
     ck_assert_int_eq(redlock_inspect(a, &info), REDLOCK_OK);
-    ck_assert(info.held && info.ours && info.fence == 1);
+    ck_assert(info.held && info.ours && info.fence == redlock_fence(a) && tu_seeded(info.fence));
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     for (int i = 0; i < N; i++)
         ck_assert_str_eq(tu_get(&srv[i], "fn:q"), "");
@@ -376,10 +397,10 @@ START_TEST(test_missing_library)
     redlock *l = tu_lock(c, "fn:missing", NULL, 5000);
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_ERR_SERVER);
     const char *e = redlock_client_errstr(c);
-    ck_assert_msg(strstr(e, "function redlock_v1_acquire not found") &&
+    ck_assert_msg(strstr(e, "function redlock_v2_acquire not found") &&
                       strstr(e, "may not load it: NOPERM") &&
                       strstr(e, "redlock functions load -u URL") &&
-                      strstr(e, "redis-cli -x FUNCTION LOAD < functions/redlock_v1.lua"),
+                      strstr(e, "redis-cli -x FUNCTION LOAD < functions/redlock_v2.lua"),
                   "%s", e);
     double t0 = fx_now_ms();
     ck_assert_int_eq(redlock_lock(l, 2000), REDLOCK_ERR_SERVER);
@@ -395,7 +416,7 @@ START_TEST(test_missing_library)
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_ERR_SERVER);
     e = redlock_client_errstr(c);
     ck_assert_msg(strstr(e, "NOPERM: this user may not run EVALSHA") &&
-                      strstr(e, "library redlock_v1 for FCALL is not loaded") &&
+                      strstr(e, "library redlock_v2 for FCALL is not loaded") &&
                       strstr(e, "redlock functions load -u URL"),
                   "%s", e);
     redlock_free(l);
@@ -430,7 +451,7 @@ END_TEST
  * loads a script after NOSCRIPT. */
 START_TEST(test_library_loads_itself)
 {
-    static char code[16384];
+    static char code[65536];
     redlock_functions_code(code, sizeof code);
     for (int mode = REDLOCK_SCRIPTS_AUTO; mode <= REDLOCK_SCRIPTS_FUNCTIONS; mode += 2) {
         raw(0, "FUNCTION FLUSH");
@@ -459,15 +480,15 @@ START_TEST(test_library_loads_itself)
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
     raw(0, "FUNCTION FLUSH");
     ck_assert_int_eq(redlock_unlock(l), REDLOCK_ERR_SERVER);
-    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "redlock_v1_release not found"));
+    ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "redlock_v2_release not found"));
     redlock_free(l);
     redlock_client_free(c);
 }
 END_TEST
 
-static const char FOREIGN_V1[] =
-    "#!lua name=redlock_v1\n"
-    "redis.register_function('redlock_v1_other', function() "
+static const char FOREIGN_V2[] =
+    "#!lua name=redlock_v2\n"
+    "redis.register_function('redlock_v2_other', function() "
     "return 'foreign' end)\n";
 static const char OLD_V0[] =
     "#!lua name=redlock_v0\n"
@@ -478,7 +499,7 @@ static const char OLD_V0[] =
  * not by a lock call, not by redlock_functions_load. */
 START_TEST(test_never_replaces)
 {
-    ck_assert_str_eq(load_text(0, FOREIGN_V1), "redlock_v1");
+    ck_assert_str_eq(load_text(0, FOREIGN_V2), "redlock_v2");
     ck_assert_str_eq(load_text(0, OLD_V0), "redlock_v0");
     const char *url = loader_url[0];
     redlock_client *c = client_mode(&url, 1, REDLOCK_SCRIPTS_FUNCTIONS);
@@ -495,15 +516,15 @@ START_TEST(test_never_replaces)
     ck_assert(nodes[0].foreign && !nodes[0].loaded && !nodes[0].changed);
     ck_assert_ptr_nonnull(strstr(nodes[0].detail, "never replaced"));
     ck_assert_ptr_nonnull(strstr(redlock_client_errstr(c), "never replaced"));
-    ck_assert_ptr_nonnull(strstr(raw(0, "FCALL redlock_v1_other 0"), "foreign"));
+    ck_assert_ptr_nonnull(strstr(raw(0, "FCALL redlock_v2_other 0"), "foreign"));
     ck_assert_ptr_nonnull(strstr(raw(0, "FCALL redlock_v0_acquire 0"), "old"));
 
     /* the administrator removes the foreign one; the old version stays */
-    ck_assert_str_eq(raw(0, "FUNCTION DELETE redlock_v1"), "OK");
+    ck_assert_str_eq(raw(0, "FUNCTION DELETE redlock_v2"), "OK");
     ck_assert_int_eq(redlock_functions_load(c, nodes, 2, &count), REDLOCK_OK);
     ck_assert(nodes[0].loaded && nodes[0].changed && !nodes[0].foreign);
     ck_assert_ptr_nonnull(strstr(nodes[0].libraries, "redlock_v0"));
-    ck_assert_ptr_nonnull(strstr(nodes[0].libraries, "redlock_v1"));
+    ck_assert_ptr_nonnull(strstr(nodes[0].libraries, "redlock_v2"));
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
     ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
     ck_assert_ptr_nonnull(strstr(raw(0, "FCALL redlock_v0_acquire 0"), "old"));
@@ -515,13 +536,13 @@ START_TEST(test_never_replaces)
 }
 END_TEST
 
-/* The flags of function redlock_v1_NAME in FUNCTION LIST as text (fx_cmd
+/* The flags of function redlock_v2_NAME in FUNCTION LIST as text (fx_cmd
  * joins every element with a newline; no flags is an empty array). */
 static const char *flags_of(const char *list, const char *name)
 {
     static char out[64];
     char key[96];
-    snprintf(key, sizeof key, "\nredlock_v1_%s\ndescription\n\nflags\n", name);
+    snprintf(key, sizeof key, "\nredlock_v2_%s\ndescription\n\nflags\n", name);
     const char *p = strstr(list, key);
     ck_assert_msg(p != NULL, "no function %s", name);
     p += strlen(key);
@@ -545,10 +566,10 @@ START_TEST(test_load_and_status_api)
     char cmd[512], out[512];
     snprintf(cmd, sizeof cmd, "redis-cli -p %d -x FUNCTION LOAD < %s", srv[1].port, LIBRARY_FILE);
     ck_assert_int_eq(fx_run(out, sizeof out, 10000, (const char *[]){"sh", "-c", cmd, NULL}), 0);
-    ck_assert_str_eq(out, "redlock_v1\n");
+    ck_assert_str_eq(out, "redlock_v2\n");
     ck_assert_int_eq(redlock_functions_status(c, nodes, N, &count), REDLOCK_OK);
     ck_assert(!nodes[0].loaded && nodes[1].loaded && !nodes[2].loaded);
-    ck_assert_str_eq(nodes[1].libraries, "redlock_v1");
+    ck_assert_str_eq(nodes[1].libraries, "redlock_v2");
 
     ck_assert_int_eq(redlock_functions_load(c, nodes, N, &count), REDLOCK_OK);
     ck_assert(nodes[0].changed && !nodes[1].changed && nodes[2].changed);
@@ -556,9 +577,9 @@ START_TEST(test_load_and_status_api)
         ck_assert(nodes[i].loaded && nodes[i].status == REDLOCK_OK);
         ck_assert_ptr_nonnull(strstr(raw(i, "FUNCTION LIST"), "no-writes"));
     }
-    ck_assert_str_eq(redlock_functions_library(), "redlock_v1");
+    ck_assert_str_eq(redlock_functions_library(), "redlock_v2");
 
-    /* the function flags, as the README states them */
+    /* the function flags, as docs/functions.md states them */
     static const char *const flags[][2] = {
         {"acquire", ""},          {"fair_acquire", ""},     {"raise", ""},
         {"release", "allow-oom"}, {"refresh", "allow-oom"}, {"dequeue", "allow-oom"},
@@ -692,18 +713,18 @@ static const char *slurp(const char *path)
     return buf;
 }
 
-START_TEST(test_acl_line_in_readme)
+START_TEST(test_acl_line_in_docs)
 {
-    const char *readme = slurp(FX_SRC_DIR "/README.md");
-    ck_assert_ptr_nonnull(strstr(readme, ACL_LINE));
+    const char *doc = slurp(FX_SRC_DIR "/docs/functions.md");
+    ck_assert_ptr_nonnull(strstr(doc, ACL_LINE));
     /* and what a cluster user needs beyond it */
     ck_assert_ptr_nonnull(
-        strstr(readme, "`+cluster|slots +asking +ssubscribe +sunsubscribe +spublish &*:freed*`"));
+        strstr(doc, "`+cluster|slots +asking +ssubscribe +sunsubscribe +spublish &*:freed*`"));
     ck_assert_ptr_nonnull(strstr(CLUSTER_ACL_LINE,
                                  "+cluster|slots +asking +ssubscribe "
                                  "+sunsubscribe +spublish"));
     ck_assert_ptr_nonnull(strstr(CLUSTER_ACL_LINE, " &*:freed* "));
-    char code[16384];
+    static char code[65536];
     size_t n = redlock_functions_code(code, sizeof code);
     ck_assert_uint_lt(n, sizeof code);
     ck_assert_str_eq(slurp(LIBRARY_FILE), code);
@@ -730,20 +751,20 @@ static int cli(char *out, size_t len, const char *const *args)
 
 START_TEST(test_cli_functions)
 {
-    char out[32768], want[16384];
+    static char out[131072], want[16384];
     const char *u0 = srv[0].url, *u1 = srv[1].url, *u2 = srv[2].url;
     ck_assert_int_eq(CLI("functions", "load", "-u", u0, "-u", u1), 0);
-    snprintf(want, sizeof want, "%s: redlock_v1 loaded\n%s: redlock_v1 loaded\n", u0 + 8, u1 + 8);
+    snprintf(want, sizeof want, "%s: redlock_v2 loaded\n%s: redlock_v2 loaded\n", u0 + 8, u1 + 8);
     ck_assert_str_eq(out, want);
     ck_assert_int_eq(CLI("functions", "load", "-u", u0), 0);
-    snprintf(want, sizeof want, "%s: redlock_v1 already loaded\n", u0 + 8);
+    snprintf(want, sizeof want, "%s: redlock_v2 already loaded\n", u0 + 8);
     ck_assert_str_eq(out, want);
 
     ck_assert_str_eq(load_text(2, OLD_V0), "redlock_v0");
     ck_assert_int_eq(CLI("functions", "status", "-u", u0, "-u", u2), 1);
     snprintf(want, sizeof want,
-             "%s: redlock_v1 loaded (libraries: redlock_v1)\n"
-             "%s: redlock_v1 not loaded (libraries: redlock_v0)\n",
+             "%s: redlock_v2 loaded (libraries: redlock_v2)\n"
+             "%s: redlock_v2 not loaded (libraries: redlock_v0)\n",
              u0 + 8, u2 + 8);
     ck_assert_str_eq(out, want);
     ck_assert_int_eq(CLI("functions", "status", "-u", u1), 0);
@@ -800,13 +821,13 @@ static void cluster_teardown(void)
 START_TEST(test_cluster_functions)
 {
     fx_server *n0 = fx_cluster_node(&cl, 0);
-    static char code[16384];
+    static char code[65536];
     redlock_functions_code(code, sizeof code);
     const char *argv[3] = {"FUNCTION", "LOAD", code};
     const size_t lens[3] = {8, 4, strlen(code)};
     char out[256], url[256];
     ck_assert_int_eq(fx_cmdv(n0, out, sizeof out, 3, argv, lens), 0);
-    ck_assert_str_eq(out, "redlock_v1");
+    ck_assert_str_eq(out, "redlock_v2");
     snprintf(url, sizeof url, "redis://locker:locker-secret@127.0.0.1:%d?cluster=1", n0->port);
     const char *u = url;
     redlock_client *c = client_mode(&u, 1, REDLOCK_SCRIPTS_FUNCTIONS);
@@ -857,7 +878,7 @@ static Suite *functions_suite(void)
     tcase_add_test(t, test_warm_cycle);
     tcase_add_test(t, test_cancel_releases_by_fcall);
     tcase_add_test(t, test_over_maxmemory);
-    tcase_add_test(t, test_acl_line_in_readme);
+    tcase_add_test(t, test_acl_line_in_docs);
     tcase_add_test(t, test_cli_functions);
     suite_add_tcase(s, t);
     TCase *tc = tcase_create("cluster");

@@ -816,6 +816,122 @@ struct shared {
     long counter;
 };
 
+/* ---- short leases, and where error detail lands --------------------------------------- */
+
+START_TEST(test_minimum_ttl)
+{
+    redlock_client *c = tu_client(srv.url, 0);
+    redlock *l = NULL;
+    for (uint32_t ttl = 1; ttl < REDLOCK_MIN_TTL_MS; ttl++) {
+        ck_assert_int_eq(redlock_new(&l, c, "short", NULL, ttl), REDLOCK_ERR_ARG);
+        ck_assert_ptr_null(l);
+        ck_assert_msg(strstr(redlock_client_errstr(c), "ttl_ms must be at least 10 (got ") != NULL,
+                      "%s", redlock_client_errstr(c));
+    }
+    /* the shortest TTL taken is held when acquired: validity left, never 0 */
+    ck_assert_int_eq(redlock_new(&l, c, "short", NULL, REDLOCK_MIN_TTL_MS), REDLOCK_OK);
+    int held = 0;
+    for (int k = 0; k < 50; k++) {
+        int rc = redlock_trylock(l); /* a late reply is a timeout, never another owner */
+        ck_assert_msg(rc == REDLOCK_OK || rc == REDLOCK_ERR_TIMEOUT, "%d: %s", rc,
+                      redlock_errstr(l));
+        held += rc == REDLOCK_OK;
+        redlock_unlock(l);
+    }
+    ck_assert_int_gt(held, 0); /* on loopback, 10 ms is a lease worth having */
+    redlock_free(l);
+    redlock_client_free(c);
+}
+END_TEST
+
+/* A reply that comes when the lease is already over: ours, released, and
+ * said so, never "another owner"; redlock_lock tries again after its
+ * backoff instead of at once. The server is made slow by DEBUG SLEEP from
+ * another process while the acquire waits behind it. */
+static pid_t server_sleeps(fx_server *s, const char *secs)
+{
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        char out[64], cmd[64];
+        snprintf(cmd, sizeof cmd, "DEBUG SLEEP %s", secs);
+        _exit(fx_cmd(s, out, sizeof out, cmd) == 0 ? 0 : 1);
+    }
+    fx_sleep_ms(100); /* the server is asleep from here on */
+    return pid;
+}
+
+START_TEST(test_late_acquire)
+{
+    fx_server s;
+    fx_opts o = {0};
+    o.debug = 1;
+    ck_assert_int_eq(fx_server_start(&s, &o), 0);
+    redlock_options opts;
+    redlock_options_init(&opts);
+    opts.drift_factor = 0.45; /* a lease of 1000 ms is good for 548 ms after the send */
+    opts.io_timeout_ms = 3000;
+    redlock_client *c = tu_client_opts((const char *[]){s.url}, 1, &opts);
+    redlock *l = tu_lock(c, "late", "me", 1000);
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK); /* connected, scripts cached */
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+
+    /* the server sleeps 0.8 s, from 100 ms before the acquire is sent */
+    pid_t pid = server_sleeps(&s, "0.8");
+    int rc = redlock_trylock(l);
+    ck_assert_msg(rc == REDLOCK_ERR_TIMEOUT, "%d: %s", rc, redlock_errstr(l));
+    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "acquired, but the reply came after"));
+    ck_assert_int_eq(redlock_validity_ms(l), 0);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_str_eq(tu_get(&s, "late"), ""); /* given back */
+
+    /* redlock_lock: the late try, then one more after a backoff */
+    char out[64];
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "CONFIG RESETSTAT"), 0);
+    pid = server_sleeps(&s, "0.8");
+    ck_assert_msg((rc = redlock_lock(l, 5000)) == REDLOCK_OK, "%d: %s", rc, redlock_errstr(l));
+    ck_assert_int_gt(redlock_validity_ms(l), 0);
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    long calls = tu_cmd_calls(&s, "evalsha");
+    ck_assert_msg(calls >= 3 && calls <= 5, "%ld script calls: acquire, release, acquire", calls);
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    redlock_free(l);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
+START_TEST(test_errstr_on_the_handle)
+{
+    redlock_client *c = tu_client(srv.url, 0);
+    redlock *l = tu_lock(c, "detail", NULL, 5000);
+    /* a second start while one runs */
+    ck_assert_int_eq(redlock_start_trylock(l), REDLOCK_OK);
+    ck_assert_int_eq(redlock_start_trylock(l), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "already in flight"));
+    ck_assert_int_eq(tu_turn_until_result(c, l), REDLOCK_OK);
+    ck_assert_str_eq(redlock_errstr(l), ""); /* the result is newer */
+    /* bad arguments on a lock call */
+    ck_assert_int_eq(redlock_keepalive(l, 5), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "keepalive takes 0 or 1"));
+    ck_assert_int_eq(redlock_inspect(l, NULL), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "info is NULL"));
+    ck_assert_int_eq(redlock_cancel(l), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "no operation is in flight"));
+    /* a call that goes through clears it */
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    ck_assert_str_eq(redlock_errstr(l), "");
+    /* after the client is gone, the lock says why it refuses */
+    redlock_client_free(c);
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "client was freed"));
+    ck_assert_int_eq(redlock_keepalive(l, 1), REDLOCK_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "client was freed"));
+    redlock_free(l);
+}
+END_TEST
+
 START_TEST(test_exclusion_stress)
 {
     /* 8 processes contend for one lock for at most 20 s; each checks it is
@@ -909,6 +1025,9 @@ static Suite *lock_suite(void)
     tcase_add_test(t, test_no_alloc_per_cycle);
     tcase_add_test(t, test_alloc_failure);
     tcase_add_test(t, test_examples);
+    tcase_add_test(t, test_minimum_ttl);
+    tcase_add_test(t, test_late_acquire);
+    tcase_add_test(t, test_errstr_on_the_handle);
     tcase_add_test(t, test_exclusion_stress);
     suite_add_tcase(s, t);
     return s;

@@ -73,7 +73,8 @@ START_TEST(test_all_up)
     redlock *a = tu_lock(c, "q", "owner-a", 5000);
     ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
     ck_assert_int_eq(count_holding(srv, N, "q", "owner-a"), N);
-    ck_assert_uint_eq(redlock_fence(a), 1);
+    uint64_t f0 = redlock_fence(a);
+    ck_assert_msg(tu_seeded(f0), "first token %llu", (unsigned long long)f0);
     ck_assert_int_gt(redlock_validity_ms(a), 4500);
     ck_assert_int_le(redlock_validity_ms(a), 5000 - 52);
 
@@ -86,7 +87,7 @@ START_TEST(test_all_up)
     ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
     ck_assert_int_eq(count_holding(srv, N, "q", "owner-a"), 0);
     ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
-    ck_assert_uint_eq(redlock_fence(b), 2);
+    ck_assert_uint_eq(redlock_fence(b), f0 + 1);
     redlock_free(a);
     redlock_free(b);
     redlock_client_free(c);
@@ -451,6 +452,142 @@ START_TEST(test_exclusion_under_faults)
 }
 END_TEST
 
+/* ---- restarts: the fence counter and the restart guard ------------------------------------ */
+
+/* Seconds since s started, as the server says. */
+static long uptime_s(fx_server *s)
+{
+    static char out[8192];
+    ck_assert_int_eq(fx_cmd(s, out, sizeof out, "INFO server"), 0);
+    const char *p = strstr(out, "uptime_in_seconds:");
+    ck_assert_ptr_nonnull(p);
+    return atol(p + 18);
+}
+
+/* A majority restarts without its data: the next token is still larger
+ * than every token before (the counters start again from the servers'
+ * clock, not from 1). */
+START_TEST(test_fence_after_majority_restart)
+{
+    fx_server s[3];
+    start_all(s, 3);
+    redlock_client *c = client_over(s, 3, 0);
+    redlock *a = tu_lock(c, "fr", NULL, 5000);
+    uint64_t last = 0;
+    for (int k = 0; k < 50; k++) {
+        ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+        ck_assert_uint_gt(redlock_fence(a), last);
+        last = redlock_fence(a);
+        ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    }
+    ck_assert_int_eq(fx_server_restart(&s[0]), 0);
+    ck_assert_int_eq(fx_server_restart(&s[1]), 0);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_msg(redlock_fence(a) > last, "token %llu after %llu",
+                  (unsigned long long)redlock_fence(a), (unsigned long long)last);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(a);
+    redlock_client_free(c);
+    stop_all(s, 3);
+}
+END_TEST
+
+static redlock_client *guarded(fx_server *s, int n, int guard)
+{
+    const char *urls[3];
+    redlock_options o;
+    redlock_options_init(&o);
+    o.restart_guard = guard;
+    for (int i = 0; i < n; i++)
+        urls[i] = s[i].url;
+    return tu_client_opts(urls, (size_t)n, &o);
+}
+
+/* The classic Redlock overlap: a holds "g" on nodes 0 and 1 only (node 2
+ * lost it), then node 0 restarts empty inside a's lease. Without the
+ * guard, b wins nodes 0 and 2 at once, while a still holds its lease;
+ * with the guard, node 0's yes does not count until it is older than the
+ * lease, by which time a's lease is over: b waits, then gets it. */
+START_TEST(test_restart_guard)
+{
+    fx_server s[3];
+    char out[64];
+    start_all(s, 3);
+    for (int k = 0; k < 40 && (uptime_s(&s[0]) < 2 || uptime_s(&s[2]) < 2); k++)
+        fx_sleep_ms(100); /* older than the 1 s lease below */
+    redlock_client *ca = guarded(s, 3, 1), *cb = guarded(s, 3, 0), *cg = guarded(s, 3, 1);
+    const uint32_t ttl = 1000;
+    redlock *a = tu_lock(ca, "g", "a", ttl), *b = tu_lock(cb, "g", "b", ttl),
+            *g = tu_lock(cg, "g", "g", ttl);
+    int rc = redlock_trylock(a);
+    ck_assert_msg(rc == REDLOCK_OK, "%d %s", rc, redlock_errstr(a));
+    double a_until = fx_now_ms() + (double)redlock_validity_ms(a);
+    ck_assert_int_eq(fx_cmd(&s[2], out, sizeof out, "DEL g"), 0);
+    ck_assert_int_eq(fx_server_restart(&s[0]), 0);
+
+    /* guard on: node 0 is younger than the lease; its yes does not count */
+    ck_assert_int_eq(redlock_trylock(g), REDLOCK_NOT_ACQUIRED);
+    ck_assert_msg(strstr(redlock_errstr(g), "restarted less than one lease ago: restart guard"),
+                  "%s", redlock_errstr(g));
+    ck_assert_str_eq(tu_get(&s[0], "g"), ""); /* what it took there is given back */
+
+    /* guard off: the overlap, while a still believes it holds the lock */
+    rc = redlock_trylock(b);
+    double b_at = fx_now_ms();
+    ck_assert_msg(rc == REDLOCK_OK, "%d %s", rc, redlock_errstr(b));
+    ck_assert_msg(b_at < a_until, "the overlap shows only inside a's lease");
+    ck_assert_int_eq(redlock_unlock(b), REDLOCK_OK);
+
+    /* guard on, waiting: gets it only once a's lease is over */
+    rc = redlock_lock(g, 5000);
+    double g_at = fx_now_ms();
+    ck_assert_msg(rc == REDLOCK_OK, "%d %s", rc, redlock_errstr(g));
+    ck_assert_msg(g_at >= a_until, "g won %.0f ms before a's lease ended", a_until - g_at);
+    ck_assert_int_eq(redlock_unlock(g), REDLOCK_OK);
+    redlock_free(a);
+    redlock_free(b);
+    redlock_free(g);
+    redlock_client_free(ca);
+    redlock_client_free(cb);
+    redlock_client_free(cg);
+    stop_all(s, 3);
+}
+END_TEST
+
+/* One node with the guard asked for: a fresh server's yes waits out one
+ * lease; a server whose ACL refuses INFO has no guard (and locks at once). */
+START_TEST(test_restart_guard_single)
+{
+    fx_server s;
+    start_all(&s, 1);
+    redlock_client *c = guarded(&s, 1, 1);
+    redlock *l = tu_lock(c, "g1", NULL, 1500);
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_NOT_ACQUIRED);
+    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "its yes counts in"));
+    double t0 = fx_now_ms();
+    ck_assert_int_eq(redlock_lock(l, 5000), REDLOCK_OK);
+    ck_assert_double_lt(fx_now_ms() - t0, 3000); /* waited for the age, not the whole wait */
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    redlock_free(l);
+    redlock_client_free(c);
+
+    char out[128];
+    ck_assert_int_eq(fx_server_restart(&s), 0); /* young again */
+    ck_assert_int_eq(fx_cmd(&s, out, sizeof out, "ACL SETUSER noinfo on >pw ~* &* +@all -info"), 0);
+    char url[256];
+    snprintf(url, sizeof url, "redis://noinfo:pw@127.0.0.1:%d", s.port);
+    redlock_options o;
+    redlock_options_init(&o);
+    o.restart_guard = 1;
+    c = tu_client_opts((const char *[]){url}, 1, &o);
+    l = tu_lock(c, "g1", NULL, 1500);
+    ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s", redlock_errstr(l));
+    redlock_free(l);
+    redlock_client_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
 static Suite *quorum_suite(void)
 {
     Suite *s = suite_create("quorum");
@@ -466,6 +603,9 @@ static Suite *quorum_suite(void)
     tcase_add_test(t, test_restart_empty);
     tcase_add_test(t, test_waiter_wakes_on_release);
     tcase_add_test(t, test_waiter_probe);
+    tcase_add_test(t, test_fence_after_majority_restart);
+    tcase_add_test(t, test_restart_guard);
+    tcase_add_test(t, test_restart_guard_single);
     suite_add_tcase(s, t);
     TCase *st = tcase_create("stress");
     tcase_set_timeout(st, 120);

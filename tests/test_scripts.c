@@ -1,8 +1,8 @@
 /* test_scripts.c - the SHA1s built into redlock.c are the ones Redis
  * computes for the script texts (SCRIPT LOAD), so EVALSHA hits on a warm
- * server and EVAL is only a fallback. Includes redlock.c to reach its
- * static script table. */
-#include "../redlock.c"
+ * server and EVAL is only a fallback. Includes scripts.h, where the texts
+ * and the table live. */
+#include "../scripts.h"
 
 #include "fixture.h"
 #include "testutil.h"
@@ -10,6 +10,7 @@
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define NSCRIPTS ((size_t)S_COUNT)
 

@@ -186,7 +186,7 @@ static net_conn *tls_conn(const char *url, int timeout_ms)
 {
     net_url u;
     char err[256];
-    ck_assert_msg(net_url_parse(&u, url, err, sizeof err) == RESP_OK, "%s", err);
+    ck_assert_msg(net_url_parse(&u, NULL, url, err, sizeof err) == RESP_OK, "%s", err);
     net_opts o;
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.io_timeout_ms = MS(timeout_ms);
@@ -459,7 +459,7 @@ START_TEST(test_lock_cycle)
     redlock_client *c = tls_client(trusted(&srv), 0);
     redlock *l = tu_lock(c, "tls:cycle", "owner-1", 5000);
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
-    ck_assert_uint_eq(redlock_fence(l), 1);
+    ck_assert(tu_seeded(redlock_fence(l)));
     ck_assert_str_eq(tu_get(&srv, "tls:cycle"), "owner-1"); /* the plain port sees it */
     ck_assert_int_eq(redlock_refresh(l), REDLOCK_OK);
     redlock_info info;
@@ -632,7 +632,7 @@ START_TEST(test_cluster_over_tls)
     for (int k = 0; k < 2; k++) {
         redlock *l = tu_lock(c, names[k], NULL, 20000);
         ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s", redlock_errstr(l));
-        ck_assert_uint_eq(redlock_fence(l), 1);
+        ck_assert(tu_seeded(redlock_fence(l)));
         ck_assert_str_eq(tu_get(&cl.node[k], names[k]), redlock_value(l));
         ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
         ck_assert_str_eq(tu_get(&cl.node[k], names[k]), "");
@@ -902,6 +902,68 @@ START_TEST(test_bad_files)
 }
 END_TEST
 
+/* The transport's own message for ca/cert/key ("" for unset), which must
+ * be REDLOCK_ERR_TLS and exactly want, with OpenSSL's queue left empty. */
+static void expect_config_error(const char *ca, const char *cert, const char *key,
+                                const char *want)
+{
+    redlock_tls_params p = {"127.0.0.1", "", ca, cert, key, 0};
+    char err[400];
+    void *cfg = NULL;
+    int rc = redlock_tls_openssl()->config_new(&cfg, &p, err, sizeof err);
+    ck_assert_msg(rc == REDLOCK_ERR_TLS, "%s: %s (%s)", want, redlock_strerror(rc), err);
+    ck_assert_ptr_null(cfg);
+    ck_assert_str_eq(err, want);
+    ck_assert_uint_eq(ERR_peek_error(), 0);
+}
+
+/* A ca=, cert= or key= file that cannot be read names itself and the
+ * system's reason (errno), never "unknown OpenSSL error"; one that reads
+ * but does not load names OpenSSL's reason. Word for word, from the
+ * transport and at the end of the client's errstr. */
+START_TEST(test_file_errors_word_for_word)
+{
+    char junk[400], msg[1200];
+    snprintf(junk, sizeof junk, "%s/junk.txt", certs.dir);
+    FILE *f = fopen(junk, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("not a certificate\n", f);
+    fclose(f);
+
+    expect_config_error("/nonexistent/ca.pem", "", "",
+                        "cannot load ca=/nonexistent/ca.pem: No such file or directory");
+    snprintf(msg, sizeof msg, "cannot load ca=%s: Is a directory", certs.dir);
+    expect_config_error(certs.dir, "", "", msg);
+    snprintf(msg, sizeof msg, "cannot load ca=%s: no certificate or crl found", junk);
+    expect_config_error(junk, "", "", msg);
+
+    expect_config_error(certs.ca, "/nonexistent/me.crt", "",
+                        "cannot load cert=/nonexistent/me.crt: No such file or directory");
+    snprintf(msg, sizeof msg, "cannot load cert=%s: no start line", junk);
+    expect_config_error(certs.ca, junk, "", msg);
+
+    expect_config_error(certs.ca, certs.client_cert, "/nonexistent/me.key",
+                        "cannot load key=/nonexistent/me.key: No such file or directory");
+    snprintf(msg, sizeof msg, "cannot load key=%s: Is a directory", certs.dir);
+    expect_config_error(certs.ca, certs.client_cert, certs.dir, msg);
+    snprintf(msg, sizeof msg, "cannot load the key from cert=%s: unsupported", certs.client_cert);
+    expect_config_error(certs.ca, certs.client_cert, "", msg);
+
+    /* through a client: the same words end its errstr */
+    const char *want = ": cannot load ca=/nonexistent/ca.pem: No such file or directory";
+    char why[512];
+    fx_tls_client c = {.ca = "/nonexistent/ca.pem"};
+    ck_assert_int_eq(try_url(url_of(&srv, &c), why, sizeof why), REDLOCK_ERR_TLS);
+    size_t n = strlen(why), w = strlen(want);
+    ck_assert_msg(n > w && strcmp(why + n - w, want) == 0, "want '...%s', got: %s", want, why);
+    fx_tls_client k = {.ca = certs.ca, .cert = certs.client_cert, .key = "/nonexistent/me.key"};
+    want = ": cannot load key=/nonexistent/me.key: No such file or directory";
+    ck_assert_int_eq(try_url(url_of(&srv, &k), why, sizeof why), REDLOCK_ERR_TLS);
+    n = strlen(why), w = strlen(want);
+    ck_assert_msg(n > w && strcmp(why + n - w, want) == 0, "want '...%s', got: %s", want, why);
+}
+END_TEST
+
 /* ---- servers that are not what the URL says
  * ------------------------------------------------------ */
 
@@ -1066,7 +1128,7 @@ START_TEST(test_burst_of_whole_replies)
     snprintf(url, sizeof url, "rediss://127.0.0.1:%d?ca=%s", port, certs.ca);
     net_url u;
     char err[256];
-    ck_assert_int_eq(net_url_parse(&u, url, err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&u, NULL, url, err, sizeof err), RESP_OK);
     net_opts o;
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.io_timeout_ms = MS(2000);
@@ -1303,10 +1365,13 @@ START_TEST(test_cli_run_and_status)
     ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "DEL tls:cli {tls:cli}:fence"), 0);
     int rc = fx_run(out, sizeof out, 10000, run);
     ck_assert_msg(rc == 0, "exit %d: %s", rc, out);
-    ck_assert_msg(strstr(out, "fence=1\n") && strlen(out) > 40, "%s", out); /* and the value */
+    const char *f = strstr(out, "fence=");
+    ck_assert_msg(f && tu_seeded(strtoull(f + 6, NULL, 10)) && strlen(out) > 40, "%s", out);
+    char want[64]; /* the token, then the value */
+    snprintf(want, sizeof want, "tls:cli: free, fence %llu", strtoull(f + 6, NULL, 10));
     const char *status[] = {FX_BUILD_DIR "/redlock", "status", "-u", url, "tls:cli", NULL};
     rc = fx_run(out, sizeof out, 10000, status);
-    ck_assert_msg(rc == 1 && strstr(out, "tls:cli: free, fence 1"), "exit %d: %s", rc, out);
+    ck_assert_msg(rc == 1 && strstr(out, want), "exit %d: %s", rc, out);
     /* a TLS failure is one line naming the cause, exit 69 */
     char bad[400];
     snprintf(bad, sizeof bad, "rediss://127.0.0.1:%d", srv.tls_port); /* the system store */
@@ -1317,14 +1382,15 @@ START_TEST(test_cli_run_and_status)
     char list[2048];
     snprintf(list, sizeof list, "%s,%s,%s", url, srv.url, url);
     setenv("REDLOCK_URL", list, 1);
-    const char *quorum[] = {FX_BUILD_DIR "/redlock", "run", "tls:cliq", "--", "true", NULL};
+    const char *quorum[] = {FX_BUILD_DIR "/redlock", "run", "-G", "off", "tls:cliq", "--", "true",
+                            NULL}; /* the servers are younger than a lease: no restart guard */
     rc = fx_run(out, sizeof out, 10000, quorum);
     unsetenv("REDLOCK_URL");
     ck_assert_msg(rc == 0, "exit %d: %s", rc, out);
 }
 END_TEST
 
-/* The README's example (examples/tls.c): 0 with the right CA, 3 (a TLS
+/* docs/tls.md's worked example (examples/tls.c): 0 with the right CA, 3 (a TLS
  * refusal, explained) without. */
 START_TEST(test_example)
 {
@@ -1359,6 +1425,7 @@ static Suite *tls_suite(void)
     tcase_add_test(t, test_client_certificate);
     tcase_add_test(t, test_insecure_only);
     tcase_add_test(t, test_bad_files);
+    tcase_add_test(t, test_file_errors_word_for_word);
     tcase_add_test(t, test_silent_server_times_out);
     tcase_add_test(t, test_rediss_to_plain_server);
     tcase_add_test(t, test_redis_to_tls_port);

@@ -201,7 +201,7 @@ static net_conn *mock_conn_new(int timeout_ms)
 {
     net_url u;
     char err[256];
-    ck_assert_int_eq(net_url_parse(&u, mock_url(), err, sizeof err), RESP_OK);
+    ck_assert_int_eq(net_url_parse(&u, NULL, mock_url(), err, sizeof err), RESP_OK);
     net_opts o;
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.io_timeout_ms = timeout_ms;

@@ -11,7 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A client over n URLs with options o (NULL: the defaults). */
+/* A client over n URLs with options o (NULL: the defaults), but the
+ * restart guard off unless o asks for it (restart_guard = 1): the
+ * fixture's servers are always younger than a lease. */
 redlock_client *tu_client_opts(const char *const *urls, size_t n, const redlock_options *o);
 /* A client over n URLs; io_ms > 0 sets both the connect and the I/O
  * timeout, 0 keeps the defaults. */
@@ -20,6 +22,11 @@ redlock_client *tu_client_urls(const char *const *urls, size_t n, int io_ms);
 redlock_client *tu_client(const char *url, int io_ms);
 /* A lock on c (value NULL: a random one). */
 redlock *tu_lock(redlock_client *c, const char *name, const char *value, uint32_t ttl_ms);
+
+/* A first fencing token from a new counter is seeded from the server's
+ * clock in microseconds: 1 when f is within ten minutes of this host's
+ * (the tests' servers run here). */
+int tu_seeded(uint64_t f);
 
 /* GET key on s through the fixture's own connection (not the library):
  * the value, "" when the key is missing. Valid until the next call. */
