@@ -165,8 +165,8 @@ t0=$(date +%s)
 # The suites compile against the target's Check; the build must be
 # warning-free like the native one.
 if ! make -s -j"$jobs" BUILD="$build" CC="$cc" CFLAGS="-O2 -g $extra" EMU="${emu:+$emu -L $sysroot}" \
-    FX_RUN_DIR="$run" LIBUV_EXAMPLE=no CHECK_CFLAGS="-I$ck/include" \
-    CHECK_LIBS="$ck/lib/libcheck.a -lm -lrt -lpthread" \
+    FX_RUN_DIR="$run" LIBUV_EXAMPLE=no CHECK_CFLAGS="-pthread -I$ck/include" \
+    CHECK_LIBS="$ck/lib/libcheck.a -pthread -lm -lrt" \
     all examples $targets fuzz-replay >"$build/build.log" 2>&1; then
     cat "$build/build.log"
     echo "cross $arch: build failed" >&2
