@@ -191,8 +191,12 @@ fi
 mkdir -p "$run/examples"
 wrap()
 {
-    printf '#!/bin/sh\n%sexec %s"%s" "$@"\n' "${emu:+QEMU_LD_PREFIX=$sysroot }" \
-        "${run_emu:+$run_emu }" "$root/$1" >"$run/$2"
+    keep=""
+    if [ "$arch" = mips ]; then # the shim puts the caller's LD_PRELOAD back
+        keep='-E REDLOCK_SAVED_PRELOAD="$LD_PRELOAD" '
+    fi
+    printf '#!/bin/sh\n%sexec %s%s"%s" "$@"\n' "${emu:+QEMU_LD_PREFIX=$sysroot }" \
+        "${run_emu:+$run_emu }" "$keep" "$root/$1" >"$run/$2"
     chmod +x "$run/$2"
 }
 wrap "$build/redlock" redlock

@@ -9,8 +9,9 @@
  * the errors a connect can report, so the suites see what MIPS hardware
  * would; the library is not changed for an emulator's bug.
  *
- * It removes LD_PRELOAD from the environment when loaded, so the host
- * programs the suites start (redis-server, redis-cli, openssl) never see a
+ * When loaded it puts back the LD_PRELOAD the caller had (make cross saves
+ * it in REDLOCK_SAVED_PRELOAD; a test preloads libfaketime into host
+ * programs that way), so the host programs the suites start never see a
  * MIPS library in it. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -48,5 +49,10 @@ int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
 
 __attribute__((constructor)) static void forget_preload(void)
 {
-    unsetenv("LD_PRELOAD");
+    const char *saved = getenv("REDLOCK_SAVED_PRELOAD");
+    if (saved && *saved)
+        setenv("LD_PRELOAD", saved, 1);
+    else
+        unsetenv("LD_PRELOAD");
+    unsetenv("REDLOCK_SAVED_PRELOAD");
 }
