@@ -301,6 +301,7 @@ typedef struct lock_op {
     uint8_t blocking;    /* a blocking call runs it: not reported as done     */
     uint8_t held_before; /* held when the operation began                    */
     uint8_t repair;      /* S_REFRESH argument: set the key where it is gone */
+    uint8_t began;       /* an operation has begun on l (ever)               */
     uint32_t seq;        /* tags requests; a new round makes older replies stale */
     uint32_t outstanding; /* nodes whose part of the round is not over       */
     int result;          /* the last operation's status                     */
@@ -333,6 +334,14 @@ typedef struct lock_wait {
     char lease_str[16];  /* fair mode: how long our place in line lasts     */
 } lock_wait;
 
+/* A lock's error text: allocated at its first error and kept (a handle
+ * that never fails never holds it, and no cycle allocates). */
+typedef struct lock_text {
+    char errstr[512];  /* the detail of the last operation's result          */
+    char nerr[320];    /* the round's first node error                       */
+    char callerr[160]; /* why the last call on l was refused at once ("": not) */
+} lock_text;
+
 /* The lists a lock is on. */
 typedef struct lock_links {
     redlock *prev, *next;   /* c->locks.all               */
@@ -353,10 +362,8 @@ struct redlock {
     lock_wait wait;
     lock_links link;
     void *userdata;
-    size_t nerr_idx; /* node of the round's first error (n: none) */
-    char nerr[320];  /* that error                                 */
-    char errstr[512];  /* the detail of the last operation's result   */
-    char callerr[160]; /* why the last call on l was refused at once ("": it was not) */
+    size_t nerr_idx;  /* node of the round's first error (n: none) */
+    lock_text *text;  /* made at the handle's first error, then kept */
     nres res[]; /* one per node */
 };
 
@@ -424,14 +431,33 @@ static int global_err(int status, const char *fmt, ...)
     return status;
 }
 
+/* l's error text, made at its first error (NULL when out of memory: the
+ * status is still right, its detail lost). */
+static lock_text *text_of(redlock *l)
+{
+    if (!l->text)
+        l->text = resp_alloc_array(1, sizeof *l->text);
+    return l->text;
+}
+
+/* The detail of l's last result: "" after a success, also with no text made. */
+static const char *errstr_of(const redlock *l)
+{
+    if (l->text)
+        return l->text->errstr;
+    return l->op.began ? "" : "no operation has run on this lock";
+}
+
 /* The detail of an operation's result, in the lock (and, when it ends, in
  * the client). */
 static int lerr(redlock *l, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int lerr(redlock *l, int status, const char *fmt, ...)
 {
+    lock_text *t = text_of(l);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(l->errstr, sizeof l->errstr, fmt, ap);
+    if (t)
+        vsnprintf(t->errstr, sizeof t->errstr, fmt, ap);
     va_end(ap);
     return status;
 }
@@ -444,13 +470,16 @@ static int call_refused(redlock *l, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int call_refused(redlock *l, int status, const char *fmt, ...)
 {
+    char why[sizeof ((lock_text *)0)->callerr];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(l->callerr, sizeof l->callerr, fmt, ap);
+    vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
+    if (text_of(l))
+        memcpy(l->text->callerr, why, sizeof why);
     if (l->c)
-        return cerr(l->c, status, "%s", l->callerr);
-    return global_err(status, "%s", l->callerr);
+        return cerr(l->c, status, "%s", why);
+    return global_err(status, "%s", why);
 }
 
 /* A lock name fit for a message: printable, shortened. */
@@ -954,6 +983,12 @@ static size_t route(const redlock_client *c, size_t i, uint16_t slot);
  * cluster, in the lock's slot); a release tells only the next in line. */
 static void waiter_prefix(const redlock *l, int sharded, const char **p, size_t *n)
 {
+    if (!l->k.own) { /* a handle that never waits on its own channel (nor do, with
+                        fair off, the others of its name): the prefix is never used */
+        *p = sharded ? l->k.freed : l->k.channel;
+        *n = sharded ? l->k.klen : l->k.chlen;
+        return;
+    }
     *p = sharded ? l->k.own_s : l->k.own;
     *n = sharded ? l->k.klen + 1 : l->k.chlen + 1;
 }
@@ -1195,10 +1230,10 @@ static void node_error(redlock *l, size_t i, int status, int transient, const ch
     nd->state = N_ERR;
     nd->status = (uint8_t)status;
     nd->transient = (uint8_t)transient;
-    if (i < l->nerr_idx) {
+    if (i < l->nerr_idx && text_of(l)) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(l->nerr, sizeof l->nerr, fmt, ap);
+        vsnprintf(l->text->nerr, sizeof l->text->nerr, fmt, ap);
         va_end(ap);
         l->nerr_idx = i;
     }
@@ -1394,7 +1429,8 @@ static void round_start(redlock *l, int phase, int id, uint32_t mask, int64_t ca
     l->op.outstanding = 0;
     l->op.cap = cap;
     l->nerr_idx = c->n;
-    l->nerr[0] = '\0';
+    if (l->text)
+        l->text->nerr[0] = '\0';
     for (size_t i = 0; i < c->n; i++) {
         nres *nd = &l->res[i];
         memset(nd, 0, offsetof(nres, hold)); /* the hold marks outlive a round */
@@ -1729,8 +1765,8 @@ static int error_reply(redlock *l, size_t i, const resp_reply *r)
         const char *desc = node_desc(l->c, i);
         const char *pre = nd->via.noperm ? "EVALSHA: NOPERM; FCALL: " : "", *more;
         size_t used = strlen(desc) + 2 + strlen(pre) + 1; /* ": " and the NUL */
-        int n = words_within(r->str, r->len, sizeof l->nerr > used ? sizeof l->nerr - used : 0,
-                             &more);
+        size_t room = sizeof ((lock_text *)0)->nerr;
+        int n = words_within(r->str, r->len, room > used ? room - used : 0, &more);
         node_error(l, i, starts_with(r, "NOAUTH") ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
                    busy || transient_error(r), "%s: %s%.*s%s", desc, pre, n, r->str, more);
     }
@@ -1840,11 +1876,12 @@ static int fail_nodes(redlock *l, const char *op, tally t)
             st = l->res[i].status;
             break;
         }
+    char first[sizeof ((lock_text *)0)->nerr];
+    snprintf(first, sizeof first, "%s", l->text && l->text->nerr[0] ? l->text->nerr : "");
     if (c->n == 1)
-        return lerr(l, st, "%s '%s': %s", op, shown(l, nm, sizeof nm),
-                    l->nerr[0] ? l->nerr : "failed");
+        return lerr(l, st, "%s '%s': %s", op, shown(l, nm, sizeof nm), first[0] ? first : "failed");
     return lerr(l, st, "%s '%s': only %zu of %zu nodes answered (quorum %zu); first error: %s", op,
-                shown(l, nm, sizeof nm), t.ok, c->n, c->quorum, l->nerr[0] ? l->nerr : "none");
+                shown(l, nm, sizeof nm), t.ok, c->n, c->quorum, first[0] ? first : "none");
 }
 
 /* Nodes where this operation's write holds the lock: to release on failure. */
@@ -2684,15 +2721,16 @@ static void fire(redlock *l)
     }
 }
 
-/* The operation ends with status rc (l->errstr holds the detail). */
+/* The operation ends with status rc (l's error text holds the detail). */
 static void finish(redlock *l, int rc)
 {
     redlock_client *c = l->c;
     int reported = !l->op.blocking && l->op.kind != OP_KEEPALIVE;
-    if (rc == REDLOCK_OK)
-        l->errstr[0] = '\0';
-    l->callerr[0] = '\0'; /* the result is newer than a refused call */
-    memcpy(c->errstr, l->errstr, sizeof l->errstr);
+    if (l->text && rc == REDLOCK_OK)
+        l->text->errstr[0] = '\0';
+    if (l->text)
+        l->text->callerr[0] = '\0'; /* the result is newer than a refused call */
+    snprintf(c->errstr, sizeof c->errstr, "%s", errstr_of(l));
     l->op.result = rc;
     l->op.kind = OP_NONE;
     l->op.phase = PH_NONE;
@@ -3489,8 +3527,9 @@ static void keepalive_lost(redlock *l, const char *why)
     char nm[64];
     lease_drop(l);
     lerr(l, REDLOCK_NOT_HELD, "keepalive '%s': the lease is lost: %s", shown(l, nm, sizeof nm), why);
-    l->callerr[0] = '\0';
-    memcpy(l->c->errstr, l->errstr, sizeof l->errstr);
+    if (l->text)
+        l->text->callerr[0] = '\0';
+    snprintf(l->c->errstr, sizeof l->c->errstr, "%s", errstr_of(l));
     l->op.result = REDLOCK_NOT_HELD;
     done_push(l);
 }
@@ -3498,7 +3537,7 @@ static void keepalive_lost(redlock *l, const char *why)
 static void keepalive_done(redlock *l, int rc)
 {
     redlock_client *c = l->c;
-    char why[sizeof l->errstr + 64];
+    char why[sizeof ((lock_text *)0)->errstr + 64];
     l->op.kind = OP_NONE;
     l->op.phase = PH_NONE;
     l->op.seq++;
@@ -3514,10 +3553,10 @@ static void keepalive_done(redlock *l, int rc)
         return;
     }
     if (rc == REDLOCK_NOT_HELD)
-        snprintf(why, sizeof why, "%s", l->errstr);
+        snprintf(why, sizeof why, "%s", errstr_of(l));
     else
         snprintf(why, sizeof why, "its TTL ran out before a refresh succeeded (last error: %s)",
-                 l->errstr);
+                 errstr_of(l));
     timer_clear(l);
     keepalive_lost(l, why);
 }
@@ -4028,11 +4067,14 @@ static int new_handle(redlock **out, redlock_client *c, const char *name, size_t
     }
     /* one block: the lock, its per-node results, then its strings: the
      * name, the {NAME}:SUFFIX keys, redlock:NAME, the value, and the two
-     * own channels of a waiter that listens on its own */
+     * own channels of a waiter that listens on its own (fair mode, a
+     * semaphore) */
+    int own = c->opts.fair || kind == LK_SEMAPHORE;
     size_t vlen = strlen(value);
     size_t klen = namelen + 3 + SUFFIX_LEN, chlen = CHAN_PREFIX_LEN + namelen;
     size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + NKEYS * (klen + 1) +
-                   chlen + 1 + vlen + 1 + (chlen + 1 + vlen + 1) + (klen + 1 + vlen + 1);
+                   chlen + 1 + vlen + 1 +
+                   (own ? (chlen + 1 + vlen + 1) + (klen + 1 + vlen + 1) : 0);
     redlock *l = resp_alloc(total);
     if (!l)
         return cerr(c, REDLOCK_ERR_NOMEM, "out of memory");
@@ -4047,10 +4089,11 @@ static int new_handle(redlock **out, redlock_client *c, const char *name, size_t
     k->vlen = vlen;
     memcpy(p, value, vlen + 1);
     p += vlen + 1;
-    k->own = p;
-    k->own_s = p = put_joined(p, k->channel, k->chlen, value, vlen);
-    put_joined(p, k->freed, k->klen, value, vlen);
-    int own = listens_own(l);
+    if (own) {
+        k->own = p;
+        k->own_s = p = put_joined(p, k->channel, k->chlen, value, vlen);
+        put_joined(p, k->freed, k->klen, value, vlen);
+    }
     l->listen.name = own ? k->own : k->channel;
     l->listen.len = own ? k->chlen + 1 + vlen : k->chlen;
     l->listen.sname = own ? k->own_s : k->freed;
@@ -4059,7 +4102,6 @@ static int new_handle(redlock **out, redlock_client *c, const char *name, size_t
     snprintf(l->lease.ttl_str, sizeof l->lease.ttl_str, "%" PRIu32, ttl_ms);
     l->wait.holder_pttl = -1;
     l->op.result = REDLOCK_ERR_ARG;
-    snprintf(l->errstr, sizeof l->errstr, "no operation has run on this lock");
     l->link.next = c->locks.all;
     if (c->locks.all)
         c->locks.all->link.prev = l;
@@ -4116,6 +4158,7 @@ void redlock_free(redlock *l)
         if (l->link.next)
             l->link.next->link.prev = l->link.prev;
     }
+    resp_free(l->text);
     resp_free(l);
 }
 
@@ -4141,7 +4184,7 @@ const char *redlock_errstr(const redlock *l)
 {
     if (!l)
         return last_err;
-    return l->callerr[0] ? l->callerr : l->errstr;
+    return l->text && l->text->callerr[0] ? l->text->callerr : errstr_of(l);
 }
 
 void redlock_set_userdata(redlock *l, void *p)
@@ -4176,7 +4219,8 @@ static int call_ok(redlock *l)
     if (!l->c)
         return call_refused(l, REDLOCK_ERR_ARG,
                             "the lock's client was freed: only redlock_free may follow");
-    l->callerr[0] = '\0';
+    if (l->text)
+        l->text->callerr[0] = '\0';
     return REDLOCK_OK;
 }
 
@@ -4201,7 +4245,9 @@ static int op_begin(redlock *l, int kind, int blocking)
     l->op.held_before = (uint8_t)l->lease.held;
     l->wait.queued = 0;
     l->op.result = REDLOCK_IN_PROGRESS;
-    l->errstr[0] = '\0';
+    l->op.began = 1;
+    if (l->text)
+        l->text->errstr[0] = '\0';
     if (blocking)
         c->errstr[0] = '\0';
     return REDLOCK_OK;

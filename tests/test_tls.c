@@ -1133,7 +1133,7 @@ START_TEST(test_burst_of_whole_replies)
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.io_timeout_ms = MS(2000);
     o.limits.max_bulk = 1024;
-    o.max_reply = 17000; /* one 16 KiB buffer and a little: no room to grow twice */
+    o.max_reply = 17000; /* a 16 KiB record and a little: no room to read on */
     o.tls = redlock_tls_openssl();
     net_conn *c = NULL;
     ck_assert_int_eq(net_conn_new(&c, &u, &o), RESP_OK);
@@ -1154,7 +1154,9 @@ START_TEST(test_burst_of_whole_replies)
         ck_assert_uint_eq(got[i].len, 1015);
         ck_assert_int_eq(got[i].text[0], 'a' + i % 26);
     }
-    ck_assert_int_eq(allocs, 0);
+    /* the buffer starts at 512 bytes: it grows to hold one 1 KiB reply
+     * (a doubling or two), never to hold the burst */
+    ck_assert_msg(allocs <= 2, "%ld allocations", allocs);
     net_conn_free(c);
     stop_fake(fake);
 }
