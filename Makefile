@@ -52,7 +52,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsu
 # `make test-tls` (a TLS build in $(BUILD)/tls).
 TEST_SRC := $(filter-out $(if $(TLS),,tests/test_tls.c),$(wildcard tests/test_*.c))
 # Fixtures linked into every test binary and the benchmark.
-FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c
+FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c tests/fx_sentinel.c
 FX_HDR   := $(FX_SRC:.c=.h)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,\

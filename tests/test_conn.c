@@ -71,8 +71,8 @@ typedef struct bad_url {
 
 static const bad_url bad_urls[] = {
     {"", "empty"},
-    {"localhost:6379", "must start with redis://, rediss:// or unix://"},
-    {"http://h", "must start with redis://, rediss:// or unix://"},
+    {"localhost:6379", "must start with redis://, rediss://, unix://, redis+sentinel://"},
+    {"http://h", "must start with redis://, rediss://, unix://, redis+sentinel://"},
     {"rediss://h?ca=", "ca= is empty"},
     {"rediss://h?ca", "key=value"},
     {"rediss://h?insecure=yes", "insecure= takes 0 or 1"},
@@ -160,7 +160,7 @@ START_TEST(test_url_cluster)
     ck_assert_str_eq(n.password, "pw");
     /* a caller that takes no seeds is told so */
     ck_assert_int_eq(net_url_parse(&r, NULL, seeded, err, sizeof err), RESP_ERR_ARG);
-    ck_assert_ptr_nonnull(strstr(err, "addr= (cluster seeds) is not taken here"));
+    ck_assert_ptr_nonnull(strstr(err, "addr= (more seeds) is not taken here"));
     ck_assert_int_eq(net_url_parse(&r, NULL, "redis://h:1?cluster=0", err, sizeof err), RESP_OK);
     ck_assert_int_eq(r.cluster, 0);
     ck_assert_int_eq(net_url_parse(&r, NULL, "redis://h:1/2", err, sizeof err), RESP_OK);
