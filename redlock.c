@@ -2091,12 +2091,13 @@ static const char *sentinel_desc(const sentinel *sn)
     return sn->desc;
 }
 
-static void set_desc(sentinel *sn)
+/* The member as messages name it: by its master's name, and where the
+ * last pass confirmed it (known: 1), if it did. */
+static void set_desc(sentinel *sn, int known)
 {
     char at[300];
     net_url_describe(&sn->master, at, sizeof at);
-    snprintf(sn->desc, sizeof sn->desc, sn->master.host[0] ? "master '%s' at %s" : "master '%s'",
-             sn->name, at);
+    snprintf(sn->desc, sizeof sn->desc, known ? "master '%s' at %s" : "master '%s'", sn->name, at);
 }
 
 /* Node i's master is confirmed on the command connection as it is now. */
@@ -2226,7 +2227,6 @@ static void master_moved(redlock_client *c, size_t i, const net_url *u)
     memcpy(sn->master.host, u->host, sizeof u->host);
     memcpy(sn->master.port, u->port, sizeof u->port);
     sn->pass.changed = 1;
-    set_desc(sn);
 }
 
 /* The sentinel at order[pos] (or +switch-master) named host:port: point the
@@ -2282,6 +2282,7 @@ static void pass_over(redlock_client *c, size_t i)
     } else {
         sn->pass.state = SN_IDLE;
     }
+    set_desc(sn, sn->pass.state == SN_UP);
     sentinel_kick(c, i);
     /* a new master: waiters try again at once (the lock may be free there,
      * a write that never reached it; and their listener moved) */
@@ -2607,7 +2608,7 @@ static int sentinel_new(redlock_client *c, size_t i, const net_url *u, const net
     sn->master.sentinel = 0;
     sn->master.host[0] = '\0';
     snprintf(sn->master.port, sizeof sn->master.port, "0");
-    set_desc(sn);
+    set_desc(sn, 0);
     int rc = net_conn_new(&sn->ask[0], &su, &sn->opts);
     for (int k = 0; rc == RESP_OK && k < seeds->n; k++) {
         net_url at;

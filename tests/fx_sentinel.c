@@ -144,10 +144,10 @@ static int start_group(fx_sentinel *fx, int g)
     const char *const common[] = {"--replica-read-only", "no", "--repl-diskless-sync-delay", "0"};
     fx_opts o;
     memset(&o, 0, sizeof o);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < fx->nservers; k++) {
         const char **a = fx->args[g][k];
         int n = 0;
-        if (k == 1) {
+        if (k > 0) {
             a[n++] = "--replicaof";
             a[n++] = "127.0.0.1";
             a[n++] = fx->port_arg[g];
@@ -163,28 +163,37 @@ static int start_group(fx_sentinel *fx, int g)
     return 0;
 }
 
-/* The replica of group g has its link to the master up. */
-static int replica_linked(fx_sentinel *fx, int g, int k)
+/* Server k of group g is a replica of server `of`, its link up. */
+static int replica_linked(fx_sentinel *fx, int g, int k, int of)
 {
-    char out[8192];
-    return fx_cmd(&fx->server[g][k], out, sizeof out, "INFO replication") == 0 &&
-           info_has(out, "role:slave") && info_has(out, "master_link_status:up");
+    char out[8192], want[64];
+    snprintf(want, sizeof want, "master_port:%d", fx->server[g][of].port);
+    return fx->server[g][k].pid > 0 &&
+           fx_cmd(&fx->server[g][k], out, sizeof out, "INFO replication") == 0 &&
+           info_has(out, "role:slave") && info_has(out, "master_link_status:up") &&
+           info_has(out, want);
 }
 
-/* Sentinel i knows the two others and group g's replica, linked. */
+/* Sentinel i knows the two others and group g's replicas, each linked. */
 static int sentinel_ready(fx_sentinel *fx, int i, int g)
 {
     char out[16384], cmd[96], v[64];
     snprintf(cmd, sizeof cmd, "SENTINEL MASTER %s", fx->name[g]);
     if (fx_sentinel_cmd(fx, i, out, sizeof out, cmd) != 0 ||
         !kv(out, "num-other-sentinels", v, sizeof v) || atoi(v) != FX_SENTINELS - 1 ||
-        !kv(out, "num-slaves", v, sizeof v) || atoi(v) != 1 || !kv(out, "flags", v, sizeof v) ||
-        strcmp(v, "master") != 0)
+        !kv(out, "num-slaves", v, sizeof v) || atoi(v) != fx->nservers - 1 ||
+        !kv(out, "flags", v, sizeof v) || strcmp(v, "master") != 0)
         return 0;
     snprintf(cmd, sizeof cmd, "SENTINEL REPLICAS %s", fx->name[g]);
-    return fx_sentinel_cmd(fx, i, out, sizeof out, cmd) == 0 && kv(out, "flags", v, sizeof v) &&
-           strcmp(v, "slave") == 0 && kv(out, "master-link-status", v, sizeof v) &&
-           strcmp(v, "ok") == 0;
+    if (fx_sentinel_cmd(fx, i, out, sizeof out, cmd) != 0)
+        return 0;
+    const char *p = out;
+    for (int k = 1; k < fx->nservers; k++) {
+        if (!(p = kv(p, "flags", v, sizeof v)) || strcmp(v, "slave") != 0 ||
+            !(p = kv(p, "master-link-status", v, sizeof v)) || strcmp(v, "ok") != 0)
+            return 0;
+    }
+    return 1;
 }
 
 static int all_ready(fx_sentinel *fx)
@@ -215,7 +224,10 @@ static int ready_cond(fx_sentinel *fx, int unused)
 
 static int linked_cond(fx_sentinel *fx, int g)
 {
-    return replica_linked(fx, g, 1);
+    for (int k = 1; k < fx->nservers; k++)
+        if (!replica_linked(fx, g, k, 0))
+            return 0;
+    return 1;
 }
 
 static void make_url(fx_sentinel *fx, int g)
@@ -228,7 +240,8 @@ int fx_sentinel_start(fx_sentinel *fx, const fx_sentinel_opts *o)
 {
     memset(fx, 0, sizeof *fx);
     fx->groups = o && o->groups > 0 ? o->groups : 1;
-    if (fx->groups > FX_SENTINEL_GROUPS)
+    fx->nservers = 1 + (o && o->replicas > 0 ? o->replicas : 1);
+    if (fx->groups > FX_SENTINEL_GROUPS || fx->nservers > FX_SENTINEL_SERVERS)
         return -1;
     if (o && o->password)
         snprintf(fx->password, sizeof fx->password, "%s", o->password);
@@ -261,14 +274,14 @@ void fx_sentinel_stop(fx_sentinel *fx)
         if (fx->sentinel[i].pid > 0 || fx->sentinel[i].dir[0])
             fx_server_stop(&fx->sentinel[i]);
     for (int g = 0; g < FX_SENTINEL_GROUPS; g++)
-        for (int k = 0; k < 2; k++)
+        for (int k = 0; k < FX_SENTINEL_SERVERS; k++)
             if (fx->server[g][k].pid > 0 || fx->server[g][k].dir[0])
                 fx_server_stop(&fx->server[g][k]);
 }
 
 fx_server *fx_sentinel_server(fx_sentinel *fx, int g, int k)
 {
-    return g >= 0 && g < fx->groups && (k == 0 || k == 1) ? &fx->server[g][k] : NULL;
+    return g >= 0 && g < fx->groups && k >= 0 && k < fx->nservers ? &fx->server[g][k] : NULL;
 }
 
 int fx_sentinel_cmd(fx_sentinel *fx, int i, char *out, size_t outlen, const char *cmd)
@@ -294,7 +307,7 @@ int fx_sentinel_master(fx_sentinel *fx, int g)
             return -1;
         port = atoi(nl + 1);
     }
-    for (int k = 0; k < 2 && asked; k++)
+    for (int k = 0; k < fx->nservers && asked; k++)
         if (fx->server[g][k].port == port && fx->server[g][k].pid > 0 &&
             fx_cmd(&fx->server[g][k], out, sizeof out, "INFO replication") == 0 &&
             info_has(out, "role:master"))
@@ -302,26 +315,47 @@ int fx_sentinel_master(fx_sentinel *fx, int g)
     return -1;
 }
 
+int fx_sentinel_replica(fx_sentinel *fx, int g)
+{
+    int m = fx_sentinel_master(fx, g);
+    for (int k = 0; m >= 0 && k < fx->nservers; k++)
+        if (k != m && fx->server[g][k].pid > 0)
+            return k;
+    return -1;
+}
+
 typedef struct want {
-    int g, k, replica;
+    int g, k, replicas;
 } want;
 static want wanted;
 
 static int master_cond(fx_sentinel *fx, int unused)
 {
     (void)unused;
-    return fx_sentinel_master(fx, wanted.g) == wanted.k &&
-           (!wanted.replica || replica_linked(fx, wanted.g, 1 - wanted.k));
+    if (fx_sentinel_master(fx, wanted.g) != wanted.k)
+        return 0;
+    for (int k = 0; wanted.replicas && k < fx->nservers; k++)
+        if (k != wanted.k && fx->server[wanted.g][k].pid > 0 &&
+            !replica_linked(fx, wanted.g, k, wanted.k))
+            return 0;
+    return 1;
 }
 
-int fx_sentinel_wait_master(fx_sentinel *fx, int g, int k, int replica, int timeout_ms)
+int fx_sentinel_wait_master(fx_sentinel *fx, int g, int k, int replicas, int timeout_ms)
 {
-    wanted = (want){g, k, replica};
+    wanted = (want){g, k, replicas};
     if (wait_for(master_cond, fx, 0, timeout_ms) == 0)
         return 0;
     fprintf(stderr, "fx_sentinel: group %d: server %d is not its master after %d ms\n", g, k,
             timeout_ms);
     return -1;
+}
+
+/* Some server of group g other than `from` is its master. */
+static int moved_cond(fx_sentinel *fx, int g)
+{
+    int m = fx_sentinel_master(fx, g);
+    return m >= 0 && m != wanted.k;
 }
 
 int fx_sentinel_failover(fx_sentinel *fx, int g)
@@ -342,5 +376,10 @@ int fx_sentinel_failover(fx_sentinel *fx, int g)
         fprintf(stderr, "fx_sentinel: SENTINEL FAILOVER %s: %s\n", fx->name[g], out);
         return -1;
     }
-    return fx_sentinel_wait_master(fx, g, 1 - from, 0, FX_SENTINEL_WAIT_MS) == 0 ? 1 - from : -1;
+    wanted = (want){g, from, 0};
+    if (wait_for(moved_cond, fx, g, FX_SENTINEL_WAIT_MS) != 0) {
+        fprintf(stderr, "fx_sentinel: %s did not fail over\n", fx->name[g]);
+        return -1;
+    }
+    return fx_sentinel_master(fx, g);
 }
