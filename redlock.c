@@ -2283,6 +2283,9 @@ static void pass_over(redlock_client *c, size_t i)
         sn->pass.state = SN_IDLE;
     }
     set_desc(sn, sn->pass.state == SN_UP);
+    for (size_t k = 0; k < sn->n; k++) /* idle until the next pass */
+        if (net_conn_requests(sn->ask[k]) == 0)
+            net_conn_close(sn->ask[k]);
     sentinel_kick(c, i);
     /* a new master: waiters try again at once (the lock may be free there,
      * a write that never reached it; and their listener moved) */

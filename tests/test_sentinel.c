@@ -171,9 +171,9 @@ START_TEST(test_modes)
     snprintf(own, sizeof own, "sn:modes:waiter");
     listening w = {m, own};
     ck_assert(turn_until(c, has_listener, &w, 200));
-    /* the master's command connection and listener, a sentinel's, and the
-     * +switch-master listener */
-    ck_assert_int_ge(redlock_client_pollfds(c, NULL, 0), 4);
+    /* the master's command connection and listener, and the +switch-master
+     * listener on a sentinel (the others are closed between passes) */
+    ck_assert_int_eq(redlock_client_pollfds(c, NULL, 0), 3);
     ck_assert_int_eq(redlock_result(waiter), REDLOCK_IN_PROGRESS);
     ck_assert_int_eq(redlock_unlock(holder), REDLOCK_OK);
     ck_assert_int_eq(tu_turn_until_result(c, waiter), REDLOCK_OK);
@@ -230,37 +230,47 @@ END_TEST
 
 /* ---- a fake sentinel -------------------------------------------------------------------- */
 
-/* A sentinel that names `port` as the master to every command (port 0:
- * answers nothing), in one process (poll over its connections) until
- * killed; *asked (shared memory) counts the commands it read. */
-static pid_t fake_sentinel(int port, int *listen_port, volatile long **asked)
+/* What a fake server does with each command it reads. */
+enum { FAKE_SENTINEL, FAKE_SILENT, FAKE_READONLY_MASTER };
+
+/* The name of the command starting at b[0] ('*'), upper-cased, into w. */
+static void command_name(const char *b, size_t n, char *w, size_t wl)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    socklen_t len = sizeof a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ck_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 16) == 0 &&
-              getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    *listen_port = ntohs(a.sin_port);
-    volatile long *count = mmap(NULL, sizeof *count, PROT_READ | PROT_WRITE,
-                                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    ck_assert(count != MAP_FAILED);
-    *count = 0;
-    if (asked)
-        *asked = count;
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid > 0) {
-        close(fd);
-        return pid;
-    }
+    const char *e = b + n, *p = memchr(b, '\n', n);
+    w[0] = '\0';
+    if (!p || !(p = memchr(p + 1, '\n', (size_t)(e - p - 1))))
+        return; /* past "*N" and "$len" */
+    size_t k = 0;
+    for (p++; p < e && *p != '\r' && k + 1 < wl; p++)
+        w[k++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+    w[k] = '\0';
+}
+
+/* A fake server in one process (poll over its connections) until killed.
+ * FAKE_SENTINEL names 127.0.0.1:port as the master to every command;
+ * FAKE_SILENT answers nothing; FAKE_READONLY_MASTER says it is a master
+ * (ROLE) and answers everything else -READONLY. counts[0] (shared memory)
+ * counts the commands it read, counts[1] the ROLEs. */
+static void fake_reply(int fd, int mode, int port, const char *cmd)
+{
+    char reply[128];
+    int rl = 0;
+    if (mode == FAKE_SENTINEL)
+        rl = snprintf(reply, sizeof reply, "*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%d\r\n",
+                      port >= 10000 ? 5 : 4, port);
+    else if (mode == FAKE_READONLY_MASTER && strcmp(cmd, "ROLE") == 0)
+        rl = snprintf(reply, sizeof reply, "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n");
+    else if (mode == FAKE_READONLY_MASTER)
+        rl = snprintf(reply, sizeof reply, "-READONLY You can't write against a read only replica.\r\n");
+    if (rl > 0)
+        (void)!write(fd, reply, (size_t)rl);
+}
+
+static void fake_serve(int fd, int mode, int port, volatile long *counts)
+{
     struct pollfd p[17] = {{fd, POLLIN, 0}};
     int n = 1;
-    char buf[4096], reply[96];
-    int rl = snprintf(reply, sizeof reply, "*2\r\n$9\r\n127.0.0.1\r\n$%d\r\n%d\r\n",
-                      port >= 10000 ? 5 : 4, port);
+    char buf[4096], cmd[32];
     for (int iter = 0; iter < 100000; iter++) {
         if (poll(p, (nfds_t)n, 1000) <= 0)
             continue;
@@ -280,13 +290,40 @@ static pid_t fake_sentinel(int port, int *listen_port, volatile long **asked)
             }
             for (ssize_t b = 0; b < got; b++) /* one reply per command (one '*' each) */
                 if (buf[b] == '*' && (b == 0 || buf[b - 1] == '\n')) {
-                    (*count)++;
-                    if (port)
-                        (void)!write(p[k].fd, reply, (size_t)rl);
+                    command_name(buf + b, (size_t)(got - b), cmd, sizeof cmd);
+                    counts[0]++;
+                    counts[1] += strcmp(cmd, "ROLE") == 0;
+                    fake_reply(p[k].fd, mode, port, cmd);
                 }
         }
     }
-    _exit(0);
+}
+
+static pid_t fake_server(int mode, int port, int *listen_port, volatile long **counts)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 16) == 0 &&
+              getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    *listen_port = ntohs(a.sin_port);
+    volatile long *shared = mmap(NULL, 2 * sizeof *shared, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    ck_assert(shared != MAP_FAILED);
+    shared[0] = shared[1] = 0;
+    if (counts)
+        *counts = shared;
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        fake_serve(fd, mode, port, shared);
+        _exit(0);
+    }
+    close(fd);
+    return pid;
 }
 
 static void stop_pid(pid_t pid)
@@ -304,7 +341,7 @@ START_TEST(test_sentinel_down_and_slow)
     fx_server *m = master_of(0), *slow = &fx.sentinel[0];
     int dead = fx_free_port(), fport;
     volatile long *asked;
-    pid_t silent = fake_sentinel(0, &fport, &asked);
+    pid_t silent = fake_server(FAKE_SILENT, 0, &fport, &asked);
     char url[512];
     snprintf(url, sizeof url,
              "redis+sentinel://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d/fxgroup0", dead,
@@ -346,7 +383,7 @@ START_TEST(test_names_replica)
     fx_server *r = fx_sentinel_server(&fx, 0, rk), *m = master_of(0);
     reset_stats(r);
     int fport;
-    pid_t fake = fake_sentinel(r->port, &fport, NULL);
+    pid_t fake = fake_server(FAKE_SENTINEL, r->port, &fport, NULL);
     char url[512];
     snprintf(url, sizeof url, "redis+sentinel://127.0.0.1:%d,127.0.0.1:%d/fxgroup0", fport,
              fx.sentinel[2].port);
@@ -371,6 +408,29 @@ START_TEST(test_names_replica)
     redlock_free(l);
     redlock_client_free(c);
     stop_pid(fake);
+}
+END_TEST
+
+/* A master (by ROLE) that answers READONLY: the client finds the master
+ * again after each (a new pass, a new ROLE), a bounded number of times,
+ * then says what the server said. */
+START_TEST(test_readonly_rediscovers)
+{
+    int mport, sport;
+    volatile long *mcount;
+    pid_t m = fake_server(FAKE_READONLY_MASTER, 0, &mport, &mcount);
+    pid_t sent = fake_server(FAKE_SENTINEL, mport, &sport, NULL);
+    char url[256];
+    snprintf(url, sizeof url, "redis+sentinel://127.0.0.1:%d/fake", sport);
+    redlock_client *c = sentinel_client(url, NULL);
+    redlock *l = tu_lock(c, "sn:ro", "v", 5000);
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_ERR_SERVER);
+    ck_assert_msg(strstr(redlock_errstr(l), "READONLY"), "%s", redlock_errstr(l));
+    ck_assert_int_ge(mcount[1], 3); /* ROLE after every READONLY */
+    redlock_free(l);
+    redlock_client_free(c);
+    stop_pid(sent);
+    stop_pid(m);
 }
 END_TEST
 
@@ -530,6 +590,119 @@ START_TEST(test_kill_master_lease_lost)
 }
 END_TEST
 
+/* ---- sentinel passwords ------------------------------------------------------------------- */
+
+#define SENTINEL_PW "sentinel-secret"
+
+static void setup_auth(void)
+{
+    fx_sentinel_opts o = {1, 1, SENTINEL_PW};
+    ck_assert_int_eq(fx_sentinel_start(&fx, &o), 0);
+}
+
+/* Sentinels with requirepass: sentinel_password= (and sentinel_user=)
+ * opens them, and +switch-master is heard through them too; without it,
+ * or with a wrong one, REDLOCK_ERR_AUTH names each sentinel's refusal. */
+START_TEST(test_sentinel_auth)
+{
+    char url[512];
+    snprintf(url, sizeof url, "%s?sentinel_password=" SENTINEL_PW, fx.url[0]);
+    redlock_client *c = sentinel_client(url, NULL);
+    redlock *l = tu_lock(c, "sn:auth", "v", 10000);
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+    ck_assert_str_eq(tu_get(master_of(0), "sn:auth"), "v");
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    redlock_free(l);
+    redlock_client_free(c);
+    snprintf(url, sizeof url, "%s?sentinel_user=default&sentinel_password=" SENTINEL_PW, fx.url[0]);
+    c = sentinel_client(url, NULL);
+    l = tu_lock(c, "sn:auth", "v", 10000);
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    redlock_free(l);
+    redlock_client_free(c);
+    /* no password: each sentinel says NOAUTH */
+    c = sentinel_client(fx.url[0], NULL);
+    l = tu_lock(c, "sn:auth", "v", 10000);
+    ck_assert_int_eq(redlock_lock(l, 30000), REDLOCK_ERR_AUTH); /* at once: not worth waiting */
+    char want[96];
+    for (int i = 0; i < FX_SENTINELS; i++) {
+        snprintf(want, sizeof want, "127.0.0.1:%d: NOAUTH", fx.sentinel[i].port);
+        ck_assert_msg(strstr(redlock_errstr(l), want), "%s", redlock_errstr(l));
+    }
+    redlock_free(l);
+    redlock_client_free(c);
+    /* a wrong one: AUTH is refused on connect */
+    snprintf(url, sizeof url, "%s?sentinel_password=wrong", fx.url[0]);
+    c = sentinel_client(url, NULL);
+    l = tu_lock(c, "sn:auth", "v", 10000);
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_ERR_AUTH);
+    snprintf(want, sizeof want, "AUTH refused by 127.0.0.1:%d", fx.sentinel[0].port);
+    ck_assert_msg(strstr(redlock_errstr(l), want), "%s", redlock_errstr(l));
+    ck_assert_ptr_null(strstr(redlock_errstr(l), "wrong"));
+    redlock_free(l);
+    redlock_client_free(c);
+}
+END_TEST
+
+/* ---- a quorum of Sentinel-managed groups -------------------------------------------------- */
+
+static fx_server plain;
+
+static void setup_quorum(void)
+{
+    fx_sentinel_opts o = {2, 1, NULL};
+    ck_assert_int_eq(fx_sentinel_start(&fx, &o), 0);
+    ck_assert_int_eq(fx_server_start(&plain, NULL), 0);
+}
+
+static void teardown_quorum(void)
+{
+    fx_server_stop(&plain);
+    fx_sentinel_stop(&fx);
+}
+
+static int probed(void *arg)
+{
+    return tu_cmd_calls(arg, "role") > 0;
+}
+
+/* Two Sentinel-managed groups and a plain node, as one quorum (the same
+ * three sentinels watch both groups): locks and fencing across them; a
+ * failover of one group moves that member only (+switch-master is
+ * filtered by name: the other member's master is never asked ROLE
+ * again). */
+START_TEST(test_quorum_of_groups)
+{
+    const char *urls[3] = {fx.url[0], fx.url[1], plain.url};
+    redlock_client *c = tu_client_urls(urls, 3, 0);
+    redlock *l = tu_lock(c, "sn:q", "q1", 10000);
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+    uint64_t f1 = redlock_fence(l);
+    ck_assert_str_eq(tu_get(master_of(0), "sn:q"), "q1");
+    ck_assert_str_eq(tu_get(master_of(1), "sn:q"), "q1");
+    ck_assert_str_eq(tu_get(&plain, "sn:q"), "q1");
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    fx_server *other = master_of(1);
+    reset_stats(other);
+    int to = fx_sentinel_failover(&fx, 0);
+    ck_assert_int_ge(to, 0);
+    fx_server *nw = fx_sentinel_server(&fx, 0, to);
+    reset_stats(nw);
+    /* the client hears of it as its loop runs, and checks the new master */
+    ck_assert(turn_until(c, probed, nw, 400));
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+    ck_assert_uint_gt(redlock_fence(l), f1);
+    ck_assert_str_eq(tu_get(nw, "sn:q"), "q1");
+    ck_assert_str_eq(tu_get(other, "sn:q"), "q1");
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    ck_assert_int_eq(tu_cmd_calls(other, "role"), 0);
+    ck_assert_int_gt(script_calls(other), 0);
+    redlock_free(l);
+    redlock_client_free(c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("sentinel");
@@ -541,6 +714,7 @@ int main(void)
     tcase_add_test(t, test_bad_input);
     tcase_add_test(t, test_sentinel_down_and_slow);
     tcase_add_test(t, test_names_replica);
+    tcase_add_test(t, test_readonly_rediscovers);
     tcase_add_test(t, test_cli);
     suite_add_tcase(s, t);
     TCase *f = tcase_create("failover");
@@ -554,6 +728,16 @@ int main(void)
     tcase_add_test(k, test_kill_master_lease_survives);
     tcase_add_test(k, test_kill_master_lease_lost);
     suite_add_tcase(s, k);
+    TCase *a = tcase_create("sentinel passwords");
+    tcase_set_timeout(a, 120);
+    tcase_add_unchecked_fixture(a, setup_auth, teardown);
+    tcase_add_test(a, test_sentinel_auth);
+    suite_add_tcase(s, a);
+    TCase *q = tcase_create("quorum of groups");
+    tcase_set_timeout(q, 120);
+    tcase_add_unchecked_fixture(q, setup_quorum, teardown_quorum);
+    tcase_add_test(q, test_quorum_of_groups);
+    suite_add_tcase(s, q);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
