@@ -1237,7 +1237,7 @@ static void age_reply(redlock_client *c, size_t i, size_t j, int status, const r
     sh->age.asking = 0;
     if (status != RESP_OK)
         return; /* asked again before the next acquire */
-    if (r->type == RESP_ERROR || r->type != RESP_BULK ||
+    if (r->type != RESP_BULK ||
         !info_field(r, "uptime_in_seconds", &v, &n)) {
         sh->age.off = 1;
         cerr(c, REDLOCK_ERR_SERVER, "%s: restart guard off there: INFO server %s: %.*s",
