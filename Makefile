@@ -52,13 +52,18 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsu
 # `make test-tls` (a TLS build in $(BUILD)/tls).
 TEST_SRC := $(filter-out $(if $(TLS),,tests/test_tls.c),$(wildcard tests/test_*.c))
 # Fixtures linked into every test binary and the benchmark.
-FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c tests/fx_sentinel.c
+FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c tests/fx_proxy.c tests/fx_sentinel.c
 FX_HDR   := $(FX_SRC:.c=.h)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# The fault harness (docs/safety-torture.md): linked into test_torture, the
+# short run that `make test` includes, and into `make torture`'s program.
+TORTURE_SRC := tests/torture.c
+TORTURE_HDR := tests/torture.h
+TORTURE_SECONDS ?= 60
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,\
                 $(filter-out $(if $(TLS),,examples/tls.c),$(wildcard examples/*.c)))
 
-.PHONY: all static test tests test-tls valgrind-tls check-exports test-packaging test-sanitize \
+.PHONY: all static test tests torture test-tls valgrind-tls check-exports test-packaging test-sanitize \
         test-valgrind test-docs test-man functions-file \
         examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
 
@@ -118,8 +123,9 @@ functions-file: tests/sha1check.c scripts.h | $(BUILD)
 
 examples: $(EXAMPLES)
 
-# Build every suite without running it (CI's warning check compiles them too).
-tests: $(TESTS)
+# Build every suite without running it (CI's warning check compiles them too),
+# and the torture program.
+tests: $(TESTS) $(BUILD)/torture
 
 # The libuv adapter example needs libuv (libuv1-dev, which tests/deps.sh
 # installs); the library never links it.
@@ -139,6 +145,20 @@ $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_
 	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
 	    -DFX_SRC_DIR='"$(abspath .)"' \
 	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
+
+$(BUILD)/tests/test_torture: tests/test_torture.c $(TORTURE_SRC) $(TORTURE_HDR) $(TEST_SUPPORT) \
+                             $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
+	    $< $(TORTURE_SRC) $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
+
+# `make torture`: every scenario for TORTURE_SECONDS in all (TORTURE_SEED=
+# replays a run, TORTURE_ONLY= picks scenarios by name), then the table.
+$(BUILD)/torture: tests/torture_main.c $(TORTURE_SRC) $(TORTURE_HDR) $(FX_SRC) $(FX_HDR) \
+                  $(STATIC) $(LIB_HDR) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -I. -Itests $< $(TORTURE_SRC) $(FX_SRC) $(STATIC) $(TLS_LIBS) -o $@
+
+torture: deps all $(BUILD)/torture
+	@TORTURE_SECONDS=$(TORTURE_SECONDS) $(BUILD)/torture
 
 deps:
 	@sh tests/deps.sh

@@ -1,6 +1,6 @@
 /* redlock.c - the lock: one node or a quorum (Redlock), fencing tokens,
- * waiting on a release channel, fair mode, keepalive, Redis Cluster; one
- * operation engine under every call.
+ * waiting on a release channel, fair mode, keepalive, Redis Cluster and
+ * Sentinel; one operation engine under every call.
  *
  * An operation (acquire, wait, release, refresh, inspect) is a small state
  * machine on its lock. It sends one script to a set of nodes at once (a
@@ -98,9 +98,18 @@ _Static_assert(SAME_CODE(OK) && SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) &&
 #define SUFFIX_QUEUE "queue" /* fair mode: the line (ZSET by arrival)      */
 #define SUFFIX_ALIVE "alive" /* fair mode: waiters' leases (ZSET by expiry) */
 #define SUFFIX_FREED "freed" /* a cluster's release channel (shard channel) */
-_Static_assert(sizeof SUFFIX_FENCE - 1 == SUFFIX_LEN && sizeof SUFFIX_QUEUE - 1 == SUFFIX_LEN &&
-                   sizeof SUFFIX_ALIVE - 1 == SUFFIX_LEN && sizeof SUFFIX_FREED - 1 == SUFFIX_LEN,
+#define SUFFIX_HOLDS "holds" /* a semaphore's holders (ZSET by lease expiry) */
+#define SUFFIX_READS "reads" /* a read-write lock's readers (ZSET by lease expiry) */
+#define SUFFIX_TOKEN "token" /* their fencing tokens (HASH)                 */
+#define SUFFIX_LIMIT "limit" /* a semaphore's permit count                  */
+#define SUFFIX_WWAIT "wwait" /* writers waiting for readers (ZSET by place expiry) */
+#define SAME_LEN(s) (sizeof SUFFIX_##s - 1 == SUFFIX_LEN)
+_Static_assert(SAME_LEN(FENCE) && SAME_LEN(QUEUE) && SAME_LEN(ALIVE) && SAME_LEN(FREED) &&
+                   SAME_LEN(HOLDS) && SAME_LEN(READS) && SAME_LEN(TOKEN) && SAME_LEN(LIMIT) &&
+                   SAME_LEN(WWAIT),
                "every key suffix is SUFFIX_LEN bytes: lock_keys.klen is the length of each key");
+#undef SAME_LEN
+#define NKEYS 9 /* the {NAME}:SUFFIX keys of a handle */
 #define CHAN_PREFIX "redlock:" /* the release channel on plain nodes: redlock:NAME */
 #define CHAN_PREFIX_LEN (sizeof CHAN_PREFIX - 1)
 
@@ -139,6 +148,7 @@ typedef struct nres {
         uint8_t ours;      /* S_STATUS: the holder's value is ours          */
         int64_t young;     /* acquire: ms until the node is older than the lease
                               (restart guard: its yes does not count); 0: counts */
+        uint32_t count;    /* S_LIST: holders listed                        */
     } ans;
     /* what this operation holds there; outlives a round (round_start
      * clears everything above it) */
@@ -245,15 +255,24 @@ enum {
     PH_REFRESH,       /* refresh                                             */
     PH_REPAIR,        /* refresh: setting the key where a node lost it       */
     PH_STATUS,        /* inspect                                             */
+    PH_LIST,          /* redlock_holders                                     */
     PH_COUNT
 };
 
+/* What a handle is: an exclusive lock (or the writer of a read-write
+ * lock), a permit of a counting semaphore, or a shared (reader) hold. */
+enum { LK_LOCK, LK_SEMAPHORE, LK_SHARED };
+
 /* The names of everything the lock touches in Redis; one block with the
- * lock (see redlock_new_len). */
+ * lock (see new_handle). */
 typedef struct lock_keys {
+    uint8_t kind;        /* LK_*                                            */
+    uint32_t permits;    /* LK_SEMAPHORE                                    */
+    char permits_str[12];
     const char *name;    /* the lock key: the name itself                   */
     const char *value;   /* the owner value                                 */
     const char *fence, *queue, *alive, *freed; /* {NAME}:SUFFIX, klen bytes each */
+    const char *holds, *reads, *token, *limit, *wwait;
     const char *channel; /* the release channel on plain nodes: redlock:NAME */
     const char *own, *own_s; /* fair mode: this waiter's own channels,
                                 redlock:NAME:VALUE and {NAME}:freed:VALUE     */
@@ -301,6 +320,10 @@ typedef struct lock_op {
     uint64_t token;      /* the acquire's fencing token                      */
     char tok_str[24];
     redlock_info *info;  /* OP_INSPECT: filled when it ends                  */
+    struct {             /* redlock_holders: the caller's array, filled as nodes answer */
+        redlock_holder *out;
+        size_t cap, n;
+    } list;
 } lock_op;
 
 /* redlock_lock's wait. */
@@ -314,8 +337,9 @@ typedef struct lock_wait {
     uint8_t probed;      /* probed after subscribing                        */
     uint8_t woken;       /* a release came while a try was in flight        */
     uint8_t gave_way;    /* gave way once after a release (see waiter_woken) */
-    uint8_t queued;      /* fair mode: in the line                          */
-    char score_str[24];  /* fair mode: wall-clock ms when this wait began    */
+    uint8_t queued;      /* in the line (fair mode, a semaphore's waiters)  */
+    uint8_t writer_waits; /* readers hold it: a place among the writers waiting */
+    char score_str[24];  /* fair mode: wall-clock us when this wait began    */
     char lease_str[16];  /* fair mode: how long our place in line lasts     */
 } lock_wait;
 
@@ -996,49 +1020,96 @@ static void waiter_prefix(const redlock *l, int sharded, const char **p, size_t 
 static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
 {
     const lock_keys *k = &l->k;
-    const char *fencing = l->c->opts.fencing ? "1" : "0";
+    const lock_wait *w = &l->wait;
+    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
+    const char *repair = l->op.repair ? "1" : "0", *tok = l->op.tok_str;
+    int sharded = id == S_DEQUEUE_SHARDED || id == S_RELEASE_FAIR_SHARDED ||
+                  id == S_SEM_RELEASE_SHARDED || id == S_SEM_DEQUEUE_SHARDED ||
+                  id == S_RD_RELEASE_SHARDED;
 #define ARG(s, n) (kv[a] = (s), kl[a] = (n), a++)
+#define STR(s) ARG(s, strlen(s))
+#define KEY(x) ARG(k->x, k->klen)
+#define NAME ARG(k->name, k->namelen)
+#define VALUE ARG(k->value, k->vlen)
+#define PREFIX (waiter_prefix(l, sharded, kv + a, kl + a), a++)
     int a = 0;
     switch (id) {
     case S_ACQUIRE:
-        ARG(k->name, k->namelen), ARG(k->fence, k->klen);
-        ARG(k->value, k->vlen), ARG(l->lease.ttl_str, strlen(l->lease.ttl_str)), ARG(fencing, 1);
+        NAME, KEY(fence), KEY(wwait), VALUE, STR(ttl), STR(fencing);
+        STR(w->writer_waits ? w->lease_str : "");
         break;
     case S_FAIR:
-        ARG(k->name, k->namelen), ARG(k->fence, k->klen);
-        ARG(k->queue, k->klen), ARG(k->alive, k->klen);
-        ARG(k->value, k->vlen), ARG(l->lease.ttl_str, strlen(l->lease.ttl_str)), ARG(fencing, 1);
-        ARG(l->wait.queued ? "1" : "0", 1), ARG(l->wait.score_str, strlen(l->wait.score_str));
-        ARG(l->wait.lease_str, strlen(l->wait.lease_str));
+        NAME, KEY(fence), KEY(queue), KEY(alive), KEY(wwait);
+        VALUE, STR(ttl), STR(fencing), STR(w->queued ? "1" : "0"), STR(w->score_str);
+        STR(w->lease_str);
         break;
     case S_DEQUEUE:
     case S_DEQUEUE_SHARDED:
-        ARG(k->queue, k->klen), ARG(k->alive, k->klen), ARG(k->name, k->namelen);
-        ARG(k->value, k->vlen), waiter_prefix(l, id == S_DEQUEUE_SHARDED, kv + a, kl + a), a++;
+        KEY(queue), KEY(alive), NAME, VALUE, PREFIX;
         break;
     case S_RELEASE_FAIR:
     case S_RELEASE_FAIR_SHARDED:
-        ARG(k->name, k->namelen), ARG(k->queue, k->klen), ARG(k->alive, k->klen);
-        ARG(k->value, k->vlen), waiter_prefix(l, id == S_RELEASE_FAIR_SHARDED, kv + a, kl + a), a++;
+        NAME, KEY(queue), KEY(alive), VALUE, PREFIX;
         break;
     case S_RELEASE:
-        ARG(k->name, k->namelen), ARG(k->value, k->vlen), ARG(k->channel, k->chlen);
+        NAME, VALUE, ARG(k->channel, k->chlen);
         break;
     case S_RELEASE_SHARDED:
-        ARG(k->name, k->namelen), ARG(k->freed, k->klen), ARG(k->value, k->vlen);
+        NAME, KEY(freed), VALUE;
         break;
     case S_REFRESH:
-        ARG(k->name, k->namelen), ARG(k->value, k->vlen);
-        ARG(l->lease.ttl_str, strlen(l->lease.ttl_str)), ARG(l->op.repair ? "1" : "0", 1);
+        NAME, VALUE, STR(ttl), STR(repair);
         break;
     case S_RAISE:
-        ARG(k->fence, k->klen), ARG(l->op.tok_str, strlen(l->op.tok_str));
+        KEY(fence), STR(tok);
         break;
     case S_STATUS:
-        ARG(k->name, k->namelen), ARG(k->fence, k->klen);
+        NAME, KEY(fence);
+        break;
+    case S_SEM_ACQUIRE:
+        KEY(holds), KEY(token), KEY(limit), KEY(fence), KEY(queue), KEY(alive);
+        VALUE, STR(ttl), STR(fencing), STR(k->permits_str), STR(w->queued ? "1" : "0");
+        STR(w->score_str), STR(w->lease_str), STR(l->c->opts.fair ? "1" : "0");
+        break;
+    case S_SEM_RELEASE:
+    case S_SEM_RELEASE_SHARDED:
+        KEY(holds), KEY(token), KEY(limit), KEY(queue), KEY(alive), VALUE, PREFIX;
+        break;
+    case S_SEM_REFRESH:
+        KEY(holds), KEY(token), KEY(limit), VALUE, STR(ttl), STR(repair), STR(k->permits_str);
+        STR(tok);
+        break;
+    case S_SEM_DEQUEUE:
+    case S_SEM_DEQUEUE_SHARDED:
+        KEY(queue), KEY(alive), KEY(holds), KEY(limit), VALUE, PREFIX;
+        break;
+    case S_RD_ACQUIRE:
+        NAME, KEY(reads), KEY(token), KEY(fence), KEY(wwait), KEY(limit);
+        VALUE, STR(ttl), STR(fencing);
+        break;
+    case S_RD_RELEASE:
+        NAME, KEY(reads), KEY(token), KEY(queue), KEY(alive), VALUE, PREFIX;
+        ARG(k->channel, k->chlen);
+        break;
+    case S_RD_RELEASE_SHARDED:
+        NAME, KEY(reads), KEY(token), KEY(queue), KEY(alive), KEY(freed), VALUE, PREFIX;
+        break;
+    case S_RD_REFRESH:
+        NAME, KEY(reads), KEY(token), KEY(wwait), VALUE, STR(ttl), STR(repair), STR(tok);
+        break;
+    case S_LIST:
+        NAME, KEY(holds), KEY(reads), KEY(token), KEY(limit), KEY(fence);
+        break;
+    case S_WLEAVE:
+        KEY(wwait), VALUE;
         break;
     }
 #undef ARG
+#undef STR
+#undef KEY
+#undef NAME
+#undef VALUE
+#undef PREFIX
     return a;
 }
 
@@ -1066,17 +1137,45 @@ static const char *req_name(const redlock_client *c, int id)
     return scripts[id].name;
 }
 
-/* Node i's version of script id: on a cluster, wake-ups use shard
- * channels; in fair mode a release tells only the next waiter. */
-static int script_for(const redlock_client *c, size_t i, int id)
+/* A waiter of l hears of its turn on a channel of its own (fair mode,
+ * and a semaphore's waiters, whom a release tells one by one), else on
+ * the lock's release channel with the other waiters of its name. */
+static int listens_own(const redlock *l)
 {
+    return l->c->opts.fair || l->k.kind == LK_SEMAPHORE;
+}
+
+/* Node i's script for what l's operation does (verb: S_ACQUIRE, S_RELEASE,
+ * S_REFRESH, S_DEQUEUE, S_STATUS; any other id is itself): by the kind of
+ * handle; in fair mode; on a cluster, with wake-ups on shard channels. */
+static int script_for(const redlock *l, size_t i, int verb)
+{
+    const redlock_client *c = l->c;
     const cluster *cl = c->nodes[i].cl;
-    int sharded = cl && cl->sharded;
-    if (id == S_RELEASE && c->opts.fair)
-        return sharded ? S_RELEASE_FAIR_SHARDED : S_RELEASE_FAIR;
-    if (!sharded)
-        return id;
-    return id == S_RELEASE ? S_RELEASE_SHARDED : id == S_DEQUEUE ? S_DEQUEUE_SHARDED : id;
+    int sharded = cl && cl->sharded, kind = l->k.kind;
+    switch (verb) {
+    case S_ACQUIRE:
+        if (kind != LK_LOCK)
+            return kind == LK_SEMAPHORE ? S_SEM_ACQUIRE : S_RD_ACQUIRE;
+        return c->opts.fair ? S_FAIR : S_ACQUIRE;
+    case S_RELEASE:
+        if (kind == LK_SEMAPHORE)
+            return sharded ? S_SEM_RELEASE_SHARDED : S_SEM_RELEASE;
+        if (kind == LK_SHARED)
+            return sharded ? S_RD_RELEASE_SHARDED : S_RD_RELEASE;
+        if (c->opts.fair)
+            return sharded ? S_RELEASE_FAIR_SHARDED : S_RELEASE_FAIR;
+        return sharded ? S_RELEASE_SHARDED : S_RELEASE;
+    case S_REFRESH:
+        return kind == LK_SEMAPHORE ? S_SEM_REFRESH : kind == LK_SHARED ? S_RD_REFRESH : S_REFRESH;
+    case S_DEQUEUE:
+        if (kind == LK_SEMAPHORE)
+            return sharded ? S_SEM_DEQUEUE_SHARDED : S_SEM_DEQUEUE;
+        return sharded ? S_DEQUEUE_SHARDED : S_DEQUEUE;
+    case S_STATUS:
+        return kind == LK_LOCK ? S_STATUS : S_LIST;
+    }
+    return verb;
 }
 
 /* Queue EVALSHA (or EVAL) of script id for l on shard j of node i, or
@@ -1123,7 +1222,7 @@ static int queue_script(redlock *l, size_t i, size_t j, int id, int eval, void *
  * (the release of a cancelled acquire, leaving a fair queue). */
 static void queue_orphan(redlock *l, size_t i, int id)
 {
-    id = script_for(l->c, i, id);
+    id = script_for(l, i, id);
     queue_script(l, i, route(l->c, i, l->k.slot), id, 1, NULL, (uint32_t)id, 0);
 }
 
@@ -1273,7 +1372,9 @@ static int64_t young_ms(const redlock *l, size_t i)
 
 /* Send node i's request of the round: to the shard serving the lock's
  * slot, or after ASKING to shard `ask`; with wait_replicas, a WAIT right
- * behind a write on the same connection. */
+ * behind a write on the same connection. A request sent again (a cluster
+ * redirect or retry) waits no longer than the node's patience for the
+ * round, never a fresh io_timeout_ms of its own. */
 static int send_request(redlock *l, size_t i, int ask)
 {
     redlock_client *c = l->c;
@@ -1285,18 +1386,19 @@ static int send_request(redlock *l, size_t i, int ask)
     }
     size_t j = ask >= 0 ? (size_t)ask : route(c, i, l->k.slot);
     net_conn *conn = c->nodes[i].sh[j].cmd;
+    int64_t cap = nd->via.attempt && nd->route.until ? nd->route.until : l->op.cap;
     if (nd->via.id == S_ACQUIRE || nd->via.id == S_FAIR)
         age_ask(c, i, j);
     if (ask >= 0) {
         static const char *const asking[1] = {"ASKING"};
         static const size_t asking_len[1] = {6};
         net_tag none = {NULL, 0, 0};
-        if (net_conn_request(conn, 1, asking, asking_len, none, l->op.cap, c->now) != RESP_OK)
+        if (net_conn_request(conn, 1, asking, asking_len, none, cap, c->now) != RESP_OK)
             return REDLOCK_ERR_NOMEM;
     }
     nd->via.attempt++;
     int rc = queue_script(l, i, j, nd->via.id, nd->via.eval, l, KIND(nd->via.id, nd->via.attempt),
-                          l->op.cap);
+                          cap);
     if (rc != RESP_OK)
         return rc;
     nd->inflight++;
@@ -1308,7 +1410,7 @@ static int send_request(redlock *l, size_t i, int ask)
         size_t lens[3] = {4, (size_t)snprintf(num, sizeof num, "%d", c->opts.wait_replicas),
                           (size_t)snprintf(ms, sizeof ms, "%d", wait_ms > 0 ? wait_ms : 1)};
         net_tag tag = {l, l->op.seq, KIND(K_WAIT, nd->via.attempt)};
-        if (net_conn_request(conn, 3, argv, lens, tag, l->op.cap, c->now) != RESP_OK)
+        if (net_conn_request(conn, 3, argv, lens, tag, cap, c->now) != RESP_OK)
             return REDLOCK_ERR_NOMEM;
         nd->inflight++;
     }
@@ -1348,7 +1450,7 @@ static void round_start(redlock *l, int phase, int id, uint32_t mask, int64_t ca
             continue;
         nd->state = N_PENDING;
         nd->final = 0;
-        nd->via.id = (uint8_t)script_for(c, i, id);
+        nd->via.id = (uint8_t)script_for(l, i, id);
         nd->route.until = cap && cap < patience ? cap : patience;
         l->op.outstanding++;
         int rc = send_request(l, i, -1);
@@ -1401,6 +1503,24 @@ static void retry_due(redlock *l)
 
 /* ---- decoding a node's reply ---- */
 
+/* A counter sent as a bulk string (nil, or no digits: 0). */
+static uint64_t bulk_u64(const resp_reply *r)
+{
+    uint64_t v = 0;
+    for (size_t k = 0; r->type == RESP_BULK && k < r->len && k < 20; k++) {
+        unsigned d = (unsigned char)r->str[k] - (unsigned)'0';
+        if (d > 9)
+            break;
+        v = v * 10 + d;
+    }
+    return v;
+}
+
+static int is_value(const redlock *l, const char *s, size_t n)
+{
+    return n == l->k.vlen && memcmp(s, l->k.value, n) == 0;
+}
+
 /* STATUS: {value or nil, pttl, counter or nil}. */
 static int decode_status(nres *nd, const resp_reply *r, const redlock *l)
 {
@@ -1412,26 +1532,81 @@ static int decode_status(nres *nd, const resp_reply *r, const redlock *l)
     nd->ans.ours = 0;
     if (r[1].type == RESP_BULK) {
         nd->ans.vhash = hash_bytes(r[1].str, r[1].len);
-        nd->ans.ours = r[1].len == l->k.vlen && memcmp(r[1].str, l->k.value, l->k.vlen) == 0;
+        nd->ans.ours = (uint8_t)is_value(l, r[1].str, r[1].len);
     }
     nd->ans.code = r[2].integer;
-    nd->ans.val = 0;
-    if (r[3].type == RESP_BULK) {
-        uint64_t v = 0;
-        for (size_t k = 0; k < r[3].len && k < 20; k++) {
-            unsigned d = (unsigned char)r[3].str[k] - (unsigned)'0';
-            if (d > 9)
-                break;
-            v = v * 10 + d;
-        }
-        nd->ans.val = (long long)v;
+    nd->ans.val = (long long)bulk_u64(&r[3]);
+    return 0;
+}
+
+/* One holder listed by a node, into redlock_holders' list: counted once
+ * per node that lists it, with the least TTL and the highest token. */
+static void list_add(redlock *l, const char *v, size_t len, int shared, int64_t ttl,
+                     uint64_t fence)
+{
+    redlock_holder *o = l->op.list.out;
+    size_t cut = len < sizeof o->value - 1 ? len : sizeof o->value - 1;
+    for (size_t k = 0; o && k < l->op.list.n; k++, o++) {
+        if (o->shared != shared || strlen(o->value) != cut || memcmp(o->value, v, cut) != 0)
+            continue;
+        o->nodes++;
+        if (ttl >= 0 && (o->ttl_ms < 0 || ttl < o->ttl_ms))
+            o->ttl_ms = ttl;
+        if (fence > o->fence)
+            o->fence = fence;
+        return;
+    }
+    if (!o || l->op.list.n == l->op.list.cap)
+        return;
+    memcpy(o->value, v, cut);
+    o->value[cut] = '\0';
+    o->shared = shared;
+    o->ttl_ms = ttl;
+    o->fence = fence;
+    o->nodes = 1;
+    l->op.list.n++;
+}
+
+/* LIST: {exclusive holder or nil, its pttl, {value, ms left, token, ...},
+ * permit count or nil, counter or nil}: our lease left (-2: we hold
+ * nothing), the counter, how many hold it; each holder into the list of
+ * redlock_holders when one is asked for. */
+static int decode_list(nres *nd, const resp_reply *r, redlock *l)
+{
+    const resp_reply *holder = r + 1, *pttl = r + 2, *set = r + 3;
+    if (r->type != RESP_ARRAY || r->n != 5 || (holder->type != RESP_BULK &&
+        holder->type != RESP_NIL) || pttl->type != RESP_INTEGER || set->type != RESP_ARRAY ||
+        set->n % 3 != 0)
+        return -1;
+    const resp_reply *limit = set + set->span, *counter = limit + limit->span;
+    if ((limit->type != RESP_BULK && limit->type != RESP_NIL) ||
+        (counter->type != RESP_BULK && counter->type != RESP_NIL))
+        return -1;
+    for (const resp_reply *e = set + 1; e < limit; e += 3)
+        if (e[0].type != RESP_BULK || e[1].type != RESP_INTEGER || e[2].type != RESP_INTEGER)
+            return -1;
+    nd->ans.val = (long long)bulk_u64(counter);
+    nd->ans.code = -2;
+    nd->ans.ours = 0;
+    nd->ans.count = set->n / 3;
+    if (holder->type == RESP_BULK && !(holder->len == sizeof READERS_MARK - 1 &&
+                                       memcmp(holder->str, READERS_MARK, holder->len) == 0)) {
+        nd->ans.count++;
+        list_add(l, holder->str, holder->len, 0, pttl->integer, (uint64_t)nd->ans.val);
+        if (is_value(l, holder->str, holder->len))
+            nd->ans.ours = 1, nd->ans.code = pttl->integer;
+    }
+    for (const resp_reply *e = set + 1; e < limit; e += 3) {
+        list_add(l, e[0].str, e[0].len, 1, e[1].integer, (uint64_t)e[2].integer);
+        if (is_value(l, e[0].str, e[0].len))
+            nd->ans.ours = 1, nd->ans.code = e[1].integer;
     }
     return 0;
 }
 
 /* One decoder per reply shape: an integer, a pair of integers, the fair
  * probe's head of the line, STATUS. */
-static int decode(nres *nd, int shape, const resp_reply *r, const redlock *l)
+static int decode(nres *nd, int shape, const resp_reply *r, redlock *l)
 {
     switch (shape) {
     case R_INT:
@@ -1450,12 +1625,11 @@ static int decode(nres *nd, int shape, const resp_reply *r, const redlock *l)
     case R_HEAD: /* the fair probe as PTTL would say it: -2 we may go, -1 another is first */
         if (r->type != RESP_ARRAY || r->n > 1 || (r->n == 1 && r[1].type != RESP_BULK))
             return -1;
-        nd->ans.code = r->n == 1 && !(r[1].len == l->k.vlen &&
-                                      memcmp(r[1].str, l->k.value, l->k.vlen) == 0)
-                           ? -1
-                           : -2;
+        nd->ans.code = r->n == 1 && !is_value(l, r[1].str, r[1].len) ? -1 : -2;
         nd->ans.val = 0;
         return 0;
+    case R_LIST:
+        return decode_list(nd, r, l);
     }
     return decode_status(nd, r, l);
 }
@@ -2959,12 +3133,14 @@ static void chan_leave(redlock *l)
 }
 
 /* A release was published on ch (or a local unlock happened): the first
- * local waiter tries (fair mode: a waiter's own channel has only it). */
+ * local waiter tries; the others would only lose the race to it. A
+ * waiter's own channel (fair mode, semaphores) tells just it: all its
+ * waiters (one, unless handles share a value) try. */
 static void chan_wake(redlock_client *c, chan *ch)
 {
-    if (!c->opts.fair) {
-        if (ch->head)
-            waiter_woken(ch->head);
+    (void)c;
+    if (ch->head && !listens_own(ch->head)) {
+        waiter_woken(ch->head);
         return;
     }
     for (redlock *w = ch->head, *next; w; w = next) {
@@ -3115,6 +3291,7 @@ static void on_push(redlock_client *c, size_t i, size_t j, const resp_reply *r)
  *   REFRESH        refresh_judge    retry_due; keepalive: lease end, lost
  *   REPAIR         repaired         retry_due; (the same)
  *   STATUS         inspect_judge    retry_due                   -
+ *   LIST           holders_judge    retry_due                   -
  *   NONE (held)    -                keepalive_fire              -
  *
  * Acquire (trylock, and each try of redlock_lock) sends one script to
@@ -3135,6 +3312,7 @@ static void unlock_judge(redlock *l);
 static void refresh_judge(redlock *l);
 static void repaired(redlock *l);
 static void inspect_judge(redlock *l);
+static void holders_judge(redlock *l);
 static void try_now(redlock *l);
 static void keepalive_arm(redlock *l);
 static void keepalive_fire(redlock *l);
@@ -3148,6 +3326,7 @@ static void (*const round_ended[PH_COUNT])(redlock *) = {
     [PH_PROBE] = probe_judge,           [PH_DEQUEUE] = dequeued,
     [PH_RELEASE] = unlock_judge,        [PH_REFRESH] = refresh_judge,
     [PH_REPAIR] = repaired,             [PH_STATUS] = inspect_judge,
+    [PH_LIST] = holders_judge,
 };
 
 /* l's round has ended (every node answered or failed): judge it and move on. */
@@ -3254,7 +3433,7 @@ static void acquire_start(redlock *l)
     l->wait.woken = 0;
     for (size_t i = 0; i < c->n; i++)
         l->res[i].hold.acq = l->res[i].hold.landed = 0;
-    round_start(l, PH_ACQUIRE, c->opts.fair ? S_FAIR : S_ACQUIRE, all_nodes(c),
+    round_start(l, PH_ACQUIRE, S_ACQUIRE, all_nodes(c),
                 l->op.t0 + ms_ns(l->lease.ttl));
 }
 
@@ -3322,28 +3501,46 @@ static void acquire_won(redlock *l)
                                1});
 }
 
+/* Why one node refused an acquire (its answer's code), for a message. */
+static void busy_reason(const redlock *l, long long code, int64_t pttl, char *buf, size_t len)
+{
+    char nm[64];
+    const char *n = shown(l, nm, sizeof nm);
+    if (code == 5)
+        snprintf(buf, len, "readers hold lock '%s' (for %lld ms more)", n, (long long)pttl);
+    else if (code == 4)
+        snprintf(buf, len, "a writer waits for '%s': new readers wait behind it (writer "
+                           "preference)", n);
+    else if (l->k.kind == LK_SEMAPHORE && code == 3)
+        snprintf(buf, len, "semaphore '%s' has a free permit, but waiters are first in line", n);
+    else if (l->k.kind == LK_SEMAPHORE)
+        snprintf(buf, len, "all %" PRIu32 " permits of semaphore '%s' are held (the first "
+                           "lease ends in %lld ms)", l->k.permits, n, (long long)pttl);
+    else if (code == 3)
+        snprintf(buf, len, "lock '%s' is free, but another waiter is first in line (fair mode)", n);
+    else
+        snprintf(buf, len, "lock '%s' is held by %s (expires in %lld ms)", n,
+                 l->k.kind == LK_SHARED ? "a writer" : "another owner", (long long)pttl);
+}
+
 /* Someone else holds it (fair mode: or a waiter is first in line; the
  * restart guard: or a node that gave it is too young to count). */
 static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, size_t young,
                         int64_t pttl)
 {
     redlock_client *c = l->c;
-    char nm[64], q[96] = "", y[128] = "";
+    char nm[64], q[96] = "", y[128] = "", why[200];
     if (c->n == 1 && young)
         return lerr(l, REDLOCK_NOT_ACQUIRED,
                     "lock '%s': the node restarted less than one lease ago and may have "
                     "forgotten a lock it granted: its yes counts in %lld ms (restart guard)",
                     shown(l, nm, sizeof nm), (long long)pttl);
-    if (c->n == 1 && queued)
-        return lerr(l, REDLOCK_NOT_ACQUIRED,
-                    "lock '%s' is free, but another waiter is first in line (fair mode)",
-                    shown(l, nm, sizeof nm));
-    if (c->n == 1)
-        return lerr(l, REDLOCK_NOT_ACQUIRED,
-                    "lock '%s' is held by another owner (expires in %lld ms)",
-                    shown(l, nm, sizeof nm), (long long)pttl);
+    if (c->n == 1) {
+        busy_reason(l, l->res[0].ans.code, pttl, why, sizeof why);
+        return lerr(l, REDLOCK_NOT_ACQUIRED, "%s", why);
+    }
     if (queued)
-        snprintf(q, sizeof q, " (on %zu of them free, but another waiter is first in line)", queued);
+        snprintf(q, sizeof q, " (on %zu of them free, but others are first in line)", queued);
     if (young)
         snprintf(y, sizeof y,
                  " (%zu of them gave it but restarted less than one lease ago: restart guard)",
@@ -3353,6 +3550,22 @@ static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, size
                 "failed (quorum %zu)",
                 shown(l, nm, sizeof nm), acq, c->n, held, q, y, count_nodes(l->res, c->n).err,
                 c->quorum);
+}
+
+/* A node says the name is another kind of thing than this handle: a
+ * semaphore of another permit count, or a semaphore where a read-write
+ * lock was asked for. The caller's mistake: REDLOCK_ERR_ARG, not retried. */
+static void wrong_kind(redlock *l, size_t i, long long code, long long stored)
+{
+    char nm[64];
+    if (code == -2)
+        node_error(l, i, REDLOCK_ERR_ARG, 0,
+                   "%s: semaphore '%s' has %lld permits; this handle asks for %" PRIu32,
+                   node_desc(l->c, i), shown(l, nm, sizeof nm), stored, l->k.permits);
+    else
+        node_error(l, i, REDLOCK_ERR_ARG, 0,
+                   "%s: '%s' is a semaphore of %lld permits, not a read-write lock",
+                   node_desc(l->c, i), shown(l, nm, sizeof nm), stored);
 }
 
 /* Every node answered the acquire (or failed): judge. */
@@ -3381,11 +3594,16 @@ static void acquire_judge(redlock *l)
             young++;
             if (pttl < 0 || nd->ans.young < pttl)
                 pttl = nd->ans.young;
-        } else if (nd->ans.code == 0 || nd->ans.code == 3) {
+        } else if (nd->ans.code == 0 || nd->ans.code == 3 || nd->ans.code == 4 ||
+                   nd->ans.code == 5) {
             held++;
-            queued += nd->ans.code == 3;
+            queued += nd->ans.code == 3 || nd->ans.code == 4;
+            if (nd->ans.code == 5 && l->op.kind == OP_LOCK)
+                l->wait.writer_waits = 1; /* readers hold it: wait as a writer */
             if (nd->ans.val > 0 && (pttl < 0 || nd->ans.val < pttl))
                 pttl = nd->ans.val;
+        } else if (nd->ans.code == -2 || nd->ans.code == -3) {
+            wrong_kind(l, i, nd->ans.code, nd->ans.val);
         } else {
             node_error(l, i, REDLOCK_ERR_PROTOCOL, 0, "%s: acquire script answered %lld",
                        node_desc(c, i), nd->ans.code);
@@ -3455,7 +3673,12 @@ static void lock_begin(redlock *l, uint32_t wait_ms)
     l->wait.probed = 0;
     l->wait.last = REDLOCK_NOT_ACQUIRED;
     l->wait.queued = 0;
-    if (c->opts.fair)
+    l->wait.writer_waits = 0;
+    /* how long a place in line, or among the writers waiting, lasts: the
+     * waiter renews it on every try, at least every retry_max_ms */
+    snprintf(l->wait.lease_str, sizeof l->wait.lease_str, "%d",
+             2 * c->opts.retry_max_ms + c->opts.io_timeout_ms);
+    if (listens_own(l))
         fair_join(l);
     acquire_start(l);
 }
@@ -3463,8 +3686,12 @@ static void lock_begin(redlock *l, uint32_t wait_ms)
 static void lock_end(redlock *l, int rc)
 {
     chan_leave(l);
-    uint32_t m = l->c->opts.fair ? fair_leave_mask(l, rc) : 0;
+    uint32_t m = l->wait.queued ? fair_leave_mask(l, rc) : 0;
+    if (l->wait.writer_waits && rc != REDLOCK_OK)
+        for (size_t i = 0; i < l->c->n; i++)
+            queue_orphan(l, i, S_WLEAVE); /* no longer waiting among the writers */
     l->wait.queued = 0;
+    l->wait.writer_waits = 0;
     if (!m) {
         finish(l, rc);
         return;
@@ -3489,7 +3716,7 @@ static void lock_sleep(redlock *l, int rc)
         try_now(l); /* a release came while we tried */
         return;
     }
-    if (!c->opts.fair && rc == REDLOCK_NOT_ACQUIRED && w->ch && w->ch->head != l) {
+    if (!listens_own(l) && rc == REDLOCK_NOT_ACQUIRED && w->ch && w->ch->head != l) {
         l->op.phase = PH_PARKED;
         timer_set(l, w->deadline);
         return;
@@ -3546,6 +3773,10 @@ static void subscribed(redlock *l)
     timer_clear(l);
     if (!l->wait.probed && l->wait.ch && chan_any_on(c, l->wait.ch)) {
         l->wait.probed = 1;
+        if (l->k.kind != LK_LOCK) { /* no plain read tells a permit or a read hold: try */
+            try_now(l);
+            return;
+        }
         round_start(l, PH_PROBE, S_PROBE, all_nodes(c), l->wait.deadline);
         return;
     }
@@ -3595,7 +3826,7 @@ static void try_now(redlock *l)
  * need it (the server picks). A try in flight tries again if it fails. */
 static void waiter_woken(redlock *l)
 {
-    if (l->op.phase == PH_SLEEP && !l->wait.gave_way && !l->c->opts.fair &&
+    if (l->op.phase == PH_SLEEP && !l->wait.gave_way && !listens_own(l) &&
         l->op.kind == OP_LOCK) {
         int64_t d = l->wait.rtt / 2;
         if (d < 50000)
@@ -3633,11 +3864,11 @@ static void waiter_settled(redlock *l)
  * one, on its own channel. What differs from the default mode is here and
  * in the scripts; the rest asks opts.fair where it must choose. */
 
-/* Our place in line. One node orders waiters by its own clock, when each
- * joined. A quorum needs the same order on every node (else each could
- * favour another waiter and no one would win a majority): the wall-clock
- * ms when we began to wait. A waiter renews its lease on every try, at
- * least every retry_max_ms. */
+/* Our place in line. One node orders waiters by its own clock (us), when
+ * each joined. A quorum needs the same order on every node (else each
+ * could favour another waiter and no one would win a majority): the
+ * wall-clock us when we began to wait. A waiter renews its lease on every
+ * try, at least every retry_max_ms. */
 static void fair_join(redlock *l)
 {
     redlock_client *c = l->c;
@@ -3646,10 +3877,8 @@ static void fair_join(redlock *l)
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         snprintf(l->wait.score_str, sizeof l->wait.score_str, "%lld",
-                 (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+                 (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
     }
-    snprintf(l->wait.lease_str, sizeof l->wait.lease_str, "%d",
-             2 * c->opts.retry_max_ms + c->opts.io_timeout_ms);
     l->wait.queued = 1;
 }
 
@@ -3671,7 +3900,7 @@ static uint32_t fair_leave_mask(const redlock *l, int rc)
  * lease is twice that), and keeps the server quiet. */
 static int fair_told_in_turn(const redlock *l, int rc)
 {
-    return l->c->opts.fair && rc == REDLOCK_NOT_ACQUIRED && l->wait.ch &&
+    return listens_own(l) && rc == REDLOCK_NOT_ACQUIRED && l->wait.ch &&
            chan_any_on(l->c, l->wait.ch);
 }
 
@@ -3834,6 +4063,30 @@ static void repaired(redlock *l)
     refresh_over(l, REDLOCK_OK);
 }
 
+/* A semaphore's or a read-write lock's inspect (from LIST): held when a
+ * quorum lists holders; ours when a quorum lists us, with our least lease. */
+static void inspect_shared(redlock *l, redlock_info *info)
+{
+    size_t held = 0, ours = 0;
+    int64_t ttl = -1;
+    for (size_t i = 0; i < l->c->n; i++) {
+        const nres *a = &l->res[i];
+        if (a->state != N_OK)
+            continue;
+        if ((uint64_t)a->ans.val > info->fence)
+            info->fence = (uint64_t)a->ans.val;
+        held += a->ans.count > 0;
+        if (!a->ans.ours)
+            continue;
+        ours++;
+        if (ttl < 0 || a->ans.code < ttl)
+            ttl = a->ans.code;
+    }
+    info->held = held >= l->c->quorum;
+    info->ours = ours >= l->c->quorum;
+    info->ttl_ms = info->ours ? ttl : -1;
+}
+
 static void inspect_judge(redlock *l)
 {
     redlock_client *c = l->c;
@@ -3841,6 +4094,11 @@ static void inspect_judge(redlock *l)
     tally t = count_nodes(l->res, c->n);
     if (t.ok < c->quorum) {
         finish(l, fail_nodes(l, "inspect", t));
+        return;
+    }
+    if (l->k.kind != LK_LOCK) {
+        inspect_shared(l, info);
+        finish(l, REDLOCK_OK);
         return;
     }
     for (size_t i = 0; i < c->n; i++) {
@@ -3867,6 +4125,23 @@ static void inspect_judge(redlock *l)
             info->ttl_ms = ttl;
         }
     }
+    finish(l, REDLOCK_OK);
+}
+
+/* redlock_holders: keep the holders a quorum of nodes listed. */
+static void holders_judge(redlock *l)
+{
+    redlock_client *c = l->c;
+    tally t = count_nodes(l->res, c->n);
+    if (t.ok < c->quorum) {
+        finish(l, fail_nodes(l, "list", t));
+        return;
+    }
+    size_t kept = 0;
+    for (size_t k = 0; k < l->op.list.n; k++)
+        if (l->op.list.out[k].nodes >= c->quorum)
+            l->op.list.out[kept++] = l->op.list.out[k];
+    l->op.list.n = kept;
     finish(l, REDLOCK_OK);
 }
 
@@ -4000,8 +4275,12 @@ static void op_cancel(redlock *l)
                 queue_orphan(l, i, S_RELEASE);
         lease_drop(l);
     }
-    if (l->op.kind == OP_LOCK && c->opts.fair)
+    if (l->op.kind == OP_LOCK && l->wait.queued)
         fair_cancel(l);
+    if (l->op.kind == OP_LOCK && l->wait.writer_waits)
+        for (size_t i = 0; i < c->n; i++)
+            queue_orphan(l, i, S_WLEAVE);
+    l->wait.writer_waits = 0;
     if (l->op.kind == OP_UNLOCK)
         lease_drop(l);
     l->wait.queued = 0;
@@ -4312,9 +4591,11 @@ static int has_hash_tag(const char *s, size_t n)
  * returns the end. */
 static char *layout_keys(lock_keys *k, char *p, const char *name, size_t namelen)
 {
-    static const char suffix[4][SUFFIX_LEN + 1] = {SUFFIX_FENCE, SUFFIX_QUEUE, SUFFIX_ALIVE,
-                                                   SUFFIX_FREED};
-    const char **dst[4] = {&k->fence, &k->queue, &k->alive, &k->freed};
+    static const char suffix[NKEYS][SUFFIX_LEN + 1] = {
+        SUFFIX_FENCE, SUFFIX_QUEUE, SUFFIX_ALIVE, SUFFIX_FREED, SUFFIX_HOLDS,
+        SUFFIX_READS, SUFFIX_TOKEN, SUFFIX_LIMIT, SUFFIX_WWAIT};
+    const char **dst[NKEYS] = {&k->fence, &k->queue, &k->alive, &k->freed, &k->holds,
+                               &k->reads, &k->token, &k->limit, &k->wwait};
     int tag = has_hash_tag(name, namelen);
     k->name = p;
     k->namelen = namelen;
@@ -4323,7 +4604,7 @@ static char *layout_keys(lock_keys *k, char *p, const char *name, size_t namelen
     p[namelen] = '\0';
     p += namelen + 1;
     k->klen = namelen + (tag ? 1 : 3) + SUFFIX_LEN;
-    for (int s = 0; s < 4; s++) {
+    for (int s = 0; s < NKEYS; s++) {
         *dst[s] = p;
         if (tag) {
             memcpy(p, name, namelen);
@@ -4375,6 +4656,10 @@ static int check_new_args(redlock_client *c, const char *name, size_t namelen, c
                     REDLOCK_MIN_TTL_MS, ttl_ms);
     if (value && (value[0] == '\0' || strlen(value) > MAX_VALUE))
         return cerr(c, REDLOCK_ERR_ARG, "lock value must be 1 to %d bytes", MAX_VALUE);
+    if (value && strcmp(value, READERS_MARK) == 0)
+        return cerr(c, REDLOCK_ERR_ARG,
+                    "lock value '" READERS_MARK "' is what a read-write lock's key holds while "
+                    "readers hold it: choose another");
     if (has_cluster(c) && !has_hash_tag(name, namelen) && memchr(name, '}', namelen))
         return cerr(c, REDLOCK_ERR_ARG,
                     "on Redis Cluster a lock name with '}' needs a {hash tag}: no other key "
@@ -4403,8 +4688,9 @@ static char *put_joined(char *p, const char *prefix, size_t plen, const char *va
     return p + plen + 1 + vlen + 1;
 }
 
-int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
-                    const char *value, uint32_t ttl_ms)
+/* A handle of this kind on name (the three constructors). */
+static int new_handle(redlock **out, redlock_client *c, const char *name, size_t namelen,
+                      const char *value, uint32_t ttl_ms, int kind, uint32_t permits)
 {
     char token[33];
     if (!out)
@@ -4421,11 +4707,11 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
         value = token;
     }
     /* one block: the lock, its per-node results, then its strings: the
-     * name, four {NAME}:SUFFIX keys, redlock:NAME, the value, and the two
-     * own channels of fair mode */
+     * name, the {NAME}:SUFFIX keys, redlock:NAME, the value, and the two
+     * own channels of a waiter that listens on its own */
     size_t vlen = strlen(value);
     size_t klen = namelen + 3 + SUFFIX_LEN, chlen = CHAN_PREFIX_LEN + namelen;
-    size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + 4 * (klen + 1) +
+    size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + NKEYS * (klen + 1) +
                    chlen + 1 + vlen + 1 + (chlen + 1 + vlen + 1) + (klen + 1 + vlen + 1);
     redlock *l = resp_alloc(total);
     if (!l)
@@ -4433,6 +4719,9 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
     memset(l, 0, sizeof *l + c->n * sizeof(nres));
     l->c = c;
     lock_keys *k = &l->k;
+    k->kind = (uint8_t)kind;
+    k->permits = permits;
+    snprintf(k->permits_str, sizeof k->permits_str, "%" PRIu32, permits);
     char *p = layout_keys(k, (char *)(l->res + c->n), name, namelen);
     k->value = p;
     k->vlen = vlen;
@@ -4441,7 +4730,7 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
     k->own = p;
     k->own_s = p = put_joined(p, k->channel, k->chlen, value, vlen);
     put_joined(p, k->freed, k->klen, value, vlen);
-    int own = c->opts.fair;
+    int own = listens_own(l);
     l->listen.name = own ? k->own : k->channel;
     l->listen.len = own ? k->chlen + 1 + vlen : k->chlen;
     l->listen.sname = own ? k->own_s : k->freed;
@@ -4459,6 +4748,30 @@ int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t n
     return REDLOCK_OK;
 }
 
+int redlock_new_len(redlock **out, redlock_client *c, const char *name, size_t namelen,
+                    const char *value, uint32_t ttl_ms)
+{
+    return new_handle(out, c, name, namelen, value, ttl_ms, LK_LOCK, 0);
+}
+
+int redlock_new_semaphore(redlock **out, redlock_client *c, const char *name, uint32_t permits,
+                          const char *value, uint32_t ttl_ms)
+{
+    if (c && out && (permits == 0 || permits > REDLOCK_MAX_PERMITS)) {
+        *out = NULL;
+        return cerr(c, REDLOCK_ERR_ARG, "a semaphore has 1 to %d permits (got %" PRIu32 ")",
+                    REDLOCK_MAX_PERMITS, permits);
+    }
+    return new_handle(out, c, name, name ? strlen(name) : 0, value, ttl_ms, LK_SEMAPHORE,
+                      permits);
+}
+
+int redlock_new_shared(redlock **out, redlock_client *c, const char *name, const char *value,
+                       uint32_t ttl_ms)
+{
+    return new_handle(out, c, name, name ? strlen(name) : 0, value, ttl_ms, LK_SHARED, 0);
+}
+
 void redlock_free(redlock *l)
 {
     if (!l)
@@ -4474,7 +4787,7 @@ void redlock_free(redlock *l)
         ready_remove(l);
         done_remove(l);
         chan_leave(l);
-        if (c->opts.fair)
+        if (listens_own(l))
             fair_drop_own(l);
         if (l->link.prev)
             l->link.prev->link.next = l->link.next;
@@ -4701,6 +5014,26 @@ int redlock_inspect(redlock *l, redlock_info *info)
     round_start(l, PH_STATUS, S_STATUS, all_nodes(l->c), 0);
     rc = run_blocking(l);
     l->op.info = NULL;
+    return rc;
+}
+
+int redlock_holders(redlock *l, redlock_holder *out, size_t cap, size_t *count)
+{
+    if (count)
+        *count = 0;
+    if (l && !out && cap)
+        return call_refused(l, REDLOCK_ERR_ARG, "out is NULL, cap %zu", cap);
+    int rc = op_begin(l, OP_INSPECT, 1);
+    if (rc != REDLOCK_OK)
+        return rc;
+    l->op.list.out = out;
+    l->op.list.cap = out ? cap : 0;
+    l->op.list.n = 0;
+    round_start(l, PH_LIST, S_LIST, all_nodes(l->c), 0);
+    rc = run_blocking(l);
+    if (count && rc == REDLOCK_OK)
+        *count = l->op.list.n;
+    l->op.list.out = NULL;
     return rc;
 }
 

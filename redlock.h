@@ -288,6 +288,61 @@ typedef struct redlock_info {
  * answer. */
 REDLOCK_API int redlock_inspect(redlock *l, redlock_info *info);
 
+/* ---- counting semaphores and read-write locks -------------------------------------------
+ * Handles made here take every lock call above and below (trylock, lock,
+ * unlock, refresh, inspect, keepalive, the redlock_start_* calls, fence,
+ * validity), on one node, a quorum (a permit or a read hold is held when
+ * a majority granted it; validity as for a lock), or a cluster member.
+ * Leases run by the server's clock (TIME inside the scripts): a client
+ * whose wall clock is off changes nothing. Each holder has its own lease,
+ * and the holder set expires as a whole after the longest one. Every grant
+ * gets a fencing token from the name's counter, strictly increasing across
+ * grants as for locks. Keys live in the name's hash slot ({NAME}:holds,
+ * {NAME}:reads, {NAME}:token, {NAME}:limit, {NAME}:wwait; see
+ * docs/semaphores.md).
+ */
+
+/* The most permits a semaphore may have. */
+#define REDLOCK_MAX_PERMITS 65536
+
+/* A handle on one of `permits` (1 to REDLOCK_MAX_PERMITS) permits of the
+ * counting semaphore name: up to `permits` holders at once, each with its
+ * own lease of ttl_ms; a holder that dies frees its permit when its lease
+ * ends. The count is stored with the semaphore while it has holders: an
+ * acquire asking for another count fails with REDLOCK_ERR_ARG, both
+ * numbers in errstr. Waiters are woken one per permit freed (with fair = 1
+ * in the order they began to wait). name, value and ttl_ms as for
+ * redlock_new; REDLOCK_ERR_ARG also for 0 or too many permits. */
+REDLOCK_API int redlock_new_semaphore(redlock **out, redlock_client *c, const char *name,
+                                      uint32_t permits, const char *value, uint32_t ttl_ms);
+/* A shared (reader) hold on name's read-write lock. The writer is the
+ * ordinary exclusive lock of the same name (redlock_new): a writer excludes
+ * readers and other writers, readers exclude writers only. A writer that
+ * waits (redlock_lock) keeps new readers out until it got the lock, with a
+ * lease on its place, so readers never starve a writer and a dead writer
+ * blocks readers no longer than that lease (2 x retry_max_ms +
+ * io_timeout_ms). While readers hold the lock, its key holds
+ * "redlock:readers" (no owner value may be that), so any other client's
+ * SET NX sees it held. A name used as a semaphore is refused
+ * (REDLOCK_ERR_ARG). Arguments as for redlock_new. */
+REDLOCK_API int redlock_new_shared(redlock **out, redlock_client *c, const char *name,
+                                   const char *value, uint32_t ttl_ms);
+
+/* One holder of a name, as redlock_holders lists it. */
+typedef struct redlock_holder {
+    char value[80];  /* its owner value (cut to fit; NUL-terminated)           */
+    int shared;      /* 1: a semaphore permit or a reader; 0: the exclusive holder */
+    int64_t ttl_ms;  /* its lease left (least over the nodes); -1: no expiry     */
+    uint64_t fence;  /* its fencing token (0 when unknown)                      */
+    unsigned nodes;  /* how many nodes list it                                  */
+} redlock_holder;
+/* Who holds l's name now, changing nothing, in one round trip: the
+ * exclusive holder, or the readers, or the semaphore's permit holders,
+ * each listed by a quorum of nodes (64 at most per node; values cut to
+ * fit). Fills out[0..cap) and *count (if not NULL) with how many were
+ * found (at most cap). REDLOCK_OK; errors as for redlock_inspect. */
+REDLOCK_API int redlock_holders(redlock *l, redlock_holder *out, size_t cap, size_t *count);
+
 /* ---- the lease ------------------------------------------------------------------------ */
 
 /* Fencing token of the last successful acquire (0 if none or fencing off).

@@ -15,6 +15,16 @@
 #include <stddef.h>
 #include <string.h>
 
+/* The server's clock in ms, as `now` (a script may read TIME before it
+ * writes: its effects are replicated, not the script). */
+#define NOW_MS(ind) \
+    ind "local tm = redis.call('TIME')\n" \
+    ind "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+/* What a read-write lock's key holds while readers hold it (and nothing
+ * else may: redlock_new refuses it as an owner value). Writers, ours and
+ * any other client's SET NX, see the lock held. */
+#define READERS_MARK "redlock:readers"
+
 /* The next fencing token from the counter `fence`. A missing counter (the
  * node lost its data: a restart without persistence, eviction, FLUSHALL)
  * first starts from the server's clock in microseconds since the epoch
@@ -30,10 +40,14 @@
     ind "token = redis.call('INCR', fence)\n"
 static const char ACQUIRE_LUA[] =
     "-- acquire: take the lock if it is free; if it is ours already, reset its TTL\n"
-    "-- KEYS: lock, fence counter   ARGV: owner value, ttl ms, fencing '1'/'0'\n"
+    "-- KEYS: lock, fence counter, writers waiting (read-write locks: ZSET by\n"
+    "--       place expiry, server ms)\n"
+    "-- ARGV: owner value, ttl ms, fencing '1'/'0', place lease ms ('': none)\n"
     "-- {1, token}: taken   {2, token}: ours already   {0, pttl}: another owner\n"
-    "local lock, fence = KEYS[1], KEYS[2]\n"
-    "local value, ttl, fencing = ARGV[1], ARGV[2], ARGV[3] == '1'\n"
+    "-- {5, pttl}: readers hold it; with a place lease we wait as a writer, and\n"
+    "-- new readers wait behind us\n"
+    "local lock, fence, writers = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local value, ttl, fencing, place = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]\n"
     "local holder = redis.call('GET', lock)\n"
     "if holder == value then\n"
     "  -- a retry after a lost reply, or the same owner again: same token\n"
@@ -42,8 +56,17 @@ static const char ACQUIRE_LUA[] =
     "  if fencing then token = tonumber(redis.call('GET', fence) or 0) end\n"
     "  return {2, token}\n"
     "end\n"
+    "if holder == '" READERS_MARK "' then\n"
+    "  if place ~= '' then\n"
+    NOW_MS("    ")
+    "    redis.call('ZADD', writers, now + tonumber(place), value)\n"
+    "    redis.call('PEXPIRE', writers, tonumber(place) * 2)\n"
+    "  end\n"
+    "  return {5, redis.call('PTTL', lock)}\n"
+    "end\n"
     "if holder then return {0, redis.call('PTTL', lock)} end\n"
     "redis.call('SET', lock, value, 'PX', ttl)\n"
+    "if place ~= '' then redis.call('ZREM', writers, value) end\n"
     "local token = 0\n"
     "if fencing then\n"
     NEXT_TOKEN("  ")
@@ -52,12 +75,14 @@ static const char ACQUIRE_LUA[] =
 static const char FAIR_LUA[] =
     "-- fair acquire: as acquire, but a free lock goes to the first in line\n"
     "-- KEYS: lock, fence counter, queue (ZSET of waiting values by arrival),\n"
-    "--       alive (ZSET of waiters' lease expiry, node ms)\n"
+    "--       alive (ZSET of waiters' lease expiry, node ms), writers waiting\n"
     "-- ARGV: owner value, ttl ms, fencing '1'/'0', enqueue '1'/'0',\n"
-    "--       queue score ('' : the node's clock), lease ms\n"
+    "--       queue score ('' : the node's clock, us), lease ms\n"
     "-- {1, token} taken  {2, token} ours already  {0, pttl} another owner\n"
     "-- {3, ms} free, but another waiter is first (ms: that waiter's lease left)\n"
+    "-- {5, pttl} readers hold it (in line, we wait as a writer: see acquire)\n"
     "local lock, fence, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
+    "local writers = KEYS[5]\n"
     "local value, ttl, fencing = ARGV[1], ARGV[2], ARGV[3] == '1'\n"
     "local enqueue, score, lease = ARGV[4] == '1', ARGV[5], tonumber(ARGV[6])\n"
     "local holder = redis.call('GET', lock)\n"
@@ -69,8 +94,7 @@ static const char FAIR_LUA[] =
     "  if fencing then token = tonumber(redis.call('GET', fence) or 0) end\n"
     "  return {2, token}\n"
     "end\n"
-    "local tm = redis.call('TIME')\n"
-    "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    NOW_MS("")
     "-- waiters that stopped renewing their lease leave the line\n"
     "local dead = redis.call('ZRANGEBYSCORE', alive, '-inf', now, 'LIMIT', 0, 64)\n"
     "for _, w in ipairs(dead) do\n"
@@ -80,6 +104,13 @@ static const char FAIR_LUA[] =
     "local code, left = 0, 0\n"
     "if holder then\n"
     "  left = redis.call('PTTL', lock)\n"
+    "  if holder == '" READERS_MARK "' then\n"
+    "    code = 5\n"
+    "    if enqueue then\n"
+    "      redis.call('ZADD', writers, now + lease, value)\n"
+    "      redis.call('PEXPIRE', writers, lease * 2)\n"
+    "    end\n"
+    "  end\n"
     "else\n"
     "  -- the head of the line, skipping entries whose lease is gone\n"
     "  local head, expiry\n"
@@ -94,6 +125,7 @@ static const char FAIR_LUA[] =
     "    redis.call('SET', lock, value, 'PX', ttl)\n"
     "    redis.call('ZREM', queue, value)\n"
     "    redis.call('ZREM', alive, value)\n"
+    "    if enqueue then redis.call('ZREM', writers, value) end\n"
     "    local token = 0\n"
     "    if fencing then\n"
     NEXT_TOKEN("      ")
@@ -104,7 +136,7 @@ static const char FAIR_LUA[] =
     "end\n"
     "if enqueue then\n"
     "  -- join the line (keeping an earlier place) and renew the lease\n"
-    "  if score == '' then score = now end\n"
+    "  if score == '' then score = tonumber(tm[1]) * 1000000 + tonumber(tm[2]) end\n"
     "  redis.call('ZADD', queue, 'NX', score, value)\n"
     "  redis.call('ZADD', alive, now + lease, value)\n"
     "  redis.call('PEXPIRE', queue, lease * 2)\n"
@@ -113,9 +145,7 @@ static const char FAIR_LUA[] =
     "return {code, left}\n";
 /* Tell the first waiter in line whose lease is alive, on its own channel
  * (prefix .. value), dropping dead ones ahead of it; ind indents the text. */
-#define WAKE_NEXT(ind, pub) \
-    ind "local tm = redis.call('TIME')\n" \
-    ind "local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n" \
+#define WAKE_HEAD(ind, pub) \
     ind "for _ = 1, 64 do\n" \
     ind "  local head = redis.call('ZRANGE', queue, 0, 0)[1]\n" \
     ind "  if not head then break end\n" \
@@ -127,6 +157,7 @@ static const char FAIR_LUA[] =
     ind "  redis.call('ZREM', queue, head)\n" \
     ind "  redis.call('ZREM', alive, head)\n" \
     ind "end\n"
+#define WAKE_NEXT(ind, pub) NOW_MS(ind) WAKE_HEAD(ind, pub)
 /* Dequeue and release in fair mode tell one waiter: by PUBLISH, or on a
  * cluster by SPUBLISH to a shard channel; the rest of each pair is one
  * text. */
@@ -238,6 +269,316 @@ static const char RELEASE_FAIR_SHARDED_LUA[] =
     "-- waiter's shard channel (in the lock's slot)\n"
     RELEASE_FAIR_BODY("SPUBLISH");
 
+/* Holders whose lease ran out (server ms) leave the set `set`, their
+ * tokens with them. */
+#define PRUNE_HOLDERS(ind) \
+    ind "-- leases that ran out leave, with their tokens\n" \
+    ind "local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)\n" \
+    ind "if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end\n" \
+    ind "redis.call('ZREMRANGEBYSCORE', set, '-inf', now)\n"
+
+/* A semaphore expires as a whole after its longest lease. */
+#define KEEP_SEM(ind) \
+    ind "-- the holders, their tokens and the permit count go when the longest lease ends\n" \
+    ind "local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]\n" \
+    ind "if last then\n" \
+    ind "  local left = math.max(1, tonumber(last) - now)\n" \
+    ind "  redis.call('PEXPIRE', set, left)\n" \
+    ind "  redis.call('PEXPIRE', tokens, left)\n" \
+    ind "  redis.call('PEXPIRE', limit, left)\n" \
+    ind "else\n" \
+    ind "  redis.call('DEL', set, tokens, limit)\n" \
+    ind "end\n"
+
+/* While readers hold a read-write lock, its key holds READERS_MARK with the
+ * longest reader lease as TTL: writers (ours, and redis-py's SET NX) see it
+ * held. It goes with the last reader. */
+#define KEEP_READS(ind) \
+    ind "-- the readers' mark on the lock, their set and tokens go when the longest lease ends\n" \
+    ind "local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]\n" \
+    ind "if last then\n" \
+    ind "  local left = math.max(1, tonumber(last) - now)\n" \
+    ind "  redis.call('SET', lock, 'redlock:readers', 'PX', left)\n" \
+    ind "  redis.call('PEXPIRE', set, left)\n" \
+    ind "  redis.call('PEXPIRE', tokens, left)\n" \
+    ind "else\n" \
+    ind "  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end\n" \
+    ind "  redis.call('DEL', set, tokens)\n" \
+    ind "end\n"
+
+/* A permit (or a read hold) for `value` with a lease of ttl, and its token. */
+#define GRANT(ind) \
+    ind "redis.call('ZADD', set, now + ttl, value)\n" \
+    ind "local token = 0\n" \
+    ind "if fencing then\n" \
+    NEXT_TOKEN(ind "  ") \
+    ind "  redis.call('HSET', tokens, value, token)\n" \
+    ind "end\n"
+
+/* Waiters whose place lease ran out leave the line. */
+#define DROP_DEAD(ind) \
+    ind "-- waiters that stopped renewing their place leave the line\n" \
+    ind "local dead = redis.call('ZRANGEBYSCORE', alive, '-inf', now, 'LIMIT', 0, 64)\n" \
+    ind "for _, w in ipairs(dead) do\n" \
+    ind "  redis.call('ZREM', queue, w)\n" \
+    ind "  redis.call('ZREM', alive, w)\n" \
+    ind "end\n"
+
+/* A waiter keeps its place in line (and its lease on it) while it waits. */
+#define JOIN_LINE(ind) \
+    ind "if enqueue then\n" \
+    ind "  -- join the line (keeping an earlier place) and renew the place's lease\n" \
+    ind "  if score == '' then score = tonumber(tm[1]) * 1000000 + tonumber(tm[2]) end\n" \
+    ind "  redis.call('ZADD', queue, 'NX', score, value)\n" \
+    ind "  redis.call('ZADD', alive, now + lease, value)\n" \
+    ind "  redis.call('PEXPIRE', queue, lease * 2)\n" \
+    ind "  redis.call('PEXPIRE', alive, lease * 2)\n" \
+    ind "end\n"
+
+static const char SEM_ACQUIRE_LUA[] =
+    "-- semaphore acquire: a permit if one is free (fair: and nobody is ahead in\n"
+    "-- line); a permit we hold already gets a new lease\n"
+    "-- KEYS: holders (ZSET by lease expiry, server ms), tokens (HASH), permit\n"
+    "--       count, fence counter, queue (ZSET by arrival), alive (place leases)\n"
+    "-- ARGV: owner value, ttl ms, fencing '1'/'0', permits, enqueue '1'/'0',\n"
+    "--       queue score ('': the node's clock), place lease ms, fair '1'/'0'\n"
+    "-- {1, token} taken  {2, token} held already  {0, ms} every permit is held\n"
+    "-- (ms: until the first lease ends)  {3, ms} one is free, but waiters are\n"
+    "-- first  {-2, n} the semaphore has n permits, not ARGV's\n"
+    "local set, tokens, limit, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
+    "local queue, alive = KEYS[5], KEYS[6]\n"
+    "local value, ttl, fencing = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'\n"
+    "local permits, enqueue, score = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]\n"
+    "local lease, fair = tonumber(ARGV[7]), ARGV[8] == '1'\n"
+    "local stored = tonumber(redis.call('GET', limit) or permits)\n"
+    "if stored ~= permits then return {-2, stored} end\n"
+    NOW_MS("")
+    PRUNE_HOLDERS("")
+    "if redis.call('ZSCORE', set, value) then\n"
+    "  redis.call('ZADD', set, now + ttl, value)\n"
+    "  redis.call('ZREM', queue, value)\n"
+    "  redis.call('ZREM', alive, value)\n"
+    KEEP_SEM("  ")
+    "  return {2, tonumber(redis.call('HGET', tokens, value) or 0)}\n"
+    "end\n"
+    DROP_DEAD("")
+    "local code, left = 0, 0\n"
+    "local free = permits - redis.call('ZCARD', set)\n"
+    "if free > 0 then\n"
+    "  -- fair: only as many waiters as permits are free, from the head of the line\n"
+    "  local ahead = 0\n"
+    "  if fair then ahead = redis.call('ZRANK', queue, value) or redis.call('ZCARD', queue) end\n"
+    "  if ahead < free then\n"
+    GRANT("    ")
+    "    redis.call('SET', limit, permits)\n"
+    "    redis.call('ZREM', queue, value)\n"
+    "    redis.call('ZREM', alive, value)\n"
+    KEEP_SEM("    ")
+    "    return {1, token}\n"
+    "  end\n"
+    "  code = 3\n"
+    "  left = tonumber(redis.call('ZRANGE', alive, 0, 0, 'WITHSCORES')[2] or now) - now\n"
+    "else\n"
+    "  left = tonumber(redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')[2]) - now\n"
+    "end\n"
+    JOIN_LINE("")
+    "return {code, left}\n";
+
+/* A semaphore release wakes as many waiters as it frees permits: one. */
+#define SEM_RELEASE_BODY(ind, pub) \
+    ind "-- KEYS: holders, tokens, permit count, queue, alive\n" \
+    ind "-- ARGV: owner value, waiters' channel prefix\n" \
+    ind "-- 1 released   0 not held (its lease ran out, or it was never taken)\n" \
+    ind "local set, tokens, limit, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]\n" \
+    ind "local value, prefix = ARGV[1], ARGV[2]\n" \
+    NOW_MS(ind "") \
+    PRUNE_HOLDERS(ind "") \
+    ind "if redis.call('ZREM', set, value) == 0 then return 0 end\n" \
+    ind "redis.call('HDEL', tokens, value)\n" \
+    KEEP_SEM(ind "") \
+    ind "-- one permit freed: tell one waiter, the first in line whose place is alive\n" \
+    WAKE_HEAD(ind "", pub) \
+    ind "return 1\n"
+
+static const char SEM_RELEASE_LUA[] =
+    "-- semaphore release: give back our permit, and tell the next waiter in line\n"
+    SEM_RELEASE_BODY("", "PUBLISH");
+
+static const char SEM_RELEASE_SHARDED_LUA[] =
+    "-- semaphore release on a cluster: as semaphore release, on the next\n"
+    "-- waiter's shard channel (in the name's slot)\n"
+    SEM_RELEASE_BODY("", "SPUBLISH");
+
+static const char SEM_REFRESH_LUA[] =
+    "-- semaphore refresh: a new lease for our permit if it is still live; with\n"
+    "-- repair, take it again where it is missing if a permit is free there\n"
+    "-- KEYS: holders, tokens, permit count\n"
+    "-- ARGV: owner value, ttl ms, repair '1'/'0', permits, token\n"
+    "-- 1 extended   2 set again   0 not held   -1 not held, and no permit free\n"
+    "local set, tokens, limit = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local value, ttl, repair = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'\n"
+    "local permits, token = tonumber(ARGV[4]), ARGV[5]\n"
+    NOW_MS("")
+    PRUNE_HOLDERS("")
+    "if redis.call('ZSCORE', set, value) then\n"
+    "  redis.call('ZADD', set, now + ttl, value)\n"
+    KEEP_SEM("  ")
+    "  return 1\n"
+    "end\n"
+    "if not repair then return 0 end\n"
+    "if redis.call('ZCARD', set) >= permits then return -1 end\n"
+    "redis.call('ZADD', set, now + ttl, value)\n"
+    "redis.call('HSET', tokens, value, token)\n"
+    "redis.call('SET', limit, permits)\n"
+    KEEP_SEM("")
+    "return 2\n";
+
+/* Leaving a semaphore's line passes a free permit on to the next waiter. */
+#define SEM_DEQUEUE_BODY(ind, pub) \
+    ind "-- KEYS: queue, alive, holders, permit count   ARGV: owner value, waiters' channel prefix\n" \
+    ind "local queue, alive, set, limit = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n" \
+    ind "local value, prefix = ARGV[1], ARGV[2]\n" \
+    ind "redis.call('ZREM', queue, value)\n" \
+    ind "redis.call('ZREM', alive, value)\n" \
+    ind "local permits = tonumber(redis.call('GET', limit) or 0)\n" \
+    ind "if permits == 0 or redis.call('ZCARD', set) < permits then\n" \
+    ind "  -- a permit is free: the next waiter in line may take it\n" \
+    WAKE_NEXT(ind "  ", pub) \
+    ind "end\n" \
+    ind "return 1\n"
+
+static const char SEM_DEQUEUE_LUA[] =
+    "-- semaphore dequeue: leave the line; tell the next waiter if a permit is free\n"
+    SEM_DEQUEUE_BODY("", "PUBLISH");
+
+static const char SEM_DEQUEUE_SHARDED_LUA[] =
+    "-- semaphore dequeue on a cluster: as semaphore dequeue, on a shard channel\n"
+    SEM_DEQUEUE_BODY("", "SPUBLISH");
+
+static const char RD_ACQUIRE_LUA[] =
+    "-- shared (reader) acquire of a read-write lock: granted unless a writer\n"
+    "-- holds the lock or waits for it (writer preference); renews a hold we have\n"
+    "-- KEYS: lock, readers (ZSET by lease expiry, server ms), tokens, fence\n"
+    "--       counter, writers waiting (ZSET by place expiry), permit count\n"
+    "-- ARGV: owner value, ttl ms, fencing '1'/'0'\n"
+    "-- {1, token} taken  {2, token} held already  {0, pttl} a writer holds it\n"
+    "-- {4, ms} a writer waits (ms: until its place lapses)\n"
+    "-- {-3, n} the name is a semaphore of n permits\n"
+    "local lock, set, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
+    "local writers, limit = KEYS[5], KEYS[6]\n"
+    "local value, ttl, fencing = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'\n"
+    "if redis.call('EXISTS', limit) == 1 then return {-3, tonumber(redis.call('GET', limit))} end\n"
+    "local holder = redis.call('GET', lock)\n"
+    "if holder and holder ~= 'redlock:readers' then return {0, redis.call('PTTL', lock)} end\n"
+    NOW_MS("")
+    PRUNE_HOLDERS("")
+    "if redis.call('ZSCORE', set, value) then\n"
+    "  redis.call('ZADD', set, now + ttl, value)\n"
+    KEEP_READS("  ")
+    "  return {2, tonumber(redis.call('HGET', tokens, value) or 0)}\n"
+    "end\n"
+    "-- a writer waiting keeps new readers out; its place lapses if it dies\n"
+    "redis.call('ZREMRANGEBYSCORE', writers, '-inf', now)\n"
+    "local w = redis.call('ZRANGE', writers, 0, 0, 'WITHSCORES')[2]\n"
+    "if w then return {4, tonumber(w) - now} end\n"
+    GRANT("")
+    KEEP_READS("")
+    "return {1, token}\n";
+
+static const char RD_RELEASE_LUA[] =
+    "-- shared release: give back our hold; the last reader out wakes the writers\n"
+    "-- KEYS: lock, readers, tokens, queue, alive\n"
+    "-- ARGV: owner value, waiters' channel prefix, release channel\n"
+    "-- 1 released   0 not held\n"
+    "local lock, set, tokens, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]\n"
+    "local value, prefix, channel = ARGV[1], ARGV[2], ARGV[3]\n"
+    NOW_MS("")
+    PRUNE_HOLDERS("")
+    "if redis.call('ZREM', set, value) == 0 then return 0 end\n"
+    "redis.call('HDEL', tokens, value)\n"
+    KEEP_READS("")
+    "if redis.call('EXISTS', lock) == 0 then\n"
+    "  -- the last reader is out: writers waiting hear it (on the lock's\n"
+    "  -- channel; in fair mode the first in line, on its own)\n"
+    "  redis.call('PUBLISH', channel, 'released')\n"
+    WAKE_HEAD("  ", "PUBLISH")
+    "end\n"
+    "return 1\n";
+
+static const char RD_RELEASE_SHARDED_LUA[] =
+    "-- shared release on a cluster: as shared release, on shard channels (in\n"
+    "-- the name's slot)\n"
+    "-- KEYS: lock, readers, tokens, queue, alive, release channel\n"
+    "-- ARGV: owner value, waiters' channel prefix\n"
+    "-- 1 released   0 not held\n"
+    "local lock, set, tokens, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]\n"
+    "local channel = KEYS[6]\n"
+    "local value, prefix = ARGV[1], ARGV[2]\n"
+    NOW_MS("")
+    PRUNE_HOLDERS("")
+    "if redis.call('ZREM', set, value) == 0 then return 0 end\n"
+    "redis.call('HDEL', tokens, value)\n"
+    KEEP_READS("")
+    "if redis.call('EXISTS', lock) == 0 then\n"
+    "  -- the last reader is out: writers waiting hear it (on the lock's\n"
+    "  -- channel; in fair mode the first in line, on its own)\n"
+    "  redis.call('SPUBLISH', channel, 'released')\n"
+    WAKE_HEAD("  ", "SPUBLISH")
+    "end\n"
+    "return 1\n";
+
+static const char RD_REFRESH_LUA[] =
+    "-- shared refresh: a new lease for our hold if it is still live; with\n"
+    "-- repair, take it again where it is missing if no writer holds or waits\n"
+    "-- KEYS: lock, readers, tokens, writers waiting\n"
+    "-- ARGV: owner value, ttl ms, repair '1'/'0', token\n"
+    "-- 1 extended   2 set again   0 not held   -1 not held, and a writer holds or waits\n"
+    "local lock, set, tokens, writers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
+    "local value, ttl, repair, token = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', ARGV[4]\n"
+    NOW_MS("")
+    PRUNE_HOLDERS("")
+    "if redis.call('ZSCORE', set, value) then\n"
+    "  redis.call('ZADD', set, now + ttl, value)\n"
+    KEEP_READS("  ")
+    "  return 1\n"
+    "end\n"
+    "if not repair then return 0 end\n"
+    "local holder = redis.call('GET', lock)\n"
+    "if (holder and holder ~= 'redlock:readers') or redis.call('ZCOUNT', writers, '(' .. now, '+inf') > 0 then\n"
+    "  return -1\n"
+    "end\n"
+    "redis.call('ZADD', set, now + ttl, value)\n"
+    "redis.call('HSET', tokens, value, token)\n"
+    KEEP_READS("")
+    "return 2\n";
+
+static const char LIST_LUA[] =
+    "-- list: who holds the name, changing nothing\n"
+    "-- KEYS: lock, holders (semaphore), readers, tokens, permit count, fence counter\n"
+    "-- {exclusive holder or nil, its pttl, {value, ms left, token, ...} of the\n"
+    "--  live permit holders or readers (64 at most), permit count or nil,\n"
+    "--  fence counter or nil}\n"
+    "local lock, holds, reads, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
+    "local limit, fence = KEYS[5], KEYS[6]\n"
+    NOW_MS("")
+    "local set = holds\n"
+    "if redis.call('EXISTS', reads) == 1 then set = reads end\n"
+    "local m = redis.call('ZRANGEBYSCORE', set, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 64)\n"
+    "local out = {}\n"
+    "for i = 1, #m, 2 do\n"
+    "  out[#out + 1] = m[i]\n"
+    "  out[#out + 1] = tonumber(m[i + 1]) - now\n"
+    "  out[#out + 1] = tonumber(redis.call('HGET', tokens, m[i]) or 0)\n"
+    "end\n"
+    "return {redis.call('GET', lock), redis.call('PTTL', lock), out, redis.call('GET', limit),\n"
+    "        redis.call('GET', fence)}\n";
+
+static const char WLEAVE_LUA[] =
+    "-- leave: a writer that stops waiting gives up its place among the writers\n"
+    "-- KEYS: writers waiting   ARGV: owner value\n"
+    "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "return 1\n";
+
 enum {
     S_ACQUIRE,
     S_FAIR,
@@ -250,13 +591,25 @@ enum {
     S_DEQUEUE_SHARDED,
     S_RELEASE_FAIR,
     S_RELEASE_FAIR_SHARDED,
+    S_SEM_ACQUIRE,
+    S_SEM_RELEASE,
+    S_SEM_RELEASE_SHARDED,
+    S_SEM_REFRESH,
+    S_SEM_DEQUEUE,
+    S_SEM_DEQUEUE_SHARDED,
+    S_RD_ACQUIRE,
+    S_RD_RELEASE,
+    S_RD_RELEASE_SHARDED,
+    S_RD_REFRESH,
+    S_LIST,
+    S_WLEAVE,
     S_COUNT
 };
 /* Not a script: how a waiter that just subscribed checks whether a release
  * came before it listened (see subscribed): PTTL of the lock, or in fair
  * mode ZRANGE of the line's head. */
 enum { S_PROBE = S_COUNT };
-enum { R_INT, R_PAIR, R_STATUS, R_HEAD }; /* reply shapes */
+enum { R_INT, R_PAIR, R_STATUS, R_HEAD, R_LIST }; /* reply shapes */
 
 typedef struct script {
     const char *name;
@@ -267,8 +620,8 @@ typedef struct script {
 } script;
 
 static const script scripts[S_COUNT] = {
-    [S_ACQUIRE] = {"acquire", ACQUIRE_LUA, "4fb5bf09f1ff2bf7970cfd20eb14bf71c2f3a7d9", 2, 3, R_PAIR},
-    [S_FAIR] = {"fair acquire", FAIR_LUA, "de3b578984a393cf131d5661fac3d24c1dc3c500", 4, 6, R_PAIR},
+    [S_ACQUIRE] = {"acquire", ACQUIRE_LUA, "fc98e8857ba9110d62908a71e4298abab331af37", 3, 4, R_PAIR},
+    [S_FAIR] = {"fair acquire", FAIR_LUA, "443e63ef7c6cbaad3963e2e84640d4bf448f1d54", 5, 6, R_PAIR},
     [S_DEQUEUE] = {"dequeue", DEQUEUE_LUA, "d73d77d9c20b33c03ed4a9e0b1488c501366713f", 3, 2, R_INT},
     [S_RELEASE] = {"release", RELEASE_LUA, "742a9c720bb0d4d03c0b46e8f3a0e5757a0afc0e", 1, 2, R_INT},
     [S_REFRESH] = {"refresh", REFRESH_LUA, "ceb551be5baed2f994937f4a9af5693f3b3fd139", 1, 3, R_INT},
@@ -282,8 +635,20 @@ static const script scripts[S_COUNT] = {
                         3, 2, R_INT},
     [S_RELEASE_FAIR_SHARDED] = {"release", RELEASE_FAIR_SHARDED_LUA,
                                 "d1c6b8b4b14cd124158d38807707c127f349e522", 3, 2, R_INT},
+    [S_SEM_ACQUIRE] = {"semaphore acquire", SEM_ACQUIRE_LUA, "045632d0d36182966ccbfb8169fabb01dacaa8b3", 6, 8, R_PAIR},
+    [S_SEM_RELEASE] = {"semaphore release", SEM_RELEASE_LUA, "7cba2d5abe7eec989dae2e0fe8e5c3e4938b1623", 5, 2, R_INT},
+    [S_SEM_RELEASE_SHARDED] = {"semaphore release", SEM_RELEASE_SHARDED_LUA, "3de2d349caf116d91f559c508a9792c1614eb4a7", 5, 2, R_INT},
+    [S_SEM_REFRESH] = {"semaphore refresh", SEM_REFRESH_LUA, "1c704e2a656d29ef542d8011cd4e7d74e39a7518", 3, 5, R_INT},
+    [S_SEM_DEQUEUE] = {"semaphore dequeue", SEM_DEQUEUE_LUA, "114bd5375fd29d27c1d2a9a636bf67c6974bdea6", 4, 2, R_INT},
+    [S_SEM_DEQUEUE_SHARDED] = {"semaphore dequeue", SEM_DEQUEUE_SHARDED_LUA, "1c0c320b34d331c52e6a7a32410982fa3d6b15bb", 4, 2, R_INT},
+    [S_RD_ACQUIRE] = {"shared acquire", RD_ACQUIRE_LUA, "81e9a482b945082dc783e42bf293c76b999d6a9b", 6, 3, R_PAIR},
+    [S_RD_RELEASE] = {"shared release", RD_RELEASE_LUA, "8dba7b8c1d7db9da3c4c68e452fc7ed7160f524a", 5, 3, R_INT},
+    [S_RD_RELEASE_SHARDED] = {"shared release", RD_RELEASE_SHARDED_LUA, "6cfe139f0fce10ef457100308575ef74ebb88117", 6, 2, R_INT},
+    [S_RD_REFRESH] = {"shared refresh", RD_REFRESH_LUA, "fbc3ef43bbd96a9875e17dbb7ada1dc61a52a1d5", 4, 4, R_INT},
+    [S_LIST] = {"list", LIST_LUA, "00ec167b436c82950973ea344a5f1e1f0c762b07", 6, 0, R_LIST},
+    [S_WLEAVE] = {"leave", WLEAVE_LUA, "976c209098234d3cc1631bea0f88b8bb4cd7ac84", 1, 1, R_INT},
 };
-#define MAX_SCRIPT_ARGS 10
+#define MAX_SCRIPT_ARGS 14
 
 /* The same scripts as one Redis Functions library, for servers where
  * EVAL/EVALSHA are not permitted (FCALL of a library an administrator
@@ -324,6 +689,18 @@ static const function_def functions[S_COUNT] = {
     [S_DEQUEUE_SHARDED] = {FN("dequeue_sharded"), "'allow-oom'"},
     [S_RELEASE_FAIR] = {FN("release_fair"), "'allow-oom'"},
     [S_RELEASE_FAIR_SHARDED] = {FN("release_fair_sharded"), "'allow-oom'"},
+    [S_SEM_ACQUIRE] = {FN("sem_acquire"), NULL},
+    [S_SEM_RELEASE] = {FN("sem_release"), "'allow-oom'"},
+    [S_SEM_RELEASE_SHARDED] = {FN("sem_release_sharded"), "'allow-oom'"},
+    [S_SEM_REFRESH] = {FN("sem_refresh"), "'allow-oom'"},
+    [S_SEM_DEQUEUE] = {FN("sem_dequeue"), "'allow-oom'"},
+    [S_SEM_DEQUEUE_SHARDED] = {FN("sem_dequeue_sharded"), "'allow-oom'"},
+    [S_RD_ACQUIRE] = {FN("shared_acquire"), NULL},
+    [S_RD_RELEASE] = {FN("shared_release"), "'allow-oom'"},
+    [S_RD_RELEASE_SHARDED] = {FN("shared_release_sharded"), "'allow-oom'"},
+    [S_RD_REFRESH] = {FN("shared_refresh"), "'allow-oom'"},
+    [S_LIST] = {FN("list"), "'no-writes'"},
+    [S_WLEAVE] = {FN("leave"), "'allow-oom'"},
 };
 #undef FN
 

@@ -47,6 +47,8 @@ typedef struct cli {
     int quiet, verbose, fair, wait_replicas;
     int scripts; /* REDLOCK_SCRIPTS_* */
     int restart_guard; /* redlock_options.restart_guard */
+    uint32_t limit;    /* --limit: a permit of a semaphore of this many (0: a lock) */
+    int shared;        /* --shared: a reader of the read-write lock NAME */
     const char *name;
     char **command;
 } cli;
@@ -79,6 +81,10 @@ static const char usage_text[] =
     "  -g, --grace DURATION        after a lost lock, SIGTERM then SIGKILL after this\n"
     "                              long (default 5s)\n"
     "  -E, --conflict-exit-code N  exit status when the lock is busy (default 75)\n"
+    "  -l, --limit N               take one of N permits of the counting semaphore NAME\n"
+    "                              (all users of NAME must pass the same N)\n"
+    "  -s, --shared                take a shared (reader) hold of the read-write lock\n"
+    "                              NAME; a plain run is its writer\n"
     "  -F, --fair                  wait in line: waiters get the lock in the order they\n"
     "                              began to wait (all users of NAME should pass it)\n"
     "  -R, --wait-replicas N       after each acquire and refresh, wait for N replicas\n"
@@ -223,6 +229,8 @@ static const struct option long_opts[] = {
     {"grace", required_argument, NULL, 'g'},
     {"conflict-exit-code", required_argument, NULL, 'E'},
     {"fair", no_argument, NULL, 'F'},
+    {"limit", required_argument, NULL, 'l'},
+    {"shared", no_argument, NULL, 's'},
     {"wait-replicas", required_argument, NULL, 'R'},
     {"scripts", required_argument, NULL, 'S'},
     {"restart-guard", required_argument, NULL, 'G'},
@@ -240,7 +248,7 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
     int ch;
     opterr = 0;
     optind = 1;
-    const char *spec = stop_at_name ? "+:u:t:w:g:E:FR:S:G:qvhV" : ":u:t:w:g:E:FR:S:G:qvhV";
+    const char *spec = stop_at_name ? "+:u:t:w:g:E:Fl:sR:S:G:qvhV" : ":u:t:w:g:E:Fl:sR:S:G:qvhV";
     while ((ch = getopt_long(argc, argv, spec, long_opts, NULL)) != -1) {
         switch (ch) {
         case 'u':
@@ -267,6 +275,17 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
             break;
         case 'F':
             o->fair = 1;
+            break;
+        case 'l': {
+            int n;
+            if (parse_int(optarg, 1, REDLOCK_MAX_PERMITS, &n) != 0)
+                return usage_error("bad permit count '%s': want 1 to %d", optarg,
+                                   REDLOCK_MAX_PERMITS);
+            o->limit = (uint32_t)n;
+            break;
+        }
+        case 's':
+            o->shared = 1;
             break;
         case 'R':
             if (parse_int(optarg, 0, 100, &o->wait_replicas) != 0)
@@ -357,7 +376,14 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
         say("%s", redlock_last_errstr());
         return EXIT_UNAVAILABLE;
     }
-    rc = redlock_new(l, *c, o->name, NULL, o->ttl_ms);
+    if (o->limit && o->shared)
+        return usage_error("--limit and --shared: a name is a semaphore or a read-write lock");
+    if (o->limit)
+        rc = redlock_new_semaphore(l, *c, o->name, o->limit, NULL, o->ttl_ms);
+    else if (o->shared)
+        rc = redlock_new_shared(l, *c, o->name, NULL, o->ttl_ms);
+    else
+        rc = redlock_new(l, *c, o->name, NULL, o->ttl_ms);
     if (rc != REDLOCK_OK) {
         say("%s", redlock_client_errstr(*c));
         return rc == REDLOCK_ERR_ARG ? EXIT_USAGE : EXIT_UNAVAILABLE;
@@ -602,6 +628,26 @@ out:
 
 /* ---- status ---------------------------------------------------------------------------- */
 
+/* Each holder on a line of its own: value, kind, lease left, token. */
+static int print_holders(cli *o, redlock_client *c, redlock *l)
+{
+    redlock_holder h[64];
+    size_t n = 0;
+    if (redlock_holders(l, h, sizeof h / sizeof h[0], &n) != REDLOCK_OK) {
+        say("cannot list the holders of %s: %s", o->name, redlock_client_errstr(c));
+        return -1;
+    }
+    for (size_t k = 0; k < n; k++) {
+        const char *what = !h[k].shared ? "writer" : o->limit ? "permit" : "reader";
+        if (h[k].ttl_ms < 0)
+            printf("  %s: %s, no expiry, fence %" PRIu64 "\n", h[k].value, what, h[k].fence);
+        else
+            printf("  %s: %s, %" PRId64 " ms left, fence %" PRIu64 "\n", h[k].value, what,
+                   h[k].ttl_ms, h[k].fence);
+    }
+    return (int)n;
+}
+
 static int status_command(cli *o)
 {
     redlock_client *c = NULL;
@@ -615,14 +661,20 @@ static int status_command(cli *o)
         rc = EXIT_UNAVAILABLE;
         goto out;
     }
-    if (info.held && info.ttl_ms < 0) /* a key set by hand, without a TTL */
+    if (info.held && info.ttl_ms < 0 && !o->limit && !o->shared) /* a key set by hand */
         printf("%s: held, no expiry, fence %" PRIu64 "\n", o->name, info.fence);
-    else if (info.held)
+    else if (info.held && !o->limit && !o->shared)
         printf("%s: held, %" PRId64 " ms left, fence %" PRIu64 "\n", o->name, info.ttl_ms,
                info.fence);
+    else if (info.held)
+        printf("%s: held, fence %" PRIu64 "\n", o->name, info.fence);
     else
         printf("%s: free, fence %" PRIu64 "\n", o->name, info.fence);
-    rc = info.held ? 0 : 1;
+    int holders = print_holders(o, c, l);
+    if (holders < 0)
+        rc = EXIT_UNAVAILABLE;
+    else
+        rc = info.held || holders > 0 ? 0 : 1;
 out:
     redlock_free(l);
     redlock_client_free(c);

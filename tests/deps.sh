@@ -2,9 +2,10 @@
 # What `make test` needs: redis-server, redis-cli and openssl (the Cluster and
 # TLS fixtures), libssl-dev (the TLS suite builds the library with TLS=openssl;
 # plain `make` needs none of it), Check, pkg-config, libuv (only for the
-# libuv example), and mandoc and groff (the man pages are linted). Installs
-# the missing Debian packages with apt-get when run as root, otherwise prints
-# the command to run and fails.
+# libuv example), mandoc and groff (the man pages are linted) and libfaketime
+# (the torture harness's clock-jump scenario, the semaphore suite's wrong
+# wall clock). Installs the missing Debian packages with apt-get when run as
+# root, otherwise prints the command to run and fails.
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
@@ -19,6 +20,11 @@ command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
 pkg-config --exists libuv 2>/dev/null || missing="$missing libuv1-dev"
 command -v mandoc >/dev/null 2>&1 || missing="$missing mandoc"
 command -v groff >/dev/null 2>&1 || missing="$missing groff-base"
+faketime=""
+for f in /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1; do
+    [ -f "$f" ] && faketime=1
+done
+[ -n "$faketime" ] || missing="$missing faketime"
 [ -z "$missing" ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -29,5 +35,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 echo "make test needs:$missing. Install them with:" >&2
-echo "    sudo apt-get install -y redis-server redis-tools openssl libssl-dev check pkg-config libuv1-dev mandoc groff-base" >&2
+echo "    sudo apt-get install -y redis-server redis-tools openssl libssl-dev check pkg-config libuv1-dev mandoc groff-base faketime" >&2
 exit 1

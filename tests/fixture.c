@@ -262,7 +262,7 @@ done:
 int fx_cmdv(fx_server *s, char *out, size_t outlen, int argc, const char *const *argv,
             const size_t *lens)
 {
-    char req[16384];
+    static char req[131072];
     size_t m = encode(req, sizeof req, argc, argv, lens);
     out[0] = '\0';
     return m > 0 ? exchange(s, req, m, 1, out, outlen) : -1;
@@ -272,8 +272,9 @@ int fx_cmdv(fx_server *s, char *out, size_t outlen, int argc, const char *const 
 static int split_words(char *copy, const char **argv, size_t *lens, int cap)
 {
     int argc = 0;
-    for (char *save = NULL, *w = strtok_r(copy, " ", &save); w && argc < cap;
-         w = strtok_r(NULL, " ", &save)) {
+    for (char *save = NULL, *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+        if (argc == cap)
+            return 0; /* more words than room: refuse, never cut the command */
         argv[argc] = w;
         lens[argc++] = strlen(w);
     }
@@ -282,11 +283,12 @@ static int split_words(char *copy, const char **argv, size_t *lens, int cap)
 
 int fx_cmd(fx_server *s, char *out, size_t outlen, const char *cmd)
 {
-    char copy[1024];
-    const char *argv[32];
-    size_t lens[32];
-    snprintf(copy, sizeof copy, "%s", cmd);
-    int argc = split_words(copy, argv, lens, 32);
+    char copy[2048];
+    const char *argv[64];
+    size_t lens[64];
+    if ((size_t)snprintf(copy, sizeof copy, "%s", cmd) >= sizeof copy)
+        return -1; /* never a command cut short */
+    int argc = split_words(copy, argv, lens, 64);
     if (argc == 0)
         out[0] = '\0';
     return argc ? fx_cmdv(s, out, outlen, argc, argv, lens) : -1;
@@ -294,7 +296,8 @@ int fx_cmd(fx_server *s, char *out, size_t outlen, const char *cmd)
 
 int fx_cmds(fx_server *s, char *out, size_t outlen, int ncmd, const char *const *cmds)
 {
-    char req[16384], copy[1024];
+    static char req[131072];
+    char copy[1024];
     const char *argv[32];
     size_t lens[32], len = 0;
     out[0] = '\0';

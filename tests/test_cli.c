@@ -190,6 +190,7 @@ static void unhold(holder *h)
 static const char *const documented_options[][2] = {
     {"u", "url"},  {"t", "ttl"},     {"w", "wait"},    {"g", "grace"},
     {"E", "conflict-exit-code"},     {"F", "fair"},    {"R", "wait-replicas"},
+    {"l", "limit"}, {"s", "shared"},
     {"S", "scripts"}, {"G", "restart-guard"}, {"q", "quiet"}, {"v", "verbose"}, {"h", "help"},
     {"V", "version"},
 };
@@ -436,7 +437,7 @@ static const struct {
     {{"status", "-u", NULL}, "needs a value"},
     {{"status", "a", "b", NULL}, "unexpected 'b' after NAME"},
     {{"status", "-u", "rediss://127.0.0.1:1", "n", NULL}, "TLS"},
-    {{"status", "-u", "http://127.0.0.1:1", "n", NULL}, "redis://, rediss:// or unix://"},
+    {{"status", "-u", "http://127.0.0.1:1", "n", NULL}, "redis://, rediss://, unix://, redis+sentinel://"},
     {{"status", "-u", "redis://127.0.0.1:99999", "n", NULL}, "port"},
 };
 
@@ -532,10 +533,12 @@ START_TEST(test_status_no_expiry)
     char out[64];
     ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "SET forever someone"), 0);
     ck_assert_int_eq(run_cli("ne", srv.url, (const char *[]){"status", "forever", NULL}), 0);
-    ck_assert_str_eq(slurp("ne.out"), "forever: held, no expiry, fence 0\n");
+    ck_assert_str_eq(slurp("ne.out"), "forever: held, no expiry, fence 0\n"
+                                      "  someone: writer, no expiry, fence 0\n");
     ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "SET {forever}:fence 41"), 0);
     ck_assert_int_eq(run_cli("ne", srv.url, (const char *[]){"status", "forever", NULL}), 0);
-    ck_assert_str_eq(slurp("ne.out"), "forever: held, no expiry, fence 41\n");
+    ck_assert_str_eq(slurp("ne.out"), "forever: held, no expiry, fence 41\n"
+                                      "  someone: writer, no expiry, fence 41\n");
     /* and nobody takes it */
     ck_assert_int_eq(run_cli("ne", srv.url, (const char *[]){"run", "forever", "--", "true", NULL}),
                      75);

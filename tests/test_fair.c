@@ -107,9 +107,9 @@ static void check_order(fx_server *s, size_t n)
     char score0[64], score[64], t[64];
     ck_assert_int_eq(fx_cmd(&s[0], score0, sizeof score0, "ZSCORE {fq}:queue waiter-B"), 0);
     ck_assert_int_eq(fx_cmd(&s[0], t, sizeof t, "TIME"), 0);
-    double server_ms = atof(t) * 1000 + atof(strchr(t, '\n') + 1) / 1000;
-    ck_assert_double_lt(server_ms - atof(score0), 5000);
-    ck_assert_double_ge(server_ms - atof(score0), 0);
+    double server_us = atof(t) * 1e6 + atof(strchr(t, '\n') + 1);
+    ck_assert_double_lt(server_us - atof(score0), 5e6); /* microseconds */
+    ck_assert_double_ge(server_us - atof(score0), 0);
     for (size_t i = 1; i < n; i++) {
         ck_assert_int_eq(fx_cmd(&s[i], score, sizeof score, "ZSCORE {fq}:queue waiter-B"), 0);
         ck_assert_str_eq(score, score0);

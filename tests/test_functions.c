@@ -32,14 +32,15 @@
 static const char ACL_LINE[] =
     "ACL SETUSER locker on >locker-secret ~* &redlock:* -@all +fcall +fcall_ro "
     "+subscribe +unsubscribe +get +set +pexpire +pttl +incr +del +exists +publish +time "
-    "+zadd +zrem +zrange +zrangebyscore +zscore";
+    "+zadd +zrem +zrange +zrangebyscore +zscore +zcard +zrank +zcount +zremrangebyscore +hset "
+    "+hget +hdel +info";
 /* What a cluster user needs beyond that line: the slot map,
  * ASKING, and the shard channels of wake-ups. */
 static const char CLUSTER_ACL_LINE[] =
     "ACL SETUSER locker on >locker-secret ~* &redlock:* &*:freed* -@all +fcall +fcall_ro "
     "+subscribe +unsubscribe +get +set +pexpire +pttl +incr +del +exists +publish +time "
-    "+zadd +zrem +zrange +zrangebyscore +zscore +cluster|slots +asking +ssubscribe "
-    "+sunsubscribe +spublish";
+    "+zadd +zrem +zrange +zrangebyscore +zscore +zcard +zrank +zcount +zremrangebyscore +hset "
+    "+hget +hdel +info +cluster|slots +asking +ssubscribe +sunsubscribe +spublish";
 
 /* May load the library, may not run scripts. */
 static const char LOADER_LINE[] =
@@ -86,7 +87,7 @@ static void flush(void)
 /* A command through the fixture (the default user), reply as text. */
 static const char *raw_on(fx_server *s, const char *cmd)
 {
-    static char out[16384];
+    static char out[131072];
     ck_assert_int_eq(fx_cmd(s, out, sizeof out, cmd), 0);
     return out;
 }
@@ -109,7 +110,7 @@ static const char *load_text(int i, const char *text)
 /* What an administrator does: load this build's library (default user). */
 static void admin_load(int i)
 {
-    static char text[16384];
+    static char text[65536];
     ck_assert_uint_lt(redlock_functions_code(text, sizeof text), sizeof text);
     ck_assert_str_eq(load_text(i, text), "redlock_v2");
 }
@@ -199,6 +200,25 @@ static void single_node_cycle(const char *url, int mode)
     ck_assert_int_eq(redlock_trylock(b), REDLOCK_OK);
     ck_assert_uint_eq(redlock_fence(b), f0 + 1);
     ck_assert_int_eq(redlock_unlock(b), REDLOCK_OK);
+    /* a semaphore, and readers and a writer: the same ACL line covers them */
+    redlock *s1 = NULL, *s2 = NULL, *r = NULL;
+    ck_assert_int_eq(redlock_new_semaphore(&s1, c, "fn:sem", 1, NULL, 10000), REDLOCK_OK);
+    ck_assert_int_eq(redlock_new_semaphore(&s2, c2, "fn:sem", 1, NULL, 10000), REDLOCK_OK);
+    ck_assert_int_eq(redlock_new_shared(&r, c2, "fn:one", NULL, 10000), REDLOCK_OK);
+    ck_assert_msg(redlock_trylock(s1) == REDLOCK_OK, "%s", redlock_errstr(s1));
+    ck_assert_int_eq(redlock_trylock(s2), REDLOCK_NOT_ACQUIRED);
+    ck_assert_int_eq(redlock_refresh(s1), REDLOCK_OK);
+    ck_assert_msg(redlock_unlock(s1) == REDLOCK_OK, "%s", redlock_errstr(s1));
+    ck_assert_int_eq(redlock_trylock(s2), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(s2), REDLOCK_OK);
+    ck_assert_msg(redlock_trylock(r) == REDLOCK_OK, "%s", redlock_errstr(r));
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_NOT_ACQUIRED); /* the writer waits */
+    ck_assert_int_eq(redlock_unlock(r), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(a), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(a), REDLOCK_OK);
+    redlock_free(s1);
+    redlock_free(s2);
+    redlock_free(r);
     redlock_free(a);
     redlock_free(b);
     redlock_client_free(c);
@@ -431,7 +451,7 @@ END_TEST
  * loads a script after NOSCRIPT. */
 START_TEST(test_library_loads_itself)
 {
-    static char code[16384];
+    static char code[65536];
     redlock_functions_code(code, sizeof code);
     for (int mode = REDLOCK_SCRIPTS_AUTO; mode <= REDLOCK_SCRIPTS_FUNCTIONS; mode += 2) {
         raw(0, "FUNCTION FLUSH");
@@ -704,7 +724,7 @@ START_TEST(test_acl_line_in_docs)
                                  "+cluster|slots +asking +ssubscribe "
                                  "+sunsubscribe +spublish"));
     ck_assert_ptr_nonnull(strstr(CLUSTER_ACL_LINE, " &*:freed* "));
-    char code[16384];
+    static char code[65536];
     size_t n = redlock_functions_code(code, sizeof code);
     ck_assert_uint_lt(n, sizeof code);
     ck_assert_str_eq(slurp(LIBRARY_FILE), code);
@@ -731,7 +751,7 @@ static int cli(char *out, size_t len, const char *const *args)
 
 START_TEST(test_cli_functions)
 {
-    char out[32768], want[16384];
+    static char out[131072], want[16384];
     const char *u0 = srv[0].url, *u1 = srv[1].url, *u2 = srv[2].url;
     ck_assert_int_eq(CLI("functions", "load", "-u", u0, "-u", u1), 0);
     snprintf(want, sizeof want, "%s: redlock_v2 loaded\n%s: redlock_v2 loaded\n", u0 + 8, u1 + 8);
@@ -801,7 +821,7 @@ static void cluster_teardown(void)
 START_TEST(test_cluster_functions)
 {
     fx_server *n0 = fx_cluster_node(&cl, 0);
-    static char code[16384];
+    static char code[65536];
     redlock_functions_code(code, sizeof code);
     const char *argv[3] = {"FUNCTION", "LOAD", code};
     const size_t lens[3] = {8, 4, strlen(code)};

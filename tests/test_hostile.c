@@ -52,7 +52,7 @@ static const scenario cases[] = {
     {"reset mid-reply", "*2\r\n:1\r\n", SEND_RST, REDLOCK_ERR_IO, 1},
     {"extra reply first", "+OK\r\n*2\r\n:1\r\n:7\r\n", SEND, REDLOCK_ERR_PROTOCOL, 1},
     {"reply to another request", ":1\r\n", SEND, REDLOCK_ERR_PROTOCOL, 1},
-    {"acquire with a bad code", "*2\r\n:5\r\n:7\r\n", SEND, REDLOCK_ERR_PROTOCOL, 0},
+    {"acquire with a bad code", "*2\r\n:9\r\n:7\r\n", SEND, REDLOCK_ERR_PROTOCOL, 0},
     {"-ERR", "-ERR boom\r\n", SEND, REDLOCK_ERR_SERVER, 0},
     {"NOSCRIPT forever", "-NOSCRIPT No matching script\r\n", SEND, REDLOCK_ERR_SERVER, 0},
     {"READONLY", "-READONLY You can't write against a read only replica.\r\n", SEND,
