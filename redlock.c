@@ -3529,13 +3529,14 @@ static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, size
                         int64_t pttl)
 {
     redlock_client *c = l->c;
-    char nm[64], q[96] = "", y[128] = "", why[200];
+    char nm[64], q[96] = "", y[128] = "";
     if (c->n == 1 && young)
         return lerr(l, REDLOCK_NOT_ACQUIRED,
                     "lock '%s': the node restarted less than one lease ago and may have "
                     "forgotten a lock it granted: its yes counts in %lld ms (restart guard)",
                     shown(l, nm, sizeof nm), (long long)pttl);
     if (c->n == 1) {
+        char why[200];
         busy_reason(l, l->res[0].ans.code, pttl, why, sizeof why);
         return lerr(l, REDLOCK_NOT_ACQUIRED, "%s", why);
     }
@@ -4849,8 +4850,10 @@ int redlock_result(const redlock *l)
 /* A call that needs l and its client: 0, or the status it is refused with. */
 static int call_ok(redlock *l)
 {
-    if (!l)
-        return global_err(REDLOCK_ERR_ARG, "lock is NULL");
+    if (!l) { /* (a constant: clang's analyzer does not follow variadic global_err) */
+        global_err(REDLOCK_ERR_ARG, "lock is NULL");
+        return REDLOCK_ERR_ARG;
+    }
     if (!l->c)
         return call_refused(l, REDLOCK_ERR_ARG,
                             "the lock's client was freed: only redlock_free may follow");
