@@ -2228,6 +2228,7 @@ enum { SAID_SILENT = 1, SAID_NIL, SAID_MASTER_DOWN, SAID_ERROR, SAID_REFUSED };
 
 #define FROM_SWITCH NET_MAX_SEEDS /* pass.pos: the address came with +switch-master */
 #define SAID_MAX 400
+#define SUB_LOOK_NS 10000000 /* read the +switch-master listener unasked this often */
 
 struct sentinel {
     char name[NET_MASTER_NAME]; /* the master's name                                */
@@ -2252,6 +2253,7 @@ struct sentinel {
         size_t at;      /* that sentinel (index into ask)                      */
         uint64_t gen;   /* its connection, once the subscription is confirmed  */
         int64_t due;    /* (re)subscribe at this time (0: no)                  */
+        int64_t looked; /* when sub_look last read it                          */
         unsigned fails; /* subscriptions lost or refused in a row              */
     } sub;
     char desc[NET_MASTER_NAME + 320]; /* "master 'NAME' at host:port", for messages */
@@ -2609,6 +2611,40 @@ static int sub_push(redlock_client *c, size_t i, const resp_reply *r)
     return 0;
 }
 
+/* What node i's sentinel listener heard; its loss. */
+static int sub_take(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    net_tag tag;
+    const resp_reply *r;
+    int st, moved = 0, failed = 0;
+    while ((st = net_conn_take(sn->sub.conn, &tag, &r, NULL)) != RESP_IDLE) {
+        moved++;
+        failed |= st != RESP_OK || sub_push(c, i, r) != 0;
+        if (st == RESP_OK)
+            net_conn_consume(sn->sub.conn);
+    }
+    if (!sn->sub.due && (failed || (sn->sub.gen && (!net_conn_ready(sn->sub.conn) ||
+                                                    net_conn_generation(sn->sub.conn) != sn->sub.gen))))
+        sub_lost(sn, c);
+    return moved;
+}
+
+/* A blocking call may wait in recv() on the master's connection alone
+ * (run_until), so poll() may not tell of a +switch-master for a while:
+ * before a request goes out, and as the engine turns, read the listener
+ * unasked now and then (one recv that finds nothing, at most every
+ * SUB_LOOK_NS: nothing per lock cycle to speak of). */
+static void sub_look(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    if (!sn->sub.conn || !net_conn_ready(sn->sub.conn) || c->now - sn->sub.looked < SUB_LOOK_NS)
+        return;
+    sn->sub.looked = c->now;
+    net_conn_io(sn->sub.conn, POLLIN, c->now);
+    sub_take(c, i);
+}
+
 /* ---- in the engine ---- */
 
 /* The answers of node i's sentinels, and what its listener heard. */
@@ -2617,7 +2653,7 @@ static int sentinel_turn(redlock_client *c, size_t i)
     sentinel *sn = c->nodes[i].sn;
     net_tag tag;
     const resp_reply *r;
-    int st, moved = 0, failed = 0;
+    int st, moved = 0;
     for (size_t k = 0; k < sn->n; k++) {
         net_conn_pump(sn->ask[k], c->now);
         while ((st = net_conn_take(sn->ask[k], &tag, &r, NULL)) != RESP_IDLE) {
@@ -2636,16 +2672,8 @@ static int sentinel_turn(redlock_client *c, size_t i)
     if (!sn->sub.conn)
         return moved;
     net_conn_pump(sn->sub.conn, c->now);
-    while ((st = net_conn_take(sn->sub.conn, &tag, &r, NULL)) != RESP_IDLE) {
-        moved++;
-        failed |= st != RESP_OK || sub_push(c, i, r) != 0;
-        if (st == RESP_OK)
-            net_conn_consume(sn->sub.conn);
-    }
-    if (!sn->sub.due && (failed || (sn->sub.gen && (!net_conn_ready(sn->sub.conn) ||
-                                                    net_conn_generation(sn->sub.conn) != sn->sub.gen))))
-        sub_lost(sn, c);
-    return moved;
+    sub_look(c, i);
+    return moved + sub_take(c, i);
 }
 
 /* When node i's sentinel part needs the engine next (INT64_MAX: never). */
@@ -2688,6 +2716,7 @@ static int sentinel_gate(redlock *l, size_t i)
     redlock_client *c = l->c;
     sentinel *sn = c->nodes[i].sn;
     nres *nd = &l->res[i];
+    sub_look(c, i); /* a switch heard now holds this request back */
     if (sentinel_up(c, i)) {
         nd->route.waits = 0;
         return 0;

@@ -458,9 +458,11 @@ END_TEST
 
 /* SENTINEL FAILOVER while a waiter waits: the client hears +switch-master,
  * its waiter tries again on the new master and listens there, and gets the
- * lock when the holder lets go (on the new master). From the switch on,
- * no script reaches the old master (replica-read-only is off there: only
- * the client keeps its writes away). */
+ * lock when the holder lets go (on the new master). A client that only
+ * makes blocking calls (its loop may wait in recv() alone) hears it before
+ * its next request goes out. From the switch on, no script reaches the old
+ * master, which stays a master for a while (until the sentinels convert
+ * it) and has replica-read-only off: only the clients keep writes away. */
 START_TEST(test_failover_waiter)
 {
     redlock_options o = patient();
@@ -470,6 +472,10 @@ START_TEST(test_failover_waiter)
     fx_server *old = fx_sentinel_server(&fx, 0, from);
     redlock *holder = tu_lock(c, "sn:fo", "holder", 30000);
     redlock *waiter = tu_lock(c, "sn:fo", "waiter", 30000);
+    redlock_client *b = sentinel_client(fx.url[0], NULL);
+    redlock *bl = tu_lock(b, "sn:fo-blocking", "b", 30000);
+    ck_assert_int_eq(redlock_trylock(bl), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(bl), REDLOCK_OK);
     ck_assert_int_eq(redlock_trylock(holder), REDLOCK_OK);
     uint64_t f1 = redlock_fence(holder);
     ck_assert_int_eq(redlock_start_lock(waiter, 60000), REDLOCK_OK);
@@ -482,6 +488,10 @@ START_TEST(test_failover_waiter)
     reset_stats(old);
     /* the holder's key came over with replication */
     ck_assert_str_eq(tu_get(nw, "sn:fo"), "holder");
+    fx_sleep_ms(20);
+    ck_assert_int_eq(redlock_trylock(bl), REDLOCK_OK);
+    ck_assert_str_eq(tu_get(nw, "sn:fo-blocking"), "b");
+    ck_assert_int_eq(redlock_unlock(bl), REDLOCK_OK);
     /* the waiter listens on the new master once the client heard of it */
     w.s = nw;
     ck_assert(turn_until(c, has_listener, &w, 400));
@@ -494,7 +504,9 @@ START_TEST(test_failover_waiter)
     ck_assert_int_eq(script_calls(old), 0);
     redlock_free(holder);
     redlock_free(waiter);
+    redlock_free(bl);
     redlock_client_free(c);
+    redlock_client_free(b);
 }
 END_TEST
 
