@@ -97,6 +97,18 @@ START_TEST(test_lock_release)
     ck_assert_int_eq(redlock_trylock(other), REDLOCK_OK);
     ck_assert_uint_gt(redlock_fence(other), f1);
     ck_assert_int_eq(redlock_unlock(other), REDLOCK_OK);
+    /* once the master is found and listened for, a cycle allocates nothing */
+    for (int i = 0; i < 20; i++) {
+        ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    }
+    tu_alloc_start(0);
+    for (int i = 0; i < 100; i++) {
+        ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    }
+    tu_alloc_stop();
+    ck_assert_int_eq(tu_alloc.calls, 0);
     /* nothing ever ran on the replica (replica-read-only is off there) */
     ck_assert_int_eq(script_calls(r), 0);
     redlock_free(l);
