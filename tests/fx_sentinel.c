@@ -59,11 +59,16 @@ static int write_config(fx_sentinel *fx, fx_server *s)
         return -1;
     fprintf(f, "port %d\nbind 127.0.0.1\ndir %s\nlogfile %s/sentinel.log\n", s->port, s->dir,
             s->dir);
+    if (fx->tls)
+        fprintf(f, "tls-port %d\ntls-cert-file %s\ntls-key-file %s\ntls-ca-cert-file %s\n"
+                   "tls-auth-clients no\ntls-replication yes\n",
+                s->tls_port, fx->tls->server_cert, fx->tls->server_key, fx->tls->ca);
     if (fx->password[0])
         fprintf(f, "requirepass %s\nsentinel sentinel-pass %s\n", fx->password, fx->password);
     for (int g = 0; g < fx->groups; g++) {
         const char *n = fx->name[g];
-        fprintf(f, "sentinel monitor %s 127.0.0.1 %d 2\n", n, fx->server[g][0].port);
+        fprintf(f, "sentinel monitor %s 127.0.0.1 %d 2\n", n,
+                fx->tls ? fx->server[g][0].tls_port : fx->server[g][0].port);
         fprintf(f, "sentinel down-after-milliseconds %s %d\n", n, FX_SENTINEL_DOWN_MS);
         fprintf(f, "sentinel failover-timeout %s %d\n", n, FX_SENTINEL_FAILOVER_MS);
         fprintf(f, "sentinel parallel-syncs %s 1\n", n);
@@ -120,7 +125,8 @@ static int start_sentinel(fx_sentinel *fx, fx_server *s)
     }
     for (int attempt = 0; attempt < 5; attempt++) {
         s->port = fx_free_port();
-        if (s->port <= 0 || write_config(fx, s) != 0)
+        s->tls_port = fx->tls ? fx_free_port() : 0;
+        if (s->port <= 0 || s->tls_port < 0 || s->port == s->tls_port || write_config(fx, s) != 0)
             continue;
         spawn_sentinel(s);
         if (s->pid > 0 && sentinel_up(s) == 0) {
@@ -141,9 +147,10 @@ static int start_sentinel(fx_sentinel *fx, fx_server *s)
 
 static int start_group(fx_sentinel *fx, int g)
 {
-    const char *const common[] = {"--replica-read-only", "no", "--repl-diskless-sync-delay", "0"};
-    fx_opts o;
-    memset(&o, 0, sizeof o);
+    const char *const common[] = {"--replica-read-only", "no", "--repl-diskless-sync-delay", "0",
+                                  "--tls-replication", "yes"};
+    const size_t ncommon = sizeof common / sizeof common[0] - (fx->tls ? 0 : 2);
+    fx_opts o = fx->base;
     for (int k = 0; k < fx->nservers; k++) {
         const char **a = fx->args[g][k];
         int n = 0;
@@ -152,13 +159,14 @@ static int start_group(fx_sentinel *fx, int g)
             a[n++] = "127.0.0.1";
             a[n++] = fx->port_arg[g];
         }
-        for (size_t i = 0; i < sizeof common / sizeof common[0]; i++)
+        for (size_t i = 0; i < ncommon; i++)
             a[n++] = common[i];
         a[n] = NULL;
         o.extra_args = a;
         if (fx_server_start(&fx->server[g][k], &o) != 0)
             return -1;
-        snprintf(fx->port_arg[g], sizeof fx->port_arg[g], "%d", fx->server[g][0].port);
+        snprintf(fx->port_arg[g], sizeof fx->port_arg[g], "%d",
+                 fx->tls ? fx->server[g][0].tls_port : fx->server[g][0].port);
     }
     return 0;
 }
@@ -167,7 +175,8 @@ static int start_group(fx_sentinel *fx, int g)
 static int replica_linked(fx_sentinel *fx, int g, int k, int of)
 {
     char out[8192], want[64];
-    snprintf(want, sizeof want, "master_port:%d", fx->server[g][of].port);
+    snprintf(want, sizeof want, "master_port:%d",
+             fx->tls ? fx->server[g][of].tls_port : fx->server[g][of].port);
     return fx->server[g][k].pid > 0 &&
            fx_cmd(&fx->server[g][k], out, sizeof out, "INFO replication") == 0 &&
            info_has(out, "role:slave") && info_has(out, "master_link_status:up") &&
@@ -234,6 +243,11 @@ static void make_url(fx_sentinel *fx, int g)
 {
     snprintf(fx->url[g], sizeof fx->url[g], "redis+sentinel://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d/%s",
              fx->sentinel[0].port, fx->sentinel[1].port, fx->sentinel[2].port, fx->name[g]);
+    if (fx->tls)
+        snprintf(fx->tls_url[g], sizeof fx->tls_url[g],
+                 "rediss+sentinel://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d/%s?ca=%s",
+                 fx->sentinel[0].tls_port, fx->sentinel[1].tls_port, fx->sentinel[2].tls_port,
+                 fx->name[g], fx->tls->ca);
 }
 
 int fx_sentinel_start(fx_sentinel *fx, const fx_sentinel_opts *o)
@@ -245,6 +259,11 @@ int fx_sentinel_start(fx_sentinel *fx, const fx_sentinel_opts *o)
         return -1;
     if (o && o->password)
         snprintf(fx->password, sizeof fx->password, "%s", o->password);
+    fx->tls = o ? o->tls : NULL;
+    if (fx->tls) {
+        fx_tls_opts(&fx->base, fx->tls, FX_TLS_SERVER, "no");
+        fx->base.tls_plain = 1;
+    }
     for (int g = 0; g < fx->groups; g++) {
         snprintf(fx->name[g], sizeof fx->name[g], "fxgroup%d", g);
         if (start_group(fx, g) != 0 || wait_for(linked_cond, fx, g, FX_SENTINEL_WAIT_MS) != 0) {
@@ -308,7 +327,8 @@ int fx_sentinel_master(fx_sentinel *fx, int g)
         port = atoi(nl + 1);
     }
     for (int k = 0; k < fx->nservers && asked; k++)
-        if (fx->server[g][k].port == port && fx->server[g][k].pid > 0 &&
+        if ((fx->server[g][k].port == port || fx->server[g][k].tls_port == port) &&
+            fx->server[g][k].pid > 0 &&
             fx_cmd(&fx->server[g][k], out, sizeof out, "INFO replication") == 0 &&
             info_has(out, "role:master"))
             return k;

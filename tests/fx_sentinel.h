@@ -19,6 +19,7 @@
 #define FX_SENTINEL_H
 
 #include "fixture.h"
+#include "fx_tls.h"
 
 #include <stddef.h>
 
@@ -34,6 +35,10 @@ typedef struct fx_sentinel_opts {
     int replicas;         /* replicas per group: 1 or 2 (0: 1)                   */
     const char *password; /* requirepass on the sentinels (sentinel-pass between
                              them); NULL: none                                   */
+    const fx_tls *tls;    /* set: TLS on every server and sentinel (a TLS port next
+                             to the plain one, which the fixture uses), replication
+                             and monitoring over TLS; tls_url names the sentinels'
+                             TLS ports. tls must outlive the groups. NULL: none  */
 } fx_sentinel_opts;
 
 typedef struct fx_sentinel {
@@ -42,10 +47,13 @@ typedef struct fx_sentinel {
     fx_server sentinel[FX_SENTINELS];        /* pid 0: stopped or killed                       */
     char name[FX_SENTINEL_GROUPS][24];       /* the master name of group g: "fxgroupG"         */
     char url[FX_SENTINEL_GROUPS][256];       /* redis+sentinel://127.0.0.1:P1,...:P3/NAME      */
+    char tls_url[FX_SENTINEL_GROUPS][640];   /* rediss+sentinel://...:TLS_P1,.../NAME?ca=FILE  */
+    const fx_tls *tls;
     char password[64];
     /* what the servers were started with: their fx_opts point here */
     char port_arg[FX_SENTINEL_GROUPS][12];
     const char *args[FX_SENTINEL_GROUPS][FX_SENTINEL_SERVERS][12];
+    fx_opts base; /* what each server starts with (TLS fields, with tls) */
 } fx_sentinel;
 
 /* Start the groups, then the sentinels, and wait until every sentinel
