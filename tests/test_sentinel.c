@@ -524,7 +524,7 @@ END_TEST
 
 static void setup_two_replicas(void)
 {
-    fx_sentinel_opts o = {1, 2, NULL};
+    fx_sentinel_opts o = {1, 2, NULL, NULL};
     ck_assert_int_eq(fx_sentinel_start(&fx, &o), 0);
 }
 
@@ -620,7 +620,7 @@ END_TEST
 
 static void setup_auth(void)
 {
-    fx_sentinel_opts o = {1, 1, SENTINEL_PW};
+    fx_sentinel_opts o = {1, 1, SENTINEL_PW, NULL};
     ck_assert_int_eq(fx_sentinel_start(&fx, &o), 0);
 }
 
@@ -675,7 +675,7 @@ static fx_server plain;
 
 static void setup_quorum(void)
 {
-    fx_sentinel_opts o = {2, 1, NULL};
+    fx_sentinel_opts o = {2, 1, NULL, NULL};
     ck_assert_int_eq(fx_sentinel_start(&fx, &o), 0);
     ck_assert_int_eq(fx_server_start(&plain, NULL), 0);
 }
