@@ -201,6 +201,44 @@ START_TEST(test_modes)
 }
 END_TEST
 
+/* The non-blocking API while the master is being found: an acquire waits
+ * for the pass and is cancelled (nothing left behind: the next one works);
+ * the admin calls find the master first and report it by address. */
+START_TEST(test_cancel_and_admin)
+{
+    redlock_client *c = sentinel_client(fx.url[0], NULL);
+    redlock *l = tu_lock(c, "sn:cancel", "v", 10000);
+    ck_assert_int_eq(redlock_start_trylock(l), REDLOCK_OK);
+    ck_assert_int_eq(redlock_cancel(l), REDLOCK_OK);
+    ck_assert_int_eq(redlock_result(l), REDLOCK_CANCELLED);
+    for (int i = 0; i < 10; i++)
+        tu_turn(c, 20);
+    ck_assert_ptr_null(redlock_client_done(c));
+    ck_assert_str_eq(tu_get(master_of(0), "sn:cancel"), "");
+    ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    redlock_free(l);
+    redlock_client_free(c);
+    /* functions status on a fresh client: the master found first */
+    c = sentinel_client(fx.url[0], NULL);
+    redlock_functions_node out[2];
+    size_t n = 0;
+    ck_assert_int_eq(redlock_functions_status(c, out, 2, &n), REDLOCK_OK);
+    ck_assert_int_eq(n, 1);
+    char want[96];
+    snprintf(want, sizeof want, "master 'fxgroup0' at 127.0.0.1:%d", master_of(0)->port);
+    ck_assert_msg(strcmp(out[0].node, want) == 0, "%s", out[0].node);
+    redlock_client_free(c);
+    char url[256];
+    snprintf(url, sizeof url, "redis+sentinel://127.0.0.1:%d/nosuchmaster", fx.sentinel[0].port);
+    c = sentinel_client(url, NULL);
+    ck_assert_int_ne(redlock_functions_status(c, out, 2, &n), REDLOCK_OK);
+    ck_assert_msg(strstr(out[0].detail, "no master found") && strstr(out[0].detail, "(nil)"), "%s",
+                  out[0].detail);
+    redlock_client_free(c);
+}
+END_TEST
+
 /* Bad input: no master name, an unknown master name (every sentinel
  * says nil), every sentinel down. Each says what each sentinel said. */
 START_TEST(test_bad_input)
@@ -735,6 +773,7 @@ int main(void)
     tcase_add_unchecked_fixture(t, setup, teardown);
     tcase_add_test(t, test_lock_release);
     tcase_add_test(t, test_modes);
+    tcase_add_test(t, test_cancel_and_admin);
     tcase_add_test(t, test_bad_input);
     tcase_add_test(t, test_sentinel_down_and_slow);
     tcase_add_test(t, test_names_replica);
