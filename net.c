@@ -206,10 +206,11 @@ static int parse_uint(const char *s, size_t n, long max, long *out)
     for (size_t i = 0; i < n; i++) {
         if (s[i] < '0' || s[i] > '9')
             return -1;
+        /* checked before it grows: ten digits overflow a 32-bit long */
+        if (v > (max - (s[i] - '0')) / 10)
+            return -1;
         v = v * 10 + (s[i] - '0');
     }
-    if (v > max)
-        return -1;
     *out = v;
     return 0;
 }
@@ -983,8 +984,11 @@ int net_conn_new(net_conn **out, const net_url *url, const net_opts *opts)
         c->opts.io_timeout_ms = 500;
     resp_parser_init(&c->parser, &c->opts.limits, NULL, 0);
     c->opts.limits = c->parser.lim;
-    if (c->opts.max_reply == 0)
-        c->opts.max_reply = (size_t)c->opts.limits.max_bulk + 4096;
+    if (c->opts.max_reply == 0) {
+        /* saturates: max_bulk + 4 KiB may not fit a 32-bit size_t */
+        size_t bulk = c->opts.limits.max_bulk;
+        c->opts.max_reply = bulk + 4096 > bulk ? bulk + 4096 : SIZE_MAX;
+    }
     size_t nelems = (size_t)c->opts.limits.max_array + 8;
     if (nelems > 1024)
         nelems = 1024; /* grows to max_elems when a reply needs more */
@@ -1585,7 +1589,7 @@ static int rbuf_room(net_conn *c)
     if (c->rcap >= c->opts.max_reply)
         return conn_fail(c, RESP_ERR_PROTOCOL, "reply from %s is larger than %zu bytes", c->desc,
                          c->opts.max_reply);
-    size_t cap = c->rcap * 2 < c->opts.max_reply ? c->rcap * 2 : c->opts.max_reply;
+    size_t cap = c->rcap < c->opts.max_reply / 2 ? c->rcap * 2 : c->opts.max_reply;
     char *nb = resp_realloc(c->rbuf, cap);
     if (!nb)
         return conn_fail(c, RESP_ERR_NOMEM, "out of memory reading from %s", c->desc);

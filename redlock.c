@@ -100,16 +100,14 @@ _Static_assert(SAME_CODE(OK) && SAME_CODE(ERR_TIMEOUT) && SAME_CODE(ERR_IO) &&
 #define SUFFIX_FREED "freed" /* a cluster's release channel (shard channel) */
 #define SUFFIX_HOLDS "holds" /* a semaphore's holders (ZSET by lease expiry) */
 #define SUFFIX_READS "reads" /* a read-write lock's readers (ZSET by lease expiry) */
-#define SUFFIX_TOKEN "token" /* their fencing tokens (HASH)                 */
-#define SUFFIX_LIMIT "limit" /* a semaphore's permit count                  */
+#define SUFFIX_TOKEN "token" /* their fencing tokens (HASH; a semaphore's permit count at '') */
 #define SUFFIX_WWAIT "wwait" /* writers waiting for readers (ZSET by place expiry) */
 #define SAME_LEN(s) (sizeof SUFFIX_##s - 1 == SUFFIX_LEN)
 _Static_assert(SAME_LEN(FENCE) && SAME_LEN(QUEUE) && SAME_LEN(ALIVE) && SAME_LEN(FREED) &&
-                   SAME_LEN(HOLDS) && SAME_LEN(READS) && SAME_LEN(TOKEN) && SAME_LEN(LIMIT) &&
-                   SAME_LEN(WWAIT),
+                   SAME_LEN(HOLDS) && SAME_LEN(READS) && SAME_LEN(TOKEN) && SAME_LEN(WWAIT),
                "every key suffix is SUFFIX_LEN bytes: lock_keys.klen is the length of each key");
 #undef SAME_LEN
-#define NKEYS 9 /* the {NAME}:SUFFIX keys of a handle */
+#define NKEYS 8 /* the {NAME}:SUFFIX keys of a handle */
 #define CHAN_PREFIX "redlock:" /* the release channel on plain nodes: redlock:NAME */
 #define CHAN_PREFIX_LEN (sizeof CHAN_PREFIX - 1)
 
@@ -272,7 +270,7 @@ typedef struct lock_keys {
     const char *name;    /* the lock key: the name itself                   */
     const char *value;   /* the owner value                                 */
     const char *fence, *queue, *alive, *freed; /* {NAME}:SUFFIX, klen bytes each */
-    const char *holds, *reads, *token, *limit, *wwait;
+    const char *holds, *reads, *token, *wwait;
     const char *channel; /* the release channel on plain nodes: redlock:NAME */
     const char *own, *own_s; /* fair mode: this waiter's own channels,
                                 redlock:NAME:VALUE and {NAME}:freed:VALUE     */
@@ -1017,22 +1015,20 @@ static void waiter_prefix(const redlock *l, int sharded, const char **p, size_t 
 
 /* The KEYS and ARGV of script id for l, from its keys and the operation's
  * parameters (repair, token, place in line). Returns how many. */
-static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
-{
-    const lock_keys *k = &l->k;
-    const lock_wait *w = &l->wait;
-    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
-    const char *repair = l->op.repair ? "1" : "0", *tok = l->op.tok_str;
-    int sharded = id == S_DEQUEUE_SHARDED || id == S_RELEASE_FAIR_SHARDED ||
-                  id == S_SEM_RELEASE_SHARDED || id == S_SEM_DEQUEUE_SHARDED ||
-                  id == S_RD_RELEASE_SHARDED;
 #define ARG(s, n) (kv[a] = (s), kl[a] = (n), a++)
 #define STR(s) ARG(s, strlen(s))
 #define KEY(x) ARG(k->x, k->klen)
 #define NAME ARG(k->name, k->namelen)
 #define VALUE ARG(k->value, k->vlen)
 #define PREFIX (waiter_prefix(l, sharded, kv + a, kl + a), a++)
-    int a = 0;
+
+/* A lock's scripts (and the waiting, fair and fencing ones it shares). */
+static int lock_args(const redlock *l, int id, const char **kv, size_t *kl)
+{
+    const lock_keys *k = &l->k;
+    const lock_wait *w = &l->wait;
+    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
+    int sharded = id == S_DEQUEUE_SHARDED || id == S_RELEASE_FAIR_SHARDED, a = 0;
     switch (id) {
     case S_ACQUIRE:
         NAME, KEY(fence), KEY(wwait), VALUE, STR(ttl), STR(fencing);
@@ -1058,34 +1054,49 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
         NAME, KEY(freed), VALUE;
         break;
     case S_REFRESH:
-        NAME, VALUE, STR(ttl), STR(repair);
+        NAME, VALUE, STR(ttl), STR(l->op.repair ? "1" : "0");
         break;
     case S_RAISE:
-        KEY(fence), STR(tok);
+        KEY(fence), STR(l->op.tok_str);
         break;
     case S_STATUS:
         NAME, KEY(fence);
         break;
+    case S_WLEAVE:
+        KEY(wwait), VALUE;
+        break;
+    }
+    return a;
+}
+
+/* A semaphore's and a reader's scripts, and the list of holders. */
+static int shared_args(const redlock *l, int id, const char **kv, size_t *kl)
+{
+    const lock_keys *k = &l->k;
+    const lock_wait *w = &l->wait;
+    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
+    const char *repair = l->op.repair ? "1" : "0", *tok = l->op.tok_str;
+    int sharded = id == S_SEM_RELEASE_SHARDED || id == S_SEM_DEQUEUE_SHARDED ||
+                  id == S_RD_RELEASE_SHARDED, a = 0;
+    switch (id) {
     case S_SEM_ACQUIRE:
-        KEY(holds), KEY(token), KEY(limit), KEY(fence), KEY(queue), KEY(alive);
+        KEY(holds), KEY(token), KEY(fence), KEY(queue), KEY(alive);
         VALUE, STR(ttl), STR(fencing), STR(k->permits_str), STR(w->queued ? "1" : "0");
         STR(w->score_str), STR(w->lease_str), STR(l->c->opts.fair ? "1" : "0");
         break;
     case S_SEM_RELEASE:
     case S_SEM_RELEASE_SHARDED:
-        KEY(holds), KEY(token), KEY(limit), KEY(queue), KEY(alive), VALUE, PREFIX;
+        KEY(holds), KEY(token), KEY(queue), KEY(alive), VALUE, PREFIX;
         break;
     case S_SEM_REFRESH:
-        KEY(holds), KEY(token), KEY(limit), VALUE, STR(ttl), STR(repair), STR(k->permits_str);
-        STR(tok);
+        KEY(holds), KEY(token), VALUE, STR(ttl), STR(repair), STR(k->permits_str), STR(tok);
         break;
     case S_SEM_DEQUEUE:
     case S_SEM_DEQUEUE_SHARDED:
-        KEY(queue), KEY(alive), KEY(holds), KEY(limit), VALUE, PREFIX;
+        KEY(queue), KEY(alive), KEY(holds), KEY(token), VALUE, PREFIX;
         break;
     case S_RD_ACQUIRE:
-        NAME, KEY(reads), KEY(token), KEY(fence), KEY(wwait), KEY(limit);
-        VALUE, STR(ttl), STR(fencing);
+        NAME, KEY(reads), KEY(token), KEY(fence), KEY(wwait), VALUE, STR(ttl), STR(fencing);
         break;
     case S_RD_RELEASE:
         NAME, KEY(reads), KEY(token), KEY(queue), KEY(alive), VALUE, PREFIX;
@@ -1098,19 +1109,22 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
         NAME, KEY(reads), KEY(token), KEY(wwait), VALUE, STR(ttl), STR(repair), STR(tok);
         break;
     case S_LIST:
-        NAME, KEY(holds), KEY(reads), KEY(token), KEY(limit), KEY(fence);
-        break;
-    case S_WLEAVE:
-        KEY(wwait), VALUE;
+        NAME, KEY(holds), KEY(reads), KEY(token), KEY(fence);
         break;
     }
+    return a;
+}
 #undef ARG
 #undef STR
 #undef KEY
 #undef NAME
 #undef VALUE
 #undef PREFIX
-    return a;
+
+static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
+{
+    int a = lock_args(l, id, kv, kl);
+    return a ? a : shared_args(l, id, kv, kl);
 }
 
 /* The probe a waiter sends once subscribed (see subscribed, part 7): PTTL
@@ -4622,10 +4636,10 @@ static int has_hash_tag(const char *s, size_t n)
 static char *layout_keys(lock_keys *k, char *p, const char *name, size_t namelen)
 {
     static const char suffix[NKEYS][SUFFIX_LEN + 1] = {
-        SUFFIX_FENCE, SUFFIX_QUEUE, SUFFIX_ALIVE, SUFFIX_FREED, SUFFIX_HOLDS,
-        SUFFIX_READS, SUFFIX_TOKEN, SUFFIX_LIMIT, SUFFIX_WWAIT};
-    const char **dst[NKEYS] = {&k->fence, &k->queue, &k->alive, &k->freed, &k->holds,
-                               &k->reads, &k->token, &k->limit, &k->wwait};
+        SUFFIX_FENCE, SUFFIX_QUEUE, SUFFIX_ALIVE, SUFFIX_FREED,
+        SUFFIX_HOLDS, SUFFIX_READS, SUFFIX_TOKEN, SUFFIX_WWAIT};
+    const char **dst[NKEYS] = {&k->fence, &k->queue, &k->alive, &k->freed,
+                               &k->holds, &k->reads, &k->token, &k->wwait};
     int tag = has_hash_tag(name, namelen);
     k->name = p;
     k->namelen = namelen;

@@ -311,8 +311,7 @@ REDLOCK_API int redlock_inspect(redlock *l, redlock_info *info);
  * and the holder set expires as a whole after the longest one. Every grant
  * gets a fencing token from the name's counter, strictly increasing across
  * grants as for locks. Keys live in the name's hash slot ({NAME}:holds,
- * {NAME}:reads, {NAME}:token, {NAME}:limit, {NAME}:wwait; see
- * docs/semaphores.md).
+ * {NAME}:reads, {NAME}:token, {NAME}:wwait; see docs/semaphores.md).
  */
 
 /* The most permits a semaphore may have. */

@@ -31,13 +31,17 @@
  * (about 1.8e15: exact in Lua's numbers and in INCR's integers), so a
  * token is never smaller than one issued before the loss as long as grants
  * come slower than one a microsecond. An existing counter only ever
- * increments. ind indents the text. */
+ * increments (one that was set to 0 by hand counts as missing). ind
+ * indents the text. */
 #define NEXT_TOKEN(ind) \
-    ind "if redis.call('EXISTS', fence) == 0 then\n" \
+    ind "token = redis.call('INCR', fence)\n" \
+    ind "if token == 1 then\n" \
+    ind "  -- a new counter: it starts from the server's clock in microseconds\n" \
     ind "  local t = redis.call('TIME')\n" \
-    ind "  redis.call('SET', fence, t[1] .. string.format('%06d', tonumber(t[2])))\n" \
-    ind "end\n" \
-    ind "token = redis.call('INCR', fence)\n"
+    ind "  local seed = t[1] .. string.format('%06d', tonumber(t[2]))\n" \
+    ind "  redis.call('SET', fence, seed)\n" \
+    ind "  token = tonumber(seed)\n" \
+    ind "end\n"
 static const char ACQUIRE_LUA[] =
     "-- acquire: take the lock if it is free; if it is ours already, reset its TTL\n"
     "-- KEYS: lock, fence counter, writers waiting (read-write locks: ZSET by\n"
@@ -270,41 +274,30 @@ static const char RELEASE_FAIR_SHARDED_LUA[] =
     RELEASE_FAIR_BODY("SPUBLISH");
 
 /* Holders whose lease ran out (server ms) leave the set `set`, their
- * tokens with them. */
+ * tokens with them (one call when none did). */
 #define PRUNE_HOLDERS(ind) \
     ind "-- leases that ran out leave, with their tokens\n" \
     ind "local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)\n" \
-    ind "if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end\n" \
-    ind "redis.call('ZREMRANGEBYSCORE', set, '-inf', now)\n"
-
-/* A semaphore expires as a whole after its longest lease. */
-#define KEEP_SEM(ind) \
-    ind "-- the holders, their tokens and the permit count go when the longest lease ends\n" \
-    ind "local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]\n" \
-    ind "if last then\n" \
-    ind "  local left = math.max(1, tonumber(last) - now)\n" \
-    ind "  redis.call('PEXPIRE', set, left)\n" \
-    ind "  redis.call('PEXPIRE', tokens, left)\n" \
-    ind "  redis.call('PEXPIRE', limit, left)\n" \
-    ind "else\n" \
-    ind "  redis.call('DEL', set, tokens, limit)\n" \
+    ind "if #gone > 0 then\n" \
+    ind "  redis.call('HDEL', tokens, unpack(gone))\n" \
+    ind "  redis.call('ZREM', set, unpack(gone))\n" \
+    ind "  if #gone == 64 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end\n" \
     ind "end\n"
+
+/* After a grant or a renewal: the holder set, with its tokens, expires as a
+ * whole after the longest lease. */
+#define KEEP_SET(ind) \
+    ind "-- the holders and their tokens live as long as the longest lease\n" \
+    ind "local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]\n" \
+    ind "local left = math.max(1, tonumber(last) - now)\n" \
+    ind "redis.call('PEXPIRE', set, left)\n" \
+    ind "redis.call('PEXPIRE', tokens, left)\n"
 
 /* While readers hold a read-write lock, its key holds READERS_MARK with the
- * longest reader lease as TTL: writers (ours, and redis-py's SET NX) see it
- * held. It goes with the last reader. */
-#define KEEP_READS(ind) \
-    ind "-- the readers' mark on the lock, their set and tokens go when the longest lease ends\n" \
-    ind "local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]\n" \
-    ind "if last then\n" \
-    ind "  local left = math.max(1, tonumber(last) - now)\n" \
-    ind "  redis.call('SET', lock, 'redlock:readers', 'PX', left)\n" \
-    ind "  redis.call('PEXPIRE', set, left)\n" \
-    ind "  redis.call('PEXPIRE', tokens, left)\n" \
-    ind "else\n" \
-    ind "  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end\n" \
-    ind "  redis.call('DEL', set, tokens)\n" \
-    ind "end\n"
+ * longest reader lease as TTL: writers (ours, and any SET NX) see it held. */
+#define MARK_READS(ind) \
+    ind "-- readers hold it: the lock key says so for as long as the longest read lease\n" \
+    ind "redis.call('SET', lock, 'redlock:readers', 'PX', left)\n"
 
 /* A permit (or a read hold) for `value` with a lease of ttl, and its token. */
 #define GRANT(ind) \
@@ -336,44 +329,48 @@ static const char RELEASE_FAIR_SHARDED_LUA[] =
     ind "end\n"
 
 static const char SEM_ACQUIRE_LUA[] =
-    "-- semaphore acquire: a permit if one is free (fair: and nobody is ahead in\n"
-    "-- line); a permit we hold already gets a new lease\n"
-    "-- KEYS: holders (ZSET by lease expiry, server ms), tokens (HASH), permit\n"
-    "--       count, fence counter, queue (ZSET by arrival), alive (place leases)\n"
-    "-- ARGV: owner value, ttl ms, fencing '1'/'0', permits, enqueue '1'/'0',\n"
-    "--       queue score ('': the node's clock), place lease ms, fair '1'/'0'\n"
-    "-- {1, token} taken  {2, token} held already  {0, ms} every permit is held\n"
-    "-- (ms: until the first lease ends)  {3, ms} one is free, but waiters are\n"
-    "-- first  {-2, n} the semaphore has n permits, not ARGV's\n"
-    "local set, tokens, limit, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
-    "local queue, alive = KEYS[5], KEYS[6]\n"
+    "-- semaphore acquire: a permit if one is free (fair: and nobody is ahead);\n"
+    "-- a permit we hold already gets a new lease\n"
+    "-- KEYS: holders (ZSET by lease end, server ms), tokens (HASH; field '':\n"
+    "--       the permit count), fence counter, queue, alive (place leases)\n"
+    "-- ARGV: owner value, ttl ms, fencing, permits, enqueue, queue score ('':\n"
+    "--       the node's clock), place lease ms, fair\n"
+    "-- {1, token} taken  {2, token} held already  {0, ms} all held (ms: until\n"
+    "-- a lease ends)  {3, ms} one is free, waiters first  {-2, n} n permits\n"
+    "local set, tokens, fence, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]\n"
     "local value, ttl, fencing = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'\n"
     "local permits, enqueue, score = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]\n"
     "local lease, fair = tonumber(ARGV[7]), ARGV[8] == '1'\n"
-    "local stored = tonumber(redis.call('GET', limit) or permits)\n"
-    "if stored ~= permits then return {-2, stored} end\n"
+    "local stored = tonumber(redis.call('HGET', tokens, '') or 0)\n"
+    "if stored ~= 0 and stored ~= permits then return {-2, stored} end\n"
     NOW_MS("")
     PRUNE_HOLDERS("")
     "if redis.call('ZSCORE', set, value) then\n"
     "  redis.call('ZADD', set, now + ttl, value)\n"
-    "  redis.call('ZREM', queue, value)\n"
-    "  redis.call('ZREM', alive, value)\n"
-    KEEP_SEM("  ")
+    "  if enqueue then\n"
+    "    redis.call('ZREM', queue, value)\n"
+    "    redis.call('ZREM', alive, value)\n"
+    "  end\n"
+    KEEP_SET("  ")
     "  return {2, tonumber(redis.call('HGET', tokens, value) or 0)}\n"
     "end\n"
-    DROP_DEAD("")
+    "if enqueue or fair then\n"
+    DROP_DEAD("  ")
+    "end\n"
     "local code, left = 0, 0\n"
     "local free = permits - redis.call('ZCARD', set)\n"
     "if free > 0 then\n"
-    "  -- fair: only as many waiters as permits are free, from the head of the line\n"
+    "  -- fair: as many waiters as permits are free, from the head of the line\n"
     "  local ahead = 0\n"
     "  if fair then ahead = redis.call('ZRANK', queue, value) or redis.call('ZCARD', queue) end\n"
     "  if ahead < free then\n"
     GRANT("    ")
-    "    redis.call('SET', limit, permits)\n"
-    "    redis.call('ZREM', queue, value)\n"
-    "    redis.call('ZREM', alive, value)\n"
-    KEEP_SEM("    ")
+    "    if stored == 0 then redis.call('HSET', tokens, '', permits) end\n"
+    "    if enqueue then\n"
+    "      redis.call('ZREM', queue, value)\n"
+    "      redis.call('ZREM', alive, value)\n"
+    "    end\n"
+    KEEP_SET("    ")
     "    return {1, token}\n"
     "  end\n"
     "  code = 3\n"
@@ -386,16 +383,17 @@ static const char SEM_ACQUIRE_LUA[] =
 
 /* A semaphore release wakes as many waiters as it frees permits: one. */
 #define SEM_RELEASE_BODY(ind, pub) \
-    ind "-- KEYS: holders, tokens, permit count, queue, alive\n" \
+    ind "-- KEYS: holders, tokens, queue, alive\n" \
     ind "-- ARGV: owner value, waiters' channel prefix\n" \
     ind "-- 1 released   0 not held (its lease ran out, or it was never taken)\n" \
-    ind "local set, tokens, limit, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]\n" \
+    ind "local set, tokens, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n" \
     ind "local value, prefix = ARGV[1], ARGV[2]\n" \
     NOW_MS(ind "") \
     PRUNE_HOLDERS(ind "") \
     ind "if redis.call('ZREM', set, value) == 0 then return 0 end\n" \
     ind "redis.call('HDEL', tokens, value)\n" \
-    KEEP_SEM(ind "") \
+    ind "-- the last holder out takes the set's tokens and permit count with it\n" \
+    ind "if redis.call('ZCARD', set) == 0 then redis.call('DEL', tokens) end\n" \
     ind "-- one permit freed: tell one waiter, the first in line whose place is alive\n" \
     WAKE_HEAD(ind "", pub) \
     ind "return 1\n"
@@ -412,35 +410,33 @@ static const char SEM_RELEASE_SHARDED_LUA[] =
 static const char SEM_REFRESH_LUA[] =
     "-- semaphore refresh: a new lease for our permit if it is still live; with\n"
     "-- repair, take it again where it is missing if a permit is free there\n"
-    "-- KEYS: holders, tokens, permit count\n"
-    "-- ARGV: owner value, ttl ms, repair '1'/'0', permits, token\n"
+    "-- KEYS: holders, tokens   ARGV: owner value, ttl ms, repair '1'/'0', permits, token\n"
     "-- 1 extended   2 set again   0 not held   -1 not held, and no permit free\n"
-    "local set, tokens, limit = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local set, tokens = KEYS[1], KEYS[2]\n"
     "local value, ttl, repair = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'\n"
     "local permits, token = tonumber(ARGV[4]), ARGV[5]\n"
     NOW_MS("")
     PRUNE_HOLDERS("")
     "if redis.call('ZSCORE', set, value) then\n"
     "  redis.call('ZADD', set, now + ttl, value)\n"
-    KEEP_SEM("  ")
+    KEEP_SET("  ")
     "  return 1\n"
     "end\n"
     "if not repair then return 0 end\n"
     "if redis.call('ZCARD', set) >= permits then return -1 end\n"
     "redis.call('ZADD', set, now + ttl, value)\n"
-    "redis.call('HSET', tokens, value, token)\n"
-    "redis.call('SET', limit, permits)\n"
-    KEEP_SEM("")
+    "redis.call('HSET', tokens, value, token, '', permits)\n"
+    KEEP_SET("")
     "return 2\n";
 
 /* Leaving a semaphore's line passes a free permit on to the next waiter. */
 #define SEM_DEQUEUE_BODY(ind, pub) \
-    ind "-- KEYS: queue, alive, holders, permit count   ARGV: owner value, waiters' channel prefix\n" \
-    ind "local queue, alive, set, limit = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n" \
+    ind "-- KEYS: queue, alive, holders, tokens   ARGV: owner value, waiters' channel prefix\n" \
+    ind "local queue, alive, set, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n" \
     ind "local value, prefix = ARGV[1], ARGV[2]\n" \
     ind "redis.call('ZREM', queue, value)\n" \
     ind "redis.call('ZREM', alive, value)\n" \
-    ind "local permits = tonumber(redis.call('GET', limit) or 0)\n" \
+    ind "local permits = tonumber(redis.call('HGET', tokens, '') or 0)\n" \
     ind "if permits == 0 or redis.call('ZCARD', set) < permits then\n" \
     ind "  -- a permit is free: the next waiter in line may take it\n" \
     WAKE_NEXT(ind "  ", pub) \
@@ -459,30 +455,31 @@ static const char RD_ACQUIRE_LUA[] =
     "-- shared (reader) acquire of a read-write lock: granted unless a writer\n"
     "-- holds the lock or waits for it (writer preference); renews a hold we have\n"
     "-- KEYS: lock, readers (ZSET by lease expiry, server ms), tokens, fence\n"
-    "--       counter, writers waiting (ZSET by place expiry), permit count\n"
+    "--       counter, writers waiting (ZSET by place expiry)\n"
     "-- ARGV: owner value, ttl ms, fencing '1'/'0'\n"
     "-- {1, token} taken  {2, token} held already  {0, pttl} a writer holds it\n"
     "-- {4, ms} a writer waits (ms: until its place lapses)\n"
     "-- {-3, n} the name is a semaphore of n permits\n"
-    "local lock, set, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
-    "local writers, limit = KEYS[5], KEYS[6]\n"
+    "local lock, set, tokens, fence, writers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]\n"
     "local value, ttl, fencing = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'\n"
-    "if redis.call('EXISTS', limit) == 1 then return {-3, tonumber(redis.call('GET', limit))} end\n"
     "local holder = redis.call('GET', lock)\n"
     "if holder and holder ~= 'redlock:readers' then return {0, redis.call('PTTL', lock)} end\n"
+    "local permits = redis.call('HGET', tokens, '')\n"
+    "if permits then return {-3, tonumber(permits)} end\n"
     NOW_MS("")
     PRUNE_HOLDERS("")
     "if redis.call('ZSCORE', set, value) then\n"
     "  redis.call('ZADD', set, now + ttl, value)\n"
-    KEEP_READS("  ")
+    KEEP_SET("  ")
+    MARK_READS("  ")
     "  return {2, tonumber(redis.call('HGET', tokens, value) or 0)}\n"
     "end\n"
     "-- a writer waiting keeps new readers out; its place lapses if it dies\n"
-    "redis.call('ZREMRANGEBYSCORE', writers, '-inf', now)\n"
-    "local w = redis.call('ZRANGE', writers, 0, 0, 'WITHSCORES')[2]\n"
+    "local w = redis.call('ZRANGEBYSCORE', writers, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)[2]\n"
     "if w then return {4, tonumber(w) - now} end\n"
     GRANT("")
-    KEEP_READS("")
+    KEEP_SET("")
+    MARK_READS("")
     "return {1, token}\n";
 
 static const char RD_RELEASE_LUA[] =
@@ -496,10 +493,11 @@ static const char RD_RELEASE_LUA[] =
     PRUNE_HOLDERS("")
     "if redis.call('ZREM', set, value) == 0 then return 0 end\n"
     "redis.call('HDEL', tokens, value)\n"
-    KEEP_READS("")
-    "if redis.call('EXISTS', lock) == 0 then\n"
-    "  -- the last reader is out: writers waiting hear it (on the lock's\n"
-    "  -- channel; in fair mode the first in line, on its own)\n"
+    "if redis.call('ZCARD', set) == 0 then\n"
+    "  -- the last reader is out: the lock is free, and writers waiting hear it\n"
+    "  -- (on the lock's channel; in fair mode the first in line, on its own)\n"
+    "  redis.call('DEL', set, tokens)\n"
+    "  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end\n"
     "  redis.call('PUBLISH', channel, 'released')\n"
     WAKE_HEAD("  ", "PUBLISH")
     "end\n"
@@ -518,10 +516,11 @@ static const char RD_RELEASE_SHARDED_LUA[] =
     PRUNE_HOLDERS("")
     "if redis.call('ZREM', set, value) == 0 then return 0 end\n"
     "redis.call('HDEL', tokens, value)\n"
-    KEEP_READS("")
-    "if redis.call('EXISTS', lock) == 0 then\n"
-    "  -- the last reader is out: writers waiting hear it (on the lock's\n"
-    "  -- channel; in fair mode the first in line, on its own)\n"
+    "if redis.call('ZCARD', set) == 0 then\n"
+    "  -- the last reader is out: the lock is free, and writers waiting hear it\n"
+    "  -- (on the lock's channel; in fair mode the first in line, on its own)\n"
+    "  redis.call('DEL', set, tokens)\n"
+    "  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end\n"
     "  redis.call('SPUBLISH', channel, 'released')\n"
     WAKE_HEAD("  ", "SPUBLISH")
     "end\n"
@@ -539,7 +538,8 @@ static const char RD_REFRESH_LUA[] =
     PRUNE_HOLDERS("")
     "if redis.call('ZSCORE', set, value) then\n"
     "  redis.call('ZADD', set, now + ttl, value)\n"
-    KEEP_READS("  ")
+    KEEP_SET("  ")
+    MARK_READS("  ")
     "  return 1\n"
     "end\n"
     "if not repair then return 0 end\n"
@@ -549,17 +549,17 @@ static const char RD_REFRESH_LUA[] =
     "end\n"
     "redis.call('ZADD', set, now + ttl, value)\n"
     "redis.call('HSET', tokens, value, token)\n"
-    KEEP_READS("")
+    KEEP_SET("")
+    MARK_READS("")
     "return 2\n";
 
 static const char LIST_LUA[] =
     "-- list: who holds the name, changing nothing\n"
-    "-- KEYS: lock, holders (semaphore), readers, tokens, permit count, fence counter\n"
+    "-- KEYS: lock, holders (semaphore), readers, tokens, fence counter\n"
     "-- {exclusive holder or nil, its pttl, {value, ms left, token, ...} of the\n"
     "--  live permit holders or readers (64 at most), permit count or nil,\n"
     "--  fence counter or nil}\n"
-    "local lock, holds, reads, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]\n"
-    "local limit, fence = KEYS[5], KEYS[6]\n"
+    "local lock, holds, reads, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]\n"
     NOW_MS("")
     "local set = holds\n"
     "if redis.call('EXISTS', reads) == 1 then set = reads end\n"
@@ -570,7 +570,7 @@ static const char LIST_LUA[] =
     "  out[#out + 1] = tonumber(m[i + 1]) - now\n"
     "  out[#out + 1] = tonumber(redis.call('HGET', tokens, m[i]) or 0)\n"
     "end\n"
-    "return {redis.call('GET', lock), redis.call('PTTL', lock), out, redis.call('GET', limit),\n"
+    "return {redis.call('GET', lock), redis.call('PTTL', lock), out, redis.call('HGET', tokens, ''),\n"
     "        redis.call('GET', fence)}\n";
 
 static const char WLEAVE_LUA[] =
@@ -620,8 +620,8 @@ typedef struct script {
 } script;
 
 static const script scripts[S_COUNT] = {
-    [S_ACQUIRE] = {"acquire", ACQUIRE_LUA, "fc98e8857ba9110d62908a71e4298abab331af37", 3, 4, R_PAIR},
-    [S_FAIR] = {"fair acquire", FAIR_LUA, "443e63ef7c6cbaad3963e2e84640d4bf448f1d54", 5, 6, R_PAIR},
+    [S_ACQUIRE] = {"acquire", ACQUIRE_LUA, "cbd3302b2729bd232b0e86004a13c5c352087fc7", 3, 4, R_PAIR},
+    [S_FAIR] = {"fair acquire", FAIR_LUA, "8cbabde13ac3ffb2ea3e4d543f85225e253d1203", 5, 6, R_PAIR},
     [S_DEQUEUE] = {"dequeue", DEQUEUE_LUA, "d73d77d9c20b33c03ed4a9e0b1488c501366713f", 3, 2, R_INT},
     [S_RELEASE] = {"release", RELEASE_LUA, "742a9c720bb0d4d03c0b46e8f3a0e5757a0afc0e", 1, 2, R_INT},
     [S_REFRESH] = {"refresh", REFRESH_LUA, "ceb551be5baed2f994937f4a9af5693f3b3fd139", 1, 3, R_INT},
@@ -635,17 +635,17 @@ static const script scripts[S_COUNT] = {
                         3, 2, R_INT},
     [S_RELEASE_FAIR_SHARDED] = {"release", RELEASE_FAIR_SHARDED_LUA,
                                 "d1c6b8b4b14cd124158d38807707c127f349e522", 3, 2, R_INT},
-    [S_SEM_ACQUIRE] = {"semaphore acquire", SEM_ACQUIRE_LUA, "045632d0d36182966ccbfb8169fabb01dacaa8b3", 6, 8, R_PAIR},
-    [S_SEM_RELEASE] = {"semaphore release", SEM_RELEASE_LUA, "7cba2d5abe7eec989dae2e0fe8e5c3e4938b1623", 5, 2, R_INT},
-    [S_SEM_RELEASE_SHARDED] = {"semaphore release", SEM_RELEASE_SHARDED_LUA, "3de2d349caf116d91f559c508a9792c1614eb4a7", 5, 2, R_INT},
-    [S_SEM_REFRESH] = {"semaphore refresh", SEM_REFRESH_LUA, "1c704e2a656d29ef542d8011cd4e7d74e39a7518", 3, 5, R_INT},
-    [S_SEM_DEQUEUE] = {"semaphore dequeue", SEM_DEQUEUE_LUA, "114bd5375fd29d27c1d2a9a636bf67c6974bdea6", 4, 2, R_INT},
-    [S_SEM_DEQUEUE_SHARDED] = {"semaphore dequeue", SEM_DEQUEUE_SHARDED_LUA, "1c0c320b34d331c52e6a7a32410982fa3d6b15bb", 4, 2, R_INT},
-    [S_RD_ACQUIRE] = {"shared acquire", RD_ACQUIRE_LUA, "81e9a482b945082dc783e42bf293c76b999d6a9b", 6, 3, R_PAIR},
-    [S_RD_RELEASE] = {"shared release", RD_RELEASE_LUA, "8dba7b8c1d7db9da3c4c68e452fc7ed7160f524a", 5, 3, R_INT},
-    [S_RD_RELEASE_SHARDED] = {"shared release", RD_RELEASE_SHARDED_LUA, "6cfe139f0fce10ef457100308575ef74ebb88117", 6, 2, R_INT},
-    [S_RD_REFRESH] = {"shared refresh", RD_REFRESH_LUA, "fbc3ef43bbd96a9875e17dbb7ada1dc61a52a1d5", 4, 4, R_INT},
-    [S_LIST] = {"list", LIST_LUA, "00ec167b436c82950973ea344a5f1e1f0c762b07", 6, 0, R_LIST},
+    [S_SEM_ACQUIRE] = {"semaphore acquire", SEM_ACQUIRE_LUA, "681456b6513a6de6ac0b92632dfb91c8c8bd18ac", 5, 8, R_PAIR},
+    [S_SEM_RELEASE] = {"semaphore release", SEM_RELEASE_LUA, "1a94d61f32565bbe065bba717b44eb0cb45bc36a", 4, 2, R_INT},
+    [S_SEM_RELEASE_SHARDED] = {"semaphore release", SEM_RELEASE_SHARDED_LUA, "e559452e0d2434e3d5194b1d223eb4cfd53aba0b", 4, 2, R_INT},
+    [S_SEM_REFRESH] = {"semaphore refresh", SEM_REFRESH_LUA, "8bab6cac46a9ef3a7e442789c5a96ee4d142ebf6", 2, 5, R_INT},
+    [S_SEM_DEQUEUE] = {"semaphore dequeue", SEM_DEQUEUE_LUA, "b386a581a032d47a38ba1dbca3bf5a9cec8ba256", 4, 2, R_INT},
+    [S_SEM_DEQUEUE_SHARDED] = {"semaphore dequeue", SEM_DEQUEUE_SHARDED_LUA, "4061eed1d5745abe81e9aa24f26908bd05b177e1", 4, 2, R_INT},
+    [S_RD_ACQUIRE] = {"shared acquire", RD_ACQUIRE_LUA, "1d6662198c57f38dd916641e08ca9539bbbfad20", 5, 3, R_PAIR},
+    [S_RD_RELEASE] = {"shared release", RD_RELEASE_LUA, "c2e537e438e607637fffcd28dab4fb46cf61c763", 5, 3, R_INT},
+    [S_RD_RELEASE_SHARDED] = {"shared release", RD_RELEASE_SHARDED_LUA, "87544d06a2bb63454e5f479f8b36c08e2327486a", 6, 2, R_INT},
+    [S_RD_REFRESH] = {"shared refresh", RD_REFRESH_LUA, "e46305386cf9a67e400e1a5d7ec57a73ebc040b8", 4, 4, R_INT},
+    [S_LIST] = {"list", LIST_LUA, "be875c0faf345e655587723617fff4afa4e028aa", 5, 0, R_LIST},
     [S_WLEAVE] = {"leave", WLEAVE_LUA, "976c209098234d3cc1631bea0f88b8bb4cd7ac84", 1, 1, R_INT},
 };
 #define MAX_SCRIPT_ARGS 14

@@ -38,11 +38,14 @@ redis.call('SET', lock, value, 'PX', ttl)
 if place ~= '' then redis.call('ZREM', writers, value) end
 local token = 0
 if fencing then
-  if redis.call('EXISTS', fence) == 0 then
-    local t = redis.call('TIME')
-    redis.call('SET', fence, t[1] .. string.format('%06d', tonumber(t[2])))
-  end
   token = redis.call('INCR', fence)
+  if token == 1 then
+    -- a new counter: it starts from the server's clock in microseconds
+    local t = redis.call('TIME')
+    local seed = t[1] .. string.format('%06d', tonumber(t[2]))
+    redis.call('SET', fence, seed)
+    token = tonumber(seed)
+  end
 end
 return {1, token}
 end
@@ -105,11 +108,14 @@ else
     if enqueue then redis.call('ZREM', writers, value) end
     local token = 0
     if fencing then
-      if redis.call('EXISTS', fence) == 0 then
-        local t = redis.call('TIME')
-        redis.call('SET', fence, t[1] .. string.format('%06d', tonumber(t[2])))
-      end
       token = redis.call('INCR', fence)
+      if token == 1 then
+        -- a new counter: it starts from the server's clock in microseconds
+        local t = redis.call('TIME')
+        local seed = t[1] .. string.format('%06d', tonumber(t[2]))
+        redis.call('SET', fence, seed)
+        token = tonumber(seed)
+      end
     end
     return {1, token}
   end
@@ -330,80 +336,80 @@ end
 redis.register_function{function_name = 'redlock_v2_release_fair_sharded', callback = release_fair_sharded, flags = {'allow-oom'}}
 
 local function sem_acquire(KEYS, ARGV)
--- semaphore acquire: a permit if one is free (fair: and nobody is ahead in
--- line); a permit we hold already gets a new lease
--- KEYS: holders (ZSET by lease expiry, server ms), tokens (HASH), permit
---       count, fence counter, queue (ZSET by arrival), alive (place leases)
--- ARGV: owner value, ttl ms, fencing '1'/'0', permits, enqueue '1'/'0',
---       queue score ('': the node's clock), place lease ms, fair '1'/'0'
--- {1, token} taken  {2, token} held already  {0, ms} every permit is held
--- (ms: until the first lease ends)  {3, ms} one is free, but waiters are
--- first  {-2, n} the semaphore has n permits, not ARGV's
-local set, tokens, limit, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local queue, alive = KEYS[5], KEYS[6]
+-- semaphore acquire: a permit if one is free (fair: and nobody is ahead);
+-- a permit we hold already gets a new lease
+-- KEYS: holders (ZSET by lease end, server ms), tokens (HASH; field '':
+--       the permit count), fence counter, queue, alive (place leases)
+-- ARGV: owner value, ttl ms, fencing, permits, enqueue, queue score ('':
+--       the node's clock), place lease ms, fair
+-- {1, token} taken  {2, token} held already  {0, ms} all held (ms: until
+-- a lease ends)  {3, ms} one is free, waiters first  {-2, n} n permits
+local set, tokens, fence, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local value, ttl, fencing = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local permits, enqueue, score = tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
 local lease, fair = tonumber(ARGV[7]), ARGV[8] == '1'
-local stored = tonumber(redis.call('GET', limit) or permits)
-if stored ~= permits then return {-2, stored} end
+local stored = tonumber(redis.call('HGET', tokens, '') or 0)
+if stored ~= 0 and stored ~= permits then return {-2, stored} end
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 -- leases that ran out leave, with their tokens
 local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)
-if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end
-redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', tokens, unpack(gone))
+  redis.call('ZREM', set, unpack(gone))
+  if #gone == 64 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end
+end
 if redis.call('ZSCORE', set, value) then
   redis.call('ZADD', set, now + ttl, value)
-  redis.call('ZREM', queue, value)
-  redis.call('ZREM', alive, value)
-  -- the holders, their tokens and the permit count go when the longest lease ends
-  local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-  if last then
-    local left = math.max(1, tonumber(last) - now)
-    redis.call('PEXPIRE', set, left)
-    redis.call('PEXPIRE', tokens, left)
-    redis.call('PEXPIRE', limit, left)
-  else
-    redis.call('DEL', set, tokens, limit)
+  if enqueue then
+    redis.call('ZREM', queue, value)
+    redis.call('ZREM', alive, value)
   end
+  -- the holders and their tokens live as long as the longest lease
+  local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
+  local left = math.max(1, tonumber(last) - now)
+  redis.call('PEXPIRE', set, left)
+  redis.call('PEXPIRE', tokens, left)
   return {2, tonumber(redis.call('HGET', tokens, value) or 0)}
 end
--- waiters that stopped renewing their place leave the line
-local dead = redis.call('ZRANGEBYSCORE', alive, '-inf', now, 'LIMIT', 0, 64)
-for _, w in ipairs(dead) do
-  redis.call('ZREM', queue, w)
-  redis.call('ZREM', alive, w)
+if enqueue or fair then
+  -- waiters that stopped renewing their place leave the line
+  local dead = redis.call('ZRANGEBYSCORE', alive, '-inf', now, 'LIMIT', 0, 64)
+  for _, w in ipairs(dead) do
+    redis.call('ZREM', queue, w)
+    redis.call('ZREM', alive, w)
+  end
 end
 local code, left = 0, 0
 local free = permits - redis.call('ZCARD', set)
 if free > 0 then
-  -- fair: only as many waiters as permits are free, from the head of the line
+  -- fair: as many waiters as permits are free, from the head of the line
   local ahead = 0
   if fair then ahead = redis.call('ZRANK', queue, value) or redis.call('ZCARD', queue) end
   if ahead < free then
     redis.call('ZADD', set, now + ttl, value)
     local token = 0
     if fencing then
-      if redis.call('EXISTS', fence) == 0 then
-        local t = redis.call('TIME')
-        redis.call('SET', fence, t[1] .. string.format('%06d', tonumber(t[2])))
-      end
       token = redis.call('INCR', fence)
+      if token == 1 then
+        -- a new counter: it starts from the server's clock in microseconds
+        local t = redis.call('TIME')
+        local seed = t[1] .. string.format('%06d', tonumber(t[2]))
+        redis.call('SET', fence, seed)
+        token = tonumber(seed)
+      end
       redis.call('HSET', tokens, value, token)
     end
-    redis.call('SET', limit, permits)
-    redis.call('ZREM', queue, value)
-    redis.call('ZREM', alive, value)
-    -- the holders, their tokens and the permit count go when the longest lease ends
-    local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-    if last then
-      local left = math.max(1, tonumber(last) - now)
-      redis.call('PEXPIRE', set, left)
-      redis.call('PEXPIRE', tokens, left)
-      redis.call('PEXPIRE', limit, left)
-    else
-      redis.call('DEL', set, tokens, limit)
+    if stored == 0 then redis.call('HSET', tokens, '', permits) end
+    if enqueue then
+      redis.call('ZREM', queue, value)
+      redis.call('ZREM', alive, value)
     end
+    -- the holders and their tokens live as long as the longest lease
+    local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
+    local left = math.max(1, tonumber(last) - now)
+    redis.call('PEXPIRE', set, left)
+    redis.call('PEXPIRE', tokens, left)
     return {1, token}
   end
   code = 3
@@ -425,29 +431,24 @@ redis.register_function{function_name = 'redlock_v2_sem_acquire', callback = sem
 
 local function sem_release(KEYS, ARGV)
 -- semaphore release: give back our permit, and tell the next waiter in line
--- KEYS: holders, tokens, permit count, queue, alive
+-- KEYS: holders, tokens, queue, alive
 -- ARGV: owner value, waiters' channel prefix
 -- 1 released   0 not held (its lease ran out, or it was never taken)
-local set, tokens, limit, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local set, tokens, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local value, prefix = ARGV[1], ARGV[2]
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 -- leases that ran out leave, with their tokens
 local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)
-if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end
-redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', tokens, unpack(gone))
+  redis.call('ZREM', set, unpack(gone))
+  if #gone == 64 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end
+end
 if redis.call('ZREM', set, value) == 0 then return 0 end
 redis.call('HDEL', tokens, value)
--- the holders, their tokens and the permit count go when the longest lease ends
-local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-if last then
-  local left = math.max(1, tonumber(last) - now)
-  redis.call('PEXPIRE', set, left)
-  redis.call('PEXPIRE', tokens, left)
-  redis.call('PEXPIRE', limit, left)
-else
-  redis.call('DEL', set, tokens, limit)
-end
+-- the last holder out takes the set's tokens and permit count with it
+if redis.call('ZCARD', set) == 0 then redis.call('DEL', tokens) end
 -- one permit freed: tell one waiter, the first in line whose place is alive
 for _ = 1, 64 do
   local head = redis.call('ZRANGE', queue, 0, 0)[1]
@@ -467,29 +468,24 @@ redis.register_function{function_name = 'redlock_v2_sem_release', callback = sem
 local function sem_release_sharded(KEYS, ARGV)
 -- semaphore release on a cluster: as semaphore release, on the next
 -- waiter's shard channel (in the name's slot)
--- KEYS: holders, tokens, permit count, queue, alive
+-- KEYS: holders, tokens, queue, alive
 -- ARGV: owner value, waiters' channel prefix
 -- 1 released   0 not held (its lease ran out, or it was never taken)
-local set, tokens, limit, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local set, tokens, queue, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local value, prefix = ARGV[1], ARGV[2]
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 -- leases that ran out leave, with their tokens
 local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)
-if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end
-redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', tokens, unpack(gone))
+  redis.call('ZREM', set, unpack(gone))
+  if #gone == 64 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end
+end
 if redis.call('ZREM', set, value) == 0 then return 0 end
 redis.call('HDEL', tokens, value)
--- the holders, their tokens and the permit count go when the longest lease ends
-local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-if last then
-  local left = math.max(1, tonumber(last) - now)
-  redis.call('PEXPIRE', set, left)
-  redis.call('PEXPIRE', tokens, left)
-  redis.call('PEXPIRE', limit, left)
-else
-  redis.call('DEL', set, tokens, limit)
-end
+-- the last holder out takes the set's tokens and permit count with it
+if redis.call('ZCARD', set) == 0 then redis.call('DEL', tokens) end
 -- one permit freed: tell one waiter, the first in line whose place is alive
 for _ = 1, 64 do
   local head = redis.call('ZRANGE', queue, 0, 0)[1]
@@ -509,59 +505,50 @@ redis.register_function{function_name = 'redlock_v2_sem_release_sharded', callba
 local function sem_refresh(KEYS, ARGV)
 -- semaphore refresh: a new lease for our permit if it is still live; with
 -- repair, take it again where it is missing if a permit is free there
--- KEYS: holders, tokens, permit count
--- ARGV: owner value, ttl ms, repair '1'/'0', permits, token
+-- KEYS: holders, tokens   ARGV: owner value, ttl ms, repair '1'/'0', permits, token
 -- 1 extended   2 set again   0 not held   -1 not held, and no permit free
-local set, tokens, limit = KEYS[1], KEYS[2], KEYS[3]
+local set, tokens = KEYS[1], KEYS[2]
 local value, ttl, repair = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local permits, token = tonumber(ARGV[4]), ARGV[5]
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 -- leases that ran out leave, with their tokens
 local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)
-if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end
-redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', tokens, unpack(gone))
+  redis.call('ZREM', set, unpack(gone))
+  if #gone == 64 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end
+end
 if redis.call('ZSCORE', set, value) then
   redis.call('ZADD', set, now + ttl, value)
-  -- the holders, their tokens and the permit count go when the longest lease ends
+  -- the holders and their tokens live as long as the longest lease
   local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-  if last then
-    local left = math.max(1, tonumber(last) - now)
-    redis.call('PEXPIRE', set, left)
-    redis.call('PEXPIRE', tokens, left)
-    redis.call('PEXPIRE', limit, left)
-  else
-    redis.call('DEL', set, tokens, limit)
-  end
+  local left = math.max(1, tonumber(last) - now)
+  redis.call('PEXPIRE', set, left)
+  redis.call('PEXPIRE', tokens, left)
   return 1
 end
 if not repair then return 0 end
 if redis.call('ZCARD', set) >= permits then return -1 end
 redis.call('ZADD', set, now + ttl, value)
-redis.call('HSET', tokens, value, token)
-redis.call('SET', limit, permits)
--- the holders, their tokens and the permit count go when the longest lease ends
+redis.call('HSET', tokens, value, token, '', permits)
+-- the holders and their tokens live as long as the longest lease
 local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-if last then
-  local left = math.max(1, tonumber(last) - now)
-  redis.call('PEXPIRE', set, left)
-  redis.call('PEXPIRE', tokens, left)
-  redis.call('PEXPIRE', limit, left)
-else
-  redis.call('DEL', set, tokens, limit)
-end
+local left = math.max(1, tonumber(last) - now)
+redis.call('PEXPIRE', set, left)
+redis.call('PEXPIRE', tokens, left)
 return 2
 end
 redis.register_function{function_name = 'redlock_v2_sem_refresh', callback = sem_refresh, flags = {'allow-oom'}}
 
 local function sem_dequeue(KEYS, ARGV)
 -- semaphore dequeue: leave the line; tell the next waiter if a permit is free
--- KEYS: queue, alive, holders, permit count   ARGV: owner value, waiters' channel prefix
-local queue, alive, set, limit = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- KEYS: queue, alive, holders, tokens   ARGV: owner value, waiters' channel prefix
+local queue, alive, set, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local value, prefix = ARGV[1], ARGV[2]
 redis.call('ZREM', queue, value)
 redis.call('ZREM', alive, value)
-local permits = tonumber(redis.call('GET', limit) or 0)
+local permits = tonumber(redis.call('HGET', tokens, '') or 0)
 if permits == 0 or redis.call('ZCARD', set) < permits then
   -- a permit is free: the next waiter in line may take it
   local tm = redis.call('TIME')
@@ -584,12 +571,12 @@ redis.register_function{function_name = 'redlock_v2_sem_dequeue', callback = sem
 
 local function sem_dequeue_sharded(KEYS, ARGV)
 -- semaphore dequeue on a cluster: as semaphore dequeue, on a shard channel
--- KEYS: queue, alive, holders, permit count   ARGV: owner value, waiters' channel prefix
-local queue, alive, set, limit = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- KEYS: queue, alive, holders, tokens   ARGV: owner value, waiters' channel prefix
+local queue, alive, set, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local value, prefix = ARGV[1], ARGV[2]
 redis.call('ZREM', queue, value)
 redis.call('ZREM', alive, value)
-local permits = tonumber(redis.call('GET', limit) or 0)
+local permits = tonumber(redis.call('HGET', tokens, '') or 0)
 if permits == 0 or redis.call('ZCARD', set) < permits then
   -- a permit is free: the next waiter in line may take it
   local tm = redis.call('TIME')
@@ -614,63 +601,60 @@ local function shared_acquire(KEYS, ARGV)
 -- shared (reader) acquire of a read-write lock: granted unless a writer
 -- holds the lock or waits for it (writer preference); renews a hold we have
 -- KEYS: lock, readers (ZSET by lease expiry, server ms), tokens, fence
---       counter, writers waiting (ZSET by place expiry), permit count
+--       counter, writers waiting (ZSET by place expiry)
 -- ARGV: owner value, ttl ms, fencing '1'/'0'
 -- {1, token} taken  {2, token} held already  {0, pttl} a writer holds it
 -- {4, ms} a writer waits (ms: until its place lapses)
 -- {-3, n} the name is a semaphore of n permits
-local lock, set, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local writers, limit = KEYS[5], KEYS[6]
+local lock, set, tokens, fence, writers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local value, ttl, fencing = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
-if redis.call('EXISTS', limit) == 1 then return {-3, tonumber(redis.call('GET', limit))} end
 local holder = redis.call('GET', lock)
 if holder and holder ~= 'redlock:readers' then return {0, redis.call('PTTL', lock)} end
+local permits = redis.call('HGET', tokens, '')
+if permits then return {-3, tonumber(permits)} end
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 -- leases that ran out leave, with their tokens
 local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)
-if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end
-redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', tokens, unpack(gone))
+  redis.call('ZREM', set, unpack(gone))
+  if #gone == 64 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end
+end
 if redis.call('ZSCORE', set, value) then
   redis.call('ZADD', set, now + ttl, value)
-  -- the readers' mark on the lock, their set and tokens go when the longest lease ends
+  -- the holders and their tokens live as long as the longest lease
   local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-  if last then
-    local left = math.max(1, tonumber(last) - now)
-    redis.call('SET', lock, 'redlock:readers', 'PX', left)
-    redis.call('PEXPIRE', set, left)
-    redis.call('PEXPIRE', tokens, left)
-  else
-    if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end
-    redis.call('DEL', set, tokens)
-  end
+  local left = math.max(1, tonumber(last) - now)
+  redis.call('PEXPIRE', set, left)
+  redis.call('PEXPIRE', tokens, left)
+  -- readers hold it: the lock key says so for as long as the longest read lease
+  redis.call('SET', lock, 'redlock:readers', 'PX', left)
   return {2, tonumber(redis.call('HGET', tokens, value) or 0)}
 end
 -- a writer waiting keeps new readers out; its place lapses if it dies
-redis.call('ZREMRANGEBYSCORE', writers, '-inf', now)
-local w = redis.call('ZRANGE', writers, 0, 0, 'WITHSCORES')[2]
+local w = redis.call('ZRANGEBYSCORE', writers, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)[2]
 if w then return {4, tonumber(w) - now} end
 redis.call('ZADD', set, now + ttl, value)
 local token = 0
 if fencing then
-  if redis.call('EXISTS', fence) == 0 then
-    local t = redis.call('TIME')
-    redis.call('SET', fence, t[1] .. string.format('%06d', tonumber(t[2])))
-  end
   token = redis.call('INCR', fence)
+  if token == 1 then
+    -- a new counter: it starts from the server's clock in microseconds
+    local t = redis.call('TIME')
+    local seed = t[1] .. string.format('%06d', tonumber(t[2]))
+    redis.call('SET', fence, seed)
+    token = tonumber(seed)
+  end
   redis.call('HSET', tokens, value, token)
 end
--- the readers' mark on the lock, their set and tokens go when the longest lease ends
+-- the holders and their tokens live as long as the longest lease
 local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-if last then
-  local left = math.max(1, tonumber(last) - now)
-  redis.call('SET', lock, 'redlock:readers', 'PX', left)
-  redis.call('PEXPIRE', set, left)
-  redis.call('PEXPIRE', tokens, left)
-else
-  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end
-  redis.call('DEL', set, tokens)
-end
+local left = math.max(1, tonumber(last) - now)
+redis.call('PEXPIRE', set, left)
+redis.call('PEXPIRE', tokens, left)
+-- readers hold it: the lock key says so for as long as the longest read lease
+redis.call('SET', lock, 'redlock:readers', 'PX', left)
 return {1, token}
 end
 redis.register_function{function_name = 'redlock_v2_shared_acquire', callback = shared_acquire}
@@ -686,24 +670,18 @@ local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 -- leases that ran out leave, with their tokens
 local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)
-if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end
-redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', tokens, unpack(gone))
+  redis.call('ZREM', set, unpack(gone))
+  if #gone == 64 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end
+end
 if redis.call('ZREM', set, value) == 0 then return 0 end
 redis.call('HDEL', tokens, value)
--- the readers' mark on the lock, their set and tokens go when the longest lease ends
-local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-if last then
-  local left = math.max(1, tonumber(last) - now)
-  redis.call('SET', lock, 'redlock:readers', 'PX', left)
-  redis.call('PEXPIRE', set, left)
-  redis.call('PEXPIRE', tokens, left)
-else
-  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end
+if redis.call('ZCARD', set) == 0 then
+  -- the last reader is out: the lock is free, and writers waiting hear it
+  -- (on the lock's channel; in fair mode the first in line, on its own)
   redis.call('DEL', set, tokens)
-end
-if redis.call('EXISTS', lock) == 0 then
-  -- the last reader is out: writers waiting hear it (on the lock's
-  -- channel; in fair mode the first in line, on its own)
+  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end
   redis.call('PUBLISH', channel, 'released')
   for _ = 1, 64 do
     local head = redis.call('ZRANGE', queue, 0, 0)[1]
@@ -734,24 +712,18 @@ local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 -- leases that ran out leave, with their tokens
 local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)
-if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end
-redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', tokens, unpack(gone))
+  redis.call('ZREM', set, unpack(gone))
+  if #gone == 64 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end
+end
 if redis.call('ZREM', set, value) == 0 then return 0 end
 redis.call('HDEL', tokens, value)
--- the readers' mark on the lock, their set and tokens go when the longest lease ends
-local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-if last then
-  local left = math.max(1, tonumber(last) - now)
-  redis.call('SET', lock, 'redlock:readers', 'PX', left)
-  redis.call('PEXPIRE', set, left)
-  redis.call('PEXPIRE', tokens, left)
-else
-  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end
+if redis.call('ZCARD', set) == 0 then
+  -- the last reader is out: the lock is free, and writers waiting hear it
+  -- (on the lock's channel; in fair mode the first in line, on its own)
   redis.call('DEL', set, tokens)
-end
-if redis.call('EXISTS', lock) == 0 then
-  -- the last reader is out: writers waiting hear it (on the lock's
-  -- channel; in fair mode the first in line, on its own)
+  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end
   redis.call('SPUBLISH', channel, 'released')
   for _ = 1, 64 do
     local head = redis.call('ZRANGE', queue, 0, 0)[1]
@@ -781,21 +753,20 @@ local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 -- leases that ran out leave, with their tokens
 local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, 64)
-if #gone > 0 then redis.call('HDEL', tokens, unpack(gone)) end
-redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', tokens, unpack(gone))
+  redis.call('ZREM', set, unpack(gone))
+  if #gone == 64 then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end
+end
 if redis.call('ZSCORE', set, value) then
   redis.call('ZADD', set, now + ttl, value)
-  -- the readers' mark on the lock, their set and tokens go when the longest lease ends
+  -- the holders and their tokens live as long as the longest lease
   local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-  if last then
-    local left = math.max(1, tonumber(last) - now)
-    redis.call('SET', lock, 'redlock:readers', 'PX', left)
-    redis.call('PEXPIRE', set, left)
-    redis.call('PEXPIRE', tokens, left)
-  else
-    if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end
-    redis.call('DEL', set, tokens)
-  end
+  local left = math.max(1, tonumber(last) - now)
+  redis.call('PEXPIRE', set, left)
+  redis.call('PEXPIRE', tokens, left)
+  -- readers hold it: the lock key says so for as long as the longest read lease
+  redis.call('SET', lock, 'redlock:readers', 'PX', left)
   return 1
 end
 if not repair then return 0 end
@@ -805,29 +776,24 @@ if (holder and holder ~= 'redlock:readers') or redis.call('ZCOUNT', writers, '('
 end
 redis.call('ZADD', set, now + ttl, value)
 redis.call('HSET', tokens, value, token)
--- the readers' mark on the lock, their set and tokens go when the longest lease ends
+-- the holders and their tokens live as long as the longest lease
 local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]
-if last then
-  local left = math.max(1, tonumber(last) - now)
-  redis.call('SET', lock, 'redlock:readers', 'PX', left)
-  redis.call('PEXPIRE', set, left)
-  redis.call('PEXPIRE', tokens, left)
-else
-  if redis.call('GET', lock) == 'redlock:readers' then redis.call('DEL', lock) end
-  redis.call('DEL', set, tokens)
-end
+local left = math.max(1, tonumber(last) - now)
+redis.call('PEXPIRE', set, left)
+redis.call('PEXPIRE', tokens, left)
+-- readers hold it: the lock key says so for as long as the longest read lease
+redis.call('SET', lock, 'redlock:readers', 'PX', left)
 return 2
 end
 redis.register_function{function_name = 'redlock_v2_shared_refresh', callback = shared_refresh, flags = {'allow-oom'}}
 
 local function list(KEYS, ARGV)
 -- list: who holds the name, changing nothing
--- KEYS: lock, holders (semaphore), readers, tokens, permit count, fence counter
+-- KEYS: lock, holders (semaphore), readers, tokens, fence counter
 -- {exclusive holder or nil, its pttl, {value, ms left, token, ...} of the
 --  live permit holders or readers (64 at most), permit count or nil,
 --  fence counter or nil}
-local lock, holds, reads, tokens = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local limit, fence = KEYS[5], KEYS[6]
+local lock, holds, reads, tokens, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local tm = redis.call('TIME')
 local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
 local set = holds
@@ -839,7 +805,7 @@ for i = 1, #m, 2 do
   out[#out + 1] = tonumber(m[i + 1]) - now
   out[#out + 1] = tonumber(redis.call('HGET', tokens, m[i]) or 0)
 end
-return {redis.call('GET', lock), redis.call('PTTL', lock), out, redis.call('GET', limit),
+return {redis.call('GET', lock), redis.call('PTTL', lock), out, redis.call('HGET', tokens, ''),
         redis.call('GET', fence)}
 end
 redis.register_function{function_name = 'redlock_v2_list', callback = list, flags = {'no-writes'}}

@@ -493,14 +493,14 @@ static void srv_teardown(void)
 START_TEST(test_env_fence_and_status)
 {
     const char *show = "echo \"$REDLOCK_NAME|$REDLOCK_VALUE|$REDLOCK_FENCE\"";
-    unsigned long last = 0;
+    unsigned long long last = 0; /* fence tokens are 64-bit (seeded from server microseconds) */
     char value0[64] = "";
     for (int i = 0; i < 3; i++) {
         int rc = run_cli("env", srv.url, (const char *[]){"run", "job", "--", "sh", "-c", show, NULL});
         ck_assert_msg(rc == 0, "status %d: %s", rc, slurp("env.err"));
         char name[64], value[64];
-        unsigned long fence = 0;
-        ck_assert_int_eq(sscanf(slurp("env.out"), "%63[^|]|%63[^|]|%lu", name, value, &fence), 3);
+        unsigned long long fence = 0;
+        ck_assert_int_eq(sscanf(slurp("env.out"), "%63[^|]|%63[^|]|%llu", name, value, &fence), 3);
         ck_assert_str_eq(name, "job");
         ck_assert_uint_eq(strlen(value), 32); /* 128 random bits in hex */
         ck_assert_str_ne(value, value0);       /* a new owner each run */
@@ -512,18 +512,68 @@ START_TEST(test_env_fence_and_status)
     /* status on the free lock: exit 1, the counter as it stands */
     ck_assert_int_eq(run_cli("st", srv.url, (const char *[]){"status", "job", NULL}), 1);
     char want[64];
-    snprintf(want, sizeof want, "job: free, fence %lu\n", last);
+    snprintf(want, sizeof want, "job: free, fence %llu\n", last);
     ck_assert_str_eq(slurp("st.out"), want);
     /* held by someone: exit 0, TTL and fence */
     holder h;
     hold(&h, srv.url, "job", 20000);
     ck_assert_int_eq(run_cli("st", srv.url, (const char *[]){"status", "job", NULL}), 0);
-    unsigned long ms = 0, fence = 0;
-    ck_assert_int_eq(sscanf(slurp("st.out"), "job: held, %lu ms left, fence %lu", &ms, &fence), 2);
+    unsigned long ms = 0;
+    unsigned long long fence = 0;
+    ck_assert_int_eq(sscanf(slurp("st.out"), "job: held, %lu ms left, fence %llu", &ms, &fence), 2);
     ck_assert_uint_gt(ms, 10000);
     ck_assert_uint_le(ms, 20000);
     ck_assert_uint_eq(fence, last + 1);
     unhold(&h);
+}
+END_TEST
+
+/* --limit: up to N commands at once; --shared: readers together, the
+ * writer (a plain run) alone; status lists the holders. */
+START_TEST(test_limit_and_shared)
+{
+    pid_t a = start_cli("la", srv.url, (const char *[]){"run", "-l", "2", "jobs", "--", "sleep", "2", NULL});
+    pid_t b = start_cli("lb", srv.url, (const char *[]){"run", "-l", "2", "jobs", "--", "sleep", "2", NULL});
+    char out[64];
+    for (int k = 0; k < 300; k++) {
+        ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "ZCARD {jobs}:holds"), 0);
+        if (strcmp(out, "2") == 0)
+            break;
+        fx_sleep_ms(10);
+    }
+    ck_assert_str_eq(out, "2");
+    ck_assert_int_eq(run_cli("lc", srv.url, (const char *[]){"run", "-l", "2", "jobs", "--", "true", NULL}), 75);
+    ck_assert_ptr_nonnull(strstr(slurp("lc.err"), "all 2 permits of semaphore 'jobs' are held"));
+    /* another count: a usage error naming both */
+    ck_assert_int_eq(run_cli("ld", srv.url, (const char *[]){"run", "-l", "3", "jobs", "--", "true", NULL}), 64);
+    ck_assert_ptr_nonnull(strstr(slurp("ld.err"), "has 2 permits; this handle asks for 3"));
+    ck_assert_int_eq(run_cli("ls", srv.url, (const char *[]){"status", "-l", "2", "jobs", NULL}), 0);
+    const char *st = slurp("ls.out");
+    ck_assert_ptr_nonnull(strstr(st, "jobs: held, fence "));
+    int lines = 0;
+    for (const char *p = st; (p = strstr(p, ": permit, ")) != NULL; p++)
+        lines++;
+    ck_assert_int_eq(lines, 2);
+    ck_assert_int_eq(wait_cli(a, 10000), 0);
+    ck_assert_int_eq(wait_cli(b, 10000), 0);
+
+    /* two readers at once; the writer waits for both, then runs alone */
+    pid_t r1 = start_cli("r1", srv.url, (const char *[]){"run", "-s", "data", "--", "sleep", "1", NULL});
+    pid_t r2 = start_cli("r2", srv.url, (const char *[]){"run", "-s", "data", "--", "sleep", "1", NULL});
+    for (int k = 0; k < 300; k++) {
+        ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "ZCARD {data}:reads"), 0);
+        if (strcmp(out, "2") == 0)
+            break;
+        fx_sleep_ms(10);
+    }
+    ck_assert_str_eq(out, "2");
+    ck_assert_int_eq(run_cli("w1", srv.url, (const char *[]){"run", "data", "--", "true", NULL}), 75);
+    double t0 = fx_now_ms();
+    ck_assert_int_eq(run_cli("w2", srv.url, (const char *[]){"run", "-w", "5s", "data", "--", "true", NULL}), 0);
+    ck_assert_double_gt(fx_now_ms() - t0, 300); /* it waited for the readers */
+    ck_assert_int_eq(wait_cli(r1, 10000), 0);
+    ck_assert_int_eq(wait_cli(r2, 10000), 0);
+    ck_assert_int_eq(run_cli("lx", srv.url, (const char *[]){"run", "-l", "2", "-s", "data", "--", "true", NULL}), 64);
 }
 END_TEST
 
@@ -611,7 +661,7 @@ START_TEST(test_wait)
     ck_assert_int_eq(redlock_unlock(h.l), REDLOCK_OK);
     ck_assert_int_eq(wait_cli(p, 10000), 0);
     ck_assert_double_lt(fx_now_ms() - t1, 3000);
-    ck_assert_uint_eq(strtoul(slurp("w2.out"), NULL, 10), redlock_fence(h.l) + 1);
+    ck_assert_uint_eq(strtoull(slurp("w2.out"), NULL, 10), redlock_fence(h.l) + 1);
     unhold(&h);
     /* --fair: the waiter stands in the lock's queue while it waits */
     hold(&h, srv.url, "w", 20000);
@@ -681,11 +731,11 @@ START_TEST(test_exclusion)
     /* every run got a fence, all distinct */
     const char *fences = slurp("fences");
     ck_assert_int_eq(count_lines(fences), WORKERS * STEPS);
-    unsigned long seen[WORKERS * STEPS];
+    unsigned long long seen[WORKERS * STEPS];
     int n = 0;
     for (const char *s = fences; *s && n < WORKERS * STEPS;) {
         char *end;
-        seen[n] = strtoul(s, &end, 10);
+        seen[n] = strtoull(s, &end, 10);
         for (int j = 0; j < n; j++)
             ck_assert_uint_ne(seen[j], seen[n]);
         n++;
@@ -823,14 +873,14 @@ START_TEST(test_quorum_from_env)
         strcat(env, i ? "," : "");
         strcat(env, s[i].url);
     }
-    unsigned long last = 0;
+    unsigned long long last = 0;
     for (int i = 0; i < 2; i++) {
         char mark[600];
         snprintf(mark, sizeof mark, "echo $REDLOCK_FENCE");
         ck_assert_int_eq(run_cli("q", env, (const char *[]){"run", "-G", "off", "q", "--", "sh", "-c",
                                                              mark, NULL}),
                          0);
-        unsigned long f = strtoul(slurp("q.out"), NULL, 10);
+        unsigned long long f = strtoull(slurp("q.out"), NULL, 10);
         ck_assert_uint_gt(f, last);
         last = f;
     }
@@ -877,6 +927,7 @@ static Suite *cli_suite(void)
     tcase_set_timeout(t, 90);
     tcase_add_test(t, test_env_fence_and_status);
     tcase_add_test(t, test_status_no_expiry);
+    tcase_add_test(t, test_limit_and_shared);
     tcase_add_test(t, test_exit_status_passes_through);
     tcase_add_test(t, test_conflict);
     tcase_add_test(t, test_wait);

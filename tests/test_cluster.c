@@ -147,6 +147,64 @@ START_TEST(test_key_slots)
 }
 END_TEST
 
+/* The MOVED and ASK error replies a node has sent since its last CONFIG
+ * RESETSTAT (INFO errorstats). */
+static long redirects_sent(int node)
+{
+    static char info[4096];
+    static const char *const keys[] = {"errorstat_MOVED:count=", "errorstat_ASK:count="};
+    long n = 0;
+    ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, node), info, sizeof info, "INFO errorstats"), 0);
+    for (size_t i = 0; i < 2; i++) {
+        const char *p = strstr(info, keys[i]);
+        if (p)
+            n += strtol(p + strlen(keys[i]), NULL, 10);
+    }
+    return n;
+}
+
+/* The library's slot (CRC16 and the hash-tag rule) against the server's on
+ * many names, bytes above 0x7f and tags among them. A redirect repairs a
+ * wrong route, so a lock landing on its owner proves nothing: what does is
+ * that no node ever answered MOVED or ASK once the slot map was known. */
+START_TEST(test_key_slots_many)
+{
+    find_primaries();
+    redlock_client *c = cluster_client(0, 0);
+    redlock *warm = tu_lock(c, "warm", "v", 5000); /* the client learns the map */
+    ck_assert_int_eq(redlock_trylock(warm), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(warm), REDLOCK_OK);
+    redlock_free(warm);
+    char out[64];
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, primaries[k]), out, sizeof out, "CONFIG RESETSTAT"),
+                         0);
+    uint32_t x = 2463534242u;
+    for (int i = 0; i < 300; i++) {
+        char name[64];
+        size_t n = 0, len = 1 + (size_t)i % 24;
+        if (i % 4 == 1)
+            n += (size_t)snprintf(name, sizeof name, "t%d{", i % 7); /* a tag decides */
+        for (size_t j = 0; j < len; j++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            char ch = (char)(0x21 + x % 0xde); /* '!' .. 0xfe */
+            name[n++] = ch == '{' || ch == '}' ? 'q' : ch;
+        }
+        if (i % 4 == 1)
+            name[n++] = '}', name[n++] = 'z';
+        name[n] = '\0';
+        redlock *l = NULL;
+        ck_assert_int_eq(redlock_new(&l, c, name, "v", 5000), REDLOCK_OK);
+        ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "name %d: %s", i, redlock_errstr(l));
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+        redlock_free(l);
+    }
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(redirects_sent(primaries[k]), 0);
+    redlock_client_free(c);
+}
+END_TEST
+
 START_TEST(test_each_shard)
 {
     find_primaries();
@@ -814,6 +872,68 @@ START_TEST(test_hostile_slot_maps)
 }
 END_TEST
 
+/* ---- semaphores and read-write locks on a cluster --------------------------------------- */
+
+/* Every key of a semaphore and of a read-write lock in the name's slot;
+ * a release wakes the next waiter on its shard channel (SPUBLISH inside
+ * the script): the waiters' backoff is far longer than the wake-up. */
+START_TEST(test_semaphore_and_rw_on_cluster)
+{
+    redlock_options o;
+    redlock_options_init(&o);
+    o.retry_min_ms = 3000;
+    o.retry_max_ms = 6000;
+    const char *url = fx_cluster_seed_url(&cl);
+    redlock_client *c = tu_client_opts(&url, 1, &o);
+    char name[64];
+    find_primaries();
+    name_on(primaries[1], "sem-", name, sizeof name);
+    redlock *s[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(redlock_new_semaphore(&s[i], c, name, 2, NULL, 10000), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(s[0]), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(s[1]), REDLOCK_OK);
+    char key[96];
+    snprintf(key, sizeof key, "ZCARD {%s}:holds", name);
+    ck_assert_str_eq(on_owner(name, "%s", key), "2");
+    ck_assert_int_eq(redlock_start_lock(s[2], 8000), REDLOCK_OK);
+    drive(c, 300);
+    ck_assert_int_eq(redlock_result(s[2]), REDLOCK_IN_PROGRESS);
+    double t0 = fx_now_ms();
+    ck_assert_int_eq(redlock_unlock(s[0]), REDLOCK_OK);
+    ck_assert_ptr_eq(drive_until_done(c, 3000), s[2]);
+    ck_assert_int_eq(redlock_result(s[2]), REDLOCK_OK);
+    ck_assert_double_lt(fx_now_ms() - t0, 1000); /* woken, not its 3 s backoff */
+    ck_assert_uint_gt(redlock_fence(s[2]), redlock_fence(s[1]));
+
+    /* a reader, and a writer woken by the last reader's release */
+    name_on(primaries[2], "rw-", name, sizeof name);
+    redlock *r = NULL, *w = tu_lock(c, name, NULL, 10000);
+    ck_assert_int_eq(redlock_new_shared(&r, c, name, NULL, 10000), REDLOCK_OK);
+    ck_assert_int_eq(redlock_trylock(r), REDLOCK_OK);
+    ck_assert_str_eq(on_owner(name, "GET %s", name), "redlock:readers");
+    ck_assert_int_eq(redlock_start_lock(w, 8000), REDLOCK_OK);
+    drive(c, 300);
+    ck_assert_int_eq(redlock_result(w), REDLOCK_IN_PROGRESS);
+    t0 = fx_now_ms();
+    ck_assert_int_eq(redlock_unlock(r), REDLOCK_OK);
+    ck_assert_ptr_eq(drive_until_done(c, 3000), w);
+    ck_assert_int_eq(redlock_result(w), REDLOCK_OK);
+    ck_assert_double_lt(fx_now_ms() - t0, 1000);
+    ck_assert_int_eq(redlock_trylock(r), REDLOCK_NOT_ACQUIRED);
+    ck_assert_int_eq(redlock_unlock(w), REDLOCK_OK);
+    redlock_holder h[4];
+    size_t n = 9;
+    ck_assert_int_eq(redlock_holders(w, h, 4, &n), REDLOCK_OK);
+    ck_assert_uint_eq(n, 0);
+    for (int i = 0; i < 3; i++)
+        redlock_free(s[i]);
+    redlock_free(r);
+    redlock_free(w);
+    redlock_client_free(c);
+}
+END_TEST
+
 /* ---- a quorum of one-node clusters ------------------------------------------------------------- */
 
 START_TEST(test_quorum_of_clusters)
@@ -865,6 +985,7 @@ int main(void)
     tcase_set_timeout(t, 120);
     tcase_add_unchecked_fixture(t, setup, teardown);
     tcase_add_test(t, test_key_slots);
+    tcase_add_test(t, test_key_slots_many);
     tcase_add_test(t, test_each_shard);
     tcase_add_test(t, test_wait_wake_sharded);
     tcase_add_test(t, test_fair_sharded);
@@ -874,6 +995,7 @@ int main(void)
     tcase_add_test(t, test_stress_with_migration);
     tcase_add_test(t, test_cli_cluster_url);
     tcase_add_test(t, test_functions_on_every_primary);
+    tcase_add_test(t, test_semaphore_and_rw_on_cluster);
     /* last: the node it kills and restarts lives only as long as the
      * test's own process (each test runs in a child) */
     tcase_add_test(t, test_primary_killed);
