@@ -2661,24 +2661,33 @@ static void sub_look(redlock_client *c, size_t i)
 
 /* ---- in the engine ---- */
 
-/* The answers of node i's sentinels, and what its listener heard. */
-static int sentinel_turn(redlock_client *c, size_t i)
+/* Sentinel k's answers: the one the pass waits for moves it on; older
+ * ones are dropped. */
+static int ask_take(redlock_client *c, size_t i, size_t k)
 {
     sentinel *sn = c->nodes[i].sn;
     net_tag tag;
     const resp_reply *r;
     int st, moved = 0;
-    for (size_t k = 0; k < sn->n; k++) {
-        net_conn_pump(sn->ask[k], c->now);
-        while ((st = net_conn_take(sn->ask[k], &tag, &r, NULL)) != RESP_IDLE) {
-            moved++;
-            if (tag.seq == sn->pass.seq && sn->pass.state == SN_ASK && sn->pass.pos < sn->n &&
-                sn->order[sn->pass.pos] == k)
-                ask_answered(c, i, k, st, r);
-            if (st == RESP_OK)
-                net_conn_consume(sn->ask[k]);
-        }
+    net_conn_pump(sn->ask[k], c->now);
+    while ((st = net_conn_take(sn->ask[k], &tag, &r, NULL)) != RESP_IDLE) {
+        moved++;
+        if (tag.seq == sn->pass.seq && sn->pass.state == SN_ASK && sn->pass.pos < sn->n &&
+            sn->order[sn->pass.pos] == k)
+            ask_answered(c, i, k, st, r);
+        if (st == RESP_OK)
+            net_conn_consume(sn->ask[k]);
     }
+    return moved;
+}
+
+/* The answers of node i's sentinels, and what its listener heard. */
+static int sentinel_turn(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    int moved = 0;
+    for (size_t k = 0; k < sn->n; k++)
+        moved += ask_take(c, i, k);
     if (sn->sub.due && sn->sub.due <= c->now) {
         sub_start(c, i);
         moved++;
