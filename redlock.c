@@ -2745,7 +2745,7 @@ static int sentinel_gate(redlock *l, size_t i)
         return 0;
     }
     if (sn->pass.state == SN_IDLE && nd->route.waits) {
-        node_error(l, i, sn->pass.status, pass_transient(sn), "%s: no sentinel named a master: %s",
+        node_error(l, i, sn->pass.status, pass_transient(sn), "%s: not found: %s",
                    sn->desc, sn->pass.said[0] ? sn->pass.said : "no sentinel answered");
         return sn->pass.status;
     }
@@ -2810,7 +2810,7 @@ static const char *sentinel_why(const redlock_client *c, size_t i)
     const sentinel *sn = c->nodes[i].sn;
     if (sentinel_up(c, i))
         return "";
-    return sn->pass.said[0] ? sn->pass.said : "no sentinel named a master in time";
+    return sn->pass.said[0] ? sn->pass.said : "no sentinel answered in time";
 }
 
 /* ---- construction ---- */

@@ -272,7 +272,7 @@ START_TEST(test_bad_input)
         snprintf(want, sizeof want, "cannot connect to 127.0.0.1:%d", i ? d2 : d1);
         ck_assert_msg(strstr(redlock_errstr(l), want), "%s", redlock_errstr(l));
     }
-    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "master 'fxgroup0': no sentinel named a master"));
+    ck_assert_ptr_nonnull(strstr(redlock_errstr(l), "master 'fxgroup0': not found: "));
     redlock_free(l);
     redlock_client_free(c);
 }
