@@ -41,7 +41,8 @@ _Static_assert(REDLOCK_WANT_READ < 0 && REDLOCK_WANT_WRITE < 0, "transport wants
 
 #define MAX_ADDRS 8
 #define WBUF_INITIAL 1024
-#define RBUF_INITIAL 16384
+#define RBUF_INITIAL 512
+#define ELEMS_INITIAL 16
 #define RQ_INITIAL 8
 /* A socket idle for longer than this is checked (one MSG_PEEK) before a
  * request goes out on it: the server may have closed it meanwhile. A
@@ -989,13 +990,13 @@ int net_conn_new(net_conn **out, const net_url *url, const net_opts *opts)
         size_t bulk = c->opts.limits.max_bulk;
         c->opts.max_reply = bulk + 4096 > bulk ? bulk + 4096 : SIZE_MAX;
     }
-    size_t nelems = (size_t)c->opts.limits.max_array + 8;
-    if (nelems > 1024)
-        nelems = 1024; /* grows to max_elems when a reply needs more */
-    if (c->opts.max_elems < nelems)
-        c->opts.max_elems = (size_t)c->opts.limits.max_array + 8 > nelems
-                                ? (size_t)c->opts.limits.max_array + 8
-                                : nelems;
+    /* Lock replies are small: both the element array and the read buffer
+     * start small and grow (to max_elems, max_reply) when a reply needs
+     * more, and stay grown: a connection reaches its working size once. */
+    size_t most = (size_t)c->opts.limits.max_array + 8;
+    size_t nelems = most < ELEMS_INITIAL ? most : ELEMS_INITIAL;
+    if (c->opts.max_elems < most)
+        c->opts.max_elems = most;
     size_t rcap = RBUF_INITIAL < c->opts.max_reply ? RBUF_INITIAL : c->opts.max_reply;
     c->elems = resp_alloc_array(nelems, sizeof *c->elems);
     c->rbuf = resp_alloc(rcap);
