@@ -164,11 +164,16 @@ static const char *urls[MAX_URLS];
 static size_t nurls;
 static char *url_env;
 
+static fx_sentinel *sentinels; /* section 10's, while it runs: stopped on die() too */
+
 static void stop_servers(void)
 {
     for (int i = 0; i < nservers; i++)
         fx_server_stop(&servers[i]);
     nservers = 0;
+    if (sentinels)
+        fx_sentinel_stop(sentinels);
+    sentinels = NULL;
 }
 
 static void on_fatal_signal(int sig)
@@ -1947,6 +1952,7 @@ static void bench_sentinel(void)
         printf("  (skipped: the sentinels did not start)\n");
         return;
     }
+    sentinels = &fx;
     fx_server *m = fx_sentinel_server(&fx, 0, fx_sentinel_master(&fx, 0));
     const char *pu[1] = {m->url}, *su[1] = {fx.url[0]};
     const int per = quick ? 200 : 1000;
@@ -1990,6 +1996,7 @@ static void bench_sentinel(void)
     redlock_client_free(cs);
     sentinel_failover_time(&fx);
     fx_sentinel_stop(&fx);
+    sentinels = NULL;
 }
 
 /* ---- main -------------------------------------------------------------------------------------------------- */
