@@ -170,8 +170,20 @@ REDLOCK_API void redlock_options_init(redlock_options *o);
  *       a Redis Cluster, named by up to 8 seed nodes: one member of the
  *       quorum (alone, a single-node lock), each lock routed to the primary
  *       serving its hash slot
- * User, password and query values may be %-encoded. rediss:// is TLS and needs opts->tls (see "TLS"
- * below); plain and TLS URLs may be mixed in a quorum. opts NULL:
+ *   redis+sentinel://[user:password@]host[:port][,host[:port]...]/MASTER[/db]
+ *                    [?sentinel_user=U&sentinel_password=P&addr=host:port]
+ *   rediss+sentinel://...[&ca=F&cert=F&key=F&sni=NAME&insecure=1]
+ *       the master that up to 8 sentinels (port 26379 by default) name as
+ *       MASTER: one member likewise. User, password and db are the master's;
+ *       the sentinels' own come as sentinel_user/sentinel_password. Found on
+ *       first use (SENTINEL GET-MASTER-ADDR-BY-NAME, each sentinel in turn),
+ *       accepted only if ROLE says master (on every new connection to it),
+ *       found again after +switch-master, READONLY, MASTERDOWN or a lost
+ *       connection; no master found: the operation fails with what each
+ *       sentinel said (see docs/sentinel.md)
+ * User, password and query values may be %-encoded. rediss:// (and
+ * rediss+sentinel://) is TLS and needs opts->tls (see "TLS" below); plain
+ * and TLS URLs may be mixed in a quorum. opts NULL:
  * defaults. urls (the array and its strings) and the strings in opts are
  * copied: the caller may free or reuse them once this returns. No I/O
  * happens here: connections open on first use (TLS certificate files are
@@ -179,8 +191,9 @@ REDLOCK_API void redlock_options_init(redlock_options *o);
  * names are resolved with getaddrinfo() when a connection opens, which
  * blocks: give IP addresses to keep an event loop from ever blocking.
  * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option, a
- * rediss:// URL without opts->tls) or REDLOCK_ERR_NOMEM, with *out NULL
- * and the reason in redlock_last_errstr(). */
+ * Sentinel URL without the master's name, a rediss:// URL without
+ * opts->tls) or REDLOCK_ERR_NOMEM, with *out NULL and the reason in
+ * redlock_last_errstr(). */
 REDLOCK_API int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
                                    const redlock_options *opts);
 /* Close every connection and free the client. NULL ok. Locks made from it
