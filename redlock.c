@@ -107,7 +107,9 @@ _Static_assert(SAME_LEN(FENCE) && SAME_LEN(QUEUE) && SAME_LEN(ALIVE) && SAME_LEN
                    SAME_LEN(HOLDS) && SAME_LEN(READS) && SAME_LEN(TOKEN) && SAME_LEN(WWAIT),
                "every key suffix is SUFFIX_LEN bytes: lock_keys.klen is the length of each key");
 #undef SAME_LEN
-#define NKEYS 8 /* the {NAME}:SUFFIX keys of a handle */
+/* The {NAME}:SUFFIX keys of a handle. */
+enum { K_FENCE, K_QUEUE, K_ALIVE, K_HOLDS, K_READS, K_TOKEN, K_WWAIT, K_FREED };
+#define KEY_SLOTS K_FREED /* keys written per request: all but {NAME}:freed */
 #define CHAN_PREFIX "redlock:" /* the release channel on plain nodes: redlock:NAME */
 #define CHAN_PREFIX_LEN (sizeof CHAN_PREFIX - 1)
 
@@ -226,6 +228,11 @@ struct redlock_client {
         net_conn **conn;
         size_t n;
     } side;
+    struct { /* where a request's {NAME}:SUFFIX keys are written (a slot of
+                keys.each bytes per suffix; grown by redlock_new for its name) */
+        char *buf;
+        size_t each;
+    } keys;
     char *lib_code; /* the function library's text, made when first loaded */
     size_t lib_len;
     struct pollfd *pfd; /* run_until's poll set, grown as needed */
@@ -269,8 +276,8 @@ typedef struct lock_keys {
     char permits_str[12];
     const char *name;    /* the lock key: the name itself                   */
     const char *value;   /* the owner value                                 */
-    const char *fence, *queue, *alive, *freed; /* {NAME}:SUFFIX, klen bytes each */
-    const char *holds, *reads, *token, *wwait;
+    const char *freed;   /* {NAME}:freed, klen bytes (the other {NAME}:SUFFIX
+                            keys are written per request: key_at)            */
     const char *channel; /* the release channel on plain nodes: redlock:NAME */
     const char *own, *own_s; /* fair mode: this waiter's own channels,
                                 redlock:NAME:VALUE and {NAME}:freed:VALUE     */
@@ -455,6 +462,19 @@ static const char *errstr_of(const redlock *l)
     if (l->text)
         return l->text->errstr;
     return l->op.began ? "" : "no operation has run on this lock";
+}
+
+/* The client's error text becomes l's (a copy, not a printf: a cycle's
+ * stack stays at what the I/O needs). */
+static void client_text(redlock *l)
+{
+    redlock_client *c = l->c;
+    const char *s = errstr_of(l);
+    size_t n = strlen(s);
+    if (n >= sizeof c->errstr)
+        n = sizeof c->errstr - 1;
+    memcpy(c->errstr, s, n);
+    c->errstr[n] = '\0';
 }
 
 /* The detail of an operation's result, in the lock (and, when it ends, in
@@ -1048,11 +1068,29 @@ static void waiter_prefix(const redlock *l, int sharded, const char **p, size_t 
     *n = sharded ? l->k.klen + 1 : l->k.chlen + 1;
 }
 
+/* l's key {NAME}:SUFFIX for suffix K_*, written into the client's key
+ * slots (each suffix its own slot, so one request's keys stand side by
+ * side until it is encoded): a handle keeps only its name, {NAME}:freed
+ * and its channel, not ten copies of its name. */
+static const char *key_at(const redlock *l, int s)
+{
+    static const char suffix[KEY_SLOTS][SUFFIX_LEN + 1] = {
+        SUFFIX_FENCE, SUFFIX_QUEUE, SUFFIX_ALIVE, SUFFIX_HOLDS,
+        SUFFIX_READS, SUFFIX_TOKEN, SUFFIX_WWAIT};
+    const lock_keys *k = &l->k;
+    if (s == K_FREED)
+        return k->freed;
+    char *p = l->c->keys.buf + (size_t)s * l->c->keys.each;
+    memcpy(p, k->freed, k->klen - SUFFIX_LEN);
+    memcpy(p + k->klen - SUFFIX_LEN, suffix[s], SUFFIX_LEN + 1);
+    return p;
+}
+
 /* The KEYS and ARGV of script id for l, from its keys and the operation's
  * parameters (repair, token, place in line). Returns how many. */
 #define ARG(s, n) (kv[a] = (s), kl[a] = (n), a++)
 #define STR(s) ARG(s, strlen(s))
-#define KEY(x) ARG(k->x, k->klen)
+#define KEY(x) ARG(key_at(l, K_##x), k->klen)
 #define NAME ARG(k->name, k->namelen)
 #define VALUE ARG(k->value, k->vlen)
 #define PREFIX (waiter_prefix(l, sharded, kv + a, kl + a), a++)
@@ -1066,39 +1104,39 @@ static int lock_args(const redlock *l, int id, const char **kv, size_t *kl)
     int sharded = id == S_DEQUEUE_SHARDED || id == S_RELEASE_FAIR_SHARDED, a = 0;
     switch (id) {
     case S_ACQUIRE:
-        NAME, KEY(fence), KEY(wwait), VALUE, STR(ttl), STR(fencing);
+        NAME, KEY(FENCE), KEY(WWAIT), VALUE, STR(ttl), STR(fencing);
         STR(w->writer_waits ? w->lease_str : "");
         break;
     case S_FAIR:
-        NAME, KEY(fence), KEY(queue), KEY(alive), KEY(wwait);
+        NAME, KEY(FENCE), KEY(QUEUE), KEY(ALIVE), KEY(WWAIT);
         VALUE, STR(ttl), STR(fencing), STR(w->queued ? "1" : "0"), STR(w->score_str);
         STR(w->lease_str);
         break;
     case S_DEQUEUE:
     case S_DEQUEUE_SHARDED:
-        KEY(queue), KEY(alive), NAME, VALUE, PREFIX;
+        KEY(QUEUE), KEY(ALIVE), NAME, VALUE, PREFIX;
         break;
     case S_RELEASE_FAIR:
     case S_RELEASE_FAIR_SHARDED:
-        NAME, KEY(queue), KEY(alive), VALUE, PREFIX;
+        NAME, KEY(QUEUE), KEY(ALIVE), VALUE, PREFIX;
         break;
     case S_RELEASE:
         NAME, VALUE, ARG(k->channel, k->chlen);
         break;
     case S_RELEASE_SHARDED:
-        NAME, KEY(freed), VALUE;
+        NAME, KEY(FREED), VALUE;
         break;
     case S_REFRESH:
         NAME, VALUE, STR(ttl), STR(l->op.repair ? "1" : "0");
         break;
     case S_RAISE:
-        KEY(fence), STR(l->op.tok_str);
+        KEY(FENCE), STR(l->op.tok_str);
         break;
     case S_STATUS:
-        NAME, KEY(fence);
+        NAME, KEY(FENCE);
         break;
     case S_WLEAVE:
-        KEY(wwait), VALUE;
+        KEY(WWAIT), VALUE;
         break;
     }
     return a;
@@ -1115,36 +1153,36 @@ static int shared_args(const redlock *l, int id, const char **kv, size_t *kl)
                   id == S_RD_RELEASE_SHARDED, a = 0;
     switch (id) {
     case S_SEM_ACQUIRE:
-        KEY(holds), KEY(token), KEY(fence), KEY(queue), KEY(alive);
+        KEY(HOLDS), KEY(TOKEN), KEY(FENCE), KEY(QUEUE), KEY(ALIVE);
         VALUE, STR(ttl), STR(fencing), STR(k->permits_str), STR(w->queued ? "1" : "0");
         STR(w->score_str), STR(w->lease_str), STR(l->c->opts.fair ? "1" : "0");
         break;
     case S_SEM_RELEASE:
     case S_SEM_RELEASE_SHARDED:
-        KEY(holds), KEY(token), KEY(queue), KEY(alive), VALUE, PREFIX;
+        KEY(HOLDS), KEY(TOKEN), KEY(QUEUE), KEY(ALIVE), VALUE, PREFIX;
         break;
     case S_SEM_REFRESH:
-        KEY(holds), KEY(token), VALUE, STR(ttl), STR(repair), STR(k->permits_str), STR(tok);
+        KEY(HOLDS), KEY(TOKEN), VALUE, STR(ttl), STR(repair), STR(k->permits_str), STR(tok);
         break;
     case S_SEM_DEQUEUE:
     case S_SEM_DEQUEUE_SHARDED:
-        KEY(queue), KEY(alive), KEY(holds), KEY(token), VALUE, PREFIX;
+        KEY(QUEUE), KEY(ALIVE), KEY(HOLDS), KEY(TOKEN), VALUE, PREFIX;
         break;
     case S_RD_ACQUIRE:
-        NAME, KEY(reads), KEY(token), KEY(fence), KEY(wwait), VALUE, STR(ttl), STR(fencing);
+        NAME, KEY(READS), KEY(TOKEN), KEY(FENCE), KEY(WWAIT), VALUE, STR(ttl), STR(fencing);
         break;
     case S_RD_RELEASE:
-        NAME, KEY(reads), KEY(token), KEY(queue), KEY(alive), VALUE, PREFIX;
+        NAME, KEY(READS), KEY(TOKEN), KEY(QUEUE), KEY(ALIVE), VALUE, PREFIX;
         ARG(k->channel, k->chlen);
         break;
     case S_RD_RELEASE_SHARDED:
-        NAME, KEY(reads), KEY(token), KEY(queue), KEY(alive), KEY(freed), VALUE, PREFIX;
+        NAME, KEY(READS), KEY(TOKEN), KEY(QUEUE), KEY(ALIVE), KEY(FREED), VALUE, PREFIX;
         break;
     case S_RD_REFRESH:
-        NAME, KEY(reads), KEY(token), KEY(wwait), VALUE, STR(ttl), STR(repair), STR(tok);
+        NAME, KEY(READS), KEY(TOKEN), KEY(WWAIT), VALUE, STR(ttl), STR(repair), STR(tok);
         break;
     case S_LIST:
-        NAME, KEY(holds), KEY(reads), KEY(token), KEY(fence);
+        NAME, KEY(HOLDS), KEY(READS), KEY(TOKEN), KEY(FENCE);
         break;
     }
     return a;
@@ -1172,7 +1210,7 @@ static int probe_args(const redlock *l, const char **argv, size_t *lens)
         return 2;
     }
     argv[0] = "ZRANGE", lens[0] = 6;
-    argv[1] = l->k.queue, lens[1] = l->k.klen;
+    argv[1] = key_at(l, K_QUEUE), lens[1] = l->k.klen;
     argv[2] = "0", lens[2] = 1;
     argv[3] = "0", lens[3] = 1;
     return 4;
@@ -3452,13 +3490,12 @@ static void fire(redlock *l)
 /* The operation ends with status rc (l's error text holds the detail). */
 static void finish(redlock *l, int rc)
 {
-    redlock_client *c = l->c;
     int reported = !l->op.blocking && l->op.kind != OP_KEEPALIVE;
     if (l->text && rc == REDLOCK_OK)
         l->text->errstr[0] = '\0';
     if (l->text)
         l->text->callerr[0] = '\0'; /* the result is newer than a refused call */
-    snprintf(c->errstr, sizeof c->errstr, "%s", errstr_of(l));
+    client_text(l);
     l->op.result = rc;
     l->op.kind = OP_NONE;
     l->op.phase = PH_NONE;
@@ -4257,7 +4294,7 @@ static void keepalive_lost(redlock *l, const char *why)
     lerr(l, REDLOCK_NOT_HELD, "keepalive '%s': the lease is lost: %s", shown(l, nm, sizeof nm), why);
     if (l->text)
         l->text->callerr[0] = '\0';
-    snprintf(l->c->errstr, sizeof l->c->errstr, "%s", errstr_of(l));
+    client_text(l);
     l->op.result = REDLOCK_NOT_HELD;
     done_push(l);
 }
@@ -4460,35 +4497,43 @@ static int url_tls(net_url *u, const redlock_options *o, char *err, size_t errle
                                 errlen);
 }
 
-/* Node i from its URL: one shard, or a cluster (part 5). */
+/* Node i from its URL: one shard, a cluster (part 5) or a Sentinel
+ * group (part 5b). The parsed URL is on the heap for the call: with the
+ * seed list it is some 4 KB, too much for a small thread's stack. */
 static int add_node(redlock_client *c, size_t i, const char *url, const net_opts *co)
 {
     node *m = &c->nodes[i];
-    net_url u;
-    net_seeds seeds;
-    char err[200];
+    struct parsed {
+        net_url u;
+        net_seeds seeds;
+        char err[200];
+    } *t;
     if (!url)
         return global_err(REDLOCK_ERR_ARG, "URL %zu is NULL", i + 1);
-    int rc = net_url_parse(&u, &seeds, url, err, sizeof err);
+    if (!(t = resp_alloc(sizeof *t)))
+        return global_err(REDLOCK_ERR_NOMEM, "out of memory");
+    int rc = net_url_parse(&t->u, &t->seeds, url, t->err, sizeof t->err);
     if (rc == RESP_OK)
-        rc = url_tls(&u, &c->opts, err, sizeof err);
+        rc = url_tls(&t->u, &c->opts, t->err, sizeof t->err);
     if (rc != RESP_OK) {
-        memset(u.password, 0, sizeof u.password);
-        memset(seeds.sentinel_password, 0, sizeof seeds.sentinel_password);
-        return c->n == 1 ? global_err(REDLOCK_ERR_ARG, "%s", err)
-                         : global_err(REDLOCK_ERR_ARG, "URL %zu: %s", i + 1, err);
+        rc = c->n == 1 ? global_err(REDLOCK_ERR_ARG, "%s", t->err)
+                       : global_err(REDLOCK_ERR_ARG, "URL %zu: %s", i + 1, t->err);
+    } else {
+        m->opts = *co;
+        m->fn.fcall = c->opts.scripts == REDLOCK_SCRIPTS_FUNCTIONS;
+        if (t->u.cluster)
+            rc = cluster_new(c, i, &t->u, &t->seeds);
+        else if (t->u.sentinel)
+            rc = sentinel_new(c, i, &t->u, &t->seeds);
+        else
+            rc = (m->sh = resp_alloc_array(1, sizeof *m->sh)) != NULL ? add_shard(c, i, &t->u)
+                                                                        : -1;
+        rc = rc < 0 ? global_err(REDLOCK_ERR_NOMEM, "out of memory") : REDLOCK_OK;
     }
-    m->opts = *co;
-    m->fn.fcall = c->opts.scripts == REDLOCK_SCRIPTS_FUNCTIONS;
-    if (u.cluster)
-        rc = cluster_new(c, i, &u, &seeds);
-    else if (u.sentinel)
-        rc = sentinel_new(c, i, &u, &seeds);
-    else
-        rc = (m->sh = resp_alloc_array(1, sizeof *m->sh)) != NULL ? add_shard(c, i, &u) : -1;
-    memset(u.password, 0, sizeof u.password);
-    memset(seeds.sentinel_password, 0, sizeof seeds.sentinel_password);
-    return rc < 0 ? global_err(REDLOCK_ERR_NOMEM, "out of memory") : REDLOCK_OK;
+    memset(t->u.password, 0, sizeof t->u.password);
+    memset(t->seeds.sentinel_password, 0, sizeof t->seeds.sentinel_password);
+    resp_free(t);
+    return rc;
 }
 
 static void free_node(node *m)
@@ -4584,6 +4629,7 @@ void redlock_client_free(redlock_client *c)
     free_chans(c->chans.free);
     resp_free(c->chans.buckets);
     resp_free(c->chans.sbuckets);
+    resp_free(c->keys.buf);
     resp_free(c->nodes);
     resp_free(c->lib_code);
     resp_free(c->pfd);
@@ -4681,13 +4727,21 @@ static int has_hash_tag(const char *s, size_t n)
  * {NAME}:SUFFIX for each suffix (NAME:SUFFIX when NAME has a hash tag);
  * the release channel on plain nodes redlock:NAME. Written into p;
  * returns the end. */
+/* The client's key slots (key_at) made room for keys of each bytes. */
+static int key_slots(redlock_client *c, size_t each)
+{
+    if (each <= c->keys.each)
+        return 0;
+    char *buf = resp_realloc(c->keys.buf, KEY_SLOTS * each);
+    if (!buf)
+        return -1;
+    c->keys.buf = buf;
+    c->keys.each = each;
+    return 0;
+}
+
 static char *layout_keys(lock_keys *k, char *p, const char *name, size_t namelen)
 {
-    static const char suffix[NKEYS][SUFFIX_LEN + 1] = {
-        SUFFIX_FENCE, SUFFIX_QUEUE, SUFFIX_ALIVE, SUFFIX_FREED,
-        SUFFIX_HOLDS, SUFFIX_READS, SUFFIX_TOKEN, SUFFIX_WWAIT};
-    const char **dst[NKEYS] = {&k->fence, &k->queue, &k->alive, &k->freed,
-                               &k->holds, &k->reads, &k->token, &k->wwait};
     int tag = has_hash_tag(name, namelen);
     k->name = p;
     k->namelen = namelen;
@@ -4696,19 +4750,17 @@ static char *layout_keys(lock_keys *k, char *p, const char *name, size_t namelen
     p[namelen] = '\0';
     p += namelen + 1;
     k->klen = namelen + (tag ? 1 : 3) + SUFFIX_LEN;
-    for (int s = 0; s < NKEYS; s++) {
-        *dst[s] = p;
-        if (tag) {
-            memcpy(p, name, namelen);
-            p[namelen] = ':';
-        } else {
-            p[0] = '{';
-            memcpy(p + 1, name, namelen);
-            memcpy(p + 1 + namelen, "}:", 2);
-        }
-        memcpy(p + k->klen - SUFFIX_LEN, suffix[s], SUFFIX_LEN + 1);
-        p += k->klen + 1;
+    k->freed = p;
+    if (tag) {
+        memcpy(p, name, namelen);
+        p[namelen] = ':';
+    } else {
+        p[0] = '{';
+        memcpy(p + 1, name, namelen);
+        memcpy(p + 1 + namelen, "}:", 2);
     }
+    memcpy(p + k->klen - SUFFIX_LEN, SUFFIX_FREED, SUFFIX_LEN + 1);
+    p += k->klen + 1;
     k->channel = p;
     k->chlen = CHAN_PREFIX_LEN + namelen;
     memcpy(p, CHAN_PREFIX, CHAN_PREFIX_LEN);
@@ -4799,13 +4851,15 @@ static int new_handle(redlock **out, redlock_client *c, const char *name, size_t
         value = token;
     }
     /* one block: the lock, its per-node results, then its strings: the
-     * name, the {NAME}:SUFFIX keys, redlock:NAME, the value, and the two
+     * name, {NAME}:freed, redlock:NAME, the value, and the two
      * own channels of a waiter that listens on its own (fair mode, a
      * semaphore) */
     int own = c->opts.fair || kind == LK_SEMAPHORE;
     size_t vlen = strlen(value);
     size_t klen = namelen + 3 + SUFFIX_LEN, chlen = CHAN_PREFIX_LEN + namelen;
-    size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + NKEYS * (klen + 1) +
+    if (key_slots(c, klen + 1) != 0)
+        return cerr(c, REDLOCK_ERR_NOMEM, "out of memory");
+    size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + klen + 1 +
                    chlen + 1 + vlen + 1 +
                    (own ? (chlen + 1 + vlen + 1) + (klen + 1 + vlen + 1) : 0);
     redlock *l = resp_alloc(total);

@@ -274,7 +274,7 @@ int main(int argc, char **argv)
     row("client, 1 URL (no connection yet)", s, "");
     s = mark();
     redlock *l = lock(c, "footprint:lock");
-    row("lock handle, 14-byte name", s, "");
+    row("lock handle, 14-byte name", s, "and the client's key slots, 7 x 26");
     s = mark();
     cycle(c, l);
     row("first trylock+unlock: the connection", s, "");
@@ -290,7 +290,11 @@ int main(int argc, char **argv)
     longname[114] = '\0';
     s = mark();
     redlock *l3 = lock(c, longname);
-    row("a lock handle, 114-byte name", s, "");
+    row("a lock handle, 114-byte name", s, "and the key slots' growth to 7 x 126");
+    longname[0] = 'm';
+    s = mark();
+    redlock *l4 = lock(c, longname);
+    row("another lock handle, 114-byte name", s, "the handle alone");
     /* a waiter: held elsewhere, redlock_lock waits on the release channel */
     redlock_client *other = client(urls, 1);
     redlock *holder = lock(other, "footprint:lock2");
@@ -306,6 +310,7 @@ int main(int argc, char **argv)
     printf("| %-44s | %7zu | %5s | %s\n", "live: the client, 3 handles, 1 listener", live, "",
            "");
     redlock_free(l3);
+    redlock_free(l4);
     redlock_free(l2);
     redlock_free(l);
     redlock_client_free(c);

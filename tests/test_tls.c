@@ -135,7 +135,7 @@ static redlock_client *tls_client(const char *url, int timeout_ms)
 static int try_once(const char *url, const redlock_options *o, char *why, size_t whylen, double *ms)
 {
     redlock_client *c = tu_client_opts(&url, 1, o);
-    redlock *l = tu_lock(c, "tls:try", NULL, 5000);
+    redlock *l = tu_lock(c, "tls:try", NULL, MS(5000));
     double t0 = fx_now_ms();
     int rc = redlock_trylock(l);
     if (ms)
