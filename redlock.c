@@ -1269,22 +1269,20 @@ static void waiter_prefix(const redlock *l, int sharded, const char **p, size_t 
 
 /* The KEYS and ARGV of script id for l, from its keys and the operation's
  * parameters (repair, token, place in line). Returns how many. */
-static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
-{
-    const lock_keys *k = &l->k;
-    const lock_wait *w = &l->wait;
-    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
-    const char *repair = l->op.repair ? "1" : "0", *tok = l->op.tok_str;
-    int sharded = id == S_DEQUEUE_SHARDED || id == S_RELEASE_FAIR_SHARDED ||
-                  id == S_SEM_RELEASE_SHARDED || id == S_SEM_DEQUEUE_SHARDED ||
-                  id == S_RD_RELEASE_SHARDED;
 #define ARG(s, n) (kv[a] = (s), kl[a] = (n), a++)
 #define STR(s) ARG(s, strlen(s))
 #define KEY(x) ARG(k->x, k->klen)
 #define NAME ARG(k->name, k->namelen)
 #define VALUE ARG(k->value, k->vlen)
 #define PREFIX (waiter_prefix(l, sharded, kv + a, kl + a), a++)
-    int a = 0;
+
+/* A lock's scripts (and the waiting, fair and fencing ones it shares). */
+static int lock_args(const redlock *l, int id, const char **kv, size_t *kl)
+{
+    const lock_keys *k = &l->k;
+    const lock_wait *w = &l->wait;
+    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
+    int sharded = id == S_DEQUEUE_SHARDED || id == S_RELEASE_FAIR_SHARDED, a = 0;
     switch (id) {
     case S_ACQUIRE:
         NAME, KEY(fence), KEY(wwait), VALUE, STR(ttl), STR(fencing);
@@ -1310,14 +1308,31 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
         NAME, KEY(freed), VALUE;
         break;
     case S_REFRESH:
-        NAME, VALUE, STR(ttl), STR(repair);
+        NAME, VALUE, STR(ttl), STR(l->op.repair ? "1" : "0");
         break;
     case S_RAISE:
-        KEY(fence), STR(tok);
+        KEY(fence), STR(l->op.tok_str);
         break;
     case S_STATUS:
         NAME, KEY(fence);
         break;
+    case S_WLEAVE:
+        KEY(wwait), VALUE;
+        break;
+    }
+    return a;
+}
+
+/* A semaphore's and a reader's scripts, and the list of holders. */
+static int shared_args(const redlock *l, int id, const char **kv, size_t *kl)
+{
+    const lock_keys *k = &l->k;
+    const lock_wait *w = &l->wait;
+    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
+    const char *repair = l->op.repair ? "1" : "0", *tok = l->op.tok_str;
+    int sharded = id == S_SEM_RELEASE_SHARDED || id == S_SEM_DEQUEUE_SHARDED ||
+                  id == S_RD_RELEASE_SHARDED, a = 0;
+    switch (id) {
     case S_SEM_ACQUIRE:
         KEY(holds), KEY(token), KEY(fence), KEY(queue), KEY(alive);
         VALUE, STR(ttl), STR(fencing), STR(k->permits_str), STR(w->queued ? "1" : "0");
@@ -1328,16 +1343,14 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
         KEY(holds), KEY(token), KEY(queue), KEY(alive), VALUE, PREFIX;
         break;
     case S_SEM_REFRESH:
-        KEY(holds), KEY(token), VALUE, STR(ttl), STR(repair), STR(k->permits_str);
-        STR(tok);
+        KEY(holds), KEY(token), VALUE, STR(ttl), STR(repair), STR(k->permits_str), STR(tok);
         break;
     case S_SEM_DEQUEUE:
     case S_SEM_DEQUEUE_SHARDED:
         KEY(queue), KEY(alive), KEY(holds), KEY(token), VALUE, PREFIX;
         break;
     case S_RD_ACQUIRE:
-        NAME, KEY(reads), KEY(token), KEY(fence), KEY(wwait);
-        VALUE, STR(ttl), STR(fencing);
+        NAME, KEY(reads), KEY(token), KEY(fence), KEY(wwait), VALUE, STR(ttl), STR(fencing);
         break;
     case S_RD_RELEASE:
         NAME, KEY(reads), KEY(token), KEY(queue), KEY(alive), VALUE, PREFIX;
@@ -1352,17 +1365,20 @@ static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
     case S_LIST:
         NAME, KEY(holds), KEY(reads), KEY(token), KEY(fence);
         break;
-    case S_WLEAVE:
-        KEY(wwait), VALUE;
-        break;
     }
+    return a;
+}
 #undef ARG
 #undef STR
 #undef KEY
 #undef NAME
 #undef VALUE
 #undef PREFIX
-    return a;
+
+static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
+{
+    int a = lock_args(l, id, kv, kl);
+    return a ? a : shared_args(l, id, kv, kl);
 }
 
 /* The probe a waiter sends once subscribed (see subscribed, part 7): PTTL
@@ -1590,7 +1606,7 @@ static void age_reply(redlock_client *c, size_t i, size_t j, int status, const r
     sh->age.asking = 0;
     if (status != RESP_OK)
         return; /* asked again before the next acquire */
-    if (r->type == RESP_ERROR || r->type != RESP_BULK ||
+    if (r->type != RESP_BULK ||
         !info_field(r, "uptime_in_seconds", &v, &n)) {
         sh->age.off = 1;
         cerr(c, REDLOCK_ERR_SERVER, "%s: restart guard off there: INFO server %s: %.*s",
@@ -3174,13 +3190,14 @@ static int acquire_busy(redlock *l, size_t acq, size_t held, size_t queued, size
                         int64_t pttl)
 {
     redlock_client *c = l->c;
-    char nm[64], q[96] = "", y[128] = "", why[200];
+    char nm[64], q[96] = "", y[128] = "";
     if (c->n == 1 && young)
         return lerr(l, REDLOCK_NOT_ACQUIRED,
                     "lock '%s': the node restarted less than one lease ago and may have "
                     "forgotten a lock it granted: its yes counts in %lld ms (restart guard)",
                     shown(l, nm, sizeof nm), (long long)pttl);
     if (c->n == 1) {
+        char why[200];
         busy_reason(l, l->res[0].ans.code, pttl, why, sizeof why);
         return lerr(l, REDLOCK_NOT_ACQUIRED, "%s", why);
     }
@@ -4496,8 +4513,10 @@ int redlock_result(const redlock *l)
 /* A call that needs l and its client: 0, or the status it is refused with. */
 static int call_ok(redlock *l)
 {
-    if (!l)
-        return global_err(REDLOCK_ERR_ARG, "lock is NULL");
+    if (!l) { /* (a constant: clang's analyzer does not follow variadic global_err) */
+        global_err(REDLOCK_ERR_ARG, "lock is NULL");
+        return REDLOCK_ERR_ARG;
+    }
     if (!l->c)
         return call_refused(l, REDLOCK_ERR_ARG,
                             "the lock's client was freed: only redlock_free may follow");

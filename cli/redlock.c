@@ -222,75 +222,83 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+/* arg as one of n words: 0 and *out (the word's value), or -1. */
+static int pick_word(const char *arg, const char *const *words, const int *values, int n, int *out)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(arg, words[i]) == 0) {
+            *out = values[i];
+            return 0;
+        }
+    return -1;
+}
+
+/* An option that takes a value: -1 once it is taken, or an exit status. */
+static int value_option(cli *o, int ch, const char *arg)
+{
+    static const char *const modes[3] = {"auto", "eval", "functions"};
+    static const int mode_values[3] = {REDLOCK_SCRIPTS_AUTO, REDLOCK_SCRIPTS_EVAL,
+                                       REDLOCK_SCRIPTS_FUNCTIONS};
+    static const char *const guards[3] = {"auto", "on", "off"};
+    static const int guard_values[3] = {-1, 1, 0};
+    int n = 0;
+    switch (ch) {
+    case 'u':
+        return add_url(o, arg) != 0 ? EXIT_USAGE : -1;
+    case 't':
+        if (parse_duration(arg, &o->ttl_ms) != 0 || o->ttl_ms < REDLOCK_MIN_TTL_MS)
+            return usage_error("bad TTL '%s': want a DURATION of at least %dms, like 500ms, "
+                               "10s, 2m",
+                               arg, REDLOCK_MIN_TTL_MS);
+        return -1;
+    case 'w':
+        if (parse_duration(arg, &o->wait_ms) != 0)
+            return usage_error("bad wait '%s': want a DURATION like 0, 500ms, 10s, 2m", arg);
+        return -1;
+    case 'g':
+        if (parse_duration(arg, &o->grace_ms) != 0)
+            return usage_error("bad grace period '%s': want a DURATION like 5s", arg);
+        return -1;
+    case 'E':
+        if (parse_int(arg, 0, 255, &o->conflict_code) != 0)
+            return usage_error("bad exit code '%s': want 0 to 255", arg);
+        return -1;
+    case 'l':
+        if (parse_int(arg, 1, REDLOCK_MAX_PERMITS, &n) != 0)
+            return usage_error("bad permit count '%s': want 1 to %d", arg, REDLOCK_MAX_PERMITS);
+        o->limit = (uint32_t)n;
+        return -1;
+    case 'R':
+        if (parse_int(arg, 0, 100, &o->wait_replicas) != 0)
+            return usage_error("bad replica count '%s': want 0 to 100", arg);
+        return -1;
+    case 'S':
+        if (pick_word(arg, modes, mode_values, 3, &o->scripts) != 0)
+            return usage_error("bad scripts mode '%s': want auto, eval or functions", arg);
+        return -1;
+    case 'G':
+        if (pick_word(arg, guards, guard_values, 3, &o->restart_guard) != 0)
+            return usage_error("bad restart guard '%s': want auto, on or off", arg);
+        return -1;
+    }
+    return usage_error("unknown option '-%c'", ch);
+}
+
 /* Parse argv[0..argc) (the subcommand's words). Returns -1 to go on, or an
  * exit status. */
 static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
 {
-    int ch;
+    int ch, rc;
     opterr = 0;
     optind = 1;
     const char *spec = stop_at_name ? "+:u:t:w:g:E:Fl:sR:S:G:qvhV" : ":u:t:w:g:E:Fl:sR:S:G:qvhV";
     while ((ch = getopt_long(argc, argv, spec, long_opts, NULL)) != -1) {
         switch (ch) {
-        case 'u':
-            if (add_url(o, optarg) != 0)
-                return EXIT_USAGE;
-            break;
-        case 't':
-            if (parse_duration(optarg, &o->ttl_ms) != 0 || o->ttl_ms < REDLOCK_MIN_TTL_MS)
-                return usage_error("bad TTL '%s': want a DURATION of at least %dms, like "
-                                   "500ms, 10s, 2m",
-                                   optarg, REDLOCK_MIN_TTL_MS);
-            break;
-        case 'w':
-            if (parse_duration(optarg, &o->wait_ms) != 0)
-                return usage_error("bad wait '%s': want a DURATION like 0, 500ms, 10s, 2m", optarg);
-            break;
-        case 'g':
-            if (parse_duration(optarg, &o->grace_ms) != 0)
-                return usage_error("bad grace period '%s': want a DURATION like 5s", optarg);
-            break;
-        case 'E':
-            if (parse_int(optarg, 0, 255, &o->conflict_code) != 0)
-                return usage_error("bad exit code '%s': want 0 to 255", optarg);
-            break;
         case 'F':
             o->fair = 1;
             break;
-        case 'l': {
-            int n;
-            if (parse_int(optarg, 1, REDLOCK_MAX_PERMITS, &n) != 0)
-                return usage_error("bad permit count '%s': want 1 to %d", optarg,
-                                   REDLOCK_MAX_PERMITS);
-            o->limit = (uint32_t)n;
-            break;
-        }
         case 's':
             o->shared = 1;
-            break;
-        case 'R':
-            if (parse_int(optarg, 0, 100, &o->wait_replicas) != 0)
-                return usage_error("bad replica count '%s': want 0 to 100", optarg);
-            break;
-        case 'S':
-            if (strcmp(optarg, "auto") == 0)
-                o->scripts = REDLOCK_SCRIPTS_AUTO;
-            else if (strcmp(optarg, "eval") == 0)
-                o->scripts = REDLOCK_SCRIPTS_EVAL;
-            else if (strcmp(optarg, "functions") == 0)
-                o->scripts = REDLOCK_SCRIPTS_FUNCTIONS;
-            else
-                return usage_error("bad scripts mode '%s': want auto, eval or functions", optarg);
-            break;
-        case 'G':
-            if (strcmp(optarg, "auto") == 0)
-                o->restart_guard = -1;
-            else if (strcmp(optarg, "on") == 0)
-                o->restart_guard = 1;
-            else if (strcmp(optarg, "off") == 0)
-                o->restart_guard = 0;
-            else
-                return usage_error("bad restart guard '%s': want auto, on or off", optarg);
             break;
         case 'q':
             o->quiet = 1;
@@ -306,8 +314,11 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
             return 0;
         case ':':
             return usage_error("option %s needs a value", argv[optind - 1]);
-        default:
+        case '?':
             return usage_error("unknown option '%s'", argv[optind - 1]);
+        default:
+            if ((rc = value_option(o, ch, optarg)) >= 0)
+                return rc;
         }
     }
     return -1;
@@ -755,6 +766,24 @@ static int find_dashdash(int argc, char **argv)
     return -1;
 }
 
+/* run's words after NAME: -- and COMMAND (dd: the index of --, or -1).
+ * -1 when they are right (o->command set), or a usage error's status. */
+static int command_words(cli *o, int sargc, char **sargv, int dd)
+{
+    /* Without --, a word after NAME could be COMMAND or a misplaced option
+     * (`run n -v echo hi`): refuse rather than guess. */
+    if (dd < 0 && optind + 1 < sargc)
+        return usage_error("'%s' after NAME: put -- between NAME and COMMAND", sargv[optind + 1]);
+    if (dd < 0)
+        return usage_error("missing -- COMMAND after NAME");
+    o->command = sargv + dd + 1;
+    if (optind + 1 < dd)
+        return usage_error("unexpected '%s' before --", sargv[optind + 1]);
+    if (!o->command[0])
+        return usage_error("missing COMMAND after NAME --");
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
     cli o;
@@ -797,27 +826,10 @@ int main(int argc, char **argv)
         rc = usage_error("lock NAME is empty");
         goto done;
     }
-    if (is_run) {
-        /* Without --, a word after NAME could be COMMAND or a misplaced
-         * option (`run n -v echo hi`): refuse rather than guess. */
-        if (dd < 0 && optind + 1 < sargc) {
-            rc = usage_error("'%s' after NAME: put -- between NAME and COMMAND", sargv[optind + 1]);
-            goto done;
-        }
-        if (dd < 0) {
-            rc = usage_error("missing -- COMMAND after NAME");
-            goto done;
-        }
-        o.command = sargv + dd + 1;
-        if (optind + 1 < dd) {
-            rc = usage_error("unexpected '%s' before --", sargv[optind + 1]);
-            goto done;
-        }
-        if (!o.command[0]) {
-            rc = usage_error("missing COMMAND after NAME --");
-            goto done;
-        }
-    } else if (optind + 1 < sargc) {
+    rc = is_run ? command_words(&o, sargc, sargv, dd) : -1;
+    if (rc >= 0)
+        goto done;
+    if (!is_run && optind + 1 < sargc) {
         rc = usage_error("unexpected '%s' after NAME", sargv[optind + 1]);
         goto done;
     }
