@@ -24,7 +24,8 @@
  * Parts, in the order the data flows:
  *   1. Types             the client, a node and its shards, a lock, one node's answer
  *   2. Helpers           error text, names in messages, randomness, time
- *   3. The engine        timers, the ready and done lists, engine_pass, run_until
+ *   3. The engine        timers, the ready and done lists; observability (counters,
+ *                        histograms, the event hook); engine_pass, run_until
  *   4. Rounds on nodes   a script's arguments; sending it (EVALSHA, EVAL, FCALL,
  *                        WAIT); taking a node's answer; counting what nodes said
  *   5. Redis Cluster     slots, routing, MOVED/ASK, retries, the slot map
@@ -48,6 +49,8 @@
  *   a node restarted empty   4: script_fallback (NOSCRIPT: EVAL loads it again);
  *                            7: refresh_judge sets our key there again (repair)
  *   a reply out of step      3: take_replies closes that connection
+ *   a counter, an event      3: obs_* (each counter incremented beside what it
+ *                            counts: grep obs.s); a connection made or lost: obs_watch
  *   a request's deadline     net.c fails it; 4: on_result makes it the node's error
  */
 #define _DEFAULT_SOURCE /* getentropy */
@@ -155,9 +158,11 @@ typedef struct nres {
  * connection events come from what changed since. */
 typedef struct conn_seen {
     uint64_t gen, socks; /* net_conn_generation, net_conn_sockets        */
+    uint64_t live;       /* the generation said to be connected, 0: none */
     uint64_t rtt_gen;    /* the connection whose first reply was skipped by
                             the round-trip estimate (it may hold a connect) */
     uint8_t up;          /* net_conn_ready                               */
+    uint8_t ever;        /* it was connected once: the next is a reconnect */
     uint8_t failed;      /* the status its last failed request had       */
 } conn_seen;
 
@@ -1004,41 +1009,42 @@ static void obs_slot_map(redlock_client *c, size_t i, size_t j)
               c->nodes[i].nsh);
 }
 
-static void obs_disconnected(redlock_client *c, obs_at at, int why)
-{
-    c->obs.s.node[at.i].disconnects++;
-    obs_event(c, at, REDLOCK_EVENT_DISCONNECTED, why, 0, "%s", net_conn_errstr(at.conn));
-}
-
 /* A connection of shard j of node i (its listener if `listener`) as the
- * engine sees it now against its last look: made, lost, or an attempt
- * that failed (each said once). Nothing changed: two comparisons. */
+ * engine sees it now against its last look: ready (connected), a ready
+ * one gone (disconnected), or an attempt that ended before it was ready
+ * (connect failed: refused, TLS, AUTH, timeout, a name that does not
+ * resolve); each said once. An attempt opens and closes at least one
+ * socket, and closing a ready one closes one; an attempt that fails
+ * before it opens one fails its requests all the same. Nothing changed:
+ * three comparisons. */
 static void obs_watch(redlock_client *c, size_t i, size_t j, int listener)
 {
     shard *sh = &c->nodes[i].sh[j];
     const net_conn *conn = listener ? sh->sub : sh->cmd;
     conn_seen *s = &sh->seen[listener];
     uint64_t gen = net_conn_generation(conn), socks = net_conn_sockets(conn);
-    if (gen == s->gen && socks == s->socks) {
+    int up = net_conn_ready(conn), same = gen == s->gen && socks == s->socks && up == s->up;
+    if (same && (up || !s->failed)) {
         s->failed = 0; /* a failure that closed nothing */
         return;
     }
     redlock_node_stats *ns = &c->obs.s.node[i];
     obs_at at = {i, conn, NULL, listener};
-    int up = net_conn_ready(conn), was = s->up, why = s->failed ? s->failed : REDLOCK_ERR_IO;
-    if (gen != s->gen) { /* connected (after losing the last one, if it was up) */
-        int again = s->gen != 0;
-        if (was)
-            obs_disconnected(c, at, why);
-        ns->connects++;
-        ns->reconnects += (uint64_t)again;
-        obs_event(c, at, REDLOCK_EVENT_CONNECTED, REDLOCK_OK, again, "%s %s",
-                  again ? "reconnected to" : "connected to", net_conn_desc(conn));
-        was = 1;
+    int why = s->failed ? s->failed : REDLOCK_ERR_IO, gone = 0;
+    if (s->live && (gen != s->live || !up)) {
+        ns->disconnects++;
+        obs_event(c, at, REDLOCK_EVENT_DISCONNECTED, why, 0, "%s", net_conn_errstr(conn));
+        s->live = 0;
+        gone = 1;
     }
-    if (was && !up) {
-        obs_disconnected(c, at, why);
-    } else if (!was && !up && net_conn_fd(conn) < 0) {
+    if (up && !s->live) {
+        ns->connects++;
+        ns->reconnects += s->ever;
+        obs_event(c, at, REDLOCK_EVENT_CONNECTED, REDLOCK_OK, s->ever, "%s %s",
+                  s->ever ? "reconnected to" : "connected to", net_conn_desc(conn));
+        s->live = gen;
+        s->ever = 1;
+    } else if (!up && net_conn_fd(conn) < 0 && (socks - s->socks > (gone ? 2u : 0u) || same)) {
         ns->connect_failures++;
         obs_event(c, at, REDLOCK_EVENT_CONNECT_FAILED, why, 0, "%s", net_conn_errstr(conn));
     }
