@@ -89,7 +89,7 @@ $(BUILD)/libredlock.so: $(SHARED)
 	ln -sf libredlock.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $@
 
-$(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h redlock_transport.h
+$(BUILD)/redlock: $(CLI_SRC) $(wildcard cli/*.h) $(STATIC) redlock.h redlock_transport.h
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) -I. $(CLI_SRC) $(STATIC) $(TLS_LIBS) -o $@
 
 # A fully static `redlock` command linked against musl (Debian: musl-tools),

@@ -4763,6 +4763,13 @@ uint64_t redlock_stats_quantile(const redlock_histogram *h, double q)
     return h->max_us;
 }
 
+const char *redlock_event_name(int type)
+{
+    if (type <= 0 || type >= REDLOCK_EVENT_TYPES || !event_names[type])
+        return "unknown";
+    return event_names[type];
+}
+
 void redlock_client_on_event(redlock_client *c, void (*fn)(const redlock_event *ev, void *arg),
                              void *arg)
 {

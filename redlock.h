@@ -573,6 +573,10 @@ enum {
                                        with Sentinel URLs)                                  */
 };
 
+/* The name of an event type ("connected", "lease-lost", ...; the same as
+ * redlock_event.what), or "unknown". Static string. */
+REDLOCK_API const char *redlock_event_name(int type);
+
 /* One event. Every pointer is valid only during the hook's call. */
 typedef struct redlock_event {
     int type;            /* REDLOCK_EVENT_*                                          */

@@ -15,9 +15,12 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static fx_server srv;
 
@@ -719,6 +722,140 @@ START_TEST(test_stats_size)
 }
 END_TEST
 
+/* ---- the examples and the command ------------------------------------------------------------ */
+
+static char out_buf[65536];
+
+/* Run argv (NULL-ended) to completion; its output in out_buf; its status. */
+static int run(const char *const *argv)
+{
+    return fx_run(out_buf, sizeof out_buf, 20000, argv);
+}
+
+START_TEST(test_prometheus_example)
+{
+    char prog[512];
+    snprintf(prog, sizeof prog, "%s/prometheus", FX_EXAMPLES_DIR);
+    ck_assert_int_eq(run((const char *[]){prog, srv.url, "30", NULL}), 0);
+    static const char *const want[] = {
+        "# TYPE redlock_operations_total counter\n",
+        "redlock_operations_total{op=\"acquire\",outcome=\"success\"} 30\n",
+        "redlock_operations_total{op=\"acquire\",outcome=\"contended\"} 1\n",
+        "redlock_operations_total{op=\"release\",outcome=\"success\"} 30\n",
+        "# TYPE redlock_acquire_wait_seconds histogram\n",
+        "redlock_acquire_wait_seconds_bucket{le=\"0.000127\"} ",
+        "redlock_acquire_wait_seconds_bucket{le=\"+Inf\"} 30\n",
+        "redlock_acquire_wait_seconds_count 30\n",
+        "redlock_round_trip_seconds_count 61\n", /* 30 x 2, and the busy try */
+        "redlock_hold_seconds_count 30\n",
+        "redlock_events_total{type=\"connected\"} 1\n",
+    };
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
+        ck_assert_msg(strstr(out_buf, want[k]), "no '%s' in:\n%s", want[k], out_buf);
+    char node[1024];
+    snprintf(node, sizeof node, "redlock_node_requests_total{node=\"%s\"} 61\n",
+             srv.url + strlen("redis://"));
+    ck_assert_msg(strstr(out_buf, node), "no '%s' in:\n%s", node, out_buf);
+}
+END_TEST
+
+/* The events example while the test kills its connection: it logs the
+ * connect, the loss and the reconnect, and keeps its lease. */
+START_TEST(test_events_example)
+{
+    char prog[512], path[] = "/tmp/redlock-events-XXXXXX";
+    snprintf(prog, sizeof prog, "%s/events", FX_EXAMPLES_DIR);
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        dup2(fd, 1);
+        execl(prog, prog, srv.url, "1.5", (char *)NULL);
+        _exit(127);
+    }
+    close(fd);
+    char out[64];
+    fx_sleep_ms(400);
+    ck_assert_int_eq(fx_cmd(&srv, out, sizeof out, "CLIENT KILL TYPE normal"), 0);
+    int st = -1;
+    for (int k = 0; k < 100 && waitpid(pid, &st, WNOHANG) == 0; k++)
+        fx_sleep_ms(100);
+    if (st == -1) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+    }
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(out_buf, 1, sizeof out_buf - 1, f);
+    out_buf[n] = '\0';
+    fclose(f);
+    unlink(path);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d:\n%s", st, out_buf);
+    static const char *const want[] = {"] connected      node=", "held events-demo",
+                                       "] disconnected   node=", ": reconnected to ",
+                                       "] released; "};
+    const char *at = out_buf;
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) { /* in this order */
+        const char *p = strstr(at, want[k]);
+        ck_assert_msg(p, "no '%s' (in order) in:\n%s", want[k], out_buf);
+        at = p;
+    }
+}
+END_TEST
+
+/* `redlock stats`, as text and as JSON, and `redlock run -v`. */
+START_TEST(test_command)
+{
+    char prog[512];
+    snprintf(prog, sizeof prog, "%s/redlock", FX_BUILD_DIR);
+    ck_assert_int_eq(run((const char *[]){prog, "stats", "-u", srv.url, NULL}), 0);
+    ck_assert_ptr_nonnull(strstr(out_buf, "probe 'redlock-stats-probe': success\n"));
+    ck_assert_ptr_nonnull(strstr(out_buf, "\nacquire            1         1         0"));
+    ck_assert_ptr_nonnull(strstr(out_buf, "\nrelease            1         1         0"));
+    ck_assert_ptr_nonnull(strstr(out_buf, ": requests 2, errors 0, round trip "));
+    ck_assert_ptr_nonnull(strstr(out_buf, "\nevents: connected 1"));
+
+    ck_assert_int_eq(run((const char *[]){prog, "stats", "--json", "-u", srv.url, "st:probe",
+                                          NULL}),
+                     0);
+    static const char *const want[] = {
+        "\"probe\": {\"name\": \"st:probe\", \"status\": 0, \"result\": \"success\"}",
+        "\"acquire\": {\"attempts\": 1, \"successes\": 1, \"contended\": 0",
+        "\"acquire_wait\": {\"count\": 1, ",
+        "\"events\": {\"connected\": 1, \"disconnected\": 0, ",
+        "\"requests\": 2, \"errors\": {\"timeout\": 0, \"io\": 0, ",
+    };
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
+        ck_assert_msg(strstr(out_buf, want[k]), "no '%s' in:\n%s", want[k], out_buf);
+
+    /* a node that refuses: status 69, its errors in the counters */
+    int port = fx_free_port();
+    char dead[64];
+    snprintf(dead, sizeof dead, "redis://127.0.0.1:%d", port);
+    ck_assert_int_eq(run((const char *[]){prog, "stats", "-j", "-u", dead, NULL}), 69);
+    ck_assert_ptr_nonnull(strstr(out_buf, "\"errors\": {\"timeout\": 0, \"io\": 1, "));
+    ck_assert_ptr_nonnull(strstr(out_buf, "\"connect_failures\": 1, "));
+    ck_assert_ptr_nonnull(strstr(out_buf, "Connection refused"));
+
+    ck_assert_int_eq(run((const char *[]){prog, "run", "-v", "-u", srv.url, "st:cmd", "--",
+                                          "sleep", "0.1", NULL}),
+                     0);
+    ck_assert_ptr_nonnull(strstr(out_buf, "redlock: event connected node="));
+    const char *t = strstr(out_buf, "redlock: timing: connect ");
+    ck_assert_msg(t != NULL, "%s", out_buf);
+    double conn, wait, hold, rel;
+    ck_assert_int_eq(sscanf(t, "redlock: timing: connect %lf ms, wait %lf ms, hold %lf ms, "
+                               "release %lf ms",
+                            &conn, &wait, &hold, &rel),
+                     4);
+    ck_assert_double_le(conn, wait);
+    ck_assert_double_ge(hold, 100);
+    ck_assert_double_lt(hold, 5000);
+    ck_assert_double_gt(rel, 0);
+}
+END_TEST
+
 static Suite *stats_suite(void)
 {
     Suite *s = suite_create("stats");
@@ -737,6 +874,9 @@ static Suite *stats_suite(void)
     tcase_add_test(t, test_hook_no_reentry);
     tcase_add_test(t, test_no_allocation);
     tcase_add_test(t, test_stats_size);
+    tcase_add_test(t, test_prometheus_example);
+    tcase_add_test(t, test_events_example);
+    tcase_add_test(t, test_command);
     suite_add_tcase(s, t);
     return s;
 }
