@@ -752,7 +752,7 @@ START_TEST(test_prometheus_example)
     };
     for (size_t k = 0; k < sizeof want / sizeof want[0]; k++)
         ck_assert_msg(strstr(out_buf, want[k]), "no '%s' in:\n%s", want[k], out_buf);
-    char node[1024];
+    char node[1500];
     snprintf(node, sizeof node, "redlock_node_requests_total{node=\"%s\"} 61\n",
              srv.url + strlen("redis://"));
     ck_assert_msg(strstr(out_buf, node), "no '%s' in:\n%s", node, out_buf);
