@@ -458,11 +458,11 @@ REDLOCK_API int redlock_keepalive(redlock *l, int on);
 
 /* Operation kinds: the index of redlock_stats.op. */
 enum {
-    REDLOCK_STAT_ACQUIRE = 0, /* each try: a trylock, or one try of a wait (lock) */
-    REDLOCK_STAT_WAIT = 1,    /* redlock_lock and redlock_start_lock, start to result */
-    REDLOCK_STAT_RELEASE = 2, /* redlock_unlock and redlock_start_unlock           */
-    REDLOCK_STAT_REFRESH = 3, /* redlock_refresh and redlock_start_refresh         */
-    REDLOCK_STAT_KEEPALIVE = 4, /* each refresh that keepalive made                 */
+    REDLOCK_STAT_ACQUIRE = 0,   /* each try: a trylock, or one try of a wait (lock)      */
+    REDLOCK_STAT_WAIT = 1,      /* redlock_lock and redlock_start_lock, start to result  */
+    REDLOCK_STAT_RELEASE = 2,   /* redlock_unlock and redlock_start_unlock               */
+    REDLOCK_STAT_REFRESH = 3,   /* redlock_refresh and redlock_start_refresh             */
+    REDLOCK_STAT_KEEPALIVE = 4, /* each refresh that keepalive made                      */
     REDLOCK_STAT_KINDS = 5
 };
 
@@ -470,20 +470,21 @@ enum {
  * attempts is the sum of the other six; an operation in flight is in
  * none of them yet. */
 typedef struct redlock_op_stats {
-    uint64_t attempts;  /* ended                                                      */
-    uint64_t successes; /* REDLOCK_OK                                                 */
-    uint64_t contended; /* REDLOCK_NOT_ACQUIRED: another owner had it (or the wait ran out) */
-    uint64_t lost;      /* REDLOCK_NOT_HELD: not ours any more (expired, taken)       */
-    uint64_t timeouts;  /* REDLOCK_ERR_TIMEOUT                                        */
-    uint64_t errors;    /* any other status                                           */
-    uint64_t cancelled; /* REDLOCK_CANCELLED (redlock_cancel, redlock_free)           */
+    uint64_t attempts;  /* ended                                                  */
+    uint64_t successes; /* REDLOCK_OK                                             */
+    uint64_t contended; /* REDLOCK_NOT_ACQUIRED: another owner has it (a wait: it
+                           ran out)                                               */
+    uint64_t lost;      /* REDLOCK_NOT_HELD: not ours any more (expired, taken)   */
+    uint64_t timeouts;  /* REDLOCK_ERR_TIMEOUT                                    */
+    uint64_t errors;    /* any other status                                       */
+    uint64_t cancelled; /* REDLOCK_CANCELLED (redlock_cancel, redlock_free)       */
 } redlock_op_stats;
 
 /* A histogram of durations in microseconds, in log-spaced buckets: four
- * per power of two (each at most 25% wide), bucket i for values 0 to 3
- * being i itself. Bucket i holds the values v with
+ * per power of two (each at most 25% wide; values 0 to 3 have a bucket
+ * each). Bucket i holds the values v with
  * redlock_stats_bucket_max(i - 1) < v <= redlock_stats_bucket_max(i); the
- * last one holds everything longer than about 30 days. */
+ * last one holds everything from about 22 days on. */
 #define REDLOCK_STATS_BUCKETS 160
 typedef struct redlock_histogram {
     uint64_t count;  /* values recorded                                  */
@@ -500,25 +501,29 @@ typedef struct redlock_histogram {
 /* One node of the client (one URL: a Redis node, or a whole Redis
  * Cluster, whose shards add up here). */
 typedef struct redlock_node_stats {
-    char node[128];      /* host:port or unix:/path (a cluster: its first seed); never a password */
-    uint64_t requests;   /* lock scripts and probes sent (again after a redirect or NOSCRIPT) */
-    uint64_t errors[REDLOCK_STATS_STATUSES]; /* the node's part of an operation failed, by
-                                                status: errors[REDLOCK_ERR_TIMEOUT], ... */
-    uint64_t connects;   /* connections that became ready (after TLS and AUTH/SELECT)     */
-    uint64_t reconnects; /* of which to a server this client had been connected to        */
-    uint64_t disconnects;      /* ready connections that closed                           */
-    uint64_t connect_failures; /* connection attempts that failed (refused, TLS, AUTH, timeout) */
-    uint64_t moved;      /* -MOVED redirects (a cluster)                                  */
-    uint64_t ask;        /* -ASK redirects                                                */
-    uint64_t slot_maps;  /* times the cluster's slot map changed (the first read counts)  */
-    uint64_t script_loads;   /* EVAL sent after NOSCRIPT (a restart, SCRIPT FLUSH)        */
-    uint64_t function_loads; /* FUNCTION LOAD sent after a function was not found         */
-    uint64_t guard_young; /* restart guard: the node said yes to an acquire, not counted
-                             because it restarted less than one lease ago              */
-    uint64_t guard_off;   /* restart guard: turned off there (an ACL refused INFO)      */
-    uint64_t failovers;   /* a Sentinel member's master switched (0 until Sentinel URLs exist) */
-    int64_t rtt_us;       /* round-trip estimate: a moving average of its requests' round
-                             trips (1/8 weight to each new one); -1 before the first   */
+    char node[128];            /* host:port or unix:/path (a cluster: its first seed);
+                                  never a password                                   */
+    uint64_t requests;         /* lock scripts and probes sent (again after a redirect
+                                  or NOSCRIPT)                                       */
+    uint64_t errors[REDLOCK_STATS_STATUSES]; /* the node's part of an operation failed,
+                                  by status: errors[REDLOCK_ERR_TIMEOUT], ...        */
+    uint64_t connects;         /* connections that became ready (after TLS, AUTH)     */
+    uint64_t reconnects;       /* of which after an earlier one to the same server    */
+    uint64_t disconnects;      /* ready connections that closed                       */
+    uint64_t connect_failures; /* attempts that failed (refused, TLS, AUTH, timeout)  */
+    uint64_t moved;            /* -MOVED redirects (a cluster)                        */
+    uint64_t ask;              /* -ASK redirects                                      */
+    uint64_t slot_maps;        /* the cluster's slot map changed (the first read too) */
+    uint64_t script_loads;     /* EVAL sent after NOSCRIPT (a restart, SCRIPT FLUSH)  */
+    uint64_t function_loads;   /* FUNCTION LOAD sent after a function was not found   */
+    uint64_t guard_young;      /* restart guard: a yes to an acquire not counted, the
+                                  node having restarted less than one lease ago      */
+    uint64_t guard_off;        /* restart guard: turned off there (ACL refused INFO)  */
+    uint64_t failovers;        /* a Sentinel member's master switched (0 until
+                                  Sentinel URLs exist)                               */
+    int64_t rtt_us;            /* round-trip estimate: a moving average of its
+                                  requests' round trips (1/8 weight to each new
+                                  one); -1 before the first                          */
 } redlock_node_stats;
 
 /* What a client did since it was made. Fields are only ever appended at

@@ -58,8 +58,9 @@ static const struct {
     int status;
     const char *name;
 } error_kinds[] = {
-    {REDLOCK_ERR_TIMEOUT, "timeout"}, {REDLOCK_ERR_IO, "io"},     {REDLOCK_ERR_PROTOCOL, "protocol"},
-    {REDLOCK_ERR_SERVER, "server"},   {REDLOCK_ERR_AUTH, "auth"}, {REDLOCK_ERR_ARG, "arg"},
+    {REDLOCK_ERR_TIMEOUT, "timeout"}, {REDLOCK_ERR_IO, "io"},
+    {REDLOCK_ERR_PROTOCOL, "protocol"}, {REDLOCK_ERR_SERVER, "server"},
+    {REDLOCK_ERR_AUTH, "auth"},       {REDLOCK_ERR_ARG, "arg"},
     {REDLOCK_ERR_NOMEM, "nomem"},     {REDLOCK_ERR_TLS, "tls"},
 };
 #define N_ERROR_KINDS (sizeof error_kinds / sizeof error_kinds[0])
@@ -148,7 +149,8 @@ static void print_json(FILE *f, const redlock_stats *s, const stats_probe *p)
     fprintf(f, "  },\n  \"events\": {");
     for (int t = 1, first = 1; t < REDLOCK_EVENT_TYPES; t++)
         if (strcmp(redlock_event_name(t), "unknown") != 0) {
-            fprintf(f, "%s\"%s\": %" PRIu64, first ? "" : ", ", redlock_event_name(t), s->events[t]);
+            fprintf(f, "%s\"%s\": %" PRIu64, first ? "" : ", ", redlock_event_name(t),
+                    s->events[t]);
             first = 0;
         }
     fprintf(f, "},\n  \"nodes\": [\n");

@@ -328,7 +328,7 @@ START_TEST(test_buckets)
 }
 END_TEST
 
-/* ---- lost leases ------------------------------------------------------------------------------ */
+/* ---- lost leases ---------------------------------------------------------------------------- */
 
 /* K leases kept alive; the server goes (killed, or stopped with SIGSTOP);
  * each lease is reported lost once, counted and told to the hook. */
@@ -631,7 +631,8 @@ START_TEST(test_hook_no_reentry)
     ck_assert_int_eq(r.processed, 0);
     ck_assert_int_eq(r.pollfds, 0);
     ck_assert_ptr_null(r.done);
-    ck_assert_ptr_nonnull(strstr(r.lock_err, "lock 'st:reentry' called from inside the event hook"));
+    ck_assert_ptr_nonnull(
+        strstr(r.lock_err, "lock 'st:reentry' called from inside the event hook"));
     ck_assert_ptr_nonnull(strstr(r.client_err, "functions status called from inside the event "
                                                "hook, which must not call back into the library"));
     /* the outer call went on, the lock and client live, the hook is set */
