@@ -60,23 +60,36 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TORTURE_SRC := tests/torture.c
 TORTURE_HDR := tests/torture.h
 TORTURE_SECONDS ?= 60
+# LIBUV_EXAMPLE=no leaves out the libuv adapter example (a cross build has
+# no libuv for the target); the suites then skip running it.
+LIBUV_EXAMPLE ?= yes
 EXAMPLES := $(patsubst examples/%.c,$(BUILD)/examples/%,\
-                $(filter-out $(if $(TLS),,examples/tls.c),$(wildcard examples/*.c)))
+                $(filter-out $(if $(TLS),,examples/tls.c) $(if $(filter no,$(LIBUV_EXAMPLE)),examples/libuv.c),\
+                    $(wildcard examples/*.c)))
+
+# A cross build (make cross) runs target programs through an emulator: EMU
+# prefixes the programs make itself runs (qemu-s390x-static, say), and the
+# suites start the command and the examples from FX_RUN_DIR, where make
+# cross puts scripts that run them under EMU. Both are plain otherwise.
+EMU        ?=
+FX_RUN_DIR ?= $(abspath $(BUILD))
 
 .PHONY: all static test tests torture test-tls valgrind-tls check-exports test-packaging test-sanitize \
         test-valgrind test-docs test-man functions-file \
-        examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE
+        examples demo bench fuzz fuzz-replay install uninstall clean deps lint format FORCE cross size
 
 all: $(STATIC) $(SHARED) $(BUILD)/libredlock.so $(CLI) $(BUILD)/scripts.ok
 
 # The shared library exports the redlock_* API (REDLOCK_API) and nothing else.
 LIB_CFLAGS := -fPIC -fvisibility=hidden -DREDLOCK_BUILDING
 
-$(BUILD)/%.o: %.c $(LIB_HDR) | $(BUILD)
+$(BUILD)/%.o: %.c $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) $(LIB_CFLAGS) $(TLS_CFLAGS) -c $< -o $@
 
-$(BUILD):
-	@mkdir -p $(BUILD)/tests $(BUILD)/examples
+# A stamp, not the directory: $(BUILD) may exist already as the parent of
+# another tree (build/tls, build/cross/...) without its own subdirectories.
+$(BUILD)/.dirs:
+	@mkdir -p $(BUILD)/tests $(BUILD)/examples && touch $@
 
 $(STATIC): $(LIB_OBJ)
 	rm -f $@
@@ -107,17 +120,17 @@ $(STATIC_CLI): $(CLI_SRC) $(LIB_SRC) $(LIB_HDR)
 
 # The SHA1s in scripts.h match its script texts, and the shipped function
 # library is the one redlock.c builds from them (no Redis needed).
-$(BUILD)/scripts.ok: tests/sha1check.c scripts.h $(wildcard functions/*.lua) | $(BUILD)
+$(BUILD)/scripts.ok: tests/sha1check.c scripts.h $(wildcard functions/*.lua) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c -o $(BUILD)/sha1check
-	$(BUILD)/sha1check
+	$(EMU) $(BUILD)/sha1check
 	@touch $@
 
 # After a script changed (and the library's version with it): write the
 # shipped library file from scripts.h.
-functions-file: tests/sha1check.c scripts.h | $(BUILD)
+functions-file: tests/sha1check.c scripts.h | $(BUILD)/.dirs
 	mkdir -p functions
 	$(CC) $(ALL_CFLAGS) -I. tests/sha1check.c -o $(BUILD)/sha1check
-	$(BUILD)/sha1check --write
+	$(EMU) $(BUILD)/sha1check --write
 
 # ---- examples and tests ---------------------------------------------------------
 
@@ -129,10 +142,10 @@ tests: $(TESTS) $(BUILD)/torture
 
 # The libuv adapter example needs libuv (libuv1-dev, which tests/deps.sh
 # installs); the library never links it.
-$(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h redlock_transport.h | $(BUILD)
+$(BUILD)/examples/libuv: examples/libuv.c $(STATIC) redlock.h redlock_transport.h | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. $$(pkg-config --cflags libuv) $< $(STATIC) $$(pkg-config --libs libuv) -o $@
 
-$(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h redlock_transport.h | $(BUILD)
+$(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h redlock_transport.h | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. $< $(STATIC) $(TLS_LIBS) -o $@
 
 # Linked into every suite: the redis-server fixture, the shared helpers, and
@@ -140,21 +153,22 @@ $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h redlock_transport.h | $(BU
 TEST_SUPPORT := $(FX_SRC) tests/testutil.c tests/netx.c
 TEST_SUPPORT_HDR := $(FX_HDR) tests/testutil.h tests/netx.h
 
-$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
-	    -DFX_EXAMPLES_DIR='"$(abspath $(BUILD))/examples"' -DFX_BUILD_DIR='"$(abspath $(BUILD))"' \
-	    -DFX_SRC_DIR='"$(abspath .)"' \
+	    -DFX_EXAMPLES_DIR='"$(FX_RUN_DIR)/examples"' -DFX_BUILD_DIR='"$(FX_RUN_DIR)"' \
+	    -DFX_SRC_DIR='"$(abspath .)"' $(if $(filter no,$(LIBUV_EXAMPLE)),-DFX_NO_LIBUV_EXAMPLE) \
 	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
 
 $(BUILD)/tests/test_torture: tests/test_torture.c $(TORTURE_SRC) $(TORTURE_HDR) $(TEST_SUPPORT) \
-                             $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+                             $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
+	    -DFX_BUILD_DIR='"$(FX_RUN_DIR)"' -DFX_SRC_DIR='"$(abspath .)"' \
 	    $< $(TORTURE_SRC) $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
 
 # `make torture`: every scenario for TORTURE_SECONDS in all (TORTURE_SEED=
 # replays a run, TORTURE_ONLY= picks scenarios by name), then the table.
 $(BUILD)/torture: tests/torture_main.c $(TORTURE_SRC) $(TORTURE_HDR) $(FX_SRC) $(FX_HDR) \
-                  $(STATIC) $(LIB_HDR) | $(BUILD)
+                  $(STATIC) $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. -Itests $< $(TORTURE_SRC) $(FX_SRC) $(STATIC) $(TLS_LIBS) -o $@
 
 torture: deps all $(BUILD)/torture
@@ -167,6 +181,13 @@ deps:
 # each built from a fresh install in a temp dir and run against a redis-server.
 test-packaging:
 	@bash tests/packaging.sh
+
+# Cross builds, run under qemu-user (tests/cross.sh says how):
+#   make cross ARCH=s390x [SUITES="test_codec test_lock"]
+# ARCH: aarch64 armhf armhf-t64 riscv64 s390x mips musl; the tree is build/cross/ARCH.
+cross:
+	@if [ -z "$(ARCH)" ]; then echo "make cross ARCH=aarch64|armhf|armhf-t64|riscv64|s390x|mips|musl" >&2; exit 2; fi
+	@sh tests/cross.sh $(ARCH) $(SUITES)
 
 demo: all
 	@bash cli/demo.sh
@@ -208,10 +229,10 @@ check-exports: $(SHARED)
 
 # The seed corpus and kept crash inputs, replayed with the normal compiler.
 fuzz-replay: $(BUILD)/fuzz_parser_replay $(BUILD)/fuzz_url_replay
-	@$(BUILD)/fuzz_parser_replay fuzz/corpus/parser/* $(wildcard fuzz/regressions/parser/*)
-	@$(BUILD)/fuzz_url_replay fuzz/corpus/url/* $(wildcard fuzz/regressions/url/*)
+	@$(EMU) $(BUILD)/fuzz_parser_replay fuzz/corpus/parser/* $(wildcard fuzz/regressions/parser/*)
+	@$(EMU) $(BUILD)/fuzz_url_replay fuzz/corpus/url/* $(wildcard fuzz/regressions/url/*)
 
-$(BUILD)/fuzz_%_replay: fuzz/fuzz_%.c fuzz/replay.c $(STATIC) resp.h net.h | $(BUILD)
+$(BUILD)/fuzz_%_replay: fuzz/fuzz_%.c fuzz/replay.c $(STATIC) resp.h net.h | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) -I. $< fuzz/replay.c $(STATIC) -o $@
 
 # ASan + UBSan: the library, the tests and the examples rebuilt in their own tree.
@@ -252,7 +273,7 @@ BENCH_ARGS ?=
 
 # The fixtures and the connection driver; not testutil.c, which needs Check.
 BENCH_SUPPORT := $(FX_SRC) tests/netx.c
-$(BUILD)/bench: bench/bench.c $(BENCH_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)
+$(BUILD)/bench: bench/bench.c $(BENCH_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) -I. -Itests $(HIREDIS_CFLAGS) \
 	    -DBENCH_BUILD_DIR='"$(abspath $(BUILD))"' \
 	    bench/bench.c $(BENCH_SUPPORT) $(STATIC) $(HIREDIS_LIBS) $(TLS_LIBS) -o $@
@@ -263,6 +284,14 @@ bench: deps all $(BUILD)/bench
 	@pkg-config --exists hiredis 2>/dev/null || echo "bench: libhiredis-dev not installed; hiredis rows skipped (apt-get install libhiredis-dev)"
 	@$(if $(TLS),,echo "bench: built without TLS; TLS rows skipped (make bench TLS=openssl)")
 	@$(BUILD)/bench $(BENCH_ARGS)
+
+# Code and data per library file at -Os and -O2 for x86-64 and armhf, heap
+# per client, connection and lock handle, and the stack of a blocking cycle
+# (bench/size.sh, bench/footprint.c). SIZE_ARGS=--allocs lists every
+# allocation.
+SIZE_ARGS ?=
+size: deps
+	@CC=$(CC) sh bench/size.sh $(SIZE_ARGS)
 
 # ---- fuzzing (clang + libFuzzer) ----------------------------------------------------
 
@@ -287,7 +316,7 @@ fuzz:
 
 # Written on every install: PREFIX may differ from the last one. The same
 # template serves CMake's install.
-$(BUILD)/redlock.pc: redlock.pc.in FORCE | $(BUILD)
+$(BUILD)/redlock.pc: redlock.pc.in FORCE | $(BUILD)/.dirs
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$${prefix}/lib|' \
 	    -e 's|@INCLUDEDIR@|$${prefix}/include|' -e 's|@VERSION@|$(VERSION)|' \
 	    -e 's|@PC_REQUIRES@|$(PC_REQUIRES)|' redlock.pc.in > $@

@@ -41,7 +41,8 @@ _Static_assert(REDLOCK_WANT_READ < 0 && REDLOCK_WANT_WRITE < 0, "transport wants
 
 #define MAX_ADDRS 8
 #define WBUF_INITIAL 1024
-#define RBUF_INITIAL 16384
+#define RBUF_INITIAL 512
+#define ELEMS_INITIAL 16
 #define RQ_INITIAL 8
 /* A socket idle for longer than this is checked (one MSG_PEEK) before a
  * request goes out on it: the server may have closed it meanwhile. A
@@ -206,10 +207,11 @@ static int parse_uint(const char *s, size_t n, long max, long *out)
     for (size_t i = 0; i < n; i++) {
         if (s[i] < '0' || s[i] > '9')
             return -1;
+        /* checked before it grows: ten digits overflow a 32-bit long */
+        if (v > (max - (s[i] - '0')) / 10)
+            return -1;
         v = v * 10 + (s[i] - '0');
     }
-    if (v > max)
-        return -1;
     *out = v;
     return 0;
 }
@@ -836,15 +838,18 @@ int net_conn_new(net_conn **out, const net_url *url, const net_opts *opts)
         c->opts.io_timeout_ms = 500;
     resp_parser_init(&c->parser, &c->opts.limits, NULL, 0);
     c->opts.limits = c->parser.lim;
-    if (c->opts.max_reply == 0)
-        c->opts.max_reply = (size_t)c->opts.limits.max_bulk + 4096;
-    size_t nelems = (size_t)c->opts.limits.max_array + 8;
-    if (nelems > 1024)
-        nelems = 1024; /* grows to max_elems when a reply needs more */
-    if (c->opts.max_elems < nelems)
-        c->opts.max_elems = (size_t)c->opts.limits.max_array + 8 > nelems
-                                ? (size_t)c->opts.limits.max_array + 8
-                                : nelems;
+    if (c->opts.max_reply == 0) {
+        /* saturates: max_bulk + 4 KiB may not fit a 32-bit size_t */
+        size_t bulk = c->opts.limits.max_bulk;
+        c->opts.max_reply = bulk + 4096 > bulk ? bulk + 4096 : SIZE_MAX;
+    }
+    /* Lock replies are small: both the element array and the read buffer
+     * start small and grow (to max_elems, max_reply) when a reply needs
+     * more, and stay grown: a connection reaches its working size once. */
+    size_t most = (size_t)c->opts.limits.max_array + 8;
+    size_t nelems = most < ELEMS_INITIAL ? most : ELEMS_INITIAL;
+    if (c->opts.max_elems < most)
+        c->opts.max_elems = most;
     size_t rcap = RBUF_INITIAL < c->opts.max_reply ? RBUF_INITIAL : c->opts.max_reply;
     c->elems = resp_alloc_array(nelems, sizeof *c->elems);
     c->rbuf = resp_alloc(rcap);
@@ -1420,7 +1425,7 @@ static int rbuf_room(net_conn *c)
     if (c->rcap >= c->opts.max_reply)
         return conn_fail(c, RESP_ERR_PROTOCOL, "reply from %s is larger than %zu bytes", c->desc,
                          c->opts.max_reply);
-    size_t cap = c->rcap * 2 < c->opts.max_reply ? c->rcap * 2 : c->opts.max_reply;
+    size_t cap = c->rcap < c->opts.max_reply / 2 ? c->rcap * 2 : c->opts.max_reply;
     char *nb = resp_realloc(c->rbuf, cap);
     if (!nb)
         return conn_fail(c, RESP_ERR_NOMEM, "out of memory reading from %s", c->desc);

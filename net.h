@@ -88,10 +88,11 @@ typedef struct net_opts {
     int connect_timeout_ms; /* connect, every address, TLS and AUTH/SELECT (default 1000) */
     int io_timeout_ms;      /* one request, from when it may be written (default 500) */
     resp_limits limits;     /* parser limits (zero fields: defaults)                 */
-    size_t max_reply;       /* read buffer cap in bytes (default max_bulk + 4 KiB)    */
-    size_t max_elems;       /* elements in one reply; the array starts at
-                               max_array + 8 and grows to this when a reply needs
-                               it (default: max_array + 8, never grows)            */
+    size_t max_reply;       /* read buffer cap in bytes (default max_bulk + 4 KiB); it
+                               starts at 512 and doubles when a reply needs more  */
+    size_t max_elems;       /* elements in one reply (at least, and by default,
+                               max_array + 8); the array starts at 16 and doubles
+                               when a reply needs more                             */
     const struct redlock_transport *tls; /* for a rediss:// URL; NULL: such a
                                             connection fails with RESP_ERR_ARG */
 } net_opts;

@@ -269,7 +269,8 @@ static long take_bulk(resp_parser *p, resp_reply *e, const char *buf, size_t len
     int k = take_length(p, e, '$', s, sn, p->lim.max_bulk, &n);
     if (k <= 0)
         return k < 0 ? RESP_PARSE_ERROR : 1;
-    if (len - *next < (size_t)n + 2)
+    /* n + 2 would wrap a 32-bit size_t when max_bulk allows n near 2^32 */
+    if (len - *next < 2 || len - *next - 2 < (size_t)n)
         return 0; /* header re-read on resume: at most max_line bytes */
     if (buf[*next + (size_t)n] != '\r' || buf[*next + (size_t)n + 1] != '\n')
         return fail(p, "bulk string not terminated by CRLF");

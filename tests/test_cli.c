@@ -495,14 +495,14 @@ static void srv_teardown(void)
 START_TEST(test_env_fence_and_status)
 {
     const char *show = "echo \"$REDLOCK_NAME|$REDLOCK_VALUE|$REDLOCK_FENCE\"";
-    unsigned long last = 0;
+    unsigned long long last = 0; /* fence tokens are 64-bit (seeded from server microseconds) */
     char value0[64] = "";
     for (int i = 0; i < 3; i++) {
         int rc = run_cli("env", srv.url, (const char *[]){"run", "job", "--", "sh", "-c", show, NULL});
         ck_assert_msg(rc == 0, "status %d: %s", rc, slurp("env.err"));
         char name[64], value[64];
-        unsigned long fence = 0;
-        ck_assert_int_eq(sscanf(slurp("env.out"), "%63[^|]|%63[^|]|%lu", name, value, &fence), 3);
+        unsigned long long fence = 0;
+        ck_assert_int_eq(sscanf(slurp("env.out"), "%63[^|]|%63[^|]|%llu", name, value, &fence), 3);
         ck_assert_str_eq(name, "job");
         ck_assert_uint_eq(strlen(value), 32); /* 128 random bits in hex */
         ck_assert_str_ne(value, value0);       /* a new owner each run */
@@ -514,14 +514,15 @@ START_TEST(test_env_fence_and_status)
     /* status on the free lock: exit 1, the counter as it stands */
     ck_assert_int_eq(run_cli("st", srv.url, (const char *[]){"status", "job", NULL}), 1);
     char want[64];
-    snprintf(want, sizeof want, "job: free, fence %lu\n", last);
+    snprintf(want, sizeof want, "job: free, fence %llu\n", last);
     ck_assert_str_eq(slurp("st.out"), want);
     /* held by someone: exit 0, TTL and fence */
     holder h;
     hold(&h, srv.url, "job", 20000);
     ck_assert_int_eq(run_cli("st", srv.url, (const char *[]){"status", "job", NULL}), 0);
-    unsigned long ms = 0, fence = 0;
-    ck_assert_int_eq(sscanf(slurp("st.out"), "job: held, %lu ms left, fence %lu", &ms, &fence), 2);
+    unsigned long ms = 0;
+    unsigned long long fence = 0;
+    ck_assert_int_eq(sscanf(slurp("st.out"), "job: held, %lu ms left, fence %llu", &ms, &fence), 2);
     ck_assert_uint_gt(ms, 10000);
     ck_assert_uint_le(ms, 20000);
     ck_assert_uint_eq(fence, last + 1);
@@ -662,7 +663,7 @@ START_TEST(test_wait)
     ck_assert_int_eq(redlock_unlock(h.l), REDLOCK_OK);
     ck_assert_int_eq(wait_cli(p, 10000), 0);
     ck_assert_double_lt(fx_now_ms() - t1, 3000);
-    ck_assert_uint_eq(strtoul(slurp("w2.out"), NULL, 10), redlock_fence(h.l) + 1);
+    ck_assert_uint_eq(strtoull(slurp("w2.out"), NULL, 10), redlock_fence(h.l) + 1);
     unhold(&h);
     /* --fair: the waiter stands in the lock's queue while it waits */
     hold(&h, srv.url, "w", 20000);
@@ -732,11 +733,11 @@ START_TEST(test_exclusion)
     /* every run got a fence, all distinct */
     const char *fences = slurp("fences");
     ck_assert_int_eq(count_lines(fences), WORKERS * STEPS);
-    unsigned long seen[WORKERS * STEPS];
+    unsigned long long seen[WORKERS * STEPS];
     int n = 0;
     for (const char *s = fences; *s && n < WORKERS * STEPS;) {
         char *end;
-        seen[n] = strtoul(s, &end, 10);
+        seen[n] = strtoull(s, &end, 10);
         for (int j = 0; j < n; j++)
             ck_assert_uint_ne(seen[j], seen[n]);
         n++;
@@ -874,14 +875,14 @@ START_TEST(test_quorum_from_env)
         strcat(env, i ? "," : "");
         strcat(env, s[i].url);
     }
-    unsigned long last = 0;
+    unsigned long long last = 0;
     for (int i = 0; i < 2; i++) {
         char mark[600];
         snprintf(mark, sizeof mark, "echo $REDLOCK_FENCE");
         ck_assert_int_eq(run_cli("q", env, (const char *[]){"run", "-G", "off", "q", "--", "sh", "-c",
                                                              mark, NULL}),
                          0);
-        unsigned long f = strtoul(slurp("q.out"), NULL, 10);
+        unsigned long long f = strtoull(slurp("q.out"), NULL, 10);
         ck_assert_uint_gt(f, last);
         last = f;
     }

@@ -147,6 +147,64 @@ START_TEST(test_key_slots)
 }
 END_TEST
 
+/* The MOVED and ASK error replies a node has sent since its last CONFIG
+ * RESETSTAT (INFO errorstats). */
+static long redirects_sent(int node)
+{
+    static char info[4096];
+    static const char *const keys[] = {"errorstat_MOVED:count=", "errorstat_ASK:count="};
+    long n = 0;
+    ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, node), info, sizeof info, "INFO errorstats"), 0);
+    for (size_t i = 0; i < 2; i++) {
+        const char *p = strstr(info, keys[i]);
+        if (p)
+            n += strtol(p + strlen(keys[i]), NULL, 10);
+    }
+    return n;
+}
+
+/* The library's slot (CRC16 and the hash-tag rule) against the server's on
+ * many names, bytes above 0x7f and tags among them. A redirect repairs a
+ * wrong route, so a lock landing on its owner proves nothing: what does is
+ * that no node ever answered MOVED or ASK once the slot map was known. */
+START_TEST(test_key_slots_many)
+{
+    find_primaries();
+    redlock_client *c = cluster_client(0, 0);
+    redlock *warm = tu_lock(c, "warm", "v", 5000); /* the client learns the map */
+    ck_assert_int_eq(redlock_trylock(warm), REDLOCK_OK);
+    ck_assert_int_eq(redlock_unlock(warm), REDLOCK_OK);
+    redlock_free(warm);
+    char out[64];
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(fx_cmd(fx_cluster_node(&cl, primaries[k]), out, sizeof out, "CONFIG RESETSTAT"),
+                         0);
+    uint32_t x = 2463534242u;
+    for (int i = 0; i < 300; i++) {
+        char name[64];
+        size_t n = 0, len = 1 + (size_t)i % 24;
+        if (i % 4 == 1)
+            n += (size_t)snprintf(name, sizeof name, "t%d{", i % 7); /* a tag decides */
+        for (size_t j = 0; j < len; j++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            char ch = (char)(0x21 + x % 0xde); /* '!' .. 0xfe */
+            name[n++] = ch == '{' || ch == '}' ? 'q' : ch;
+        }
+        if (i % 4 == 1)
+            name[n++] = '}', name[n++] = 'z';
+        name[n] = '\0';
+        redlock *l = NULL;
+        ck_assert_int_eq(redlock_new(&l, c, name, "v", 5000), REDLOCK_OK);
+        ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "name %d: %s", i, redlock_errstr(l));
+        ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+        redlock_free(l);
+    }
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(redirects_sent(primaries[k]), 0);
+    redlock_client_free(c);
+}
+END_TEST
+
 START_TEST(test_each_shard)
 {
     find_primaries();
@@ -1002,6 +1060,7 @@ int main(void)
     tcase_set_timeout(t, 120);
     tcase_add_unchecked_fixture(t, setup, teardown);
     tcase_add_test(t, test_key_slots);
+    tcase_add_test(t, test_key_slots_many);
     tcase_add_test(t, test_each_shard);
     tcase_add_test(t, test_wait_wake_sharded);
     tcase_add_test(t, test_fair_sharded);

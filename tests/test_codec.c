@@ -392,6 +392,31 @@ START_TEST(test_allocator)
 }
 END_TEST
 
+/* With the largest limit a uint32_t can say, a declared length near 2^32
+ * is still a length: the body is awaited, never taken from the header's
+ * own bytes (length + CRLF must not wrap a 32-bit size_t). */
+START_TEST(test_bulk_length_near_4g)
+{
+    resp_limits lim = {UINT32_MAX, 0, 0, 0};
+    static const char *const heads[] = {"$4294967294\r\n", "$4294967295\r\n",
+                                        "*1\r\n$4294967294\r\n"};
+    for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++) {
+        char buf[64];
+        size_t n = strlen(heads[i]);
+        memcpy(buf, heads[i], n);
+        memcpy(buf + n, "abc\r\n", 5); /* a few body bytes arrived */
+        for (size_t have = n; have <= n + 5; have++) {
+            guarded g = guard_copy(buf, have);
+            long r = parse_all(g.data, have, &lim);
+            ck_assert_msg(r == RESP_PARSE_INCOMPLETE, "%s + %zu bytes: %ld (%s), type %d len %zu",
+                          heads[i], have - n, r, p.errstr, elems[p.nelem ? p.nelem - 1 : 0].type,
+                          elems[p.nelem ? p.nelem - 1 : 0].len);
+            guard_free(g);
+        }
+    }
+}
+END_TEST
+
 static Suite *codec_suite(void)
 {
     Suite *s = suite_create("codec");
@@ -403,6 +428,7 @@ static Suite *codec_suite(void)
     tcase_add_test(t, test_pipelined);
     tcase_add_loop_test(t, test_malformed, 0, (int)NBAD);
     tcase_add_test(t, test_limits);
+    tcase_add_test(t, test_bulk_length_near_4g);
     tcase_add_test(t, test_encoder);
     tcase_add_test(t, test_allocator);
     suite_add_tcase(s, t);

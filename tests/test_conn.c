@@ -95,6 +95,11 @@ static const bad_url bad_urls[] = {
     {"redis://h:65536", "port must be a number from 1 to 65535"},
     {"redis://h:80a", "port must be a number from 1 to 65535"},
     {"redis://h:", "port must be a number from 1 to 65535"},
+    /* 2^32 + 6379 and 2^32 + 1: a 32-bit long that wraps would take them
+     * for port 6379 and database 1 */
+    {"redis://h:4294973675", "port must be a number from 1 to 65535"},
+    {"redis://h/4294967297", "database must be a non-negative number"},
+    {"unix:///tmp/r.sock?db=4294967297", "database must be a non-negative number"},
     {"redis://h/x", "database must be a non-negative number"},
     {"redis://h/-1", "database must be a non-negative number"},
     {"redis://u:p%zz@h", "bad %-escape"},
@@ -480,6 +485,40 @@ START_TEST(test_pipeline_in_order)
 }
 END_TEST
 
+/* max_bulk at its largest and max_reply left to its default (max_bulk +
+ * 4 KiB): the default must saturate, not wrap a 32-bit size_t to 4095
+ * bytes, so a 20 KB reply still fits. */
+START_TEST(test_largest_bulk_limit)
+{
+    fx_server s;
+    ck_assert_int_eq(fx_server_start(&s, NULL), 0);
+    net_url u;
+    char err[256];
+    ck_assert_int_eq(net_url_parse(&u, NULL, s.url, err, sizeof err), RESP_OK);
+    net_opts o;
+    memset(&o, 0, sizeof o);
+    o.io_timeout_ms = o.connect_timeout_ms = 2000;
+    o.limits.max_bulk = UINT32_MAX;
+    net_conn *c = NULL;
+    ck_assert_int_eq(net_conn_new(&c, &u, &o), RESP_OK);
+    static char big[20000];
+    memset(big, 'v', sizeof big);
+    const char *set[3] = {"SET", "big", big};
+    size_t setl[3] = {3, 3, sizeof big};
+    const char *get[2] = {"GET", "big"};
+    size_t getl[2] = {3, 3};
+    ck_assert_int_eq(nx_sendl(c, 3, set, setl, 1, 0), RESP_OK);
+    ck_assert_int_eq(nx_sendl(c, 2, get, getl, 2, 0), RESP_OK);
+    nx_result r[2];
+    ck_assert_uint_eq(nx_run(&c, 1, r, 2, net_now_ns() + 5000 * 1000000LL), 2);
+    ck_assert_msg(r[1].status == RESP_OK, "%s", r[1].text);
+    ck_assert_int_eq(r[1].type, RESP_BULK);
+    ck_assert_uint_eq(r[1].len, sizeof big);
+    net_conn_free(c);
+    fx_server_stop(&s);
+}
+END_TEST
+
 START_TEST(test_parallel_connections)
 {
     /* three servers, one stopped: one round costs one deadline, not three */
@@ -764,6 +803,7 @@ static Suite *conn_suite(void)
     tcase_add_test(t, test_restart_reconnects);
     tcase_add_test(t, test_pipeline_in_order);
     tcase_add_test(t, test_parallel_connections);
+    tcase_add_test(t, test_largest_bulk_limit);
     tcase_add_test(t, test_each_request_its_own_deadline);
     tcase_add_test(t, test_deadline_caps_and_late_reply);
     tcase_add_test(t, test_killed_mid_pipeline);

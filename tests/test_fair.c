@@ -98,7 +98,16 @@ static void check_order(fx_server *s, size_t n)
     pid_t p[3];
     for (int i = 0; i < 3; i++) {
         p[i] = waiter(urls, n, "fq", (char)('B' + i), o);
-        fx_sleep_ms(150); /* each has queued before the next starts */
+        /* each has queued before the next starts: watched, not a fixed
+         * sleep (a waiter under qemu-user on a busy machine needs longer) */
+        for (int k = 0; k < 500; k++) {
+            size_t queued = 0;
+            for (size_t j = 0; j < n; j++)
+                queued += zcard(&s[j], "{fq}:queue") >= i + 1;
+            if (queued == n)
+                break;
+            fx_sleep_ms(10);
+        }
     }
     for (size_t i = 0; i < n; i++)
         ck_assert_int_eq(zcard(&s[i], "{fq}:queue"), 3);

@@ -360,7 +360,8 @@ struct shared {
     atomic_int overlaps;
     atomic_long acquired;
     long counter; /* read-modify-write by the holder only */
-    atomic_ullong last_fence;
+    uint64_t last_fence; /* by the holder only: a 64-bit atomic is not lock-free on
+                            32-bit MIPS, and libatomic's locks are per process */
     atomic_int fence_regressions;
 };
 
@@ -384,10 +385,10 @@ static void worker(struct shared *sh, fx_server *s, int per_worker, uint32_t ttl
             continue;
         if (atomic_fetch_add(&sh->inside, 1) != 0)
             atomic_fetch_add(&sh->overlaps, 1);
-        uint64_t f = redlock_fence(l), prev = atomic_load(&sh->last_fence);
+        uint64_t f = redlock_fence(l), prev = sh->last_fence;
         if (f <= prev)
             atomic_fetch_add(&sh->fence_regressions, 1);
-        atomic_store(&sh->last_fence, f);
+        sh->last_fence = f;
         long v = sh->counter;
         usleep(100);
         sh->counter = v + 1;

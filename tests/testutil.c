@@ -1,4 +1,5 @@
 /* testutil.c - the helpers in testutil.h. */
+#define _GNU_SOURCE /* clock_gettime, CLOCK_REALTIME under -std=c11 */
 #include "testutil.h"
 
 #include <check.h>
