@@ -157,7 +157,7 @@ typedef struct nres {
 /* A connection as the engine last saw it (part 3, obs_watch): its
  * connection events come from what changed since. */
 typedef struct conn_seen {
-    uint64_t gen, socks; /* net_conn_generation, net_conn_sockets        */
+    uint64_t socks;      /* net_conn_sockets                             */
     uint64_t live;       /* the generation said to be connected, 0: none */
     uint64_t rtt_gen;    /* the connection whose first reply was skipped by
                             the round-trip estimate (it may hold a connect) */
@@ -787,8 +787,11 @@ static int64_t next_due(const redlock_client *c)
  * happens or one of the obs_* calls here; none allocates. An event is
  * counted whether a hook is set or not, and formatted and handed to the
  * hook only when one is (the hook may not call back in: in_hook). The
- * connection events come from obs_watch, which compares each connection
- * with what the engine saw at its last look (net.c has no callbacks).
+ * connection events come from obs_watch, which compares a connection with
+ * what the engine saw at its last look (net.c has no callbacks): a
+ * command connection when results come from it (a change shows there: a
+ * new connection answers, a lost one fails its requests), a listener at
+ * every turn.
  * Sentinel: a failover is c->obs.s.node[i].failovers++ and
  * obs_event(c, (obs_at){i, conn, NULL, 0}, REDLOCK_EVENT_FAILOVER, ...).
  */
@@ -815,8 +818,12 @@ typedef struct obs_at {
     int listener;
 } obs_at;
 
+/* Events are rare: kept out of line, so that their formatting costs the
+ * paths that count nothing. */
+#define RARE __attribute__((cold, noinline))
+
 static void obs_event(redlock_client *c, obs_at at, int type, int status, int64_t value,
-                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+                      const char *fmt, ...) __attribute__((format(printf, 6, 7))) RARE;
 static void obs_event(redlock_client *c, obs_at at, int type, int status, int64_t value,
                       const char *fmt, ...)
 {
@@ -958,11 +965,10 @@ static void obs_rtt(redlock *l, size_t i)
 {
     redlock_client *c = l->c;
     conn_seen *s = &c->nodes[i].sh[l->res[i].route.shard].seen[0];
-    uint64_t gen = net_conn_generation(c->nodes[i].sh[l->res[i].route.shard].cmd);
     if (!l->op.round_at || l->res[i].via.attempt != 1)
         return;
-    if (s->rtt_gen != gen) {
-        s->rtt_gen = gen;
+    if (s->rtt_gen != s->live) {
+        s->rtt_gen = s->live;
         return;
     }
     int64_t d = c->now - l->op.round_at, *e = &c->obs.srtt[i];
@@ -1009,28 +1015,24 @@ static void obs_slot_map(redlock_client *c, size_t i, size_t j)
               c->nodes[i].nsh);
 }
 
-/* A connection of shard j of node i (its listener if `listener`) as the
- * engine sees it now against its last look: ready (connected), a ready
+/* Shard j of node i's connection (its listener if `listener`) changed
+ * since the engine's last look (obs_watch): ready (connected), a ready
  * one gone (disconnected), or an attempt that ended before it was ready
  * (connect failed: refused, TLS, AUTH, timeout, a name that does not
  * resolve); each said once. An attempt opens and closes at least one
- * socket, and closing a ready one closes one; an attempt that fails
- * before it opens one fails its requests all the same. Nothing changed:
- * three comparisons. */
-static void obs_watch(redlock_client *c, size_t i, size_t j, int listener)
+ * socket (a new connection is a new socket), and closing a ready one
+ * closes one; an attempt that fails before it opens one fails its
+ * requests all the same. */
+static void obs_changed(redlock_client *c, size_t i, size_t j, int listener) RARE;
+static void obs_changed(redlock_client *c, size_t i, size_t j, int listener)
 {
     shard *sh = &c->nodes[i].sh[j];
     const net_conn *conn = listener ? sh->sub : sh->cmd;
     conn_seen *s = &sh->seen[listener];
     uint64_t gen = net_conn_generation(conn), socks = net_conn_sockets(conn);
-    int up = net_conn_ready(conn), same = gen == s->gen && socks == s->socks && up == s->up;
-    if (same && (up || !s->failed)) {
-        s->failed = 0; /* a failure that closed nothing */
-        return;
-    }
     redlock_node_stats *ns = &c->obs.s.node[i];
     obs_at at = {i, conn, NULL, listener};
-    int why = s->failed ? s->failed : REDLOCK_ERR_IO, gone = 0;
+    int up = net_conn_ready(conn), why = s->failed ? s->failed : REDLOCK_ERR_IO, gone = 0;
     if (s->live && (gen != s->live || !up)) {
         ns->disconnects++;
         obs_event(c, at, REDLOCK_EVENT_DISCONNECTED, why, 0, "%s", net_conn_errstr(conn));
@@ -1044,14 +1046,29 @@ static void obs_watch(redlock_client *c, size_t i, size_t j, int listener)
                   s->ever ? "reconnected to" : "connected to", net_conn_desc(conn));
         s->live = gen;
         s->ever = 1;
-    } else if (!up && net_conn_fd(conn) < 0 && (socks - s->socks > (gone ? 2u : 0u) || same)) {
+    } else if (!up && net_conn_fd(conn) < 0 &&
+               (socks - s->socks > (gone ? 2u : 0u) || socks == s->socks)) {
         ns->connect_failures++;
         obs_event(c, at, REDLOCK_EVENT_CONNECT_FAILED, why, 0, "%s", net_conn_errstr(conn));
     }
-    s->gen = gen;
     s->socks = socks;
     s->up = (uint8_t)up;
     s->failed = 0;
+}
+
+/* Has shard j of node i's connection (or listener) changed since the last
+ * look? Two comparisons when nothing did (or a request failed and
+ * nothing closed). Its failed requests, if any, were noted first. */
+static void obs_watch(redlock_client *c, size_t i, size_t j, int listener)
+{
+    shard *sh = &c->nodes[i].sh[j];
+    const net_conn *conn = listener ? sh->sub : sh->cmd;
+    conn_seen *s = &sh->seen[listener];
+    int up = net_conn_ready(conn);
+    if (net_conn_sockets(conn) == s->socks && up == s->up && (up || !s->failed))
+        s->failed = 0;
+    else
+        obs_changed(c, i, j, listener);
 }
 
 /* A new client's counters: its nodes' names, no round trip yet. */
@@ -1075,9 +1092,10 @@ static int take_replies(redlock_client *c, size_t i, size_t j)
     const resp_reply *r;
     int st, k = 0;
     while ((st = net_conn_take(conn, &tag, &r, NULL)) != RESP_IDLE) {
-        k++;
         if (st != RESP_OK)
-            c->nodes[i].sh[j].seen[0].failed = (uint8_t)st; /* why, if it closed (obs_watch) */
+            c->nodes[i].sh[j].seen[0].failed = (uint8_t)st; /* why, if it closed */
+        if (k++ == 0 || st != RESP_OK)
+            obs_watch(c, i, j, 0); /* what became of the connection, before its results */
         if ((tag.kind & 0xff) == K_SLOTS || (tag.kind & 0xff) == K_AGE) {
             if ((tag.kind & 0xff) == K_SLOTS)
                 map_reply(c, i, j, st, r);
@@ -1119,6 +1137,7 @@ static int take_pushes(redlock_client *c, size_t i, size_t j)
         on_push(c, i, j, r);
         net_conn_consume(sh->sub);
     }
+    obs_watch(c, i, j, 1);
     int up = net_conn_ready(sh->sub);
     uint64_t gen = net_conn_generation(sh->sub);
     if (failed || (sh->sub_gen && (!up || gen != sh->sub_gen))) {
@@ -1168,11 +1187,9 @@ static int engine_pass(redlock_client *c, const struct pollfd *fds, int nfds)
                 shard *sh = &m->sh[j];
                 net_conn_pump(sh->cmd, c->now);
                 moved += take_replies(c, i, j);
-                obs_watch(c, i, j, 0);
                 if (sh->sub) {
                     net_conn_pump(sh->sub, c->now);
                     moved += take_pushes(c, i, j);
-                    obs_watch(c, i, j, 1);
                 }
             }
         }
