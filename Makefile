@@ -245,7 +245,7 @@ test-sanitize:
 # Core suites under valgrind memcheck, no fork, zero leaks and errors; the
 # TLS suite too (from a TLS build), with its deadlines stretched 10-fold.
 # No suppressions are needed, for OpenSSL either.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_internals test_lock test_async test_functions test_transport test_tls,\
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_internals test_lock test_async test_functions test_transport test_stats test_tls,\
                      $(TEST_SRC:tests/%.c=%))
 VALGRIND := valgrind -q --leak-check=full --error-exitcode=1 --errors-for-leak-kinds=definite,indirect
 test-valgrind: deps all examples $(TESTS)

@@ -947,11 +947,13 @@ static void obs_lease_lost(redlock *l, int keepalive, const char *why)
 static void obs_end(redlock *l, int op, int rc)
 {
     redlock_client *c = l->c;
-    static const int8_t kind[] = {-1, REDLOCK_STAT_ACQUIRE, REDLOCK_STAT_WAIT,
-                                  REDLOCK_STAT_RELEASE, REDLOCK_STAT_REFRESH, -1, -1};
-    if (op < 0 || op >= (int)sizeof kind || kind[op] < 0)
-        return;
-    obs_outcome(c, kind[op], rc);
+    int kind = op == OP_TRYLOCK  ? REDLOCK_STAT_ACQUIRE
+               : op == OP_LOCK   ? REDLOCK_STAT_WAIT
+               : op == OP_UNLOCK ? REDLOCK_STAT_RELEASE
+                                 : REDLOCK_STAT_REFRESH;
+    if (op != OP_TRYLOCK && op != OP_LOCK && op != OP_UNLOCK && op != OP_REFRESH)
+        return; /* inspect, list: not counted */
+    obs_outcome(c, kind, rc);
     if (rc == REDLOCK_OK && (op == OP_TRYLOCK || op == OP_LOCK))
         hist_add(&c->obs.s.acquire_wait, c->now - l->op.began);
     if (op == OP_REFRESH && rc == REDLOCK_NOT_HELD && l->op.held_before)
