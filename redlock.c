@@ -50,7 +50,7 @@
  *                            7: refresh_judge sets our key there again (repair)
  *   a reply out of step      3: take_replies closes that connection
  *   a counter, an event      3: obs_* (each counter incremented beside what it
- *                            counts: grep obs.s); a connection made or lost: obs_watch
+ *                            counts: grep c->obs); a connection made or lost: obs_watch
  *   a request's deadline     net.c fails it; 4: on_result makes it the node's error
  */
 #define _DEFAULT_SOURCE /* getentropy */
@@ -241,8 +241,13 @@ struct redlock_client {
     int64_t now;   /* the engine's clock, read once per pass */
     int completed; /* operations that ended in this pass and are reported */
     uint64_t rng;
-    struct { /* observability (part 3): counters, and the event hook */
-        redlock_stats s;
+    struct { /* observability (part 3): counters, and the event hook; the
+                parts of redlock_stats, put together by redlock_client_stats */
+        redlock_op_stats op[REDLOCK_STAT_KINDS];
+        uint64_t leases_lost;
+        redlock_histogram acquire_wait, round_trip, hold;
+        uint64_t events[REDLOCK_EVENT_TYPES];
+        redlock_node_stats *node; /* one per node */
         int64_t created;
         int64_t srtt[MAX_NODES]; /* round-trip estimates, ns (0: none yet) */
         void (*fn)(const redlock_event *, void *);
@@ -792,7 +797,7 @@ static int64_t next_due(const redlock_client *c)
  * command connection when results come from it (a change shows there: a
  * new connection answers, a lost one fails its requests), a listener at
  * every turn.
- * Sentinel: a failover is c->obs.s.node[i].failovers++ and
+ * Sentinel: a failover is c->obs.node[i].failovers++ and
  * obs_event(c, (obs_at){i, conn, NULL, 0}, REDLOCK_EVENT_FAILOVER, ...).
  */
 
@@ -827,7 +832,7 @@ static void obs_event(redlock_client *c, obs_at at, int type, int status, int64_
 static void obs_event(redlock_client *c, obs_at at, int type, int status, int64_t value,
                       const char *fmt, ...)
 {
-    c->obs.s.events[type]++;
+    c->obs.events[type]++;
     if (!c->obs.fn || c->obs.in_hook)
         return;
     char detail[512];
@@ -907,7 +912,7 @@ static void hist_add(redlock_histogram *h, int64_t ns)
 /* One operation of stat kind `kind` ended with rc. */
 static void obs_outcome(redlock_client *c, int kind, int rc)
 {
-    redlock_op_stats *o = &c->obs.s.op[kind];
+    redlock_op_stats *o = &c->obs.op[kind];
     o->attempts++;
     switch (rc) {
     case REDLOCK_OK:
@@ -935,7 +940,7 @@ static void obs_outcome(redlock_client *c, int kind, int rc)
 static void obs_lease_lost(redlock *l, int keepalive, const char *why)
 {
     redlock_client *c = l->c;
-    c->obs.s.leases_lost += (uint64_t)keepalive;
+    c->obs.leases_lost += (uint64_t)keepalive;
     obs_event(c, (obs_at){c->n, NULL, l, 0}, REDLOCK_EVENT_LEASE_LOST, REDLOCK_NOT_HELD, 0, "%s",
               why);
 }
@@ -955,7 +960,7 @@ static void obs_end(redlock *l, int op, int rc)
         return; /* inspect, list: not counted */
     obs_outcome(c, kind, rc);
     if (rc == REDLOCK_OK && (op == OP_TRYLOCK || op == OP_LOCK))
-        hist_add(&c->obs.s.acquire_wait, c->now - l->op.began);
+        hist_add(&c->obs.acquire_wait, c->now - l->op.began);
     if (op == OP_REFRESH && rc == REDLOCK_NOT_HELD && l->op.held_before)
         obs_lease_lost(l, 0, l->errstr);
 }
@@ -975,14 +980,14 @@ static void obs_rtt(redlock *l, size_t i)
     }
     int64_t d = c->now - l->op.round_at, *e = &c->obs.srtt[i];
     *e = *e ? *e + (d - *e) / 8 : d;
-    c->obs.s.node[i].rtt_us = *e / 1000;
+    c->obs.node[i].rtt_us = *e / 1000;
 }
 
 /* The restart guard: node i's yes to l's acquire does not count yet. */
 static void obs_young(redlock *l, size_t i)
 {
     redlock_client *c = l->c;
-    c->obs.s.node[i].guard_young++;
+    c->obs.node[i].guard_young++;
     obs_event(c, (obs_at){i, NULL, l, 0}, REDLOCK_EVENT_GUARD_YOUNG, REDLOCK_OK,
               l->res[i].ans.young, "the node restarted less than one lease ago: its yes counts "
               "in %" PRId64 " ms (restart guard)", l->res[i].ans.young);
@@ -994,9 +999,9 @@ static void obs_redirect(redlock_client *c, size_t i, size_t j, const redlock *l
 {
     shard *sh = &c->nodes[i].sh[j];
     if (ask)
-        c->obs.s.node[i].ask++;
+        c->obs.node[i].ask++;
     else
-        c->obs.s.node[i].moved++;
+        c->obs.node[i].moved++;
     obs_event(c, (obs_at){i, l ? sh->cmd : sh->sub, l, !l}, REDLOCK_EVENT_REDIRECT, REDLOCK_OK,
               slot, "%.*s", (int)(r->len > 200 ? 200 : r->len), r->str);
 }
@@ -1011,7 +1016,7 @@ static void obs_slot_map(redlock_client *c, size_t i, size_t j)
         moved += cl->slots[s] != cl->scratch[s];
     if (!moved)
         return;
-    c->obs.s.node[i].slot_maps++;
+    c->obs.node[i].slot_maps++;
     obs_event(c, (obs_at){i, c->nodes[i].sh[j].cmd, NULL, 0}, REDLOCK_EVENT_SLOT_MAP, REDLOCK_OK,
               moved, "slot map: %" PRId64 " slots have a new owner (%zu servers known)", moved,
               c->nodes[i].nsh);
@@ -1032,7 +1037,7 @@ static void obs_changed(redlock_client *c, size_t i, size_t j, int listener)
     const net_conn *conn = listener ? sh->sub : sh->cmd;
     conn_seen *s = &sh->seen[listener];
     uint64_t gen = net_conn_generation(conn), socks = net_conn_sockets(conn);
-    redlock_node_stats *ns = &c->obs.s.node[i];
+    redlock_node_stats *ns = &c->obs.node[i];
     obs_at at = {i, conn, NULL, listener};
     int up = net_conn_ready(conn), why = s->failed ? s->failed : REDLOCK_ERR_IO, gone = 0;
     if (s->live && (gen != s->live || !up)) {
@@ -1077,10 +1082,9 @@ static void obs_watch(redlock_client *c, size_t i, size_t j, int listener)
 static void obs_init(redlock_client *c)
 {
     c->obs.created = net_now_ns();
-    c->obs.s.nodes = (uint32_t)c->n;
     for (size_t i = 0; i < c->n; i++) {
-        snprintf(c->obs.s.node[i].node, sizeof c->obs.s.node[i].node, "%s", node_desc(c, i));
-        c->obs.s.node[i].rtt_us = -1;
+        snprintf(c->obs.node[i].node, sizeof c->obs.node[i].node, "%s", node_desc(c, i));
+        c->obs.node[i].rtt_us = -1;
     }
 }
 
@@ -1517,7 +1521,7 @@ static void queue_orphan(redlock *l, size_t i, int id)
 {
     id = script_for(l, i, id);
     if (queue_script(l, i, route(l->c, i, l->k.slot), id, 1, NULL, (uint32_t)id, 0) == RESP_OK)
-        l->c->obs.s.node[i].requests++;
+        l->c->obs.node[i].requests++;
 }
 
 /* Node i failed in this round; the lowest node's error explains the
@@ -1530,7 +1534,7 @@ static void node_error(redlock *l, size_t i, int status, int transient, const ch
     nd->state = N_ERR;
     nd->status = (uint8_t)status;
     nd->transient = (uint8_t)transient;
-    l->c->obs.s.node[i].errors[status > 0 && status < REDLOCK_STATS_STATUSES ? status : 0]++;
+    l->c->obs.node[i].errors[status > 0 && status < REDLOCK_STATS_STATUSES ? status : 0]++;
     if (i < l->nerr_idx) {
         va_list ap;
         va_start(ap, fmt);
@@ -1637,7 +1641,7 @@ static void age_reply(redlock_client *c, size_t i, size_t j, int status, const r
         cerr(c, REDLOCK_ERR_SERVER, "%s: restart guard off there: INFO server %s: %.*s",
              net_conn_desc(sh->cmd), r->type == RESP_ERROR ? "refused" : "has no uptime",
              (int)(r->len > 100 ? 100 : r->len), r->str);
-        c->obs.s.node[i].guard_off++;
+        c->obs.node[i].guard_off++;
         obs_event(c, (obs_at){i, sh->cmd, NULL, 0}, REDLOCK_EVENT_GUARD_OFF, REDLOCK_ERR_SERVER,
                   0, "%s", c->errstr);
         return;
@@ -1694,7 +1698,7 @@ static int send_request(redlock *l, size_t i, int ask)
                           cap);
     if (rc != RESP_OK)
         return rc;
-    c->obs.s.node[i].requests++;
+    c->obs.node[i].requests++;
     nd->inflight++;
     nd->route.shard = (uint16_t)j;
     if (c->opts.wait_replicas > 0 && writes(nd->via.id)) {
@@ -2012,7 +2016,7 @@ static int script_fallback(redlock *l, size_t i, int id, const resp_reply *r)
         return FB_NONE;
     if (!nd->via.eval && error_starts(r, "NOSCRIPT")) {
         nd->via.eval = 1; /* not cached there (restart, SCRIPT FLUSH): EVAL loads it */
-        c->obs.s.node[i].script_loads++;
+        c->obs.node[i].script_loads++;
         obs_event(c, (obs_at){i, NULL, l, 0}, REDLOCK_EVENT_SCRIPTS_LOADED, REDLOCK_OK, 0,
                   "NOSCRIPT: EVAL of the %s script loads it again", scripts[id].name);
         rc = send_request(l, i, -1);
@@ -2028,7 +2032,7 @@ static int script_fallback(redlock *l, size_t i, int id, const resp_reply *r)
         }
         nd->via.loaded = 1; /* not there (never loaded, a restart, FUNCTION FLUSH): load it */
         what = "function library";
-        c->obs.s.node[i].function_loads++;
+        c->obs.node[i].function_loads++;
         obs_event(c, (obs_at){i, NULL, l, 0}, REDLOCK_EVENT_SCRIPTS_LOADED, REDLOCK_OK, 1,
                   "function %s not found: FUNCTION LOAD of " FUNCTIONS_LIBRARY,
                   functions[id].name);
@@ -3009,7 +3013,7 @@ static void (*const round_ended[PH_COUNT])(redlock *) = {
 static void advance(redlock *l)
 {
     if (l->op.round_at)
-        hist_add(&l->c->obs.s.round_trip, l->c->now - l->op.round_at);
+        hist_add(&l->c->obs.round_trip, l->c->now - l->op.round_at);
     l->op.round_at = 0;
     if (l->op.phase < PH_COUNT && round_ended[l->op.phase])
         round_ended[l->op.phase](l);
@@ -3065,7 +3069,7 @@ static void finish(redlock *l, int rc)
 static void lease_drop(redlock *l)
 {
     if (l->lease.held)
-        hist_add(&l->c->obs.s.hold, l->c->now - l->lease.since);
+        hist_add(&l->c->obs.hold, l->c->now - l->lease.since);
     l->lease.held = 0;
     l->lease.valid_until = 0;
 }
@@ -4124,9 +4128,10 @@ int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
     c->quorum = n / 2 + 1;
     c->guard = o.restart_guard == 1 || (o.restart_guard == -1 && n > 1);
     c->nodes = resp_alloc_array(n, sizeof *c->nodes);
+    c->obs.node = resp_alloc_array(n, sizeof *c->obs.node);
     c->pfd_cap = 2 * n;
     c->pfd = resp_alloc_array(c->pfd_cap, sizeof *c->pfd);
-    if (!c->nodes || !c->pfd) {
+    if (!c->nodes || !c->obs.node || !c->pfd) {
         redlock_client_free(c);
         return global_err(REDLOCK_ERR_NOMEM, "out of memory");
     }
@@ -4180,6 +4185,7 @@ void redlock_client_free(redlock_client *c)
     resp_free(c->chans.buckets);
     resp_free(c->chans.sbuckets);
     resp_free(c->nodes);
+    resp_free(c->obs.node);
     resp_free(c->lib_code);
     resp_free(c->pfd);
     resp_free(c);
@@ -4737,21 +4743,35 @@ int redlock_holders(redlock *l, redlock_holder *out, size_t cap, size_t *count)
 
 /* ---- observability: the calls ---- */
 
+/* len bytes of src into out at offset `at`, as far as the caller's size
+ * reaches (a program built with an older, smaller redlock_stats). */
+static void put_part(void *out, size_t size, size_t at, const void *src, size_t len)
+{
+    if (at < size)
+        memcpy((char *)out + at, src, len < size - at ? len : size - at);
+}
+
 int redlock_client_stats(const redlock_client *c, redlock_stats *out, size_t size)
 {
     if (!c || !out || size < sizeof out->size)
         return global_err(REDLOCK_ERR_ARG, "redlock_client_stats: %s",
                           !c ? "client is NULL" : !out ? "out is NULL" : "size is too small");
-    /* the nodes the client has, then zeroes up to the caller's size */
-    const redlock_stats *s = &c->obs.s;
-    size_t used = offsetof(redlock_stats, node) + c->n * sizeof s->node[0];
-    size_t n = size < sizeof *s ? size : sizeof *s;
-    memcpy(out, s, n < used ? n : used);
-    if (size > used)
-        memset((char *)out + used, 0, size - used);
-    out->size = n;
-    if (n >= offsetof(redlock_stats, uptime_ms) + sizeof out->uptime_ms)
-        out->uptime_ms = (uint64_t)(net_now_ns() - c->obs.created) / 1000000;
+    const size_t filled = size < sizeof *out ? size : sizeof *out;
+    const uint64_t up = (uint64_t)(net_now_ns() - c->obs.created) / 1000000;
+    const uint32_t nodes = (uint32_t)c->n;
+#define PUT(field, src) put_part(out, size, offsetof(redlock_stats, field), src, sizeof out->field)
+    memset(out, 0, size);
+    PUT(size, &filled);
+    PUT(uptime_ms, &up);
+    PUT(op, c->obs.op);
+    PUT(leases_lost, &c->obs.leases_lost);
+    PUT(acquire_wait, &c->obs.acquire_wait);
+    PUT(round_trip, &c->obs.round_trip);
+    PUT(hold, &c->obs.hold);
+    PUT(events, c->obs.events);
+    PUT(nodes, &nodes);
+#undef PUT
+    put_part(out, size, offsetof(redlock_stats, node), c->obs.node, c->n * sizeof out->node[0]);
     return REDLOCK_OK;
 }
 
