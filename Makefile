@@ -52,7 +52,7 @@ CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsu
 # `make test-tls` (a TLS build in $(BUILD)/tls).
 TEST_SRC := $(filter-out $(if $(TLS),,tests/test_tls.c),$(wildcard tests/test_*.c))
 # Fixtures linked into every test binary and the benchmark.
-FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c tests/fx_proxy.c
+FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c tests/fx_proxy.c tests/fx_sentinel.c
 FX_HDR   := $(FX_SRC:.c=.h)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # The fault harness (docs/safety-torture.md): linked into test_torture, the
@@ -245,7 +245,7 @@ test-sanitize:
 # Core suites under valgrind memcheck, no fork, zero leaks and errors; the
 # TLS suite too (from a TLS build), with its deadlines stretched 10-fold.
 # No suppressions are needed, for OpenSSL either.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_internals test_lock test_async test_functions test_transport test_stats test_tls,\
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_internals test_lock test_async test_functions test_transport test_stats test_tls test_sentinel,\
                      $(TEST_SRC:tests/%.c=%))
 VALGRIND := valgrind -q --leak-check=full --error-exitcode=1 --errors-for-leak-kinds=definite,indirect
 test-valgrind: deps all examples $(TESTS)

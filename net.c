@@ -55,7 +55,7 @@ _Static_assert(REDLOCK_WANT_READ < 0 && REDLOCK_WANT_WRITE < 0, "transport wants
 #define TLS_WRITE_MAX 16384
 
 enum { ST_CLOSED, ST_CONNECTING, ST_TLS, ST_HANDSHAKE, ST_READY };
-enum { HS_AUTH = 1, HS_SELECT };
+enum { HS_AUTH = 1, HS_SELECT, HS_ROLE };
 
 /* request flags */
 enum {
@@ -107,10 +107,10 @@ struct net_conn {
     short rd_want, wr_want; /* POLLIN or POLLOUT */
     uint64_t wheld;         /* stream offset up to which the transport may hold bytes */
 
-    /* AUTH/SELECT, written before anything else on a new socket */
+    /* AUTH/SELECT (and ROLE), written before anything else on a new socket */
     char hsbuf[800];
     size_t hs_len, hs_off;
-    int hs_kind[2];
+    int hs_kind[3];
     unsigned hs_pending, hs_next;
 
     /* the output stream */
@@ -294,10 +294,19 @@ static int parse_db(net_url *u, const char *s, size_t n, char *err, size_t errle
 
 /* ---- URL query keys ---------------------------------------------------------
  * One row per key: the schemes that take it, how its value is stored and
- * where (a field of net_url), and what to say where it is not taken. A
- * new key is one row and, if needed, one setter. */
+ * where (a field of net_url, or of net_seeds for what is kept apart from
+ * the connection), and what to say where it is not taken. A new key is
+ * one row and, if needed, one setter. */
 
-enum { SCHEME_REDIS = 1, SCHEME_REDISS = 2, SCHEME_UNIX = 4 };
+enum {
+    SCHEME_REDIS = 1,
+    SCHEME_REDISS = 2,
+    SCHEME_UNIX = 4,
+    SCHEME_SENTINEL = 8,   /* redis+sentinel://  */
+    SCHEME_SENTINELS = 16, /* rediss+sentinel:// */
+    SCHEMES_TLS = SCHEME_REDISS | SCHEME_SENTINELS,
+    SCHEMES_TCP = SCHEME_REDIS | SCHEME_REDISS | SCHEME_SENTINEL | SCHEME_SENTINELS
+};
 
 typedef struct url_key url_key;
 struct url_key {
@@ -305,7 +314,7 @@ struct url_key {
     unsigned schemes; /* SCHEME_* that take it */
     int (*set)(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n, char *err,
                size_t errlen);
-    size_t field;     /* offsetof(net_url, ...) for the setters that store text */
+    size_t field;     /* offsetof(net_url, ...) (or net_seeds, ...) for the setters that store text */
     size_t size;      /* that field's size */
     const char *elsewhere;
 };
@@ -329,6 +338,17 @@ static int set_secret(net_url *u, net_seeds *seeds, const url_key *k, const char
 {
     (void)seeds;
     if (pct_decode(field_of(u, k), k->size, v, n) != 0)
+        return url_error(err, errlen, "URL %s is too long or has a bad %%-escape", k->name);
+    return RESP_OK;
+}
+
+/* sentinel_user=, sentinel_password=: the same, into the seeds (a Sentinel
+ * URL always has them). */
+static int set_seed_secret(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n,
+                           char *err, size_t errlen)
+{
+    (void)u;
+    if (pct_decode((char *)seeds + k->field, k->size, v, n) != 0)
         return url_error(err, errlen, "URL %s is too long or has a bad %%-escape", k->name);
     return RESP_OK;
 }
@@ -361,20 +381,18 @@ static int set_flag(net_url *u, net_seeds *seeds, const url_key *k, const char *
     return RESP_OK;
 }
 
-/* addr=host:port, [v6]:port: one more seed node of a cluster, kept apart
- * from the URL (a connection carries only its own address) */
-static int set_addr(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n,
-                    char *err, size_t errlen)
+/* One more seed (a cluster node, or a sentinel) at s[0..n), kept apart
+ * from the URL (a connection carries only its own address). */
+static int add_seed(const net_url *u, net_seeds *seeds, const char *s, size_t n, char *err,
+                    size_t errlen)
 {
     net_url tmp;
-    (void)u;
-    if (!seeds)
-        return url_error(err, errlen, "URL %s= (cluster seeds) is not taken here", k->name);
     if (seeds->n == NET_MAX_SEEDS - 1)
-        return url_error(err, errlen, "URL has more than %d cluster seeds", NET_MAX_SEEDS);
+        return url_error(err, errlen, "URL has more than %d %s", NET_MAX_SEEDS,
+                         u->sentinel ? "sentinels" : "cluster seeds");
     memset(&tmp, 0, sizeof tmp);
-    memcpy(tmp.port, "6379", 5);
-    if (parse_hostport(&tmp, v, n, err, errlen) != RESP_OK)
+    snprintf(tmp.port, sizeof tmp.port, "%s", u->sentinel ? NET_SENTINEL_PORT : "6379");
+    if (parse_hostport(&tmp, s, n, err, errlen) != RESP_OK)
         return RESP_ERR_ARG;
     memcpy(seeds->at[seeds->n].host, tmp.host, sizeof tmp.host);
     memcpy(seeds->at[seeds->n].port, tmp.port, sizeof tmp.port);
@@ -382,27 +400,57 @@ static int set_addr(net_url *u, net_seeds *seeds, const url_key *k, const char *
     return RESP_OK;
 }
 
+/* addr=host:port, [v6]:port: one more seed node of a cluster, or one more
+ * sentinel */
+static int set_addr(net_url *u, net_seeds *seeds, const url_key *k, const char *v, size_t n,
+                    char *err, size_t errlen)
+{
+    if (!seeds)
+        return url_error(err, errlen, "URL %s= (more seeds) is not taken here", k->name);
+    return add_seed(u, seeds, v, n, err, errlen);
+}
 
 #define TEXT(f) offsetof(net_url, f), sizeof(((net_url *)0)->f)
+#define SEED(f) offsetof(net_seeds, f), sizeof(((net_seeds *)0)->f)
 #define FLAG(f) offsetof(net_url, f), sizeof(int)
+#define NEEDS_TLS "TLS needs a rediss:// URL (or rediss+sentinel://)"
+#define NEEDS_SENTINEL "only a Sentinel URL (redis+sentinel://) takes it"
 static const url_key url_keys[] = {
     {"db", SCHEME_UNIX, set_db, 0, 0, "give the database as /db"},
     {"user", SCHEME_UNIX, set_secret, TEXT(user), "give user:password@ before the host"},
     {"password", SCHEME_UNIX, set_secret, TEXT(password), "give user:password@ before the host"},
-    {"ca", SCHEME_REDISS, set_text, TEXT(ca), "TLS needs a rediss:// URL"},
-    {"cert", SCHEME_REDISS, set_text, TEXT(cert), "TLS needs a rediss:// URL"},
-    {"key", SCHEME_REDISS, set_text, TEXT(key), "TLS needs a rediss:// URL"},
-    {"sni", SCHEME_REDISS, set_text, TEXT(sni), "TLS needs a rediss:// URL"},
-    {"insecure", SCHEME_REDISS, set_flag, FLAG(insecure), "TLS needs a rediss:// URL"},
-    {"cluster", SCHEME_REDIS | SCHEME_REDISS, set_flag, FLAG(cluster), "a cluster needs a TCP URL"},
-    {"addr", SCHEME_REDIS | SCHEME_REDISS, set_addr, 0, 0, "a cluster needs a TCP URL"},
+    {"ca", SCHEMES_TLS, set_text, TEXT(ca), NEEDS_TLS},
+    {"cert", SCHEMES_TLS, set_text, TEXT(cert), NEEDS_TLS},
+    {"key", SCHEMES_TLS, set_text, TEXT(key), NEEDS_TLS},
+    {"sni", SCHEMES_TLS, set_text, TEXT(sni), NEEDS_TLS},
+    {"insecure", SCHEMES_TLS, set_flag, FLAG(insecure), NEEDS_TLS},
+    {"cluster", SCHEME_REDIS | SCHEME_REDISS, set_flag, FLAG(cluster),
+     "a cluster needs a redis:// or rediss:// URL"},
+    {"addr", SCHEMES_TCP, set_addr, 0, 0, "seeds need a TCP URL"},
+    {"sentinel_user", SCHEME_SENTINEL | SCHEME_SENTINELS, set_seed_secret, SEED(sentinel_user),
+     NEEDS_SENTINEL},
+    {"sentinel_password", SCHEME_SENTINEL | SCHEME_SENTINELS, set_seed_secret,
+     SEED(sentinel_password), NEEDS_SENTINEL},
 };
 #undef TEXT
+#undef SEED
 #undef FLAG
+#undef NEEDS_TLS
+#undef NEEDS_SENTINEL
 
 static const char *scheme_name(unsigned scheme)
 {
-    return scheme == SCHEME_UNIX ? "unix://" : scheme == SCHEME_REDISS ? "rediss://" : "redis://";
+    switch (scheme) {
+    case SCHEME_UNIX:
+        return "unix://";
+    case SCHEME_REDISS:
+        return "rediss://";
+    case SCHEME_SENTINEL:
+        return "redis+sentinel://";
+    case SCHEME_SENTINELS:
+        return "rediss+sentinel://";
+    }
+    return "redis://";
 }
 
 /* The keys scheme takes, for a message: "ca, cert, ..." or "none". */
@@ -425,7 +473,7 @@ static void keys_of(unsigned scheme, char *dst, size_t cap)
 static int set_key(net_url *u, net_seeds *seeds, unsigned scheme, const char *k, size_t klen,
                    const char *v, size_t vlen, char *err, size_t errlen)
 {
-    char keys[128];
+    char keys[160];
     for (size_t i = 0; i < sizeof url_keys / sizeof url_keys[0]; i++) {
         const url_key *key = &url_keys[i];
         if (strlen(key->name) != klen || memcmp(key->name, k, klen) != 0)
@@ -458,26 +506,31 @@ static int parse_query(net_url *u, net_seeds *seeds, const char *q, unsigned sch
     }
     if (u->user[0] && !u->password[0])
         return url_error(err, errlen, "URL has a user but no password");
+    if (seeds && seeds->sentinel_user[0] && !seeds->sentinel_password[0])
+        return url_error(err, errlen, "URL has a sentinel_user but no sentinel_password");
     return RESP_OK;
 }
 
-/* [user:password@]host[:port][/db][?query] for redis:// and rediss://. The
- * user part ends at the last '@' before the first '/': a password may hold
- * '@' and '?' (a '/' in it must be %-encoded), and a query value that is a
- * file path may hold '@' after its first '/'. */
+/* [user:password@] at the start of s: the user part ends at the last '@'
+ * before the first '/' (a password may hold '@' and '?'; a '/' in it must
+ * be %-encoded, and a query value that is a file path may hold '@' after
+ * its first '/'). Returns where the host part starts, or NULL on error. */
+static const char *parse_auth(net_url *u, const char *s, char *err, size_t errlen)
+{
+    size_t auth = strcspn(s, "/");
+    for (size_t i = auth; i-- > 0;)
+        if (s[i] == '@')
+            return parse_userinfo(u, s, i, err, errlen) == RESP_OK ? s + i + 1 : NULL;
+    return s;
+}
+
+/* [user:password@]host[:port][/db][?query] for redis:// and rediss://. */
 static int parse_tcp(net_url *u, net_seeds *seeds, const char *s, unsigned scheme, char *err,
                      size_t errlen)
 {
-    size_t auth = strcspn(s, "/");
-    const char *hp = s;
-    for (size_t i = auth; i-- > 0;)
-        if (s[i] == '@') {
-            int rc = parse_userinfo(u, s, i, err, errlen);
-            if (rc != RESP_OK)
-                return rc;
-            hp = s + i + 1;
-            break;
-        }
+    const char *hp = parse_auth(u, s, err, errlen);
+    if (!hp)
+        return RESP_ERR_ARG;
     size_t hplen = strcspn(hp, "/?");
     int rc = parse_hostport(u, hp, hplen, err, errlen);
     if (rc != RESP_OK)
@@ -498,6 +551,82 @@ static int parse_tcp(net_url *u, net_seeds *seeds, const char *s, unsigned schem
     return RESP_OK;
 }
 
+/* A Sentinel URL's hosts: the first is the URL's own (a connection to it
+ * asks for the master), the others go to the seeds. */
+static int parse_sentinels(net_url *u, net_seeds *seeds, const char *s, size_t n, char *err,
+                           size_t errlen)
+{
+    for (int first = 1;; first = 0) {
+        const char *comma = memchr(s, ',', n);
+        size_t len = comma ? (size_t)(comma - s) : n;
+        if (len == 0)
+            return url_error(err, errlen, "Sentinel URL has an empty host in its list");
+        int rc = first ? parse_hostport(u, s, len, err, errlen)
+                       : add_seed(u, seeds, s, len, err, errlen);
+        if (rc != RESP_OK || !comma)
+            return rc;
+        n -= len + 1;
+        s = comma + 1;
+    }
+}
+
+/* /MASTER[/db] of a Sentinel URL: the master's name (printable, no
+ * spaces: sentinels name masters in space-separated messages). Returns the
+ * length it took, or -1. */
+static long parse_master(net_url *u, net_seeds *seeds, const char *s, char *err, size_t errlen)
+{
+    static const char form[] = "redis+sentinel://host[:port][,host[:port]...]/MASTER[/db]";
+    size_t nlen = s[0] == '/' ? strcspn(s + 1, "/?") : 0;
+    if (nlen == 0) {
+        url_error(err, errlen, "Sentinel URL needs the master's name: %s", form);
+        return -1;
+    }
+    if (pct_decode(seeds->master, sizeof seeds->master, s + 1, nlen) != 0) {
+        url_error(err, errlen, "Sentinel URL: the master's name is longer than %d bytes or has "
+                               "a bad %%-escape", NET_MASTER_NAME - 1);
+        return -1;
+    }
+    for (const char *p = seeds->master; *p; p++)
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
+            url_error(err, errlen, "Sentinel URL: the master's name has a space or a control "
+                                   "character");
+            return -1;
+        }
+    size_t used = 1 + nlen;
+    if (s[used] == '/') {
+        size_t dlen = strcspn(s + used + 1, "?");
+        if (parse_db(u, s + used + 1, dlen, err, errlen) != RESP_OK)
+            return -1;
+        used += 1 + dlen;
+    }
+    return (long)used;
+}
+
+/* [user:password@]host[:port][,host[:port]...]/MASTER[/db][?query] for
+ * redis+sentinel:// and rediss+sentinel://. The user and password are the
+ * master's; the sentinels' own come as sentinel_user=, sentinel_password=. */
+static int parse_sentinel_url(net_url *u, net_seeds *seeds, const char *s, unsigned scheme,
+                              char *err, size_t errlen)
+{
+    if (!seeds)
+        return url_error(err, errlen, "a Sentinel URL (%s) is not taken here", scheme_name(scheme));
+    u->sentinel = 1;
+    snprintf(u->port, sizeof u->port, "%s", NET_SENTINEL_PORT);
+    const char *hp = parse_auth(u, s, err, errlen);
+    if (!hp)
+        return RESP_ERR_ARG;
+    size_t hplen = strcspn(hp, "/?");
+    if (parse_sentinels(u, seeds, hp, hplen, err, errlen) != RESP_OK)
+        return RESP_ERR_ARG;
+    long used = parse_master(u, seeds, hp + hplen, err, errlen);
+    if (used < 0)
+        return RESP_ERR_ARG;
+    const char *rest = hp + hplen + used;
+    if (*rest == '?' && parse_query(u, seeds, rest + 1, scheme, err, errlen) != RESP_OK)
+        return RESP_ERR_ARG;
+    return RESP_OK;
+}
+
 static int parse_unix(net_url *u, const char *s, char *err, size_t errlen)
 {
     const char *q = strchr(s, '?');
@@ -512,35 +641,53 @@ static int parse_unix(net_url *u, const char *s, char *err, size_t errlen)
     return q ? parse_query(u, NULL, q + 1, SCHEME_UNIX, err, errlen) : RESP_OK;
 }
 
+static void url_wipe(net_url *u, net_seeds *seeds)
+{
+    memset(u->password, 0, sizeof u->password);
+    u->kind = 0;
+    if (seeds)
+        memset(seeds->sentinel_password, 0, sizeof seeds->sentinel_password);
+}
+
 int net_url_parse(net_url *u, net_seeds *seeds, const char *url, char *err, size_t errlen)
 {
+    static const struct {
+        const char *prefix;
+        unsigned scheme;
+    } schemes[] = {{"redis://", SCHEME_REDIS},
+                   {"rediss://", SCHEME_REDISS},
+                   {"unix://", SCHEME_UNIX},
+                   {"redis+sentinel://", SCHEME_SENTINEL},
+                   {"rediss+sentinel://", SCHEME_SENTINELS}};
     if (err && errlen)
         err[0] = '\0';
     if (!u || !url)
         return url_error(err, errlen, "URL is NULL");
     memset(u, 0, sizeof *u);
     if (seeds)
-        seeds->n = 0;
+        memset(seeds, 0, sizeof *seeds);
     strcpy(u->port, "6379");
     if (url[0] == '\0')
         return url_error(err, errlen, "URL is empty");
+    size_t i = 0;
+    while (i < sizeof schemes / sizeof schemes[0] && !has_prefix_ci(url, schemes[i].prefix))
+        i++;
+    if (i == sizeof schemes / sizeof schemes[0])
+        return url_error(err, errlen, "URL must start with redis://, rediss://, unix://, "
+                                      "redis+sentinel:// or rediss+sentinel://");
+    const char *rest = url + strlen(schemes[i].prefix);
+    unsigned sc = schemes[i].scheme;
     int rc;
-    if (has_prefix_ci(url, "redis://")) {
-        u->kind = NET_URL_TCP;
-        rc = parse_tcp(u, seeds, url + 8, SCHEME_REDIS, err, errlen);
-    } else if (has_prefix_ci(url, "rediss://")) {
-        u->kind = NET_URL_TCP;
-        u->tls = 1;
-        rc = parse_tcp(u, seeds, url + 9, SCHEME_REDISS, err, errlen);
-    } else if (has_prefix_ci(url, "unix://")) {
-        u->kind = NET_URL_UNIX;
-        rc = parse_unix(u, url + 7, err, errlen);
-    } else
-        rc = url_error(err, errlen, "URL must start with redis://, rediss:// or unix://");
-    if (rc != RESP_OK) {
-        memset(u->password, 0, sizeof u->password);
-        u->kind = 0;
-    }
+    u->kind = sc == SCHEME_UNIX ? NET_URL_UNIX : NET_URL_TCP;
+    u->tls = (sc & SCHEMES_TLS) != 0;
+    if (sc == SCHEME_UNIX)
+        rc = parse_unix(u, rest, err, errlen);
+    else if (sc & (SCHEME_SENTINEL | SCHEME_SENTINELS))
+        rc = parse_sentinel_url(u, seeds, rest, sc, err, errlen);
+    else
+        rc = parse_tcp(u, seeds, rest, sc, err, errlen);
+    if (rc != RESP_OK)
+        url_wipe(u, seeds);
     return rc;
 }
 
@@ -881,6 +1028,19 @@ void net_conn_close(net_conn *c)
     c->wbase = c->wend;
 }
 
+void net_conn_retarget(net_conn *c, const net_url *url, const char *why)
+{
+    snprintf(c->errstr, sizeof c->errstr, "%s", why);
+    close_socket(c, RESP_ERR_IO, 1);
+    if (c->tr_cfg)
+        c->tr->config_free(c->tr_cfg);
+    c->tr_cfg = NULL;
+    memset(c->url.password, 0, sizeof c->url.password);
+    c->url = *url;
+    c->tr = url->kind == NET_URL_TCP && url->tls ? c->opts.tls : NULL;
+    net_url_describe(url, c->desc, sizeof c->desc);
+}
+
 void net_conn_free(net_conn *c)
 {
     if (!c)
@@ -1082,9 +1242,12 @@ static void hs_add(net_conn *c, int kind, int argc, const char *const *argv, con
     c->hs_kind[c->hs_pending++] = kind;
 }
 
-/* AUTH and SELECT, as the URL asks, into hsbuf (sized for the URL limits). */
+/* AUTH and SELECT, as the URL asks, and ROLE for master_only, into hsbuf
+ * (sized for the URL limits). */
 static void encode_handshake(net_conn *c)
 {
+    static const char *const role[1] = {"ROLE"};
+    static const size_t role_len[1] = {4};
     const char *argv[3];
     size_t lens[3];
     char dbbuf[16];
@@ -1111,6 +1274,8 @@ static void encode_handshake(net_conn *c)
         lens[1] = strlen(dbbuf);
         hs_add(c, HS_SELECT, 2, argv, lens);
     }
+    if (c->opts.master_only)
+        hs_add(c, HS_ROLE, 1, role, role_len);
 }
 
 static void become_ready(net_conn *c, int64_t now)
@@ -1123,7 +1288,9 @@ static void become_ready(net_conn *c, int64_t now)
 }
 
 /* The byte stream is up (TCP, or TLS over it): AUTH/SELECT go out before
- * any request, so a request never runs unauthenticated or in the wrong db. */
+ * any request, so a request never runs unauthenticated or in the wrong db;
+ * with master_only, ROLE too, so none runs on a replica (a demoted master
+ * still answers PING: only ROLE tells). */
 static int start_session(net_conn *c, int64_t now)
 {
     c->last_rx = now;
@@ -1521,11 +1688,27 @@ static int do_read(net_conn *c, int64_t now)
     return RESP_OK;
 }
 
+/* ROLE's answer: {"master", ...} is what master_only wants. */
+static int check_role(net_conn *c, const resp_reply *r)
+{
+    if (r->type == RESP_ARRAY && r->n >= 1 && r[1].type == RESP_BULK && r[1].len == 6 &&
+        memcmp(r[1].str, "master", 6) == 0)
+        return RESP_OK;
+    if (r->type == RESP_ARRAY && r->n >= 1 && r[1].type == RESP_BULK)
+        return conn_fail(c, RESP_ERR_IO, "%s is not a master (ROLE says %.*s)", c->desc,
+                         (int)(r[1].len > 32 ? 32 : r[1].len), r[1].str);
+    return RESP_ERR_PROTOCOL;
+}
+
 static int check_handshake_reply(net_conn *c, const resp_reply *r)
 {
     int kind = c->hs_kind[c->hs_next++];
-    const char *what = kind == HS_AUTH ? "AUTH" : "SELECT";
-    if (r->type == RESP_STATUS)
+    const char *what = kind == HS_AUTH ? "AUTH" : kind == HS_SELECT ? "SELECT" : "ROLE";
+    if (kind == HS_ROLE && r->type != RESP_ERROR) {
+        int rc = check_role(c, r);
+        if (rc != RESP_ERR_PROTOCOL)
+            return rc;
+    } else if (r->type == RESP_STATUS)
         return RESP_OK;
     if (r->type == RESP_ERROR)
         return conn_fail(c, RESP_ERR_AUTH, "%s refused by %s: %.*s", what, c->desc,

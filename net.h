@@ -8,7 +8,7 @@
  * caller and its own absolute deadline, and every reply is matched to its
  * request by order. No call blocks; nothing here calls back.
  *
- * States: CLOSED -> CONNECTING -> [TLS] -> HANDSHAKE (AUTH/SELECT) -> READY,
+ * States: CLOSED -> CONNECTING -> [TLS] -> HANDSHAKE (AUTH/SELECT/ROLE) -> READY,
  * where TLS (rediss:// URLs) runs a transport's handshake, after which
  * every byte goes through the transport instead of recv/send. A
  * connection that fails (refused, reset, closed, malformed reply) fails
@@ -30,8 +30,11 @@
 
 enum { NET_URL_TCP = 1, NET_URL_UNIX };
 
-#define NET_MAX_SEEDS 8 /* a cluster URL: the host and up to 7 addr= more */
+#define NET_MAX_SEEDS 8 /* a cluster URL: the host and up to 7 addr= more; a Sentinel
+                           URL: up to 8 sentinels, listed and addr= together */
 #define NET_URL_FILE 256 /* ca=, cert=, key= paths and sni=, with the NUL */
+#define NET_MASTER_NAME 128 /* a Sentinel URL's master name, with the NUL */
+#define NET_SENTINEL_PORT "26379"
 
 typedef struct net_url {
     int kind;           /* NET_URL_TCP or NET_URL_UNIX                   */
@@ -42,29 +45,41 @@ typedef struct net_url {
     char password[256]; /* empty: no AUTH                                */
     int db;             /* SELECT on connect when non-zero               */
     int cluster;        /* ?cluster=1: a Redis Cluster, host the first seed */
+    int sentinel;       /* redis+sentinel:// or rediss+sentinel://: host is the first
+                           sentinel (default port 26379); user, password and db are
+                           the master's, TLS is for sentinels and master alike */
     /* rediss:// (kind TCP): TLS, with its parameters; "" unset */
     int tls;
     int insecure;
     char ca[NET_URL_FILE], cert[NET_URL_FILE], key[NET_URL_FILE], sni[NET_URL_FILE];
 } net_url;
 
-/* The other seed nodes a cluster URL names (addr=host:port), apart from
- * the URL itself: a connection carries only its own address. */
+/* What a URL names besides one connection, kept apart from it: a
+ * connection carries only its own address and credentials. The other seed
+ * nodes of a cluster URL (addr=host:port), or the other sentinels of a
+ * Sentinel URL (listed after the first, and addr=); for a Sentinel URL
+ * also the master's name and the sentinels' own credentials. */
 typedef struct net_seeds {
     int n;
     struct net_seed {
         char host[256];
         char port[6];
     } at[NET_MAX_SEEDS - 1];
+    char master[NET_MASTER_NAME]; /* Sentinel: the master's name             */
+    char sentinel_user[128];      /* Sentinel: AUTH to the sentinels ("": none) */
+    char sentinel_password[256];
 } net_seeds;
 
 /* Parse redis://[user[:password]@]host[:port][/db][?cluster=1&addr=h:p...],
  * redis://[::1]:6379, rediss://...[?ca=F&cert=F&key=F&sni=NAME&insecure=1]
- * (and cluster=, addr=), unix:///path[?db=N&user=U&password=P]. User,
- * password and query values may be %-encoded. addr= seeds go to *seeds
- * (seeds NULL: a URL with addr= is refused). Returns RESP_OK or
- * RESP_ERR_ARG with a message in err (which never contains the password;
- * u->password is then cleared). */
+ * (and cluster=, addr=), unix:///path[?db=N&user=U&password=P],
+ * redis+sentinel://[user:password@]host[:port][,host[:port]...]/MASTER[/db]
+ * [?sentinel_user=U&sentinel_password=P&addr=h:p] and rediss+sentinel://
+ * (the same, with the TLS parameters). User, password and query values
+ * (and the master's name) may be %-encoded. addr= seeds and the other
+ * sentinels go to *seeds (seeds NULL: a URL with addr= or a Sentinel URL
+ * is refused). Returns RESP_OK or RESP_ERR_ARG with a message in err
+ * (which never contains a password; the passwords are then cleared). */
 int net_url_parse(net_url *u, net_seeds *seeds, const char *url, char *err, size_t errlen);
 /* Fill the TLS parameters a rediss:// URL left unset from defaults (NULL:
  * none); a URL that is not rediss:// is left alone. Checks that key= comes
@@ -95,6 +110,10 @@ typedef struct net_opts {
                                when a reply needs more                             */
     const struct redlock_transport *tls; /* for a rediss:// URL; NULL: such a
                                             connection fails with RESP_ERR_ARG */
+    int master_only;        /* ROLE after AUTH/SELECT on every new socket: a server
+                               that is not a master fails the connection (and every
+                               request queued on it) with RESP_ERR_IO, one that
+                               refuses ROLE with RESP_ERR_AUTH                    */
 } net_opts;
 
 /* Who a request belongs to; returned with its result. owner NULL: nobody
@@ -111,6 +130,11 @@ int net_conn_new(net_conn **out, const net_url *url, const net_opts *opts);
 void net_conn_free(net_conn *c);
 /* Close the socket and forget every request, unreported. */
 void net_conn_close(net_conn *c);
+/* Point c at another server (url, copied; same kind of connection): the
+ * socket closes and every request queued fails with RESP_ERR_IO and `why`
+ * (reported by net_conn_take as usual); the next request connects there.
+ * A TLS connection makes its settings again (the server name changed). */
+void net_conn_retarget(net_conn *c, const net_url *url, const char *why);
 
 /* Queue a request: encoded into the write buffer, remembered with tag. Its
  * deadline is io_timeout_ms from when it may be written (now if the

@@ -1,6 +1,6 @@
 /* redlock.c - the lock: one node or a quorum (Redlock), fencing tokens,
- * waiting on a release channel, fair mode, keepalive, Redis Cluster; one
- * operation engine under every call.
+ * waiting on a release channel, fair mode, keepalive, Redis Cluster and
+ * Sentinel; one operation engine under every call.
  *
  * An operation (acquire, wait, release, refresh, inspect) is a small state
  * machine on its lock. It sends one script to a set of nodes at once (a
@@ -29,6 +29,7 @@
  *   4. Rounds on nodes   a script's arguments; sending it (EVALSHA, EVAL, FCALL,
  *                        WAIT); taking a node's answer; counting what nodes said
  *   5. Redis Cluster     slots, routing, MOVED/ASK, retries, the slot map
+ *   5b. Redis Sentinel   finding the master, following failovers (+switch-master)
  *   6. Channels          release channels, the listeners, their pushes
  *   7. Operations        the phase table; acquire; waiting; fair mode; unlock,
  *                        refresh, inspect; keepalive; stopping an operation
@@ -52,6 +53,10 @@
  *   a counter, an event      3: obs_* (each counter incremented beside what it
  *                            counts: grep c->obs); a connection made or lost: obs_watch
  *   a request's deadline     net.c fails it; 4: on_result makes it the node's error
+ *   a Sentinel failover      5b: switch_heard (+switch-master), sentinel_redirect
+ *                            (READONLY, MASTERDOWN) and sentinel_retry (a lost
+ *                            connection) start a pass; sentinel_gate holds requests
+ *                            until it confirms a master
  */
 #define _DEFAULT_SOURCE /* getentropy */
 #include "redlock.h"
@@ -110,6 +115,7 @@ _Static_assert(SAME_LEN(FENCE) && SAME_LEN(QUEUE) && SAME_LEN(ALIVE) && SAME_LEN
 #define CHAN_PREFIX_LEN (sizeof CHAN_PREFIX - 1)
 
 typedef struct chan chan;
+typedef struct sentinel sentinel; /* part 5b */
 
 /* ---- one node's answer in the current round ---- */
 
@@ -134,6 +140,7 @@ typedef struct nres {
         uint8_t tries;     /* redirects and retries so far                  */
         int64_t retry_at;  /* send again at this time (0: no)               */
         int64_t until;     /* no retry after this                           */
+        uint8_t waits;     /* a Sentinel member: it waited for the master (5b) */
     } route;
     struct {             /* the decoded reply (N_OK)                        */
         long long code;    /* the script's first (or only) integer          */
@@ -202,6 +209,7 @@ typedef struct node {
     size_t nsh;
     net_opts opts;
     cluster *cl; /* NULL: a plain node */
+    sentinel *sn; /* a Sentinel member (part 5b); NULL: not one */
     struct {     /* how scripts go there: EVALSHA, or FCALL of the library */
         uint8_t fcall;     /* functions mode; or auto mode once EVALSHA met NOPERM
                               and an FCALL worked                               */
@@ -248,6 +256,7 @@ struct redlock_client {
         redlock_histogram acquire_wait, round_trip, hold;
         uint64_t events[REDLOCK_EVENT_TYPES];
         redlock_node_stats *node; /* one per node */
+        uint32_t masters;         /* Sentinel members whose master was confirmed once */
         int64_t created;
         int64_t srtt[MAX_NODES]; /* round-trip estimates, ns (0: none yet) */
         void (*fn)(const redlock_event *, void *);
@@ -331,12 +340,13 @@ typedef struct lock_op {
     uint8_t blocking;    /* a blocking call runs it: not reported as done     */
     uint8_t held_before; /* held when the operation began                    */
     uint8_t repair;      /* S_REFRESH argument: set the key where it is gone */
+    uint8_t began;       /* an operation has begun on l (ever)               */
     uint32_t seq;        /* tags requests; a new round makes older replies stale */
     uint32_t outstanding; /* nodes whose part of the round is not over       */
     int result;          /* the last operation's status                     */
     outcome deferred;    /* the status to give after a clean-up round        */
     int64_t t0;          /* when the current acquire or refresh began        */
-    int64_t began;       /* when the operation began (acquire wait)          */
+    int64_t started;     /* when the operation began (acquire wait)          */
     int64_t round_at;    /* when the round's requests went out (0: none did) */
     int64_t cap;         /* the round's requests wait no longer than this    */
     uint64_t token;      /* the acquire's fencing token                      */
@@ -365,6 +375,14 @@ typedef struct lock_wait {
     char lease_str[16];  /* fair mode: how long our place in line lasts     */
 } lock_wait;
 
+/* A lock's error text: allocated at its first error and kept (a handle
+ * that never fails never holds it, and no cycle allocates). */
+typedef struct lock_text {
+    char errstr[512];  /* the detail of the last operation's result          */
+    char nerr[320];    /* the round's first node error                       */
+    char callerr[160]; /* why the last call on l was refused at once ("": not) */
+} lock_text;
+
 /* The lists a lock is on. */
 typedef struct lock_links {
     redlock *prev, *next;   /* c->locks.all               */
@@ -385,16 +403,15 @@ struct redlock {
     lock_wait wait;
     lock_links link;
     void *userdata;
-    size_t nerr_idx; /* node of the round's first error (n: none) */
-    char nerr[320];  /* that error                                 */
-    char errstr[512];  /* the detail of the last operation's result   */
-    char callerr[160]; /* why the last call on l was refused at once ("": it was not) */
+    size_t nerr_idx;  /* node of the round's first error (n: none) */
+    lock_text *text;  /* made at the handle's first error, then kept */
     nres res[]; /* one per node */
 };
 
 /* Tag kinds of requests besides scripts (S_*); an attempt rides above. */
 enum { K_WAIT = 0xf0, K_LISTEN = 0xf1, K_SLOTS = 0xf2, K_LOAD = 0xf3, K_AGE = 0xf4, K_ADMIN = 0xf5 };
 #define KIND(id, attempt) ((uint32_t)(id) | (uint32_t)(attempt) << 8)
+enum { K_ROLE = 0xf8, K_SENTINEL = 0xf9 }; /* part 5b: ROLE on a master, and the sentinels */
 
 static _Thread_local char last_err[256];
 
@@ -456,14 +473,33 @@ static int global_err(int status, const char *fmt, ...)
     return status;
 }
 
+/* l's error text, made at its first error (NULL when out of memory: the
+ * status is still right, its detail lost). */
+static lock_text *text_of(redlock *l)
+{
+    if (!l->text)
+        l->text = resp_alloc_array(1, sizeof *l->text);
+    return l->text;
+}
+
+/* The detail of l's last result: "" after a success, also with no text made. */
+static const char *errstr_of(const redlock *l)
+{
+    if (l->text)
+        return l->text->errstr;
+    return l->op.began ? "" : "no operation has run on this lock";
+}
+
 /* The detail of an operation's result, in the lock (and, when it ends, in
  * the client). */
 static int lerr(redlock *l, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int lerr(redlock *l, int status, const char *fmt, ...)
 {
+    lock_text *t = text_of(l);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(l->errstr, sizeof l->errstr, fmt, ap);
+    if (t)
+        vsnprintf(t->errstr, sizeof t->errstr, fmt, ap);
     va_end(ap);
     return status;
 }
@@ -476,13 +512,16 @@ static int call_refused(redlock *l, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int call_refused(redlock *l, int status, const char *fmt, ...)
 {
+    char why[sizeof ((lock_text *)0)->callerr];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(l->callerr, sizeof l->callerr, fmt, ap);
+    vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
+    if (text_of(l))
+        memcpy(l->text->callerr, why, sizeof why);
     if (l->c)
-        return cerr(l->c, status, "%s", l->callerr);
-    return global_err(status, "%s", l->callerr);
+        return cerr(l->c, status, "%s", why);
+    return global_err(status, "%s", why);
 }
 
 /* A lock name fit for a message: printable, shortened. */
@@ -501,11 +540,14 @@ static const char *shown(const redlock *l, char *buf, size_t len)
     return buf;
 }
 
+static const char *sentinel_desc(const sentinel *sn); /* 5b */
+
 /* How a node is named in messages: host:port (of the first seed, for a
- * cluster), from its connection. */
+ * cluster), from its connection; a Sentinel member by its master. */
 static const char *node_desc(const redlock_client *c, size_t i)
 {
-    return net_conn_desc(c->nodes[i].sh[0].cmd);
+    const node *m = &c->nodes[i];
+    return m->sn ? sentinel_desc(m->sn) : net_conn_desc(m->sh[0].cmd);
 }
 
 static int fill_random(void *buf, size_t len)
@@ -600,6 +642,11 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
 static void age_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r);
 static void map_ask(redlock_client *c, size_t i);                                           /* 5 */
 static void map_reply(redlock_client *c, size_t i, size_t j, int status, const resp_reply *r);
+static void role_reply(redlock_client *c, size_t i, uint32_t seq, int st, const resp_reply *r); /* 5b */
+static int sentinel_turn(redlock_client *c, size_t i);
+static int64_t sentinel_due(const sentinel *sn);
+static net_conn *sentinel_conn(const sentinel *sn, size_t k);
+static int sentinel_quiet(const redlock_client *c, const net_conn *conn);
 static void on_push(redlock_client *c, size_t i, size_t j, const resp_reply *r);      /* 6 */
 static void listener_reset(redlock_client *c, size_t i, size_t j);
 static void advance(redlock *l); /* 7: a round ended  */
@@ -729,7 +776,9 @@ static int run_ready(redlock_client *c)
 /* ---- the client's connections ---- */
 
 /* Every connection of the client, in one order: each shard's command
- * connection and listener (NULL until needed), then an admin call's own. */
+ * connection and listener (NULL until needed), a Sentinel member's
+ * sentinel connections (j counts on past the shards), then an admin
+ * call's own. */
 typedef struct conn_iter {
     size_t i, j, side;
     int sub;
@@ -739,7 +788,7 @@ typedef struct conn_iter {
  * *it starts zeroed. */
 static net_conn *next_conn(const redlock_client *c, conn_iter *it)
 {
-    for (; it->i < c->n; it->i++, it->j = 0)
+    for (; it->i < c->n; it->i++, it->j = 0) {
         for (; it->j < c->nodes[it->i].nsh; it->j++, it->sub = 0) {
             const shard *sh = &c->nodes[it->i].sh[it->j];
             if (!it->sub) {
@@ -752,6 +801,12 @@ static net_conn *next_conn(const redlock_client *c, conn_iter *it)
                 return sh->sub;
             }
         }
+        for (const node *m = &c->nodes[it->i]; m->sn && it->j - m->nsh <= NET_MAX_SEEDS;) {
+            net_conn *s = sentinel_conn(m->sn, it->j++ - m->nsh);
+            if (s)
+                return s;
+        }
+    }
     return it->side < c->side.n ? c->side.conn[it->side++] : NULL;
 }
 
@@ -776,6 +831,8 @@ static int64_t next_due(const redlock_client *c)
         const cluster *cl = c->nodes[i].cl;
         if (cl && cl->map_due && !cl->map_busy && cl->map_due < d)
             d = cl->map_due;
+        if (sentinel_due(c->nodes[i].sn) < d)
+            d = sentinel_due(c->nodes[i].sn);
     }
     conn_iter it = {0, 0, 0, 0};
     for (net_conn *conn; (conn = next_conn(c, &it)) != NULL;)
@@ -797,8 +854,8 @@ static int64_t next_due(const redlock_client *c)
  * command connection when results come from it (a change shows there: a
  * new connection answers, a lost one fails its requests), a listener at
  * every turn.
- * Sentinel: a failover is c->obs.node[i].failovers++ and
- * obs_event(c, (obs_at){i, conn, NULL, 0}, REDLOCK_EVENT_FAILOVER, ...).
+ * A Sentinel member's failover is counted where part 5b confirms a master
+ * at a new address (obs_master).
  */
 
 static const char *const event_names[REDLOCK_EVENT_TYPES] = {
@@ -960,9 +1017,9 @@ static void obs_end(redlock *l, int op, int rc)
         return; /* inspect, list: not counted */
     obs_outcome(c, kind, rc);
     if (rc == REDLOCK_OK && (op == OP_TRYLOCK || op == OP_LOCK))
-        hist_add(&c->obs.acquire_wait, c->now - l->op.began);
+        hist_add(&c->obs.acquire_wait, c->now - l->op.started);
     if (op == OP_REFRESH && rc == REDLOCK_NOT_HELD && l->op.held_before)
-        obs_lease_lost(l, 0, l->errstr);
+        obs_lease_lost(l, 0, errstr_of(l));
 }
 
 /* Node i answered l's request of this round: a sample for its round-trip
@@ -1078,12 +1135,25 @@ static void obs_watch(redlock_client *c, size_t i, size_t j, int listener)
         obs_changed(c, i, j, listener);
 }
 
+/* Sentinel member i confirmed a master at a new address (part 5b,
+ * pass_over): after the first, the master switched (a failover). */
+static void obs_master(redlock_client *c, size_t i, const char *desc)
+{
+    if (!(c->obs.masters & bit(i))) {
+        c->obs.masters |= bit(i);
+        return;
+    }
+    c->obs.node[i].failovers++;
+    obs_event(c, (obs_at){i, c->nodes[i].sh[0].cmd, NULL, 0}, REDLOCK_EVENT_FAILOVER, REDLOCK_OK,
+              0, "%s: the master switched (a failover)", desc);
+}
+
 /* A new client's counters: its nodes' names, no round trip yet. */
 static void obs_init(redlock_client *c)
 {
     c->obs.created = net_now_ns();
     for (size_t i = 0; i < c->n; i++) {
-        snprintf(c->obs.node[i].node, sizeof c->obs.node[i].node, "%s", node_desc(c, i));
+        snprintf(c->obs.node[i].node, sizeof c->obs.node[i].node, "%.127s", node_desc(c, i));
         c->obs.node[i].rtt_us = -1;
     }
 }
@@ -1102,11 +1172,14 @@ static int take_replies(redlock_client *c, size_t i, size_t j)
             c->nodes[i].sh[j].seen[0].failed = (uint8_t)st; /* why, if it closed */
         if (k++ == 0 || st != RESP_OK)
             obs_watch(c, i, j, 0); /* what became of the connection, before its results */
-        if ((tag.kind & 0xff) == K_SLOTS || (tag.kind & 0xff) == K_AGE) {
-            if ((tag.kind & 0xff) == K_SLOTS)
+        uint32_t kind = tag.kind & 0xff;
+        if (kind == K_SLOTS || kind == K_AGE || kind == K_ROLE) {
+            if (kind == K_SLOTS)
                 map_reply(c, i, j, st, r);
-            else
+            else if (kind == K_AGE)
                 age_reply(c, i, j, st, r);
+            else
+                role_reply(c, i, tag.seq, st, r);
             if (st == RESP_OK)
                 net_conn_consume(conn);
             continue;
@@ -1198,6 +1271,8 @@ static int engine_pass(redlock_client *c, const struct pollfd *fds, int nfds)
                     moved += take_pushes(c, i, j);
                 }
             }
+            if (m->sn)
+                moved += sentinel_turn(c, i);
         }
         for (size_t s = 0; s < c->side.n; s++) {
             net_conn_pump(c->side.conn[s], c->now);
@@ -1239,6 +1314,28 @@ static int poll_ms(int64_t at, int64_t now)
     return ms > INT32_MAX ? INT32_MAX : (int)ms;
 }
 
+/* The one connection of c->pfd[0..n) that poll() would wait for, when
+ * there is one: n is 1, or the others are a Sentinel member's sentinel
+ * connections with nothing asked (news from them may wait for a reply). */
+static net_conn *sole_busy(const redlock_client *c, int n)
+{
+    net_conn *one = NULL;
+    int sentinels = 0;
+    for (size_t i = 0; i < c->n && n > 1; i++)
+        sentinels |= c->nodes[i].sn != NULL;
+    if (n > 1 && !sentinels)
+        return NULL;
+    for (int k = 0; k < n; k++) {
+        net_conn *conn = conn_of_fd(c, c->pfd[k].fd);
+        if (n > 1 && conn && sentinel_quiet(c, conn))
+            continue;
+        if (one || !conn)
+            return NULL;
+        one = conn;
+    }
+    return one;
+}
+
 /* Run the engine until done(c, arg) or until `deadline` (CLOCK_MONOTONIC
  * ns; INT64_MAX: none). Every blocking call and the admin calls wait here.
  * When one connection's reply is all there is to wait for, net.c may wait
@@ -1261,12 +1358,10 @@ static int run_until(redlock_client *c, int (*done)(const redlock_client *, cons
             due = deadline;
         if (n == 0 && due == INT64_MAX)
             return cerr(c, REDLOCK_ERR_IO, "internal error: nothing to wait for");
-        if (n == 1) {
-            net_conn *conn = conn_of_fd(c, c->pfd[0].fd);
-            if (conn && net_conn_block(conn, now, due)) {
-                engine_pass(c, NULL, 0);
-                continue;
-            }
+        net_conn *conn = sole_busy(c, n);
+        if (conn && net_conn_block(conn, now, due)) {
+            engine_pass(c, NULL, 0);
+            continue;
         }
         if (poll(c->pfd, (nfds_t)n, poll_ms(due, now)) < 0 && errno != EINTR)
             return cerr(c, REDLOCK_ERR_IO, "poll: %s", strerror(errno));
@@ -1286,12 +1381,21 @@ static int run_until(redlock_client *c, int (*done)(const redlock_client *, cons
 static int cluster_redirect(redlock *l, size_t i, const resp_reply *r); /* 5 */
 static int cluster_retry(redlock *l, size_t i);
 static size_t route(const redlock_client *c, size_t i, uint16_t slot);
+static int sentinel_gate(redlock *l, size_t i); /* 5b */
+static int sentinel_redirect(redlock *l, size_t i, const resp_reply *r);
+static int sentinel_retry(redlock *l, size_t i, int status);
 
 /* Fair mode: each waiter listens on a channel of its own, the prefix plus
  * its owner value (redlock:NAME: on plain nodes, {NAME}:freed: on a
  * cluster, in the lock's slot); a release tells only the next in line. */
 static void waiter_prefix(const redlock *l, int sharded, const char **p, size_t *n)
 {
+    if (!l->k.own) { /* a handle that never waits on its own channel (nor do, with
+                        fair off, the others of its name): the prefix is never used */
+        *p = sharded ? l->k.freed : l->k.channel;
+        *n = sharded ? l->k.klen : l->k.chlen;
+        return;
+    }
     *p = sharded ? l->k.own_s : l->k.own;
     *n = sharded ? l->k.klen + 1 : l->k.chlen + 1;
 }
@@ -1535,10 +1639,10 @@ static void node_error(redlock *l, size_t i, int status, int transient, const ch
     nd->status = (uint8_t)status;
     nd->transient = (uint8_t)transient;
     l->c->obs.node[i].errors[status > 0 && status < REDLOCK_STATS_STATUSES ? status : 0]++;
-    if (i < l->nerr_idx) {
+    if (i < l->nerr_idx && text_of(l)) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(l->nerr, sizeof l->nerr, fmt, ap);
+        vsnprintf(l->text->nerr, sizeof l->text->nerr, fmt, ap);
         va_end(ap);
         l->nerr_idx = i;
     }
@@ -1681,6 +1785,11 @@ static int send_request(redlock *l, size_t i, int ask)
 {
     redlock_client *c = l->c;
     nres *nd = &l->res[i];
+    if (c->nodes[i].sn) { /* a Sentinel member: only to a confirmed master */
+        int gate = sentinel_gate(l, i);
+        if (gate != 0)
+            return gate == 1 ? REDLOCK_OK : gate;
+    }
     size_t j = ask >= 0 ? (size_t)ask : route(c, i, l->k.slot);
     net_conn *conn = c->nodes[i].sh[j].cmd;
     int64_t cap = nd->via.attempt && nd->route.until ? nd->route.until : l->op.cap;
@@ -1738,7 +1847,8 @@ static void round_start(redlock *l, int phase, int id, uint32_t mask, int64_t ca
     l->op.outstanding = 0;
     l->op.cap = cap;
     l->nerr_idx = c->n;
-    l->nerr[0] = '\0';
+    if (l->text)
+        l->text->nerr[0] = '\0';
     for (size_t i = 0; i < c->n; i++) {
         nres *nd = &l->res[i];
         memset(nd, 0, offsetof(nres, hold)); /* the hold marks outlive a round */
@@ -1752,9 +1862,9 @@ static void round_start(redlock *l, int phase, int id, uint32_t mask, int64_t ca
         nd->route.until = cap && cap < patience ? cap : patience;
         l->op.outstanding++;
         int rc = send_request(l, i, -1);
-        if (rc != RESP_OK) {
-            node_error(l, i, rc, 0, "%s: cannot queue the %s request: %s", node_desc(c, i),
-                       req_name(c, id), redlock_strerror(rc));
+        if (rc != RESP_OK) { /* (a Sentinel member's error may be transient) */
+            node_error(l, i, rc, nd->transient, "%s: cannot queue the %s request: %s",
+                       node_desc(c, i), req_name(c, id), redlock_strerror(rc));
             nd->final = 1;
             l->op.outstanding--;
         }
@@ -1791,8 +1901,8 @@ static void retry_due(redlock *l)
         nd->route.retry_at = 0;
         int rc = send_request(l, i, -1);
         if (rc != REDLOCK_OK) {
-            node_error(l, i, rc, 0, "%s: cannot queue a request: %s", node_desc(c, i),
-                       redlock_strerror(rc));
+            node_error(l, i, rc, nd->transient, "%s: cannot queue a request: %s",
+                       node_desc(c, i), redlock_strerror(rc));
             settle(l, i);
         }
     }
@@ -2072,7 +2182,7 @@ static int words_within(const char *s, size_t len, size_t room, const char **mor
 static int error_reply(redlock *l, size_t i, const resp_reply *r)
 {
     nres *nd = &l->res[i];
-    if (cluster_redirect(l, i, r))
+    if (cluster_redirect(l, i, r) || sentinel_redirect(l, i, r))
         return 1;
     int busy = starts_with(r, "TRYAGAIN") || starts_with(r, "CLUSTERDOWN");
     if (nd->state == N_PENDING && busy && cluster_retry(l, i))
@@ -2081,8 +2191,8 @@ static int error_reply(redlock *l, size_t i, const resp_reply *r)
         const char *desc = node_desc(l->c, i);
         const char *pre = nd->via.noperm ? "EVALSHA: NOPERM; FCALL: " : "", *more;
         size_t used = strlen(desc) + 2 + strlen(pre) + 1; /* ": " and the NUL */
-        int n = words_within(r->str, r->len, sizeof l->nerr > used ? sizeof l->nerr - used : 0,
-                             &more);
+        size_t room = sizeof ((lock_text *)0)->nerr;
+        int n = words_within(r->str, r->len, room > used ? room - used : 0, &more);
         node_error(l, i, starts_with(r, "NOAUTH") ? REDLOCK_ERR_AUTH : REDLOCK_ERR_SERVER,
                    busy || transient_error(r), "%s: %s%.*s%s", desc, pre, n, r->str, more);
     }
@@ -2134,7 +2244,7 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
         return 0;
     }
     if (status != RESP_OK) {
-        if (!cluster_retry(l, i))
+        if (!cluster_retry(l, i) && !sentinel_retry(l, i, status))
             request_failed(l, i, status);
     } else if ((fb = script_fallback(l, i, id, r)) != FB_NONE) {
         if (fb == FB_SENT)
@@ -2193,11 +2303,12 @@ static int fail_nodes(redlock *l, const char *op, tally t)
             st = l->res[i].status;
             break;
         }
+    char first[sizeof ((lock_text *)0)->nerr];
+    snprintf(first, sizeof first, "%s", l->text && l->text->nerr[0] ? l->text->nerr : "");
     if (c->n == 1)
-        return lerr(l, st, "%s '%s': %s", op, shown(l, nm, sizeof nm),
-                    l->nerr[0] ? l->nerr : "failed");
+        return lerr(l, st, "%s '%s': %s", op, shown(l, nm, sizeof nm), first[0] ? first : "failed");
     return lerr(l, st, "%s '%s': only %zu of %zu nodes answered (quorum %zu); first error: %s", op,
-                shown(l, nm, sizeof nm), t.ok, c->n, c->quorum, l->nerr[0] ? l->nerr : "none");
+                shown(l, nm, sizeof nm), t.ok, c->n, c->quorum, first[0] ? first : "none");
 }
 
 /* Nodes where this operation's write holds the lock: to release on failure. */
@@ -2507,6 +2618,667 @@ static void cluster_free(cluster *cl)
     resp_free(cl);
 }
 
+/* ==== 5b. Redis Sentinel =================================================================
+ * A Sentinel member is one node whose server the sentinels name. Its
+ * shard's command connection (and listener) point at the master found,
+ * and every new socket there proves it talks to a master: ROLE runs in
+ * its handshake (net_opts.master_only), so a demoted master, which still
+ * answers PING, never takes a request.
+ *
+ * Finding the master is a pass of the Sentinel client protocol: ask the
+ * sentinels in turn, the one that answered last first, SENTINEL
+ * GET-MASTER-ADDR-BY-NAME (each within the connect and I/O timeouts), and
+ * ROLE on the command connection at the address named; the first master
+ * ends the pass. A request of a round that finds no confirmed master
+ * waits for a pass (sentinel_gate, from send_request) within its patience
+ * and goes out when the pass ends; a pass that finds no master fails the
+ * waiting requests with what each sentinel said. A pass starts when a
+ * request finds no confirmed master (the first one, and after the
+ * connection was lost), when a request failed or met READONLY or
+ * MASTERDOWN (it is sent again, as a cluster retries), and at once when
+ * +switch-master for our master's name is heard on the one sentinel the
+ * member listens to (from its first master on). All of it runs in the
+ * engine: the sentinels' connections are the node's, polled with the rest.
+ */
+
+enum { SN_IDLE, SN_ASK, SN_CHECK, SN_UP };
+
+/* How bad what a sentinel said is for the pass's result: the worst wins. */
+enum { SAID_SILENT = 1, SAID_NIL, SAID_MASTER_DOWN, SAID_ERROR, SAID_REFUSED };
+
+#define FROM_SWITCH NET_MAX_SEEDS /* pass.pos: the address came with +switch-master */
+#define SAID_MAX 400
+#define SUB_LOOK_NS 10000000 /* read the +switch-master listener unasked this often */
+
+struct sentinel {
+    char name[NET_MASTER_NAME]; /* the master's name                                */
+    size_t namelen;
+    net_url master;               /* the master's URL: credentials, db, TLS, its address */
+    net_opts opts;                /* for the sentinels' connections                   */
+    net_conn *ask[NET_MAX_SEEDS]; /* one per sentinel, in the URL's order             */
+    size_t n;
+    uint8_t order[NET_MAX_SEEDS]; /* who is asked first: the last that answered       */
+    struct {                      /* the discovery pass                               */
+        int state;                /* SN_*                                             */
+        uint32_t seq;             /* passes so far; tags their requests               */
+        size_t pos;               /* order[pos] is asked (FROM_SWITCH: no sentinel)   */
+        uint64_t gen;             /* SN_UP: the command connection ROLE confirmed     */
+        int changed;              /* the master's address changed in this pass        */
+        int worst, status;        /* the worst answer so far (SAID_*) and its status  */
+        char bad[320];            /* host:port of the last master that failed ROLE    */
+        char said[SAID_MAX];      /* what each sentinel said                          */
+    } pass;
+    struct { /* +switch-master, heard on one sentinel */
+        net_conn *conn;
+        size_t at;      /* that sentinel (index into ask)                      */
+        uint64_t gen;   /* its connection, once the subscription is confirmed  */
+        int64_t due;    /* (re)subscribe at this time (0: no)                  */
+        int64_t looked; /* when sub_look last read it                          */
+        unsigned fails; /* subscriptions lost or refused in a row              */
+    } sub;
+    char desc[NET_MASTER_NAME + 320]; /* "master 'NAME' at host:port", for messages */
+};
+
+static int is_word(const resp_reply *r, const char *w, size_t n); /* 6 */
+static void chan_wake_all(redlock_client *c);
+
+static const char *sentinel_desc(const sentinel *sn)
+{
+    return sn->desc;
+}
+
+/* The member as messages name it: by its master's name, and where the
+ * last pass confirmed it (known: 1), if it did. */
+static void set_desc(sentinel *sn, int known)
+{
+    char at[300];
+    net_url_describe(&sn->master, at, sizeof at);
+    snprintf(sn->desc, sizeof sn->desc, known ? "master '%s' at %s" : "master '%s'", sn->name, at);
+}
+
+/* Node i's master is confirmed on the command connection as it is now. */
+static int sentinel_up(const redlock_client *c, size_t i)
+{
+    const sentinel *sn = c->nodes[i].sn;
+    const net_conn *cmd = c->nodes[i].sh[0].cmd;
+    return !sn || (sn->pass.state == SN_UP && net_conn_ready(cmd) &&
+                   net_conn_generation(cmd) == sn->pass.gen);
+}
+
+/* The master may have changed (a request met READONLY or MASTERDOWN, or
+ * failed): the next request finds it again. */
+static void sentinel_suspect(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    if (sn->pass.state == SN_UP)
+        sn->pass.state = SN_IDLE;
+}
+
+/* ---- what the sentinels said ---- */
+
+/* Note what a sentinel (or the master it named) said, and keep the worst
+ * answer's status for the pass's result. */
+static void said(sentinel *sn, int worst, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void said(sentinel *sn, int worst, int status, const char *fmt, ...)
+{
+    size_t o = strlen(sn->pass.said);
+    if (o > 0 && o + 2 < SAID_MAX) {
+        memcpy(sn->pass.said + o, "; ", 3);
+        o += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sn->pass.said + o, SAID_MAX - o, fmt, ap);
+    va_end(ap);
+    if (worst > sn->pass.worst) {
+        sn->pass.worst = worst;
+        sn->pass.status = status;
+    }
+}
+
+/* A pass that found no master: transient when the worst said was silence
+ * or a named master that did not answer as one (a failover under way). */
+static int pass_transient(const sentinel *sn)
+{
+    return sn->pass.worst == SAID_SILENT || sn->pass.worst == SAID_MASTER_DOWN;
+}
+
+static const char *sentinel_at(const sentinel *sn, size_t k)
+{
+    return net_conn_desc(sn->ask[k]);
+}
+
+/* ---- the pass ---- */
+
+static void pass_over(redlock_client *c, size_t i);
+
+/* The locks whose requests to node i wait for a pass: the pass is over,
+ * their timers fire now (retry_due sends them, or sentinel_gate fails them). */
+static void sentinel_kick(redlock_client *c, size_t i)
+{
+    for (redlock *l = c->locks.all; l; l = l->link.next) {
+        nres *nd = &l->res[i];
+        if (l->op.kind == OP_NONE || nd->final || !nd->route.waits || !nd->route.retry_at)
+            continue;
+        nd->route.retry_at = c->now;
+        timer_rearm_round(l);
+    }
+}
+
+/* Ask the sentinel at order[pos], or the next that takes a request; after
+ * the last, the pass is over. */
+static void ask_next(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    const char *argv[3] = {"SENTINEL", "GET-MASTER-ADDR-BY-NAME", sn->name};
+    size_t lens[3] = {8, 23, sn->namelen};
+    sn->pass.state = SN_ASK;
+    for (; sn->pass.pos < sn->n; sn->pass.pos++) {
+        size_t k = sn->order[sn->pass.pos];
+        net_tag tag = {sn, sn->pass.seq, K_SENTINEL};
+        if (net_conn_request(sn->ask[k], 3, argv, lens, tag, 0, c->now) == RESP_OK)
+            return;
+        said(sn, SAID_SILENT, REDLOCK_ERR_NOMEM, "%s: out of memory", sentinel_at(sn, k));
+    }
+    pass_over(c, i);
+}
+
+static void pass_start(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    sn->pass.seq++;
+    sn->pass.pos = 0;
+    sn->pass.changed = 0;
+    sn->pass.worst = 0;
+    sn->pass.status = REDLOCK_ERR_IO;
+    sn->pass.said[0] = sn->pass.bad[0] = '\0';
+    ask_next(c, i);
+}
+
+/* The sentinel asked (or the master it named) gave nothing: ask the next. */
+static void ask_on(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    if (sn->pass.pos == FROM_SWITCH) {
+        pass_start(c, i); /* the address +switch-master named is no master (yet) */
+        return;
+    }
+    sn->pass.pos++;
+    ask_next(c, i);
+}
+
+/* Node i's servers moved to u: its connections fail what they carry (those
+ * requests are sent again after the pass) and connect there from now on. */
+static void master_moved(redlock_client *c, size_t i, const net_url *u)
+{
+    sentinel *sn = c->nodes[i].sn;
+    shard *sh = &c->nodes[i].sh[0];
+    char why[sizeof sn->desc + 340], to[300];
+    net_url_describe(u, to, sizeof to);
+    snprintf(why, sizeof why, "%s: the sentinels name %s now", sn->desc, to);
+    net_conn_retarget(sh->cmd, u, why);
+    if (sh->sub)
+        net_conn_retarget(sh->sub, u, why);
+    memcpy(sn->master.host, u->host, sizeof u->host);
+    memcpy(sn->master.port, u->port, sizeof u->port);
+    sn->pass.changed = 1;
+}
+
+/* The sentinel at order[pos] (or +switch-master) named host:port: point the
+ * connections there, and ask ROLE on the command connection. */
+static void master_named(redlock_client *c, size_t i, const char *host, size_t hl, const char *port,
+                         size_t pl)
+{
+    sentinel *sn = c->nodes[i].sn;
+    static const char *const argv[1] = {"ROLE"};
+    static const size_t lens[1] = {4};
+    const char *who = sn->pass.pos == FROM_SWITCH ? "+switch-master"
+                                                  : sentinel_at(sn, sn->order[sn->pass.pos]);
+    net_url u;
+    char at[300];
+    if (net_url_at(&u, &sn->master, host, hl, port, pl) != RESP_OK) {
+        said(sn, SAID_ERROR, REDLOCK_ERR_PROTOCOL, "%s named a bad address", who);
+        ask_on(c, i);
+        return;
+    }
+    net_url_describe(&u, at, sizeof at);
+    if (strcmp(at, sn->pass.bad) == 0) { /* it failed ROLE in this pass already */
+        said(sn, SAID_MASTER_DOWN, REDLOCK_ERR_IO, "%s named %s too", who, at);
+        ask_on(c, i);
+    } else {
+        if (strcmp(u.host, sn->master.host) != 0 || strcmp(u.port, sn->master.port) != 0)
+            master_moved(c, i, &u);
+        net_tag tag = {sn, sn->pass.seq, K_ROLE};
+        sn->pass.state = SN_CHECK;
+        if (net_conn_request(c->nodes[i].sh[0].cmd, 1, argv, lens, tag, 0, c->now) != RESP_OK) {
+            said(sn, SAID_SILENT, REDLOCK_ERR_NOMEM, "%s: out of memory", sn->desc);
+            ask_on(c, i);
+        }
+    }
+    memset(u.password, 0, sizeof u.password);
+}
+
+/* The pass is over: a master confirmed (SN_UP), or none found (SN_IDLE,
+ * with what each sentinel said). The requests that waited move on. */
+static void pass_over(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    if (sn->pass.state == SN_CHECK) {
+        size_t p = sn->pass.pos;
+        sn->pass.state = SN_UP;
+        sn->pass.gen = net_conn_generation(c->nodes[i].sh[0].cmd);
+        if (p < sn->n && p > 0) { /* the one that answered goes first next time */
+            uint8_t k = sn->order[p];
+            memmove(sn->order + 1, sn->order, p);
+            sn->order[0] = k;
+        }
+        if (!sn->sub.conn && !sn->sub.due)
+            sn->sub.due = c->now; /* listen for +switch-master from now on */
+    } else {
+        sn->pass.state = SN_IDLE;
+    }
+    set_desc(sn, sn->pass.state == SN_UP);
+    for (size_t k = 0; k < sn->n; k++) /* idle until the next pass */
+        if (net_conn_requests(sn->ask[k]) == 0)
+            net_conn_close(sn->ask[k]);
+    sentinel_kick(c, i);
+    /* a new master: waiters try again at once (the lock may be free there,
+     * a write that never reached it; and their listener moved) */
+    if (sn->pass.state == SN_UP && sn->pass.changed) {
+        obs_master(c, i, sn->desc);
+        chan_wake_all(c);
+    }
+}
+
+/* The answer of sentinel k to GET-MASTER-ADDR-BY-NAME: {host, port}, or
+ * nil (it knows no master of that name), or an error. */
+static void ask_answered(redlock_client *c, size_t i, size_t k, int st, const resp_reply *r)
+{
+    sentinel *sn = c->nodes[i].sn;
+    const char *at = sentinel_at(sn, k);
+    if (st != RESP_OK)
+        said(sn, st == RESP_ERR_AUTH || st == RESP_ERR_TLS ? SAID_REFUSED : SAID_SILENT, st, "%s",
+             net_conn_errstr(sn->ask[k]));
+    else if (r->type == RESP_ERROR && (starts_with(r, "NOAUTH") || starts_with(r, "WRONGPASS")))
+        said(sn, SAID_REFUSED, REDLOCK_ERR_AUTH, "%s: %.*s", at, (int)(r->len > 100 ? 100 : r->len),
+             r->str);
+    else if (r->type == RESP_ERROR)
+        said(sn, SAID_ERROR, REDLOCK_ERR_SERVER, "%s: %.*s", at, (int)(r->len > 100 ? 100 : r->len),
+             r->str);
+    else if (r->type == RESP_NIL || (r->type == RESP_ARRAY && r->n == 0))
+        said(sn, SAID_NIL, REDLOCK_ERR_SERVER, "%s knows no master named '%s' (nil)", at,
+             sn->name);
+    else if (r->type == RESP_ARRAY && r->n == 2 && r[1].type == RESP_BULK &&
+             r[2].type == RESP_BULK) {
+        master_named(c, i, r[1].str, r[1].len, r[2].str, r[2].len);
+        return;
+    } else
+        said(sn, SAID_ERROR, REDLOCK_ERR_PROTOCOL, "%s: unexpected reply", at);
+    ask_on(c, i);
+}
+
+/* ROLE on node i's command connection, for the pass tagged seq (part 3
+ * hands it here). */
+static void role_reply(redlock_client *c, size_t i, uint32_t seq, int st, const resp_reply *r)
+{
+    sentinel *sn = c->nodes[i].sn;
+    if (!sn || seq != sn->pass.seq || sn->pass.state != SN_CHECK)
+        return;
+    const char *who = sn->pass.pos == FROM_SWITCH ? "+switch-master"
+                                                  : sentinel_at(sn, sn->order[sn->pass.pos]);
+    char at[300];
+    net_url_describe(&sn->master, at, sizeof at);
+    if (st == RESP_OK && r->type == RESP_ARRAY && r->n >= 1 && r[1].type == RESP_BULK &&
+        r[1].len == 6 && memcmp(r[1].str, "master", 6) == 0) {
+        pass_over(c, i);
+        return;
+    }
+    snprintf(sn->pass.bad, sizeof sn->pass.bad, "%s", at);
+    if (st != RESP_OK)
+        said(sn, st == RESP_ERR_AUTH || st == RESP_ERR_TLS ? SAID_REFUSED : SAID_MASTER_DOWN, st,
+             "%s named %s: %s", who, at, net_conn_errstr(c->nodes[i].sh[0].cmd));
+    else if (r->type == RESP_ARRAY && r->n >= 1 && r[1].type == RESP_BULK)
+        said(sn, SAID_MASTER_DOWN, REDLOCK_ERR_IO, "%s named %s, which is no master (ROLE says %.*s)",
+             who, at, (int)(r[1].len > 16 ? 16 : r[1].len), r[1].str);
+    else
+        said(sn, SAID_REFUSED, REDLOCK_ERR_AUTH, "%s named %s, which refused ROLE: %.*s", who, at,
+             (int)(r->len > 100 ? 100 : r->len), r->str ? r->str : "");
+    ask_on(c, i);
+}
+
+/* ---- +switch-master ---- */
+
+/* Listen on the sentinel sub.at: a connection of its own in push mode. */
+static void sub_start(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    static const char *const argv[2] = {"SUBSCRIBE", "+switch-master"};
+    static const size_t lens[2] = {9, 14};
+    const net_url *u = net_conn_url(sn->ask[sn->sub.at]);
+    sn->sub.due = 0;
+    sn->sub.gen = 0;
+    if (!sn->sub.conn) {
+        if (net_conn_new(&sn->sub.conn, u, &sn->opts) != RESP_OK) {
+            sn->sub.due = c->now + ms_ns(c->opts.retry_max_ms);
+            return;
+        }
+        net_conn_set_push(sn->sub.conn);
+    } else {
+        net_conn_retarget(sn->sub.conn, u, "listening to another sentinel");
+    }
+    net_tag tag = {sn, 0, K_SENTINEL};
+    if (net_conn_request(sn->sub.conn, 2, argv, lens, tag, 0, c->now) != RESP_OK)
+        sn->sub.due = c->now + ms_ns(c->opts.retry_max_ms);
+}
+
+/* The subscription is gone (the sentinel is down, or refused it): listen
+ * to the next sentinel; after each has failed once, pause for a while. */
+static void sub_lost(sentinel *sn, const redlock_client *c)
+{
+    unsigned rounds = sn->sub.fails / (unsigned)sn->n; /* times every sentinel failed */
+    sn->sub.gen = 0;
+    sn->sub.fails++;
+    sn->sub.at = (sn->sub.at + 1) % sn->n;
+    sn->sub.due = c->now;
+    if (sn->sub.fails % sn->n == 0)
+        sn->sub.due += ms_ns(c->opts.retry_max_ms) << (rounds < 5 ? rounds : 5);
+}
+
+/* "+switch-master NAME OLD-IP OLD-PORT NEW-IP NEW-PORT" for our name: the
+ * new master, checked with ROLE as if a sentinel had named it. */
+static void switch_heard(redlock_client *c, size_t i, const char *s, size_t n)
+{
+    sentinel *sn = c->nodes[i].sn;
+    const char *w[5];
+    size_t wl[5], k = 0;
+    for (size_t p = 0; p < n && k < 5;) {
+        while (p < n && s[p] == ' ')
+            p++;
+        w[k] = s + p;
+        while (p < n && s[p] != ' ')
+            p++;
+        wl[k] = (size_t)(s + p - w[k]);
+        k += wl[k] > 0;
+    }
+    if (k < 5 || wl[0] != sn->namelen || memcmp(w[0], sn->name, sn->namelen) != 0)
+        return; /* another master's news */
+    sn->pass.seq++; /* a pass under way is over: this is newer */
+    sn->pass.pos = FROM_SWITCH;
+    sn->pass.changed = 0;
+    sn->pass.worst = 0;
+    sn->pass.said[0] = sn->pass.bad[0] = '\0';
+    master_named(c, i, w[3], wl[3], w[4], wl[4]);
+}
+
+/* A push on the sentinel listener: our subscription confirmed, a message,
+ * or a refusal (NOAUTH). 0, or -1 when the subscription failed. */
+static int sub_push(redlock_client *c, size_t i, const resp_reply *r)
+{
+    sentinel *sn = c->nodes[i].sn;
+    if (r->type == RESP_ERROR) {
+        net_conn_ack(sn->sub.conn);
+        return -1;
+    }
+    if (r->type != RESP_ARRAY || r->n < 3 || r[1].type != RESP_BULK || r[2].type != RESP_BULK)
+        return 0;
+    if (is_word(&r[1], "subscribe", 9)) {
+        net_conn_ack(sn->sub.conn);
+        sn->sub.gen = net_conn_generation(sn->sub.conn);
+        sn->sub.fails = 0;
+    } else if (is_word(&r[1], "message", 7) && is_word(&r[2], "+switch-master", 14) &&
+               r[3].type == RESP_BULK) {
+        switch_heard(c, i, r[3].str, r[3].len);
+    }
+    return 0;
+}
+
+/* What node i's sentinel listener heard; its loss. */
+static int sub_take(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    net_tag tag;
+    const resp_reply *r;
+    int st, moved = 0, failed = 0;
+    while ((st = net_conn_take(sn->sub.conn, &tag, &r, NULL)) != RESP_IDLE) {
+        moved++;
+        failed |= st != RESP_OK || sub_push(c, i, r) != 0;
+        if (st == RESP_OK)
+            net_conn_consume(sn->sub.conn);
+    }
+    if (!sn->sub.due && (failed || (sn->sub.gen && (!net_conn_ready(sn->sub.conn) ||
+                                                    net_conn_generation(sn->sub.conn) != sn->sub.gen))))
+        sub_lost(sn, c);
+    return moved;
+}
+
+/* A blocking call may wait in recv() on the master's connection alone
+ * (run_until), so poll() may not tell of a +switch-master for a while:
+ * before a request goes out, and as the engine turns, read the listener
+ * unasked now and then (one recv that finds nothing, at most every
+ * SUB_LOOK_NS: nothing per lock cycle to speak of). */
+static void sub_look(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    if (!sn->sub.conn || !net_conn_ready(sn->sub.conn) || c->now - sn->sub.looked < SUB_LOOK_NS)
+        return;
+    sn->sub.looked = c->now;
+    net_conn_io(sn->sub.conn, POLLIN, c->now);
+    sub_take(c, i);
+}
+
+/* ---- in the engine ---- */
+
+/* Sentinel k's answers: the one the pass waits for moves it on; older
+ * ones are dropped. */
+static int ask_take(redlock_client *c, size_t i, size_t k)
+{
+    sentinel *sn = c->nodes[i].sn;
+    net_tag tag;
+    const resp_reply *r;
+    int st, moved = 0;
+    net_conn_pump(sn->ask[k], c->now);
+    while ((st = net_conn_take(sn->ask[k], &tag, &r, NULL)) != RESP_IDLE) {
+        moved++;
+        if (tag.seq == sn->pass.seq && sn->pass.state == SN_ASK && sn->pass.pos < sn->n &&
+            sn->order[sn->pass.pos] == k)
+            ask_answered(c, i, k, st, r);
+        if (st == RESP_OK)
+            net_conn_consume(sn->ask[k]);
+    }
+    return moved;
+}
+
+/* The answers of node i's sentinels, and what its listener heard. */
+static int sentinel_turn(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    int moved = 0;
+    for (size_t k = 0; k < sn->n; k++)
+        moved += ask_take(c, i, k);
+    if (sn->sub.due && sn->sub.due <= c->now) {
+        sub_start(c, i);
+        moved++;
+    }
+    if (!sn->sub.conn)
+        return moved;
+    net_conn_pump(sn->sub.conn, c->now);
+    sub_look(c, i);
+    return moved + sub_take(c, i);
+}
+
+/* When node i's sentinel part needs the engine next (INT64_MAX: never). */
+static int64_t sentinel_due(const sentinel *sn)
+{
+    return sn && sn->sub.due ? sn->sub.due : INT64_MAX;
+}
+
+/* Node i's sentinel connections for the engine, k from 0: each sentinel's,
+ * then the listener's; NULL past the last. */
+static net_conn *sentinel_conn(const sentinel *sn, size_t k)
+{
+    if (!sn || k > sn->n)
+        return NULL;
+    return k < sn->n ? sn->ask[k] : sn->sub.conn;
+}
+
+/* A sentinel connection with nothing asked: poll() need not wait for it
+ * (run_until may wait for the one reply that matters in recv()). */
+static int sentinel_quiet(const redlock_client *c, const net_conn *conn)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        const sentinel *sn = c->nodes[i].sn;
+        for (size_t k = 0; sn && k <= sn->n; k++)
+            if (sentinel_conn(sn, k) == conn)
+                return net_conn_requests(conn) == 0;
+    }
+    return 0;
+}
+
+/* ---- sending: the gate, and sending again ---- */
+
+/* Before node i's request of l's round goes out: 0 when its master is
+ * confirmed (send it); 1 when the request waits for a pass (it is sent
+ * when the pass ends; l's timer bounds the wait by its patience); else
+ * the status of the pass that found no master, or of the patience that
+ * ran out, with node i's error set. */
+static int sentinel_gate(redlock *l, size_t i)
+{
+    redlock_client *c = l->c;
+    sentinel *sn = c->nodes[i].sn;
+    nres *nd = &l->res[i];
+    sub_look(c, i); /* a switch heard now holds this request back */
+    if (sentinel_up(c, i)) {
+        nd->route.waits = 0;
+        return 0;
+    }
+    if (sn->pass.state == SN_IDLE && nd->route.waits) {
+        node_error(l, i, sn->pass.status, pass_transient(sn), "%s: not found: %s",
+                   sn->desc, sn->pass.said[0] ? sn->pass.said : "no sentinel answered");
+        return sn->pass.status;
+    }
+    if (c->now >= nd->route.until) {
+        node_error(l, i, REDLOCK_ERR_TIMEOUT, 1, "%s: no master confirmed in time (so far: %s)",
+                   sn->desc, sn->pass.said[0] ? sn->pass.said : "no answer yet");
+        return REDLOCK_ERR_TIMEOUT;
+    }
+    nd->route.waits = 1;
+    nd->route.retry_at = nd->route.until;
+    timer_rearm_round(l);
+    if (sn->pass.state == SN_IDLE || sn->pass.state == SN_UP)
+        pass_start(c, i); /* (a pass that ends at once kicks l: its timer fires now) */
+    return 1;
+}
+
+/* Node i's request failed (a lost connection, a timeout) or met READONLY
+ * or MASTERDOWN: find the master again and send the request there, while
+ * its patience lasts (retrying is safe: every script is idempotent for
+ * its owner). 1 when it went out again (or waits for the pass). */
+static int sentinel_again(redlock *l, size_t i)
+{
+    nres *nd = &l->res[i];
+    if (++nd->route.tries > MAX_TRIES || l->c->now >= nd->route.until)
+        return 0;
+    sentinel_suspect(l->c, i);
+    return send_request(l, i, -1) == REDLOCK_OK;
+}
+
+static int sentinel_redirect(redlock *l, size_t i, const resp_reply *r)
+{
+    return l->c->nodes[i].sn && (starts_with(r, "READONLY") || starts_with(r, "MASTERDOWN")) &&
+           sentinel_again(l, i);
+}
+
+static int sentinel_retry(redlock *l, size_t i, int status)
+{
+    return l->c->nodes[i].sn && (status == REDLOCK_ERR_IO || status == REDLOCK_ERR_TIMEOUT) &&
+           sentinel_again(l, i);
+}
+
+/* ---- the admin calls ---- */
+
+/* Start finding node i's master unless it is confirmed or being found. */
+static void sentinel_need(redlock_client *c, size_t i)
+{
+    sentinel *sn = c->nodes[i].sn;
+    if (sn && !sentinel_up(c, i) && (sn->pass.state == SN_IDLE || sn->pass.state == SN_UP))
+        pass_start(c, i);
+}
+
+/* No pass under way on node i. */
+static int sentinel_settled(const redlock_client *c, size_t i)
+{
+    const sentinel *sn = c->nodes[i].sn;
+    return !sn || sn->pass.state == SN_IDLE || sn->pass.state == SN_UP;
+}
+
+/* Why node i has no master for an admin call ("" when it has one). */
+static const char *sentinel_why(const redlock_client *c, size_t i)
+{
+    const sentinel *sn = c->nodes[i].sn;
+    if (sentinel_up(c, i))
+        return "";
+    return sn->pass.said[0] ? sn->pass.said : "no sentinel answered in time";
+}
+
+/* ---- construction ---- */
+
+/* Node i as a Sentinel member, from its URL: its master's URL (no address
+ * until found), a connection per sentinel (credentials of their own), the
+ * shard whose connections will point at the master. -1 out of memory. */
+static int sentinel_new(redlock_client *c, size_t i, const net_url *u, const net_seeds *seeds)
+{
+    node *m = &c->nodes[i];
+    sentinel *sn = m->sn = resp_alloc_array(1, sizeof *sn);
+    if (!sn || !(m->sh = resp_alloc_array(1, sizeof *m->sh)))
+        return -1;
+    snprintf(sn->name, sizeof sn->name, "%s", seeds->master);
+    sn->namelen = strlen(sn->name);
+    sn->opts = m->opts;
+    m->opts.master_only = 1;
+    net_url su = *u;
+    su.sentinel = 0;
+    su.db = 0;
+    memcpy(su.user, seeds->sentinel_user, sizeof su.user);
+    memcpy(su.password, seeds->sentinel_password, sizeof su.password);
+    sn->master = *u;
+    sn->master.sentinel = 0;
+    sn->master.host[0] = '\0';
+    snprintf(sn->master.port, sizeof sn->master.port, "0");
+    set_desc(sn, 0);
+    int rc = net_conn_new(&sn->ask[0], &su, &sn->opts);
+    for (int k = 0; rc == RESP_OK && k < seeds->n; k++) {
+        net_url at;
+        rc = net_url_at(&at, &su, seeds->at[k].host, strlen(seeds->at[k].host), seeds->at[k].port,
+                        strlen(seeds->at[k].port));
+        if (rc == RESP_OK)
+            rc = net_conn_new(&sn->ask[k + 1], &at, &sn->opts);
+        memset(at.password, 0, sizeof at.password);
+    }
+    memset(su.password, 0, sizeof su.password);
+    for (sn->n = 0; sn->n < NET_MAX_SEEDS && sn->ask[sn->n]; sn->n++)
+        sn->order[sn->n] = (uint8_t)sn->n;
+    if (rc != RESP_OK)
+        return -1;
+    /* not connected before a pass names its master (host "": never resolves) */
+    memset(&m->sh[0], 0, sizeof m->sh[0]);
+    if (net_conn_new(&m->sh[0].cmd, &sn->master, &m->opts) != RESP_OK)
+        return -1;
+    m->nsh = 1;
+    return 0;
+}
+
+static void sentinel_free(sentinel *sn)
+{
+    if (!sn)
+        return;
+    for (size_t k = 0; k < NET_MAX_SEEDS; k++)
+        net_conn_free(sn->ask[k]);
+    net_conn_free(sn->sub.conn);
+    memset(sn->master.password, 0, sizeof sn->master.password);
+    resp_free(sn);
+}
+
 /* ==== 6. Channels =======================================================================
  * A waiter joins its lock's channel; the channel is subscribed on every
  * node's listener while it has local waiters (and a while after, see
@@ -2701,8 +3473,8 @@ static int listener(redlock_client *c, size_t i, size_t j)
 static void chan_want(redlock_client *c, chan *ch, size_t i, int on)
 {
     node *m = &c->nodes[i];
-    if (ch->st[i].sent_on == on)
-        return;
+    if (ch->st[i].sent_on == on || (on && !sentinel_up(c, i)))
+        return; /* (a Sentinel member without a confirmed master: as if down) */
     size_t j = on ? route(c, i, ch->slot) : ch->st[i].shard;
     if (listener(c, i, j) != REDLOCK_OK)
         return;
@@ -2835,6 +3607,15 @@ static void chan_wake(redlock_client *c, chan *ch)
         next = w->link.wnext;
         waiter_woken(w);
     }
+}
+
+/* The first waiter of every channel tries again (a node's server changed). */
+static void chan_wake_all(redlock_client *c)
+{
+    for (size_t b = 0; b < c->chans.nbuckets; b++)
+        for (chan *ch = c->chans.buckets[b]; ch; ch = ch->next)
+            if (ch->head)
+                chan_wake(c, ch);
 }
 
 /* Once every node settled, the waiters hear of it. */
@@ -3043,16 +3824,17 @@ static void fire(redlock *l)
     }
 }
 
-/* The operation ends with status rc (l->errstr holds the detail). */
+/* The operation ends with status rc (l's error text holds the detail). */
 static void finish(redlock *l, int rc)
 {
     redlock_client *c = l->c;
     int reported = !l->op.blocking && l->op.kind != OP_KEEPALIVE;
-    if (rc == REDLOCK_OK)
-        l->errstr[0] = '\0';
+    if (l->text && rc == REDLOCK_OK)
+        l->text->errstr[0] = '\0';
     obs_end(l, l->op.kind, rc);
-    l->callerr[0] = '\0'; /* the result is newer than a refused call */
-    memcpy(c->errstr, l->errstr, sizeof l->errstr);
+    if (l->text)
+        l->text->callerr[0] = '\0'; /* the result is newer than a refused call */
+    snprintf(c->errstr, sizeof c->errstr, "%s", errstr_of(l));
     l->op.result = rc;
     l->op.kind = OP_NONE;
     l->op.phase = PH_NONE;
@@ -3856,9 +4638,10 @@ static void keepalive_lost(redlock *l, const char *why)
     char nm[64];
     lease_drop(l);
     lerr(l, REDLOCK_NOT_HELD, "keepalive '%s': the lease is lost: %s", shown(l, nm, sizeof nm), why);
-    obs_lease_lost(l, 1, l->errstr);
-    l->callerr[0] = '\0';
-    memcpy(l->c->errstr, l->errstr, sizeof l->errstr);
+    obs_lease_lost(l, 1, errstr_of(l));
+    if (l->text)
+        l->text->callerr[0] = '\0';
+    snprintf(l->c->errstr, sizeof l->c->errstr, "%s", errstr_of(l));
     l->op.result = REDLOCK_NOT_HELD;
     done_push(l);
 }
@@ -3866,7 +4649,7 @@ static void keepalive_lost(redlock *l, const char *why)
 static void keepalive_done(redlock *l, int rc)
 {
     redlock_client *c = l->c;
-    char why[sizeof l->errstr + 64];
+    char why[sizeof ((lock_text *)0)->errstr + 64];
     obs_outcome(c, REDLOCK_STAT_KEEPALIVE, rc);
     l->op.kind = OP_NONE;
     l->op.phase = PH_NONE;
@@ -3883,10 +4666,10 @@ static void keepalive_done(redlock *l, int rc)
         return;
     }
     if (rc == REDLOCK_NOT_HELD)
-        snprintf(why, sizeof why, "%s", l->errstr);
+        snprintf(why, sizeof why, "%s", errstr_of(l));
     else
         snprintf(why, sizeof why, "its TTL ran out before a refresh succeeded (last error: %s)",
-                 l->errstr);
+                 errstr_of(l));
     timer_clear(l);
     keepalive_lost(l, why);
 }
@@ -4077,6 +4860,7 @@ static int add_node(redlock_client *c, size_t i, const char *url, const net_opts
         rc = url_tls(&u, &c->opts, err, sizeof err);
     if (rc != RESP_OK) {
         memset(u.password, 0, sizeof u.password);
+        memset(seeds.sentinel_password, 0, sizeof seeds.sentinel_password);
         return c->n == 1 ? global_err(REDLOCK_ERR_ARG, "%s", err)
                          : global_err(REDLOCK_ERR_ARG, "URL %zu: %s", i + 1, err);
     }
@@ -4084,9 +4868,12 @@ static int add_node(redlock_client *c, size_t i, const char *url, const net_opts
     m->fn.fcall = c->opts.scripts == REDLOCK_SCRIPTS_FUNCTIONS;
     if (u.cluster)
         rc = cluster_new(c, i, &u, &seeds);
+    else if (u.sentinel)
+        rc = sentinel_new(c, i, &u, &seeds);
     else
         rc = (m->sh = resp_alloc_array(1, sizeof *m->sh)) != NULL ? add_shard(c, i, &u) : -1;
     memset(u.password, 0, sizeof u.password);
+    memset(seeds.sentinel_password, 0, sizeof seeds.sentinel_password);
     return rc < 0 ? global_err(REDLOCK_ERR_NOMEM, "out of memory") : REDLOCK_OK;
 }
 
@@ -4098,6 +4885,7 @@ static void free_node(node *m)
     }
     resp_free(m->sh);
     cluster_free(m->cl);
+    sentinel_free(m->sn);
 }
 
 int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
@@ -4403,11 +5191,14 @@ static int new_handle(redlock **out, redlock_client *c, const char *name, size_t
     }
     /* one block: the lock, its per-node results, then its strings: the
      * name, the {NAME}:SUFFIX keys, redlock:NAME, the value, and the two
-     * own channels of a waiter that listens on its own */
+     * own channels of a waiter that listens on its own (fair mode, a
+     * semaphore) */
+    int own = c->opts.fair || kind == LK_SEMAPHORE;
     size_t vlen = strlen(value);
     size_t klen = namelen + 3 + SUFFIX_LEN, chlen = CHAN_PREFIX_LEN + namelen;
     size_t total = sizeof(redlock) + c->n * sizeof(nres) + namelen + 1 + NKEYS * (klen + 1) +
-                   chlen + 1 + vlen + 1 + (chlen + 1 + vlen + 1) + (klen + 1 + vlen + 1);
+                   chlen + 1 + vlen + 1 +
+                   (own ? (chlen + 1 + vlen + 1) + (klen + 1 + vlen + 1) : 0);
     redlock *l = resp_alloc(total);
     if (!l)
         return cerr(c, REDLOCK_ERR_NOMEM, "out of memory");
@@ -4422,10 +5213,11 @@ static int new_handle(redlock **out, redlock_client *c, const char *name, size_t
     k->vlen = vlen;
     memcpy(p, value, vlen + 1);
     p += vlen + 1;
-    k->own = p;
-    k->own_s = p = put_joined(p, k->channel, k->chlen, value, vlen);
-    put_joined(p, k->freed, k->klen, value, vlen);
-    int own = listens_own(l);
+    if (own) {
+        k->own = p;
+        k->own_s = p = put_joined(p, k->channel, k->chlen, value, vlen);
+        put_joined(p, k->freed, k->klen, value, vlen);
+    }
     l->listen.name = own ? k->own : k->channel;
     l->listen.len = own ? k->chlen + 1 + vlen : k->chlen;
     l->listen.sname = own ? k->own_s : k->freed;
@@ -4434,7 +5226,6 @@ static int new_handle(redlock **out, redlock_client *c, const char *name, size_t
     snprintf(l->lease.ttl_str, sizeof l->lease.ttl_str, "%" PRIu32, ttl_ms);
     l->wait.holder_pttl = -1;
     l->op.result = REDLOCK_ERR_ARG;
-    snprintf(l->errstr, sizeof l->errstr, "no operation has run on this lock");
     l->link.next = c->locks.all;
     if (c->locks.all)
         c->locks.all->link.prev = l;
@@ -4491,6 +5282,7 @@ void redlock_free(redlock *l)
         if (l->link.next)
             l->link.next->link.prev = l->link.prev;
     }
+    resp_free(l->text);
     resp_free(l);
 }
 
@@ -4516,7 +5308,7 @@ const char *redlock_errstr(const redlock *l)
 {
     if (!l)
         return last_err;
-    return l->callerr[0] ? l->callerr : l->errstr;
+    return l->text && l->text->callerr[0] ? l->text->callerr : errstr_of(l);
 }
 
 void redlock_set_userdata(redlock *l, void *p)
@@ -4556,7 +5348,8 @@ static int call_ok(redlock *l)
         return call_refused(l, REDLOCK_ERR_ARG, "a call on lock '%s' " IN_HOOK,
                             shown(l, nm, sizeof nm));
     }
-    l->callerr[0] = '\0';
+    if (l->text)
+        l->text->callerr[0] = '\0';
     return REDLOCK_OK;
 }
 
@@ -4575,14 +5368,16 @@ static int op_begin(redlock *l, int kind, int blocking)
     done_remove(l);
     timer_clear(l);
     c->now = net_now_ns();
-    l->op.began = c->now;
+    l->op.started = c->now;
     l->op.kind = (uint8_t)kind;
     l->op.phase = PH_NONE;
     l->op.blocking = (uint8_t)blocking;
     l->op.held_before = (uint8_t)l->lease.held;
     l->wait.queued = 0;
     l->op.result = REDLOCK_IN_PROGRESS;
-    l->errstr[0] = '\0';
+    l->op.began = 1;
+    if (l->text)
+        l->text->errstr[0] = '\0';
     if (blocking)
         c->errstr[0] = '\0';
     return REDLOCK_OK;
@@ -4837,6 +5632,7 @@ typedef struct admin_node {
     net_conn *conn;
     unsigned pending; /* replies still to come */
     int load_ok;      /* FUNCTION LOAD answered with the library's name */
+    int master_only;  /* a Sentinel member's master: ROLE on connect (net_opts) */
     redlock_functions_node info;
 } admin_node;
 
@@ -4850,27 +5646,36 @@ static int maps_read(const redlock_client *c, const void *arg)
     (void)arg;
     for (size_t i = 0; i < c->n; i++) {
         const cluster *cl = c->nodes[i].cl;
-        if (cl && (!map_known(cl) || cl->map_busy))
+        if ((cl && (!map_known(cl) || cl->map_busy)) || !sentinel_settled(c, i))
             return 0;
     }
     return 1;
 }
 
-/* Cluster members: read the slot map now if the client has none yet (the
- * engine runs until every cluster answered CLUSTER SLOTS, or one request
- * deadline). */
+/* Cluster members: read the slot map now if the client has none yet;
+ * Sentinel members: find the master unless it is confirmed (the engine
+ * runs until every cluster answered CLUSTER SLOTS and every pass is over,
+ * or one request deadline; a pass asks each sentinel in turn). */
 static void admin_maps(redlock_client *c)
 {
     int missing = 0;
+    size_t sentinels = 0;
     c->now = net_now_ns();
-    for (size_t i = 0; i < c->n; i++)
+    for (size_t i = 0; i < c->n; i++) {
         if (c->nodes[i].cl && !map_known(c->nodes[i].cl)) {
             map_soon(c, i);
             missing = 1;
         }
+        if (c->nodes[i].sn && !sentinel_up(c, i)) {
+            sentinel_need(c, i);
+            missing = 1;
+            sentinels = c->nodes[i].sn->n > sentinels ? c->nodes[i].sn->n : sentinels;
+        }
+    }
     if (missing)
         run_until(c, maps_read, NULL,
-                  c->now + ms_ns(c->opts.io_timeout_ms + c->opts.connect_timeout_ms));
+                  c->now + (int64_t)(sentinels + 1) *
+                               ms_ns(c->opts.io_timeout_ms + c->opts.connect_timeout_ms));
 }
 
 static void admin_target(admin_node *a, const net_url *u, const char *desc)
@@ -4878,7 +5683,7 @@ static void admin_target(admin_node *a, const net_url *u, const char *desc)
     if (!a)
         return;
     a->url = u;
-    snprintf(a->info.node, sizeof a->info.node, "%s", desc);
+    snprintf(a->info.node, sizeof a->info.node, "%.*s", (int)sizeof a->info.node - 1, desc);
 }
 
 /* The servers that need the library: each plain node of the client, and
@@ -4890,6 +5695,19 @@ static size_t library_targets(const redlock_client *c, admin_node *a, size_t cap
     size_t k = 0;
     for (size_t i = 0; i < c->n; i++) {
         const node *m = &c->nodes[i];
+        if (m->sn) { /* its master, if one is confirmed */
+            admin_target(k < cap ? &a[k] : NULL, net_conn_url(m->sh[0].cmd), node_desc(c, i));
+            if (k < cap)
+                a[k].master_only = 1;
+            if (k < cap && !sentinel_up(c, i)) {
+                a[k].url = NULL;
+                a[k].info.status = REDLOCK_ERR_IO;
+                snprintf(a[k].info.detail, sizeof a[k].info.detail, "no master found: %.*s",
+                         (int)sizeof a[k].info.detail - 18, sentinel_why(c, i));
+            }
+            k++;
+            continue;
+        }
         if (!m->cl || !map_known(m->cl)) {
             admin_target(k < cap ? &a[k] : NULL, net_conn_url(m->sh[0].cmd), node_desc(c, i));
             if (k < cap && m->cl) {
@@ -5078,9 +5896,11 @@ static int admin_run(redlock_client *c, int load, redlock_functions_node *out, s
     o.limits.max_bulk = 1u << 20;
     o.limits.max_array = 4096;
     o.max_reply = (1u << 22);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        o.master_only = a[i].master_only;
         if (a[i].url && net_conn_new(&a[i].conn, a[i].url, &o) != RESP_OK)
             admin_fail(&a[i], REDLOCK_ERR_NOMEM, "out of memory");
+    }
     admin_exchange(c, a, n, load, conns);
     int rc = REDLOCK_OK;
     for (size_t i = 0; i < n; i++) {

@@ -172,8 +172,20 @@ REDLOCK_API void redlock_options_init(redlock_options *o);
  *       a Redis Cluster, named by up to 8 seed nodes: one member of the
  *       quorum (alone, a single-node lock), each lock routed to the primary
  *       serving its hash slot
- * User, password and query values may be %-encoded. rediss:// is TLS and needs opts->tls (see "TLS"
- * below); plain and TLS URLs may be mixed in a quorum. opts NULL:
+ *   redis+sentinel://[user:password@]host[:port][,host[:port]...]/MASTER[/db]
+ *                    [?sentinel_user=U&sentinel_password=P&addr=host:port]
+ *   rediss+sentinel://...[&ca=F&cert=F&key=F&sni=NAME&insecure=1]
+ *       the master that up to 8 sentinels (port 26379 by default) name as
+ *       MASTER: one member likewise. User, password and db are the master's;
+ *       the sentinels' own come as sentinel_user/sentinel_password. Found on
+ *       first use (SENTINEL GET-MASTER-ADDR-BY-NAME, each sentinel in turn),
+ *       accepted only if ROLE says master (on every new connection to it),
+ *       found again after +switch-master, READONLY, MASTERDOWN or a lost
+ *       connection; no master found: the operation fails with what each
+ *       sentinel said (see docs/sentinel.md)
+ * User, password and query values may be %-encoded. rediss:// (and
+ * rediss+sentinel://) is TLS and needs opts->tls (see "TLS" below); plain
+ * and TLS URLs may be mixed in a quorum. opts NULL:
  * defaults. urls (the array and its strings) and the strings in opts are
  * copied: the caller may free or reuse them once this returns. No I/O
  * happens here: connections open on first use (TLS certificate files are
@@ -181,8 +193,9 @@ REDLOCK_API void redlock_options_init(redlock_options *o);
  * names are resolved with getaddrinfo() when a connection opens, which
  * blocks: give IP addresses to keep an event loop from ever blocking.
  * Returns REDLOCK_OK and *out, or REDLOCK_ERR_ARG (bad URL or option, a
- * rediss:// URL without opts->tls) or REDLOCK_ERR_NOMEM, with *out NULL
- * and the reason in redlock_last_errstr(). */
+ * Sentinel URL without the master's name, a rediss:// URL without
+ * opts->tls) or REDLOCK_ERR_NOMEM, with *out NULL and the reason in
+ * redlock_last_errstr(). */
 REDLOCK_API int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
                                    const redlock_options *opts);
 /* Close every connection and free the client. NULL ok. Locks made from it
@@ -501,8 +514,8 @@ typedef struct redlock_histogram {
 /* One node of the client (one URL: a Redis node, or a whole Redis
  * Cluster, whose shards add up here). */
 typedef struct redlock_node_stats {
-    char node[128];            /* host:port or unix:/path (a cluster: its first seed);
-                                  never a password                                   */
+    char node[128];            /* host:port or unix:/path (a cluster: its first seed;
+                                  Sentinel: master 'NAME'); never a password         */
     uint64_t requests;         /* lock scripts and probes sent (again after a redirect
                                   or NOSCRIPT)                                       */
     uint64_t errors[REDLOCK_STATS_STATUSES]; /* the node's part of an operation failed,
@@ -519,8 +532,8 @@ typedef struct redlock_node_stats {
     uint64_t guard_young;      /* restart guard: a yes to an acquire not counted, the
                                   node having restarted less than one lease ago      */
     uint64_t guard_off;        /* restart guard: turned off there (ACL refused INFO)  */
-    uint64_t failovers;        /* a Sentinel member's master switched (0 until
-                                  Sentinel URLs exist)                               */
+    uint64_t failovers;        /* a Sentinel member's master switched (the sentinels
+                                  named another, ROLE confirmed it)                  */
     int64_t rtt_us;            /* round-trip estimate: a moving average of its
                                   requests' round trips (1/8 weight to each new
                                   one); -1 before the first                          */
@@ -574,8 +587,8 @@ enum {
     REDLOCK_EVENT_GUARD_YOUNG = 8,  /* restart guard: a node's yes not counted; value: ms
                                        until it counts                                    */
     REDLOCK_EVENT_GUARD_OFF = 9,    /* restart guard off for a node: its ACL refused INFO   */
-    REDLOCK_EVENT_FAILOVER = 10     /* a Sentinel member's master switched (reserved: comes
-                                       with Sentinel URLs)                                  */
+    REDLOCK_EVENT_FAILOVER = 10     /* a Sentinel member's master switched: the new one
+                                       confirmed (by ROLE) at another address              */
 };
 
 /* The name of an event type ("connected", "lease-lost", ...; the same as

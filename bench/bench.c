@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "fx_cluster.h"
+#include "fx_sentinel.h"
 #include "fx_tls.h"
 #include "redlock.h"
 #include "netx.h"
@@ -163,11 +164,16 @@ static const char *urls[MAX_URLS];
 static size_t nurls;
 static char *url_env;
 
+static fx_sentinel *sentinels; /* section 10's, while it runs: stopped on die() too */
+
 static void stop_servers(void)
 {
     for (int i = 0; i < nservers; i++)
         fx_server_stop(&servers[i]);
     nservers = 0;
+    if (sentinels)
+        fx_sentinel_stop(sentinels);
+    sentinels = NULL;
 }
 
 static void on_fatal_signal(int sig)
@@ -554,9 +560,10 @@ static int syscall_run(const char *kind, int n, const char *url)
     return 2;
 }
 
-/* System calls per iteration of kind: two strace runs (n and 11n), the
- * difference over 10n, so connecting and setup cancel out. -1: no strace. */
-static double syscalls_per(const char *kind)
+/* System calls per iteration of kind against url: two strace runs (n and
+ * 11n), the difference over 10n, so connecting and setup cancel out. -1:
+ * no strace. */
+static double syscalls_at(const char *kind, const char *url)
 {
     int n = quick ? 50 : 200;
     long calls[2];
@@ -565,7 +572,7 @@ static double syscalls_per(const char *kind)
         snprintf(path, sizeof path, "%s/strace.%s.txt", BENCH_BUILD_DIR, kind);
         snprintf(cmd, sizeof cmd,
                  "strace -f -c -o '%s' '%s/bench' --syscall-run %s %d '%s' >/dev/null 2>&1",
-                 path, BENCH_BUILD_DIR, kind, k ? 11 * n : n, urls[0]);
+                 path, BENCH_BUILD_DIR, kind, k ? 11 * n : n, url);
         if (system(cmd) != 0)
             return -1;
         FILE *f = fopen(path, "r");
@@ -583,6 +590,11 @@ static double syscalls_per(const char *kind)
             return -1;
     }
     return (double)(calls[1] - calls[0]) / (10.0 * n);
+}
+
+static double syscalls_per(const char *kind)
+{
+    return syscalls_at(kind, urls[0]);
 }
 
 /* The usec INFO commandstats gives the commands named (NULL-terminated). */
@@ -1912,6 +1924,120 @@ static void bench_tls(void)
 }
 #endif
 
+/* ---- 10: Redis Sentinel ------------------------------------------------------------------------------------ */
+
+/* The port sentinel i names as group 0's master, or -1. */
+static int named_port(fx_sentinel *fx, int i)
+{
+    char out[256], cmd[96];
+    snprintf(cmd, sizeof cmd, "SENTINEL GET-MASTER-ADDR-BY-NAME %s", fx->name[0]);
+    const char *nl;
+    if (fx_sentinel_cmd(fx, i, out, sizeof out, cmd) != 0 || !(nl = strchr(out, '\n')))
+        return -1;
+    return atoi(nl + 1);
+}
+
+/* From SENTINEL FAILOVER to the first lock a client (making blocking calls
+ * only) is granted by the new master: the first acquire after which the
+ * new master has run one of our scripts (as a replica it runs none: the
+ * scripts' effects come over as plain writes). And from the moment a
+ * sentinel names the new master to that lock. One failover: the next
+ * would wait for the sentinels to convert the old master. */
+static void sentinel_failover_time(fx_sentinel *fx)
+{
+    fx_server *nw = fx_sentinel_server(fx, 0, 1 - fx_sentinel_master(fx, 0));
+    const char *su[1] = {fx->url[0]};
+    redlock_client *c = client_for(su, 1, 1);
+    redlock *l = lock_for(c, "bench:sfo", 10000);
+    cycle(l, c);
+    char out[256], cmd[96];
+    snprintf(cmd, sizeof cmd, "SENTINEL FAILOVER %s", fx->name[0]);
+    if (fx_cmd(nw, out, sizeof out, "CONFIG RESETSTAT") != 0)
+        die("sentinel: CONFIG RESETSTAT");
+    int64_t t0 = now_ns(), named = 0, granted = 0;
+    for (int i = 0; i < 100 && (fx_sentinel_cmd(fx, 0, out, sizeof out, cmd) != 0 ||
+                                strcmp(out, "OK") != 0); i++)
+        sleep_ns(200 * 1000000LL); /* NOGOODSLAVE: not yet */
+    for (int i = 0; i < 100000 && !granted && now_ns() - t0 < 30 * 1000000000LL; i++) {
+        if (!named && named_port(fx, 0) == nw->port)
+            named = now_ns();
+        if (redlock_trylock(l) != REDLOCK_OK) {
+            sleep_ns(1000000);
+            continue;
+        }
+        if (script_stat(nw->url, "calls=") > 0)
+            granted = now_ns();
+        redlock_unlock(l);
+    }
+    if (!granted)
+        die("sentinel: no lock from the new master within 30 s of the failover");
+    put("sentinel", "failover_to_lock_ms", (double)(granted - t0) / 1e6, "ms",
+        "SENTINEL FAILOVER -> first lock from the new master");
+    put("sentinel", "named_to_lock_ms", named ? (double)(granted - named) / 1e6 : 0, "ms",
+        "a sentinel names it -> that lock (a blocking-only client)");
+    redlock_free(l);
+    redlock_client_free(c);
+}
+
+static void bench_sentinel(void)
+{
+    heading("10. Redis Sentinel: a master, a replica, three sentinels on loopback");
+    if (url_env) {
+        printf("  (skipped with $REDLOCK_URL)\n");
+        return;
+    }
+    static fx_sentinel fx;
+    if (fx_sentinel_start(&fx, NULL) != 0) {
+        printf("  (skipped: the sentinels did not start)\n");
+        return;
+    }
+    sentinels = &fx;
+    fx_server *m = fx_sentinel_server(&fx, 0, fx_sentinel_master(&fx, 0));
+    const char *pu[1] = {m->url}, *su[1] = {fx.url[0]};
+    const int per = quick ? 200 : 1000;
+    redlock_client *cp = client_for(pu, 1, 1), *cs = client_for(su, 1, 1);
+    redlock *lp = lock_for(cp, "bench:sp", 10000), *ls = lock_for(cs, "bench:ss", 10000);
+    for (int i = 0; i < 200; i++) { /* connect, find the master */
+        cycle(lp, cp);
+        cycle(ls, cs);
+    }
+    double mp[16], ms[16], ratio[16];
+    double *tmp = calloc((size_t)per, sizeof(double));
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < per; i++) {
+                int64_t t0 = now_ns();
+                if (k == 0)
+                    cycle(lp, cp);
+                else
+                    cycle(ls, cs);
+                tmp[i] = (double)(now_ns() - t0) / 1e3;
+            }
+            (k == 0 ? mp : ms)[r] = median(tmp, (size_t)per);
+        }
+        ratio[r] = ms[r] / mp[r];
+    }
+    free(tmp);
+    put("sentinel", "plain_median_us", median(mp, (size_t)rounds), "us",
+        "cycle on the master's own URL, median");
+    put("sentinel", "sentinel_median_us", median(ms, (size_t)rounds), "us",
+        "cycle through the Sentinel URL (master found), median");
+    put("sentinel", "sentinel_over_plain", median(ratio, (size_t)rounds), "x",
+        "ratio: Sentinel URL cycle / plain cycle   (target <= 1.02)");
+    double sp = syscalls_at("cycle", m->url), ss = syscalls_at("cycle", fx.url[0]);
+    if (sp > 0 && ss > 0) {
+        put("sentinel", "syscalls_plain", sp, "", "system calls per cycle, master's URL (strace)");
+        put("sentinel", "syscalls_sentinel", ss, "", "system calls per cycle, Sentinel URL");
+    }
+    redlock_free(lp);
+    redlock_free(ls);
+    redlock_client_free(cp);
+    redlock_client_free(cs);
+    sentinel_failover_time(&fx);
+    fx_sentinel_stop(&fx);
+    sentinels = NULL;
+}
+
 /* ---- main -------------------------------------------------------------------------------------------------- */
 
 static void write_json(const char *path)
@@ -1975,7 +2101,7 @@ int main(int argc, char **argv)
         else
             die("usage: bench [--json FILE] [--quick] [--callgrind] [--only SECTION] [--tls-only]\n"
                 "sections: cycle syscalls quorum rtt handoff herd parser footprint semaphore "
-                "throughput cluster tls");
+                "throughput cluster tls sentinel");
     }
     if (quick)
         rounds = 3;
@@ -2026,6 +2152,8 @@ int main(int argc, char **argv)
         bench_cluster();
     if (want("tls"))
         bench_tls();
+    if (want("sentinel"))
+        bench_sentinel();
     write_json(json);
     return 0;
 }

@@ -36,7 +36,9 @@
 #define EXIT_CONFLICT 75    /* EX_TEMPFAIL: the lock is busy (-E changes it) */
 #define EXIT_LOST 76        /* the lock was lost while COMMAND ran */
 #define MAX_URLS 32
-#define MAX_POLL (2 * MAX_URLS + 1) /* the signal pipe and two sockets per node */
+#define MAX_POLL (2 * MAX_URLS + 1) /* the signal pipe and two sockets per node; grows
+                                       for more (a cluster's shards, a Sentinel
+                                       member's sentinels) */
 
 typedef struct cli {
     const char *urls[MAX_URLS];
@@ -70,8 +72,11 @@ static const char usage_text[] =
     "The -- before COMMAND is required; options go before it, before or after NAME.\n"
     "\n"
     "options:\n"
-    "  -u, --url URL               a Redis node, or a Redis Cluster\n"
-    "                              (redis://HOST:PORT?cluster=1[&addr=HOST:PORT]);\n"
+    "  -u, --url URL               a Redis node, a Redis Cluster\n"
+    "                              (redis://HOST:PORT?cluster=1[&addr=HOST:PORT]),\n"
+    "                              or the master Sentinel names\n"
+    "                              (redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/MASTER\n"
+    "                              [?sentinel_password=P]);\n"
     "                              repeat for a quorum of independent masters\n"
     "                              (default: $REDLOCK_URL, comma-separated,\n"
     "                              else redis://127.0.0.1:6379); TLS: rediss://HOST:PORT\n"
@@ -208,6 +213,13 @@ static int add_url(cli *o, const char *url)
     return 0;
 }
 
+/* s starts with a URL's scheme and "://" (redis://, redis+sentinel://, ...). */
+static int starts_url(const char *s)
+{
+    size_t n = strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+");
+    return n > 0 && strncmp(s + n, "://", 3) == 0;
+}
+
 static int default_urls(cli *o)
 {
     const char *env = getenv("REDLOCK_URL");
@@ -216,10 +228,20 @@ static int default_urls(cli *o)
     o->url_env = strdup(env);
     if (!o->url_env)
         return usage_error("out of memory");
-    char *save = NULL;
-    for (char *u = strtok_r(o->url_env, ",", &save); u; u = strtok_r(NULL, ",", &save))
+    /* URLs are split at the commas that start another URL (SCHEME://): a
+     * Sentinel URL's list of sentinels has commas of its own */
+    for (char *u = o->url_env, *next; u; u = next) {
+        next = NULL;
+        for (char *comma = strchr(u, ','); comma && !next; comma = strchr(comma + 1, ','))
+            if (starts_url(comma + 1)) {
+                *comma = '\0';
+                next = comma + 1;
+            }
+        for (size_t n = strlen(u); n > 0 && u[n - 1] == ','; n--)
+            u[n - 1] = '\0'; /* empty entries, as before */
         if (*u && add_url(o, u) != 0)
             return EXIT_USAGE;
+    }
     return o->nurls ? 0 : usage_error("$REDLOCK_URL has no URL");
 }
 
@@ -355,7 +377,8 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
 static int wants_tls(const cli *o)
 {
     for (size_t i = 0; i < o->nurls; i++)
-        if (strncasecmp(o->urls[i], "rediss://", 9) == 0)
+        if (strncasecmp(o->urls[i], "rediss://", 9) == 0 ||
+            strncasecmp(o->urls[i], "rediss+sentinel://", 18) == 0)
             return 1;
     return 0;
 }
@@ -373,7 +396,8 @@ static int open_lock(cli *o, redlock_client **c, redlock **l)
     opts.tls = redlock_tls_openssl();
 #else
     if (wants_tls(o))
-        return usage_error("rediss:// URLs need TLS, and this redlock was built without it "
+        return usage_error("rediss:// (and rediss+sentinel://) URLs need TLS, and this redlock "
+                           "was built without it "
                            "(build with make TLS=openssl)");
 #endif
     /* One refresh attempt must not outlast much of the lease: a stalled
@@ -548,17 +572,34 @@ static int take_lock(cli *o, redlock_client *c, redlock *l)
  * our own clock while Redis did not answer) through redlock_client_done;
  * then COMMAND is stopped (SIGTERM, SIGKILL after the grace). Signals to
  * us are passed on. */
+/* The client's sockets into *fds after the signal pipe (fds[0]), growing
+ * *fds (fixed at first, then malloc'd) when they do not fit; how many. */
+static int client_pollfds(redlock_client *c, struct pollfd **fds, int *cap, struct pollfd *fixed)
+{
+    int n = redlock_client_pollfds(c, *fds + 1, *cap - 1);
+    if (n > *cap - 1) {
+        struct pollfd *p = realloc(*fds == fixed ? NULL : *fds, (size_t)(n + 1) * 2 * sizeof *p);
+        if (p) {
+            *fds = p;
+            *cap = (n + 1) * 2;
+        }
+        n = redlock_client_pollfds(c, *fds + 1, *cap - 1);
+        if (n > *cap - 1)
+            n = *cap - 1;
+    }
+    (*fds)[0].fd = sigpipe_fds[0];
+    (*fds)[0].events = POLLIN;
+    (*fds)[0].revents = 0;
+    return n;
+}
+
 static void supervise(cli *o, redlock_client *c, redlock *l, runstate *rs)
 {
+    struct pollfd fixed[MAX_POLL], *fds = fixed;
+    int cap = MAX_POLL;
     redlock_keepalive(l, 1);
     while (!rs->done) {
-        struct pollfd fds[MAX_POLL];
-        fds[0].fd = sigpipe_fds[0];
-        fds[0].events = POLLIN;
-        fds[0].revents = 0;
-        int n = redlock_client_pollfds(c, fds + 1, MAX_POLL - 1);
-        if (n > MAX_POLL - 1)
-            n = MAX_POLL - 1;
+        int n = client_pollfds(c, &fds, &cap, fixed);
         int64_t now = now_ms();
         int wait = redlock_client_timeout_ms(c);
         if (rs->lost) {
@@ -577,6 +618,8 @@ static void supervise(cli *o, redlock_client *c, redlock *l, runstate *rs)
         drain_signals(o, rs);
     }
     redlock_keepalive(l, 0);
+    if (fds != fixed)
+        free(fds);
 }
 
 /* redlock_unlock, with when it began and ended. */

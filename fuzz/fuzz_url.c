@@ -47,8 +47,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             snprintf(want, sizeof want, strchr(u.host, ':') ? "[%s]:%s" : "%s:%s", u.host, u.port);
         if (strcmp(desc, want) != 0)
             abort();
-        /* seeds only with cluster=1, each a host and a port */
-        if (seeds.n < 0 || seeds.n > NET_MAX_SEEDS - 1 || (seeds.n && !u.cluster))
+        /* seeds only with cluster=1 or a Sentinel URL, each a host and a port */
+        if (seeds.n < 0 || seeds.n > NET_MAX_SEEDS - 1 || (seeds.n && !u.cluster && !u.sentinel))
+            abort();
+        /* a Sentinel URL names its master (printable, no space), and is no cluster;
+         * only it has the sentinels' credentials */
+        if (u.sentinel && (seeds.master[0] == '\0' || u.cluster || u.kind != NET_URL_TCP))
+            abort();
+        for (const char *p = seeds.master; *p; p++)
+            if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+                abort();
+        if (!u.sentinel && (seeds.master[0] || seeds.sentinel_user[0] || seeds.sentinel_password[0]))
+            abort();
+        if (seeds.sentinel_user[0] && !seeds.sentinel_password[0])
             abort();
         for (int k = 0; k < seeds.n; k++)
             if (seeds.at[k].host[0] == '\0' || atoi(seeds.at[k].port) < 1)

@@ -1,5 +1,6 @@
 #!/bin/sh
-# What `make test` needs: redis-server, redis-cli and openssl (the Cluster and
+# What `make test` needs: redis-server (run as redis-server CONF --sentinel too:
+# Debian's redis-sentinel package is not needed), redis-cli and openssl (the Cluster and
 # TLS fixtures), libssl-dev (the TLS suite builds the library with TLS=openssl;
 # plain `make` needs none of it), Check, pkg-config, libuv (only for the
 # libuv example), mandoc and groff (the man pages are linted) and libfaketime

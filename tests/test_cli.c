@@ -439,7 +439,7 @@ static const struct {
     {{"status", "-u", NULL}, "needs a value"},
     {{"status", "a", "b", NULL}, "unexpected 'b' after NAME"},
     {{"status", "-u", "rediss://127.0.0.1:1", "n", NULL}, "TLS"},
-    {{"status", "-u", "http://127.0.0.1:1", "n", NULL}, "redis://, rediss:// or unix://"},
+    {{"status", "-u", "http://127.0.0.1:1", "n", NULL}, "redis://, rediss://, unix://, redis+sentinel://"},
     {{"status", "-u", "redis://127.0.0.1:99999", "n", NULL}, "port"},
 };
 

@@ -71,8 +71,8 @@ typedef struct bad_url {
 
 static const bad_url bad_urls[] = {
     {"", "empty"},
-    {"localhost:6379", "must start with redis://, rediss:// or unix://"},
-    {"http://h", "must start with redis://, rediss:// or unix://"},
+    {"localhost:6379", "must start with redis://, rediss://, unix://, redis+sentinel://"},
+    {"http://h", "must start with redis://, rediss://, unix://, redis+sentinel://"},
     {"rediss://h?ca=", "ca= is empty"},
     {"rediss://h?ca", "key=value"},
     {"rediss://h?insecure=yes", "insecure= takes 0 or 1"},
@@ -119,6 +119,22 @@ static const bad_url bad_urls[] = {
     {"redis://h?cluster=1&addr=a&addr=b&addr=c&addr=d&addr=e&addr=f&addr=g&addr=h",
      "more than 8 cluster seeds"},
     {"unix:///tmp/r.sock?cluster=1", "take no query key 'cluster'"},
+    {"redis+sentinel://h", "needs the master's name"},
+    {"redis+sentinel://h:26379/", "needs the master's name"},
+    {"redis+sentinel://h?sentinel_password=x", "needs the master's name"},
+    {"redis+sentinel://h,/m", "empty host in its list"},
+    {"redis+sentinel://,h/m", "empty host in its list"},
+    {"redis+sentinel://h:0/m", "port must be a number from 1 to 65535"},
+    {"redis+sentinel://h/my%20master", "space or a control character"},
+    {"redis+sentinel://h/m/x", "database must be a non-negative number"},
+    {"redis+sentinel://h/m?cluster=1", "take no query key 'cluster'"},
+    {"redis+sentinel://h/m?ca=/x", "take no query key 'ca': TLS needs a rediss:// URL"},
+    {"redis+sentinel://h/m?sentinel_user=u", "sentinel_user but no sentinel_password"},
+    {"redis+sentinel://h/m?bogus=1",
+     "unknown key 'bogus' (redis+sentinel:// takes: addr, sentinel_user, sentinel_password)"},
+    {"redis+sentinel://a,b,c,d,e,f,g,h,i/m", "more than 8 sentinels"},
+    {"redis+sentinel://a,b,c,d,e,f,g/m?addr=h&addr=i", "more than 8 sentinels"},
+    {"redis://h?sentinel_password=x", "only a Sentinel URL (redis+sentinel://) takes it"},
     {"unix://relative.sock", "absolute socket path"},
     {"unix://", "absolute socket path"},
     {"unix:///tmp/r.sock?foo=1", "unknown key 'foo' (unix:// takes: db, user, password)"},
@@ -165,11 +181,65 @@ START_TEST(test_url_cluster)
     ck_assert_str_eq(n.password, "pw");
     /* a caller that takes no seeds is told so */
     ck_assert_int_eq(net_url_parse(&r, NULL, seeded, err, sizeof err), RESP_ERR_ARG);
-    ck_assert_ptr_nonnull(strstr(err, "addr= (cluster seeds) is not taken here"));
+    ck_assert_ptr_nonnull(strstr(err, "addr= (more seeds) is not taken here"));
     ck_assert_int_eq(net_url_parse(&r, NULL, "redis://h:1?cluster=0", err, sizeof err), RESP_OK);
     ck_assert_int_eq(r.cluster, 0);
     ck_assert_int_eq(net_url_parse(&r, NULL, "redis://h:1/2", err, sizeof err), RESP_OK);
     ck_assert_int_eq(r.db, 2);
+}
+END_TEST
+
+/* redis+sentinel:// and rediss+sentinel://: the sentinels (the first is the
+ * URL's own address, the others and addr= go to the seeds, default port
+ * 26379), the master's name, its db and credentials in the URL, the
+ * sentinels' apart; a caller that takes no seeds is told so. */
+START_TEST(test_url_sentinel)
+{
+    net_url r;
+    net_seeds seeds;
+    char err[256];
+    static const char full[] = "redis+sentinel://mu:mp%40@10.0.0.1,[::1]:26380,h3:5000/my%2Dmaster/3"
+                               "?sentinel_user=su&sentinel_password=s%26p&addr=h4";
+    ck_assert_msg(net_url_parse(&r, &seeds, full, err, sizeof err) == RESP_OK, "%s", err);
+    ck_assert_int_eq(r.sentinel, 1);
+    ck_assert_int_eq(r.cluster, 0);
+    ck_assert_int_eq(r.tls, 0);
+    ck_assert_str_eq(r.host, "10.0.0.1");
+    ck_assert_str_eq(r.port, "26379");
+    ck_assert_str_eq(r.user, "mu");
+    ck_assert_str_eq(r.password, "mp@");
+    ck_assert_int_eq(r.db, 3);
+    ck_assert_str_eq(seeds.master, "my-master");
+    ck_assert_str_eq(seeds.sentinel_user, "su");
+    ck_assert_str_eq(seeds.sentinel_password, "s&p");
+    ck_assert_int_eq(seeds.n, 3);
+    ck_assert_str_eq(seeds.at[0].host, "::1");
+    ck_assert_str_eq(seeds.at[0].port, "26380");
+    ck_assert_str_eq(seeds.at[1].host, "h3");
+    ck_assert_str_eq(seeds.at[1].port, "5000");
+    ck_assert_str_eq(seeds.at[2].host, "h4");
+    ck_assert_str_eq(seeds.at[2].port, "26379");
+    ck_assert_int_eq(net_url_parse(&r, &seeds, "REDISS+SENTINEL://h/m?ca=/ca.pem&insecure=1", err,
+                                   sizeof err),
+                     RESP_OK);
+    ck_assert_int_eq(r.tls, 1);
+    ck_assert_int_eq(r.sentinel, 1);
+    ck_assert_str_eq(r.ca, "/ca.pem");
+    ck_assert_str_eq(seeds.master, "m");
+    ck_assert_int_eq(seeds.n, 0);
+    ck_assert_str_eq(seeds.sentinel_password, "");
+    /* a plain URL leaves the Sentinel fields empty */
+    ck_assert_int_eq(net_url_parse(&r, &seeds, "redis://h", err, sizeof err), RESP_OK);
+    ck_assert_int_eq(r.sentinel, 0);
+    ck_assert_str_eq(seeds.master, "");
+    ck_assert_int_eq(net_url_parse(&r, NULL, "redis+sentinel://h/m", err, sizeof err), RESP_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(err, "a Sentinel URL (redis+sentinel://) is not taken here"));
+    /* a failed parse never echoes, nor keeps, the sentinels' password */
+    ck_assert_int_eq(net_url_parse(&r, &seeds, "redis+sentinel://h/m?sentinel_password=hunter2&zz=1",
+                                   err, sizeof err),
+                     RESP_ERR_ARG);
+    ck_assert_ptr_null(strstr(err, "hunter2"));
+    ck_assert_str_eq(seeds.sentinel_password, "");
 }
 END_TEST
 
@@ -792,6 +862,7 @@ static Suite *conn_suite(void)
     tcase_add_loop_test(u, test_url_bad, 0, (int)(sizeof bad_urls / sizeof bad_urls[0]));
     tcase_add_test(u, test_url_never_echoes_password);
     tcase_add_test(u, test_url_cluster);
+    tcase_add_test(u, test_url_sentinel);
     tcase_add_test(u, test_url_tls);
     suite_add_tcase(s, u);
     TCase *t = tcase_create("connections");

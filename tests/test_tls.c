@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "fixture.h"
 #include "fx_cluster.h"
+#include "fx_sentinel.h"
 #include "fx_tls.h"
 #include "netx.h"
 #include "testutil.h"
@@ -687,6 +688,39 @@ START_TEST(test_cluster_over_tls)
 }
 END_TEST
 
+/* rediss+sentinel://: TLS to the sentinels and to the master they name,
+ * with the URL's parameters for both (the CA here); after a failover the
+ * connection moves to the new master over TLS (its settings made again
+ * for the new address), and every lock connection came in on a TLS port. */
+START_TEST(test_sentinel_over_tls)
+{
+    static fx_sentinel fx;
+    fx_sentinel_opts so = {1, 1, NULL, &certs};
+    ck_assert_int_eq(fx_sentinel_start(&fx, &so), 0);
+    redlock_client *c = tls_client(fx.tls_url[0], 0);
+    redlock *l = tu_lock(c, "tls:sentinel", NULL, 20000);
+    int from = fx_sentinel_master(&fx, 0);
+    fx_server *m = fx_sentinel_server(&fx, 0, from);
+    ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s", redlock_errstr(l));
+    ck_assert_str_eq(tu_get(m, "tls:sentinel"), redlock_value(l));
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    ck_assert_int_ge(clients_on_port(m, m->tls_port), 1);
+    ck_assert_int_eq(clients_on_port(m, m->port), 1); /* the one asking */
+    int to = fx_sentinel_failover(&fx, 0);
+    ck_assert_int_ge(to, 0);
+    fx_server *nw = fx_sentinel_server(&fx, 0, to);
+    fx_sleep_ms(20);
+    ck_assert_msg(redlock_trylock(l) == REDLOCK_OK, "%s", redlock_errstr(l));
+    ck_assert_str_eq(tu_get(nw, "tls:sentinel"), redlock_value(l));
+    ck_assert_int_eq(redlock_unlock(l), REDLOCK_OK);
+    ck_assert_int_ge(clients_on_port(nw, nw->tls_port), 1);
+    ck_assert_int_eq(clients_on_port(nw, nw->port), 1);
+    redlock_free(l);
+    redlock_client_free(c);
+    fx_sentinel_stop(&fx);
+}
+END_TEST
+
 /* Quorum over TLS nodes, and over TLS and plain nodes mixed. */
 START_TEST(test_quorum_mixed)
 {
@@ -1168,7 +1202,7 @@ START_TEST(test_burst_of_whole_replies)
     memset(&o, 0, sizeof o);
     o.connect_timeout_ms = o.io_timeout_ms = MS(2000);
     o.limits.max_bulk = 1024;
-    o.max_reply = 17000; /* one 16 KiB buffer and a little: no room to grow twice */
+    o.max_reply = 17000; /* a 16 KiB record and a little: no room to read on */
     o.tls = redlock_tls_openssl();
     net_conn *c = NULL;
     ck_assert_int_eq(net_conn_new(&c, &u, &o), RESP_OK);
@@ -1189,7 +1223,9 @@ START_TEST(test_burst_of_whole_replies)
         ck_assert_uint_eq(got[i].len, 1015);
         ck_assert_int_eq(got[i].text[0], 'a' + i % 26);
     }
-    ck_assert_int_eq(allocs, 0);
+    /* the buffer starts at 512 bytes: it grows to hold one 1 KiB reply
+     * (a doubling or two), never to hold the burst */
+    ck_assert_msg(allocs <= 2, "%ld allocations", allocs);
     net_conn_free(c);
     stop_fake(fake);
 }
@@ -1453,6 +1489,7 @@ static Suite *tls_suite(void)
     tcase_add_test(t, test_alloc_failure);
     tcase_add_test(t, test_wait_and_wake);
     tcase_add_test(t, test_cluster_over_tls);
+    tcase_add_test(t, test_sentinel_over_tls);
     tcase_add_test(t, test_quorum_mixed);
     tcase_add_test(t, test_unix_stays_plain);
     tcase_add_test(t, test_other_ca_refused);
