@@ -102,7 +102,7 @@ $(BUILD)/libredlock.so: $(SHARED)
 	ln -sf libredlock.so.$(VERSION) $(BUILD)/$(SONAME)
 	ln -sf $(SONAME) $@
 
-$(BUILD)/redlock: $(CLI_SRC) $(STATIC) redlock.h redlock_transport.h
+$(BUILD)/redlock: $(CLI_SRC) $(wildcard cli/*.h) $(STATIC) redlock.h redlock_transport.h
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) -I. $(CLI_SRC) $(STATIC) $(TLS_LIBS) -o $@
 
 # A fully static `redlock` command linked against musl (Debian: musl-tools),
@@ -245,7 +245,7 @@ test-sanitize:
 # Core suites under valgrind memcheck, no fork, zero leaks and errors; the
 # TLS suite too (from a TLS build), with its deadlines stretched 10-fold.
 # No suppressions are needed, for OpenSSL either.
-VALGRIND_SUITES ?= $(filter test_codec test_conn test_internals test_lock test_async test_functions test_transport test_tls test_sentinel,\
+VALGRIND_SUITES ?= $(filter test_codec test_conn test_internals test_lock test_async test_functions test_transport test_stats test_tls test_sentinel,\
                      $(TEST_SRC:tests/%.c=%))
 VALGRIND := valgrind -q --leak-check=full --error-exitcode=1 --errors-for-leak-kinds=definite,indirect
 test-valgrind: deps all examples $(TESTS)

@@ -1558,6 +1558,8 @@ static int do_write(net_conn *c, int64_t now)
     if (idle == IDLE_FAILED)
         return RESP_ERR_TLS;
     if (idle == IDLE_DEAD) {
+        snprintf(c->errstr, sizeof c->errstr, "%s closed the connection while it was idle",
+                 c->desc);
         close_socket(c, RESP_ERR_IO, 0); /* nothing was written on it */
         return start_connect(c, now);
     }

@@ -24,7 +24,8 @@
  * Parts, in the order the data flows:
  *   1. Types             the client, a node and its shards, a lock, one node's answer
  *   2. Helpers           error text, names in messages, randomness, time
- *   3. The engine        timers, the ready and done lists, engine_pass, run_until
+ *   3. The engine        timers, the ready and done lists; observability (counters,
+ *                        histograms, the event hook); engine_pass, run_until
  *   4. Rounds on nodes   a script's arguments; sending it (EVALSHA, EVAL, FCALL,
  *                        WAIT); taking a node's answer; counting what nodes said
  *   5. Redis Cluster     slots, routing, MOVED/ASK, retries, the slot map
@@ -49,6 +50,8 @@
  *   a node restarted empty   4: script_fallback (NOSCRIPT: EVAL loads it again);
  *                            7: refresh_judge sets our key there again (repair)
  *   a reply out of step      3: take_replies closes that connection
+ *   a counter, an event      3: obs_* (each counter incremented beside what it
+ *                            counts: grep c->obs); a connection made or lost: obs_watch
  *   a request's deadline     net.c fails it; 4: on_result makes it the node's error
  *   a Sentinel failover      5b: switch_heard (+switch-master), sentinel_redirect
  *                            (READONLY, MASTERDOWN) and sentinel_retry (a lost
@@ -160,6 +163,18 @@ typedef struct nres {
 
 /* ---- a node, its shards, and a cluster's routing state ---- */
 
+/* A connection as the engine last saw it (part 3, obs_watch): its
+ * connection events come from what changed since. */
+typedef struct conn_seen {
+    uint64_t socks;      /* net_conn_sockets                             */
+    uint64_t live;       /* the generation said to be connected, 0: none */
+    uint64_t rtt_gen;    /* the connection whose first reply was skipped by
+                            the round-trip estimate (it may hold a connect) */
+    uint8_t up;          /* net_conn_ready                               */
+    uint8_t ever;        /* it was connected once: the next is a reconnect */
+    uint8_t failed;      /* the status its last failed request had       */
+} conn_seen;
+
 /* One server: the lock commands (pipelined) and the listener (on demand). */
 typedef struct shard {
     net_conn *cmd;
@@ -172,6 +187,7 @@ typedef struct shard {
         uint8_t off;        /* the server refused INFO: no guard there       */
         char run_id[41];
     } age;
+    conn_seen seen[2]; /* cmd and sub, for connection events (part 3) */
 } shard;
 
 /* What a Redis Cluster member has besides its shards. */
@@ -240,6 +256,20 @@ struct redlock_client {
     int64_t now;   /* the engine's clock, read once per pass */
     int completed; /* operations that ended in this pass and are reported */
     uint64_t rng;
+    struct { /* observability (part 3): counters, and the event hook; the
+                parts of redlock_stats, put together by redlock_client_stats */
+        redlock_op_stats op[REDLOCK_STAT_KINDS];
+        uint64_t leases_lost;
+        redlock_histogram acquire_wait, round_trip, hold;
+        uint64_t events[REDLOCK_EVENT_TYPES];
+        redlock_node_stats *node; /* one per node */
+        uint32_t masters;         /* Sentinel members whose master was confirmed once */
+        int64_t created;
+        int64_t srtt[MAX_NODES]; /* round-trip estimates, ns (0: none yet) */
+        void (*fn)(const redlock_event *, void *);
+        void *arg;
+        int in_hook; /* the hook runs: calls that act are refused */
+    } obs;
     char errstr[512];
 };
 
@@ -300,6 +330,7 @@ typedef struct lock_lease {
     uint64_t fence;
     int64_t valid_until; /* ns, CLOCK_MONOTONIC                               */
     int64_t renewed_at;  /* when the last acquire or refresh that held began */
+    int64_t since;       /* when it was acquired (the hold histogram)        */
     int keepalive;
 } lock_lease;
 
@@ -322,6 +353,8 @@ typedef struct lock_op {
     int result;          /* the last operation's status                     */
     outcome deferred;    /* the status to give after a clean-up round        */
     int64_t t0;          /* when the current acquire or refresh began        */
+    int64_t started;     /* when the operation began (acquire wait)          */
+    int64_t round_at;    /* when the round's requests went out (0: none did) */
     int64_t cap;         /* the round's requests wait no longer than this    */
     uint64_t token;      /* the acquire's fencing token                      */
     char tok_str[24];
@@ -831,6 +864,320 @@ static int64_t next_due(const redlock_client *c)
     return d;
 }
 
+/* ---- observability: counters, histograms, events ----
+ * Every counter is incremented beside what it counts, by a line where it
+ * happens or one of the obs_* calls here; none allocates. An event is
+ * counted whether a hook is set or not, and formatted and handed to the
+ * hook only when one is (the hook may not call back in: in_hook). The
+ * connection events come from obs_watch, which compares a connection with
+ * what the engine saw at its last look (net.c has no callbacks): a
+ * command connection when results come from it (a change shows there: a
+ * new connection answers, a lost one fails its requests), a listener at
+ * every turn.
+ * A Sentinel member's failover is counted where part 5b confirms a master
+ * at a new address (obs_master).
+ */
+
+static const char *const event_names[REDLOCK_EVENT_TYPES] = {
+    [REDLOCK_EVENT_CONNECTED] = "connected",
+    [REDLOCK_EVENT_DISCONNECTED] = "disconnected",
+    [REDLOCK_EVENT_CONNECT_FAILED] = "connect-failed",
+    [REDLOCK_EVENT_REDIRECT] = "redirect",
+    [REDLOCK_EVENT_SLOT_MAP] = "slot-map",
+    [REDLOCK_EVENT_LEASE_LOST] = "lease-lost",
+    [REDLOCK_EVENT_SCRIPTS_LOADED] = "scripts-loaded",
+    [REDLOCK_EVENT_GUARD_YOUNG] = "guard-young",
+    [REDLOCK_EVENT_GUARD_OFF] = "guard-off",
+    [REDLOCK_EVENT_FAILOVER] = "failover",
+};
+
+/* Where an event happened: node i (c->n: none), on connection conn (NULL:
+ * the node's first), to lock l (or NULL); listener: conn is a listener. */
+typedef struct obs_at {
+    size_t i;
+    const net_conn *conn;
+    const redlock *l;
+    int listener;
+} obs_at;
+
+/* Events are rare: kept out of line, so that their formatting costs the
+ * paths that count nothing. */
+#define RARE __attribute__((cold, noinline))
+
+static void obs_event(redlock_client *c, obs_at at, int type, int status, int64_t value,
+                      const char *fmt, ...) __attribute__((format(printf, 6, 7))) RARE;
+static void obs_event(redlock_client *c, obs_at at, int type, int status, int64_t value,
+                      const char *fmt, ...)
+{
+    c->obs.events[type]++;
+    if (!c->obs.fn || c->obs.in_hook)
+        return;
+    char detail[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    redlock_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = type;
+    ev.what = event_names[type];
+    ev.status = status;
+    ev.node_index = at.i < c->n ? (int)at.i : -1;
+    ev.node = at.conn ? net_conn_desc(at.conn) : at.i < c->n ? node_desc(c, at.i) : "";
+    ev.listener = at.listener;
+    if (at.l) {
+        ev.lock = at.l;
+        ev.name = at.l->k.name;
+        ev.namelen = at.l->k.namelen;
+        ev.userdata = at.l->userdata;
+    }
+    ev.value = value;
+    ev.detail = detail;
+    c->obs.in_hook = 1;
+    c->obs.fn(&ev, c->obs.arg);
+    c->obs.in_hook = 0;
+}
+
+#define IN_HOOK                                                                            \
+    "called from inside the event hook, which must not call back into the library (see "   \
+    "redlock_client_on_event)"
+
+/* A call that acts, made from inside the hook: refused (1), with why in
+ * c->errstr. */
+static int obs_refused(redlock_client *c, const char *call)
+{
+    if (!c->obs.in_hook)
+        return 0;
+    cerr(c, REDLOCK_ERR_ARG, "%s " IN_HOOK, call);
+    return 1;
+}
+
+/* The highest set bit of v > 0. */
+static unsigned top_bit(uint64_t v)
+{
+#if defined(__GNUC__)
+    return 63u - (unsigned)__builtin_clzll(v);
+#else
+    unsigned b = 0;
+    while (v >>= 1)
+        b++;
+    return b;
+#endif
+}
+
+/* A histogram's bucket for us: 0 to 3 as they are, then four per power
+ * of two (the top bit, and the two bits after it). */
+static unsigned hist_bucket(uint64_t us)
+{
+    if (us < 4)
+        return (unsigned)us;
+    unsigned b = top_bit(us);
+    unsigned i = (b - 1) * 4 + (unsigned)((us >> (b - 2)) & 3);
+    return i < REDLOCK_STATS_BUCKETS ? i : REDLOCK_STATS_BUCKETS - 1;
+}
+
+static void hist_add(redlock_histogram *h, int64_t ns)
+{
+    uint64_t us = ns > 0 ? (uint64_t)ns / 1000 : 0;
+    h->count++;
+    h->sum_us += us;
+    if (us > h->max_us)
+        h->max_us = us;
+    h->bucket[hist_bucket(us)]++;
+}
+
+/* One operation of stat kind `kind` ended with rc. */
+static void obs_outcome(redlock_client *c, int kind, int rc)
+{
+    redlock_op_stats *o = &c->obs.op[kind];
+    o->attempts++;
+    switch (rc) {
+    case REDLOCK_OK:
+        o->successes++;
+        break;
+    case REDLOCK_NOT_ACQUIRED:
+        o->contended++;
+        break;
+    case REDLOCK_NOT_HELD:
+        o->lost++;
+        break;
+    case REDLOCK_ERR_TIMEOUT:
+        o->timeouts++;
+        break;
+    case REDLOCK_CANCELLED:
+        o->cancelled++;
+        break;
+    default:
+        o->errors++;
+    }
+}
+
+/* A lease is gone: keepalive's loss (counted), or a refresh that found it
+ * lost; why is the detail. */
+static void obs_lease_lost(redlock *l, int keepalive, const char *why)
+{
+    redlock_client *c = l->c;
+    c->obs.leases_lost += (uint64_t)keepalive;
+    obs_event(c, (obs_at){c->n, NULL, l, 0}, REDLOCK_EVENT_LEASE_LOST, REDLOCK_NOT_HELD, 0, "%s",
+              why);
+}
+
+/* l's operation of kind op (OP_*) ends with rc: a finished operation, a
+ * cancelled one, one whose loop failed. A trylock is one acquire try (a
+ * wait's tries count in try_over); an acquisition's wait goes into its
+ * histogram. Keepalive refreshes count in keepalive_done. */
+static void obs_end(redlock *l, int op, int rc)
+{
+    redlock_client *c = l->c;
+    int kind = op == OP_TRYLOCK  ? REDLOCK_STAT_ACQUIRE
+               : op == OP_LOCK   ? REDLOCK_STAT_WAIT
+               : op == OP_UNLOCK ? REDLOCK_STAT_RELEASE
+                                 : REDLOCK_STAT_REFRESH;
+    if (op != OP_TRYLOCK && op != OP_LOCK && op != OP_UNLOCK && op != OP_REFRESH)
+        return; /* inspect, list: not counted */
+    obs_outcome(c, kind, rc);
+    if (rc == REDLOCK_OK && (op == OP_TRYLOCK || op == OP_LOCK))
+        hist_add(&c->obs.acquire_wait, c->now - l->op.started);
+    if (op == OP_REFRESH && rc == REDLOCK_NOT_HELD && l->op.held_before)
+        obs_lease_lost(l, 0, errstr_of(l));
+}
+
+/* Node i answered l's request of this round: a sample for its round-trip
+ * estimate (the first reply on each new connection is skipped: it may
+ * include the connect). */
+static void obs_rtt(redlock *l, size_t i)
+{
+    redlock_client *c = l->c;
+    conn_seen *s = &c->nodes[i].sh[l->res[i].route.shard].seen[0];
+    if (!l->op.round_at || l->res[i].via.attempt != 1)
+        return;
+    if (s->rtt_gen != s->live) {
+        s->rtt_gen = s->live;
+        return;
+    }
+    int64_t d = c->now - l->op.round_at, *e = &c->obs.srtt[i];
+    *e = *e ? *e + (d - *e) / 8 : d;
+    c->obs.node[i].rtt_us = *e / 1000;
+}
+
+/* The restart guard: node i's yes to l's acquire does not count yet. */
+static void obs_young(redlock *l, size_t i)
+{
+    redlock_client *c = l->c;
+    c->obs.node[i].guard_young++;
+    obs_event(c, (obs_at){i, NULL, l, 0}, REDLOCK_EVENT_GUARD_YOUNG, REDLOCK_OK,
+              l->res[i].ans.young, "the node restarted less than one lease ago: its yes counts "
+              "in %" PRId64 " ms (restart guard)", l->res[i].ans.young);
+}
+
+/* A redirect answered by shard j of node i, for lock l (NULL: a listener's). */
+static void obs_redirect(redlock_client *c, size_t i, size_t j, const redlock *l, int ask,
+                         unsigned slot, const resp_reply *r)
+{
+    shard *sh = &c->nodes[i].sh[j];
+    if (ask)
+        c->obs.node[i].ask++;
+    else
+        c->obs.node[i].moved++;
+    obs_event(c, (obs_at){i, l ? sh->cmd : sh->sub, l, !l}, REDLOCK_EVENT_REDIRECT, REDLOCK_OK,
+              slot, "%.*s", (int)(r->len > 200 ? 200 : r->len), r->str);
+}
+
+/* Cluster node i read a slot map (scratch) from shard j: an event when it
+ * differs from the one in use. */
+static void obs_slot_map(redlock_client *c, size_t i, size_t j)
+{
+    const cluster *cl = c->nodes[i].cl;
+    int64_t moved = 0;
+    for (size_t s = 0; s < NSLOTS; s++)
+        moved += cl->slots[s] != cl->scratch[s];
+    if (!moved)
+        return;
+    c->obs.node[i].slot_maps++;
+    obs_event(c, (obs_at){i, c->nodes[i].sh[j].cmd, NULL, 0}, REDLOCK_EVENT_SLOT_MAP, REDLOCK_OK,
+              moved, "slot map: %" PRId64 " slots have a new owner (%zu servers known)", moved,
+              c->nodes[i].nsh);
+}
+
+/* Shard j of node i's connection (its listener if `listener`) changed
+ * since the engine's last look (obs_watch): ready (connected), a ready
+ * one gone (disconnected), or an attempt that ended before it was ready
+ * (connect failed: refused, TLS, AUTH, timeout, a name that does not
+ * resolve); each said once. An attempt opens and closes at least one
+ * socket (a new connection is a new socket), and closing a ready one
+ * closes one; an attempt that fails before it opens one fails its
+ * requests all the same. */
+static void obs_changed(redlock_client *c, size_t i, size_t j, int listener) RARE;
+static void obs_changed(redlock_client *c, size_t i, size_t j, int listener)
+{
+    shard *sh = &c->nodes[i].sh[j];
+    const net_conn *conn = listener ? sh->sub : sh->cmd;
+    conn_seen *s = &sh->seen[listener];
+    uint64_t gen = net_conn_generation(conn), socks = net_conn_sockets(conn);
+    redlock_node_stats *ns = &c->obs.node[i];
+    obs_at at = {i, conn, NULL, listener};
+    int up = net_conn_ready(conn), why = s->failed ? s->failed : REDLOCK_ERR_IO, gone = 0;
+    if (s->live && (gen != s->live || !up)) {
+        ns->disconnects++;
+        obs_event(c, at, REDLOCK_EVENT_DISCONNECTED, why, 0, "%s", net_conn_errstr(conn));
+        s->live = 0;
+        gone = 1;
+    }
+    if (up && !s->live) {
+        ns->connects++;
+        ns->reconnects += s->ever;
+        obs_event(c, at, REDLOCK_EVENT_CONNECTED, REDLOCK_OK, s->ever, "%s %s",
+                  s->ever ? "reconnected to" : "connected to", net_conn_desc(conn));
+        s->live = gen;
+        s->ever = 1;
+    } else if (!up && net_conn_fd(conn) < 0 &&
+               (socks - s->socks > (gone ? 2u : 0u) || socks == s->socks)) {
+        ns->connect_failures++;
+        obs_event(c, at, REDLOCK_EVENT_CONNECT_FAILED, why, 0, "%s", net_conn_errstr(conn));
+    }
+    s->socks = socks;
+    s->up = (uint8_t)up;
+    s->failed = 0;
+}
+
+/* Has shard j of node i's connection (or listener) changed since the last
+ * look? Two comparisons when nothing did (or a request failed and
+ * nothing closed). Its failed requests, if any, were noted first. */
+static void obs_watch(redlock_client *c, size_t i, size_t j, int listener)
+{
+    shard *sh = &c->nodes[i].sh[j];
+    const net_conn *conn = listener ? sh->sub : sh->cmd;
+    conn_seen *s = &sh->seen[listener];
+    int up = net_conn_ready(conn);
+    if (net_conn_sockets(conn) == s->socks && up == s->up && (up || !s->failed))
+        s->failed = 0;
+    else
+        obs_changed(c, i, j, listener);
+}
+
+/* Sentinel member i confirmed a master at a new address (part 5b,
+ * pass_over): after the first, the master switched (a failover). */
+static void obs_master(redlock_client *c, size_t i, const char *desc)
+{
+    if (!(c->obs.masters & bit(i))) {
+        c->obs.masters |= bit(i);
+        return;
+    }
+    c->obs.node[i].failovers++;
+    obs_event(c, (obs_at){i, c->nodes[i].sh[0].cmd, NULL, 0}, REDLOCK_EVENT_FAILOVER, REDLOCK_OK,
+              0, "%s: the master switched (a failover)", desc);
+}
+
+/* A new client's counters: its nodes' names, no round trip yet. */
+static void obs_init(redlock_client *c)
+{
+    c->obs.created = net_now_ns();
+    for (size_t i = 0; i < c->n; i++) {
+        snprintf(c->obs.node[i].node, sizeof c->obs.node[i].node, "%.127s", node_desc(c, i));
+        c->obs.node[i].rtt_us = -1;
+    }
+}
+
 /* ---- taking results ---- */
 
 /* Hand shard j of node i's replies to the operations that sent them. */
@@ -841,7 +1188,10 @@ static int take_replies(redlock_client *c, size_t i, size_t j)
     const resp_reply *r;
     int st, k = 0;
     while ((st = net_conn_take(conn, &tag, &r, NULL)) != RESP_IDLE) {
-        k++;
+        if (st != RESP_OK)
+            c->nodes[i].sh[j].seen[0].failed = (uint8_t)st; /* why, if it closed */
+        if (k++ == 0 || st != RESP_OK)
+            obs_watch(c, i, j, 0); /* what became of the connection, before its results */
         uint32_t kind = tag.kind & 0xff;
         if (kind == K_SLOTS || kind == K_AGE || kind == K_ROLE) {
             if (kind == K_SLOTS)
@@ -880,11 +1230,13 @@ static int take_pushes(redlock_client *c, size_t i, size_t j)
         k++;
         if (st != RESP_OK) {
             failed = 1;
+            sh->seen[1].failed = (uint8_t)st;
             continue;
         }
         on_push(c, i, j, r);
         net_conn_consume(sh->sub);
     }
+    obs_watch(c, i, j, 1);
     int up = net_conn_ready(sh->sub);
     uint64_t gen = net_conn_generation(sh->sub);
     if (failed || (sh->sub_gen && (!up || gen != sh->sub_gen))) {
@@ -1310,7 +1662,8 @@ static int queue_script(redlock *l, size_t i, size_t j, int id, int eval, void *
 static void queue_orphan(redlock *l, size_t i, int id)
 {
     id = script_for(l, i, id);
-    queue_script(l, i, route(l->c, i, l->k.slot), id, 1, NULL, (uint32_t)id, 0);
+    if (queue_script(l, i, route(l->c, i, l->k.slot), id, 1, NULL, (uint32_t)id, 0) == RESP_OK)
+        l->c->obs.node[i].requests++;
 }
 
 /* Node i failed in this round; the lowest node's error explains the
@@ -1323,6 +1676,7 @@ static void node_error(redlock *l, size_t i, int status, int transient, const ch
     nd->state = N_ERR;
     nd->status = (uint8_t)status;
     nd->transient = (uint8_t)transient;
+    l->c->obs.node[i].errors[status > 0 && status < REDLOCK_STATS_STATUSES ? status : 0]++;
     if (i < l->nerr_idx && text_of(l)) {
         va_list ap;
         va_start(ap, fmt);
@@ -1429,6 +1783,9 @@ static void age_reply(redlock_client *c, size_t i, size_t j, int status, const r
         cerr(c, REDLOCK_ERR_SERVER, "%s: restart guard off there: INFO server %s: %.*s",
              net_conn_desc(sh->cmd), r->type == RESP_ERROR ? "refused" : "has no uptime",
              (int)(r->len > 100 ? 100 : r->len), r->str);
+        c->obs.node[i].guard_off++;
+        obs_event(c, (obs_at){i, sh->cmd, NULL, 0}, REDLOCK_EVENT_GUARD_OFF, REDLOCK_ERR_SERVER,
+                  0, "%s", c->errstr);
         return;
     }
     int64_t up = 0;
@@ -1488,6 +1845,7 @@ static int send_request(redlock *l, size_t i, int ask)
                           cap);
     if (rc != RESP_OK)
         return rc;
+    c->obs.node[i].requests++;
     nd->inflight++;
     nd->route.shard = (uint16_t)j;
     if (c->opts.wait_replicas > 0 && writes(nd->via.id)) {
@@ -1549,6 +1907,7 @@ static void round_start(redlock *l, int phase, int id, uint32_t mask, int64_t ca
             l->op.outstanding--;
         }
     }
+    l->op.round_at = l->op.outstanding ? c->now : 0;
     if (l->op.outstanding == 0)
         mark_ready(l);
 }
@@ -1805,6 +2164,9 @@ static int script_fallback(redlock *l, size_t i, int id, const resp_reply *r)
         return FB_NONE;
     if (!nd->via.eval && error_starts(r, "NOSCRIPT")) {
         nd->via.eval = 1; /* not cached there (restart, SCRIPT FLUSH): EVAL loads it */
+        c->obs.node[i].script_loads++;
+        obs_event(c, (obs_at){i, NULL, l, 0}, REDLOCK_EVENT_SCRIPTS_LOADED, REDLOCK_OK, 0,
+                  "NOSCRIPT: EVAL of the %s script loads it again", scripts[id].name);
         rc = send_request(l, i, -1);
     } else if (!nd->via.fcall && !nd->via.noperm && c->opts.scripts == REDLOCK_SCRIPTS_AUTO &&
                error_starts(r, "NOPERM")) {
@@ -1818,6 +2180,10 @@ static int script_fallback(redlock *l, size_t i, int id, const resp_reply *r)
         }
         nd->via.loaded = 1; /* not there (never loaded, a restart, FUNCTION FLUSH): load it */
         what = "function library";
+        c->obs.node[i].function_loads++;
+        obs_event(c, (obs_at){i, NULL, l, 0}, REDLOCK_EVENT_SCRIPTS_LOADED, REDLOCK_OK, 1,
+                  "function %s not found: FUNCTION LOAD of " FUNCTIONS_LIBRARY,
+                  functions[id].name);
         rc = queue_load(l, i);
         if (rc == RESP_OK)
             rc = send_request(l, i, -1);
@@ -1931,6 +2297,7 @@ static int on_result(redlock *l, size_t i, uint32_t kind, int status, const resp
         bad = -1;
     } else {
         nd->state = N_OK;
+        obs_rtt(l, i);
         if (nd->via.fcall)
             c->nodes[i].fn.fcall = 1; /* auto mode: FCALL works where EVALSHA may not run */
         if (id == S_ACQUIRE || id == S_FAIR)
@@ -2168,6 +2535,7 @@ static int cluster_redirect(redlock *l, size_t i, const resp_reply *r)
                    nd->route.tries - 1, (int)(r->len > 100 ? 100 : r->len), r->str);
         return 0;
     }
+    obs_redirect(c, i, nd->route.shard, l, ask, slot, r);
     if (moved)
         slot_moved(c, i, slot, j);
     return send_request(l, i, ask ? j : -1) == REDLOCK_OK;
@@ -2235,6 +2603,7 @@ static void map_reply(redlock_client *c, size_t i, size_t j, int status, const r
             cl->map_due = c->now + ms_ns(100); /* try another node */
             return;
         }
+    obs_slot_map(c, i, j);
     memcpy(cl->slots, cl->scratch, NSLOTS * sizeof *cl->slots);
 }
 
@@ -2554,8 +2923,10 @@ static void pass_over(redlock_client *c, size_t i)
     sentinel_kick(c, i);
     /* a new master: waiters try again at once (the lock may be free there,
      * a write that never reached it; and their listener moved) */
-    if (sn->pass.state == SN_UP && sn->pass.changed)
+    if (sn->pass.state == SN_UP && sn->pass.changed) {
+        obs_master(c, i, sn->desc);
         chan_wake_all(c);
+    }
 }
 
 /* The answer of sentinel k to GET-MASTER-ADDR-BY-NAME: {host, port}, or
@@ -3342,9 +3713,10 @@ static void chan_refused(redlock_client *c, size_t i, size_t j, const resp_reply
     unsigned slot;
     int k;
     net_conn_ack(m->sh[j].sub);
-    if (m->cl && starts_with(r, "MOVED ") && redirect_target(c, i, j, r, &slot, &k) == 0)
+    if (m->cl && starts_with(r, "MOVED ") && redirect_target(c, i, j, r, &slot, &k) == 0) {
+        obs_redirect(c, i, j, NULL, 0, slot, r);
         slot_moved(c, i, slot, k);
-    else if (m->cl && starts_with(r, "ERR unknown command"))
+    } else if (m->cl && starts_with(r, "ERR unknown command"))
         m->cl->sharded = 0;
     if (!ch || ch->st[i].inflight == 0)
         return;
@@ -3459,6 +3831,9 @@ static void (*const round_ended[PH_COUNT])(redlock *) = {
 /* l's round has ended (every node answered or failed): judge it and move on. */
 static void advance(redlock *l)
 {
+    if (l->op.round_at)
+        hist_add(&l->c->obs.round_trip, l->c->now - l->op.round_at);
+    l->op.round_at = 0;
     if (l->op.phase < PH_COUNT && round_ended[l->op.phase])
         round_ended[l->op.phase](l);
 }
@@ -3493,6 +3868,7 @@ static void finish(redlock *l, int rc)
     int reported = !l->op.blocking && l->op.kind != OP_KEEPALIVE;
     if (l->text && rc == REDLOCK_OK)
         l->text->errstr[0] = '\0';
+    obs_end(l, l->op.kind, rc);
     if (l->text)
         l->text->callerr[0] = '\0'; /* the result is newer than a refused call */
     client_text(l);
@@ -3511,6 +3887,8 @@ static void finish(redlock *l, int rc)
 
 static void lease_drop(redlock *l)
 {
+    if (l->lease.held)
+        hist_add(&l->c->obs.hold, l->c->now - l->lease.since);
     l->lease.held = 0;
     l->lease.valid_until = 0;
 }
@@ -3568,10 +3946,12 @@ static void acquire_start(redlock *l)
  * may wait and try again. */
 static void try_over(redlock *l, outcome o)
 {
-    if (l->op.kind == OP_LOCK)
+    if (l->op.kind == OP_LOCK) {
+        obs_outcome(l->c, REDLOCK_STAT_ACQUIRE, o.rc); /* a trylock counts as it ends */
         lock_tried(l, o);
-    else
+    } else {
         finish(l, o.rc);
+    }
 }
 
 /* Give back what this try (or refresh) took, then end it with o. */
@@ -3609,6 +3989,8 @@ static void acquire_won(redlock *l)
     char nm[64];
     int64_t until = lease_end(l);
     if (until) {
+        if (!l->lease.held)
+            l->lease.since = l->c->now;
         l->lease.held = 1;
         l->lease.fence = l->op.token;
         l->lease.valid_until = until;
@@ -3720,6 +4102,7 @@ static void acquire_judge(redlock *l)
              * node is older than the lease */
             held++;
             young++;
+            obs_young(l, i);
             if (pttl < 0 || nd->ans.young < pttl)
                 pttl = nd->ans.young;
         } else if (nd->ans.code == 0 || nd->ans.code == 3 || nd->ans.code == 4 ||
@@ -4292,6 +4675,7 @@ static void keepalive_lost(redlock *l, const char *why)
     char nm[64];
     lease_drop(l);
     lerr(l, REDLOCK_NOT_HELD, "keepalive '%s': the lease is lost: %s", shown(l, nm, sizeof nm), why);
+    obs_lease_lost(l, 1, errstr_of(l));
     if (l->text)
         l->text->callerr[0] = '\0';
     client_text(l);
@@ -4303,6 +4687,7 @@ static void keepalive_done(redlock *l, int rc)
 {
     redlock_client *c = l->c;
     char why[sizeof ((lock_text *)0)->errstr + 64];
+    obs_outcome(c, REDLOCK_STAT_KEEPALIVE, rc);
     l->op.kind = OP_NONE;
     l->op.phase = PH_NONE;
     l->op.seq++;
@@ -4396,6 +4781,7 @@ static void op_cancel(redlock *l)
 {
     redlock_client *c = l->c;
     int acquiring = l->op.kind == OP_TRYLOCK || l->op.kind == OP_LOCK;
+    obs_end(l, l->op.kind, REDLOCK_CANCELLED);
     uint32_t written = forget_requests(l);
     if (acquiring && !l->op.held_before) {
         uint32_t landed = maybe_landed(l, written);
@@ -4575,9 +4961,10 @@ int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
     c->quorum = n / 2 + 1;
     c->guard = o.restart_guard == 1 || (o.restart_guard == -1 && n > 1);
     c->nodes = resp_alloc_array(n, sizeof *c->nodes);
+    c->obs.node = resp_alloc_array(n, sizeof *c->obs.node);
     c->pfd_cap = 2 * n;
     c->pfd = resp_alloc_array(c->pfd_cap, sizeof *c->pfd);
-    if (!c->nodes || !c->pfd) {
+    if (!c->nodes || !c->obs.node || !c->pfd) {
         redlock_client_free(c);
         return global_err(REDLOCK_ERR_NOMEM, "out of memory");
     }
@@ -4589,6 +4976,7 @@ int redlock_client_new(redlock_client **out, const char *const *urls, size_t n,
             return rc;
         }
     }
+    obs_init(c);
     if (fill_random(&c->rng, sizeof c->rng) != 0 || c->rng == 0)
         c->rng = (uint64_t)net_now_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
     *out = c;
@@ -4606,7 +4994,7 @@ static void free_chans(chan *ch)
 
 void redlock_client_free(redlock_client *c)
 {
-    if (!c)
+    if (!c || obs_refused(c, "redlock_client_free"))
         return;
     /* Locks stay valid for redlock_free only; their operations end here
      * without I/O (a held lease is reclaimed by its TTL). */
@@ -4631,6 +5019,7 @@ void redlock_client_free(redlock_client *c)
     resp_free(c->chans.sbuckets);
     resp_free(c->keys.buf);
     resp_free(c->nodes);
+    resp_free(c->obs.node);
     resp_free(c->lib_code);
     resp_free(c->pfd);
     resp_free(c);
@@ -4657,7 +5046,7 @@ void redlock_set_allocator(void *(*alloc_fn)(size_t), void *(*realloc_fn)(void *
 int redlock_client_pollfds(redlock_client *c, struct pollfd *fds, int nfds)
 {
     int k = 0;
-    if (!c)
+    if (!c || obs_refused(c, "redlock_client_pollfds"))
         return 0;
     conn_iter it = {0, 0, 0, 0};
     for (net_conn *conn; (conn = next_conn(c, &it)) != NULL;) {
@@ -4696,14 +5085,14 @@ int redlock_client_timeout_ms(const redlock_client *c)
 
 int redlock_client_process(redlock_client *c, const struct pollfd *fds, int nfds)
 {
-    if (!c)
+    if (!c || obs_refused(c, "redlock_client_process"))
         return 0;
     return engine_pass(c, fds, nfds > 0 ? nfds : 0);
 }
 
 redlock *redlock_client_done(redlock_client *c)
 {
-    if (!c || !c->locks.done_head)
+    if (!c || obs_refused(c, "redlock_client_done") || !c->locks.done_head)
         return NULL;
     redlock *l = c->locks.done_head;
     c->locks.done_head = l->link.done_next;
@@ -4842,6 +5231,8 @@ static int new_handle(redlock **out, redlock_client *c, const char *name, size_t
     *out = NULL;
     if (!c)
         return global_err(REDLOCK_ERR_ARG, "client is NULL");
+    if (obs_refused(c, "making a lock handle"))
+        return REDLOCK_ERR_ARG;
     int rc = check_new_args(c, name, namelen, value, ttl_ms);
     if (rc != REDLOCK_OK)
         return rc;
@@ -4923,7 +5314,7 @@ int redlock_new_shared(redlock **out, redlock_client *c, const char *name, const
 
 void redlock_free(redlock *l)
 {
-    if (!l)
+    if (!l || (l->c && obs_refused(l->c, "redlock_free")))
         return;
     redlock_client *c = l->c;
     if (c) {
@@ -5006,6 +5397,11 @@ static int call_ok(redlock *l)
     if (!l->c)
         return call_refused(l, REDLOCK_ERR_ARG,
                             "the lock's client was freed: only redlock_free may follow");
+    if (l->c->obs.in_hook) {
+        char nm[64];
+        return call_refused(l, REDLOCK_ERR_ARG, "a call on lock '%s' " IN_HOOK,
+                            shown(l, nm, sizeof nm));
+    }
     if (l->text)
         l->text->callerr[0] = '\0';
     return REDLOCK_OK;
@@ -5026,6 +5422,7 @@ static int op_begin(redlock *l, int kind, int blocking)
     done_remove(l);
     timer_clear(l);
     c->now = net_now_ns();
+    l->op.started = c->now;
     l->op.kind = (uint8_t)kind;
     l->op.phase = PH_NONE;
     l->op.blocking = (uint8_t)blocking;
@@ -5052,6 +5449,7 @@ static int run_blocking(redlock *l)
 {
     int rc = run_until(l->c, op_ended, l, INT64_MAX);
     if (rc != REDLOCK_OK) {
+        obs_end(l, l->op.kind, rc);
         abandon(l);
         l->op.result = lerr(l, rc, "%s", l->c->errstr);
     }
@@ -5190,6 +5588,83 @@ int redlock_holders(redlock *l, redlock_holder *out, size_t cap, size_t *count)
         *count = l->op.list.n;
     l->op.list.out = NULL;
     return rc;
+}
+
+/* ---- observability: the calls ---- */
+
+/* len bytes of src into out at offset `at`, as far as the caller's size
+ * reaches (a program built with an older, smaller redlock_stats). */
+static void put_part(void *out, size_t size, size_t at, const void *src, size_t len)
+{
+    if (at < size)
+        memcpy((char *)out + at, src, len < size - at ? len : size - at);
+}
+
+int redlock_client_stats(const redlock_client *c, redlock_stats *out, size_t size)
+{
+    if (!c || !out || size < sizeof out->size)
+        return global_err(REDLOCK_ERR_ARG, "redlock_client_stats: %s",
+                          !c ? "client is NULL" : !out ? "out is NULL" : "size is too small");
+    const size_t filled = size < sizeof *out ? size : sizeof *out;
+    const uint64_t up = (uint64_t)(net_now_ns() - c->obs.created) / 1000000;
+    const uint32_t nodes = (uint32_t)c->n;
+#define PUT(field, src) put_part(out, size, offsetof(redlock_stats, field), src, sizeof out->field)
+    memset(out, 0, size);
+    PUT(size, &filled);
+    PUT(uptime_ms, &up);
+    PUT(op, c->obs.op);
+    PUT(leases_lost, &c->obs.leases_lost);
+    PUT(acquire_wait, &c->obs.acquire_wait);
+    PUT(round_trip, &c->obs.round_trip);
+    PUT(hold, &c->obs.hold);
+    PUT(events, c->obs.events);
+    PUT(nodes, &nodes);
+#undef PUT
+    put_part(out, size, offsetof(redlock_stats, node), c->obs.node, c->n * sizeof out->node[0]);
+    return REDLOCK_OK;
+}
+
+uint64_t redlock_stats_bucket_max(unsigned i)
+{
+    if (i >= REDLOCK_STATS_BUCKETS - 1)
+        return UINT64_MAX;
+    if (i < 4)
+        return i;
+    return ((uint64_t)(5 + i % 4) << (i / 4 - 1)) - 1; /* see hist_bucket */
+}
+
+uint64_t redlock_stats_quantile(const redlock_histogram *h, double q)
+{
+    if (!h || h->count == 0)
+        return 0;
+    double want = (q > 0 ? (q < 1 ? q : 1) : 0) * (double)h->count;
+    uint64_t rank = (uint64_t)want, seen = 0;
+    if ((double)rank < want || rank == 0)
+        rank++;
+    for (unsigned i = 0; i < REDLOCK_STATS_BUCKETS; i++) {
+        seen += h->bucket[i];
+        if (seen >= rank) {
+            uint64_t top = redlock_stats_bucket_max(i);
+            return top < h->max_us ? top : h->max_us;
+        }
+    }
+    return h->max_us;
+}
+
+const char *redlock_event_name(int type)
+{
+    if (type <= 0 || type >= REDLOCK_EVENT_TYPES || !event_names[type])
+        return "unknown";
+    return event_names[type];
+}
+
+void redlock_client_on_event(redlock_client *c, void (*fn)(const redlock_event *ev, void *arg),
+                             void *arg)
+{
+    if (!c || obs_refused(c, "redlock_client_on_event"))
+        return;
+    c->obs.fn = fn;
+    c->obs.arg = fn ? arg : NULL;
 }
 
 /* ==== 9. Admin: the function library on the nodes ======================================= */
@@ -5454,6 +5929,8 @@ static int admin_run(redlock_client *c, int load, redlock_functions_node *out, s
     const char *what = load ? "functions load" : "functions status";
     if (!c)
         return global_err(REDLOCK_ERR_ARG, "client is NULL");
+    if (obs_refused(c, what))
+        return REDLOCK_ERR_ARG;
     c->errstr[0] = '\0';
     admin_maps(c);
     size_t n = library_targets(c, NULL, 0);

@@ -14,7 +14,8 @@
  *
  * Threads: a client and the locks made from it are used by one thread at a
  * time; use one client per thread. Nothing in the library calls back into
- * the application.
+ * the application, but the event hook if one is set
+ * (redlock_client_on_event).
  *
  * Errors: redlock_strerror(status) names a status (a static string). The
  * detail of a failure, one line that never contains a password, is kept
@@ -123,8 +124,9 @@ typedef struct redlock_options {
      * waiter sleeps until then. The client learns each server's run id and
      * uptime (INFO server) when a connection opens; an ACL that refuses INFO
      * turns the guard off for that node, once, with a note in
-     * redlock_client_errstr. -1: on for a quorum, off for one node; 1: on;
-     * 0: off (e.g. servers with persistence that never lose a lock). */
+     * redlock_client_errstr and an event (REDLOCK_EVENT_GUARD_OFF). -1: on
+     * for a quorum, off for one node; 1: on; 0: off (e.g. servers with
+     * persistence that never lose a lock). */
     int restart_guard;      /*                                        (default -1)  */
 } redlock_options;
 
@@ -455,6 +457,177 @@ REDLOCK_API void *redlock_userdata(const redlock *l);
  * 0 nor 1 (nothing changes then). Turning it on for a lock that is not
  * held is allowed: refreshing starts with the next acquire. */
 REDLOCK_API int redlock_keepalive(redlock *l, int on);
+
+/* ---- observability ------------------------------------------------------------------------
+ * A client counts what it does from the moment it is made: each
+ * operation's outcome, latency histograms, and per node its requests,
+ * errors, connections, redirects, script loads and restart-guard
+ * decisions. Counting is a few integer increments per operation and
+ * allocates nothing; the counters are always on. A hook, if set, hears of
+ * each event (a connection made or lost, a redirect, a lost lease, ...) as
+ * it happens. docs/observability.md has the table of what each number
+ * means and the list of events.
+ */
+
+/* Operation kinds: the index of redlock_stats.op. */
+enum {
+    REDLOCK_STAT_ACQUIRE = 0,   /* each try: a trylock, or one try of a wait (lock)      */
+    REDLOCK_STAT_WAIT = 1,      /* redlock_lock and redlock_start_lock, start to result  */
+    REDLOCK_STAT_RELEASE = 2,   /* redlock_unlock and redlock_start_unlock               */
+    REDLOCK_STAT_REFRESH = 3,   /* redlock_refresh and redlock_start_refresh             */
+    REDLOCK_STAT_KEEPALIVE = 4, /* each refresh that keepalive made                      */
+    REDLOCK_STAT_KINDS = 5
+};
+
+/* How the operations of one kind ended. Counted when one ends, so
+ * attempts is the sum of the other six; an operation in flight is in
+ * none of them yet. */
+typedef struct redlock_op_stats {
+    uint64_t attempts;  /* ended                                                  */
+    uint64_t successes; /* REDLOCK_OK                                             */
+    uint64_t contended; /* REDLOCK_NOT_ACQUIRED: another owner has it (a wait: it
+                           ran out)                                               */
+    uint64_t lost;      /* REDLOCK_NOT_HELD: not ours any more (expired, taken)   */
+    uint64_t timeouts;  /* REDLOCK_ERR_TIMEOUT                                    */
+    uint64_t errors;    /* any other status                                       */
+    uint64_t cancelled; /* REDLOCK_CANCELLED (redlock_cancel, redlock_free)       */
+} redlock_op_stats;
+
+/* A histogram of durations in microseconds, in log-spaced buckets: four
+ * per power of two (each at most 25% wide; values 0 to 3 have a bucket
+ * each). Bucket i holds the values v with
+ * redlock_stats_bucket_max(i - 1) < v <= redlock_stats_bucket_max(i); the
+ * last one holds everything from about 22 days on. */
+#define REDLOCK_STATS_BUCKETS 160
+typedef struct redlock_histogram {
+    uint64_t count;  /* values recorded                                  */
+    uint64_t sum_us; /* their sum                                        */
+    uint64_t max_us; /* the largest                                      */
+    uint64_t bucket[REDLOCK_STATS_BUCKETS]; /* values per bucket (not cumulative) */
+} redlock_histogram;
+
+/* Limits of the API's fixed arrays. */
+#define REDLOCK_STATS_NODES 32    /* a client has at most 32 nodes         */
+#define REDLOCK_STATS_STATUSES 16 /* redlock_node_stats.errors, by status  */
+#define REDLOCK_EVENT_TYPES 16    /* redlock_stats.events, by event type   */
+
+/* One node of the client (one URL: a Redis node, or a whole Redis
+ * Cluster, whose shards add up here). */
+typedef struct redlock_node_stats {
+    char node[128];            /* host:port or unix:/path (a cluster: its first seed;
+                                  Sentinel: master 'NAME'); never a password         */
+    uint64_t requests;         /* lock scripts and probes sent (again after a redirect
+                                  or NOSCRIPT)                                       */
+    uint64_t errors[REDLOCK_STATS_STATUSES]; /* the node's part of an operation failed,
+                                  by status: errors[REDLOCK_ERR_TIMEOUT], ...        */
+    uint64_t connects;         /* connections that became ready (after TLS, AUTH)     */
+    uint64_t reconnects;       /* of which after an earlier one to the same server    */
+    uint64_t disconnects;      /* ready connections that closed                       */
+    uint64_t connect_failures; /* attempts that failed (refused, TLS, AUTH, timeout)  */
+    uint64_t moved;            /* -MOVED redirects (a cluster)                        */
+    uint64_t ask;              /* -ASK redirects                                      */
+    uint64_t slot_maps;        /* the cluster's slot map changed (the first read too) */
+    uint64_t script_loads;     /* EVAL sent after NOSCRIPT (a restart, SCRIPT FLUSH)  */
+    uint64_t function_loads;   /* FUNCTION LOAD sent after a function was not found   */
+    uint64_t guard_young;      /* restart guard: a yes to an acquire not counted, the
+                                  node having restarted less than one lease ago      */
+    uint64_t guard_off;        /* restart guard: turned off there (ACL refused INFO)  */
+    uint64_t failovers;        /* a Sentinel member's master switched (the sentinels
+                                  named another, ROLE confirmed it)                  */
+    int64_t rtt_us;            /* round-trip estimate: a moving average of its
+                                  requests' round trips (1/8 weight to each new
+                                  one); -1 before the first                          */
+} redlock_node_stats;
+
+/* What a client did since it was made. Fields are only ever appended at
+ * the end; the structs inside never change. */
+typedef struct redlock_stats {
+    size_t size;        /* bytes of this struct the library filled: min(size, its own) */
+    uint64_t uptime_ms; /* since redlock_client_new                                  */
+    redlock_op_stats op[REDLOCK_STAT_KINDS]; /* by REDLOCK_STAT_*                      */
+    uint64_t leases_lost; /* keepalive reported a lease lost (redlock_client_done)    */
+    redlock_histogram acquire_wait; /* each acquisition (trylock or lock that returned
+                                       REDLOCK_OK): from the call (or start) to the result */
+    redlock_histogram round_trip;   /* each round an operation sent to its nodes: from the
+                                       requests going out to the last answer           */
+    redlock_histogram hold;         /* each lease held: from its acquisition to its end
+                                       (unlock, a loss, a failed refresh)               */
+    uint64_t events[REDLOCK_EVENT_TYPES]; /* events by type, whether a hook is set or not */
+    uint32_t nodes;                       /* entries of node[] in use: the client's URLs */
+    redlock_node_stats node[REDLOCK_STATS_NODES];
+} redlock_stats;
+
+/* Copy c's counters into *out. size is sizeof *out as the caller compiled
+ * it: the library copies min(size, the size of its own struct) bytes
+ * (out->size says how many) and zeroes the rest up to size, so a program
+ * built against an older, smaller redlock_stats keeps working with a newer
+ * library. No I/O, no allocation; may be called from the event hook.
+ * REDLOCK_OK, or REDLOCK_ERR_ARG (c or out NULL, size smaller than the
+ * size field) with the detail in redlock_last_errstr(). */
+REDLOCK_API int redlock_client_stats(const redlock_client *c, redlock_stats *out, size_t size);
+/* The largest value (us) bucket i of a histogram holds (inclusive);
+ * UINT64_MAX for the last bucket and beyond. Prometheus' "le" bounds. */
+REDLOCK_API uint64_t redlock_stats_bucket_max(unsigned i);
+/* The q-quantile (0 <= q <= 1: 0.5, 0.99, 0.999) of h, in us, as the
+ * upper bound of the bucket that holds it (at most 25% above the true
+ * value), but never above h->max_us; 0 when h is empty or NULL. */
+REDLOCK_API uint64_t redlock_stats_quantile(const redlock_histogram *h, double q);
+
+/* Event types (redlock_event.type). Append-only. */
+enum {
+    REDLOCK_EVENT_CONNECTED = 1,    /* a connection became ready; value 1 on a reconnect     */
+    REDLOCK_EVENT_DISCONNECTED = 2, /* a ready connection closed; detail says why            */
+    REDLOCK_EVENT_CONNECT_FAILED = 3, /* an attempt failed: status REDLOCK_ERR_IO (refused,
+                                         reset), _TIMEOUT, _TLS (handshake, certificate),
+                                         _AUTH (AUTH/SELECT refused); detail says which    */
+    REDLOCK_EVENT_REDIRECT = 4,     /* a cluster answered -MOVED or -ASK; value: the slot    */
+    REDLOCK_EVENT_SLOT_MAP = 5,     /* a cluster's slot map changed; value: slots that moved */
+    REDLOCK_EVENT_LEASE_LOST = 6,   /* keepalive lost a lease, or a refresh found it lost    */
+    REDLOCK_EVENT_SCRIPTS_LOADED = 7, /* EVAL after NOSCRIPT, or FUNCTION LOAD, was sent     */
+    REDLOCK_EVENT_GUARD_YOUNG = 8,  /* restart guard: a node's yes not counted; value: ms
+                                       until it counts                                    */
+    REDLOCK_EVENT_GUARD_OFF = 9,    /* restart guard off for a node: its ACL refused INFO   */
+    REDLOCK_EVENT_FAILOVER = 10     /* a Sentinel member's master switched: the new one
+                                       confirmed (by ROLE) at another address              */
+};
+
+/* The name of an event type ("connected", "lease-lost", ...; the same as
+ * redlock_event.what), or "unknown". Static string. */
+REDLOCK_API const char *redlock_event_name(int type);
+
+/* One event. Every pointer is valid only during the hook's call. */
+typedef struct redlock_event {
+    int type;            /* REDLOCK_EVENT_*                                          */
+    const char *what;    /* its name: "connected", "lease-lost", ... (static)         */
+    int status;          /* REDLOCK_OK, or the status of the failure it reports      */
+    int node_index;      /* the node (index of its URL) it happened on; -1: none      */
+    const char *node;    /* that server: host:port or unix:/path, never a password; "" */
+    int listener;        /* connection events: 1 the pub/sub listener, 0 the command
+                            connection                                              */
+    const redlock *lock; /* the lock it happened to, or NULL                          */
+    const char *name;    /* that lock's name (namelen bytes and a NUL), or NULL      */
+    size_t namelen;
+    void *userdata;      /* that lock's redlock_userdata, or NULL                    */
+    int64_t value;       /* by type (see above); 0 otherwise                         */
+    const char *detail;  /* one line: what happened and why (never a password)       */
+} redlock_event;
+
+/* Call fn(ev, arg) for each event of c from now on (fn NULL: no hook). The
+ * hook runs synchronously inside the library, in the thread that drives c,
+ * and must not call back into it: from inside the hook, every call on c or
+ * one of its locks that acts (redlock_trylock, redlock_start_*,
+ * redlock_cancel, redlock_keepalive, redlock_new, redlock_functions_load,
+ * ...) returns REDLOCK_ERR_ARG with the reason in redlock_client_errstr(c)
+ * (and redlock_errstr of the lock); redlock_client_process and
+ * redlock_client_pollfds return 0 and redlock_client_done NULL, doing
+ * nothing; redlock_free, redlock_client_free and redlock_client_on_event
+ * do nothing (with the reason in redlock_client_errstr). Reading is allowed: redlock_client_stats,
+ * redlock_fence, redlock_validity_ms, redlock_value, redlock_userdata,
+ * redlock_result, redlock_errstr. Keep it short: the engine waits for it.
+ * With no hook an event costs a counter increment. c NULL: nothing. */
+REDLOCK_API void redlock_client_on_event(redlock_client *c,
+                                         void (*fn)(const redlock_event *ev, void *arg),
+                                         void *arg);
 
 /* ---- the function library on the nodes ---------------------------------------------------- */
 

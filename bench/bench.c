@@ -384,11 +384,29 @@ static void hiredis_ping(redisContext *h)
 
 /* ---- 1, 2: cycle vs round trip, vs hiredis --------------------------------------------- */
 
-enum { S_PING, S_CYCLE, S_CYCLE_NOFENCE, S_FCYCLE, S_HPING, S_HCYCLE, S_KINDS };
+enum { S_PING, S_CYCLE, S_CYCLE_NOFENCE, S_FCYCLE, S_HOOK, S_HPING, S_HCYCLE, S_KINDS };
 static const char *const kind_name[S_KINDS] = {
     "PING (redlock-c connection)", "trylock+unlock, fencing on", "trylock+unlock, fencing off",
-    "trylock+unlock by FCALL (functions mode)", "PING (hiredis)",
-    "SET NX PX + EVALSHA del (hiredis)"};
+    "trylock+unlock by FCALL (functions mode)", "trylock+unlock, event hook, stats read",
+    "PING (hiredis)", "SET NX PX + EVALSHA del (hiredis)"};
+
+/* The event hook of the hook rows: it counts. */
+static long hook_events;
+static void count_event(const redlock_event *ev, void *arg)
+{
+    (void)ev;
+    (void)arg;
+    hook_events++;
+}
+
+/* A cycle with an event hook set, and the client's stats read after it. */
+static void cycle_observed(redlock *l, redlock_client *c)
+{
+    static redlock_stats st;
+    cycle(l, c);
+    if (redlock_client_stats(c, &st, sizeof st) != REDLOCK_OK)
+        die("stats: %s", redlock_last_errstr());
+}
 
 static double cycle_med_ours = -1, cycle_med_hiredis = -1; /* for section 2b */
 
@@ -408,7 +426,10 @@ static void bench_cycle(void)
     int fcall_ok = redlock_trylock(lf) == REDLOCK_OK && redlock_unlock(lf) == REDLOCK_OK;
     if (!fcall_ok) /* $REDLOCK_URL's server without the library, and a user who may not load it */
         printf("  (FCALL row skipped: %s)\n", redlock_client_errstr(cf));
-    int kinds = 4;
+    redlock_client *co = client_for(urls, 1, 1);
+    redlock_client_on_event(co, count_event, NULL);
+    redlock *lo = lock_for(co, "bench:cycle:hook", 10000);
+    int kinds = 5;
 #ifdef HAVE_HIREDIS
     redisContext *h = hiredis_for(urls[0]);
     hiredis_prepare(h);
@@ -416,7 +437,7 @@ static void bench_cycle(void)
 #endif
     double *all[S_KINDS];
     double med[S_KINDS][16];
-    double ratio_rt[16], ratio_h[16], ratio_hn[16], ratio_f[16];
+    double ratio_rt[16], ratio_h[16], ratio_hn[16], ratio_f[16], ratio_o[16];
     for (int k = 0; k < S_KINDS; k++)
         all[k] = calloc((size_t)(rounds * per), sizeof(double));
     double *tmp = calloc((size_t)per, sizeof(double));
@@ -427,6 +448,7 @@ static void bench_cycle(void)
         cycle(ln, cn);
         if (fcall_ok)
             cycle(lf, cf);
+        cycle_observed(lo, co);
 #ifdef HAVE_HIREDIS
         hiredis_ping(h);
         hiredis_cycle(h, "bench:h", "hiredis-owner");
@@ -441,6 +463,7 @@ static void bench_cycle(void)
                 case S_CYCLE: cycle(l, c); break;
                 case S_CYCLE_NOFENCE: cycle(ln, cn); break;
                 case S_FCYCLE: if (fcall_ok) cycle(lf, cf); break;
+                case S_HOOK: cycle_observed(lo, co); break;
 #ifdef HAVE_HIREDIS
                 case S_HPING: hiredis_ping(h); break;
                 case S_HCYCLE: hiredis_cycle(h, "bench:h", "hiredis-owner"); break;
@@ -454,11 +477,13 @@ static void bench_cycle(void)
         }
         ratio_rt[r] = med[S_CYCLE][r] / (2 * med[S_PING][r]);
         ratio_f[r] = med[S_FCYCLE][r] / med[S_CYCLE][r];
+        ratio_o[r] = med[S_HOOK][r] / med[S_CYCLE][r];
         ratio_h[r] = med[S_CYCLE][r] / med[S_HCYCLE][r];
         ratio_hn[r] = med[S_CYCLE_NOFENCE][r] / med[S_HCYCLE][r];
     }
     static const char *const keys[S_KINDS] = {"ping",         "cycle",        "cycle_nofence",
-                                              "fcall_cycle",  "hiredis_ping", "hiredis_cycle"};
+                                              "fcall_cycle",  "hook_cycle",   "hiredis_ping",
+                                              "hiredis_cycle"};
     for (int k = 0; k < kinds; k++) {
         char key[64];
         double m[16];
@@ -476,6 +501,8 @@ static void bench_cycle(void)
     if (fcall_ok)
         put("cycle", "fcall_over_evalsha", median(ratio_f, (size_t)rounds), "x",
             "ratio: FCALL cycle / EVALSHA cycle");
+    put("cycle", "hook_over_cycle", median(ratio_o, (size_t)rounds), "x",
+        "ratio: cycle with hook and stats read / cycle");
     cycle_med_ours = median(med[S_CYCLE], (size_t)rounds);
 #ifdef HAVE_HIREDIS
     cycle_med_hiredis = median(med[S_HCYCLE], (size_t)rounds);
@@ -497,9 +524,11 @@ static void bench_cycle(void)
     redlock_free(l);
     redlock_free(ln);
     redlock_free(lf);
+    redlock_free(lo);
     redlock_client_free(c);
     redlock_client_free(cn);
     redlock_client_free(cf);
+    redlock_client_free(co);
     net_conn_free(pc);
 }
 
@@ -1398,6 +1427,16 @@ static void bench_footprint(void)
     }
     put("footprint", "allocs_per_cycle", (double)(n_alloc - a0) / cycles, "",
         "allocations per trylock+refresh+unlock   (target 0)");
+    static redlock_stats st;
+    redlock_client_on_event(c, count_event, NULL);
+    a0 = n_alloc;
+    for (int i = 0; i < cycles; i++) {
+        if (redlock_trylock(l) != REDLOCK_OK || redlock_refresh(l) != REDLOCK_OK ||
+            redlock_unlock(l) != REDLOCK_OK || redlock_client_stats(c, &st, sizeof st) != REDLOCK_OK)
+            die("footprint cycle: %s", redlock_client_errstr(c));
+    }
+    put("footprint", "allocs_per_cycle_hook", (double)(n_alloc - a0) / cycles, "",
+        "allocations per cycle, hook set, stats read (target 0)");
     put("footprint", "setup_allocs", (double)setup_allocs, "", "allocations: client + lock + connect");
     put("footprint", "setup_bytes", (double)setup_bytes, "B", "bytes allocated: client + lock + connect");
     redlock_free(l);

@@ -3,6 +3,7 @@
  *
  *   redlock run [OPTIONS] NAME -- COMMAND [ARG...]
  *   redlock status [OPTIONS] NAME
+ *   redlock stats [OPTIONS] [NAME]
  *   redlock functions load|status|code [-u URL]...
  *
  * While COMMAND runs, the lock is refreshed every TTL/3. If it is lost,
@@ -12,6 +13,7 @@
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE
 #include "redlock.h"
+#include "observe.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -44,7 +46,7 @@ typedef struct cli {
     char *url_env; /* owns the strings split from $REDLOCK_URL */
     uint32_t ttl_ms, wait_ms, grace_ms;
     int conflict_code;
-    int quiet, verbose, fair, wait_replicas;
+    int quiet, verbose, fair, wait_replicas, json;
     int scripts; /* REDLOCK_SCRIPTS_* */
     int restart_guard; /* redlock_options.restart_guard */
     uint32_t limit;    /* --limit: a permit of a semaphore of this many (0: a lock) */
@@ -62,6 +64,7 @@ typedef struct cli {
 static const char usage_text[] =
     "usage: redlock run [OPTIONS] NAME -- COMMAND [ARG...]\n"
     "       redlock status [OPTIONS] NAME\n"
+    "       redlock stats [OPTIONS] [NAME]\n"
     "       redlock functions load|status|code [-u URL]...\n"
     "       redlock --help | --version\n"
     "\n"
@@ -97,9 +100,15 @@ static const char usage_text[] =
     "  -G, --restart-guard MODE    auto (default: on for a quorum), on or off: a node\n"
     "                              that restarted less than a TTL ago does not count\n"
     "  -q, --quiet                 no message when the lock is busy\n"
-    "  -v, --verbose               report acquire, refresh and release on stderr\n"
+    "  -v, --verbose               report acquire, release, each event (connections,\n"
+    "                              redirects, scripts loaded, ...) and a timing line\n"
+    "                              (connect, wait, hold, release) on stderr\n"
+    "  -j, --json                  stats: print JSON instead of text\n"
     "  -h, --help                  this text\n"
-    "  -V, --version               the version\n"
+    "  -V, --version               the version\n";
+
+/* The rest of --help (one string would be longer than C guarantees). */
+static const char usage_notes[] =
     "\n"
     "DURATION: a number with ms, s or m (500ms, 10s, 2m); a bare number is seconds.\n"
     "\n"
@@ -116,6 +125,11 @@ static const char usage_text[] =
     "status: 0 when NAME is held, 1 when it is free, 69 on errors. It prints\n"
     "'NAME: held, N ms left, fence F' ('no expiry' for a key without a TTL) or\n"
     "'NAME: free, fence F'.\n"
+    "stats: takes and releases NAME (default redlock-stats-probe) once, then prints\n"
+    "the client's counters: operations by outcome, latency percentiles, and per\n"
+    "node requests, errors, connections, redirects, script loads, restart-guard\n"
+    "decisions and round trip; 0 when the probe worked (or found NAME busy), 69\n"
+    "when it failed (the counters say where).\n"
     "\n"
     "functions: the scripts as a Redis Functions library, for servers whose ACL\n"
     "denies EVAL/EVALSHA but allows FCALL. 'load' loads this version's library\n"
@@ -124,6 +138,12 @@ static const char usage_text[] =
     "node has, 'code' prints the library (redis-cli -x FUNCTION LOAD takes it).\n"
     "load: 0 when every node has it, 69 otherwise; status: 0 when every node has\n"
     "this version, 1 when one lacks it, 69 on errors.\n";
+
+static void print_usage(void)
+{
+    fputs(usage_text, stdout);
+    fputs(usage_notes, stdout);
+}
 
 /* ---- messages ----------------------------------------------------------------- */
 
@@ -239,6 +259,7 @@ static const struct option long_opts[] = {
     {"restart-guard", required_argument, NULL, 'G'},
     {"quiet", no_argument, NULL, 'q'},
     {"verbose", no_argument, NULL, 'v'},
+    {"json", no_argument, NULL, 'j'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -313,7 +334,7 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
     int ch, rc;
     opterr = 0;
     optind = 1;
-    const char *spec = stop_at_name ? "+:u:t:w:g:E:Fl:sR:S:G:qvhV" : ":u:t:w:g:E:Fl:sR:S:G:qvhV";
+    const char *spec = stop_at_name ? "+:u:t:w:g:E:Fl:sR:S:G:qvjhV" : ":u:t:w:g:E:Fl:sR:S:G:qvjhV";
     while ((ch = getopt_long(argc, argv, spec, long_opts, NULL)) != -1) {
         switch (ch) {
         case 'F':
@@ -328,8 +349,11 @@ static int parse_options(cli *o, int argc, char **argv, int stop_at_name)
         case 'v':
             o->verbose = 1;
             break;
+        case 'j':
+            o->json = 1;
+            break;
         case 'h':
-            fputs(usage_text, stdout);
+            print_usage();
             return 0;
         case 'V':
             printf("redlock %s\n", REDLOCK_VERSION);
@@ -598,13 +622,26 @@ static void supervise(cli *o, redlock_client *c, redlock *l, runstate *rs)
         free(fds);
 }
 
+/* redlock_unlock, with when it began and ended. */
+static int release_timed(redlock *l, run_timing *t)
+{
+    t->release = cli_now_us();
+    int rc = redlock_unlock(l);
+    t->released = cli_now_us();
+    return rc;
+}
+
 static int run_command(cli *o)
 {
     redlock_client *c = NULL;
     redlock *l = NULL;
+    run_timing t = {cli_now_us(), 0, 0, 0, 0};
     int rc = open_lock(o, &c, &l);
+    if (rc < 0 && o->verbose)
+        redlock_client_on_event(c, cli_event_hook, &t);
     if (rc >= 0 || (rc = take_lock(o, c, l)) >= 0)
         goto out;
+    t.acquired = cli_now_us();
     if (setup_signals() != 0) {
         say("cannot set up signals: %s", strerror(errno));
         redlock_unlock(l);
@@ -626,17 +663,18 @@ static int run_command(cli *o)
         say("lost the lock %s: %s; COMMAND was stopped", o->name, rs.why);
         /* Compare-and-delete, so harmless if someone else holds it now; frees
          * the lock at once if it was still ours on a slow node. */
-        redlock_unlock(l);
+        release_timed(l, &t);
         rc = EXIT_LOST;
         goto out;
     }
     rc = exit_status_of(rs.status);
-    int u = redlock_unlock(l);
-    if (u != REDLOCK_OK)
+    if (release_timed(l, &t) != REDLOCK_OK)
         say("releasing %s: %s", o->name, redlock_client_errstr(c));
     else if (o->verbose)
         say("released %s", o->name);
 out:
+    if (o->verbose && l)
+        cli_timing_line(&t);
     redlock_free(l);
     redlock_client_free(c);
     return rc;
@@ -695,6 +733,32 @@ out:
     redlock_free(l);
     redlock_client_free(c);
     return rc;
+}
+
+/* ---- stats ----------------------------------------------------------------------------------- */
+
+/* A probe (NAME taken and given back once), then the client's counters. */
+static int stats_command(cli *o)
+{
+    redlock_client *c = NULL;
+    redlock *l = NULL;
+    int rc = open_lock(o, &c, &l);
+    if (rc >= 0) {
+        redlock_free(l);
+        redlock_client_free(c);
+        return rc;
+    }
+    stats_probe p = {o->name, redlock_trylock(l)};
+    if (p.status == REDLOCK_OK)
+        p.status = redlock_unlock(l);
+    if (p.status != REDLOCK_OK && p.status != REDLOCK_NOT_ACQUIRED)
+        say("probe %s: %s", o->name, redlock_client_errstr(c));
+    redlock_stats s;
+    redlock_client_stats(c, &s, sizeof s);
+    cli_print_stats(stdout, &s, &p, o->json);
+    redlock_free(l);
+    redlock_client_free(c);
+    return p.status == REDLOCK_OK || p.status == REDLOCK_NOT_ACQUIRED ? 0 : EXIT_UNAVAILABLE;
 }
 
 /* ---- functions ------------------------------------------------------------------------------ */
@@ -837,10 +901,10 @@ int main(int argc, char **argv)
     o.conflict_code = EXIT_CONFLICT;
 
     if (argc < 2)
-        return usage_error("missing command: run, status or functions");
+        return usage_error("missing command: run, status, stats or functions");
     const char *sub = argv[1];
     if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0) {
-        fputs(usage_text, stdout);
+        print_usage();
         return 0;
     }
     if (strcmp(sub, "--version") == 0 || strcmp(sub, "-V") == 0) {
@@ -849,9 +913,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(sub, "functions") == 0)
         return functions_main(&o, argc - 1, argv + 1);
-    int is_run = strcmp(sub, "run") == 0;
-    if (!is_run && strcmp(sub, "status") != 0)
-        return usage_error("unknown command '%s': want run, status or functions", sub);
+    int is_run = strcmp(sub, "run") == 0, is_stats = strcmp(sub, "stats") == 0;
+    if (!is_run && !is_stats && strcmp(sub, "status") != 0)
+        return usage_error("unknown command '%s': want run, status, stats or functions", sub);
 
     int sargc = argc - 1;
     char **sargv = argv + 1;
@@ -860,11 +924,11 @@ int main(int argc, char **argv)
     if (rc >= 0)
         goto done;
     int limit = dd >= 0 ? dd : sargc;
-    if (optind >= limit) {
+    if (optind >= limit && !is_stats) {
         rc = usage_error("missing lock NAME");
         goto done;
     }
-    o.name = sargv[optind];
+    o.name = optind < limit ? sargv[optind] : "redlock-stats-probe";
     if (!*o.name) {
         rc = usage_error("lock NAME is empty");
         goto done;
@@ -880,7 +944,7 @@ int main(int argc, char **argv)
         rc = EXIT_USAGE;
         goto done;
     }
-    rc = is_run ? run_command(&o) : status_command(&o);
+    rc = is_run ? run_command(&o) : is_stats ? stats_command(&o) : status_command(&o);
 done:
     free(o.url_env);
     return rc;

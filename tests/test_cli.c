@@ -191,8 +191,8 @@ static const char *const documented_options[][2] = {
     {"u", "url"},  {"t", "ttl"},     {"w", "wait"},    {"g", "grace"},
     {"E", "conflict-exit-code"},     {"F", "fair"},    {"R", "wait-replicas"},
     {"l", "limit"}, {"s", "shared"},
-    {"S", "scripts"}, {"G", "restart-guard"}, {"q", "quiet"}, {"v", "verbose"}, {"h", "help"},
-    {"V", "version"},
+    {"S", "scripts"}, {"G", "restart-guard"}, {"q", "quiet"}, {"v", "verbose"}, {"j", "json"},
+    {"h", "help"},    {"V", "version"},
 };
 static const char *const documented_exits[] = {"0", "1", "64", "69", "75", "76", "126", "127"};
 #define N_OPTIONS (sizeof documented_options / sizeof documented_options[0])
@@ -250,6 +250,7 @@ START_TEST(test_help_and_version)
     section(part, sizeof part, help, "usage:", "\n\n");
     ck_assert_ptr_nonnull(strstr(part, "redlock run [OPTIONS] NAME -- COMMAND [ARG...]"));
     ck_assert_ptr_nonnull(strstr(part, "redlock status [OPTIONS] NAME"));
+    ck_assert_ptr_nonnull(strstr(part, "redlock stats [OPTIONS] [NAME]"));
     ck_assert_ptr_nonnull(strstr(part, "redlock functions load|status|code"));
     ck_assert_ptr_nonnull(strstr(part, "redlock --help | --version"));
 
@@ -299,7 +300,8 @@ START_TEST(test_no_arguments_names_every_command)
 {
     ck_assert_int_eq(run_cli("none", NULL, (const char *[]){NULL}), 64);
     ck_assert_str_eq(slurp("none.err"),
-                     "redlock: missing command: run, status or functions (see redlock --help)\n");
+                     "redlock: missing command: run, status, stats or functions (see redlock "
+                     "--help)\n");
     ck_assert_str_eq(slurp("none.out"), "");
 }
 END_TEST

@@ -435,6 +435,86 @@ START_TEST(test_migration_held_and_waiting)
 }
 END_TEST
 
+/* The same migration as seen by redlock_client_stats and the event hook:
+ * one -ASK and one -MOVED redirect, each an event naming the lock and the
+ * slot. The slot map changes when first read, and again when the -MOVED
+ * has it read anew: by another slot that moved meanwhile (the lock's own
+ * the -MOVED taught already). */
+START_TEST(test_migration_stats_and_events)
+{
+    static tu_events ev;
+    memset(&ev, 0, sizeof ev);
+    find_primaries();
+    char name[64], other[64];
+    name_on(primaries[1], "obs-", name, sizeof name);
+    name_on(primaries[1], "obs-other-", other, sizeof other);
+    int slot = fx_cluster_keyslot(&cl, name, strlen(name)), to = primaries[2];
+    int slot2 = fx_cluster_keyslot(&cl, other, strlen(other));
+    ck_assert_int_ne(slot, slot2);
+    redlock_client *c = cluster_client(0, 0);
+    redlock_client_on_event(c, tu_record, &ev);
+    redlock *h = tu_lock(c, name, "holder", 20000);
+    ck_assert_int_eq(redlock_trylock(h), REDLOCK_OK);
+    /* the whole map at first (less the slot a -MOVED from the seed taught
+     * first, if the seed does not serve it); its reply may come after the
+     * acquire's */
+    for (int k = 0; k < 100 && tu_events_count(&ev, REDLOCK_EVENT_SLOT_MAP) == 0; k++)
+        tu_turn(c, 20);
+    ck_assert_int_eq(tu_events_count(&ev, REDLOCK_EVENT_SLOT_MAP), 1);
+    ck_assert_int_ge(tu_events_find(&ev, REDLOCK_EVENT_SLOT_MAP)->value, 16383);
+    redlock_stats *st = calloc(2, sizeof *st);
+    ck_assert_ptr_nonnull(st);
+    ck_assert_int_eq(redlock_client_stats(c, &st[1], sizeof *st), REDLOCK_OK);
+    ck_assert_uint_eq(st[1].node[0].slot_maps, 1);
+    ck_assert_uint_eq(st[1].node[0].ask, 0);
+    memset(&ev, 0, sizeof ev);
+
+    ck_assert_int_eq(fx_cluster_migrate_slot(&cl, slot2, to), 0); /* no lock of ours there */
+    ck_assert_int_eq(fx_cluster_migrate_begin(&cl, slot, to), 0);
+    ck_assert_int_ge(fx_cluster_migrate_keys(&cl, slot, to, 0), 2);
+    ck_assert_int_eq(redlock_refresh(h), REDLOCK_OK); /* -ASK */
+    ck_assert_int_eq(fx_cluster_migrate_finish(&cl, slot, to), 0);
+    ck_assert_int_eq(redlock_refresh(h), REDLOCK_OK); /* -MOVED */
+    ck_assert_int_eq(redlock_refresh(h), REDLOCK_OK); /* straight to the new owner */
+    ck_assert_int_eq(redlock_unlock(h), REDLOCK_OK);
+    for (int k = 0; k < 100 && tu_events_count(&ev, REDLOCK_EVENT_SLOT_MAP) == 0; k++)
+        tu_turn(c, 20); /* the map the -MOVED asked for */
+
+    ck_assert_int_eq(redlock_client_stats(c, st, sizeof *st), REDLOCK_OK);
+    ck_assert_uint_eq(st->nodes, 1);
+    ck_assert_uint_eq(st->node[0].ask, 1);
+    ck_assert_uint_eq(st->node[0].moved - st[1].node[0].moved, 1);
+    ck_assert_uint_eq(st->node[0].slot_maps, 2);
+    ck_assert_uint_eq(st->events[REDLOCK_EVENT_REDIRECT] - st[1].events[REDLOCK_EVENT_REDIRECT], 2);
+    ck_assert_uint_eq(st->op[REDLOCK_STAT_REFRESH].successes, 3);
+    /* refreshes: one by -ASK (2 requests), one by -MOVED (2), one straight */
+    ck_assert_uint_eq(st->node[0].requests - st[1].node[0].requests,
+                      2 + 2 + 1 + 1 + st->node[0].script_loads - st[1].node[0].script_loads);
+    ck_assert_int_eq(tu_events_count(&ev, REDLOCK_EVENT_REDIRECT), 2);
+    int asks = 0, moves = 0;
+    for (int k = 0; k < ev.n && k < TU_EVENTS; k++) {
+        const tu_event *e = &ev.at[k];
+        if (e->type == REDLOCK_EVENT_REDIRECT) {
+            ck_assert_str_eq(e->name, name);
+            ck_assert_int_eq(e->value, slot);
+            ck_assert_str_eq(e->node, fx_cluster_node_url(&cl, primaries[1]) + strlen("redis://"));
+            asks += strncmp(e->detail, "ASK ", 4) == 0;
+            moves += strncmp(e->detail, "MOVED ", 6) == 0;
+        }
+        if (e->type == REDLOCK_EVENT_SLOT_MAP)
+            ck_assert_int_eq(e->value, 1); /* just the other slot */
+    }
+    ck_assert_int_eq(asks, 1);
+    ck_assert_int_eq(moves, 1);
+    ck_assert_int_eq(tu_events_count(&ev, REDLOCK_EVENT_SLOT_MAP), 1);
+    free(st);
+    ck_assert_int_eq(fx_cluster_migrate_slot(&cl, slot, primaries[1]), 0); /* back */
+    ck_assert_int_eq(fx_cluster_migrate_slot(&cl, slot2, primaries[1]), 0);
+    redlock_free(h);
+    redlock_client_free(c);
+}
+END_TEST
+
 /* ---- failover ------------------------------------------------------------------------------------------ */
 
 /* CLUSTER FAILOVER while held, with wait_replicas = 1: the lock and its
@@ -990,6 +1070,7 @@ int main(void)
     tcase_add_test(t, test_wait_wake_sharded);
     tcase_add_test(t, test_fair_sharded);
     tcase_add_test(t, test_migration_held_and_waiting);
+    tcase_add_test(t, test_migration_stats_and_events);
     tcase_add_test(t, test_failover_keeps_lock);
     tcase_add_test(t, test_wait_replicas_unmet);
     tcase_add_test(t, test_stress_with_migration);

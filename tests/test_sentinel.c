@@ -512,11 +512,15 @@ END_TEST
  * makes blocking calls (its loop may wait in recv() alone) hears it before
  * its next request goes out. From the switch on, no script reaches the old
  * master, which stays a master for a while (until the sentinels convert
- * it) and has replica-read-only off: only the clients keep writes away. */
+ * it) and has replica-read-only off: only the clients keep writes away.
+ * Each client counts one failover, and tells its event hook. */
 START_TEST(test_failover_waiter)
 {
+    static tu_events ev;
+    memset(&ev, 0, sizeof ev);
     redlock_options o = patient();
     redlock_client *c = sentinel_client(fx.url[0], &o);
+    redlock_client_on_event(c, tu_record, &ev);
     int from = fx_sentinel_master(&fx, 0);
     ck_assert_int_ge(from, 0);
     fx_server *old = fx_sentinel_server(&fx, 0, from);
@@ -528,6 +532,9 @@ START_TEST(test_failover_waiter)
     ck_assert_int_eq(redlock_unlock(bl), REDLOCK_OK);
     ck_assert_int_eq(redlock_trylock(holder), REDLOCK_OK);
     uint64_t f1 = redlock_fence(holder);
+    static redlock_stats st;
+    ck_assert_int_eq(redlock_client_stats(c, &st, sizeof st), REDLOCK_OK);
+    ck_assert_uint_eq(st.node[0].failovers, 0); /* the first master found is no failover */
     ck_assert_int_eq(redlock_start_lock(waiter, 60000), REDLOCK_OK);
     listening w = {old, "sn:fo"};
     ck_assert(turn_until(c, has_listener, &w, 200));
@@ -552,6 +559,17 @@ START_TEST(test_failover_waiter)
     ck_assert_str_eq(tu_get(nw, "sn:fo"), "waiter");
     ck_assert_int_eq(redlock_unlock(waiter), REDLOCK_OK);
     ck_assert_int_eq(script_calls(old), 0);
+    ck_assert_int_eq(redlock_client_stats(c, &st, sizeof st), REDLOCK_OK);
+    ck_assert_uint_eq(st.node[0].failovers, 1);
+    ck_assert_uint_eq(st.events[REDLOCK_EVENT_FAILOVER], 1);
+    const tu_event *e = tu_events_find(&ev, REDLOCK_EVENT_FAILOVER);
+    ck_assert_ptr_nonnull(e);
+    char port[16];
+    snprintf(port, sizeof port, ":%d", nw->port);
+    ck_assert_msg(strstr(e->node, port) && strstr(e->detail, "the master switched"), "%s: %s",
+                  e->node, e->detail);
+    ck_assert_int_eq(redlock_client_stats(b, &st, sizeof st), REDLOCK_OK);
+    ck_assert_uint_eq(st.node[0].failovers, 1); /* the blocking-only client too */
     redlock_free(holder);
     redlock_free(waiter);
     redlock_free(bl);

@@ -806,6 +806,41 @@ START_TEST(test_other_ca_refused)
 }
 END_TEST
 
+/* The event hook hears of the refused handshake (status REDLOCK_ERR_TLS,
+ * OpenSSL's reason) and, over the right CA, of the connection made; the
+ * node's counters agree. */
+START_TEST(test_tls_events)
+{
+    static tu_events ev;
+    memset(&ev, 0, sizeof ev);
+    fx_server s;
+    ck_assert_int_eq(fx_tls_server_start(&s, &certs, FX_TLS_OTHER_CA, "no", 0), 0);
+    fx_tls_client other = {.ca = certs.other_ca};
+    const char *urls[2] = {trusted(&s), url_of(&s, &other)};
+    for (int k = 0; k < 2; k++) {
+        redlock_client *c = tls_client(urls[k], 0);
+        redlock_client_on_event(c, tu_record, &ev);
+        redlock *l = tu_lock(c, "tls:events", NULL, 5000);
+        ck_assert_int_eq(redlock_trylock(l), k ? REDLOCK_OK : REDLOCK_ERR_TLS);
+        redlock_stats st;
+        ck_assert_int_eq(redlock_client_stats(c, &st, sizeof st), REDLOCK_OK);
+        ck_assert_uint_eq(st.node[0].connect_failures, k ? 0 : 1);
+        ck_assert_uint_eq(st.node[0].errors[REDLOCK_ERR_TLS], k ? 0 : 1);
+        ck_assert_uint_eq(st.node[0].connects, k ? 1 : 0);
+        redlock_free(l);
+        redlock_client_free(c);
+    }
+    const tu_event *f = tu_events_find(&ev, REDLOCK_EVENT_CONNECT_FAILED);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(f->status, REDLOCK_ERR_TLS);
+    ck_assert_msg(strstr(f->detail, "TLS handshake") && strstr(f->detail, "certificate verify failed"),
+                  "%s", f->detail);
+    ck_assert_int_eq(tu_events_count(&ev, REDLOCK_EVENT_CONNECT_FAILED), 1);
+    ck_assert_int_eq(tu_events_count(&ev, REDLOCK_EVENT_CONNECTED), 1);
+    fx_server_stop(&s);
+}
+END_TEST
+
 START_TEST(test_host_name)
 {
     fx_server s;
@@ -1458,6 +1493,7 @@ static Suite *tls_suite(void)
     tcase_add_test(t, test_quorum_mixed);
     tcase_add_test(t, test_unix_stays_plain);
     tcase_add_test(t, test_other_ca_refused);
+    tcase_add_test(t, test_tls_events);
     tcase_add_test(t, test_host_name);
     tcase_add_test(t, test_client_certificate);
     tcase_add_test(t, test_insecure_only);

@@ -134,3 +134,37 @@ int tu_turn_until_result(redlock_client *c, redlock *l)
         tu_turn(c, 100);
     return redlock_result(l);
 }
+
+void tu_record(const redlock_event *ev, void *arg)
+{
+    tu_events *e = arg;
+    if (e->n < TU_EVENTS) {
+        tu_event *t = &e->at[e->n];
+        t->type = ev->type;
+        t->status = ev->status;
+        t->node_index = ev->node_index;
+        t->listener = ev->listener;
+        t->value = ev->value;
+        snprintf(t->what, sizeof t->what, "%s", ev->what);
+        snprintf(t->node, sizeof t->node, "%s", ev->node);
+        snprintf(t->name, sizeof t->name, "%s", ev->name ? ev->name : "");
+        snprintf(t->detail, sizeof t->detail, "%s", ev->detail);
+    }
+    e->n++;
+}
+
+int tu_events_count(const tu_events *e, int type)
+{
+    int k = 0;
+    for (int i = 0; i < e->n && i < TU_EVENTS; i++)
+        k += e->at[i].type == type;
+    return k;
+}
+
+const tu_event *tu_events_find(const tu_events *e, int type)
+{
+    for (int i = 0; i < e->n && i < TU_EVENTS; i++)
+        if (e->at[i].type == type)
+            return &e->at[i];
+    return NULL;
+}

@@ -46,6 +46,24 @@ void tu_turn_until_sockets(redlock_client *c, int n);
  * of 100 ms); its redlock_result. */
 int tu_turn_until_result(redlock_client *c, redlock *l);
 
+/* The events of a client, recorded as they come: redlock_client_on_event(c,
+ * tu_record, &events). The first TU_EVENTS are kept; n counts them all. */
+#define TU_EVENTS 128
+typedef struct tu_event {
+    int type, status, node_index, listener;
+    int64_t value;
+    char what[32], node[128], name[64], detail[512];
+} tu_event;
+typedef struct tu_events {
+    int n;
+    tu_event at[TU_EVENTS];
+} tu_events;
+void tu_record(const redlock_event *ev, void *arg);
+/* How many kept events have this type. */
+int tu_events_count(const tu_events *e, int type);
+/* The first kept event of this type, or NULL. */
+const tu_event *tu_events_find(const tu_events *e, int type);
+
 /* The library's allocations, counted while tu_alloc_start is in force. */
 typedef struct tu_allocs {
     long calls;     /* allocations and reallocations since tu_alloc_start */
