@@ -92,9 +92,13 @@ struct net_conn {
     int64_t conn_deadline;
     int64_t last_rx; /* when bytes last came in (or the socket connected) */
 
-    /* connect: every address the name resolved to, tried in order */
-    struct sockaddr_storage addrs[MAX_ADDRS];
-    socklen_t addrlen[MAX_ADDRS];
+    /* connect: every address the name resolved to, tried in order (a
+     * unix socket's address is made from url.path when it is tried) */
+    union net_addr {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } addrs[MAX_ADDRS];
     int naddr, ai;
     int conn_errno;
 
@@ -107,8 +111,9 @@ struct net_conn {
     short rd_want, wr_want; /* POLLIN or POLLOUT */
     uint64_t wheld;         /* stream offset up to which the transport may hold bytes */
 
-    /* AUTH/SELECT (and ROLE), written before anything else on a new socket */
-    char hsbuf[800];
+    /* AUTH/SELECT (and ROLE), written before anything else on a new socket:
+     * a buffer made for the handshake, wiped and freed when it ends */
+    char *hsbuf;
     size_t hs_len, hs_off;
     int hs_kind[3];
     unsigned hs_pending, hs_next;
@@ -131,7 +136,7 @@ struct net_conn {
     resp_parser parser;
     resp_reply *elems;
 
-    char errstr[512];
+    char errstr[384];
 };
 
 /* ---- clock ---------------------------------------------------------------- */
@@ -883,6 +888,25 @@ static void mark_written(net_conn *c)
 
 /* ---- failing and closing ---------------------------------------------------- */
 
+/* The handshake buffer: room for AUTH user password, SELECT db and ROLE
+ * at the URL's limits. */
+#define HS_BUF 800
+
+/* The handshake's bytes leave memory (they hold the password). */
+static void hs_wipe(net_conn *c)
+{
+    if (c->hsbuf) {
+        memset(c->hsbuf, 0, HS_BUF);
+        resp_free(c->hsbuf);
+        c->hsbuf = NULL;
+    }
+    c->hs_len = c->hs_off = 0;
+}
+
+/* Close the socket. Requests written on it can get no reply now: those
+ * with an owner are reported with status (a timeout already recorded
+ * stays), the rest are dropped. With all set (connecting failed), requests
+ * never written fail too; otherwise they wait for the next socket. */
 static void drop_socket(net_conn *c)
 {
     if (c->tls)
@@ -897,7 +921,7 @@ static void drop_socket(net_conn *c)
     c->rstart = c->rlen = c->ready_len = 0;
     c->rdrained = 1;
     c->hs_pending = c->hs_next = 0;
-    c->hs_len = c->hs_off = 0;
+    hs_wipe(c);
     c->stale = 0;
     c->peer_eof = 0;
     c->eof_status = 0;
@@ -923,10 +947,6 @@ static void wdiscard(net_conn *c, uint64_t upto)
     c->woff = 0;
 }
 
-/* Close the socket. Requests written on it can get no reply now: those
- * with an owner are reported with status (a timeout already recorded
- * stays), the rest are dropped. With all set (connecting failed), requests
- * never written fail too; otherwise they wait for the next socket. */
 static void close_socket(net_conn *c, int status, int all)
 {
     uint64_t keep_from = c->wbase + c->woff; /* written so far */
@@ -1049,7 +1069,7 @@ void net_conn_free(net_conn *c)
     if (c->tr_cfg)
         c->tr->config_free(c->tr_cfg);
     memset(c->url.password, 0, sizeof c->url.password);
-    memset(c->hsbuf, 0, sizeof c->hsbuf);
+    hs_wipe(c);
     resp_free(c->wbuf);
     resp_free(c->rbuf);
     resp_free(c->elems);
@@ -1191,12 +1211,6 @@ static int resolve(net_conn *c)
 {
     c->naddr = c->ai = 0;
     if (c->url.kind == NET_URL_UNIX) {
-        struct sockaddr_un sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sun_family = AF_UNIX;
-        memcpy(sa.sun_path, c->url.path, strlen(c->url.path) + 1);
-        memcpy(&c->addrs[0], &sa, sizeof sa);
-        c->addrlen[0] = (socklen_t)sizeof sa;
         c->naddr = 1;
         return RESP_OK;
     }
@@ -1209,10 +1223,10 @@ static int resolve(net_conn *c)
     if (rc != 0)
         return conn_fail(c, RESP_ERR_IO, "cannot resolve %s: %s", c->desc, gai_strerror(rc));
     for (struct addrinfo *a = res; a && c->naddr < MAX_ADDRS; a = a->ai_next) {
-        if (a->ai_addrlen > sizeof c->addrs[0])
+        if ((a->ai_family != AF_INET && a->ai_family != AF_INET6) ||
+            a->ai_addrlen > sizeof c->addrs[0])
             continue;
         memcpy(&c->addrs[c->naddr], a->ai_addr, a->ai_addrlen);
-        c->addrlen[c->naddr] = a->ai_addrlen;
         c->naddr++;
     }
     freeaddrinfo(res);
@@ -1243,8 +1257,8 @@ static void hs_add(net_conn *c, int kind, int argc, const char *const *argv, con
 }
 
 /* AUTH and SELECT, as the URL asks, and ROLE for master_only, into hsbuf
- * (sized for the URL limits). */
-static void encode_handshake(net_conn *c)
+ * (made here when there is any). RESP_OK, or RESP_ERR_NOMEM. */
+static int encode_handshake(net_conn *c)
 {
     static const char *const role[1] = {"ROLE"};
     static const size_t role_len[1] = {4};
@@ -1252,8 +1266,12 @@ static void encode_handshake(net_conn *c)
     size_t lens[3];
     char dbbuf[16];
 
-    c->hs_len = c->hs_off = 0;
+    hs_wipe(c);
     c->hs_pending = c->hs_next = 0;
+    if (!c->url.password[0] && !c->url.db && !c->opts.master_only)
+        return RESP_OK;
+    if (!(c->hsbuf = resp_alloc(HS_BUF)))
+        return RESP_ERR_NOMEM;
     if (c->url.password[0]) {
         int argc = 0;
         argv[argc] = "AUTH";
@@ -1276,14 +1294,14 @@ static void encode_handshake(net_conn *c)
     }
     if (c->opts.master_only)
         hs_add(c, HS_ROLE, 1, role, role_len);
+    return RESP_OK;
 }
 
 static void become_ready(net_conn *c, int64_t now)
 {
     c->state = ST_READY;
     c->rx_ready = c->rx;
-    memset(c->hsbuf, 0, c->hs_len); /* the password leaves memory */
-    c->hs_len = c->hs_off = 0;
+    hs_wipe(c);
     rq_arm(c, now);
 }
 
@@ -1294,7 +1312,8 @@ static void become_ready(net_conn *c, int64_t now)
 static int start_session(net_conn *c, int64_t now)
 {
     c->last_rx = now;
-    encode_handshake(c);
+    if (encode_handshake(c) != RESP_OK)
+        return conn_fail(c, RESP_ERR_NOMEM, "%s: out of memory", c->desc);
     if (c->hs_len == 0)
         become_ready(c, now);
     else
@@ -1394,7 +1413,18 @@ static void set_blocking(net_conn *c)
 static int try_connect(net_conn *c, int64_t now)
 {
     while (c->ai < c->naddr) {
-        const struct sockaddr *sa = (const struct sockaddr *)&c->addrs[c->ai];
+        struct sockaddr_un un;
+        const struct sockaddr *sa = &c->addrs[c->ai].sa;
+        socklen_t len;
+        if (c->url.kind == NET_URL_UNIX) {
+            memset(&un, 0, sizeof un);
+            un.sun_family = AF_UNIX;
+            memcpy(un.sun_path, c->url.path, strlen(c->url.path) + 1);
+            sa = (const struct sockaddr *)&un;
+            len = sizeof un;
+        } else {
+            len = sa->sa_family == AF_INET ? sizeof c->addrs[0].in4 : sizeof c->addrs[0].in6;
+        }
         int fd = new_socket(sa->sa_family);
         if (fd < 0) {
             c->conn_errno = errno;
@@ -1404,7 +1434,7 @@ static int try_connect(net_conn *c, int64_t now)
         c->fd = fd;
         c->sockets++;
         c->state = ST_CONNECTING;
-        if (connect(fd, sa, c->addrlen[c->ai]) == 0)
+        if (connect(fd, sa, len) == 0)
             return on_connected(c, now);
         if (errno == EINPROGRESS)
             return RESP_OK;

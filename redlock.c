@@ -217,9 +217,19 @@ typedef struct node {
                               and an FCALL worked                               */
         char load_err[96]; /* the last FUNCTION LOAD's error there ("": none)   */
     } fn;
+    int64_t srtt; /* round-trip estimate, ns (0: none yet; part 3's counters) */
 } node;
 
 /* ---- the client ---- */
+
+/* A histogram as the client keeps it: redlock_histogram's buckets in 40
+ * bits each (32 + 8: up to 1.1e12 values a bucket, then it stays there),
+ * 824 bytes where 64-bit buckets would take 1304. */
+typedef struct obs_hist {
+    uint64_t count, sum_us, max_us;
+    uint32_t lo[REDLOCK_STATS_BUCKETS];
+    uint8_t hi[REDLOCK_STATS_BUCKETS];
+} obs_hist;
 
 struct redlock_client {
     redlock_options opts;
@@ -260,12 +270,11 @@ struct redlock_client {
                 parts of redlock_stats, put together by redlock_client_stats */
         redlock_op_stats op[REDLOCK_STAT_KINDS];
         uint64_t leases_lost;
-        redlock_histogram acquire_wait, round_trip, hold;
+        obs_hist acquire_wait, round_trip, hold;
         uint64_t events[REDLOCK_EVENT_TYPES];
         redlock_node_stats *node; /* one per node */
         uint32_t masters;         /* Sentinel members whose master was confirmed once */
         int64_t created;
-        int64_t srtt[MAX_NODES]; /* round-trip estimates, ns (0: none yet) */
         void (*fn)(const redlock_event *, void *);
         void *arg;
         int in_hook; /* the hook runs: calls that act are refused */
@@ -976,14 +985,18 @@ static unsigned hist_bucket(uint64_t us)
     return i < REDLOCK_STATS_BUCKETS ? i : REDLOCK_STATS_BUCKETS - 1;
 }
 
-static void hist_add(redlock_histogram *h, int64_t ns)
+static void hist_add(obs_hist *h, int64_t ns)
 {
     uint64_t us = ns > 0 ? (uint64_t)ns / 1000 : 0;
+    unsigned b = hist_bucket(us);
     h->count++;
     h->sum_us += us;
     if (us > h->max_us)
         h->max_us = us;
-    h->bucket[hist_bucket(us)]++;
+    if (++h->lo[b] == 0 && ++h->hi[b] == 0) { /* past 2^40 - 1: it stays there */
+        h->hi[b] = UINT8_MAX;
+        h->lo[b] = UINT32_MAX;
+    }
 }
 
 /* One operation of stat kind `kind` ended with rc. */
@@ -1055,7 +1068,7 @@ static void obs_rtt(redlock *l, size_t i)
         s->rtt_gen = s->live;
         return;
     }
-    int64_t d = c->now - l->op.round_at, *e = &c->obs.srtt[i];
+    int64_t d = c->now - l->op.round_at, *e = &c->nodes[i].srtt;
     *e = *e ? *e + (d - *e) / 8 : d;
     c->obs.node[i].rtt_us = *e / 1000;
 }
@@ -5600,6 +5613,18 @@ static void put_part(void *out, size_t size, size_t at, const void *src, size_t 
         memcpy((char *)out + at, src, len < size - at ? len : size - at);
 }
 
+/* A kept histogram into out at offset `at`, as far as size reaches. */
+static void put_hist(void *out, size_t size, size_t at, const obs_hist *h)
+{
+    redlock_histogram r;
+    r.count = h->count;
+    r.sum_us = h->sum_us;
+    r.max_us = h->max_us;
+    for (unsigned b = 0; b < REDLOCK_STATS_BUCKETS; b++)
+        r.bucket[b] = (uint64_t)h->hi[b] << 32 | h->lo[b];
+    put_part(out, size, at, &r, sizeof r);
+}
+
 int redlock_client_stats(const redlock_client *c, redlock_stats *out, size_t size)
 {
     if (!c || !out || size < sizeof out->size)
@@ -5614,9 +5639,9 @@ int redlock_client_stats(const redlock_client *c, redlock_stats *out, size_t siz
     PUT(uptime_ms, &up);
     PUT(op, c->obs.op);
     PUT(leases_lost, &c->obs.leases_lost);
-    PUT(acquire_wait, &c->obs.acquire_wait);
-    PUT(round_trip, &c->obs.round_trip);
-    PUT(hold, &c->obs.hold);
+    put_hist(out, size, offsetof(redlock_stats, acquire_wait), &c->obs.acquire_wait);
+    put_hist(out, size, offsetof(redlock_stats, round_trip), &c->obs.round_trip);
+    put_hist(out, size, offsetof(redlock_stats, hold), &c->obs.hold);
     PUT(events, c->obs.events);
     PUT(nodes, &nodes);
 #undef PUT

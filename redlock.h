@@ -497,7 +497,8 @@ typedef struct redlock_op_stats {
  * per power of two (each at most 25% wide; values 0 to 3 have a bucket
  * each). Bucket i holds the values v with
  * redlock_stats_bucket_max(i - 1) < v <= redlock_stats_bucket_max(i); the
- * last one holds everything from about 22 days on. */
+ * last one holds everything from about 22 days on. A bucket counts up to
+ * 2^40 - 1 values and then stays there (count goes on). */
 #define REDLOCK_STATS_BUCKETS 160
 typedef struct redlock_histogram {
     uint64_t count;  /* values recorded                                  */

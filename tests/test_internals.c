@@ -307,6 +307,35 @@ START_TEST(test_key_slot_matches_server)
 }
 END_TEST
 
+/* The client keeps histogram buckets in 40 bits: they carry into the high
+ * byte at 2^32, read back as 64-bit counts, and stop at 2^40 - 1. */
+START_TEST(test_histogram_buckets_carry)
+{
+    obs_hist h;
+    memset(&h, 0, sizeof h);
+    unsigned b = hist_bucket(70); /* 70 us */
+    h.lo[b] = UINT32_MAX - 1;
+    hist_add(&h, 70 * 1000);
+    hist_add(&h, 70 * 1000);
+    ck_assert_uint_eq(h.hi[b], 1);
+    ck_assert_uint_eq(h.lo[b], 0);
+    redlock_stats st;
+    put_hist(&st, sizeof st, offsetof(redlock_stats, acquire_wait), &h);
+    ck_assert_uint_eq(st.acquire_wait.bucket[b], (uint64_t)1 << 32);
+    ck_assert_uint_eq(st.acquire_wait.count, 2);
+    ck_assert_uint_eq(st.acquire_wait.max_us, 70);
+    h.hi[b] = UINT8_MAX;
+    h.lo[b] = UINT32_MAX - 1;
+    for (int i = 0; i < 3; i++)
+        hist_add(&h, 70 * 1000);
+    put_hist(&st, sizeof st, offsetof(redlock_stats, acquire_wait), &h);
+    ck_assert_uint_eq(st.acquire_wait.bucket[b], ((uint64_t)1 << 40) - 1);
+    ck_assert_uint_eq(st.acquire_wait.bucket[b + 1], 0);
+    ck_assert_uint_le(redlock_stats_bucket_max(b - 1), 69);
+    ck_assert_uint_ge(redlock_stats_bucket_max(b), 70);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("internals");
@@ -324,6 +353,9 @@ int main(void)
     tcase_add_test(t, test_refresh_lost_gives_back_the_minority);
     tcase_add_test(t, test_unlock_unknown);
     tcase_add_test(t, test_probe_judgement);
+    suite_add_tcase(su, t);
+    t = tcase_create("counters");
+    tcase_add_test(t, test_histogram_buckets_carry);
     suite_add_tcase(su, t);
     t = tcase_create("slots");
     tcase_set_timeout(t, 60);
