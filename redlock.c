@@ -1451,118 +1451,95 @@ static const char *key_at(const redlock *l, int s)
     return p;
 }
 
-/* The KEYS and ARGV of script id for l, from its keys and the operation's
- * parameters (repair, token, place in line). Returns how many. */
-#define ARG(s, n) (kv[a] = (s), kl[a] = (n), a++)
-#define STR(s) ARG(s, strlen(s))
-#define KEY(x) ARG(key_at(l, K_##x), k->klen)
-#define NAME ARG(k->name, k->namelen)
-#define VALUE ARG(k->value, k->vlen)
-#define PREFIX (waiter_prefix(l, sharded, kv + a, kl + a), a++)
+/* What each script is given, one letter an argument: its KEYS (lower
+ * case), then its ARGV (upper case).
+ *   KEYS  n NAME; {NAME}:SUFFIX: f fence, q queue, a alive, h holds,
+ *         r reads, t token, w wwait, d freed
+ *   ARGV  V the owner value    T the TTL (ms)       F fencing on (1/0)
+ *         R repair (1/0)       K the token to raise to or keep
+ *         Q queued (1/0)       S the place in line  L a waiter's lease (ms)
+ *         W the lease of a writer that waits for readers ("": none)
+ *         M the permits        A fair mode (1/0)    C redlock:NAME
+ *         P, X the prefix of a waiter's own channel on plain nodes, on
+ *         a cluster (waiter_prefix) */
+static const char *const script_spec[S_COUNT] = {
+    [S_ACQUIRE] = "nfw" "VTFW",
+    [S_FAIR] = "nfqaw" "VTFQSL",
+    [S_DEQUEUE] = "qan" "VP",
+    [S_DEQUEUE_SHARDED] = "qan" "VX",
+    [S_RELEASE_FAIR] = "nqa" "VP",
+    [S_RELEASE_FAIR_SHARDED] = "nqa" "VX",
+    [S_RELEASE] = "n" "VC",
+    [S_RELEASE_SHARDED] = "nd" "V",
+    [S_REFRESH] = "n" "VTR",
+    [S_RAISE] = "f" "K",
+    [S_STATUS] = "nf",
+    [S_WLEAVE] = "w" "V",
+    [S_SEM_ACQUIRE] = "htfqa" "VTFMQSLA",
+    [S_SEM_RELEASE] = "htqa" "VP",
+    [S_SEM_RELEASE_SHARDED] = "htqa" "VX",
+    [S_SEM_REFRESH] = "ht" "VTRMK",
+    [S_SEM_DEQUEUE] = "qaht" "VP",
+    [S_SEM_DEQUEUE_SHARDED] = "qaht" "VX",
+    [S_RD_ACQUIRE] = "nrtfw" "VTF",
+    [S_RD_RELEASE] = "nrtqa" "VPC",
+    [S_RD_RELEASE_SHARDED] = "nrtqad" "VX",
+    [S_RD_REFRESH] = "nrtw" "VTRK",
+    [S_LIST] = "nhrtf",
+};
 
-/* A lock's scripts (and the waiting, fair and fencing ones it shares). */
-static int lock_args(const redlock *l, int id, const char **kv, size_t *kl)
+/* The {NAME}:SUFFIX letters of script_spec, in K_* order. */
+static const char key_letters[] = "fqahrtwd";
+
+/* One argument of a script for l: its letter in script_spec. */
+static const char *script_arg(const redlock *l, char code, size_t *len)
 {
     const lock_keys *k = &l->k;
     const lock_wait *w = &l->wait;
-    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
-    int sharded = id == S_DEQUEUE_SHARDED || id == S_RELEASE_FAIR_SHARDED, a = 0;
-    switch (id) {
-    case S_ACQUIRE:
-        NAME, KEY(FENCE), KEY(WWAIT), VALUE, STR(ttl), STR(fencing);
-        STR(w->writer_waits ? w->lease_str : "");
-        break;
-    case S_FAIR:
-        NAME, KEY(FENCE), KEY(QUEUE), KEY(ALIVE), KEY(WWAIT);
-        VALUE, STR(ttl), STR(fencing), STR(w->queued ? "1" : "0"), STR(w->score_str);
-        STR(w->lease_str);
-        break;
-    case S_DEQUEUE:
-    case S_DEQUEUE_SHARDED:
-        KEY(QUEUE), KEY(ALIVE), NAME, VALUE, PREFIX;
-        break;
-    case S_RELEASE_FAIR:
-    case S_RELEASE_FAIR_SHARDED:
-        NAME, KEY(QUEUE), KEY(ALIVE), VALUE, PREFIX;
-        break;
-    case S_RELEASE:
-        NAME, VALUE, ARG(k->channel, k->chlen);
-        break;
-    case S_RELEASE_SHARDED:
-        NAME, KEY(FREED), VALUE;
-        break;
-    case S_REFRESH:
-        NAME, VALUE, STR(ttl), STR(l->op.repair ? "1" : "0");
-        break;
-    case S_RAISE:
-        KEY(FENCE), STR(l->op.tok_str);
-        break;
-    case S_STATUS:
-        NAME, KEY(FENCE);
-        break;
-    case S_WLEAVE:
-        KEY(WWAIT), VALUE;
-        break;
+    const char *v, *key = code ? strchr(key_letters, code) : NULL;
+    if (key) {
+        *len = k->klen;
+        return key_at(l, (int)(key - key_letters));
     }
-    return a;
+    switch (code) {
+    case 'n':
+        *len = k->namelen;
+        return k->name;
+    case 'V':
+        *len = k->vlen;
+        return k->value;
+    case 'C':
+        *len = k->chlen;
+        return k->channel;
+    case 'P':
+    case 'X':
+        waiter_prefix(l, code == 'X', &v, len);
+        return v;
+    case 'T': v = l->lease.ttl_str; break;
+    case 'F': v = l->c->opts.fencing ? "1" : "0"; break;
+    case 'R': v = l->op.repair ? "1" : "0"; break;
+    case 'K': v = l->op.tok_str; break;
+    case 'Q': v = w->queued ? "1" : "0"; break;
+    case 'S': v = w->score_str; break;
+    case 'L': v = w->lease_str; break;
+    case 'W': v = w->writer_waits ? w->lease_str : ""; break;
+    case 'M': v = k->permits_str; break;
+    case 'A': v = l->c->opts.fair ? "1" : "0"; break;
+    default: v = NULL; break; /* a letter script_spec should not hold */
+    }
+    *len = v ? strlen(v) : 0;
+    return v;
 }
 
-/* A semaphore's and a reader's scripts, and the list of holders. */
-static int shared_args(const redlock *l, int id, const char **kv, size_t *kl)
-{
-    const lock_keys *k = &l->k;
-    const lock_wait *w = &l->wait;
-    const char *fencing = l->c->opts.fencing ? "1" : "0", *ttl = l->lease.ttl_str;
-    const char *repair = l->op.repair ? "1" : "0", *tok = l->op.tok_str;
-    int sharded = id == S_SEM_RELEASE_SHARDED || id == S_SEM_DEQUEUE_SHARDED ||
-                  id == S_RD_RELEASE_SHARDED, a = 0;
-    switch (id) {
-    case S_SEM_ACQUIRE:
-        KEY(HOLDS), KEY(TOKEN), KEY(FENCE), KEY(QUEUE), KEY(ALIVE);
-        VALUE, STR(ttl), STR(fencing), STR(k->permits_str), STR(w->queued ? "1" : "0");
-        STR(w->score_str), STR(w->lease_str), STR(l->c->opts.fair ? "1" : "0");
-        break;
-    case S_SEM_RELEASE:
-    case S_SEM_RELEASE_SHARDED:
-        KEY(HOLDS), KEY(TOKEN), KEY(QUEUE), KEY(ALIVE), VALUE, PREFIX;
-        break;
-    case S_SEM_REFRESH:
-        KEY(HOLDS), KEY(TOKEN), VALUE, STR(ttl), STR(repair), STR(k->permits_str), STR(tok);
-        break;
-    case S_SEM_DEQUEUE:
-    case S_SEM_DEQUEUE_SHARDED:
-        KEY(QUEUE), KEY(ALIVE), KEY(HOLDS), KEY(TOKEN), VALUE, PREFIX;
-        break;
-    case S_RD_ACQUIRE:
-        NAME, KEY(READS), KEY(TOKEN), KEY(FENCE), KEY(WWAIT), VALUE, STR(ttl), STR(fencing);
-        break;
-    case S_RD_RELEASE:
-        NAME, KEY(READS), KEY(TOKEN), KEY(QUEUE), KEY(ALIVE), VALUE, PREFIX;
-        ARG(k->channel, k->chlen);
-        break;
-    case S_RD_RELEASE_SHARDED:
-        NAME, KEY(READS), KEY(TOKEN), KEY(QUEUE), KEY(ALIVE), KEY(FREED), VALUE, PREFIX;
-        break;
-    case S_RD_REFRESH:
-        NAME, KEY(READS), KEY(TOKEN), KEY(WWAIT), VALUE, STR(ttl), STR(repair), STR(tok);
-        break;
-    case S_LIST:
-        NAME, KEY(HOLDS), KEY(READS), KEY(TOKEN), KEY(FENCE);
-        break;
-    }
-    return a;
-}
-#undef ARG
-#undef STR
-#undef KEY
-#undef NAME
-#undef VALUE
-#undef PREFIX
-
+/* The KEYS and ARGV of script id for l. Returns how many, or -1 (a letter
+ * unknown: a bug the caller reports). */
 static int script_args(const redlock *l, int id, const char **kv, size_t *kl)
 {
-    int a = lock_args(l, id, kv, kl);
-    return a ? a : shared_args(l, id, kv, kl);
+    int a = 0;
+    for (const char *p = script_spec[id]; *p; p++, a++)
+        if (!(kv[a] = script_arg(l, *p, &kl[a])))
+            return -1;
+    return a;
 }
 
 /* The probe a waiter sends once subscribed (see subscribed, part 7): PTTL

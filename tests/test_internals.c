@@ -307,6 +307,31 @@ START_TEST(test_key_slot_matches_server)
 }
 END_TEST
 
+/* Every script's argument letters agree with its table entry: as many
+ * KEYS (lower case, first) and ARGV as the script reads, each letter known. */
+START_TEST(test_script_specs)
+{
+    for (int id = 0; id < S_COUNT; id++) {
+        const char *p = script_spec[id];
+        ck_assert_msg(p != NULL, "%s has no argument letters", scripts[id].name);
+        size_t keys = strspn(p, "abcdefghijklmnopqrstuvwxyz");
+        ck_assert_msg(keys == (size_t)scripts[id].nkeys, "%d %s: %zu keys, the table says %d", id,
+                      scripts[id].name, keys, scripts[id].nkeys);
+        ck_assert_msg(strlen(p) == (size_t)(scripts[id].nkeys + scripts[id].nargs),
+                      "%d %s: %zu arguments", id, scripts[id].name, strlen(p));
+        for (const char *q = p + keys; *q; q++)
+            ck_assert_msg(*q >= 'A' && *q <= 'Z', "%d %s: %c after the keys", id,
+                          scripts[id].name, *q);
+    }
+    /* each {NAME}:SUFFIX letter names its suffix */
+    static const char *const suffix[] = {SUFFIX_FENCE, SUFFIX_QUEUE, SUFFIX_ALIVE, SUFFIX_HOLDS,
+                                         SUFFIX_READS, SUFFIX_TOKEN, SUFFIX_WWAIT, SUFFIX_FREED};
+    ck_assert_uint_eq(strlen(key_letters), sizeof suffix / sizeof suffix[0]);
+    for (size_t i = 0; i < strlen(key_letters); i++)
+        ck_assert_msg(key_letters[i] == (i == K_FREED ? 'd' : suffix[i][0]), "letter %zu", i);
+}
+END_TEST
+
 /* The client keeps histogram buckets in 40 bits: they carry into the high
  * byte at 2^32, read back as 64-bit counts, and stop at 2^40 - 1. */
 START_TEST(test_histogram_buckets_carry)
@@ -356,6 +381,7 @@ int main(void)
     suite_add_tcase(su, t);
     t = tcase_create("counters");
     tcase_add_test(t, test_histogram_buckets_carry);
+    tcase_add_test(t, test_script_specs);
     suite_add_tcase(su, t);
     t = tcase_create("slots");
     tcase_set_timeout(t, 60);
