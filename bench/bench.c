@@ -1747,6 +1747,31 @@ static void bench_throughput(void)
         "ratio: one thread / 8 processes   (target >= 0.8)");
 }
 
+/* Two kinds of cycle in turn, per cycles each, rounds times: the median of
+ * each kind per round (ma, mb, in us) and their ratio b / a per round. */
+static void alternate(redlock *a, redlock_client *ca, redlock *b, redlock_client *cb, int per,
+                      int rounds, double *ma, double *mb, double *ratio)
+{
+    double *tmp = calloc((size_t)per, sizeof(double));
+    if (!tmp)
+        die("out of memory");
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < 2; k++) {
+            for (int i = 0; i < per; i++) {
+                int64_t t0 = now_ns();
+                if (k == 0)
+                    cycle(a, ca);
+                else
+                    cycle(b, cb);
+                tmp[i] = (double)(now_ns() - t0) / 1e3;
+            }
+            (k == 0 ? ma : mb)[r] = median(tmp, (size_t)per);
+        }
+        ratio[r] = mb[r] / ma[r];
+    }
+    free(tmp);
+}
+
 /* ---- 8: Redis Cluster ------------------------------------------------------------------------------- */
 
 static void bench_cluster(void)
@@ -1773,22 +1798,7 @@ static void bench_cluster(void)
         cycle(lc, cc);
     }
     double m1[16], mc[16], ratio[16];
-    double *tmp = calloc((size_t)per, sizeof(double));
-    for (int r = 0; r < rounds; r++) {
-        for (int k = 0; k < 2; k++) {
-            for (int i = 0; i < per; i++) {
-                int64_t t0 = now_ns();
-                if (k == 0)
-                    cycle(l1, c1);
-                else
-                    cycle(lc, cc);
-                tmp[i] = (double)(now_ns() - t0) / 1e3;
-            }
-            (k == 0 ? m1 : mc)[r] = median(tmp, (size_t)per);
-        }
-        ratio[r] = mc[r] / m1[r];
-    }
-    free(tmp);
+    alternate(l1, c1, lc, cc, per, rounds, m1, mc, ratio);
     put("cluster", "single_median_us", median(m1, (size_t)rounds), "us", "cycle, one node, median");
     put("cluster", "cluster_median_us", median(mc, (size_t)rounds), "us",
         "cycle, cluster (map known), median");
@@ -2002,22 +2012,7 @@ static void bench_sentinel(void)
         cycle(ls, cs);
     }
     double mp[16], ms[16], ratio[16];
-    double *tmp = calloc((size_t)per, sizeof(double));
-    for (int r = 0; r < rounds; r++) {
-        for (int k = 0; k < 2; k++) {
-            for (int i = 0; i < per; i++) {
-                int64_t t0 = now_ns();
-                if (k == 0)
-                    cycle(lp, cp);
-                else
-                    cycle(ls, cs);
-                tmp[i] = (double)(now_ns() - t0) / 1e3;
-            }
-            (k == 0 ? mp : ms)[r] = median(tmp, (size_t)per);
-        }
-        ratio[r] = ms[r] / mp[r];
-    }
-    free(tmp);
+    alternate(lp, cp, ls, cs, per, rounds, mp, ms, ratio);
     put("sentinel", "plain_median_us", median(mp, (size_t)rounds), "us",
         "cycle on the master's own URL, median");
     put("sentinel", "sentinel_median_us", median(ms, (size_t)rounds), "us",
