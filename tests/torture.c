@@ -69,7 +69,10 @@ enum { ST_IDLE, ST_ACQUIRING, ST_HOLDING, ST_PAUSE_POINT, ST_RELEASING, ST_DONE 
 enum { CMD_NONE, CMD_LONG_HOLD, CMD_PAUSE_POINT, CMD_STEADY_HOLD };
 
 typedef struct shared {
-    _Atomic long long end_us; /* holders stop at this CLOCK_MONOTONIC time */
+    int64_t base_us;    /* CLOCK_MONOTONIC when the map was made (set before any holder starts) */
+    _Atomic int end_ms; /* holders stop at base_us + end_ms ms (0: not yet); an int, not a
+                           64-bit atomic: 32-bit MIPS has no lock-free one, and libatomic's
+                           locks do not work across the forked holders */
     _Atomic int quiet;        /* holders stop acquiring while set */
     _Atomic int state[NH];
     _Atomic int cmd[NH];
@@ -398,7 +401,8 @@ int tt_holder_main(int argc, char **argv)
     int64_t cap = h.end;
     atomic_store(&h.sh->state[h.index], ST_IDLE);
     for (long i = 0; i < 10000000L && mono_us() < cap; i++) {
-        int64_t end = atomic_load(&h.sh->end_us);
+        int end_ms = atomic_load(&h.sh->end_ms);
+        int64_t end = end_ms ? h.sh->base_us + (int64_t)end_ms * 1000 : 0;
         if (end != 0 && mono_us() >= end)
             break;
         h.end = end != 0 && end < cap ? end : cap;
@@ -555,7 +559,7 @@ static void extend(run *r, int ms)
     double end = fx_now_ms() + ms;
     if (end <= r->end)
         return;
-    atomic_store(&r->sh->end_us, (long long)(mono_us() + (int64_t)ms * 1000));
+    atomic_store(&r->sh->end_ms, (int)((mono_us() - r->sh->base_us) / 1000 + ms));
     r->end = end;
 }
 
@@ -1302,6 +1306,7 @@ static int run_setup(run *r, double share_s)
     write_faketime(r, "+0\n");
     if (!(r->sh = map_shared(r->dir, 1)))
         return -1;
+    r->sh->base_us = mono_us();
     /* a name per scenario and seed; its own slot in the cluster */
     snprintf(r->lock, sizeof r->lock, "tt:%s:%llu", r->sc->name,
              (unsigned long long)(r->cfg->seed % 100000));
@@ -1382,7 +1387,7 @@ static void run_scenario(topo *t, const scen *sc, const tt_config *cfg, double s
                 snprintf(r->note, sizeof r->note, "holder %d did not start", h);
         r->start = fx_now_ms();
         r->end = r->faults_end = r->start + share_s * 1000;
-        atomic_store(&r->sh->end_us, mono_us() + (int64_t)(share_s * 1e6));
+        atomic_store(&r->sh->end_ms, (int)((mono_us() - r->sh->base_us) / 1000 + share_s * 1000));
         nap(r, 100); /* holders get going */
         for (int i = 0; i < 1000 && fx_now_ms() < r->faults_end; i++)
             sc->fault(r);
