@@ -58,10 +58,21 @@
 #define TT_ASAN 0
 #endif
 
-static const char *const faketime_paths[] = {"/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                                             "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-                                             "/usr/lib/faketime/libfaketime.so.1",
-                                             "/usr/local/lib/faketime/libfaketime.so.1", NULL};
+/* libfaketime for this program's own architecture and C library: a holder
+ * is this program, and a library of another (the host's x86-64 one, seen
+ * by a target program under qemu-user; a glibc one by a musl build) would
+ * not load. Elsewhere the clock scenario is skipped. */
+#if defined(__GLIBC__) && defined(__x86_64__) && !defined(__ILP32__)
+#define TT_MULTIARCH "x86_64-linux-gnu"
+#elif defined(__GLIBC__) && defined(__aarch64__)
+#define TT_MULTIARCH "aarch64-linux-gnu"
+#endif
+static const char *const faketime_paths[] = {
+#ifdef TT_MULTIARCH
+    "/usr/lib/" TT_MULTIARCH "/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1", "/usr/local/lib/faketime/libfaketime.so.1",
+#endif
+    NULL};
 
 /* ---- what holders and the harness share ------------------------------------------ */
 
@@ -942,7 +953,9 @@ static const char *faketime_lib(void)
  * monotonic clock stays the kernel's, as under a real clock step. */
 static void holder_env(run *r)
 {
-    setenv("LD_PRELOAD", faketime_lib(), 1);
+    const char *lib = faketime_lib(); /* found: run_scenario skips the scenario otherwise */
+    if (lib)
+        setenv("LD_PRELOAD", lib, 1);
     setenv("FAKETIME_TIMESTAMP_FILE", r->ftfile, 1);
     setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1", 1);
     setenv("FAKETIME_NO_CACHE", "1", 1);
@@ -991,7 +1004,10 @@ static pid_t spawn_holder(run *r, int h, int64_t end_us)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (r->sc->faketime && h == 0)
             holder_env(r);
-        execv("/proc/self/exe", (char *const *)argv);
+        /* this program again; TORTURE_SELF names one that runs it (make
+         * cross: the emulator), where the kernel cannot exec it itself */
+        const char *self = getenv("TORTURE_SELF");
+        execv(self && *self ? self : "/proc/self/exe", (char *const *)argv);
         _exit(127);
     }
     return pid > 0 ? pid : 0;
@@ -1364,7 +1380,7 @@ static void run_scenario(topo *t, const scen *sc, const tt_config *cfg, double s
     if (sc->faketime && (TT_ASAN || !faketime_lib())) {
         snprintf(res->note, sizeof res->note, "%s",
                  TT_ASAN ? "skipped: libfaketime hangs AddressSanitizer builds"
-                         : "skipped: libfaketime not found (apt-get install faketime)");
+                         : "skipped: no libfaketime for this build's architecture and libc (apt-get install faketime)");
         res->skipped = 1;
         free(r);
         return;
