@@ -283,15 +283,27 @@ static void ping(net_conn *c)
     roundtrip(c, 1, argv, NULL, 0);
 }
 
-/* INFO section on url, as text (valid until the next call). */
-static const char *info(const char *url, const char *section)
+/* INFO section on url, as text (valid until the next call); NULL when
+ * the server fails it and may_fail (a sentinel promoting a replica kills
+ * its client connections), otherwise that failure ends the benchmark. */
+static const char *info_or_null(const char *url, const char *section, int may_fail)
 {
     static char buf[1 << 16];
     net_conn *c = conn_for(url);
     const char *argv[] = {"INFO", section};
-    roundtrip(c, 2, argv, buf, sizeof buf);
+    nx_result r = nx_call_buf(c, 2, argv, buf, sizeof buf);
     net_conn_free(c);
+    if (r.status != RESP_OK) {
+        if (may_fail)
+            return NULL;
+        die("INFO: %s", r.text);
+    }
     return buf;
+}
+
+static const char *info(const char *url, const char *section)
+{
+    return info_or_null(url, section, 0);
 }
 
 /* The number right after key in text (-1 when absent). */
@@ -1111,9 +1123,11 @@ static void bench_handoff(int fair)
 /* ---- 4c: herd: many waiters on one name, each taking it once --------------------------- */
 
 /* Sum of calls (or usec) of the script commands in INFO commandstats. */
-static double script_stat(const char *url, const char *what)
+static double script_stat_or(const char *url, const char *what, int may_fail)
 {
-    const char *text = info(url, "commandstats");
+    const char *text = info_or_null(url, "commandstats", may_fail);
+    if (!text)
+        return -1;
     static const char *const cmds[] = {"evalsha", "eval", "fcall", "fcall_ro"};
     double total = 0;
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
@@ -1124,6 +1138,11 @@ static double script_stat(const char *url, const char *what)
             total += strtod(p + strlen(key), NULL);
     }
     return total;
+}
+
+static double script_stat(const char *url, const char *what)
+{
+    return script_stat_or(url, what, 0);
 }
 
 /* Server time of the commands clients send in the herd: scripts,
@@ -1975,7 +1994,7 @@ static void sentinel_failover_time(fx_sentinel *fx)
             sleep_ns(1000000);
             continue;
         }
-        if (script_stat(nw->url, "calls=") > 0)
+        if (script_stat_or(nw->url, "calls=", 1) > 0) /* -1: killed, ask again */
             granted = now_ns();
         redlock_unlock(l);
     }
