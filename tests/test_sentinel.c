@@ -584,6 +584,20 @@ static void setup_two_replicas(void)
     ck_assert_int_eq(fx_sentinel_start(&fx, &o), 0);
 }
 
+/* Events of a client, kept for a failure message (a failover is rare
+ * enough to fail that its story is worth printing). */
+static char event_log[4096];
+
+static void log_event(const redlock_event *ev, void *arg)
+{
+    (void)arg;
+    size_t n = strlen(event_log);
+    if (n + 200 < sizeof event_log)
+        snprintf(event_log + n, sizeof event_log - n, "  %lld ms %s %s status %d: %s\n",
+                 (long long)fx_now_ms() % 100000, ev->what, ev->node, ev->status,
+                 ev->detail ? ev->detail : "");
+}
+
 /* SIGKILL of the master under keepalive, where wait_replicas got the lock
  * to a replica: the lease survives the failover (refreshed on the new
  * master, where it is ours) and no loss is reported. */
@@ -595,6 +609,8 @@ START_TEST(test_kill_master_lease_survives)
     o.io_timeout_ms = o.connect_timeout_ms = 300;
     redlock_client *c = sentinel_client(fx.url[0], &o);
     int from = fx_sentinel_master(&fx, 0);
+    event_log[0] = '\0';
+    redlock_client_on_event(c, log_event, NULL);
     redlock *l = tu_lock(c, "sn:kill", "survivor", 15000);
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
     uint64_t fence = redlock_fence(l);
@@ -615,6 +631,9 @@ START_TEST(test_kill_master_lease_survives)
     reset_stats(nw);
     for (int i = 0; i < 400 && script_calls(nw) < 2; i++)
         tu_turn(c, 50);
+    if (script_calls(nw) < 2)
+        fprintf(stderr, "new master :%d (sentinels named it at %lld ms), events:\n%s",
+                nw->port, (long long)fx_now_ms() % 100000, event_log);
     ck_assert_int_ge(script_calls(nw), 2);
     ck_assert_ptr_null(redlock_client_done(c));
     ck_assert_int_gt(redlock_validity_ms(l), 0);
