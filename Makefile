@@ -156,17 +156,25 @@ $(BUILD)/examples/%: examples/%.c $(STATIC) redlock.h redlock_transport.h | $(BU
 TEST_SUPPORT := $(FX_SRC) tests/testutil.c tests/netx.c
 TEST_SUPPORT_HDR := $(FX_HDR) tests/testutil.h tests/netx.h
 
-$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)/.dirs
+# The support files are compiled once per build tree, not into each suite
+# (they need none of the suites' -D paths).
+TEST_SUPPORT_OBJ := $(TEST_SUPPORT:tests/%.c=$(BUILD)/tests/obj/%.o)
+TORTURE_OBJ := $(TORTURE_SRC:tests/%.c=$(BUILD)/tests/obj/%.o)
+$(BUILD)/tests/obj/%.o: tests/%.c $(TEST_SUPPORT_HDR) $(TORTURE_HDR) $(LIB_HDR) | $(BUILD)/.dirs
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT_OBJ) $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_EXAMPLES_DIR='"$(FX_RUN_DIR)/examples"' -DFX_BUILD_DIR='"$(FX_RUN_DIR)"' \
 	    -DFX_SRC_DIR='"$(abspath .)"' $(if $(filter no,$(LIBUV_EXAMPLE)),-DFX_NO_LIBUV_EXAMPLE) \
-	    $< $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
+	    $< $(TEST_SUPPORT_OBJ) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
 
-$(BUILD)/tests/test_torture: tests/test_torture.c $(TORTURE_SRC) $(TORTURE_HDR) $(TEST_SUPPORT) \
+$(BUILD)/tests/test_torture: tests/test_torture.c $(TORTURE_OBJ) $(TORTURE_HDR) $(TEST_SUPPORT_OBJ) \
                              $(TEST_SUPPORT_HDR) $(STATIC) $(LIB_HDR) | $(BUILD)/.dirs
 	$(CC) $(ALL_CFLAGS) $(TLS_DEFS) $(TLS_CFLAGS) -I. -Itests $(CHECK_CFLAGS) \
 	    -DFX_BUILD_DIR='"$(FX_RUN_DIR)"' -DFX_SRC_DIR='"$(abspath .)"' \
-	    $< $(TORTURE_SRC) $(TEST_SUPPORT) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
+	    $< $(TORTURE_OBJ) $(TEST_SUPPORT_OBJ) $(STATIC) $(CHECK_LIBS) $(TLS_LIBS) -o $@
 
 # `make torture`: every scenario for TORTURE_SECONDS in all (TORTURE_SEED=
 # replays a run, TORTURE_ONLY= picks scenarios by name), then the table.

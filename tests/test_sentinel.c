@@ -611,7 +611,9 @@ START_TEST(test_kill_master_lease_survives)
     int from = fx_sentinel_master(&fx, 0);
     event_log[0] = '\0';
     redlock_client_on_event(c, log_event, NULL);
-    redlock *l = tu_lock(c, "sn:kill", "survivor", 15000);
+    /* 20 s: a failover whose first election fails takes another 2 x
+     * failover-timeout (8 s) besides the second down; the lease outlives it */
+    redlock *l = tu_lock(c, "sn:kill", "survivor", 20000);
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
     uint64_t fence = redlock_fence(l);
     ck_assert_int_eq(redlock_keepalive(l, 1), REDLOCK_OK);
@@ -629,7 +631,7 @@ START_TEST(test_kill_master_lease_survives)
     ck_assert_str_eq(tu_get(nw, "sn:kill"), "survivor");
     /* two keepalive periods on the new master (ttl/3 each) */
     reset_stats(nw);
-    for (int i = 0; i < 400 && script_calls(nw) < 2; i++)
+    for (int i = 0; i < 600 && script_calls(nw) < 2; i++)
         tu_turn(c, 50);
     if (script_calls(nw) < 2)
         fprintf(stderr, "new master :%d (sentinels named it at %lld ms), events:\n%s",
