@@ -1640,6 +1640,19 @@ static const char *plain_hint(const net_conn *c)
                : "";
 }
 
+/* c->errstr, cut to its size: a peer's description and a transport's
+ * reason may not both fit, and that is no error. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void errstr_set(net_conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
+    va_end(ap);
+}
+
 static void sock_read(net_conn *c, int64_t now, int flags)
 {
     for (;;) {
@@ -1659,11 +1672,9 @@ static void sock_read(net_conn *c, int64_t now, int flags)
         c->peer_eof = 1;
         c->eof_status = RESP_ERR_IO;
         if (n == 0)
-            snprintf(c->errstr, sizeof c->errstr, "connection closed by %s%s", c->desc,
-                     plain_hint(c));
+            errstr_set(c, "connection closed by %s%s", c->desc, plain_hint(c));
         else
-            snprintf(c->errstr, sizeof c->errstr, "read from %s: %s%s", c->desc, strerror(errno),
-                     plain_hint(c));
+            errstr_set(c, "read from %s: %s%s", c->desc, strerror(errno), plain_hint(c));
         return;
     }
 }
@@ -1695,10 +1706,9 @@ static void tls_read(net_conn *c, int64_t now)
         c->peer_eof = 1;
         c->eof_status = rc == RESP_OK ? RESP_ERR_IO : tr_status(rc);
         if (rc == RESP_OK)
-            snprintf(c->errstr, sizeof c->errstr, "connection closed by %s", c->desc);
+            errstr_set(c, "connection closed by %s", c->desc);
         else
-            snprintf(c->errstr, sizeof c->errstr, "read from %s: %s", c->desc,
-                     err[0] ? err : "failed");
+            errstr_set(c, "read from %s: %s", c->desc, err[0] ? err : "failed");
         return;
     }
 }

@@ -265,7 +265,7 @@ static int take_length(resp_parser *p, resp_reply *e, char kind, const char *s, 
 static long take_bulk(resp_parser *p, resp_reply *e, const char *buf, size_t len, const char *s,
                       size_t sn, size_t *next)
 {
-    long long n;
+    long long n = 0; /* set by take_length; gcc -O3 cannot see it */
     int k = take_length(p, e, '$', s, sn, p->lim.max_bulk, &n);
     if (k <= 0)
         return k < 0 ? RESP_PARSE_ERROR : 1;
@@ -286,7 +286,7 @@ static long take_bulk(resp_parser *p, resp_reply *e, const char *buf, size_t len
  * RESP_PARSE_ERROR. */
 static long take_array(resp_parser *p, resp_reply *e, const char *s, size_t sn)
 {
-    long long n;
+    long long n = 0;
     int k = take_length(p, e, '*', s, sn, p->lim.max_array, &n);
     if (k <= 0)
         return k < 0 ? RESP_PARSE_ERROR : 1;
