@@ -611,9 +611,7 @@ START_TEST(test_kill_master_lease_survives)
     int from = fx_sentinel_master(&fx, 0);
     event_log[0] = '\0';
     redlock_client_on_event(c, log_event, NULL);
-    /* 20 s: a failover whose first election fails takes another 2 x
-     * failover-timeout (8 s) besides the second down; the lease outlives it */
-    redlock *l = tu_lock(c, "sn:kill", "survivor", 20000);
+    redlock *l = tu_lock(c, "sn:kill", "survivor", 15000);
     ck_assert_int_eq(redlock_trylock(l), REDLOCK_OK);
     uint64_t fence = redlock_fence(l);
     ck_assert_int_eq(redlock_keepalive(l, 1), REDLOCK_OK);
@@ -627,15 +625,25 @@ START_TEST(test_kill_master_lease_survives)
         to = m >= 0 && m != from ? m : -1;
     }
     ck_assert_int_ge(to, 0);
+    /* two keepalive periods on the new master (ttl/3 each). On a loaded
+     * machine the sentinels may fail over once more, to the other replica
+     * (seen under qemu: a second switch 2 s after the first): the count
+     * starts again on whichever master they name now. */
     fx_server *nw = fx_sentinel_server(&fx, 0, to);
-    ck_assert_str_eq(tu_get(nw, "sn:kill"), "survivor");
-    /* two keepalive periods on the new master (ttl/3 each) */
     reset_stats(nw);
-    for (int i = 0; i < 600 && script_calls(nw) < 2; i++)
+    for (int i = 0; i < 600 && script_calls(nw) < 2; i++) {
         tu_turn(c, 50);
+        int m = fx_sentinel_master(&fx, 0);
+        if (m >= 0 && m != from && m != to) {
+            to = m;
+            nw = fx_sentinel_server(&fx, 0, to);
+            reset_stats(nw);
+        }
+    }
     if (script_calls(nw) < 2)
-        fprintf(stderr, "new master :%d (sentinels named it at %lld ms), events:\n%s",
-                nw->port, (long long)fx_now_ms() % 100000, event_log);
+        fprintf(stderr, "master :%d at %lld ms, the client's events:\n%s", nw->port,
+                (long long)fx_now_ms() % 100000, event_log);
+    ck_assert_str_eq(tu_get(nw, "sn:kill"), "survivor");
     ck_assert_int_ge(script_calls(nw), 2);
     ck_assert_ptr_null(redlock_client_done(c));
     ck_assert_int_gt(redlock_validity_ms(l), 0);
