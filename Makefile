@@ -55,9 +55,12 @@ TEST_SRC := $(filter-out $(if $(TLS),,tests/test_tls.c),$(wildcard tests/test_*.
 FX_SRC   := tests/fixture.c tests/fx_cluster.c tests/fx_tls.c tests/fx_proxy.c tests/fx_sentinel.c
 FX_HDR   := $(FX_SRC:.c=.h)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-# make test SUITES="test_lock test_conn": only these suites (every one by default)
+# make test SUITES="test_lock test_conn": only these suites (every one by
+# default); SKIP_SUITES="test_cli": all but these
 SUITES   ?=
-RUN_TESTS := $(if $(strip $(SUITES)),$(filter $(SUITES:%=$(BUILD)/tests/%),$(TESTS)),$(TESTS))
+SKIP_SUITES ?=
+RUN_TESTS := $(filter-out $(SKIP_SUITES:%=$(BUILD)/tests/%),\
+               $(if $(strip $(SUITES)),$(filter $(SUITES:%=$(BUILD)/tests/%),$(TESTS)),$(TESTS)))
 # The fault harness (docs/safety-torture.md): linked into test_torture, the
 # short run that `make test` includes, and into `make torture`'s program.
 TORTURE_SRC := tests/torture.c
@@ -206,7 +209,8 @@ demo: all
 # Every suite runs even if one fails; the target fails if any did. A plain
 # build runs the TLS suite too, from a TLS build of its own (make test-tls),
 # and checks the documentation: its C code compiles, its man pages lint clean.
-# SUITES= picks suites; DOC_TESTS=no and TLS_TESTS=no leave those parts out.
+# SUITES= and SKIP_SUITES= pick suites; DOC_TESTS=no and TLS_TESTS=no leave
+# those parts out.
 test: deps all examples $(RUN_TESTS) fuzz-replay check-exports
 	@failed=0; for t in $(RUN_TESTS); do \
 	    echo "== $$t"; s=$$(date +%s); CK_DEFAULT_TIMEOUT=120 $$t || failed=1; \

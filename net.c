@@ -973,14 +973,33 @@ static void close_socket(net_conn *c, int status, int all)
     drop_socket(c);
 }
 
-static int conn_fail(net_conn *c, int status, const char *fmt, ...)
+/* c->errstr, cut to its size (a peer's description and a transport's
+ * reason may not both fit, and that is no error); the arguments may be
+ * c->errstr itself. */
+static void errstr_vset(net_conn *c, const char *fmt, va_list ap)
 {
     char msg[sizeof c->errstr];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    memcpy(c->errstr, msg, sizeof msg);
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void errstr_set(net_conn *c, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap); /* the arguments may be c->errstr itself */
+    errstr_vset(c, fmt, ap);
     va_end(ap);
-    memcpy(c->errstr, msg, sizeof msg);
+}
+
+static int conn_fail(net_conn *c, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    errstr_vset(c, fmt, ap);
+    va_end(ap);
     /* Before the handshake is through nothing can be sent, and after a TLS
      * refusal (certificate required) a new connection would meet the same:
      * fail everything. */
@@ -1638,19 +1657,6 @@ static const char *plain_hint(const net_conn *c)
     return c->rx == 0 && c->url.kind == NET_URL_TCP && !c->url.tls
                ? " before any reply (if it is a TLS port, use a rediss:// URL)"
                : "";
-}
-
-/* c->errstr, cut to its size: a peer's description and a transport's
- * reason may not both fit, and that is no error. */
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static void errstr_set(net_conn *c, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
-    va_end(ap);
 }
 
 static void sock_read(net_conn *c, int64_t now, int flags)
